@@ -1,0 +1,556 @@
+//! Configuration: the raw TOML structs (`deny_unknown_fields`, one doc
+//! comment per field) and the validated [`Config`] they become before any
+//! port is bound. Parse, don't validate: the server only ever sees `Config`.
+//!
+//! docs/configuration.md and warden.example.toml document the same fields;
+//! keep the three in step.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Deserializer};
+
+use crate::secret::{Secret, SecretSource};
+
+/// The default data-plane address (SPEC §1).
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8443";
+/// The default data directory (SPEC §1).
+pub const DEFAULT_DATA_DIR: &str = "./warden-data";
+/// The default model repository (SPEC §1).
+pub const DEFAULT_MODELS_DIR: &str = "models";
+/// The default body limit (SPEC §7): 1 MiB.
+pub const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
+/// The folder the repo's setup script puts the ONNX Runtime library in.
+pub const DEFAULT_RUNTIME_DIR: &str = ".runtime/lib";
+
+/// The configuration file as written. Every table and field is optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawConfig {
+    /// Directory for Warden's state: the SQLite store and the generated TLS
+    /// certificate. Default `./warden-data`.
+    pub data_dir: Option<PathBuf>,
+    /// The data-plane listener.
+    pub server: RawServer,
+    /// TLS for the data plane.
+    pub tls: RawTls,
+    /// The model repository.
+    pub models: RawModels,
+    /// ONNX Runtime.
+    pub runtime: RawRuntime,
+    /// Input validation.
+    pub validation: RawValidation,
+    /// Keys, users and audit storage.
+    pub store: RawStore,
+    /// Logging.
+    pub log: RawLog,
+    /// Acknowledgements of settings Warden otherwise refuses as insecure.
+    pub insecure: RawInsecure,
+}
+
+/// `[server]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawServer {
+    /// Address and port of the data plane. Default `127.0.0.1:8443`.
+    pub listen: Option<String>,
+    /// Whole-request deadline, reading the body included. Default `30s`.
+    #[serde(deserialize_with = "duration")]
+    pub request_timeout: Option<Duration>,
+    /// Deadline for a client to send its request headers. Default `10s`.
+    #[serde(deserialize_with = "duration")]
+    pub header_timeout: Option<Duration>,
+    /// Deadline for the TLS handshake. Default `10s`.
+    #[serde(deserialize_with = "duration")]
+    pub handshake_timeout: Option<Duration>,
+    /// Largest request body in bytes. Default 1048576 (1 MiB).
+    pub body_limit_bytes: Option<usize>,
+    /// Deepest JSON nesting accepted in a body. Default 32.
+    pub json_max_depth: Option<usize>,
+    /// How long SIGTERM waits for in-flight requests. Default `30s`.
+    #[serde(deserialize_with = "duration")]
+    pub shutdown_grace: Option<Duration>,
+    /// Most connections open at once; further ones wait in the kernel backlog. Default 10000.
+    pub max_connections: Option<usize>,
+    /// Peers (CIDRs) whose `X-Forwarded-For` / `Forwarded` headers are believed. Default none.
+    pub trusted_proxies: Option<Vec<IpNet>>,
+}
+
+/// `[tls]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawTls {
+    /// Serve HTTPS. Default true. Plaintext off loopback needs
+    /// `insecure.plaintext_http_on_public_address = true`.
+    pub enabled: Option<bool>,
+    /// PEM certificate chain. Without `cert` and `key`, a self-signed
+    /// certificate is generated once into `<data_dir>/tls/`.
+    pub cert: Option<PathBuf>,
+    /// The PEM private key, as a secret: `{ file = "..." }` or `{ env = "..." }`.
+    pub key: Option<SecretSource>,
+    /// Lowest TLS version: "1.2" (default) or "1.3". Anything lower is refused.
+    pub min_version: Option<String>,
+}
+
+/// `[models]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawModels {
+    /// The model repository folder. Default `models`.
+    pub dir: Option<PathBuf>,
+    /// Rows per request when a model card sets no `max_batch`. Default 64.
+    pub default_max_batch: Option<usize>,
+}
+
+/// `[runtime]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawRuntime {
+    /// Path of `libonnxruntime.so`. Default: `$ORT_DYLIB_PATH`, else the
+    /// newest `libonnxruntime.so*` in `.runtime/lib` (put there by
+    /// `scripts/setup.sh`).
+    pub onnxruntime: Option<PathBuf>,
+    /// ONNX Runtime sessions per model version (each runs one request at a
+    /// time on one thread). Default: the number of CPUs.
+    pub sessions_per_model: Option<usize>,
+    /// Requests that may wait for a free session per model before the
+    /// server answers `overloaded`. Default 256.
+    pub queue_per_model: Option<usize>,
+}
+
+/// `[validation]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawValidation {
+    /// How far outside a feature's training range a value may go, as a
+    /// fraction of that range (0.25 = a quarter of max - min on each side).
+    /// Model cards may override it. Default 0.25.
+    pub range_tolerance: Option<f64>,
+}
+
+/// `[store]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawStore {
+    /// SQLite database file. Default `<data_dir>/warden.db`.
+    pub sqlite: Option<PathBuf>,
+}
+
+/// `[log]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawLog {
+    /// Filter in `tracing` syntax, e.g. `info` or `warn,warden=debug`. Default `info`.
+    pub level: Option<String>,
+    /// `json` (default: one JSON object per line) or `text`.
+    pub format: Option<String>,
+    /// Write one access-log line per request. Default true.
+    pub access: Option<bool>,
+}
+
+/// `[insecure]`: each flag acknowledges one setting Warden refuses otherwise.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawInsecure {
+    /// Allow `tls.enabled = false` on an address other than loopback.
+    pub plaintext_http_on_public_address: bool,
+    /// Accept secret files readable by group or others (warns instead).
+    pub allow_readable_secret_files: bool,
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    let text = Option::<String>::deserialize(d)?;
+    text.map(|t| {
+        humantime::parse_duration(&t)
+            .map_err(|e| serde::de::Error::custom(format!("invalid duration {t:?}: {e}")))
+    })
+    .transpose()
+}
+
+/// A configuration error, naming the offending key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// Not valid TOML, an unknown key, or a value of the wrong type.
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The TOML parser's description, which names the key and line.
+        message: String,
+    },
+    /// A value that parsed but is not acceptable.
+    #[error("{key}: {message}")]
+    Invalid {
+        /// The dotted key, e.g. `server.listen`.
+        key: &'static str,
+        /// What is wrong and how to fix it.
+        message: String,
+    },
+}
+
+fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { key, message: message.into() }
+}
+
+/// Command-line settings that override the file (SPEC §5).
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    /// `--models`
+    pub models_dir: Option<PathBuf>,
+    /// `--listen`
+    pub listen: Option<String>,
+    /// `--data-dir`
+    pub data_dir: Option<PathBuf>,
+}
+
+/// Where the data-plane certificate comes from.
+#[derive(Debug, Clone)]
+pub enum CertSource {
+    /// Generated once into `<data_dir>/tls/` and reused.
+    SelfSigned {
+        /// `<data_dir>/tls`
+        dir: PathBuf,
+    },
+    /// Operator-supplied PEM files.
+    Pem {
+        /// Certificate chain.
+        cert: PathBuf,
+        /// Private key (already read).
+        key: Secret,
+    },
+}
+
+/// TLS protocol floor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsVersion {
+    /// TLS 1.2 and 1.3.
+    V1_2,
+    /// TLS 1.3 only.
+    V1_3,
+}
+
+/// Validated TLS settings.
+#[derive(Debug, Clone)]
+pub struct TlsSettings {
+    /// Certificate source.
+    pub cert: CertSource,
+    /// Lowest version offered.
+    pub min_version: TlsVersion,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One JSON object per line.
+    Json,
+    /// Human-readable.
+    Text,
+}
+
+/// The validated configuration. Built only by [`Config::from_raw`].
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// State directory.
+    pub data_dir: PathBuf,
+    /// Data-plane address.
+    pub listen: SocketAddr,
+    /// TLS, or `None` for plaintext (loopback, or acknowledged).
+    pub tls: Option<TlsSettings>,
+    /// Whole-request deadline.
+    pub request_timeout: Duration,
+    /// Header read deadline.
+    pub header_timeout: Duration,
+    /// TLS handshake deadline.
+    pub handshake_timeout: Duration,
+    /// Largest body in bytes.
+    pub body_limit: usize,
+    /// Deepest JSON nesting.
+    pub json_max_depth: usize,
+    /// Drain time on shutdown.
+    pub shutdown_grace: Duration,
+    /// Connection cap.
+    pub max_connections: usize,
+    /// Trusted proxy networks.
+    pub trusted_proxies: Vec<IpNet>,
+    /// Model repository.
+    pub models_dir: PathBuf,
+    /// Default rows per request.
+    pub default_max_batch: usize,
+    /// Explicit ONNX Runtime library, if configured.
+    pub onnxruntime: Option<PathBuf>,
+    /// Sessions per model version.
+    pub sessions_per_model: usize,
+    /// Waiting requests per model.
+    pub queue_per_model: usize,
+    /// Range tolerance (fraction of the training range).
+    pub range_tolerance: f64,
+    /// SQLite file.
+    pub sqlite_path: PathBuf,
+    /// Log filter.
+    pub log_level: String,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// Access log on/off.
+    pub access_log: bool,
+}
+
+impl Config {
+    /// Reads and validates a configuration file.
+    pub fn load(path: &Path, overrides: &Overrides) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let raw: RawConfig = toml::from_str(&text)
+            .map_err(|e| ConfigError::Parse { path: path.to_owned(), message: e.to_string() })?;
+        Self::from_raw(raw, overrides)
+    }
+
+    /// The embedded default (SPEC §1) with command-line overrides.
+    pub fn default_with(overrides: &Overrides) -> Result<Self, ConfigError> {
+        Self::from_raw(RawConfig::default(), overrides)
+    }
+
+    /// Validates a raw configuration. Insecure settings are refused unless
+    /// acknowledged under `[insecure]`.
+    pub fn from_raw(raw: RawConfig, overrides: &Overrides) -> Result<Self, ConfigError> {
+        let RawConfig { data_dir, server, tls, models, runtime, validation, store, log, insecure } =
+            raw;
+
+        let data_dir = overrides
+            .data_dir
+            .clone()
+            .or(data_dir)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+
+        let listen_text =
+            overrides.listen.clone().or(server.listen).unwrap_or_else(|| DEFAULT_LISTEN.into());
+        let listen: SocketAddr = listen_text.parse().map_err(|_| {
+            invalid("server.listen", format!("{listen_text:?} is not an address:port such as 127.0.0.1:8443"))
+        })?;
+
+        let tls = if tls.enabled.unwrap_or(true) {
+            let min_version = match tls.min_version.as_deref().unwrap_or("1.2") {
+                "1.2" => TlsVersion::V1_2,
+                "1.3" => TlsVersion::V1_3,
+                "1.0" | "1.1" => {
+                    return Err(invalid(
+                        "tls.min_version",
+                        "TLS below 1.2 is refused: it has no AEAD-only cipher suites, and Warden's TLS library does not implement it",
+                    ));
+                }
+                other => return Err(invalid("tls.min_version", format!("{other:?}: expected \"1.2\" or \"1.3\""))),
+            };
+            let cert = match (tls.cert, tls.key) {
+                (None, None) => CertSource::SelfSigned { dir: data_dir.join("tls") },
+                (Some(cert), Some(key)) => CertSource::Pem {
+                    cert,
+                    key: key
+                        .read(insecure.allow_readable_secret_files)
+                        .map_err(|e| invalid("tls.key", e.to_string()))?,
+                },
+                (Some(_), None) => return Err(invalid("tls.key", "tls.cert is set but tls.key is not")),
+                (None, Some(_)) => return Err(invalid("tls.cert", "tls.key is set but tls.cert is not")),
+            };
+            Some(TlsSettings { cert, min_version })
+        } else {
+            if !is_loopback(listen.ip()) && !insecure.plaintext_http_on_public_address {
+                return Err(invalid(
+                    "tls.enabled",
+                    format!(
+                        "plaintext HTTP on the non-loopback address {listen} is refused; serve TLS, or set insecure.plaintext_http_on_public_address = true to acknowledge"
+                    ),
+                ));
+            }
+            if tls.cert.is_some() || tls.key.is_some() || tls.min_version.is_some() {
+                return Err(invalid("tls.enabled", "tls.cert, tls.key and tls.min_version need tls.enabled = true"));
+            }
+            None
+        };
+
+        let positive = |key: &'static str, value: Option<usize>, default: usize| match value {
+            Some(0) => Err(invalid(key, "must be greater than 0")),
+            Some(v) => Ok(v),
+            None => Ok(default),
+        };
+        let nonzero = |key: &'static str, value: Option<Duration>, default: u64| match value {
+            Some(d) if d.is_zero() => Err(invalid(key, "must be longer than 0s")),
+            Some(d) => Ok(d),
+            None => Ok(Duration::from_secs(default)),
+        };
+
+        let body_limit = positive("server.body_limit_bytes", server.body_limit_bytes, DEFAULT_BODY_LIMIT)?;
+        if body_limit > 64 * 1024 * 1024 {
+            return Err(invalid("server.body_limit_bytes", "at most 67108864 (64 MiB)"));
+        }
+        let json_max_depth = positive("server.json_max_depth", server.json_max_depth, 32)?;
+        if json_max_depth > 128 {
+            return Err(invalid("server.json_max_depth", "at most 128"));
+        }
+
+        let range_tolerance = validation.range_tolerance.unwrap_or(0.25);
+        if !(range_tolerance.is_finite() && range_tolerance >= 0.0) {
+            return Err(invalid("validation.range_tolerance", "must be a finite number >= 0"));
+        }
+
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+
+        let log_format = match log.format.as_deref().unwrap_or("json") {
+            "json" => LogFormat::Json,
+            "text" => LogFormat::Text,
+            other => return Err(invalid("log.format", format!("{other:?}: expected \"json\" or \"text\""))),
+        };
+
+        Ok(Self {
+            sqlite_path: store.sqlite.unwrap_or_else(|| data_dir.join("warden.db")),
+            data_dir,
+            listen,
+            tls,
+            request_timeout: nonzero("server.request_timeout", server.request_timeout, 30)?,
+            header_timeout: nonzero("server.header_timeout", server.header_timeout, 10)?,
+            handshake_timeout: nonzero("server.handshake_timeout", server.handshake_timeout, 10)?,
+            body_limit,
+            json_max_depth,
+            shutdown_grace: nonzero("server.shutdown_grace", server.shutdown_grace, 30)?,
+            max_connections: positive("server.max_connections", server.max_connections, 10_000)?,
+            trusted_proxies: server.trusted_proxies.unwrap_or_default(),
+            models_dir: overrides
+                .models_dir
+                .clone()
+                .or(models.dir)
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_MODELS_DIR)),
+            default_max_batch: positive("models.default_max_batch", models.default_max_batch, 64)?,
+            onnxruntime: runtime.onnxruntime,
+            sessions_per_model: positive("runtime.sessions_per_model", runtime.sessions_per_model, cpus)?,
+            queue_per_model: positive("runtime.queue_per_model", runtime.queue_per_model, 256)?,
+            range_tolerance,
+            log_level: log.level.unwrap_or_else(|| "info".into()),
+            log_format,
+            access_log: log.access.unwrap_or(true),
+        })
+    }
+
+    /// A summary safe to print: no secret values, only where they come from.
+    pub fn summary(&self) -> String {
+        let tls = match &self.tls {
+            None => "off (plaintext HTTP)".to_string(),
+            Some(TlsSettings { cert: CertSource::SelfSigned { dir }, min_version }) => {
+                format!("self-signed certificate in {}, minimum {min_version:?}", dir.display())
+            }
+            Some(TlsSettings { cert: CertSource::Pem { cert, .. }, min_version }) => {
+                format!("certificate {}, key [redacted], minimum {min_version:?}", cert.display())
+            }
+        };
+        format!(
+            "listen: {}\ntls: {tls}\ndata_dir: {}\nmodels: {}\nstore: sqlite {}\nbody limit: {} bytes, JSON depth {}\n",
+            self.listen,
+            self.data_dir.display(),
+            self.models_dir.display(),
+            self.sqlite_path.display(),
+            self.body_limit,
+            self.json_max_depth,
+        )
+    }
+}
+
+fn is_loopback(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_loopback(),
+        IpAddr::V6(v6) => v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: "t.toml".into(),
+            message: e.to_string(),
+        })?;
+        Config::from_raw(raw, &Overrides::default())
+    }
+
+    #[test]
+    fn empty_file_is_the_embedded_default() {
+        let c = parse("").unwrap();
+        assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
+        assert!(matches!(c.tls, Some(TlsSettings { cert: CertSource::SelfSigned { .. }, .. })));
+        assert_eq!(c.body_limit, 1024 * 1024);
+        assert_eq!(c.sqlite_path, Path::new(DEFAULT_DATA_DIR).join("warden.db"));
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_naming_the_key() {
+        let e = parse("[server]\nlisten = \"127.0.0.1:1\"\nlisten_port = 3\n").unwrap_err();
+        assert!(e.to_string().contains("listen_port"), "{e}");
+        let e = parse("bogus = 1\n").unwrap_err();
+        assert!(e.to_string().contains("bogus"), "{e}");
+    }
+
+    #[test]
+    fn plaintext_off_loopback_needs_acknowledgement() {
+        let e = parse("[server]\nlisten = \"0.0.0.0:8080\"\n[tls]\nenabled = false\n").unwrap_err();
+        assert!(e.to_string().starts_with("tls.enabled:"), "{e}");
+        assert!(e.to_string().contains("insecure.plaintext_http_on_public_address"));
+        parse("[server]\nlisten = \"0.0.0.0:8080\"\n[tls]\nenabled = false\n[insecure]\nplaintext_http_on_public_address = true\n").unwrap();
+        parse("[server]\nlisten = \"127.0.0.1:8080\"\n[tls]\nenabled = false\n").unwrap();
+        parse("[server]\nlisten = \"[::1]:8080\"\n[tls]\nenabled = false\n").unwrap();
+    }
+
+    #[test]
+    fn old_tls_is_refused() {
+        let e = parse("[tls]\nmin_version = \"1.1\"\n").unwrap_err();
+        assert!(e.to_string().starts_with("tls.min_version:"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        for (text, key) in [
+            ("[server]\nlisten = \"nope\"\n", "server.listen"),
+            ("[server]\nbody_limit_bytes = 0\n", "server.body_limit_bytes"),
+            ("[validation]\nrange_tolerance = -1.0\n", "validation.range_tolerance"),
+            ("[log]\nformat = \"xml\"\n", "log.format"),
+            ("[tls]\ncert = \"c.pem\"\n", "tls.key"),
+        ] {
+            let e = parse(text).unwrap_err();
+            assert!(e.to_string().starts_with(key), "{text}: {e}");
+        }
+        let e = parse("[server]\nrequest_timeout = \"soon\"\n").unwrap_err();
+        assert!(e.to_string().contains("request_timeout"), "{e}");
+    }
+
+    #[test]
+    fn overrides_win() {
+        let o = Overrides {
+            listen: Some("127.0.0.1:0".into()),
+            models_dir: Some("m".into()),
+            data_dir: Some("d".into()),
+        };
+        let c = Config::default_with(&o).unwrap();
+        assert_eq!(c.listen.port(), 0);
+        assert_eq!(c.models_dir, Path::new("m"));
+        assert_eq!(c.sqlite_path, Path::new("d").join("warden.db"));
+    }
+
+    #[test]
+    fn summary_never_shows_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("key.pem");
+        std::fs::write(&key, "PRIVATE-KEY-MATERIAL").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let c = parse(&format!("[tls]\ncert = \"c.pem\"\nkey = {{ file = {:?} }}\n", key)).unwrap();
+        assert!(!c.summary().contains("PRIVATE"));
+        assert!(!format!("{c:?}").contains("PRIVATE"));
+    }
+}

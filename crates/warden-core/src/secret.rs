@@ -1,0 +1,152 @@
+//! Secrets: values that must never be printed, logged or compared with `==`.
+//!
+//! Configuration never holds a secret inline: a secret is given as
+//! `{ env = "NAME" }` or `{ file = "/path" }` and read once at start.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+use zeroize::Zeroizing;
+
+/// Where a secret comes from, as written in the configuration file.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged, deny_unknown_fields)]
+pub enum SecretSource {
+    /// `{ env = "NAME" }`: the value of an environment variable.
+    Env {
+        /// Name of the environment variable.
+        env: String,
+    },
+    /// `{ file = "/path" }`: the whole content of a file (one trailing newline is dropped).
+    File {
+        /// Path of the file; it must not be readable by group or others.
+        file: PathBuf,
+    },
+}
+
+impl fmt::Debug for SecretSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Env { env } => write!(f, "{{ env = {env:?} }}"),
+            Self::File { file } => write!(f, "{{ file = {file:?} }}"),
+        }
+    }
+}
+
+/// Why a secret could not be read. Never contains the secret.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    /// The environment variable is not set (or not UTF-8).
+    #[error("environment variable {0} is not set")]
+    MissingEnv(String),
+    /// The file could not be read.
+    #[error("cannot read secret file {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is readable by group or others.
+    #[error(
+        "secret file {0} is readable by group or others (chmod 600 it, or set insecure.allow_readable_secret_files = true)"
+    )]
+    Readable(PathBuf),
+    /// The secret is empty.
+    #[error("the secret is empty")]
+    Empty,
+}
+
+impl SecretSource {
+    /// Reads the secret. `allow_readable` downgrades the file-permission check.
+    pub fn read(&self, allow_readable: bool) -> Result<Secret, SecretError> {
+        let bytes = match self {
+            Self::Env { env } => {
+                let value = std::env::var(env).map_err(|_| SecretError::MissingEnv(env.clone()))?;
+                Zeroizing::new(value.into_bytes())
+            }
+            Self::File { file } => {
+                let io = |source| SecretError::Io { path: file.clone(), source };
+                #[cfg(unix)]
+                {
+                    use std::os::unix::fs::PermissionsExt;
+                    let mode = std::fs::metadata(file).map_err(io)?.permissions().mode();
+                    if mode & 0o077 != 0 && !allow_readable {
+                        return Err(SecretError::Readable(file.clone()));
+                    }
+                }
+                let mut bytes = Zeroizing::new(std::fs::read(file).map_err(io)?);
+                if bytes.last() == Some(&b'\n') {
+                    bytes.pop();
+                }
+                bytes
+            }
+        };
+        if bytes.is_empty() {
+            return Err(SecretError::Empty);
+        }
+        Ok(Secret(bytes))
+    }
+}
+
+/// A secret value in memory, zeroized on drop, redacted in `Debug`.
+#[derive(Clone)]
+pub struct Secret(Zeroizing<Vec<u8>>);
+
+impl Secret {
+    /// Wraps bytes as a secret.
+    pub fn new(bytes: Vec<u8>) -> Self {
+        Self(Zeroizing::new(bytes))
+    }
+
+    /// The secret bytes. Callers must not log or display them.
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret([redacted])")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_is_redacted() {
+        let s = Secret::new(b"hunter2".to_vec());
+        assert_eq!(format!("{s:?}"), "Secret([redacted])");
+    }
+
+    #[test]
+    fn file_secret_checks_permissions() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s");
+        std::fs::write(&path, "top-secret\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let src = SecretSource::File { file: path.clone() };
+        assert!(matches!(src.read(false), Err(SecretError::Readable(_))));
+        assert_eq!(src.read(true).unwrap().expose(), b"top-secret");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(src.read(false).unwrap().expose(), b"top-secret");
+    }
+
+    #[test]
+    fn parses_both_forms_and_rejects_others() {
+        #[derive(Deserialize)]
+        struct T {
+            s: SecretSource,
+        }
+        let t: T = toml::from_str(r#"s = { env = "X" }"#).unwrap();
+        assert_eq!(t.s, SecretSource::Env { env: "X".into() });
+        let t: T = toml::from_str(r#"s = { file = "/p" }"#).unwrap();
+        assert_eq!(t.s, SecretSource::File { file: "/p".into() });
+        assert!(toml::from_str::<T>(r#"s = "inline-secret""#).is_err());
+        assert!(toml::from_str::<T>(r#"s = { value = "x" }"#).is_err());
+    }
+}
