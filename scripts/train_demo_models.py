@@ -50,7 +50,8 @@ def toml_str(s: str) -> str:
 
 
 def write_card(path: Path, *, description: str, features: list[str], x_train: np.ndarray,
-               classes: list[str], output: str, onnx_outputs: list[str]) -> None:
+               classes: list[str], output: str, onnx_outputs: list[str],
+               domain: tuple[float, float] | None) -> None:
     mins, maxs = x_train.min(axis=0), x_train.max(axis=0)
     means, stds = x_train.mean(axis=0), x_train.std(axis=0)
     lines = [
@@ -74,6 +75,8 @@ def write_card(path: Path, *, description: str, features: list[str], x_train: np
             f"mean = {round(float(means[i]), 6)!r}",
             f"std = {round(float(stds[i]), 6)!r}",
         ]
+        if domain is not None:
+            lines.append(f"range = [{domain[0]!r}, {domain[1]!r}]")
     lines += [
         "",
         "[output]",
@@ -91,7 +94,9 @@ def write_card(path: Path, *, description: str, features: list[str], x_train: np
 
 
 def export(name: str, model, x: np.ndarray, y: np.ndarray, features: list[str], classes: list[str],
-           description: str, output: str) -> None:
+           description: str, output: str, domain: tuple[float, float] | None = None) -> None:
+    """`domain`: the accepted value range of every feature when it is known a priori
+    (pixels); otherwise Warden accepts the training range widened by its tolerance."""
     x_train64, x_test64, y_train, _ = train_test_split(x, y, test_size=0.25, random_state=SEED, stratify=y)
     x_train, x_test = x_train64.astype(np.float32), x_test64.astype(np.float32)
     model.fit(x_train, y_train)
@@ -109,7 +114,7 @@ def export(name: str, model, x: np.ndarray, y: np.ndarray, features: list[str], 
 
     onnx_outputs = [o.name for o in onx.graph.output]  # skl2onnx: [label, probabilities]
     write_card(out_dir / "model.toml", description=description, features=features, x_train=x_train64,
-               classes=classes, output=output, onnx_outputs=onnx_outputs)
+               classes=classes, output=output, onnx_outputs=onnx_outputs, domain=domain)
 
     # Fixture rows: test rows, plus the training minimum and maximum of every feature.
     rows = np.vstack([x_test[: FIXTURE_ROWS - 2], x_train.min(axis=0), x_train.max(axis=0)]).astype(np.float32)
@@ -145,7 +150,8 @@ def main() -> int:
     mlp = make_pipeline(StandardScaler(), MLPClassifier(hidden_layer_sizes=(64,), max_iter=400, random_state=SEED))
     export("digits", mlp, digits.data, digits.target, [snake(f) for f in digits.feature_names],
            [str(c) for c in digits.target_names],
-           "Handwritten digit from an 8x8 grey-level image (multi-layer perceptron)", output="label")
+           "Handwritten digit from an 8x8 grey-level image (multi-layer perceptron)", output="label",
+           domain=(0.0, 16.0))
     return 0
 
 

@@ -196,7 +196,7 @@ fn validate_new(new: &NewKey) -> Result<(), KeyError> {
         if models.is_empty() {
             return Err(KeyError::Invalid("--models needs at least one model name".into()));
         }
-        if let Some(bad) = models.iter().find(|m| !is_model_name(m)) {
+        if let Some(bad) = models.iter().find(|m| !warden_core::is_model_name(m)) {
             return Err(KeyError::Invalid(format!(
                 "{bad:?} is not a model name (letters, digits, '-', '_', '.')"
             )));
@@ -206,15 +206,6 @@ fn validate_new(new: &NewKey) -> Result<(), KeyError> {
         return Err(KeyError::Invalid("--expires must be longer than 0s".into()));
     }
     Ok(())
-}
-
-/// Whether `name` is a valid model name: what the model repository accepts
-/// as a folder name.
-pub fn is_model_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 64
-        && !name.starts_with('.')
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
 }
 
 #[cfg(test)]

@@ -12,3 +12,13 @@ pub mod secret;
 pub use error::{ApiError, ErrorCode, FieldProblem};
 pub use principal::{ModelScope, Permission, Permissions, Principal, Role};
 pub use secret::{Secret, SecretSource};
+
+/// Whether `name` is a valid model name: 1 to 64 ASCII letters, digits,
+/// `-`, `_` or `.`, not starting with `.`. Model folders, key allowlists and
+/// URLs all use this rule.
+pub fn is_model_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with('.')
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+}

@@ -1,1 +1,26 @@
-//! placeholder
+//! Warden's model side.
+//!
+//! - [`card`]: the model card (`model.toml`): input schema with training
+//!   statistics, classes, output policy.
+//! - [`repository`]: the model repository folder, loaded and checked against
+//!   the ONNX graphs at start.
+//! - [`engine`]: the [`Backend`](engine::Backend) trait and its ONNX Runtime
+//!   implementation (a bounded pool of sessions per model version).
+//! - [`request`]: the one place a request body becomes a
+//!   [`ValidInferRequest`](request::ValidInferRequest) (v1 and v2 protocols).
+//! - [`policy`]: what of a prediction the caller may see.
+//! - [`protocol`]: response wire formats.
+
+pub mod card;
+pub mod engine;
+pub mod json;
+pub mod policy;
+pub mod protocol;
+pub mod repository;
+pub mod request;
+pub mod runtime;
+
+pub use card::{Feature, FeatureKind, ModelCard};
+pub use engine::{Backend, EngineError, Prediction};
+pub use repository::{Model, ModelVersion, Repository, RepositoryError};
+pub use request::{Protocol, ValidInferRequest};

@@ -1,0 +1,362 @@
+//! The model card (`models/<name>/model.toml`): what a model accepts, what
+//! it answers, and what callers may see of the answer.
+//!
+//! Raw serde structs (`deny_unknown_fields`) become a checked [`ModelCard`];
+//! the server only sees the checked form.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use serde::Deserialize;
+
+/// The card as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCard {
+    /// One line for humans; shown in model metadata.
+    #[serde(default)]
+    description: String,
+    /// Most rows one request may carry. Default: `models.default_max_batch` (64).
+    max_batch: Option<usize>,
+    /// Serve this version instead of the highest one present.
+    version: Option<u64>,
+    /// Overrides `validation.range_tolerance` for this model.
+    range_tolerance: Option<f64>,
+    /// The input tensor and its features, in order.
+    input: RawInput,
+    /// The ONNX outputs and class names.
+    output: RawOutput,
+    /// What callers see by default.
+    #[serde(default)]
+    policy: RawPolicy,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawInput {
+    /// Tensor name in the API and in the ONNX graph.
+    name: String,
+    /// Element type of the ONNX input; only "FP32" today.
+    #[serde(default = "fp32")]
+    datatype: String,
+    /// The features, in column order.
+    features: Vec<RawFeature>,
+}
+
+fn fp32() -> String {
+    "FP32".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFeature {
+    /// Name used in v1 named instances and in error details.
+    name: String,
+    /// Smallest value seen in training (numeric features).
+    min: Option<f64>,
+    /// Largest value seen in training (numeric features).
+    max: Option<f64>,
+    /// Training mean (for the defenses).
+    mean: Option<f64>,
+    /// Training standard deviation (for the defenses).
+    std: Option<f64>,
+    /// Accepted values `[lo, hi]` when the domain is known (e.g. pixels
+    /// 0..16); otherwise the training range widened by the tolerance.
+    range: Option<[f64; 2]>,
+    /// Allowed values of a categorical feature; the model sees the index.
+    categories: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOutput {
+    /// ONNX output with the predicted class index (int64 [N]).
+    label: String,
+    /// ONNX output with class probabilities (float [N, classes]).
+    probabilities: Option<String>,
+    /// Class names, by index.
+    classes: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    /// "label" (default) or "probabilities".
+    output: Option<String>,
+    /// Decimals probabilities are rounded to. Default 2.
+    decimals: Option<u32>,
+}
+
+/// What a feature accepts.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FeatureKind {
+    /// A number in `[lo, hi]`: the training range widened by the tolerance.
+    Numeric {
+        /// Lowest accepted value.
+        lo: f64,
+        /// Highest accepted value.
+        hi: f64,
+    },
+    /// One of these strings (or its index); the model sees the index.
+    Category(Vec<String>),
+}
+
+/// One input feature.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Feature {
+    /// Its name.
+    pub name: String,
+    /// What it accepts.
+    pub kind: FeatureKind,
+    /// Training mean, if known.
+    pub mean: Option<f64>,
+    /// Training standard deviation, if known.
+    pub std: Option<f64>,
+}
+
+impl Feature {
+    /// Checks a number for this feature; returns what the model sees.
+    pub fn check_number(&self, v: f64) -> Result<f32, &'static str> {
+        if !v.is_finite() {
+            return Err("must be a finite number (NaN and Infinity are not allowed)");
+        }
+        match &self.kind {
+            FeatureKind::Numeric { lo, hi } => {
+                if v < *lo || v > *hi {
+                    Err("is outside the range this model accepts")
+                } else {
+                    Ok(v as f32)
+                }
+            }
+            FeatureKind::Category(values) => {
+                if v.fract() == 0.0 && v >= 0.0 && (v as usize) < values.len() {
+                    Ok(v as f32)
+                } else {
+                    Err("is not one of the allowed categories")
+                }
+            }
+        }
+    }
+
+    /// Checks a string for this feature (categories only).
+    pub fn check_str(&self, s: &str) -> Result<f32, &'static str> {
+        match &self.kind {
+            FeatureKind::Category(values) => values
+                .iter()
+                .position(|c| c == s)
+                .map(|i| i as f32)
+                .ok_or("is not one of the allowed categories"),
+            FeatureKind::Numeric { .. } => Err("must be a number"),
+        }
+    }
+}
+
+/// Default output policy of a model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PolicyDefaults {
+    /// Whether probabilities are returned (else labels only).
+    pub probabilities: bool,
+    /// Decimals probabilities are rounded to.
+    pub decimals: u32,
+}
+
+/// A checked model card.
+#[derive(Debug, Clone)]
+pub struct ModelCard {
+    /// Model description.
+    pub description: String,
+    /// Most rows per request.
+    pub max_batch: usize,
+    /// Pinned version, if any.
+    pub pinned_version: Option<u64>,
+    /// Input tensor name.
+    pub input_name: String,
+    /// Features in column order.
+    pub features: Vec<Feature>,
+    /// Feature name → column.
+    pub feature_index: HashMap<String, usize>,
+    /// ONNX label output.
+    pub label_output: String,
+    /// ONNX probabilities output.
+    pub probabilities_output: Option<String>,
+    /// Class names.
+    pub classes: Vec<String>,
+    /// Default output policy.
+    pub policy: PolicyDefaults,
+}
+
+/// Card-wide settings that come from the server configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct CardDefaults {
+    /// `models.default_max_batch`
+    pub max_batch: usize,
+    /// `validation.range_tolerance`
+    pub range_tolerance: f64,
+}
+
+/// Why a card was refused. Names the key.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct CardError(pub String);
+
+impl ModelCard {
+    /// Reads and checks `model.toml`.
+    pub fn load(path: &Path, defaults: CardDefaults) -> Result<Self, CardError> {
+        let text = std::fs::read_to_string(path).map_err(|e| CardError(format!("cannot read: {e}")))?;
+        Self::parse(&text, defaults)
+    }
+
+    /// Parses and checks card text.
+    pub fn parse(text: &str, defaults: CardDefaults) -> Result<Self, CardError> {
+        let raw: RawCard = toml::from_str(text).map_err(|e| CardError(e.to_string()))?;
+        let bad = |key: &str, msg: &str| CardError(format!("{key}: {msg}"));
+
+        let tolerance = raw.range_tolerance.unwrap_or(defaults.range_tolerance);
+        if !(tolerance.is_finite() && tolerance >= 0.0) {
+            return Err(bad("range_tolerance", "must be a finite number >= 0"));
+        }
+        let max_batch = raw.max_batch.unwrap_or(defaults.max_batch);
+        if max_batch == 0 || max_batch > 100_000 {
+            return Err(bad("max_batch", "must be between 1 and 100000"));
+        }
+        if raw.input.datatype != "FP32" {
+            return Err(bad("input.datatype", "only \"FP32\" inputs are supported"));
+        }
+        if raw.input.features.is_empty() {
+            return Err(bad("input.features", "at least one feature is required"));
+        }
+
+        let mut features = Vec::with_capacity(raw.input.features.len());
+        let mut feature_index = HashMap::new();
+        for (i, f) in raw.input.features.into_iter().enumerate() {
+            let key = format!("input.features[{i}]");
+            if f.name.is_empty() || feature_index.insert(f.name.clone(), i).is_some() {
+                return Err(CardError(format!("{key}.name: empty or repeated feature name {:?}", f.name)));
+            }
+            let kind = match (f.categories, f.min, f.max) {
+                (Some(c), None, None) if !c.is_empty() && f.range.is_none() => FeatureKind::Category(c),
+                (Some(_), _, _) => {
+                    return Err(CardError(format!("{key}: categories must be non-empty and exclude min, max and range")));
+                }
+                (None, _, _) if f.range.is_some() => match f.range {
+                    Some([lo, hi]) if lo.is_finite() && hi.is_finite() && lo <= hi => FeatureKind::Numeric { lo, hi },
+                    _ => return Err(CardError(format!("{key}.range: must be [lo, hi], finite, with lo <= hi"))),
+                },
+                (None, Some(min), Some(max)) if min.is_finite() && max.is_finite() && min <= max => {
+                    // A constant feature (min == max) still gets some room: a
+                    // tolerance of the value's own magnitude, or at least 1.
+                    let span = if max > min { max - min } else { min.abs().max(1.0) };
+                    FeatureKind::Numeric { lo: min - tolerance * span, hi: max + tolerance * span }
+                }
+                (None, None, None) => FeatureKind::Numeric { lo: f64::from(f32::MIN), hi: f64::from(f32::MAX) },
+                _ => return Err(CardError(format!("{key}: min and max must both be finite with min <= max"))),
+            };
+            features.push(Feature { name: f.name, kind, mean: f.mean, std: f.std });
+        }
+
+        if raw.output.classes.is_empty() {
+            return Err(bad("output.classes", "at least one class is required"));
+        }
+        let probabilities = match raw.policy.output.as_deref().unwrap_or("label") {
+            "label" => false,
+            "probabilities" => true,
+            _ => return Err(bad("policy.output", "expected \"label\" or \"probabilities\"")),
+        };
+        if probabilities && raw.output.probabilities.is_none() {
+            return Err(bad("policy.output", "\"probabilities\" needs output.probabilities"));
+        }
+        let decimals = raw.policy.decimals.unwrap_or(2);
+        if decimals > 6 {
+            return Err(bad("policy.decimals", "at most 6"));
+        }
+
+        Ok(Self {
+            description: raw.description,
+            max_batch,
+            pinned_version: raw.version,
+            input_name: raw.input.name,
+            features,
+            feature_index,
+            label_output: raw.output.label,
+            probabilities_output: raw.output.probabilities,
+            classes: raw.output.classes,
+            policy: PolicyDefaults { probabilities, decimals },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) const DEFAULTS: CardDefaults = CardDefaults { max_batch: 64, range_tolerance: 0.25 };
+
+    const CARD: &str = r#"
+description = "t"
+[input]
+name = "input"
+[[input.features]]
+name = "a"
+min = 0.0
+max = 10.0
+[[input.features]]
+name = "colour"
+categories = ["red", "green"]
+[[input.features]]
+name = "pixel"
+min = 0.0
+max = 0.0
+range = [0.0, 16.0]
+[output]
+label = "label"
+probabilities = "probabilities"
+classes = ["x", "y"]
+"#;
+
+    #[test]
+    fn parses_and_widens_ranges() {
+        let c = ModelCard::parse(CARD, DEFAULTS).unwrap();
+        assert_eq!(c.features[0].kind, FeatureKind::Numeric { lo: -2.5, hi: 12.5 });
+        assert_eq!(c.feature_index["colour"], 1);
+        assert_eq!(c.policy, PolicyDefaults { probabilities: false, decimals: 2 });
+        assert_eq!(c.max_batch, 64);
+        let f = &c.features[0];
+        assert_eq!(f.check_number(12.0), Ok(12.0));
+        assert!(f.check_number(13.0).is_err());
+        assert!(f.check_number(f64::NAN).is_err());
+        assert!(f.check_str("x").is_err());
+        assert_eq!(c.features[2].kind, FeatureKind::Numeric { lo: 0.0, hi: 16.0 });
+        let colour = &c.features[1];
+        assert_eq!(colour.check_str("green"), Ok(1.0));
+        assert_eq!(colour.check_number(0.0), Ok(0.0));
+        assert!(colour.check_number(2.0).is_err() && colour.check_number(0.5).is_err());
+        assert!(colour.check_str("blue").is_err());
+    }
+
+    #[test]
+    fn refuses_bad_cards_naming_the_key() {
+        let cases = [
+            (CARD.replace("name = \"a\"", "name = \"colour\""), "input.features[1].name"),
+            (CARD.replace("max = 10.0", "max = -1.0"), "input.features[0]"),
+            (CARD.replace("classes = [\"x\", \"y\"]", "classes = []"), "output.classes"),
+            (format!("{CARD}\n[policy]\noutput = \"all\"\n"), "policy.output"),
+            (format!("{CARD}\n[policy]\ndecimals = 9\n"), "policy.decimals"),
+            (format!("max_batch = 0\n{CARD}"), "max_batch"),
+            (CARD.replace("range = [0.0, 16.0]", "range = [16.0, 0.0]"), "input.features[2].range"),
+            (format!("colour = 1\n{CARD}"), "colour"),
+        ];
+        for (text, key) in cases {
+            let e = ModelCard::parse(&text, DEFAULTS).unwrap_err().to_string();
+            assert!(e.contains(key), "{key}: {e}");
+        }
+    }
+
+    #[test]
+    fn demo_cards_parse() {
+        let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models");
+        for name in ["iris", "breast-cancer", "digits"] {
+            let card = ModelCard::load(&models.join(name).join("model.toml"), DEFAULTS).unwrap();
+            assert!(!card.features.is_empty() && !card.classes.is_empty());
+        }
+    }
+}

@@ -1,0 +1,269 @@
+//! The model repository (SPEC §4): a folder with one subfolder per model,
+//! each holding `model.toml` and numbered version folders with
+//! `model.onnx`. The highest version is served unless the card pins one.
+//!
+//! Loading checks every card and every graph; any problem refuses the start
+//! with a message naming the file. Pickle files are never loaded.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::card::{CardDefaults, ModelCard};
+use crate::engine::{Backend, OnnxBackend, PoolSettings};
+use crate::runtime::Runtime;
+
+/// One loaded version of a model.
+#[derive(Debug)]
+pub struct ModelVersion {
+    /// The version number (its folder name).
+    pub version: u64,
+    /// The engine serving it.
+    pub backend: Arc<dyn Backend>,
+}
+
+/// A model and its loaded versions.
+#[derive(Debug)]
+pub struct Model {
+    /// The model name (its folder name).
+    pub name: String,
+    /// The checked card.
+    pub card: ModelCard,
+    /// Versions by number.
+    pub versions: BTreeMap<u64, Arc<ModelVersion>>,
+    /// The version served when none is named.
+    pub default_version: u64,
+}
+
+impl Model {
+    /// The default version, or the one named in a URL (`None` if absent or not a number).
+    pub fn version(&self, requested: Option<&str>) -> Option<&Arc<ModelVersion>> {
+        match requested {
+            None => self.versions.get(&self.default_version),
+            Some(v) => v.parse::<u64>().ok().and_then(|v| self.versions.get(&v)),
+        }
+    }
+}
+
+/// Every model Warden serves.
+#[derive(Debug, Default)]
+pub struct Repository {
+    models: BTreeMap<String, Arc<Model>>,
+}
+
+/// Why the repository could not be loaded. Names the file.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct RepositoryError {
+    /// The offending file or folder.
+    pub path: PathBuf,
+    /// What is wrong.
+    pub message: String,
+}
+
+fn error(path: &Path, message: impl Into<String>) -> RepositoryError {
+    RepositoryError { path: path.to_owned(), message: message.into() }
+}
+
+/// How to load models.
+#[derive(Debug, Clone, Copy)]
+pub struct LoadSettings<'r> {
+    /// The ONNX Runtime.
+    pub runtime: &'r Runtime,
+    /// Session pool sizing.
+    pub pool: PoolSettings,
+    /// Defaults from the server config.
+    pub card: CardDefaults,
+}
+
+impl Repository {
+    /// Loads every model under `dir`.
+    pub fn load(dir: &Path, settings: LoadSettings<'_>) -> Result<Self, RepositoryError> {
+        let entries = std::fs::read_dir(dir).map_err(|e| error(dir, format!("cannot read the model repository: {e}")))?;
+        let mut models = BTreeMap::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| error(dir, e.to_string()))?;
+            let path = entry.path();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !path.is_dir() || name.starts_with('.') {
+                continue;
+            }
+            if !path.join("model.toml").is_file() {
+                tracing::warn!(folder = %path.display(), "skipping a folder without model.toml");
+                continue;
+            }
+            if !warden_core::is_model_name(&name) {
+                return Err(error(&path, "model folder names are 1-64 letters, digits, '-', '_' or '.'"));
+            }
+            let model = load_model(&path, name.clone(), settings)?;
+            tracing::info!(
+                model = %name,
+                versions = ?model.versions.keys().collect::<Vec<_>>(),
+                serving = model.default_version,
+                "model loaded"
+            );
+            models.insert(name, Arc::new(model));
+        }
+        Ok(Self { models })
+    }
+
+    /// A repository from already-built models (tests, gateway mode).
+    pub fn from_models(models: impl IntoIterator<Item = Model>) -> Self {
+        Self { models: models.into_iter().map(|m| (m.name.clone(), Arc::new(m))).collect() }
+    }
+
+    /// A model by name.
+    pub fn get(&self, name: &str) -> Option<&Arc<Model>> {
+        self.models.get(name)
+    }
+
+    /// Every model, by name.
+    pub fn models(&self) -> impl Iterator<Item = &Arc<Model>> {
+        self.models.values()
+    }
+
+    /// Number of models.
+    pub fn len(&self) -> usize {
+        self.models.len()
+    }
+
+    /// Whether no model is loaded.
+    pub fn is_empty(&self) -> bool {
+        self.models.is_empty()
+    }
+}
+
+fn load_model(dir: &Path, name: String, settings: LoadSettings<'_>) -> Result<Model, RepositoryError> {
+    let card_path = dir.join("model.toml");
+    let card = ModelCard::load(&card_path, settings.card).map_err(|e| error(&card_path, e.0))?;
+    let mut versions = BTreeMap::new();
+    let entries = std::fs::read_dir(dir).map_err(|e| error(dir, e.to_string()))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| error(dir, e.to_string()))?;
+        let Some(version) = entry.file_name().to_str().and_then(|n| n.parse::<u64>().ok()) else { continue };
+        let vdir = entry.path();
+        if !vdir.is_dir() {
+            continue;
+        }
+        if has_pickle(&vdir) {
+            return Err(error(&vdir, "pickle files are never loaded (they execute code); export the model to ONNX"));
+        }
+        let onnx_path = vdir.join("model.onnx");
+        let onnx = std::fs::read(&onnx_path).map_err(|e| error(&onnx_path, format!("cannot read: {e}")))?;
+        let backend = OnnxBackend::load(settings.runtime, &onnx, &card, settings.pool).map_err(|m| error(&onnx_path, m))?;
+        versions.insert(version, Arc::new(ModelVersion { version, backend: Arc::new(backend) }));
+    }
+    let default_version = match card.pinned_version {
+        Some(v) if versions.contains_key(&v) => v,
+        Some(v) => return Err(error(&card_path, format!("version = {v}, but there is no folder {v}/ with model.onnx"))),
+        None => *versions.keys().next_back().ok_or_else(|| error(dir, "no version folder (e.g. 1/model.onnx)"))?,
+    };
+    Ok(Model { name, card, versions, default_version })
+}
+
+fn has_pickle(dir: &Path) -> bool {
+    std::fs::read_dir(dir).into_iter().flatten().flatten().any(|e| {
+        let n = e.file_name();
+        let n = n.to_string_lossy();
+        [".pkl", ".pickle", ".joblib"].iter().any(|ext| n.ends_with(ext))
+    })
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::policy::OutputPolicy;
+    use crate::request::{OutputKind, Protocol, parse};
+
+    /// The repo's ONNX Runtime, fetched by scripts/setup.sh. Tests fail (never
+    /// skip) without it.
+    pub(crate) fn runtime() -> &'static Runtime {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(warden_core::config::DEFAULT_RUNTIME_DIR);
+        let lib = std::fs::read_dir(&dir)
+            .ok()
+            .and_then(|d| d.flatten().map(|e| e.path()).find(|p| p.to_string_lossy().contains("libonnxruntime.so")))
+            .unwrap_or_else(|| panic!("no ONNX Runtime in {}: run ./scripts/setup.sh", dir.display()));
+        Runtime::init(Some(&lib)).unwrap()
+    }
+
+    pub(crate) fn demo_repository() -> Repository {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models");
+        let settings = LoadSettings {
+            runtime: runtime(),
+            pool: PoolSettings { sessions: 2, queue: 8 },
+            card: CardDefaults { max_batch: 64, range_tolerance: 0.25 },
+        };
+        Repository::load(&dir, settings).unwrap()
+    }
+
+    #[derive(serde::Deserialize)]
+    struct Fixture {
+        inputs: Vec<Vec<f64>>,
+        labels: Vec<String>,
+        probabilities: Vec<Vec<f64>>,
+    }
+
+    /// Every fixture row, through the v1 parser and the engine, agrees with
+    /// Python onnxruntime: labels equal, probabilities within 1e-5.
+    #[tokio::test]
+    async fn demo_models_agree_with_python_onnxruntime() {
+        let repo = demo_repository();
+        assert_eq!(repo.len(), 3);
+        for model in repo.models() {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models").join(&model.name).join("fixtures.json");
+            let fixture: Fixture = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+            let body = serde_json::to_vec(&serde_json::json!({ "instances": fixture.inputs })).unwrap();
+            let request = parse(Protocol::V1, &model.card, &body, 32).unwrap();
+            let version = model.version(None).unwrap();
+            let prediction = version.backend.infer(request.rows, request.values).await.unwrap();
+            let labels: Vec<&str> = prediction.labels.iter().map(|&l| model.card.classes[l].as_str()).collect();
+            assert_eq!(labels, fixture.labels, "{}", model.name);
+            let probs = prediction.probabilities.unwrap();
+            let expected: Vec<f64> = fixture.probabilities.concat();
+            assert_eq!(probs.len(), expected.len());
+            for (i, (got, want)) in probs.iter().zip(&expected).enumerate() {
+                assert!((f64::from(*got) - want).abs() <= 1e-5, "{} value {i}: {got} vs {want}", model.name);
+            }
+            // The output policy keeps labels and only rounds probabilities.
+            let policy = OutputPolicy { probabilities: true, decimals: 2 };
+            let p2 = version.backend.infer(1, parse(Protocol::V1, &model.card, &serde_json::to_vec(&serde_json::json!({"instances": [fixture.inputs[0]]})).unwrap(), 32).unwrap().values).await.unwrap();
+            let shown = policy.apply(&model.card, &p2, &[OutputKind::Label, OutputKind::Probabilities]);
+            assert_eq!(shown.labels.unwrap()[0], fixture.labels[0]);
+        }
+    }
+
+    #[test]
+    fn a_card_that_disagrees_with_its_graph_is_refused() {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/iris");
+        let tmp = std::env::temp_dir().join(format!("warden-bad-card-{}", std::process::id()));
+        let model_dir = tmp.join("iris");
+        std::fs::create_dir_all(model_dir.join("1")).unwrap();
+        std::fs::copy(src.join("1/model.onnx"), model_dir.join("1/model.onnx")).unwrap();
+        let card = std::fs::read_to_string(src.join("model.toml")).unwrap();
+        let settings = LoadSettings {
+            runtime: runtime(),
+            pool: PoolSettings { sessions: 1, queue: 1 },
+            card: CardDefaults { max_batch: 64, range_tolerance: 0.25 },
+        };
+        // One feature too few.
+        let cut = card.rfind("[[input.features]]").unwrap();
+        let output = card.find("[output]").unwrap();
+        std::fs::write(model_dir.join("model.toml"), format!("{}{}", &card[..cut], &card[output..])).unwrap();
+        let e = Repository::load(&tmp, settings).unwrap_err();
+        assert!(e.message.contains("3 features"), "{e}");
+        // Wrong input name.
+        std::fs::write(model_dir.join("model.toml"), card.replace("name = \"input\"", "name = \"x\"")).unwrap();
+        let e = Repository::load(&tmp, settings).unwrap_err();
+        assert!(e.message.contains("input.name"), "{e}");
+        // Wrong number of classes.
+        std::fs::write(model_dir.join("model.toml"), card.replace("\"virginica\"]", "\"virginica\", \"extra\"]")).unwrap();
+        let e = Repository::load(&tmp, settings).unwrap_err();
+        assert!(e.to_string().contains("model.onnx"), "{e}");
+        // A pickle next to the graph refuses the model.
+        std::fs::write(model_dir.join("model.toml"), &card).unwrap();
+        std::fs::write(model_dir.join("1/model.pkl"), b"x").unwrap();
+        let e = Repository::load(&tmp, settings).unwrap_err();
+        assert!(e.message.contains("pickle"), "{e}");
+        std::fs::remove_dir_all(&tmp).unwrap();
+    }
+}

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Fetches the ONNX Runtime shared library Warden loads at start (SPEC §4).
+#
+# The library comes from the PyPI `onnxruntime` wheel: a wheel is a zip, and
+# libonnxruntime.so inside it is a plain C library that does not link Python.
+# It lands in .runtime/lib/ (git-ignored), where Warden looks by default.
+# Needs only pip (for the download) and python3 (to unzip). Idempotent.
+set -euo pipefail
+
+ORT_VERSION="${ORT_VERSION:-1.32.0}"
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+dest="$root/.runtime/lib"
+lib="$dest/libonnxruntime.so.$ORT_VERSION"
+
+if [ -f "$lib" ]; then
+  exit 0
+fi
+
+case "$(uname -s)-$(uname -m)" in
+  Linux-x86_64|Linux-aarch64) ;;
+  *) echo "setup.sh: only Linux x86_64/aarch64 is scripted; set ORT_DYLIB_PATH to an ONNX Runtime $ORT_VERSION library" >&2; exit 1 ;;
+esac
+
+tmp="$(mktemp -d)"
+trap 'rm -rf "$tmp"' EXIT
+echo "fetching ONNX Runtime $ORT_VERSION (PyPI wheel) ..." >&2
+python3 -m pip download --quiet --disable-pip-version-check "onnxruntime==$ORT_VERSION" \
+  --no-deps --only-binary :all: --dest "$tmp"
+mkdir -p "$dest"
+python3 - "$tmp" "$dest" <<'PY'
+import glob, os, sys, zipfile
+tmp, dest = sys.argv[1], sys.argv[2]
+wheels = glob.glob(os.path.join(tmp, "onnxruntime-*.whl"))
+if len(wheels) != 1:
+    sys.exit(f"expected one onnxruntime wheel, found {wheels}")
+with zipfile.ZipFile(wheels[0]) as z:
+    names = [n for n in z.namelist() if os.path.basename(n).startswith("libonnxruntime.so")]
+    if not names:
+        sys.exit("no libonnxruntime.so in the wheel")
+    for n in names:
+        target = os.path.join(dest, os.path.basename(n))
+        with z.open(n) as src, open(target + ".part", "wb") as out:
+            out.write(src.read())
+        os.replace(target + ".part", target)
+PY
+echo "ONNX Runtime ready: $lib" >&2
