@@ -1,1 +1,45 @@
-fn main() {}
+//! The `warden` binary: parse the command line, load and validate the
+//! configuration, run the verb, map the outcome to an exit code
+//! (0 ok, 1 runtime failure, 2 bad usage or bad configuration).
+
+#![allow(clippy::print_stdout, clippy::print_stderr, reason = "a CLI talks on stdout and stderr")]
+
+mod cli;
+mod commands;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+/// How a verb failed, and so which exit code it gets.
+#[derive(Debug)]
+pub(crate) enum Failure {
+    /// Bad usage or bad configuration: exit 2.
+    Usage(String),
+    /// Anything else: exit 1.
+    Runtime(String),
+}
+
+impl Failure {
+    pub(crate) fn usage(message: impl std::fmt::Display) -> Self {
+        Self::Usage(message.to_string())
+    }
+    pub(crate) fn runtime(message: impl std::fmt::Display) -> Self {
+        Self::Runtime(message.to_string())
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse(); // clap exits 2 on bad usage
+    match commands::run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Usage(message)) => {
+            eprintln!("warden: {message}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Runtime(message)) => {
+            eprintln!("warden: {message}");
+            ExitCode::from(1)
+        }
+    }
+}

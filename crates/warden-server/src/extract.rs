@@ -1,0 +1,124 @@
+//! Warden's own extractors, whose rejections are Warden errors, so that a
+//! malformed request gets the same envelope as everything else.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Path, Request};
+use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use axum::http::request::Parts;
+use warden_core::{ApiError, ErrorCode, Principal};
+
+use crate::state::AppState;
+
+/// A JSON request body, read up to the body limit. A missing
+/// `Content-Type` is read as JSON (Open Inference Protocol clients send
+/// none); any explicit type other than `application/json` or `*+json` is
+/// `unsupported_media_type`.
+#[derive(Debug)]
+pub struct JsonBody(pub Bytes);
+
+impl FromRequest<AppState> for JsonBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        if let Some(ct) = req.headers().get(CONTENT_TYPE) {
+            if !is_json(ct.to_str().unwrap_or_default()) {
+                return Err(ErrorCode::UnsupportedMediaType.into());
+            }
+        }
+        let limit = state.limits.body_limit;
+        if declared_length(&req).is_some_and(|len| len > limit) {
+            return Err(ErrorCode::PayloadTooLarge.into());
+        }
+        match axum::body::to_bytes(req.into_body(), limit).await {
+            Ok(bytes) => Ok(Self(bytes)),
+            Err(e) if is_length_limit(&e) => Err(ErrorCode::PayloadTooLarge.into()),
+            Err(_) => Err(ApiError::invalid_request("The request body could not be read.")),
+        }
+    }
+}
+
+/// The `Content-Length` the client declared, if any.
+pub(crate) fn declared_length(req: &Request) -> Option<usize> {
+    req.headers().get(CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+}
+
+fn is_length_limit(e: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = source {
+        if s.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = s.source();
+    }
+    false
+}
+
+fn is_json(content_type: &str) -> bool {
+    let essence = content_type.split(';').next().unwrap_or_default().trim();
+    let Some((kind, subtype)) = essence.split_once('/') else { return false };
+    kind.eq_ignore_ascii_case("application")
+        && (subtype.eq_ignore_ascii_case("json") || subtype.to_ascii_lowercase().ends_with("+json"))
+}
+
+/// The model (and optional version) named in the path. A path that does not
+/// decode is the same `not_found` as an unknown model.
+#[derive(Debug)]
+pub struct ModelRef {
+    /// The `{model}` segment, as sent.
+    pub name: String,
+    /// The `{version}` segment, if the route has one.
+    pub version: Option<String>,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for ModelRef {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Path(params) = Path::<Vec<(String, String)>>::from_request_parts(parts, state)
+            .await
+            .map_err(|_| ApiError::not_found())?;
+        let mut name = None;
+        let mut version = None;
+        for (k, v) in params {
+            match k.as_str() {
+                "model" => name = Some(v),
+                "version" => version = Some(v),
+                _ => {}
+            }
+        }
+        Ok(Self { name: name.ok_or_else(ApiError::not_found)?, version })
+    }
+}
+
+/// The authenticated principal, put in the request by the authenticate step.
+#[derive(Debug)]
+pub struct Caller(pub Principal);
+
+impl<S: Send + Sync> FromRequestParts<S> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        match parts.extensions.get::<Principal>() {
+            Some(p) => Ok(Self(p.clone())),
+            None => {
+                tracing::error!(path = parts.uri.path(), "handler reached without the authenticate step");
+                Err(ApiError::internal())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_json;
+
+    #[test]
+    fn json_content_types() {
+        for ok in ["application/json", "application/json; charset=utf-8", "Application/JSON", "application/vnd.x+json"] {
+            assert!(is_json(ok), "{ok}");
+        }
+        for bad in ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", "", "json"] {
+            assert!(!is_json(bad), "{bad}");
+        }
+    }
+}

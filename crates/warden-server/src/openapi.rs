@@ -1,0 +1,215 @@
+//! The OpenAPI 3.1 document, generated from the handlers' annotations and
+//! the schema types below. The schema types document the wire format; the
+//! parser in `warden_models::request` is the one that enforces it.
+
+#![allow(dead_code, reason = "fields exist to be described in the OpenAPI document")]
+
+use serde::Serialize;
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi, ToSchema};
+
+/// The error envelope every failure has (SPEC §3).
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"error": "The input does not match the model's schema.", "code": "validation_failed", "request_id": "5f3a9c1e000000000007", "details": [{"field": "instances[0].petal_length_cm", "problem": "is outside the range this model accepts"}]}))]
+pub struct ErrorBody {
+    /// A generic sentence.
+    error: String,
+    /// The stable code: unauthenticated, forbidden, not_found, banned, rate_limited, quota_exceeded, invalid_request, validation_failed, input_rejected, payload_too_large, unsupported_media_type, method_not_allowed, overloaded, upstream_unavailable, internal.
+    code: String,
+    /// The request id, also in the `x-request-id` header.
+    request_id: String,
+    /// For validation_failed: the client's fields and what is wrong with each.
+    details: Option<Vec<FieldProblemBody>>,
+}
+
+/// One problem with one input field.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FieldProblemBody {
+    field: String,
+    problem: String,
+}
+
+/// `{"live": true}`
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LiveBody {
+    live: bool,
+}
+
+/// `{"ready": true}`
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ReadyBody {
+    ready: bool,
+}
+
+/// Server metadata.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"name": "warden", "version": "0.1.0", "extensions": []}))]
+pub struct ServerMetadata {
+    name: String,
+    version: String,
+    extensions: Vec<String>,
+}
+
+/// Model readiness.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ModelReady {
+    name: String,
+    ready: bool,
+}
+
+/// A tensor's description in model metadata.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TensorMetadata {
+    name: String,
+    datatype: String,
+    shape: Vec<i64>,
+}
+
+/// Model metadata (Open Inference Protocol, with Warden's parameters).
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"name": "iris", "versions": ["1"], "platform": "onnxruntime_onnx",
+    "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, 4]}],
+    "outputs": [{"name": "label", "datatype": "BYTES", "shape": [-1]}, {"name": "probabilities", "datatype": "FP32", "shape": [-1, 3]}],
+    "parameters": {"description": "Iris species", "max_batch": 64, "features": [{"name": "sepal_length_cm", "min": 3.5, "max": 8.8}], "classes": ["setosa", "versicolor", "virginica"]}}))]
+pub struct ModelMetadata {
+    name: String,
+    versions: Vec<String>,
+    platform: String,
+    inputs: Vec<TensorMetadata>,
+    /// Only the outputs this credential may receive.
+    outputs: Vec<TensorMetadata>,
+    /// description, max_batch, features (name with accepted min/max, or categories), classes.
+    parameters: serde_json::Value,
+}
+
+/// KServe v1 request: instances as arrays of values (feature order) or objects of named features.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"instances": [[5.1, 3.5, 1.4, 0.2], {"sepal_length_cm": 6.7, "sepal_width_cm": 3.0, "petal_length_cm": 5.2, "petal_width_cm": 2.3}]}))]
+pub struct V1Request {
+    instances: Vec<serde_json::Value>,
+}
+
+/// KServe v1 response: one prediction per instance; probabilities only when the policy allows.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"predictions": [{"label": "setosa", "probabilities": {"setosa": 1.0, "versicolor": 0.0, "virginica": 0.0}}]}))]
+pub struct V1Response {
+    predictions: Vec<V1Prediction>,
+}
+
+/// One v1 prediction.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct V1Prediction {
+    label: Option<String>,
+    probabilities: Option<std::collections::BTreeMap<String, f64>>,
+}
+
+/// An input tensor. `data` may be flat or nested; its length must equal the product of `shape`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct V2Input {
+    name: String,
+    /// `[rows, features]`
+    shape: Vec<i64>,
+    /// FP32, FP64, FP16, INT8..INT64 or UINT8..UINT64.
+    datatype: String,
+    /// Accepted and ignored.
+    parameters: Option<serde_json::Value>,
+    data: serde_json::Value,
+}
+
+/// A requested output.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct V2RequestedOutput {
+    /// `label` or `probabilities`.
+    name: String,
+    parameters: Option<serde_json::Value>,
+}
+
+/// Open Inference Protocol inference request.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"id": "req-1", "inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [5.1, 3.5, 1.4, 0.2]}]}))]
+pub struct V2InferRequest {
+    /// Echoed in the response.
+    id: Option<String>,
+    /// Accepted and ignored.
+    parameters: Option<serde_json::Value>,
+    inputs: Vec<V2Input>,
+    outputs: Option<Vec<V2RequestedOutput>>,
+}
+
+/// An output tensor.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct V2Output {
+    name: String,
+    datatype: String,
+    shape: Vec<i64>,
+    data: Vec<serde_json::Value>,
+}
+
+/// Open Inference Protocol inference response.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"model_name": "iris", "model_version": "1", "id": "req-1", "outputs": [{"name": "label", "datatype": "BYTES", "shape": [1], "data": ["setosa"]}, {"name": "probabilities", "datatype": "FP32", "shape": [1, 3], "data": [1.0, 0.0, 0.0]}]}))]
+pub struct V2InferResponse {
+    model_name: String,
+    model_version: String,
+    id: Option<String>,
+    outputs: Vec<V2Output>,
+}
+
+#[derive(Debug)]
+struct SecuritySchemes;
+
+impl Modify for SecuritySchemes {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
+                "X-API-Key",
+                "A Warden API key, wdn_<id>_<secret>",
+            ))),
+        );
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("Authorization: Bearer <API key>"))
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// The document.
+#[derive(Debug, OpenApi)]
+#[openapi(
+    info(title = "Warden", description = "A secure-by-default model server and ML security gateway."),
+    paths(
+        crate::routes::live,
+        crate::routes::ready,
+        crate::routes::openapi,
+        crate::routes::server_metadata,
+        crate::routes::model_metadata,
+        crate::routes::model_version_metadata,
+        crate::routes::model_ready,
+        crate::routes::model_version_ready,
+        crate::routes::v2_infer,
+        crate::routes::v2_infer_version,
+        crate::routes::v1_predict,
+    ),
+    modifiers(&SecuritySchemes),
+    tags(
+        (name = "health", description = "Open Inference Protocol health, no credential"),
+        (name = "meta", description = "Server metadata and this document"),
+        (name = "models", description = "Model metadata and readiness"),
+        (name = "inference", description = "Predictions, v1 and v2 protocols"),
+    )
+)]
+pub struct ApiDoc;
+
+/// The document as JSON bytes (built once at start).
+pub fn document() -> Vec<u8> {
+    let mut doc = ApiDoc::openapi();
+    doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
+    doc.to_pretty_json().map(String::into_bytes).unwrap_or_default()
+}

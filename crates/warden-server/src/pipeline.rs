@@ -1,0 +1,194 @@
+//! The request pipeline of SPEC §2, in one place. The order is part of the
+//! product contract; docs/pipeline.md draws it and the integration tests pin
+//! it. Read [`data_plane`] top to bottom for the HTTP half and [`infer`] for
+//! the model half:
+//!
+//! ```text
+//! accept → TLS                                   (listener.rs)
+//!   → request id → respond (envelope, headers, access log) → catch panic
+//!   → deadline → body limit → client address
+//!   → ban check → authenticate → rate limit       (protected routes only)
+//!   → handler: quota → authorize → parse + validate → defenses
+//!              → inference → output policy → (audit) → response
+//! ```
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::http::HeaderName;
+use axum::http::header::{AUTHORIZATION, COOKIE, PROXY_AUTHORIZATION};
+use axum::middleware::{from_fn, from_fn_with_state};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use tower::ServiceBuilder;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
+use warden_core::{ApiError, ErrorCode, Permission, Principal};
+use warden_models::engine::EngineError;
+use warden_models::policy::OutputPolicy;
+use warden_models::{Model, ModelVersion, Protocol, protocol, request};
+
+use crate::routes;
+use crate::state::AppState;
+use crate::steps::{self, ModelNote};
+
+/// The data-plane router with the whole HTTP half of the pipeline.
+pub fn data_plane(state: AppState) -> Router {
+    // Routes that need a credential. `route_layer` runs these steps only for
+    // matched routes, so an unknown path is a plain 404 for everyone.
+    let protected = Router::new()
+        .route("/v2", get(routes::server_metadata))
+        .route("/v2/models/{model}", get(routes::model_metadata))
+        .route("/v2/models/{model}/versions/{version}", get(routes::model_version_metadata))
+        .route("/v2/models/{model}/ready", get(routes::model_ready))
+        .route("/v2/models/{model}/versions/{version}/ready", get(routes::model_version_ready))
+        .route("/v2/models/{model}/infer", post(routes::v2_infer))
+        .route("/v2/models/{model}/versions/{version}/infer", post(routes::v2_infer_version))
+        .route("/v1/models/{model}", post(routes::v1_predict))
+        .route_layer(
+            ServiceBuilder::new()
+                // Ban check first: a banned client's credential is never even looked at.
+                .layer(from_fn(steps::ban_check))
+                // Authenticate: credential → Principal in the request extensions.
+                .layer(from_fn_with_state(state.clone(), steps::authenticate))
+                // Rate limit after authentication, so limits are per principal
+                // and an unauthenticated burst gets 401s, not 429s.
+                .layer(from_fn(steps::rate_limit)),
+        );
+
+    let public = Router::new()
+        .route("/v2/health/live", get(routes::live))
+        .route("/v2/health/ready", get(routes::ready))
+        .route("/openapi.json", get(routes::openapi));
+
+    public
+        .merge(protected)
+        .fallback(routes::not_found)
+        .method_not_allowed_fallback(routes::method_not_allowed)
+        .layer(
+            ServiceBuilder::new()
+                // Credentials are marked sensitive before anything could log headers.
+                .layer(SetSensitiveRequestHeadersLayer::new(sensitive_headers()))
+                // Request id first, so every later step and every response has one.
+                .layer(from_fn(steps::request_id))
+                // Respond: error envelope, security headers, access log — outside
+                // everything else so it sees every response.
+                .layer(from_fn_with_state(state.clone(), steps::respond))
+                // A panic anywhere inside becomes `internal`, never a dropped connection.
+                .layer(CatchPanicLayer::custom(steps::panic_to_internal))
+                // Deadline for the whole request, body reading included.
+                .layer(from_fn_with_state(state.clone(), steps::deadline))
+                // Oversized declared bodies are refused before anything reads them.
+                .layer(from_fn_with_state(state.clone(), steps::body_limit))
+                // Client address, for the ban check, limits and logs.
+                .layer(from_fn_with_state(state.clone(), steps::client_address)),
+        )
+        .with_state(state)
+}
+
+fn sensitive_headers() -> [HeaderName; 4] {
+    [AUTHORIZATION, PROXY_AUTHORIZATION, COOKIE, HeaderName::from_static("x-api-key")]
+}
+
+/// Step: authorize. The model must exist and the principal must hold
+/// `permission` on it; an unknown model and a forbidden one are the same
+/// `not_found`, so callers cannot probe for model names.
+pub fn authorize(
+    state: &AppState,
+    caller: &Principal,
+    name: &str,
+    version: Option<&str>,
+    permission: Permission,
+) -> Result<(Arc<Model>, Arc<ModelVersion>), ApiError> {
+    let allowed = match permission {
+        Permission::Predict => caller.may_predict(name),
+        _ => caller.may_read_model(name),
+    };
+    if !allowed {
+        return Err(ApiError::not_found());
+    }
+    let model = state.repository.get(name).ok_or_else(ApiError::not_found)?;
+    let version = model.version(version).ok_or_else(ApiError::not_found)?;
+    Ok((Arc::clone(model), Arc::clone(version)))
+}
+
+/// The model half of the pipeline, shared by v1 and v2.
+pub async fn infer(
+    state: &AppState,
+    caller: &Principal,
+    name: &str,
+    version: Option<&str>,
+    protocol: Protocol,
+    body: &[u8],
+) -> Response {
+    let mut note = None;
+    let mut response = infer_steps(state, caller, name, version, protocol, body, &mut note)
+        .await
+        .unwrap_or_else(IntoResponse::into_response);
+    if let Some(note) = note {
+        response.extensions_mut().insert(note);
+    }
+    response
+}
+
+async fn infer_steps(
+    state: &AppState,
+    caller: &Principal,
+    name: &str,
+    version: Option<&str>,
+    protocol: Protocol,
+    body: &[u8],
+    note: &mut Option<ModelNote>,
+) -> Result<Response, ApiError> {
+    // Quota (per principal, per model), in rows.
+    quota(caller, name)?;
+    // Authorize: unknown OR forbidden model → the same 404.
+    let (model, version) = authorize(state, caller, name, version, Permission::Predict)?;
+    *note = Some(ModelNote { model: model.name.clone(), version: version.version, rows: 0 });
+    // Parse + validate against the model's schema: the only way to get a ValidInferRequest.
+    let request = request::parse(protocol, &model.card, body, state.limits.json_max_depth)?;
+    let rows = request.rows;
+    if let Some(n) = note.as_mut() {
+        n.rows = rows;
+    }
+    // The caller's output policy; asking for an output it withholds fails before inference.
+    let policy = OutputPolicy::for_caller(&model.card, caller);
+    let outputs = match &request.outputs {
+        Some(asked) => {
+            policy.check_requested(asked)?;
+            asked.clone()
+        }
+        None => policy.default_outputs().to_vec(),
+    };
+    // Defenses: out-of-distribution, adversarial squeeze, extraction monitor.
+    defenses(&model, &request)?;
+    // Inference, on the blocking pool, bounded per model.
+    let prediction = version.backend.infer(rows, request.values).await.map_err(|e| match e {
+        EngineError::Overloaded => ApiError::new(ErrorCode::Overloaded).with_retry_after(1),
+        EngineError::Failed(message) => {
+            tracing::error!(model = %model.name, version = version.version, error = %message, "inference failed");
+            ApiError::internal()
+        }
+    })?;
+    // Output policy: label-only / rounding.
+    let shown = policy.apply(&model.card, &prediction, &outputs);
+    let body = match protocol {
+        Protocol::V1 => protocol::v1_response(&model.card, &shown, rows),
+        Protocol::V2 => protocol::v2_response(&model, version.version, request.id.as_deref(), &shown, rows),
+    };
+    // Audit record: the audit trail (issue 5) hooks in here; the access-log
+    // line is written by the respond step with this request's ModelNote.
+    Ok(routes::json(body))
+}
+
+/// Step: quota, per principal and model, counted in rows. Filled by the
+/// abuse-control work (issue 4); until then there are no quotas.
+fn quota(_caller: &Principal, _model: &str) -> Result<(), ApiError> {
+    Ok(())
+}
+
+/// Step: defenses against ML attacks. Filled by the defenses work (issue 7);
+/// until then inputs that pass validation are not screened further.
+fn defenses(_model: &Model, _request: &request::ValidInferRequest) -> Result<(), ApiError> {
+    Ok(())
+}

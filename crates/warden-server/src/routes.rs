@@ -1,0 +1,168 @@
+//! The data-plane handlers (SPEC §3). Inference handlers only adapt the
+//! route to `pipeline::infer`, where the model half of the pipeline lives.
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use warden_core::{ApiError, ErrorCode, Permission};
+use warden_models::policy::OutputPolicy;
+use warden_models::{Protocol, protocol};
+
+use crate::extract::{Caller, JsonBody, ModelRef};
+use crate::openapi::{
+    ErrorBody, LiveBody, ModelMetadata, ModelReady, ReadyBody, ServerMetadata, V1Request, V1Response,
+    V2InferRequest, V2InferResponse,
+};
+use crate::pipeline;
+use crate::state::AppState;
+use crate::steps::ModelNote;
+
+/// A 200 JSON response from already-serialized bytes.
+pub(crate) fn json(body: impl Into<Bytes>) -> Response {
+    let mut r = Response::new(axum::body::Body::from(body.into()));
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+/// Liveness.
+#[utoipa::path(get, path = "/v2/health/live", tag = "health", responses((status = 200, body = LiveBody)))]
+pub async fn live() -> Response {
+    json(&br#"{"live":true}"#[..])
+}
+
+/// Readiness: every model in the repository is loaded once the server listens.
+#[utoipa::path(get, path = "/v2/health/ready", tag = "health", responses((status = 200, body = ReadyBody)))]
+pub async fn ready() -> Response {
+    json(&br#"{"ready":true}"#[..])
+}
+
+/// The OpenAPI 3.1 document of this API.
+#[utoipa::path(get, path = "/openapi.json", tag = "meta", responses((status = 200, description = "OpenAPI 3.1 document", content_type = "application/json")))]
+pub async fn openapi(State(state): State<AppState>) -> Response {
+    json(state.openapi.clone())
+}
+
+/// Server metadata (any valid credential).
+#[utoipa::path(get, path = "/v2", tag = "meta",
+    responses((status = 200, body = ServerMetadata), (status = 401, body = ErrorBody)),
+    security(("api_key" = []), ("bearer" = [])))]
+pub async fn server_metadata(Caller(_): Caller) -> Response {
+    json(format!(
+        r#"{{"name":"warden","version":"{}","extensions":[]}}"#,
+        env!("CARGO_PKG_VERSION")
+    ))
+}
+
+/// Model metadata: inputs, outputs, shapes, datatypes, features and classes.
+#[utoipa::path(get, path = "/v2/models/{model}", tag = "models",
+    params(("model" = String, Path, description = "Model name")),
+    responses((status = 200, body = ModelMetadata), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("api_key" = []), ("bearer" = [])))]
+pub async fn model_metadata(State(state): State<AppState>, Caller(caller): Caller, target: ModelRef) -> Result<Response, ApiError> {
+    let (model, version) = pipeline::authorize(&state, &caller, &target.name, target.version.as_deref(), Permission::ModelsRead)?;
+    let policy = OutputPolicy::for_caller(&model.card, &caller);
+    let mut response = json(protocol::v2_metadata(&model, &policy));
+    response.extensions_mut().insert(ModelNote { model: model.name.clone(), version: version.version, rows: 0 });
+    Ok(response)
+}
+
+/// Metadata of one version.
+#[utoipa::path(get, path = "/v2/models/{model}/versions/{version}", tag = "models",
+    params(("model" = String, Path, description = "Model name"), ("version" = String, Path, description = "Version number")),
+    responses((status = 200, body = ModelMetadata), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("api_key" = []), ("bearer" = [])))]
+pub async fn model_version_metadata(state: State<AppState>, caller: Caller, target: ModelRef) -> Result<Response, ApiError> {
+    model_metadata(state, caller, target).await
+}
+
+/// Model readiness.
+#[utoipa::path(get, path = "/v2/models/{model}/ready", tag = "models",
+    params(("model" = String, Path, description = "Model name")),
+    responses((status = 200, body = ModelReady), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("api_key" = []), ("bearer" = [])))]
+pub async fn model_ready(State(state): State<AppState>, Caller(caller): Caller, target: ModelRef) -> Result<Response, ApiError> {
+    let (model, _) = pipeline::authorize(&state, &caller, &target.name, target.version.as_deref(), Permission::ModelsRead)?;
+    let body = serde_json::json!({"name": model.name, "ready": true});
+    Ok(json(body.to_string()))
+}
+
+/// Readiness of one version.
+#[utoipa::path(get, path = "/v2/models/{model}/versions/{version}/ready", tag = "models",
+    params(("model" = String, Path, description = "Model name"), ("version" = String, Path, description = "Version number")),
+    responses((status = 200, body = ModelReady), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("api_key" = []), ("bearer" = [])))]
+pub async fn model_version_ready(state: State<AppState>, caller: Caller, target: ModelRef) -> Result<Response, ApiError> {
+    model_ready(state, caller, target).await
+}
+
+/// Open Inference Protocol (KServe v2) inference.
+#[utoipa::path(post, path = "/v2/models/{model}/infer", tag = "inference",
+    params(("model" = String, Path, description = "Model name")),
+    request_body(content = V2InferRequest, content_type = "application/json"),
+    responses(
+        (status = 200, body = V2InferResponse),
+        (status = 400, description = "invalid_request", body = ErrorBody),
+        (status = 401, description = "unauthenticated", body = ErrorBody),
+        (status = 404, description = "not_found: unknown model, or one this credential may not use", body = ErrorBody),
+        (status = 413, description = "payload_too_large", body = ErrorBody),
+        (status = 415, description = "unsupported_media_type", body = ErrorBody),
+        (status = 422, description = "validation_failed, with details", body = ErrorBody),
+        (status = 503, description = "overloaded, with Retry-After", body = ErrorBody),
+    ),
+    security(("api_key" = []), ("bearer" = [])))]
+pub async fn v2_infer(State(state): State<AppState>, Caller(caller): Caller, target: ModelRef, JsonBody(body): JsonBody) -> Response {
+    pipeline::infer(&state, &caller, &target.name, target.version.as_deref(), Protocol::V2, &body).await
+}
+
+/// Inference on one version.
+#[utoipa::path(post, path = "/v2/models/{model}/versions/{version}/infer", tag = "inference",
+    params(("model" = String, Path, description = "Model name"), ("version" = String, Path, description = "Version number")),
+    request_body(content = V2InferRequest, content_type = "application/json"),
+    responses(
+        (status = 200, body = V2InferResponse),
+        (status = 400, description = "invalid_request", body = ErrorBody),
+        (status = 401, description = "unauthenticated", body = ErrorBody),
+        (status = 404, description = "not_found", body = ErrorBody),
+        (status = 413, description = "payload_too_large", body = ErrorBody),
+        (status = 415, description = "unsupported_media_type", body = ErrorBody),
+        (status = 422, description = "validation_failed, with details", body = ErrorBody),
+        (status = 503, description = "overloaded, with Retry-After", body = ErrorBody),
+    ),
+    security(("api_key" = []), ("bearer" = [])))]
+pub async fn v2_infer_version(state: State<AppState>, caller: Caller, target: ModelRef, body: JsonBody) -> Response {
+    v2_infer(state, caller, target, body).await
+}
+
+/// KServe v1 / TF-Serving style prediction. The path is `/v1/models/{model}:predict`.
+#[utoipa::path(post, path = "/v1/models/{model}:predict", tag = "inference",
+    params(("model" = String, Path, description = "Model name")),
+    request_body(content = V1Request, content_type = "application/json"),
+    responses(
+        (status = 200, body = V1Response),
+        (status = 400, description = "invalid_request", body = ErrorBody),
+        (status = 401, description = "unauthenticated", body = ErrorBody),
+        (status = 404, description = "not_found", body = ErrorBody),
+        (status = 413, description = "payload_too_large", body = ErrorBody),
+        (status = 415, description = "unsupported_media_type", body = ErrorBody),
+        (status = 422, description = "validation_failed, with details", body = ErrorBody),
+        (status = 503, description = "overloaded, with Retry-After", body = ErrorBody),
+    ),
+    security(("api_key" = []), ("bearer" = [])))]
+pub async fn v1_predict(State(state): State<AppState>, Caller(caller): Caller, target: ModelRef, JsonBody(body): JsonBody) -> Response {
+    // The route is `/v1/models/{model}`; the segment must end in `:predict`.
+    match target.name.strip_suffix(":predict") {
+        Some(name) => pipeline::infer(&state, &caller, name, None, Protocol::V1, &body).await,
+        None => ApiError::not_found().into_response(),
+    }
+}
+
+/// Unknown routes.
+pub async fn not_found() -> ApiError {
+    ApiError::not_found()
+}
+
+/// Known route, wrong method.
+pub async fn method_not_allowed() -> ApiError {
+    ErrorCode::MethodNotAllowed.into()
+}

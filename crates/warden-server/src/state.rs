@@ -1,0 +1,50 @@
+//! What every request handler shares.
+
+use std::ops::Deref;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use warden_auth::Authenticator;
+use warden_models::Repository;
+
+/// Per-request limits from the configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestLimits {
+    /// Largest body in bytes.
+    pub body_limit: usize,
+    /// Deepest JSON nesting.
+    pub json_max_depth: usize,
+    /// Whole-request deadline.
+    pub request_timeout: Duration,
+}
+
+/// The shared state of the data plane.
+#[derive(Debug)]
+pub struct Shared {
+    /// Models served.
+    pub repository: Arc<Repository>,
+    /// Credential → principal.
+    pub authenticator: Arc<Authenticator>,
+    /// Request limits.
+    pub limits: RequestLimits,
+    /// Proxies whose forwarding headers are believed.
+    pub trusted_proxies: Vec<IpNet>,
+    /// Whether the listener speaks TLS (adds HSTS).
+    pub tls: bool,
+    /// Whether to write the access log.
+    pub access_log: bool,
+    /// The OpenAPI document, serialized once.
+    pub openapi: axum::body::Bytes,
+}
+
+/// Cheap-to-clone handle on [`Shared`].
+#[derive(Debug, Clone)]
+pub struct AppState(pub Arc<Shared>);
+
+impl Deref for AppState {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}

@@ -1,0 +1,186 @@
+//! TLS for the listeners: the rustls policy, certificate loading, and the
+//! self-signed development certificate of the embedded default.
+//!
+//! Policy (Mozilla "intermediate"): TLS 1.3 and 1.2 only; on 1.2 only ECDHE
+//! key exchange with AEAD ciphers (AES-GCM, ChaCha20-Poly1305); ALPN `h2`
+//! and `http/1.1`. The crypto provider is aws-lc-rs.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::crypto::aws_lc_rs;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::{CipherSuite, ServerConfig, SupportedCipherSuite};
+use warden_core::config::{CertSource, TlsSettings, TlsVersion};
+
+/// Why TLS could not be set up. Never contains key material.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A file could not be read or written.
+    #[error("{path}: {message}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+    /// rustls or rcgen refused.
+    #[error("TLS setup failed: {0}")]
+    Setup(String),
+}
+
+/// The TLS 1.2 suites Warden offers: ECDHE + AEAD only.
+const TLS12_SUITES: &[CipherSuite] = &[
+    CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+    CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+    CipherSuite::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+    CipherSuite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+    CipherSuite::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+    CipherSuite::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+];
+
+fn allowed(suite: &SupportedCipherSuite, min: TlsVersion) -> bool {
+    match suite {
+        SupportedCipherSuite::Tls13(_) => true,
+        SupportedCipherSuite::Tls12(_) => min == TlsVersion::V1_2 && TLS12_SUITES.contains(&suite.suite()),
+    }
+}
+
+/// Builds the rustls server configuration for `settings`, generating the
+/// self-signed certificate on first use.
+pub fn server_config(settings: &TlsSettings) -> Result<Arc<ServerConfig>, TlsError> {
+    let (certs, key) = match &settings.cert {
+        CertSource::SelfSigned { dir } => self_signed(dir)?,
+        CertSource::Pem { cert, key } => {
+            let certs = read_certs(cert)?;
+            let key = PrivateKeyDer::from_pem_slice(key.expose())
+                .map_err(|_| TlsError::Setup("tls.key does not hold a PEM private key".into()))?;
+            (certs, key)
+        }
+    };
+    let mut provider = aws_lc_rs::default_provider();
+    provider.cipher_suites.retain(|s| allowed(s, settings.min_version));
+    let versions: &[&rustls::SupportedProtocolVersion] = match settings.min_version {
+        TlsVersion::V1_2 => &[&rustls::version::TLS13, &rustls::version::TLS12],
+        TlsVersion::V1_3 => &[&rustls::version::TLS13],
+    };
+    let mut config = ServerConfig::builder_with_provider(Arc::new(provider))
+        .with_protocol_versions(versions)
+        .map_err(|e| TlsError::Setup(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| TlsError::Setup(format!("certificate and key do not form a usable pair: {e}")))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let err = |message: String| TlsError::File { path: path.to_owned(), message };
+    let pem = std::fs::read(path).map_err(|e| err(format!("cannot read: {e}")))?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| err("not a PEM certificate chain".into()))?;
+    if certs.is_empty() {
+        return Err(err("no certificate in the file".into()));
+    }
+    Ok(certs)
+}
+
+/// The embedded default's certificate: `dir/cert.pem` and `dir/key.pem`,
+/// generated once (SANs localhost, 127.0.0.1, ::1) and reused afterwards.
+fn self_signed(dir: &Path) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
+    let cert_path = dir.join("cert.pem");
+    let key_path = dir.join("key.pem");
+    if !cert_path.exists() || !key_path.exists() {
+        let generated = generate(&[], 365)?;
+        write_pair(dir, &generated)?;
+        tracing::info!(cert = %cert_path.display(), "generated a self-signed TLS certificate for development");
+    }
+    let certs = read_certs(&cert_path)?;
+    let key_pem = std::fs::read(&key_path)
+        .map_err(|e| TlsError::File { path: key_path.clone(), message: format!("cannot read: {e}") })?;
+    let key = PrivateKeyDer::from_pem_slice(&key_pem)
+        .map_err(|_| TlsError::File { path: key_path, message: "not a PEM private key".into() })?;
+    Ok((certs, key))
+}
+
+/// A generated certificate and key, as PEM.
+#[derive(Debug)]
+pub struct GeneratedCert {
+    /// Certificate PEM.
+    pub cert_pem: String,
+    /// Private key PEM (write it with mode 0600).
+    pub key_pem: String,
+}
+
+/// Generates a self-signed certificate for localhost, 127.0.0.1, ::1 and
+/// `extra_names`, valid for `days`.
+pub fn generate(extra_names: &[String], days: u32) -> Result<GeneratedCert, TlsError> {
+    let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
+    names.extend(extra_names.iter().cloned());
+    let mut params = rcgen::CertificateParams::new(names).map_err(|e| TlsError::Setup(e.to_string()))?;
+    params.distinguished_name.push(rcgen::DnType::CommonName, "Warden development certificate");
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::hours(1);
+    params.not_after = now + time::Duration::days(i64::from(days));
+    let key = rcgen::KeyPair::generate().map_err(|e| TlsError::Setup(e.to_string()))?;
+    let cert = params.self_signed(&key).map_err(|e| TlsError::Setup(e.to_string()))?;
+    Ok(GeneratedCert { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+}
+
+/// Writes `cert.pem` (0644) and `key.pem` (0600) into `dir` (created 0700),
+/// each atomically.
+pub fn write_pair(dir: &Path, generated: &GeneratedCert) -> Result<(), TlsError> {
+    let io = |path: &Path, e: std::io::Error| TlsError::File { path: path.to_owned(), message: e.to_string() };
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(|e| io(dir, e))?;
+    }
+    write_atomic(&dir.join("key.pem"), generated.key_pem.as_bytes(), 0o600).map_err(|e| io(&dir.join("key.pem"), e))?;
+    write_atomic(&dir.join("cert.pem"), generated.cert_pem.as_bytes(), 0o644).map_err(|e| io(&dir.join("cert.pem"), e))
+}
+
+fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn self_signed_is_generated_once_and_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let tls = dir.path().join("tls");
+        let settings = TlsSettings { cert: CertSource::SelfSigned { dir: tls.clone() }, min_version: TlsVersion::V1_2 };
+        let config = server_config(&settings).unwrap();
+        assert_eq!(config.alpn_protocols, [b"h2".to_vec(), b"http/1.1".to_vec()]);
+        let first = std::fs::read(tls.join("cert.pem")).unwrap();
+        server_config(&settings).unwrap();
+        assert_eq!(first, std::fs::read(tls.join("cert.pem")).unwrap(), "reused, not regenerated");
+        let mode = std::fs::metadata(tls.join("key.pem")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn only_aead_ecdhe_suites_on_tls12() {
+        let mut p = aws_lc_rs::default_provider();
+        p.cipher_suites.retain(|s| allowed(s, TlsVersion::V1_2));
+        for s in &p.cipher_suites {
+            if let SupportedCipherSuite::Tls12(_) = s {
+                assert!(TLS12_SUITES.contains(&s.suite()));
+            }
+        }
+        let mut p13 = aws_lc_rs::default_provider();
+        p13.cipher_suites.retain(|s| allowed(s, TlsVersion::V1_3));
+        assert!(p13.cipher_suites.iter().all(|s| matches!(s, SupportedCipherSuite::Tls13(_))));
+    }
+}
