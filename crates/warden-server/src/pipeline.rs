@@ -30,6 +30,9 @@ use warden_models::{Model, ModelVersion, Protocol, protocol, request};
 
 use crate::routes;
 use crate::state::AppState;
+#[cfg(test)]
+#[path = "pipeline_tests.rs"]
+mod tests;
 use crate::steps::{self, ModelNote};
 
 /// The data-plane router with the whole HTTP half of the pipeline.
@@ -60,6 +63,8 @@ pub fn data_plane(state: AppState) -> Router {
         .route("/v2/health/live", get(routes::live))
         .route("/v2/health/ready", get(routes::ready))
         .route("/openapi.json", get(routes::openapi));
+    #[cfg(test)]
+    let public = public.route("/__panic", get(tests::panic_route));
 
     public
         .merge(protected)
