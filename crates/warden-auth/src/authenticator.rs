@@ -55,7 +55,10 @@ pub enum Credential {
 impl Credential {
     /// Whether this failure counts as a guess (for brute-force bans).
     pub fn is_guess(self) -> bool {
-        matches!(self, Self::Malformed | Self::UnknownKey | Self::WrongSecret | Self::Revoked | Self::Expired)
+        matches!(
+            self,
+            Self::Malformed | Self::UnknownKey | Self::WrongSecret | Self::Revoked | Self::Expired
+        )
     }
 
     /// The client-facing error.
@@ -90,7 +93,10 @@ impl std::fmt::Debug for Authenticator {
 impl Authenticator {
     /// An authenticator over `store`.
     pub fn new(store: Arc<dyn Store>) -> Self {
-        Self { store, cache: RwLock::new(HashMap::new()) }
+        Self {
+            store,
+            cache: RwLock::new(HashMap::new()),
+        }
     }
 
     /// Authenticates a request from its headers.
@@ -136,16 +142,28 @@ impl Authenticator {
                 Credential::StoreFailed
             })?
             .map(Arc::new);
-        let mut cache = self.cache.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut cache = self
+            .cache
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if cache.len() >= CACHE_CAPACITY {
             cache.clear();
         }
-        cache.insert(id.to_owned(), Cached { record: record.clone(), fetched: Instant::now() });
+        cache.insert(
+            id.to_owned(),
+            Cached {
+                record: record.clone(),
+                fetched: Instant::now(),
+            },
+        );
         Ok(record)
     }
 
     fn read_cache(&self, id: &str) -> Option<Option<Arc<ApiKeyRecord>>> {
-        let cache = self.cache.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let cache = self
+            .cache
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let entry = cache.get(id)?;
         (entry.fetched.elapsed() < CACHE_TTL).then(|| entry.record.clone())
     }
@@ -192,7 +210,12 @@ mod tests {
     fn setup(role: Role, models: Option<Vec<String>>) -> (Arc<SqliteStore>, String, String) {
         let store = Arc::new(SqliteStore::in_memory().unwrap());
         let issued = KeyAdmin::new(store.as_ref())
-            .create(&NewKey { name: "t".into(), role, models, expires_in: None })
+            .create(&NewKey {
+                name: "t".into(),
+                role,
+                models,
+                expires_in: None,
+            })
             .unwrap();
         (store, issued.key.to_string(), issued.record.id)
     }
@@ -201,10 +224,16 @@ mod tests {
     async fn both_headers_work_and_resolve_the_principal() {
         let (store, key, id) = setup(Role::Predict, Some(vec!["iris".into()]));
         let auth = Authenticator::new(store);
-        let p = auth.authenticate(&headers("x-api-key", &key)).await.unwrap();
+        let p = auth
+            .authenticate(&headers("x-api-key", &key))
+            .await
+            .unwrap();
         assert_eq!(&*p.id, format!("key:{id}"));
         assert!(p.may_predict("iris") && !p.may_predict("digits"));
-        let p = auth.authenticate(&headers("authorization", &format!("bearer {key}"))).await.unwrap();
+        let p = auth
+            .authenticate(&headers("authorization", &format!("bearer {key}")))
+            .await
+            .unwrap();
         assert_eq!(p.role, Role::Predict);
     }
 
@@ -212,14 +241,21 @@ mod tests {
     async fn every_failure_is_classified() {
         let (store, key, id) = setup(Role::Admin, None);
         let auth = Authenticator::new(store.clone());
-        let forged = format!("{}{}", &key[..key.len() - 1], if key.ends_with('a') { 'b' } else { 'a' });
+        let forged = format!(
+            "{}{}",
+            &key[..key.len() - 1],
+            if key.ends_with('a') { 'b' } else { 'a' }
+        );
         let unknown = format!("wdn_zzzzzzzzzzzz_{}", &key[key.len() - 43..]);
         let long = "a".repeat(MAX_CREDENTIAL_LEN + 1);
         let cases = [
             (HeaderMap::new(), Credential::Missing),
             (headers("x-api-key", "nope"), Credential::Malformed),
             (headers("x-api-key", &long), Credential::Malformed),
-            (headers("authorization", &format!("Basic {key}")), Credential::Malformed),
+            (
+                headers("authorization", &format!("Basic {key}")),
+                Credential::Malformed,
+            ),
             (headers("x-api-key", &forged), Credential::WrongSecret),
             (headers("x-api-key", &unknown), Credential::UnknownKey),
         ];
@@ -227,20 +263,36 @@ mod tests {
             assert_eq!(auth.authenticate(&h).await.unwrap_err(), expected);
         }
         let mut both = headers("x-api-key", &key);
-        both.insert(AUTHORIZATION, HeaderValue::from_str(&format!("Bearer {key}")).unwrap());
-        assert_eq!(auth.authenticate(&both).await.unwrap_err(), Credential::Ambiguous);
+        both.insert(
+            AUTHORIZATION,
+            HeaderValue::from_str(&format!("Bearer {key}")).unwrap(),
+        );
+        assert_eq!(
+            auth.authenticate(&both).await.unwrap_err(),
+            Credential::Ambiguous
+        );
 
         // Revocation is seen once the cache entry is older than the TTL.
         store.revoke_key(&id, unix_now()).unwrap();
         auth.cache.write().unwrap().clear();
-        assert_eq!(auth.authenticate(&headers("x-api-key", &key)).await.unwrap_err(), Credential::Revoked);
+        assert_eq!(
+            auth.authenticate(&headers("x-api-key", &key))
+                .await
+                .unwrap_err(),
+            Credential::Revoked
+        );
     }
 
     #[tokio::test]
     async fn expired_keys_are_refused() {
         let store = Arc::new(SqliteStore::in_memory().unwrap());
         let issued = KeyAdmin::new(store.as_ref())
-            .create(&NewKey { name: "t".into(), role: Role::Predict, models: None, expires_in: Some(Duration::from_secs(60)) })
+            .create(&NewKey {
+                name: "t".into(),
+                role: Role::Predict,
+                models: None,
+                expires_in: Some(Duration::from_secs(60)),
+            })
             .unwrap();
         let mut record = store.get_key(&issued.record.id).unwrap().unwrap();
         // Move the key's expiry into the past, as time passing would.
@@ -249,6 +301,11 @@ mod tests {
         store.insert_key(&record).unwrap();
         let presented = format!("wdn_expiredkey01_{}", &issued.key[issued.key.len() - 43..]);
         let auth = Authenticator::new(store);
-        assert_eq!(auth.authenticate(&headers("x-api-key", &presented)).await.unwrap_err(), Credential::Expired);
+        assert_eq!(
+            auth.authenticate(&headers("x-api-key", &presented))
+                .await
+                .unwrap_err(),
+            Credential::Expired
+        );
     }
 }

@@ -33,7 +33,10 @@ pub struct ApiKey<'a> {
 
 impl fmt::Debug for ApiKey<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ApiKey").field("id", &self.id).field("secret", &"[redacted]").finish()
+        f.debug_struct("ApiKey")
+            .field("id", &self.id)
+            .field("secret", &"[redacted]")
+            .finish()
     }
 }
 
@@ -43,7 +46,8 @@ impl<'a> ApiKey<'a> {
         let rest = text.strip_prefix(PREFIX)?;
         let (id, secret) = rest.split_once('_')?;
         let id_ok = id.len() == ID_LEN && id.bytes().all(|b| ID_ALPHABET.contains(&b));
-        let secret_ok = secret.len() == SECRET_LEN && secret.bytes().all(|b| b.is_ascii_alphanumeric());
+        let secret_ok =
+            secret.len() == SECRET_LEN && secret.bytes().all(|b| b.is_ascii_alphanumeric());
         (id_ok && secret_ok).then_some(Self { id, secret })
     }
 
@@ -62,7 +66,9 @@ fn hash_secret(secret: &str) -> [u8; 32] {
 
 /// Unix seconds now.
 pub fn unix_now() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }
 
 /// What a new key should carry.
@@ -88,7 +94,10 @@ pub struct IssuedKey {
 
 impl fmt::Debug for IssuedKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("IssuedKey").field("id", &self.record.id).field("key", &"[redacted]").finish()
+        f.debug_struct("IssuedKey")
+            .field("id", &self.record.id)
+            .field("key", &"[redacted]")
+            .finish()
     }
 }
 
@@ -121,7 +130,9 @@ impl<'s, S: Store + ?Sized> KeyAdmin<'s, S> {
 
     /// Creates and stores a key; the returned text is shown once.
     pub fn create(&self, new: &NewKey) -> Result<IssuedKey, KeyError> {
-        self.issue(new, None, |record| self.store.insert_key(record).map(|()| true))
+        self.issue(new, None, |record| {
+            self.store.insert_key(record).map(|()| true)
+        })
     }
 
     /// Issues a replacement for `id` with the same name, role, models and
@@ -143,7 +154,9 @@ impl<'s, S: Store + ?Sized> KeyAdmin<'s, S> {
                 .map(|e| Duration::from_secs(e.saturating_sub(old.created_at).max(0) as u64)),
         };
         let now = unix_now();
-        self.issue(&new, Some(id), |record| self.store.rotate_key(id, record, now))
+        self.issue(&new, Some(id), |record| {
+            self.store.rotate_key(id, record, now)
+        })
     }
 
     /// Revokes a key.
@@ -163,10 +176,15 @@ impl<'s, S: Store + ?Sized> KeyAdmin<'s, S> {
     ) -> Result<IssuedKey, KeyError> {
         validate_new(new)?;
         let mut rng = rand::rng();
-        let id_chars = Uniform::new(0, ID_ALPHABET.len()).map_err(|e| KeyError::Invalid(e.to_string()))?;
-        let id: String = (0..ID_LEN).map(|_| ID_ALPHABET[rng.sample(id_chars)] as char).collect();
+        let id_chars =
+            Uniform::new(0, ID_ALPHABET.len()).map_err(|e| KeyError::Invalid(e.to_string()))?;
+        let id: String = (0..ID_LEN)
+            .map(|_| ID_ALPHABET[rng.sample(id_chars)] as char)
+            .collect();
         let secret = Zeroizing::new(
-            (0..SECRET_LEN).map(|_| rng.sample(Alphanumeric) as char).collect::<String>(),
+            (0..SECRET_LEN)
+                .map(|_| rng.sample(Alphanumeric) as char)
+                .collect::<String>(),
         );
         let now = unix_now();
         let record = ApiKeyRecord {
@@ -176,12 +194,16 @@ impl<'s, S: Store + ?Sized> KeyAdmin<'s, S> {
             models: new.models.clone(),
             secret_hash: hash_secret(&secret),
             created_at: now,
-            expires_at: new.expires_in.map(|d| now.saturating_add(d.as_secs() as i64)),
+            expires_at: new
+                .expires_in
+                .map(|d| now.saturating_add(d.as_secs() as i64)),
             revoked_at: None,
             rotated_from: rotated_from.map(str::to_owned),
         };
         if !store(&record)? {
-            return Err(KeyError::NotFound(rotated_from.unwrap_or_default().to_owned()));
+            return Err(KeyError::NotFound(
+                rotated_from.unwrap_or_default().to_owned(),
+            ));
         }
         let key = Zeroizing::new(format!("{PREFIX}{id}_{}", secret.as_str()));
         Ok(IssuedKey { record, key })
@@ -190,11 +212,15 @@ impl<'s, S: Store + ?Sized> KeyAdmin<'s, S> {
 
 fn validate_new(new: &NewKey) -> Result<(), KeyError> {
     if new.name.trim().is_empty() || new.name.len() > 128 {
-        return Err(KeyError::Invalid("--name must be 1 to 128 characters".into()));
+        return Err(KeyError::Invalid(
+            "--name must be 1 to 128 characters".into(),
+        ));
     }
     if let Some(models) = &new.models {
         if models.is_empty() {
-            return Err(KeyError::Invalid("--models needs at least one model name".into()));
+            return Err(KeyError::Invalid(
+                "--models needs at least one model name".into(),
+            ));
         }
         if let Some(bad) = models.iter().find(|m| !warden_core::is_model_name(m)) {
             return Err(KeyError::Invalid(format!(
@@ -214,7 +240,12 @@ mod tests {
     use warden_store::SqliteStore;
 
     fn new_key() -> NewKey {
-        NewKey { name: "ci".into(), role: Role::Predict, models: None, expires_in: None }
+        NewKey {
+            name: "ci".into(),
+            role: Role::Predict,
+            models: None,
+            expires_in: None,
+        }
     }
 
     #[test]
@@ -253,7 +284,9 @@ mod tests {
         ] {
             assert!(ApiKey::parse(text).is_none(), "{text}");
         }
-        assert!(ApiKey::parse("wdn_abcdefghijkl_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa").is_some());
+        assert!(
+            ApiKey::parse("wdn_abcdefghijkl_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa").is_some()
+        );
     }
 
     #[test]
@@ -266,11 +299,27 @@ mod tests {
         let old = admin.create(&nk).unwrap();
         let new = admin.rotate(&old.record.id).unwrap();
         assert_eq!(new.record.models, old.record.models);
-        assert_eq!(new.record.rotated_from.as_deref(), Some(old.record.id.as_str()));
+        assert_eq!(
+            new.record.rotated_from.as_deref(),
+            Some(old.record.id.as_str())
+        );
         assert_eq!(new.record.expires_at.unwrap() - new.record.created_at, 3600);
-        assert!(store.get_key(&old.record.id).unwrap().unwrap().revoked_at.is_some());
-        assert!(matches!(admin.rotate(&old.record.id), Err(KeyError::NotFound(_))));
-        assert!(matches!(admin.revoke(&old.record.id), Err(KeyError::NotFound(_))));
+        assert!(
+            store
+                .get_key(&old.record.id)
+                .unwrap()
+                .unwrap()
+                .revoked_at
+                .is_some()
+        );
+        assert!(matches!(
+            admin.rotate(&old.record.id),
+            Err(KeyError::NotFound(_))
+        ));
+        assert!(matches!(
+            admin.revoke(&old.record.id),
+            Err(KeyError::NotFound(_))
+        ));
         admin.revoke(&new.record.id).unwrap();
     }
 
@@ -279,13 +328,28 @@ mod tests {
         let store = SqliteStore::in_memory().unwrap();
         let admin = KeyAdmin::new(&store);
         let bad = [
-            NewKey { name: " ".into(), ..new_key() },
-            NewKey { models: Some(vec![]), ..new_key() },
-            NewKey { models: Some(vec!["../etc".into()]), ..new_key() },
-            NewKey { expires_in: Some(Duration::ZERO), ..new_key() },
+            NewKey {
+                name: " ".into(),
+                ..new_key()
+            },
+            NewKey {
+                models: Some(vec![]),
+                ..new_key()
+            },
+            NewKey {
+                models: Some(vec!["../etc".into()]),
+                ..new_key()
+            },
+            NewKey {
+                expires_in: Some(Duration::ZERO),
+                ..new_key()
+            },
         ];
         for nk in bad {
-            assert!(matches!(admin.create(&nk), Err(KeyError::Invalid(_))), "{nk:?}");
+            assert!(
+                matches!(admin.create(&nk), Err(KeyError::Invalid(_))),
+                "{nk:?}"
+            );
         }
     }
 }

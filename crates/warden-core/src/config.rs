@@ -118,6 +118,12 @@ pub struct RawRuntime {
     /// Requests that may wait for a free session per model before the
     /// server answers `overloaded`. Default 256.
     pub queue_per_model: Option<usize>,
+    /// Inference calls whose measured cost is at most this run on the
+    /// request's own thread; costlier calls go to a blocking thread pool so
+    /// they never stall other connections. `0s` sends every call to the
+    /// pool. Default `50us`.
+    #[serde(deserialize_with = "duration")]
+    pub inline_inference_budget: Option<Duration>,
 }
 
 /// `[validation]`
@@ -199,7 +205,10 @@ pub enum ConfigError {
 }
 
 fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid { key, message: message.into() }
+    ConfigError::Invalid {
+        key,
+        message: message.into(),
+    }
 }
 
 /// Command-line settings that override the file (SPEC §5).
@@ -292,6 +301,8 @@ pub struct Config {
     pub sessions_per_model: usize,
     /// Waiting requests per model.
     pub queue_per_model: usize,
+    /// Inference cheaper than this runs inline.
+    pub inline_inference_budget: Duration,
     /// Range tolerance (fraction of the training range).
     pub range_tolerance: f64,
     /// SQLite file.
@@ -307,10 +318,14 @@ pub struct Config {
 impl Config {
     /// Reads and validates a configuration file.
     pub fn load(path: &Path, overrides: &Overrides) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
-        let raw: RawConfig = toml::from_str(&text)
-            .map_err(|e| ConfigError::Parse { path: path.to_owned(), message: e.to_string() })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let raw: RawConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
         Self::from_raw(raw, overrides)
     }
 
@@ -322,8 +337,17 @@ impl Config {
     /// Validates a raw configuration. Insecure settings are refused unless
     /// acknowledged under `[insecure]`.
     pub fn from_raw(raw: RawConfig, overrides: &Overrides) -> Result<Self, ConfigError> {
-        let RawConfig { data_dir, server, tls, models, runtime, validation, store, log, insecure } =
-            raw;
+        let RawConfig {
+            data_dir,
+            server,
+            tls,
+            models,
+            runtime,
+            validation,
+            store,
+            log,
+            insecure,
+        } = raw;
 
         let data_dir = overrides
             .data_dir
@@ -331,10 +355,16 @@ impl Config {
             .or(data_dir)
             .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
 
-        let listen_text =
-            overrides.listen.clone().or(server.listen).unwrap_or_else(|| DEFAULT_LISTEN.into());
+        let listen_text = overrides
+            .listen
+            .clone()
+            .or(server.listen)
+            .unwrap_or_else(|| DEFAULT_LISTEN.into());
         let listen: SocketAddr = listen_text.parse().map_err(|_| {
-            invalid("server.listen", format!("{listen_text:?} is not an address:port such as 127.0.0.1:8443"))
+            invalid(
+                "server.listen",
+                format!("{listen_text:?} is not an address:port such as 127.0.0.1:8443"),
+            )
         })?;
 
         let tls = if tls.enabled.unwrap_or(true) {
@@ -347,18 +377,29 @@ impl Config {
                         "TLS below 1.2 is refused: it has no AEAD-only cipher suites, and Warden's TLS library does not implement it",
                     ));
                 }
-                other => return Err(invalid("tls.min_version", format!("{other:?}: expected \"1.2\" or \"1.3\""))),
+                other => {
+                    return Err(invalid(
+                        "tls.min_version",
+                        format!("{other:?}: expected \"1.2\" or \"1.3\""),
+                    ));
+                }
             };
             let cert = match (tls.cert, tls.key) {
-                (None, None) => CertSource::SelfSigned { dir: data_dir.join("tls") },
+                (None, None) => CertSource::SelfSigned {
+                    dir: data_dir.join("tls"),
+                },
                 (Some(cert), Some(key)) => CertSource::Pem {
                     cert,
                     key: key
                         .read(insecure.allow_readable_secret_files)
                         .map_err(|e| invalid("tls.key", e.to_string()))?,
                 },
-                (Some(_), None) => return Err(invalid("tls.key", "tls.cert is set but tls.key is not")),
-                (None, Some(_)) => return Err(invalid("tls.cert", "tls.key is set but tls.cert is not")),
+                (Some(_), None) => {
+                    return Err(invalid("tls.key", "tls.cert is set but tls.key is not"));
+                }
+                (None, Some(_)) => {
+                    return Err(invalid("tls.cert", "tls.key is set but tls.cert is not"));
+                }
             };
             Some(TlsSettings { cert, min_version })
         } else {
@@ -371,7 +412,10 @@ impl Config {
                 ));
             }
             if tls.cert.is_some() || tls.key.is_some() || tls.min_version.is_some() {
-                return Err(invalid("tls.enabled", "tls.cert, tls.key and tls.min_version need tls.enabled = true"));
+                return Err(invalid(
+                    "tls.enabled",
+                    "tls.cert, tls.key and tls.min_version need tls.enabled = true",
+                ));
             }
             None
         };
@@ -387,9 +431,16 @@ impl Config {
             None => Ok(Duration::from_secs(default)),
         };
 
-        let body_limit = positive("server.body_limit_bytes", server.body_limit_bytes, DEFAULT_BODY_LIMIT)?;
+        let body_limit = positive(
+            "server.body_limit_bytes",
+            server.body_limit_bytes,
+            DEFAULT_BODY_LIMIT,
+        )?;
         if body_limit > 64 * 1024 * 1024 {
-            return Err(invalid("server.body_limit_bytes", "at most 67108864 (64 MiB)"));
+            return Err(invalid(
+                "server.body_limit_bytes",
+                "at most 67108864 (64 MiB)",
+            ));
         }
         let json_max_depth = positive("server.json_max_depth", server.json_max_depth, 32)?;
         if json_max_depth > 128 {
@@ -398,7 +449,10 @@ impl Config {
 
         let range_tolerance = validation.range_tolerance.unwrap_or(0.25);
         if !(range_tolerance.is_finite() && range_tolerance >= 0.0) {
-            return Err(invalid("validation.range_tolerance", "must be a finite number >= 0"));
+            return Err(invalid(
+                "validation.range_tolerance",
+                "must be a finite number >= 0",
+            ));
         }
 
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -406,7 +460,12 @@ impl Config {
         let log_format = match log.format.as_deref().unwrap_or("json") {
             "json" => LogFormat::Json,
             "text" => LogFormat::Text,
-            other => return Err(invalid("log.format", format!("{other:?}: expected \"json\" or \"text\""))),
+            other => {
+                return Err(invalid(
+                    "log.format",
+                    format!("{other:?}: expected \"json\" or \"text\""),
+                ));
+            }
         };
 
         Ok(Self {
@@ -429,8 +488,15 @@ impl Config {
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_MODELS_DIR)),
             default_max_batch: positive("models.default_max_batch", models.default_max_batch, 64)?,
             onnxruntime: runtime.onnxruntime,
-            sessions_per_model: positive("runtime.sessions_per_model", runtime.sessions_per_model, cpus)?,
+            sessions_per_model: positive(
+                "runtime.sessions_per_model",
+                runtime.sessions_per_model,
+                cpus,
+            )?,
             queue_per_model: positive("runtime.queue_per_model", runtime.queue_per_model, 256)?,
+            inline_inference_budget: runtime
+                .inline_inference_budget
+                .unwrap_or(Duration::from_micros(50)),
             range_tolerance,
             log_level: log.level.unwrap_or_else(|| "info".into()),
             log_format,
@@ -442,11 +508,23 @@ impl Config {
     pub fn summary(&self) -> String {
         let tls = match &self.tls {
             None => "off (plaintext HTTP)".to_string(),
-            Some(TlsSettings { cert: CertSource::SelfSigned { dir }, min_version }) => {
-                format!("self-signed certificate in {}, minimum {min_version:?}", dir.display())
+            Some(TlsSettings {
+                cert: CertSource::SelfSigned { dir },
+                min_version,
+            }) => {
+                format!(
+                    "self-signed certificate in {}, minimum {min_version:?}",
+                    dir.display()
+                )
             }
-            Some(TlsSettings { cert: CertSource::Pem { cert, .. }, min_version }) => {
-                format!("certificate {}, key [redacted], minimum {min_version:?}", cert.display())
+            Some(TlsSettings {
+                cert: CertSource::Pem { cert, .. },
+                min_version,
+            }) => {
+                format!(
+                    "certificate {}, key [redacted], minimum {min_version:?}",
+                    cert.display()
+                )
             }
         };
         format!(
@@ -464,7 +542,9 @@ impl Config {
 fn is_loopback(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => v4.is_loopback(),
-        IpAddr::V6(v6) => v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()),
+        IpAddr::V6(v6) => {
+            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
     }
 }
 
@@ -484,7 +564,13 @@ mod tests {
     fn empty_file_is_the_embedded_default() {
         let c = parse("").unwrap();
         assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
-        assert!(matches!(c.tls, Some(TlsSettings { cert: CertSource::SelfSigned { .. }, .. })));
+        assert!(matches!(
+            c.tls,
+            Some(TlsSettings {
+                cert: CertSource::SelfSigned { .. },
+                ..
+            })
+        ));
         assert_eq!(c.body_limit, 1024 * 1024);
         assert_eq!(c.sqlite_path, Path::new(DEFAULT_DATA_DIR).join("warden.db"));
     }
@@ -501,7 +587,10 @@ mod tests {
     fn plaintext_off_loopback_needs_acknowledgement() {
         let e = parse("[server]\nlisten = \"0.0.0.0:8080\"\n[tls]\nenabled = false\n").unwrap_err();
         assert!(e.to_string().starts_with("tls.enabled:"), "{e}");
-        assert!(e.to_string().contains("insecure.plaintext_http_on_public_address"));
+        assert!(
+            e.to_string()
+                .contains("insecure.plaintext_http_on_public_address")
+        );
         parse("[server]\nlisten = \"0.0.0.0:8080\"\n[tls]\nenabled = false\n[insecure]\nplaintext_http_on_public_address = true\n").unwrap();
         parse("[server]\nlisten = \"127.0.0.1:8080\"\n[tls]\nenabled = false\n").unwrap();
         parse("[server]\nlisten = \"[::1]:8080\"\n[tls]\nenabled = false\n").unwrap();
@@ -517,8 +606,14 @@ mod tests {
     fn bad_values_name_their_key() {
         for (text, key) in [
             ("[server]\nlisten = \"nope\"\n", "server.listen"),
-            ("[server]\nbody_limit_bytes = 0\n", "server.body_limit_bytes"),
-            ("[validation]\nrange_tolerance = -1.0\n", "validation.range_tolerance"),
+            (
+                "[server]\nbody_limit_bytes = 0\n",
+                "server.body_limit_bytes",
+            ),
+            (
+                "[validation]\nrange_tolerance = -1.0\n",
+                "validation.range_tolerance",
+            ),
             ("[log]\nformat = \"xml\"\n", "log.format"),
             ("[tls]\ncert = \"c.pem\"\n", "tls.key"),
         ] {
@@ -549,7 +644,11 @@ mod tests {
         std::fs::write(&key, "PRIVATE-KEY-MATERIAL").unwrap();
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
-        let c = parse(&format!("[tls]\ncert = \"c.pem\"\nkey = {{ file = {:?} }}\n", key)).unwrap();
+        let c = parse(&format!(
+            "[tls]\ncert = \"c.pem\"\nkey = {{ file = {:?} }}\n",
+            key
+        ))
+        .unwrap();
         assert!(!c.summary().contains("PRIVATE"));
         assert!(!format!("{c:?}").contains("PRIVATE"));
     }

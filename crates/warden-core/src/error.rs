@@ -91,7 +91,10 @@ pub struct FieldProblem {
 impl FieldProblem {
     /// A problem with `field`.
     pub fn new(field: impl Into<String>, problem: impl Into<Cow<'static, str>>) -> Self {
-        Self { field: field.into(), problem: problem.into() }
+        Self {
+            field: field.into(),
+            problem: problem.into(),
+        }
     }
 }
 
@@ -111,7 +114,12 @@ pub struct ApiError {
 impl ApiError {
     /// An error with the code's generic sentence.
     pub fn new(code: ErrorCode) -> Self {
-        Self { code, message: Cow::Borrowed(code.sentence()), details: Vec::new(), retry_after: None }
+        Self {
+            code,
+            message: Cow::Borrowed(code.sentence()),
+            details: Vec::new(),
+            retry_after: None,
+        }
     }
 
     /// The same error with a more specific sentence of Warden's own.
@@ -123,7 +131,10 @@ impl ApiError {
 
     /// A `validation_failed` error listing the client's fields.
     pub fn validation(details: Vec<FieldProblem>) -> Self {
-        Self { details, ..Self::new(ErrorCode::ValidationFailed) }
+        Self {
+            details,
+            ..Self::new(ErrorCode::ValidationFailed)
+        }
     }
 
     /// The same error with a `Retry-After` in seconds.
@@ -194,7 +205,9 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut response = self.code.status().into_response();
         if let Some(seconds) = self.retry_after {
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         if self.code == ErrorCode::Unauthenticated {
             response.headers_mut().insert(
@@ -231,8 +244,10 @@ mod tests {
             ("upstream_unavailable", 504),
             ("internal", 500),
         ];
-        let actual: Vec<_> =
-            ErrorCode::ALL.iter().map(|c| (c.as_str(), c.status().as_u16())).collect();
+        let actual: Vec<_> = ErrorCode::ALL
+            .iter()
+            .map(|c| (c.as_str(), c.status().as_u16()))
+            .collect();
         assert_eq!(actual, expected);
     }
 
@@ -244,8 +259,8 @@ mod tests {
             v,
             serde_json::json!({"error": "Not found.", "code": "not_found", "request_id": "req-1"})
         );
-        let body = ApiError::validation(vec![FieldProblem::new("instances[0].x", "is NaN")])
-            .to_body("r");
+        let body =
+            ApiError::validation(vec![FieldProblem::new("instances[0].x", "is NaN")]).to_body("r");
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(v["details"][0]["field"], "instances[0].x");
         assert_eq!(v["code"], "validation_failed");
@@ -253,7 +268,9 @@ mod tests {
 
     #[test]
     fn into_response_sets_status_and_headers() {
-        let r = ApiError::new(ErrorCode::RateLimited).with_retry_after(7).into_response();
+        let r = ApiError::new(ErrorCode::RateLimited)
+            .with_retry_after(7)
+            .into_response();
         assert_eq!(r.status(), 429);
         assert_eq!(r.headers()[header::RETRY_AFTER], "7");
         assert!(r.extensions().get::<PendingError>().is_some());

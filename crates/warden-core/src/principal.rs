@@ -81,7 +81,12 @@ impl Permissions {
 impl fmt::Debug for Permissions {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_set()
-            .entries(Permission::ALL.iter().filter(|p| self.contains(**p)).map(|p| p.as_str()))
+            .entries(
+                Permission::ALL
+                    .iter()
+                    .filter(|p| self.contains(**p))
+                    .map(|p| p.as_str()),
+            )
             .finish()
     }
 }
@@ -200,7 +205,11 @@ mod tests {
         assert!(p.may_predict("iris"));
         assert!(!p.may_predict("digits"));
         assert!(!p.may_read_model("digits"));
-        let metrics = Principal { role: Role::Metrics, permissions: Role::Metrics.permissions(), ..p };
+        let metrics = Principal {
+            role: Role::Metrics,
+            permissions: Role::Metrics.permissions(),
+            ..p
+        };
         assert!(!metrics.may_predict("iris") && !metrics.may_read_model("iris"));
     }
 }

@@ -67,7 +67,10 @@ impl SecretSource {
                 Zeroizing::new(value.into_bytes())
             }
             Self::File { file } => {
-                let io = |source| SecretError::Io { path: file.clone(), source };
+                let io = |source| SecretError::Io {
+                    path: file.clone(),
+                    source,
+                };
                 #[cfg(unix)]
                 {
                     use std::os::unix::fs::PermissionsExt;

@@ -202,7 +202,8 @@ pub struct CardError(pub String);
 impl ModelCard {
     /// Reads and checks `model.toml`.
     pub fn load(path: &Path, defaults: CardDefaults) -> Result<Self, CardError> {
-        let text = std::fs::read_to_string(path).map_err(|e| CardError(format!("cannot read: {e}")))?;
+        let text =
+            std::fs::read_to_string(path).map_err(|e| CardError(format!("cannot read: {e}")))?;
         Self::parse(&text, defaults)
     }
 
@@ -231,27 +232,61 @@ impl ModelCard {
         for (i, f) in raw.input.features.into_iter().enumerate() {
             let key = format!("input.features[{i}]");
             if f.name.is_empty() || feature_index.insert(f.name.clone(), i).is_some() {
-                return Err(CardError(format!("{key}.name: empty or repeated feature name {:?}", f.name)));
+                return Err(CardError(format!(
+                    "{key}.name: empty or repeated feature name {:?}",
+                    f.name
+                )));
             }
             let kind = match (f.categories, f.min, f.max) {
-                (Some(c), None, None) if !c.is_empty() && f.range.is_none() => FeatureKind::Category(c),
+                (Some(c), None, None) if !c.is_empty() && f.range.is_none() => {
+                    FeatureKind::Category(c)
+                }
                 (Some(_), _, _) => {
-                    return Err(CardError(format!("{key}: categories must be non-empty and exclude min, max and range")));
+                    return Err(CardError(format!(
+                        "{key}: categories must be non-empty and exclude min, max and range"
+                    )));
                 }
                 (None, _, _) if f.range.is_some() => match f.range {
-                    Some([lo, hi]) if lo.is_finite() && hi.is_finite() && lo <= hi => FeatureKind::Numeric { lo, hi },
-                    _ => return Err(CardError(format!("{key}.range: must be [lo, hi], finite, with lo <= hi"))),
+                    Some([lo, hi]) if lo.is_finite() && hi.is_finite() && lo <= hi => {
+                        FeatureKind::Numeric { lo, hi }
+                    }
+                    _ => {
+                        return Err(CardError(format!(
+                            "{key}.range: must be [lo, hi], finite, with lo <= hi"
+                        )));
+                    }
                 },
-                (None, Some(min), Some(max)) if min.is_finite() && max.is_finite() && min <= max => {
+                (None, Some(min), Some(max))
+                    if min.is_finite() && max.is_finite() && min <= max =>
+                {
                     // A constant feature (min == max) still gets some room: a
                     // tolerance of the value's own magnitude, or at least 1.
-                    let span = if max > min { max - min } else { min.abs().max(1.0) };
-                    FeatureKind::Numeric { lo: min - tolerance * span, hi: max + tolerance * span }
+                    let span = if max > min {
+                        max - min
+                    } else {
+                        min.abs().max(1.0)
+                    };
+                    FeatureKind::Numeric {
+                        lo: min - tolerance * span,
+                        hi: max + tolerance * span,
+                    }
                 }
-                (None, None, None) => FeatureKind::Numeric { lo: f64::from(f32::MIN), hi: f64::from(f32::MAX) },
-                _ => return Err(CardError(format!("{key}: min and max must both be finite with min <= max"))),
+                (None, None, None) => FeatureKind::Numeric {
+                    lo: f64::from(f32::MIN),
+                    hi: f64::from(f32::MAX),
+                },
+                _ => {
+                    return Err(CardError(format!(
+                        "{key}: min and max must both be finite with min <= max"
+                    )));
+                }
             };
-            features.push(Feature { name: f.name, kind, mean: f.mean, std: f.std });
+            features.push(Feature {
+                name: f.name,
+                kind,
+                mean: f.mean,
+                std: f.std,
+            });
         }
 
         if raw.output.classes.is_empty() {
@@ -260,10 +295,18 @@ impl ModelCard {
         let probabilities = match raw.policy.output.as_deref().unwrap_or("label") {
             "label" => false,
             "probabilities" => true,
-            _ => return Err(bad("policy.output", "expected \"label\" or \"probabilities\"")),
+            _ => {
+                return Err(bad(
+                    "policy.output",
+                    "expected \"label\" or \"probabilities\"",
+                ));
+            }
         };
         if probabilities && raw.output.probabilities.is_none() {
-            return Err(bad("policy.output", "\"probabilities\" needs output.probabilities"));
+            return Err(bad(
+                "policy.output",
+                "\"probabilities\" needs output.probabilities",
+            ));
         }
         let decimals = raw.policy.decimals.unwrap_or(2);
         if decimals > 6 {
@@ -280,7 +323,10 @@ impl ModelCard {
             label_output: raw.output.label,
             probabilities_output: raw.output.probabilities,
             classes: raw.output.classes,
-            policy: PolicyDefaults { probabilities, decimals },
+            policy: PolicyDefaults {
+                probabilities,
+                decimals,
+            },
         })
     }
 }
@@ -289,7 +335,10 @@ impl ModelCard {
 mod tests {
     use super::*;
 
-    pub(crate) const DEFAULTS: CardDefaults = CardDefaults { max_batch: 64, range_tolerance: 0.25 };
+    pub(crate) const DEFAULTS: CardDefaults = CardDefaults {
+        max_batch: 64,
+        range_tolerance: 0.25,
+    };
 
     const CARD: &str = r#"
 description = "t"
@@ -316,16 +365,28 @@ classes = ["x", "y"]
     #[test]
     fn parses_and_widens_ranges() {
         let c = ModelCard::parse(CARD, DEFAULTS).unwrap();
-        assert_eq!(c.features[0].kind, FeatureKind::Numeric { lo: -2.5, hi: 12.5 });
+        assert_eq!(
+            c.features[0].kind,
+            FeatureKind::Numeric { lo: -2.5, hi: 12.5 }
+        );
         assert_eq!(c.feature_index["colour"], 1);
-        assert_eq!(c.policy, PolicyDefaults { probabilities: false, decimals: 2 });
+        assert_eq!(
+            c.policy,
+            PolicyDefaults {
+                probabilities: false,
+                decimals: 2
+            }
+        );
         assert_eq!(c.max_batch, 64);
         let f = &c.features[0];
         assert_eq!(f.check_number(12.0), Ok(12.0));
         assert!(f.check_number(13.0).is_err());
         assert!(f.check_number(f64::NAN).is_err());
         assert!(f.check_str("x").is_err());
-        assert_eq!(c.features[2].kind, FeatureKind::Numeric { lo: 0.0, hi: 16.0 });
+        assert_eq!(
+            c.features[2].kind,
+            FeatureKind::Numeric { lo: 0.0, hi: 16.0 }
+        );
         let colour = &c.features[1];
         assert_eq!(colour.check_str("green"), Ok(1.0));
         assert_eq!(colour.check_number(0.0), Ok(0.0));
@@ -336,13 +397,31 @@ classes = ["x", "y"]
     #[test]
     fn refuses_bad_cards_naming_the_key() {
         let cases = [
-            (CARD.replace("name = \"a\"", "name = \"colour\""), "input.features[1].name"),
-            (CARD.replace("max = 10.0", "max = -1.0"), "input.features[0]"),
-            (CARD.replace("classes = [\"x\", \"y\"]", "classes = []"), "output.classes"),
-            (format!("{CARD}\n[policy]\noutput = \"all\"\n"), "policy.output"),
-            (format!("{CARD}\n[policy]\ndecimals = 9\n"), "policy.decimals"),
+            (
+                CARD.replace("name = \"a\"", "name = \"colour\""),
+                "input.features[1].name",
+            ),
+            (
+                CARD.replace("max = 10.0", "max = -1.0"),
+                "input.features[0]",
+            ),
+            (
+                CARD.replace("classes = [\"x\", \"y\"]", "classes = []"),
+                "output.classes",
+            ),
+            (
+                format!("{CARD}\n[policy]\noutput = \"all\"\n"),
+                "policy.output",
+            ),
+            (
+                format!("{CARD}\n[policy]\ndecimals = 9\n"),
+                "policy.decimals",
+            ),
             (format!("max_batch = 0\n{CARD}"), "max_batch"),
-            (CARD.replace("range = [0.0, 16.0]", "range = [16.0, 0.0]"), "input.features[2].range"),
+            (
+                CARD.replace("range = [0.0, 16.0]", "range = [16.0, 0.0]"),
+                "input.features[2].range",
+            ),
             (format!("colour = 1\n{CARD}"), "colour"),
         ];
         for (text, key) in cases {

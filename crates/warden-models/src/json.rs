@@ -73,9 +73,16 @@ mod tests {
     #[test]
     fn non_finite_tokens_are_found_outside_strings_only() {
         for body in [r#"{"instances": [[NaN, 1]]}"#, "[Infinity]", "[-Infinity]"] {
-            assert_eq!(prescan(body.as_bytes(), 32), Err(ScanError::NonFinite), "{body}");
+            assert_eq!(
+                prescan(body.as_bytes(), 32),
+                Err(ScanError::NonFinite),
+                "{body}"
+            );
         }
-        assert_eq!(prescan(br#"{"id": "NaN Infinity", "x": [null, true]}"#, 32), Ok(()));
+        assert_eq!(
+            prescan(br#"{"id": "NaN Infinity", "x": [null, true]}"#, 32),
+            Ok(())
+        );
     }
 
     #[test]

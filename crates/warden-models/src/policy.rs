@@ -34,12 +34,19 @@ pub struct Shown<'c> {
 impl OutputPolicy {
     /// The policy for `principal` on `card`. (Role-specific policies come with RBAC.)
     pub fn for_caller(card: &ModelCard, _principal: &Principal) -> Self {
-        Self { probabilities: card.policy.probabilities, decimals: card.policy.decimals }
+        Self {
+            probabilities: card.policy.probabilities,
+            decimals: card.policy.decimals,
+        }
     }
 
     /// The outputs shown when the caller names none.
     pub fn default_outputs(&self) -> &'static [OutputKind] {
-        if self.probabilities { &[OutputKind::Label, OutputKind::Probabilities] } else { &[OutputKind::Label] }
+        if self.probabilities {
+            &[OutputKind::Label, OutputKind::Probabilities]
+        } else {
+            &[OutputKind::Label]
+        }
     }
 
     /// Checks the outputs a v2 caller asked for against the policy.
@@ -48,22 +55,47 @@ impl OutputPolicy {
             .iter()
             .enumerate()
             .filter(|(_, k)| **k == OutputKind::Probabilities && !self.probabilities)
-            .map(|(i, _)| FieldProblem::new(format!("outputs[{i}].name"), "is not available to this credential"))
+            .map(|(i, _)| {
+                FieldProblem::new(
+                    format!("outputs[{i}].name"),
+                    "is not available to this credential",
+                )
+            })
             .collect();
-        if problems.is_empty() { Ok(()) } else { Err(ApiError::validation(problems)) }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ApiError::validation(problems))
+        }
     }
 
     /// Applies the policy to a prediction.
-    pub fn apply<'c>(&self, card: &'c ModelCard, prediction: &Prediction, outputs: &[OutputKind]) -> Shown<'c> {
-        let labels = outputs
-            .contains(&OutputKind::Label)
-            .then(|| prediction.labels.iter().map(|&l| card.classes[l].as_str()).collect());
+    pub fn apply<'c>(
+        &self,
+        card: &'c ModelCard,
+        prediction: &Prediction,
+        outputs: &[OutputKind],
+    ) -> Shown<'c> {
+        let labels = outputs.contains(&OutputKind::Label).then(|| {
+            prediction
+                .labels
+                .iter()
+                .map(|&l| card.classes[l].as_str())
+                .collect()
+        });
         let scale = 10f64.powi(self.decimals as i32);
         let probabilities = (self.probabilities && outputs.contains(&OutputKind::Probabilities))
             .then_some(prediction.probabilities.as_ref())
             .flatten()
-            .map(|p| p.iter().map(|&v| (f64::from(v) * scale).round() / scale).collect());
-        Shown { labels, probabilities }
+            .map(|p| {
+                p.iter()
+                    .map(|&v| (f64::from(v) * scale).round() / scale)
+                    .collect()
+            });
+        Shown {
+            labels,
+            probabilities,
+        }
     }
 }
 
@@ -77,18 +109,33 @@ mod tests {
         let text = format!(
             "[input]\nname = \"input\"\n[[input.features]]\nname = \"a\"\n[output]\nlabel = \"l\"\nprobabilities = \"p\"\nclasses = [\"x\", \"y\"]\n[policy]\noutput = \"{output}\"\ndecimals = 2\n"
         );
-        ModelCard::parse(&text, CardDefaults { max_batch: 8, range_tolerance: 0.0 }).unwrap()
+        ModelCard::parse(
+            &text,
+            CardDefaults {
+                max_batch: 8,
+                range_tolerance: 0.0,
+            },
+        )
+        .unwrap()
     }
 
     fn principal() -> Principal {
-        Principal { id: "key:t".into(), role: Role::Predict, permissions: Role::Predict.permissions(), models: ModelScope::All }
+        Principal {
+            id: "key:t".into(),
+            role: Role::Predict,
+            permissions: Role::Predict.permissions(),
+            models: ModelScope::All,
+        }
     }
 
     #[test]
     fn label_only_hides_probabilities() {
         let c = card("label");
         let p = OutputPolicy::for_caller(&c, &principal());
-        let pred = Prediction { labels: vec![1, 0], probabilities: Some(vec![0.123, 0.877, 0.9, 0.1]) };
+        let pred = Prediction {
+            labels: vec![1, 0],
+            probabilities: Some(vec![0.123, 0.877, 0.9, 0.1]),
+        };
         let shown = p.apply(&c, &pred, &[OutputKind::Label, OutputKind::Probabilities]);
         assert_eq!(shown.labels, Some(vec!["y", "x"]));
         assert_eq!(shown.probabilities, None);
@@ -100,7 +147,10 @@ mod tests {
     fn probabilities_are_rounded() {
         let c = card("probabilities");
         let p = OutputPolicy::for_caller(&c, &principal());
-        let pred = Prediction { labels: vec![1], probabilities: Some(vec![0.123_456, 0.876_544]) };
+        let pred = Prediction {
+            labels: vec![1],
+            probabilities: Some(vec![0.123_456, 0.876_544]),
+        };
         let shown = p.apply(&c, &pred, p.default_outputs());
         assert_eq!(shown.probabilities, Some(vec![0.12, 0.88]));
         let only_probs = p.apply(&c, &pred, &[OutputKind::Probabilities]);

@@ -25,10 +25,10 @@ pub fn v1_response(card: &ModelCard, shown: &Shown<'_>, rows: usize) -> Vec<u8> 
     let predictions = (0..rows)
         .map(|r| Row {
             label: shown.labels.as_ref().map(|l| l[r]),
-            probabilities: shown
-                .probabilities
-                .as_ref()
-                .map(|p| ClassMap { classes, values: &p[r * classes.len()..(r + 1) * classes.len()] }),
+            probabilities: shown.probabilities.as_ref().map(|p| ClassMap {
+                classes,
+                values: &p[r * classes.len()..(r + 1) * classes.len()],
+            }),
         })
         .collect();
     to_vec(&Body { predictions })
@@ -59,7 +59,13 @@ struct TensorOut<'a, T: Serialize> {
 }
 
 /// The Open Inference Protocol response.
-pub fn v2_response(model: &Model, version: u64, id: Option<&str>, shown: &Shown<'_>, rows: usize) -> Vec<u8> {
+pub fn v2_response(
+    model: &Model,
+    version: u64,
+    id: Option<&str>,
+    shown: &Shown<'_>,
+    rows: usize,
+) -> Vec<u8> {
     #[derive(Serialize)]
     #[serde(untagged)]
     enum Out<'a> {
@@ -76,13 +82,28 @@ pub fn v2_response(model: &Model, version: u64, id: Option<&str>, shown: &Shown<
     }
     let mut outputs = Vec::with_capacity(2);
     if let Some(labels) = &shown.labels {
-        outputs.push(Out::Labels(TensorOut { name: "label", datatype: "BYTES", shape: vec![rows as i64], data: labels }));
+        outputs.push(Out::Labels(TensorOut {
+            name: "label",
+            datatype: "BYTES",
+            shape: vec![rows as i64],
+            data: labels,
+        }));
     }
     if let Some(p) = &shown.probabilities {
         let classes = model.card.classes.len() as i64;
-        outputs.push(Out::Probs(TensorOut { name: "probabilities", datatype: "FP32", shape: vec![rows as i64, classes], data: p }));
+        outputs.push(Out::Probs(TensorOut {
+            name: "probabilities",
+            datatype: "FP32",
+            shape: vec![rows as i64, classes],
+            data: p,
+        }));
     }
-    to_vec(&Body { model_name: &model.name, model_version: version.to_string(), id, outputs })
+    to_vec(&Body {
+        model_name: &model.name,
+        model_version: version.to_string(),
+        id,
+        outputs,
+    })
 }
 
 /// v2 model metadata, with the features and classes a caller needs to
@@ -121,25 +142,52 @@ pub fn v2_metadata(model: &Model, policy: &OutputPolicy) -> Vec<u8> {
         parameters: Parameters<'a>,
     }
     let card = &model.card;
-    let mut outputs = vec![TensorMeta { name: "label".into(), datatype: "BYTES", shape: vec![-1] }];
+    let mut outputs = vec![TensorMeta {
+        name: "label".into(),
+        datatype: "BYTES",
+        shape: vec![-1],
+    }];
     if policy.probabilities {
-        outputs.push(TensorMeta { name: "probabilities".into(), datatype: "FP32", shape: vec![-1, card.classes.len() as i64] });
+        outputs.push(TensorMeta {
+            name: "probabilities".into(),
+            datatype: "FP32",
+            shape: vec![-1, card.classes.len() as i64],
+        });
     }
     let features = card
         .features
         .iter()
         .map(|f| match &f.kind {
-            FeatureKind::Numeric { lo, hi } => FeatureMeta { name: &f.name, min: Some(*lo), max: Some(*hi), categories: None },
-            FeatureKind::Category(c) => FeatureMeta { name: &f.name, min: None, max: None, categories: Some(c) },
+            FeatureKind::Numeric { lo, hi } => FeatureMeta {
+                name: &f.name,
+                min: Some(*lo),
+                max: Some(*hi),
+                categories: None,
+            },
+            FeatureKind::Category(c) => FeatureMeta {
+                name: &f.name,
+                min: None,
+                max: None,
+                categories: Some(c),
+            },
         })
         .collect();
     to_vec(&Body {
         name: &model.name,
         versions: model.versions.keys().map(u64::to_string).collect(),
         platform: "onnxruntime_onnx",
-        inputs: vec![TensorMeta { name: card.input_name.clone(), datatype: "FP32", shape: vec![-1, card.features.len() as i64] }],
+        inputs: vec![TensorMeta {
+            name: card.input_name.clone(),
+            datatype: "FP32",
+            shape: vec![-1, card.features.len() as i64],
+        }],
         outputs,
-        parameters: Parameters { description: &card.description, max_batch: card.max_batch, features, classes: &card.classes },
+        parameters: Parameters {
+            description: &card.description,
+            max_batch: card.max_batch,
+            features,
+            classes: &card.classes,
+        },
     })
 }
 

@@ -20,6 +20,8 @@ pub struct ModelVersion {
     pub version: u64,
     /// The engine serving it.
     pub backend: Arc<dyn Backend>,
+    /// Its measured inference cost.
+    pub cost: crate::engine::CostModel,
 }
 
 /// A model and its loaded versions.
@@ -62,7 +64,10 @@ pub struct RepositoryError {
 }
 
 fn error(path: &Path, message: impl Into<String>) -> RepositoryError {
-    RepositoryError { path: path.to_owned(), message: message.into() }
+    RepositoryError {
+        path: path.to_owned(),
+        message: message.into(),
+    }
 }
 
 /// How to load models.
@@ -79,7 +84,8 @@ pub struct LoadSettings<'r> {
 impl Repository {
     /// Loads every model under `dir`.
     pub fn load(dir: &Path, settings: LoadSettings<'_>) -> Result<Self, RepositoryError> {
-        let entries = std::fs::read_dir(dir).map_err(|e| error(dir, format!("cannot read the model repository: {e}")))?;
+        let entries = std::fs::read_dir(dir)
+            .map_err(|e| error(dir, format!("cannot read the model repository: {e}")))?;
         let mut models = BTreeMap::new();
         for entry in entries {
             let entry = entry.map_err(|e| error(dir, e.to_string()))?;
@@ -93,12 +99,17 @@ impl Repository {
                 continue;
             }
             if !warden_core::is_model_name(&name) {
-                return Err(error(&path, "model folder names are 1-64 letters, digits, '-', '_' or '.'"));
+                return Err(error(
+                    &path,
+                    "model folder names are 1-64 letters, digits, '-', '_' or '.'",
+                ));
             }
             let model = load_model(&path, name.clone(), settings)?;
             tracing::info!(
                 model = %name,
                 versions = ?model.versions.keys().collect::<Vec<_>>(),
+                inference_fixed_us = model.versions.values().next_back().map_or(0, |v| v.cost.fixed.as_micros() as u64),
+                inference_per_row_us = model.versions.values().next_back().map_or(0.0, |v| v.cost.per_row.as_nanos() as f64 / 1000.0),
                 serving = model.default_version,
                 "model loaded"
             );
@@ -109,7 +120,12 @@ impl Repository {
 
     /// A repository from already-built models (tests, gateway mode).
     pub fn from_models(models: impl IntoIterator<Item = Model>) -> Self {
-        Self { models: models.into_iter().map(|m| (m.name.clone(), Arc::new(m))).collect() }
+        Self {
+            models: models
+                .into_iter()
+                .map(|m| (m.name.clone(), Arc::new(m)))
+                .collect(),
+        }
     }
 
     /// A model by name.
@@ -133,40 +149,82 @@ impl Repository {
     }
 }
 
-fn load_model(dir: &Path, name: String, settings: LoadSettings<'_>) -> Result<Model, RepositoryError> {
+fn load_model(
+    dir: &Path,
+    name: String,
+    settings: LoadSettings<'_>,
+) -> Result<Model, RepositoryError> {
     let card_path = dir.join("model.toml");
     let card = ModelCard::load(&card_path, settings.card).map_err(|e| error(&card_path, e.0))?;
     let mut versions = BTreeMap::new();
     let entries = std::fs::read_dir(dir).map_err(|e| error(dir, e.to_string()))?;
     for entry in entries {
         let entry = entry.map_err(|e| error(dir, e.to_string()))?;
-        let Some(version) = entry.file_name().to_str().and_then(|n| n.parse::<u64>().ok()) else { continue };
+        let Some(version) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u64>().ok())
+        else {
+            continue;
+        };
         let vdir = entry.path();
         if !vdir.is_dir() {
             continue;
         }
         if has_pickle(&vdir) {
-            return Err(error(&vdir, "pickle files are never loaded (they execute code); export the model to ONNX"));
+            return Err(error(
+                &vdir,
+                "pickle files are never loaded (they execute code); export the model to ONNX",
+            ));
         }
         let onnx_path = vdir.join("model.onnx");
-        let onnx = std::fs::read(&onnx_path).map_err(|e| error(&onnx_path, format!("cannot read: {e}")))?;
-        let backend = OnnxBackend::load(settings.runtime, &onnx, &card, settings.pool).map_err(|m| error(&onnx_path, m))?;
-        versions.insert(version, Arc::new(ModelVersion { version, backend: Arc::new(backend) }));
+        let onnx = std::fs::read(&onnx_path)
+            .map_err(|e| error(&onnx_path, format!("cannot read: {e}")))?;
+        let backend = OnnxBackend::load(settings.runtime, &onnx, &card, settings.pool)
+            .map_err(|m| error(&onnx_path, m))?;
+        let cost = backend.cost();
+        versions.insert(
+            version,
+            Arc::new(ModelVersion {
+                version,
+                backend: Arc::new(backend),
+                cost,
+            }),
+        );
     }
     let default_version = match card.pinned_version {
         Some(v) if versions.contains_key(&v) => v,
-        Some(v) => return Err(error(&card_path, format!("version = {v}, but there is no folder {v}/ with model.onnx"))),
-        None => *versions.keys().next_back().ok_or_else(|| error(dir, "no version folder (e.g. 1/model.onnx)"))?,
+        Some(v) => {
+            return Err(error(
+                &card_path,
+                format!("version = {v}, but there is no folder {v}/ with model.onnx"),
+            ));
+        }
+        None => *versions
+            .keys()
+            .next_back()
+            .ok_or_else(|| error(dir, "no version folder (e.g. 1/model.onnx)"))?,
     };
-    Ok(Model { name, card, versions, default_version })
+    Ok(Model {
+        name,
+        card,
+        versions,
+        default_version,
+    })
 }
 
 fn has_pickle(dir: &Path) -> bool {
-    std::fs::read_dir(dir).into_iter().flatten().flatten().any(|e| {
-        let n = e.file_name();
-        let n = n.to_string_lossy();
-        [".pkl", ".pickle", ".joblib"].iter().any(|ext| n.ends_with(ext))
-    })
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|e| {
+            let n = e.file_name();
+            let n = n.to_string_lossy();
+            [".pkl", ".pickle", ".joblib"]
+                .iter()
+                .any(|ext| n.ends_with(ext))
+        })
 }
 
 #[cfg(test)]
@@ -178,20 +236,38 @@ pub(crate) mod tests {
     /// The repo's ONNX Runtime, fetched by scripts/setup.sh. Tests fail (never
     /// skip) without it.
     pub(crate) fn runtime() -> &'static Runtime {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(warden_core::config::DEFAULT_RUNTIME_DIR);
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../..")
+            .join(warden_core::config::DEFAULT_RUNTIME_DIR);
         let lib = std::fs::read_dir(&dir)
             .ok()
-            .and_then(|d| d.flatten().map(|e| e.path()).find(|p| p.to_string_lossy().contains("libonnxruntime.so")))
-            .unwrap_or_else(|| panic!("no ONNX Runtime in {}: run ./scripts/setup.sh", dir.display()));
+            .and_then(|d| {
+                d.flatten()
+                    .map(|e| e.path())
+                    .find(|p| p.to_string_lossy().contains("libonnxruntime.so"))
+            })
+            .unwrap_or_else(|| {
+                panic!(
+                    "no ONNX Runtime in {}: run ./scripts/setup.sh",
+                    dir.display()
+                )
+            });
         Runtime::init(Some(&lib)).unwrap()
     }
 
-    pub(crate) fn demo_repository() -> Repository {
+    pub(crate) fn demo_repository(inline_budget: std::time::Duration) -> Repository {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models");
         let settings = LoadSettings {
             runtime: runtime(),
-            pool: PoolSettings { sessions: 2, queue: 8 },
-            card: CardDefaults { max_batch: 64, range_tolerance: 0.25 },
+            pool: PoolSettings {
+                sessions: 2,
+                queue: 8,
+                inline_budget,
+            },
+            card: CardDefaults {
+                max_batch: 64,
+                range_tolerance: 0.25,
+            },
         };
         Repository::load(&dir, settings).unwrap()
     }
@@ -204,30 +280,74 @@ pub(crate) mod tests {
     }
 
     /// Every fixture row, through the v1 parser and the engine, agrees with
-    /// Python onnxruntime: labels equal, probabilities within 1e-5.
-    #[tokio::test]
+    /// Python onnxruntime: labels equal, probabilities within 1e-5, whether
+    /// inference runs inline or on the blocking pool.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn demo_models_agree_with_python_onnxruntime() {
-        let repo = demo_repository();
+        for budget in [std::time::Duration::ZERO, std::time::Duration::from_secs(1)] {
+            agree_with_fixtures(demo_repository(budget)).await;
+        }
+    }
+
+    async fn agree_with_fixtures(repo: Repository) {
         assert_eq!(repo.len(), 3);
         for model in repo.models() {
-            let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models").join(&model.name).join("fixtures.json");
+            let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../models")
+                .join(&model.name)
+                .join("fixtures.json");
             let fixture: Fixture = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-            let body = serde_json::to_vec(&serde_json::json!({ "instances": fixture.inputs })).unwrap();
+            let body =
+                serde_json::to_vec(&serde_json::json!({ "instances": fixture.inputs })).unwrap();
             let request = parse(Protocol::V1, &model.card, &body, 32).unwrap();
             let version = model.version(None).unwrap();
-            let prediction = version.backend.infer(request.rows, request.values).await.unwrap();
-            let labels: Vec<&str> = prediction.labels.iter().map(|&l| model.card.classes[l].as_str()).collect();
+            let prediction = version
+                .backend
+                .infer(request.rows, request.values)
+                .await
+                .unwrap();
+            let labels: Vec<&str> = prediction
+                .labels
+                .iter()
+                .map(|&l| model.card.classes[l].as_str())
+                .collect();
             assert_eq!(labels, fixture.labels, "{}", model.name);
             let probs = prediction.probabilities.unwrap();
             let expected: Vec<f64> = fixture.probabilities.concat();
             assert_eq!(probs.len(), expected.len());
             for (i, (got, want)) in probs.iter().zip(&expected).enumerate() {
-                assert!((f64::from(*got) - want).abs() <= 1e-5, "{} value {i}: {got} vs {want}", model.name);
+                assert!(
+                    (f64::from(*got) - want).abs() <= 1e-5,
+                    "{} value {i}: {got} vs {want}",
+                    model.name
+                );
             }
             // The output policy keeps labels and only rounds probabilities.
-            let policy = OutputPolicy { probabilities: true, decimals: 2 };
-            let p2 = version.backend.infer(1, parse(Protocol::V1, &model.card, &serde_json::to_vec(&serde_json::json!({"instances": [fixture.inputs[0]]})).unwrap(), 32).unwrap().values).await.unwrap();
-            let shown = policy.apply(&model.card, &p2, &[OutputKind::Label, OutputKind::Probabilities]);
+            let policy = OutputPolicy {
+                probabilities: true,
+                decimals: 2,
+            };
+            let p2 = version
+                .backend
+                .infer(
+                    1,
+                    parse(
+                        Protocol::V1,
+                        &model.card,
+                        &serde_json::to_vec(&serde_json::json!({"instances": [fixture.inputs[0]]}))
+                            .unwrap(),
+                        32,
+                    )
+                    .unwrap()
+                    .values,
+                )
+                .await
+                .unwrap();
+            let shown = policy.apply(
+                &model.card,
+                &p2,
+                &[OutputKind::Label, OutputKind::Probabilities],
+            );
             assert_eq!(shown.labels.unwrap()[0], fixture.labels[0]);
         }
     }
@@ -242,21 +362,40 @@ pub(crate) mod tests {
         let card = std::fs::read_to_string(src.join("model.toml")).unwrap();
         let settings = LoadSettings {
             runtime: runtime(),
-            pool: PoolSettings { sessions: 1, queue: 1 },
-            card: CardDefaults { max_batch: 64, range_tolerance: 0.25 },
+            pool: PoolSettings {
+                sessions: 1,
+                queue: 1,
+                inline_budget: std::time::Duration::ZERO,
+            },
+            card: CardDefaults {
+                max_batch: 64,
+                range_tolerance: 0.25,
+            },
         };
         // One feature too few.
         let cut = card.rfind("[[input.features]]").unwrap();
         let output = card.find("[output]").unwrap();
-        std::fs::write(model_dir.join("model.toml"), format!("{}{}", &card[..cut], &card[output..])).unwrap();
+        std::fs::write(
+            model_dir.join("model.toml"),
+            format!("{}{}", &card[..cut], &card[output..]),
+        )
+        .unwrap();
         let e = Repository::load(&tmp, settings).unwrap_err();
         assert!(e.message.contains("3 features"), "{e}");
         // Wrong input name.
-        std::fs::write(model_dir.join("model.toml"), card.replace("name = \"input\"", "name = \"x\"")).unwrap();
+        std::fs::write(
+            model_dir.join("model.toml"),
+            card.replace("name = \"input\"", "name = \"x\""),
+        )
+        .unwrap();
         let e = Repository::load(&tmp, settings).unwrap_err();
         assert!(e.message.contains("input.name"), "{e}");
         // Wrong number of classes.
-        std::fs::write(model_dir.join("model.toml"), card.replace("\"virginica\"]", "\"virginica\", \"extra\"]")).unwrap();
+        std::fs::write(
+            model_dir.join("model.toml"),
+            card.replace("\"virginica\"]", "\"virginica\", \"extra\"]"),
+        )
+        .unwrap();
         let e = Repository::load(&tmp, settings).unwrap_err();
         assert!(e.to_string().contains("model.onnx"), "{e}");
         // A pickle next to the graph refuses the model.

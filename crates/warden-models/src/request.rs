@@ -81,11 +81,17 @@ pub fn parse(
     match prescan(body, max_depth) {
         Ok(()) => {}
         Err(ScanError::TooDeep) => {
-            return Err(ApiError::invalid_request("The JSON body is nested too deeply."));
+            return Err(ApiError::invalid_request(
+                "The JSON body is nested too deeply.",
+            ));
         }
         Err(ScanError::NonFinite) => return Err(non_finite(top)),
     }
-    let mut ctx = Ctx { card, problems: Vec::new(), too_many_rows: false };
+    let mut ctx = Ctx {
+        card,
+        problems: Vec::new(),
+        too_many_rows: false,
+    };
     let mut de = serde_json::Deserializer::from_slice(body);
     let parsed = match protocol {
         Protocol::V1 => V1Seed { ctx: &mut ctx }.deserialize(&mut de),
@@ -95,7 +101,10 @@ pub fn parse(
     if ctx.too_many_rows {
         return Err(ApiError::validation(vec![FieldProblem::new(
             top,
-            format!("more than {} rows; this model accepts at most {} per request", card.max_batch, card.max_batch),
+            format!(
+                "more than {} rows; this model accepts at most {} per request",
+                card.max_batch, card.max_batch
+            ),
         )]));
     }
     let request = match parsed {
@@ -111,7 +120,11 @@ pub fn parse(
                 }
             }));
         }
-        Err(_) => return Err(ApiError::invalid_request("The request body is not valid JSON.")),
+        Err(_) => {
+            return Err(ApiError::invalid_request(
+                "The request body is not valid JSON.",
+            ));
+        }
     };
     if !ctx.problems.is_empty() {
         return Err(ApiError::validation(ctx.problems));
@@ -255,18 +268,29 @@ impl<'de> Visitor<'de> for V1Seed<'_, '_> {
         let mut parsed: Option<(usize, Vec<f32>)> = None;
         while let Some(Key(key)) = map.next_key()? {
             match &*key {
-                "instances" if parsed.is_some() => return Err(de::Error::duplicate_field("instances")),
+                "instances" if parsed.is_some() => {
+                    return Err(de::Error::duplicate_field("instances"));
+                }
                 "instances" => {
-                    parsed = Some(map.next_value_seed(RowsSeed { ctx: &mut *self.ctx, field: "instances" })?);
+                    parsed = Some(map.next_value_seed(RowsSeed {
+                        ctx: &mut *self.ctx,
+                        field: "instances",
+                    })?);
                 }
                 other => return Err(de::Error::unknown_field(other, &["instances"])),
             }
         }
         let (rows, values) = parsed.ok_or_else(|| de::Error::missing_field("instances"))?;
         if rows == 0 {
-            self.ctx.problem(|| "instances".into(), "must hold at least one instance");
+            self.ctx
+                .problem(|| "instances".into(), "must hold at least one instance");
         }
-        Ok(ValidInferRequest { rows, values, id: None, outputs: None })
+        Ok(ValidInferRequest {
+            rows,
+            values,
+            id: None,
+            outputs: None,
+        })
     }
 }
 
@@ -301,7 +325,12 @@ impl<'de> Visitor<'de> for RowsSeed<'_, '_> {
                 }
                 break;
             }
-            let seed = RowSeed { ctx: &mut *self.ctx, field: self.field, row: rows, values: &mut values };
+            let seed = RowSeed {
+                ctx: &mut *self.ctx,
+                field: self.field,
+                row: rows,
+                values: &mut values,
+            };
             if seq.next_element_seed(seed)?.is_none() {
                 break;
             }
@@ -333,11 +362,18 @@ impl<'de> Visitor<'de> for RowSeed<'_, '_> {
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        let Self { ctx, field, row, values } = self;
+        let Self {
+            ctx,
+            field,
+            row,
+            values,
+        } = self;
         let width = ctx.card.features.len();
         let mut col = 0;
         while col < width {
-            let Some(scalar) = seq.next_element_seed(ScalarSeed)? else { break };
+            let Some(scalar) = seq.next_element_seed(ScalarSeed)? else {
+                break;
+            };
             let v = ctx.check(row, col, field, scalar);
             values.push(v);
             col += 1;
@@ -348,14 +384,22 @@ impl<'de> Visitor<'de> for RowSeed<'_, '_> {
         }
         if col < width || extra > 0 {
             let got = col + extra;
-            ctx.problem(|| format!("{field}[{row}]"), format!("has {got} values; this model takes {width}"));
+            ctx.problem(
+                || format!("{field}[{row}]"),
+                format!("has {got} values; this model takes {width}"),
+            );
             values.resize(values.len() + (width - col), f32::NAN);
         }
         Ok(())
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        let Self { ctx, field, row, values } = self;
+        let Self {
+            ctx,
+            field,
+            row,
+            values,
+        } = self;
         let width = ctx.card.features.len();
         let base = values.len();
         values.resize(base + width, f32::NAN);
@@ -373,7 +417,10 @@ impl<'de> Visitor<'de> for RowSeed<'_, '_> {
                 }
                 None => {
                     map.next_value::<IgnoredAny>()?;
-                    ctx.problem(|| format!("{field}[{row}].{name}"), "is not a feature of this model");
+                    ctx.problem(
+                        || format!("{field}[{row}].{name}"),
+                        "is not a feature of this model",
+                    );
                 }
             }
         }
@@ -388,8 +435,10 @@ impl<'de> Visitor<'de> for RowSeed<'_, '_> {
 // ---------------------------------------------------------------- v2
 
 /// The v2 datatypes a numeric model accepts.
-const NUMERIC_DATATYPES: &[&str] =
-    &["FP32", "FP64", "FP16", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"];
+const NUMERIC_DATATYPES: &[&str] = &[
+    "FP32", "FP64", "FP16", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32",
+    "UINT64",
+];
 
 struct V2Seed<'a, 'c> {
     ctx: &'a mut Ctx<'c>,
@@ -423,7 +472,11 @@ impl<'de> Visitor<'de> for V2Seed<'_, '_> {
         let mut parameters = false;
         let mut inputs: Option<Vec<RawTensor<'de>>> = None;
         let mut outputs: Option<Vec<Cow<'de, str>>> = None;
-        let limit = self.ctx.card.max_batch.saturating_mul(self.ctx.card.features.len());
+        let limit = self
+            .ctx
+            .card
+            .max_batch
+            .saturating_mul(self.ctx.card.features.len());
         while let Some(Key(key)) = map.next_key()? {
             match &*key {
                 "id" if id.is_some() => return Err(de::Error::duplicate_field("id")),
@@ -435,8 +488,15 @@ impl<'de> Visitor<'de> for V2Seed<'_, '_> {
                     parameters = true;
                 }
                 "inputs" if inputs.is_some() => return Err(de::Error::duplicate_field("inputs")),
-                "inputs" => inputs = Some(map.next_value_seed(TensorsSeed { ctx: &mut *self.ctx, limit })?),
-                "outputs" if outputs.is_some() => return Err(de::Error::duplicate_field("outputs")),
+                "inputs" => {
+                    inputs = Some(map.next_value_seed(TensorsSeed {
+                        ctx: &mut *self.ctx,
+                        limit,
+                    })?)
+                }
+                "outputs" if outputs.is_some() => {
+                    return Err(de::Error::duplicate_field("outputs"));
+                }
                 "outputs" => {
                     let requested: Vec<RequestedOutput<'de>> = map.next_value()?;
                     outputs = Some(requested.into_iter().map(|o| o.name.0).collect());
@@ -447,7 +507,12 @@ impl<'de> Visitor<'de> for V2Seed<'_, '_> {
         let inputs = inputs.ok_or_else(|| de::Error::missing_field("inputs"))?;
         let (rows, values) = check_tensors(self.ctx, inputs);
         let outputs = outputs.map(|names| check_outputs(self.ctx, &names));
-        Ok(ValidInferRequest { rows, values, id, outputs })
+        Ok(ValidInferRequest {
+            rows,
+            values,
+            id,
+            outputs,
+        })
     }
 }
 
@@ -466,7 +531,10 @@ fn check_outputs(ctx: &mut Ctx<'_>, names: &[Cow<'_, str>]) -> Vec<OutputKind> {
         match &**name {
             "label" => kinds.push(OutputKind::Label),
             "probabilities" => kinds.push(OutputKind::Probabilities),
-            _ => ctx.problem(|| format!("outputs[{i}].name"), "is not an output of this model (label, probabilities)"),
+            _ => ctx.problem(
+                || format!("outputs[{i}].name"),
+                "is not an output of this model (label, probabilities)",
+            ),
         }
     }
     kinds
@@ -477,7 +545,10 @@ fn check_tensors(ctx: &mut Ctx<'_>, inputs: Vec<RawTensor<'_>>) -> (usize, Vec<f
     let card = ctx.card;
     let width = card.features.len();
     let [tensor] = <[RawTensor<'_>; 1]>::try_from(inputs).unwrap_or_else(|inputs| {
-        ctx.problem(|| "inputs".into(), format!("has {} tensors; this model takes exactly one", inputs.len()));
+        ctx.problem(
+            || "inputs".into(),
+            format!("has {} tensors; this model takes exactly one", inputs.len()),
+        );
         [RawTensor {
             name: Cow::Borrowed(""),
             shape: vec![0, 0],
@@ -495,9 +566,17 @@ fn check_tensors(ctx: &mut Ctx<'_>, inputs: Vec<RawTensor<'_>>) -> (usize, Vec<f
         ctx.problem(|| "inputs[0].name".into(), format!("must be {expected:?}"));
     }
     if !NUMERIC_DATATYPES.contains(&&*tensor.datatype) {
-        ctx.problem(|| "inputs[0].datatype".into(), "must be a numeric datatype such as FP32");
-    } else if (tensor.datatype.starts_with("INT") || tensor.datatype.starts_with("UINT")) && !tensor.all_integers {
-        ctx.problem(|| "inputs[0].data".into(), "holds non-integer values for an integer datatype");
+        ctx.problem(
+            || "inputs[0].datatype".into(),
+            "must be a numeric datatype such as FP32",
+        );
+    } else if (tensor.datatype.starts_with("INT") || tensor.datatype.starts_with("UINT"))
+        && !tensor.all_integers
+    {
+        ctx.problem(
+            || "inputs[0].data".into(),
+            "holds non-integer values for an integer datatype",
+        );
     }
     if tensor.non_numeric {
         ctx.problem(|| "inputs[0].data".into(), "must hold only numbers");
@@ -505,19 +584,28 @@ fn check_tensors(ctx: &mut Ctx<'_>, inputs: Vec<RawTensor<'_>>) -> (usize, Vec<f
     let rows = match tensor.shape.as_slice() {
         [n, f] if *n >= 0 && *f == width as i64 => *n as usize,
         _ => {
-            ctx.problem(|| "inputs[0].shape".into(), format!("must be [rows, {width}]"));
+            ctx.problem(
+                || "inputs[0].shape".into(),
+                format!("must be [rows, {width}]"),
+            );
             0
         }
     };
     if rows > card.max_batch {
         let max = card.max_batch;
-        ctx.problem(|| "inputs[0].shape".into(), format!("has {rows} rows; this model accepts at most {max}"));
+        ctx.problem(
+            || "inputs[0].shape".into(),
+            format!("has {rows} rows; this model accepts at most {max}"),
+        );
     } else if rows == 0 && ctx.problems.is_empty() {
         ctx.problem(|| "inputs[0].shape".into(), "must have at least one row");
     }
     if ctx.problems.is_empty() && tensor.data.len() != rows * width {
         let got = tensor.data.len();
-        ctx.problem(|| "inputs[0].data".into(), format!("has {got} values; shape needs {}", rows * width));
+        ctx.problem(
+            || "inputs[0].data".into(),
+            format!("has {got} values; shape needs {}", rows * width),
+        );
     }
     if !ctx.problems.is_empty() {
         return (0, Vec::new());
@@ -550,7 +638,10 @@ impl<'de> Visitor<'de> for TensorsSeed<'_, '_> {
         let mut tensors = Vec::with_capacity(1);
         // A model has one input tensor; a few more are parsed only to be reported.
         while tensors.len() < 8 {
-            match seq.next_element_seed(TensorSeed { ctx: &mut *self.ctx, limit: self.limit })? {
+            match seq.next_element_seed(TensorSeed {
+                ctx: &mut *self.ctx,
+                limit: self.limit,
+            })? {
                 Some(t) => tensors.push(t),
                 None => return Ok(tensors),
             }
@@ -578,18 +669,26 @@ impl<'de> Visitor<'de> for TensorSeed<'_, '_> {
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         const FIELDS: &[&str] = &["name", "shape", "datatype", "parameters", "data"];
-        let (mut name, mut shape, mut datatype, mut data, mut parameters) = (None, None, None, None, false);
+        let (mut name, mut shape, mut datatype, mut data, mut parameters) =
+            (None, None, None, None, false);
         while let Some(Key(key)) = map.next_key()? {
             match &*key {
                 "name" if name.is_none() => name = Some(map.next_value::<Key<'de>>()?.0),
                 "shape" if shape.is_none() => shape = Some(map.next_value::<Vec<i64>>()?),
-                "datatype" if datatype.is_none() => datatype = Some(map.next_value::<Key<'de>>()?.0),
+                "datatype" if datatype.is_none() => {
+                    datatype = Some(map.next_value::<Key<'de>>()?.0)
+                }
                 "parameters" if !parameters => {
                     map.next_value::<IgnoredAny>()?;
                     parameters = true;
                 }
                 "data" if data.is_none() => {
-                    let mut flat = Flat { values: Vec::new(), all_integers: true, non_numeric: false, limit: self.limit };
+                    let mut flat = Flat {
+                        values: Vec::new(),
+                        all_integers: true,
+                        non_numeric: false,
+                        limit: self.limit,
+                    };
                     map.next_value_seed(FlatSeed(&mut flat, &mut self.ctx.too_many_rows))?;
                     data = Some(flat);
                 }
@@ -665,7 +764,10 @@ impl<'de> Visitor<'de> for FlatSeed<'_> {
         self.push(f64::NAN, false)
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        while seq.next_element_seed(FlatSeed(&mut *self.0, &mut *self.1))?.is_some() {}
+        while seq
+            .next_element_seed(FlatSeed(&mut *self.0, &mut *self.1))?
+            .is_some()
+        {}
         Ok(())
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
@@ -699,7 +801,14 @@ classes = ["x", "y"]
 "#;
 
     fn card() -> ModelCard {
-        ModelCard::parse(CARD, CardDefaults { max_batch: 64, range_tolerance: 0.0 }).unwrap()
+        ModelCard::parse(
+            CARD,
+            CardDefaults {
+                max_batch: 64,
+                range_tolerance: 0.0,
+            },
+        )
+        .unwrap()
     }
 
     fn v1(body: &str) -> Result<ValidInferRequest, ApiError> {
@@ -746,11 +855,26 @@ classes = ["x", "y"]
     fn v1_value_problems_name_the_fields() {
         let e = v1(r#"{"instances": [[1], [1, 0.5, 3], [11, "x"], [null, true]]}"#).unwrap_err();
         assert_eq!(e.code, ErrorCode::ValidationFailed);
-        assert_eq!(fields(&e), ["instances"], "a batch of 4 > 3 is reported alone");
+        assert_eq!(
+            fields(&e),
+            ["instances"],
+            "a batch of 4 > 3 is reported alone"
+        );
         let e = v1(r#"{"instances": [[1], [1, 0.5, 3], [11, "x"]]}"#).unwrap_err();
-        assert_eq!(fields(&e), ["instances[0]", "instances[1]", "instances[2].a", "instances[2].b"]);
+        assert_eq!(
+            fields(&e),
+            [
+                "instances[0]",
+                "instances[1]",
+                "instances[2].a",
+                "instances[2].b"
+            ]
+        );
         let e = v1(r#"{"instances": [{"a": 1, "a": 2, "zz": 1}]}"#).unwrap_err();
-        assert_eq!(fields(&e), ["instances[0].a", "instances[0].zz", "instances[0].b"]);
+        assert_eq!(
+            fields(&e),
+            ["instances[0].a", "instances[0].zz", "instances[0].b"]
+        );
         let e = v1(r#"{"instances": [[1e9, 0.5]]}"#).unwrap_err();
         assert_eq!(fields(&e), ["instances[0].a"]);
         assert!(e.details[0].problem.contains("range"));
@@ -808,13 +932,34 @@ classes = ["x", "y"]
             v2(&format!(r#"{{"inputs": [{{"name": "{name}", "shape": {shape}, "datatype": "{dt}", "data": {data}}}]}}"#))
                 .unwrap_err()
         };
-        assert_eq!(fields(&t("x", "[1, 2]", "FP32", "[1, 0.5]")), ["inputs[0].name"]);
-        assert_eq!(fields(&t("input", "[1, 3]", "FP32", "[1, 0.5, 1]")), ["inputs[0].shape"]);
-        assert_eq!(fields(&t("input", "[2, 2]", "FP32", "[1, 0.5]")), ["inputs[0].data"]);
-        assert_eq!(fields(&t("input", "[1, 2]", "BYTES", "[\"a\", \"b\"]")), ["inputs[0].datatype", "inputs[0].data"]);
-        assert_eq!(fields(&t("input", "[1, 2]", "INT32", "[1.5, 0]")), ["inputs[0].data"]);
-        assert_eq!(fields(&t("input", "[1, 2]", "FP32", "[1, 5]")), ["inputs[0].data[0].b"]);
-        assert_eq!(fields(&t("input", "[0, 2]", "FP32", "[]")), ["inputs[0].shape"]);
+        assert_eq!(
+            fields(&t("x", "[1, 2]", "FP32", "[1, 0.5]")),
+            ["inputs[0].name"]
+        );
+        assert_eq!(
+            fields(&t("input", "[1, 3]", "FP32", "[1, 0.5, 1]")),
+            ["inputs[0].shape"]
+        );
+        assert_eq!(
+            fields(&t("input", "[2, 2]", "FP32", "[1, 0.5]")),
+            ["inputs[0].data"]
+        );
+        assert_eq!(
+            fields(&t("input", "[1, 2]", "BYTES", "[\"a\", \"b\"]")),
+            ["inputs[0].datatype", "inputs[0].data"]
+        );
+        assert_eq!(
+            fields(&t("input", "[1, 2]", "INT32", "[1.5, 0]")),
+            ["inputs[0].data"]
+        );
+        assert_eq!(
+            fields(&t("input", "[1, 2]", "FP32", "[1, 5]")),
+            ["inputs[0].data[0].b"]
+        );
+        assert_eq!(
+            fields(&t("input", "[0, 2]", "FP32", "[]")),
+            ["inputs[0].shape"]
+        );
         let e = v2(r#"{"inputs": [{"name": "input", "shape": [1, 2], "datatype": "FP32", "data": [1, 0.5]}], "outputs": [{"name": "logits"}]}"#).unwrap_err();
         assert_eq!(fields(&e), ["outputs[0].name"]);
         for body in [
@@ -823,7 +968,11 @@ classes = ["x", "y"]
             r#"{"inputs": {}}"#,
             r#"{"model": "x", "inputs": []}"#,
         ] {
-            assert_eq!(v2(body).unwrap_err().code, ErrorCode::InvalidRequest, "{body}");
+            assert_eq!(
+                v2(body).unwrap_err().code,
+                ErrorCode::InvalidRequest,
+                "{body}"
+            );
         }
     }
 }

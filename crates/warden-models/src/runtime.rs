@@ -54,9 +54,16 @@ impl Runtime {
     pub fn init(configured: Option<&Path>) -> Result<&'static Runtime, RuntimeError> {
         let path = locate(configured)?;
         if let Some(rt) = RUNTIME.get() {
-            return if rt.path == path { Ok(rt) } else { Err(RuntimeError::AlreadyLoaded(rt.path.clone())) };
+            return if rt.path == path {
+                Ok(rt)
+            } else {
+                Err(RuntimeError::AlreadyLoaded(rt.path.clone()))
+            };
         }
-        let load = |message: String| RuntimeError::Load { path: path.clone(), message };
+        let load = |message: String| RuntimeError::Load {
+            path: path.clone(),
+            message,
+        };
         let env = ort::init_from(&path)
             .map_err(|e| load(e.to_string()))?
             .with_name("warden")
@@ -83,7 +90,9 @@ fn locate(configured: Option<&Path>) -> Result<PathBuf, RuntimeError> {
         return if p.is_file() {
             Ok(p.to_owned())
         } else {
-            Err(RuntimeError::Missing { looked: format!("{} (runtime.onnxruntime)", p.display()) })
+            Err(RuntimeError::Missing {
+                looked: format!("{} (runtime.onnxruntime)", p.display()),
+            })
         };
     }
     if let Some(p) = std::env::var_os("ORT_DYLIB_PATH").filter(|p| !p.is_empty()) {
@@ -91,12 +100,19 @@ fn locate(configured: Option<&Path>) -> Result<PathBuf, RuntimeError> {
         return if p.is_file() {
             Ok(p)
         } else {
-            Err(RuntimeError::Missing { looked: format!("{} (ORT_DYLIB_PATH)", p.display()) })
+            Err(RuntimeError::Missing {
+                looked: format!("{} (ORT_DYLIB_PATH)", p.display()),
+            })
         };
     }
     let mut dirs = vec![PathBuf::from(DEFAULT_RUNTIME_DIR)];
     if let Ok(exe) = std::env::current_exe() {
-        dirs.extend(exe.ancestors().skip(1).take(4).map(|a| a.join(DEFAULT_RUNTIME_DIR)));
+        dirs.extend(
+            exe.ancestors()
+                .skip(1)
+                .take(4)
+                .map(|a| a.join(DEFAULT_RUNTIME_DIR)),
+        );
     }
     for dir in &dirs {
         if let Some(lib) = newest_library(dir) {
@@ -104,7 +120,11 @@ fn locate(configured: Option<&Path>) -> Result<PathBuf, RuntimeError> {
         }
     }
     Err(RuntimeError::Missing {
-        looked: dirs.iter().map(|d| format!("{}/libonnxruntime.so*", d.display())).collect::<Vec<_>>().join(", "),
+        looked: dirs
+            .iter()
+            .map(|d| format!("{}/libonnxruntime.so*", d.display()))
+            .collect::<Vec<_>>()
+            .join(", "),
     })
 }
 
@@ -112,7 +132,11 @@ fn newest_library(dir: &Path) -> Option<PathBuf> {
     let mut libs: Vec<PathBuf> = std::fs::read_dir(dir)
         .ok()?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("libonnxruntime.so")))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("libonnxruntime.so"))
+        })
         .filter(|p| p.is_file())
         .collect();
     libs.sort();

@@ -74,7 +74,8 @@ fn canonical(ip: IpAddr) -> IpAddr {
 fn forwarded_for(element: &str) -> Option<&str> {
     element.split(';').find_map(|pair| {
         let (k, v) = pair.trim().split_once('=')?;
-        k.eq_ignore_ascii_case("for").then(|| v.trim().trim_matches('"'))
+        k.eq_ignore_ascii_case("for")
+            .then(|| v.trim().trim_matches('"'))
     })
 }
 
@@ -87,7 +88,10 @@ fn parse_hop(hop: &str) -> Option<IpAddr> {
     if let Ok(sa) = hop.parse::<SocketAddr>() {
         return Some(canonical(sa.ip()));
     }
-    hop.strip_prefix('[').and_then(|h| h.strip_suffix(']')).and_then(|h| h.parse().ok()).map(canonical)
+    hop.strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .and_then(|h| h.parse().ok())
+        .map(canonical)
 }
 
 #[cfg(test)]
@@ -110,9 +114,15 @@ mod tests {
     #[test]
     fn headers_from_untrusted_peers_are_ignored() {
         let headers = h(&[("x-forwarded-for", "9.9.9.9"), ("forwarded", "for=8.8.8.8")]);
-        assert_eq!(client_addr(ip("203.0.113.7"), &headers, &[]), ip("203.0.113.7"));
+        assert_eq!(
+            client_addr(ip("203.0.113.7"), &headers, &[]),
+            ip("203.0.113.7")
+        );
         let trusted = ["10.0.0.0/8".parse().unwrap()];
-        assert_eq!(client_addr(ip("203.0.113.7"), &headers, &trusted), ip("203.0.113.7"));
+        assert_eq!(
+            client_addr(ip("203.0.113.7"), &headers, &trusted),
+            ip("203.0.113.7")
+        );
     }
 
     #[test]
@@ -120,22 +130,43 @@ mod tests {
         let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
         // The client forged "1.1.1.1"; the proxy appended the real address.
         let headers = h(&[("x-forwarded-for", "1.1.1.1, 198.51.100.4, 10.0.0.2")]);
-        assert_eq!(client_addr(ip("10.0.0.1"), &headers, &trusted), ip("198.51.100.4"));
+        assert_eq!(
+            client_addr(ip("10.0.0.1"), &headers, &trusted),
+            ip("198.51.100.4")
+        );
         // Several headers are one list.
-        let headers = h(&[("x-forwarded-for", "1.1.1.1"), ("x-forwarded-for", "198.51.100.4")]);
-        assert_eq!(client_addr(ip("10.0.0.1"), &headers, &trusted), ip("198.51.100.4"));
+        let headers = h(&[
+            ("x-forwarded-for", "1.1.1.1"),
+            ("x-forwarded-for", "198.51.100.4"),
+        ]);
+        assert_eq!(
+            client_addr(ip("10.0.0.1"), &headers, &trusted),
+            ip("198.51.100.4")
+        );
         // Garbage stops the walk at the last verified hop.
         let headers = h(&[("x-forwarded-for", "198.51.100.4, garbage")]);
-        assert_eq!(client_addr(ip("10.0.0.1"), &headers, &trusted), ip("10.0.0.1"));
+        assert_eq!(
+            client_addr(ip("10.0.0.1"), &headers, &trusted),
+            ip("10.0.0.1")
+        );
         // No header: the proxy itself.
-        assert_eq!(client_addr(ip("10.0.0.1"), &HeaderMap::new(), &trusted), ip("10.0.0.1"));
+        assert_eq!(
+            client_addr(ip("10.0.0.1"), &HeaderMap::new(), &trusted),
+            ip("10.0.0.1")
+        );
     }
 
     #[test]
     fn forwarded_header_is_understood() {
         let trusted: Vec<IpNet> = vec!["127.0.0.0/8".parse().unwrap()];
-        let headers = h(&[("forwarded", r#"for=1.1.1.1, for="[2001:db8::1]:443";proto=https"#)]);
-        assert_eq!(client_addr(ip("127.0.0.1"), &headers, &trusted), ip("2001:db8::1"));
+        let headers = h(&[(
+            "forwarded",
+            r#"for=1.1.1.1, for="[2001:db8::1]:443";proto=https"#,
+        )]);
+        assert_eq!(
+            client_addr(ip("127.0.0.1"), &headers, &trusted),
+            ip("2001:db8::1")
+        );
         let mapped = ip("::ffff:127.0.0.1");
         let headers = h(&[("x-forwarded-for", "192.0.2.9:5000")]);
         assert_eq!(client_addr(mapped, &headers, &trusted), ip("192.0.2.9"));

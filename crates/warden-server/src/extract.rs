@@ -20,10 +20,10 @@ impl FromRequest<AppState> for JsonBody {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
-        if let Some(ct) = req.headers().get(CONTENT_TYPE) {
-            if !is_json(ct.to_str().unwrap_or_default()) {
-                return Err(ErrorCode::UnsupportedMediaType.into());
-            }
+        if let Some(ct) = req.headers().get(CONTENT_TYPE)
+            && !is_json(ct.to_str().unwrap_or_default())
+        {
+            return Err(ErrorCode::UnsupportedMediaType.into());
         }
         let limit = state.limits.body_limit;
         if declared_length(&req).is_some_and(|len| len > limit) {
@@ -32,14 +32,21 @@ impl FromRequest<AppState> for JsonBody {
         match axum::body::to_bytes(req.into_body(), limit).await {
             Ok(bytes) => Ok(Self(bytes)),
             Err(e) if is_length_limit(&e) => Err(ErrorCode::PayloadTooLarge.into()),
-            Err(_) => Err(ApiError::invalid_request("The request body could not be read.")),
+            Err(_) => Err(ApiError::invalid_request(
+                "The request body could not be read.",
+            )),
         }
     }
 }
 
 /// The `Content-Length` the client declared, if any.
 pub(crate) fn declared_length(req: &Request) -> Option<usize> {
-    req.headers().get(CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+    req.headers()
+        .get(CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
 }
 
 fn is_length_limit(e: &axum::Error) -> bool {
@@ -55,7 +62,9 @@ fn is_length_limit(e: &axum::Error) -> bool {
 
 fn is_json(content_type: &str) -> bool {
     let essence = content_type.split(';').next().unwrap_or_default().trim();
-    let Some((kind, subtype)) = essence.split_once('/') else { return false };
+    let Some((kind, subtype)) = essence.split_once('/') else {
+        return false;
+    };
     kind.eq_ignore_ascii_case("application")
         && (subtype.eq_ignore_ascii_case("json") || subtype.to_ascii_lowercase().ends_with("+json"))
 }
@@ -86,7 +95,10 @@ impl<S: Send + Sync> FromRequestParts<S> for ModelRef {
                 _ => {}
             }
         }
-        Ok(Self { name: name.ok_or_else(ApiError::not_found)?, version })
+        Ok(Self {
+            name: name.ok_or_else(ApiError::not_found)?,
+            version,
+        })
     }
 }
 
@@ -101,7 +113,10 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
         match parts.extensions.get::<Principal>() {
             Some(p) => Ok(Self(p.clone())),
             None => {
-                tracing::error!(path = parts.uri.path(), "handler reached without the authenticate step");
+                tracing::error!(
+                    path = parts.uri.path(),
+                    "handler reached without the authenticate step"
+                );
                 Err(ApiError::internal())
             }
         }
@@ -114,10 +129,21 @@ mod tests {
 
     #[test]
     fn json_content_types() {
-        for ok in ["application/json", "application/json; charset=utf-8", "Application/JSON", "application/vnd.x+json"] {
+        for ok in [
+            "application/json",
+            "application/json; charset=utf-8",
+            "Application/JSON",
+            "application/vnd.x+json",
+        ] {
             assert!(is_json(ok), "{ok}");
         }
-        for bad in ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", "", "json"] {
+        for bad in [
+            "text/plain",
+            "application/x-www-form-urlencoded",
+            "multipart/form-data; boundary=x",
+            "",
+            "json",
+        ] {
             assert!(!is_json(bad), "{bad}");
         }
     }

@@ -54,20 +54,31 @@ pub struct Server {
 
 impl std::fmt::Debug for Server {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Server").field("listener", &self.listener).field("tls", &self.tls.is_some()).finish_non_exhaustive()
+        f.debug_struct("Server")
+            .field("listener", &self.listener)
+            .field("tls", &self.tls.is_some())
+            .finish_non_exhaustive()
     }
 }
 
 impl Server {
     /// Builds the state and binds the data-plane address from `config`.
-    pub async fn bind(config: &Config, repository: Arc<Repository>, authenticator: Arc<Authenticator>) -> Result<Self, ServeError> {
+    pub async fn bind(
+        config: &Config,
+        repository: Arc<Repository>,
+        authenticator: Arc<Authenticator>,
+    ) -> Result<Self, ServeError> {
         let tls = match &config.tls {
             Some(settings) => Some(TlsAcceptor::from(tls::server_config(settings)?)),
             None => None,
         };
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| ServeError::Bind { addr: config.listen, source })?;
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| ServeError::Bind {
+                    addr: config.listen,
+                    source,
+                })?;
         let state = AppState(Arc::new(Shared {
             repository,
             authenticator,
@@ -87,7 +98,12 @@ impl Server {
             header_timeout: config.header_timeout,
             shutdown_grace: config.shutdown_grace,
         };
-        Ok(Self { listener, tls, state, settings })
+        Ok(Self {
+            listener,
+            tls,
+            state,
+            settings,
+        })
     }
 
     /// The bound address (the real port when the config asked for port 0).

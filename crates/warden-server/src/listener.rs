@@ -48,8 +48,14 @@ pub async fn serve(
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(settings.max_connections));
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(settings.header_timeout);
-    builder.http2().timer(TokioTimer::new()).max_concurrent_streams(256);
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(settings.header_timeout);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(256);
     let builder = Arc::new(builder);
     tokio::pin!(shutdown);
 
@@ -79,10 +85,12 @@ pub async fn serve(
         let watcher = graceful.watcher();
         tokio::spawn(async move {
             let _slot = slot;
-            let service = TowerToHyperService::new(app.map_request(move |mut req: hyper::Request<hyper::body::Incoming>| {
-                req.extensions_mut().insert(PeerAddr(peer));
-                req
-            }));
+            let service = TowerToHyperService::new(app.map_request(
+                move |mut req: hyper::Request<hyper::body::Incoming>| {
+                    req.extensions_mut().insert(PeerAddr(peer));
+                    req
+                },
+            ));
             match tls {
                 None => {
                     let conn = builder.serve_connection(TokioIo::new(stream), service);
@@ -91,7 +99,9 @@ pub async fn serve(
                     }
                 }
                 Some(acceptor) => {
-                    let Some(stream) = handshake(&acceptor, stream, peer, settings.handshake_timeout).await else {
+                    let Some(stream) =
+                        handshake(&acceptor, stream, peer, settings.handshake_timeout).await
+                    else {
                         return;
                     };
                     let conn = builder.serve_connection(TokioIo::new(stream), service);
@@ -104,8 +114,14 @@ pub async fn serve(
     }
 
     drop(listener);
-    tracing::info!(connections = graceful.count(), "shutting down: draining in-flight requests");
-    if tokio::time::timeout(settings.shutdown_grace, graceful.shutdown()).await.is_err() {
+    tracing::info!(
+        connections = graceful.count(),
+        "shutting down: draining in-flight requests"
+    );
+    if tokio::time::timeout(settings.shutdown_grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
         tracing::warn!(grace = ?settings.shutdown_grace, "shutdown grace period over; closing remaining connections");
     }
 }

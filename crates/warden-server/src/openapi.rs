@@ -2,7 +2,10 @@
 //! the schema types below. The schema types document the wire format; the
 //! parser in `warden_models::request` is the one that enforces it.
 
-#![allow(dead_code, reason = "fields exist to be described in the OpenAPI document")]
+#![allow(
+    dead_code,
+    reason = "fields exist to be described in the OpenAPI document"
+)]
 
 use serde::Serialize;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -211,5 +214,7 @@ pub struct ApiDoc;
 pub fn document() -> Vec<u8> {
     let mut doc = ApiDoc::openapi();
     doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
-    doc.to_pretty_json().map(String::into_bytes).unwrap_or_default()
+    doc.to_pretty_json()
+        .map(String::into_bytes)
+        .unwrap_or_default()
 }

@@ -42,11 +42,20 @@ pub fn data_plane(state: AppState) -> Router {
     let protected = Router::new()
         .route("/v2", get(routes::server_metadata))
         .route("/v2/models/{model}", get(routes::model_metadata))
-        .route("/v2/models/{model}/versions/{version}", get(routes::model_version_metadata))
+        .route(
+            "/v2/models/{model}/versions/{version}",
+            get(routes::model_version_metadata),
+        )
         .route("/v2/models/{model}/ready", get(routes::model_ready))
-        .route("/v2/models/{model}/versions/{version}/ready", get(routes::model_version_ready))
+        .route(
+            "/v2/models/{model}/versions/{version}/ready",
+            get(routes::model_version_ready),
+        )
         .route("/v2/models/{model}/infer", post(routes::v2_infer))
-        .route("/v2/models/{model}/versions/{version}/infer", post(routes::v2_infer_version))
+        .route(
+            "/v2/models/{model}/versions/{version}/infer",
+            post(routes::v2_infer_version),
+        )
         .route("/v1/models/{model}", post(routes::v1_predict))
         .route_layer(
             ServiceBuilder::new()
@@ -92,7 +101,12 @@ pub fn data_plane(state: AppState) -> Router {
 }
 
 fn sensitive_headers() -> [HeaderName; 4] {
-    [AUTHORIZATION, PROXY_AUTHORIZATION, COOKIE, HeaderName::from_static("x-api-key")]
+    [
+        AUTHORIZATION,
+        PROXY_AUTHORIZATION,
+        COOKIE,
+        HeaderName::from_static("x-api-key"),
+    ]
 }
 
 /// Step: authorize. The model must exist and the principal must hold
@@ -149,7 +163,11 @@ async fn infer_steps(
     quota(caller, name)?;
     // Authorize: unknown OR forbidden model → the same 404.
     let (model, version) = authorize(state, caller, name, version, Permission::Predict)?;
-    *note = Some(ModelNote { model: model.name.clone(), version: version.version, rows: 0 });
+    *note = Some(ModelNote {
+        model: model.name.clone(),
+        version: version.version,
+        rows: 0,
+    });
     // Parse + validate against the model's schema: the only way to get a ValidInferRequest.
     let request = request::parse(protocol, &model.card, body, state.limits.json_max_depth)?;
     let rows = request.rows;
@@ -179,7 +197,9 @@ async fn infer_steps(
     let shown = policy.apply(&model.card, &prediction, &outputs);
     let body = match protocol {
         Protocol::V1 => protocol::v1_response(&model.card, &shown, rows),
-        Protocol::V2 => protocol::v2_response(&model, version.version, request.id.as_deref(), &shown, rows),
+        Protocol::V2 => {
+            protocol::v2_response(&model, version.version, request.id.as_deref(), &shown, rows)
+        }
     };
     // Audit record: the audit trail (issue 5) hooks in here; the access-log
     // line is written by the respond step with this request's ModelNote.

@@ -11,8 +11,8 @@ use warden_models::{Protocol, protocol};
 
 use crate::extract::{Caller, JsonBody, ModelRef};
 use crate::openapi::{
-    ErrorBody, LiveBody, ModelMetadata, ModelReady, ReadyBody, ServerMetadata, V1Request, V1Response,
-    V2InferRequest, V2InferResponse,
+    ErrorBody, LiveBody, ModelMetadata, ModelReady, ReadyBody, ServerMetadata, V1Request,
+    V1Response, V2InferRequest, V2InferResponse,
 };
 use crate::pipeline;
 use crate::state::AppState;
@@ -21,7 +21,10 @@ use crate::steps::ModelNote;
 /// A 200 JSON response from already-serialized bytes.
 pub(crate) fn json(body: impl Into<Bytes>) -> Response {
     let mut r = Response::new(axum::body::Body::from(body.into()));
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     r
 }
 
@@ -59,11 +62,25 @@ pub async fn server_metadata(Caller(_): Caller) -> Response {
     params(("model" = String, Path, description = "Model name")),
     responses((status = 200, body = ModelMetadata), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
     security(("api_key" = []), ("bearer" = [])))]
-pub async fn model_metadata(State(state): State<AppState>, Caller(caller): Caller, target: ModelRef) -> Result<Response, ApiError> {
-    let (model, version) = pipeline::authorize(&state, &caller, &target.name, target.version.as_deref(), Permission::ModelsRead)?;
+pub async fn model_metadata(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    target: ModelRef,
+) -> Result<Response, ApiError> {
+    let (model, version) = pipeline::authorize(
+        &state,
+        &caller,
+        &target.name,
+        target.version.as_deref(),
+        Permission::ModelsRead,
+    )?;
     let policy = OutputPolicy::for_caller(&model.card, &caller);
     let mut response = json(protocol::v2_metadata(&model, &policy));
-    response.extensions_mut().insert(ModelNote { model: model.name.clone(), version: version.version, rows: 0 });
+    response.extensions_mut().insert(ModelNote {
+        model: model.name.clone(),
+        version: version.version,
+        rows: 0,
+    });
     Ok(response)
 }
 
@@ -72,7 +89,11 @@ pub async fn model_metadata(State(state): State<AppState>, Caller(caller): Calle
     params(("model" = String, Path, description = "Model name"), ("version" = String, Path, description = "Version number")),
     responses((status = 200, body = ModelMetadata), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
     security(("api_key" = []), ("bearer" = [])))]
-pub async fn model_version_metadata(state: State<AppState>, caller: Caller, target: ModelRef) -> Result<Response, ApiError> {
+pub async fn model_version_metadata(
+    state: State<AppState>,
+    caller: Caller,
+    target: ModelRef,
+) -> Result<Response, ApiError> {
     model_metadata(state, caller, target).await
 }
 
@@ -81,8 +102,18 @@ pub async fn model_version_metadata(state: State<AppState>, caller: Caller, targ
     params(("model" = String, Path, description = "Model name")),
     responses((status = 200, body = ModelReady), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
     security(("api_key" = []), ("bearer" = [])))]
-pub async fn model_ready(State(state): State<AppState>, Caller(caller): Caller, target: ModelRef) -> Result<Response, ApiError> {
-    let (model, _) = pipeline::authorize(&state, &caller, &target.name, target.version.as_deref(), Permission::ModelsRead)?;
+pub async fn model_ready(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    target: ModelRef,
+) -> Result<Response, ApiError> {
+    let (model, _) = pipeline::authorize(
+        &state,
+        &caller,
+        &target.name,
+        target.version.as_deref(),
+        Permission::ModelsRead,
+    )?;
     let body = serde_json::json!({"name": model.name, "ready": true});
     Ok(json(body.to_string()))
 }
@@ -92,7 +123,11 @@ pub async fn model_ready(State(state): State<AppState>, Caller(caller): Caller, 
     params(("model" = String, Path, description = "Model name"), ("version" = String, Path, description = "Version number")),
     responses((status = 200, body = ModelReady), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
     security(("api_key" = []), ("bearer" = [])))]
-pub async fn model_version_ready(state: State<AppState>, caller: Caller, target: ModelRef) -> Result<Response, ApiError> {
+pub async fn model_version_ready(
+    state: State<AppState>,
+    caller: Caller,
+    target: ModelRef,
+) -> Result<Response, ApiError> {
     model_ready(state, caller, target).await
 }
 
@@ -111,8 +146,21 @@ pub async fn model_version_ready(state: State<AppState>, caller: Caller, target:
         (status = 503, description = "overloaded, with Retry-After", body = ErrorBody),
     ),
     security(("api_key" = []), ("bearer" = [])))]
-pub async fn v2_infer(State(state): State<AppState>, Caller(caller): Caller, target: ModelRef, JsonBody(body): JsonBody) -> Response {
-    pipeline::infer(&state, &caller, &target.name, target.version.as_deref(), Protocol::V2, &body).await
+pub async fn v2_infer(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    target: ModelRef,
+    JsonBody(body): JsonBody,
+) -> Response {
+    pipeline::infer(
+        &state,
+        &caller,
+        &target.name,
+        target.version.as_deref(),
+        Protocol::V2,
+        &body,
+    )
+    .await
 }
 
 /// Inference on one version.
@@ -130,7 +178,12 @@ pub async fn v2_infer(State(state): State<AppState>, Caller(caller): Caller, tar
         (status = 503, description = "overloaded, with Retry-After", body = ErrorBody),
     ),
     security(("api_key" = []), ("bearer" = [])))]
-pub async fn v2_infer_version(state: State<AppState>, caller: Caller, target: ModelRef, body: JsonBody) -> Response {
+pub async fn v2_infer_version(
+    state: State<AppState>,
+    caller: Caller,
+    target: ModelRef,
+    body: JsonBody,
+) -> Response {
     v2_infer(state, caller, target, body).await
 }
 
@@ -149,7 +202,12 @@ pub async fn v2_infer_version(state: State<AppState>, caller: Caller, target: Mo
         (status = 503, description = "overloaded, with Retry-After", body = ErrorBody),
     ),
     security(("api_key" = []), ("bearer" = [])))]
-pub async fn v1_predict(State(state): State<AppState>, Caller(caller): Caller, target: ModelRef, JsonBody(body): JsonBody) -> Response {
+pub async fn v1_predict(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    target: ModelRef,
+    JsonBody(body): JsonBody,
+) -> Response {
     // The route is `/v1/models/{model}`; the segment must end in `:predict`.
     match target.name.strip_suffix(":predict") {
         Some(name) => pipeline::infer(&state, &caller, name, None, Protocol::V1, &body).await,

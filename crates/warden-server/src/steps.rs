@@ -56,7 +56,10 @@ pub async fn request_id(mut req: Request, next: Next) -> Response {
 /// response, including the router's 404/405 and caught panics.
 pub async fn respond(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let started = Instant::now();
-    let id = req.extensions().get::<RequestId>().map_or_else(|| Arc::from("-"), |r| r.0.clone());
+    let id = req
+        .extensions()
+        .get::<RequestId>()
+        .map_or_else(|| Arc::from("-"), |r| r.0.clone());
     let method = req.method().clone();
     let path: String = req.uri().path().chars().take(256).collect();
 
@@ -64,15 +67,24 @@ pub async fn respond(State(state): State<AppState>, req: Request, next: Next) ->
 
     if let Some(PendingError(error)) = response.extensions_mut().remove::<PendingError>() {
         *response.body_mut() = Body::from(error.to_body(&id));
-        response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
     }
     let headers = response.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&id) {
         headers.insert(X_REQUEST_ID.clone(), v);
     }
-    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     headers.insert(
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
@@ -140,12 +152,20 @@ pub async fn body_limit(State(state): State<AppState>, req: Request, next: Next)
 }
 
 /// Step: client address (see `client_addr`).
-pub async fn client_address(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+pub async fn client_address(
+    State(state): State<AppState>,
+    mut req: Request,
+    next: Next,
+) -> Response {
     let Some(PeerAddr(peer)) = req.extensions().get::<PeerAddr>().copied() else {
         tracing::error!("request without a peer address");
         return ApiError::internal().into_response();
     };
-    let client = ClientAddr(client_addr(peer.ip(), req.headers(), &state.trusted_proxies));
+    let client = ClientAddr(client_addr(
+        peer.ip(),
+        req.headers(),
+        &state.trusted_proxies,
+    ));
     req.extensions_mut().insert(client);
     let mut response = next.run(req).await;
     response.extensions_mut().insert(client);
@@ -171,8 +191,16 @@ pub async fn authenticate(State(state): State<AppState>, mut req: Request, next:
             response
         }
         Err(reason) => {
-            let client = req.extensions().get::<ClientAddr>().map(|c| c.0.to_string());
-            tracing::info!(?reason, client = client.as_deref().unwrap_or("-"), path = req.uri().path(), "authentication failed");
+            let client = req
+                .extensions()
+                .get::<ClientAddr>()
+                .map(|c| c.0.to_string());
+            tracing::info!(
+                ?reason,
+                client = client.as_deref().unwrap_or("-"),
+                path = req.uri().path(),
+                "authentication failed"
+            );
             reason.to_api_error().into_response()
         }
     }

@@ -44,7 +44,9 @@ const TLS12_SUITES: &[CipherSuite] = &[
 fn allowed(suite: &SupportedCipherSuite, min: TlsVersion) -> bool {
     match suite {
         SupportedCipherSuite::Tls13(_) => true,
-        SupportedCipherSuite::Tls12(_) => min == TlsVersion::V1_2 && TLS12_SUITES.contains(&suite.suite()),
+        SupportedCipherSuite::Tls12(_) => {
+            min == TlsVersion::V1_2 && TLS12_SUITES.contains(&suite.suite())
+        }
     }
 }
 
@@ -61,7 +63,9 @@ pub fn server_config(settings: &TlsSettings) -> Result<Arc<ServerConfig>, TlsErr
         }
     };
     let mut provider = aws_lc_rs::default_provider();
-    provider.cipher_suites.retain(|s| allowed(s, settings.min_version));
+    provider
+        .cipher_suites
+        .retain(|s| allowed(s, settings.min_version));
     let versions: &[&rustls::SupportedProtocolVersion] = match settings.min_version {
         TlsVersion::V1_2 => &[&rustls::version::TLS13, &rustls::version::TLS12],
         TlsVersion::V1_3 => &[&rustls::version::TLS13],
@@ -71,13 +75,20 @@ pub fn server_config(settings: &TlsSettings) -> Result<Arc<ServerConfig>, TlsErr
         .map_err(|e| TlsError::Setup(e.to_string()))?
         .with_no_client_auth()
         .with_single_cert(certs, key)
-        .map_err(|e| TlsError::Setup(format!("certificate and key do not form a usable pair: {e}")))?;
+        .map_err(|e| {
+            TlsError::Setup(format!(
+                "certificate and key do not form a usable pair: {e}"
+            ))
+        })?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
 
 fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let err = |message: String| TlsError::File { path: path.to_owned(), message };
+    let err = |message: String| TlsError::File {
+        path: path.to_owned(),
+        message,
+    };
     let pem = std::fs::read(path).map_err(|e| err(format!("cannot read: {e}")))?;
     let certs = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
@@ -90,7 +101,9 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
 
 /// The embedded default's certificate: `dir/cert.pem` and `dir/key.pem`,
 /// generated once (SANs localhost, 127.0.0.1, ::1) and reused afterwards.
-fn self_signed(dir: &Path) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
+fn self_signed(
+    dir: &Path,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
     let cert_path = dir.join("cert.pem");
     let key_path = dir.join("key.pem");
     if !cert_path.exists() || !key_path.exists() {
@@ -99,10 +112,14 @@ fn self_signed(dir: &Path) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDe
         tracing::info!(cert = %cert_path.display(), "generated a self-signed TLS certificate for development");
     }
     let certs = read_certs(&cert_path)?;
-    let key_pem = std::fs::read(&key_path)
-        .map_err(|e| TlsError::File { path: key_path.clone(), message: format!("cannot read: {e}") })?;
-    let key = PrivateKeyDer::from_pem_slice(&key_pem)
-        .map_err(|_| TlsError::File { path: key_path, message: "not a PEM private key".into() })?;
+    let key_pem = std::fs::read(&key_path).map_err(|e| TlsError::File {
+        path: key_path.clone(),
+        message: format!("cannot read: {e}"),
+    })?;
+    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|_| TlsError::File {
+        path: key_path,
+        message: "not a PEM private key".into(),
+    })?;
     Ok((certs, key))
 }
 
@@ -118,34 +135,60 @@ pub struct GeneratedCert {
 /// Generates a self-signed certificate for localhost, 127.0.0.1, ::1 and
 /// `extra_names`, valid for `days`.
 pub fn generate(extra_names: &[String], days: u32) -> Result<GeneratedCert, TlsError> {
-    let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
+    let mut names = vec![
+        "localhost".to_string(),
+        "127.0.0.1".to_string(),
+        "::1".to_string(),
+    ];
     names.extend(extra_names.iter().cloned());
-    let mut params = rcgen::CertificateParams::new(names).map_err(|e| TlsError::Setup(e.to_string()))?;
-    params.distinguished_name.push(rcgen::DnType::CommonName, "Warden development certificate");
+    let mut params =
+        rcgen::CertificateParams::new(names).map_err(|e| TlsError::Setup(e.to_string()))?;
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "Warden development certificate");
     let now = time::OffsetDateTime::now_utc();
     params.not_before = now - time::Duration::hours(1);
     params.not_after = now + time::Duration::days(i64::from(days));
     let key = rcgen::KeyPair::generate().map_err(|e| TlsError::Setup(e.to_string()))?;
-    let cert = params.self_signed(&key).map_err(|e| TlsError::Setup(e.to_string()))?;
-    Ok(GeneratedCert { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+    let cert = params
+        .self_signed(&key)
+        .map_err(|e| TlsError::Setup(e.to_string()))?;
+    Ok(GeneratedCert {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    })
 }
 
 /// Writes `cert.pem` (0644) and `key.pem` (0600) into `dir` (created 0700),
 /// each atomically.
 pub fn write_pair(dir: &Path, generated: &GeneratedCert) -> Result<(), TlsError> {
-    let io = |path: &Path, e: std::io::Error| TlsError::File { path: path.to_owned(), message: e.to_string() };
+    let io = |path: &Path, e: std::io::Error| TlsError::File {
+        path: path.to_owned(),
+        message: e.to_string(),
+    };
     {
         use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(|e| io(dir, e))?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| io(dir, e))?;
     }
-    write_atomic(&dir.join("key.pem"), generated.key_pem.as_bytes(), 0o600).map_err(|e| io(&dir.join("key.pem"), e))?;
-    write_atomic(&dir.join("cert.pem"), generated.cert_pem.as_bytes(), 0o644).map_err(|e| io(&dir.join("cert.pem"), e))
+    write_atomic(&dir.join("key.pem"), generated.key_pem.as_bytes(), 0o600)
+        .map_err(|e| io(&dir.join("key.pem"), e))?;
+    write_atomic(&dir.join("cert.pem"), generated.cert_pem.as_bytes(), 0o644)
+        .map_err(|e| io(&dir.join("cert.pem"), e))
 }
 
 fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&tmp)?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&tmp)?;
     f.write_all(bytes)?;
     f.sync_all()?;
     std::fs::rename(&tmp, path)
@@ -160,13 +203,26 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let tls = dir.path().join("tls");
-        let settings = TlsSettings { cert: CertSource::SelfSigned { dir: tls.clone() }, min_version: TlsVersion::V1_2 };
+        let settings = TlsSettings {
+            cert: CertSource::SelfSigned { dir: tls.clone() },
+            min_version: TlsVersion::V1_2,
+        };
         let config = server_config(&settings).unwrap();
-        assert_eq!(config.alpn_protocols, [b"h2".to_vec(), b"http/1.1".to_vec()]);
+        assert_eq!(
+            config.alpn_protocols,
+            [b"h2".to_vec(), b"http/1.1".to_vec()]
+        );
         let first = std::fs::read(tls.join("cert.pem")).unwrap();
         server_config(&settings).unwrap();
-        assert_eq!(first, std::fs::read(tls.join("cert.pem")).unwrap(), "reused, not regenerated");
-        let mode = std::fs::metadata(tls.join("key.pem")).unwrap().permissions().mode();
+        assert_eq!(
+            first,
+            std::fs::read(tls.join("cert.pem")).unwrap(),
+            "reused, not regenerated"
+        );
+        let mode = std::fs::metadata(tls.join("key.pem"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
     }
 
@@ -181,6 +237,10 @@ mod tests {
         }
         let mut p13 = aws_lc_rs::default_provider();
         p13.cipher_suites.retain(|s| allowed(s, TlsVersion::V1_3));
-        assert!(p13.cipher_suites.iter().all(|s| matches!(s, SupportedCipherSuite::Tls13(_))));
+        assert!(
+            p13.cipher_suites
+                .iter()
+                .all(|s| matches!(s, SupportedCipherSuite::Tls13(_)))
+        );
     }
 }

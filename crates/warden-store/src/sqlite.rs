@@ -43,22 +43,33 @@ impl SqliteStore {
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         migrations().to_latest(&mut conn)?;
-        Ok(Self { conn: Mutex::new(conn) })
+        Ok(Self {
+            conn: Mutex::new(conn),
+        })
     }
 
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
         // A panic while holding the lock cannot leave SQLite inconsistent
         // (statements are atomic), so a poisoned lock is still usable.
-        self.conn.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.conn
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
 fn create_private_dir(dir: &Path) -> Result<(), StoreError> {
-    let io = |source| StoreError::Io { path: dir.to_owned(), source };
+    let io = |source| StoreError::Io {
+        path: dir.to_owned(),
+        source,
+    };
     #[cfg(unix)]
     {
         use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(io)
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(io)
     }
     #[cfg(not(unix))]
     {
@@ -74,7 +85,10 @@ fn key_from_row(row: &Row<'_>) -> rusqlite::Result<Result<ApiKeyRecord, StoreErr
     let models: Option<String> = row.get(3)?;
     let id: String = row.get(0)?;
     let Ok(secret_hash) = <[u8; 32]>::try_from(hash.as_slice()) else {
-        return Ok(Err(StoreError::Corrupt { table: "api_keys", what: format!("hash of key {id}") }));
+        return Ok(Err(StoreError::Corrupt {
+            table: "api_keys",
+            what: format!("hash of key {id}"),
+        }));
     };
     Ok(Ok(ApiKeyRecord {
         id,
@@ -92,7 +106,9 @@ fn key_from_row(row: &Row<'_>) -> rusqlite::Result<Result<ApiKeyRecord, StoreErr
 fn insert(conn: &Connection, key: &ApiKeyRecord) -> Result<(), StoreError> {
     let models = key.models.as_ref().map(|m| m.join(","));
     let result = conn.execute(
-        &format!("INSERT INTO api_keys ({KEY_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"),
+        &format!(
+            "INSERT INTO api_keys ({KEY_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
+        ),
         params![
             key.id,
             key.name,
@@ -130,10 +146,12 @@ impl Store for SqliteStore {
 
     fn list_keys(&self) -> Result<Vec<ApiKeyRecord>, StoreError> {
         let conn = self.conn();
-        let mut stmt = conn
-            .prepare_cached(&format!("SELECT {KEY_COLUMNS} FROM api_keys ORDER BY created_at, id"))?;
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {KEY_COLUMNS} FROM api_keys ORDER BY created_at, id"
+        ))?;
         let rows = stmt.query_map([], key_from_row)?;
-        rows.map(|r| r.map_err(StoreError::from).and_then(|k| k)).collect()
+        rows.map(|r| r.map_err(StoreError::from).and_then(|k| k))
+            .collect()
     }
 
     fn revoke_key(&self, id: &str, now: i64) -> Result<bool, StoreError> {
@@ -196,13 +214,19 @@ mod tests {
     fn keys_round_trip_revoke_and_rotate() {
         let s = SqliteStore::in_memory().unwrap();
         s.insert_key(&key("a", "admin")).unwrap();
-        assert!(matches!(s.insert_key(&key("a", "admin")), Err(StoreError::Conflict(_))));
+        assert!(matches!(
+            s.insert_key(&key("a", "admin")),
+            Err(StoreError::Conflict(_))
+        ));
         assert_eq!(s.get_key("a").unwrap().unwrap(), key("a", "admin"));
         assert!(s.get_key("zz").unwrap().is_none());
         assert!(s.has_active_key_with_role("admin", 200).unwrap());
 
         assert!(s.revoke_key("a", 150).unwrap());
-        assert!(!s.revoke_key("a", 160).unwrap(), "second revoke changes nothing");
+        assert!(
+            !s.revoke_key("a", 160).unwrap(),
+            "second revoke changes nothing"
+        );
         assert_eq!(s.get_key("a").unwrap().unwrap().revoked_at, Some(150));
         assert!(!s.has_active_key_with_role("admin", 200).unwrap());
 
@@ -211,7 +235,10 @@ mod tests {
         c.rotated_from = Some("b".into());
         assert!(s.rotate_key("b", &c, 300).unwrap());
         assert!(!s.rotate_key("b", &key("d", "predict"), 301).unwrap());
-        assert!(s.get_key("d").unwrap().is_none(), "failed rotation inserts nothing");
+        assert!(
+            s.get_key("d").unwrap().is_none(),
+            "failed rotation inserts nothing"
+        );
         let ids: Vec<_> = s.list_keys().unwrap().into_iter().map(|k| k.id).collect();
         assert_eq!(ids, ["a", "b", "c"]);
     }
@@ -231,7 +258,10 @@ mod tests {
     fn reopening_keeps_data() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sub").join("w.db");
-        SqliteStore::open(&path).unwrap().insert_key(&key("a", "admin")).unwrap();
+        SqliteStore::open(&path)
+            .unwrap()
+            .insert_key(&key("a", "admin"))
+            .unwrap();
         let s = SqliteStore::open(&path).unwrap();
         assert!(s.get_key("a").unwrap().is_some());
     }

@@ -8,11 +8,11 @@ use warden_auth::keys::unix_now;
 use warden_auth::{Authenticator, KeyAdmin, NewKey};
 use warden_core::Role;
 use warden_core::config::{CertSource, Config, LogFormat, Overrides};
+use warden_models::Repository;
 use warden_models::card::CardDefaults;
 use warden_models::engine::PoolSettings;
 use warden_models::repository::LoadSettings;
 use warden_models::runtime::Runtime;
-use warden_models::Repository;
 use warden_server::Server;
 use warden_store::{ApiKeyRecord, SqliteStore, Store};
 
@@ -34,7 +34,10 @@ pub(crate) fn run(command: Command) -> Result<(), Failure> {
 }
 
 fn load_config(location: &Location, overrides: Overrides) -> Result<Config, Failure> {
-    let overrides = Overrides { data_dir: location.data_dir.clone(), ..overrides };
+    let overrides = Overrides {
+        data_dir: location.data_dir.clone(),
+        ..overrides
+    };
     match &location.config {
         Some(path) => Config::load(path, &overrides),
         None => Config::default_with(&overrides),
@@ -46,23 +49,46 @@ fn open_store(config: &Config) -> Result<SqliteStore, Failure> {
     SqliteStore::open(&config.sqlite_path).map_err(Failure::runtime)
 }
 
-fn init_logging(config: &Config) -> Result<(), Failure> {
+/// Logs go to stderr through a background writer: the request path only
+/// queues a line, and the writer thread batches lines into few `write`
+/// calls. The queue is bounded and not lossy: if the writer falls behind,
+/// requests wait rather than lose access-log lines. The guard flushes on drop.
+fn init_logging(config: &Config) -> Result<tracing_appender::non_blocking::WorkerGuard, Failure> {
     let filter = tracing_subscriber::EnvFilter::try_new(&config.log_level)
         .map_err(|e| Failure::usage(format!("log.level: {e}")))?;
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .buffered_lines_limit(65_536)
+        .thread_name("warden-log")
+        .finish(std::io::BufWriter::with_capacity(
+            64 * 1024,
+            std::io::stderr(),
+        ));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer);
     let result = match config.log_format {
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .try_init(),
         LogFormat::Text => builder.try_init(),
     };
-    result.map_err(|e| Failure::runtime(format!("cannot start logging: {e}")))
+    result.map_err(|e| Failure::runtime(format!("cannot start logging: {e}")))?;
+    Ok(guard)
 }
 
 fn serve(args: ServeArgs) -> Result<(), Failure> {
     let config = load_config(
         &args.location,
-        Overrides { models_dir: args.models, listen: args.listen, data_dir: None },
+        Overrides {
+            models_dir: args.models,
+            listen: args.listen,
+            data_dir: None,
+        },
     )?;
-    init_logging(&config)?;
+    let _log_guard = init_logging(&config)?;
 
     let store: Arc<SqliteStore> = Arc::new(open_store(&config)?);
     let runtime = Runtime::init(config.onnxruntime.as_deref()).map_err(Failure::runtime)?;
@@ -71,8 +97,15 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
         &config.models_dir,
         LoadSettings {
             runtime,
-            pool: PoolSettings { sessions: config.sessions_per_model, queue: config.queue_per_model },
-            card: CardDefaults { max_batch: config.default_max_batch, range_tolerance: config.range_tolerance },
+            pool: PoolSettings {
+                sessions: config.sessions_per_model,
+                queue: config.queue_per_model,
+                inline_budget: config.inline_inference_budget,
+            },
+            card: CardDefaults {
+                max_batch: config.default_max_batch,
+                range_tolerance: config.range_tolerance,
+            },
         },
     )
     .map_err(Failure::usage)?;
@@ -87,7 +120,9 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
         .map_err(|e| Failure::runtime(format!("cannot start the async runtime: {e}")))?;
     tokio.block_on(async {
         let authenticator = Arc::new(Authenticator::new(store.clone()));
-        let server = Server::bind(&config, Arc::new(repository), authenticator).await.map_err(Failure::runtime)?;
+        let server = Server::bind(&config, Arc::new(repository), authenticator)
+            .await
+            .map_err(Failure::runtime)?;
         let addr = server.local_addr().map_err(Failure::runtime)?;
         bootstrap_admin_key(store.as_ref(), &config, addr)?;
         tracing::info!(%addr, tls = server.is_tls(), "listening");
@@ -99,19 +134,42 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
 
 /// SPEC §1: on first start, when no admin credential exists, create one
 /// admin key and print it once with a ready-to-paste curl example.
-fn bootstrap_admin_key(store: &SqliteStore, config: &Config, addr: std::net::SocketAddr) -> Result<(), Failure> {
-    if store.has_active_key_with_role(Role::Admin.as_str(), unix_now()).map_err(Failure::runtime)? {
+fn bootstrap_admin_key(
+    store: &SqliteStore,
+    config: &Config,
+    addr: std::net::SocketAddr,
+) -> Result<(), Failure> {
+    if store
+        .has_active_key_with_role(Role::Admin.as_str(), unix_now())
+        .map_err(Failure::runtime)?
+    {
         return Ok(());
     }
     let issued = KeyAdmin::new(store)
-        .create(&NewKey { name: "bootstrap-admin".into(), role: Role::Admin, models: None, expires_in: None })
+        .create(&NewKey {
+            name: "bootstrap-admin".into(),
+            role: Role::Admin,
+            models: None,
+            expires_in: None,
+        })
         .map_err(Failure::runtime)?;
-    let host = if addr.ip().is_unspecified() { "127.0.0.1".to_string() } else { addr.ip().to_string() };
-    let host = if host.contains(':') { format!("[{host}]") } else { host };
+    let host = if addr.ip().is_unspecified() {
+        "127.0.0.1".to_string()
+    } else {
+        addr.ip().to_string()
+    };
+    let host = if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host
+    };
     let (scheme, cacert) = match &config.tls {
         None => ("http", String::new()),
         Some(tls) => match &tls.cert {
-            CertSource::SelfSigned { dir } => ("https", format!("--cacert {} ", dir.join("cert.pem").display())),
+            CertSource::SelfSigned { dir } => (
+                "https",
+                format!("--cacert {} ", dir.join("cert.pem").display()),
+            ),
             CertSource::Pem { .. } => ("https", String::new()),
         },
     };
@@ -146,19 +204,40 @@ async fn shutdown_signal() {
 
 fn keys(cmd: KeysCommand) -> Result<(), Failure> {
     match cmd {
-        KeysCommand::Create { location, name, role, models, expires } => {
+        KeysCommand::Create {
+            location,
+            name,
+            role,
+            models,
+            expires,
+        } => {
             let config = load_config(&location, Overrides::default())?;
-            let role = Role::parse(&role)
-                .ok_or_else(|| Failure::usage(format!("--role {role:?}: expected admin, predict or metrics")))?;
+            let role = Role::parse(&role).ok_or_else(|| {
+                Failure::usage(format!(
+                    "--role {role:?}: expected admin, predict or metrics"
+                ))
+            })?;
             let expires_in = expires
-                .map(|e| humantime::parse_duration(&e).map_err(|err| Failure::usage(format!("--expires {e:?}: {err}"))))
+                .map(|e| {
+                    humantime::parse_duration(&e)
+                        .map_err(|err| Failure::usage(format!("--expires {e:?}: {err}")))
+                })
                 .transpose()?;
             let store = open_store(&config)?;
             let issued = KeyAdmin::new(&store)
-                .create(&NewKey { name, role, models, expires_in })
+                .create(&NewKey {
+                    name,
+                    role,
+                    models,
+                    expires_in,
+                })
                 .map_err(key_failure)?;
             println!("{}", issued.key.as_str());
-            eprintln!("created key {} ({}); it is shown only this once", issued.record.id, describe(&issued.record));
+            eprintln!(
+                "created key {} ({}); it is shown only this once",
+                issued.record.id,
+                describe(&issued.record)
+            );
             Ok(())
         }
         KeysCommand::List { location, json } => {
@@ -170,7 +249,10 @@ fn keys(cmd: KeysCommand) -> Result<(), Failure> {
                     println!("{}", key_json(k, now));
                 }
             } else {
-                println!("{:<12}  {:<20}  {:<8}  {:<20}  {:<20}  {:<20}  STATUS", "ID", "NAME", "ROLE", "MODELS", "CREATED", "EXPIRES");
+                println!(
+                    "{:<12}  {:<20}  {:<8}  {:<20}  {:<20}  {:<20}  STATUS",
+                    "ID", "NAME", "ROLE", "MODELS", "CREATED", "EXPIRES"
+                );
                 for k in &keys {
                     println!(
                         "{:<12}  {:<20}  {:<8}  {:<20}  {:<20}  {:<20}  {}",
@@ -188,15 +270,23 @@ fn keys(cmd: KeysCommand) -> Result<(), Failure> {
         }
         KeysCommand::Revoke { location, id } => {
             let config = load_config(&location, Overrides::default())?;
-            KeyAdmin::new(&open_store(&config)?).revoke(&id).map_err(key_failure)?;
+            KeyAdmin::new(&open_store(&config)?)
+                .revoke(&id)
+                .map_err(key_failure)?;
             eprintln!("revoked key {id}");
             Ok(())
         }
         KeysCommand::Rotate { location, id } => {
             let config = load_config(&location, Overrides::default())?;
-            let issued = KeyAdmin::new(&open_store(&config)?).rotate(&id).map_err(key_failure)?;
+            let issued = KeyAdmin::new(&open_store(&config)?)
+                .rotate(&id)
+                .map_err(key_failure)?;
             println!("{}", issued.key.as_str());
-            eprintln!("key {id} revoked; new key {} ({}); it is shown only this once", issued.record.id, describe(&issued.record));
+            eprintln!(
+                "key {id} revoked; new key {} ({}); it is shown only this once",
+                issued.record.id,
+                describe(&issued.record)
+            );
             Ok(())
         }
     }
@@ -241,24 +331,42 @@ fn key_json(k: &ApiKeyRecord, now: i64) -> serde_json::Value {
 fn time(unix: Option<i64>) -> String {
     match unix {
         None => "never".into(),
-        Some(t) => humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(t.max(0) as u64)).to_string(),
+        Some(t) => humantime::format_rfc3339_seconds(
+            std::time::UNIX_EPOCH + Duration::from_secs(t.max(0) as u64),
+        )
+        .to_string(),
     }
 }
 
 fn truncate(s: &str, n: usize) -> String {
-    if s.chars().count() <= n { s.to_owned() } else { format!("{}…", s.chars().take(n - 1).collect::<String>()) }
+    if s.chars().count() <= n {
+        s.to_owned()
+    } else {
+        format!("{}…", s.chars().take(n - 1).collect::<String>())
+    }
 }
 
 fn cert(cmd: CertCommand) -> Result<(), Failure> {
-    let CertCommand::Generate { out, data_dir, names, days, force } = cmd;
+    let CertCommand::Generate {
+        out,
+        data_dir,
+        names,
+        days,
+        force,
+    } = cmd;
     if days == 0 {
         return Err(Failure::usage("--days must be at least 1"));
     }
     let dir: PathBuf = out.unwrap_or_else(|| {
-        data_dir.unwrap_or_else(|| PathBuf::from(warden_core::config::DEFAULT_DATA_DIR)).join("tls")
+        data_dir
+            .unwrap_or_else(|| PathBuf::from(warden_core::config::DEFAULT_DATA_DIR))
+            .join("tls")
     });
     if !force && (dir.join("cert.pem").exists() || dir.join("key.pem").exists()) {
-        return Err(Failure::usage(format!("{} already holds a certificate; pass --force to replace it", dir.display())));
+        return Err(Failure::usage(format!(
+            "{} already holds a certificate; pass --force to replace it",
+            dir.display()
+        )));
     }
     let generated = warden_server::tls::generate(&names, days).map_err(Failure::usage)?;
     warden_server::tls::write_pair(Path::new(&dir), &generated).map_err(Failure::runtime)?;

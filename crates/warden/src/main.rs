@@ -2,7 +2,11 @@
 //! configuration, run the verb, map the outcome to an exit code
 //! (0 ok, 1 runtime failure, 2 bad usage or bad configuration).
 
-#![allow(clippy::print_stdout, clippy::print_stderr, reason = "a CLI talks on stdout and stderr")]
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "a CLI talks on stdout and stderr"
+)]
 
 mod cli;
 mod commands;

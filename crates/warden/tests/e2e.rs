@@ -1,6 +1,11 @@
 //! End to end: the real `warden` binary on an ephemeral port, over real TLS,
 //! driven the way a client (or an attacker) would.
 
+#![allow(
+    clippy::unwrap_used,
+    reason = "test helpers: a failed unwrap is a failed test"
+)]
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -51,14 +56,19 @@ impl Warden {
         });
         let deadline = Instant::now() + Duration::from_secs(60);
         let (addr, tls) = loop {
-            let line = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())).unwrap_or_else(|_| {
-                let status = child.try_wait().unwrap();
-                panic!("warden did not start (exit {status:?})")
-            });
-            if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                if v["message"] == "listening" {
-                    break (v["addr"].as_str().unwrap().parse().unwrap(), v["tls"] == true);
-                }
+            let line = rx
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .unwrap_or_else(|_| {
+                    let status = child.try_wait().unwrap();
+                    panic!("warden did not start (exit {status:?})")
+                });
+            if let Ok(v) = serde_json::from_str::<Value>(&line)
+                && v["message"] == "listening"
+            {
+                break (
+                    v["addr"].as_str().unwrap().parse().unwrap(),
+                    v["tls"] == true,
+                );
             }
         };
         // stdout holds only the one-time admin key banner, written before "listening".
@@ -76,7 +86,10 @@ impl Warden {
         while let Ok(chunk) = orx.recv_timeout(Duration::from_millis(300)) {
             stdout.push_str(&String::from_utf8_lossy(&chunk));
         }
-        let printed_key = stdout.split_whitespace().find(|w| w.starts_with("wdn_")).map(str::to_owned);
+        let printed_key = stdout
+            .split_whitespace()
+            .find(|w| w.starts_with("wdn_"))
+            .map(str::to_owned);
 
         let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(30));
         if tls {
@@ -98,7 +111,12 @@ impl Warden {
         format!("{}://localhost:{}{path}", self.scheme, self.addr.port())
     }
 
-    async fn post(&self, path: &str, key: &str, body: impl Into<reqwest::Body>) -> (StatusCode, reqwest::header::HeaderMap, Value) {
+    async fn post(
+        &self,
+        path: &str,
+        key: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> (StatusCode, reqwest::header::HeaderMap, Value) {
         let r = self
             .client
             .post(self.url(path))
@@ -122,11 +140,19 @@ impl Warden {
     }
 
     fn cli(&self, args: &[&str]) -> std::process::Output {
-        Command::new(BIN).args(args).arg("--data-dir").arg(&self.data_dir).output().unwrap()
+        Command::new(BIN)
+            .args(args)
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .output()
+            .unwrap()
     }
 
     fn terminate(mut self) -> std::process::ExitStatus {
-        Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
+        Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
@@ -158,8 +184,13 @@ fn iris() -> Value {
 async fn first_start_prints_a_key_once_and_it_keeps_working() {
     let dir = tempfile::tempdir().unwrap();
     let first = Warden::start(dir.path(), &[]);
-    let key = first.printed_key.clone().expect("first start prints the admin key");
-    let (status, _, body) = first.post("/v1/models/iris:predict", &key, iris().to_string()).await;
+    let key = first
+        .printed_key
+        .clone()
+        .expect("first start prints the admin key");
+    let (status, _, body) = first
+        .post("/v1/models/iris:predict", &key, iris().to_string())
+        .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["predictions"][0]["label"], "setosa");
     let cert = std::fs::read(dir.path().join("tls/cert.pem")).unwrap();
@@ -167,14 +198,24 @@ async fn first_start_prints_a_key_once_and_it_keeps_working() {
 
     let second = Warden::start(dir.path(), &[]);
     assert_eq!(second.printed_key, None, "the key is printed only once");
-    assert_eq!(std::fs::read(dir.path().join("tls/cert.pem")).unwrap(), cert, "the certificate is kept");
-    let (status, _, _) = second.post("/v1/models/iris:predict", &key, iris().to_string()).await;
+    assert_eq!(
+        std::fs::read(dir.path().join("tls/cert.pem")).unwrap(),
+        cert,
+        "the certificate is kept"
+    );
+    let (status, _, _) = second
+        .post("/v1/models/iris:predict", &key, iris().to_string())
+        .await;
     assert_eq!(status, 200);
     // Only a hash is stored: the key text is nowhere in the data dir.
     for entry in std::fs::read_dir(dir.path()).unwrap().flatten() {
         if entry.path().is_file() {
             let bytes = std::fs::read(entry.path()).unwrap();
-            assert!(!bytes.windows(key.len()).any(|w| w == key.as_bytes()), "{:?} holds the key", entry.path());
+            assert!(
+                !bytes.windows(key.len()).any(|w| w == key.as_bytes()),
+                "{:?} holds the key",
+                entry.path()
+            );
         }
     }
 }
@@ -185,20 +226,41 @@ async fn v1_and_v2_over_https_on_every_demo_model() {
     let w = Warden::start(dir.path(), &[]);
     let key = w.printed_key.clone().unwrap();
     for model in ["iris", "breast-cancer", "digits"] {
-        let fixture: Value =
-            serde_json::from_slice(&std::fs::read(repo().join("models").join(model).join("fixtures.json")).unwrap()).unwrap();
+        let fixture: Value = serde_json::from_slice(
+            &std::fs::read(repo().join("models").join(model).join("fixtures.json")).unwrap(),
+        )
+        .unwrap();
         let rows = fixture["inputs"].as_array().unwrap();
         let labels = &fixture["labels"];
-        let (status, _, body) =
-            w.post(&format!("/v1/models/{model}:predict"), &key, json!({"instances": rows}).to_string()).await;
+        let (status, _, body) = w
+            .post(
+                &format!("/v1/models/{model}:predict"),
+                &key,
+                json!({"instances": rows}).to_string(),
+            )
+            .await;
         assert_eq!(status, 200, "{model}: {body}");
-        let got: Vec<&Value> = body["predictions"].as_array().unwrap().iter().map(|p| &p["label"]).collect();
-        assert_eq!(got, labels.as_array().unwrap().iter().collect::<Vec<_>>(), "{model}");
+        let got: Vec<&Value> = body["predictions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| &p["label"])
+            .collect();
+        assert_eq!(
+            got,
+            labels.as_array().unwrap().iter().collect::<Vec<_>>(),
+            "{model}"
+        );
 
         let width = rows[0].as_array().unwrap().len();
-        let flat: Vec<Value> = rows.iter().flat_map(|r| r.as_array().unwrap().clone()).collect();
+        let flat: Vec<Value> = rows
+            .iter()
+            .flat_map(|r| r.as_array().unwrap().clone())
+            .collect();
         let v2 = json!({"id": "e2e", "inputs": [{"name": "input", "shape": [rows.len(), width], "datatype": "FP32", "data": flat}]});
-        let (status, _, body) = w.post(&format!("/v2/models/{model}/infer"), &key, v2.to_string()).await;
+        let (status, _, body) = w
+            .post(&format!("/v2/models/{model}/infer"), &key, v2.to_string())
+            .await;
         assert_eq!(status, 200, "{model}: {body}");
         assert_eq!(body["id"], "e2e");
         assert_eq!(&body["outputs"][0]["data"], labels, "{model}");
@@ -229,10 +291,22 @@ async fn bad_input_gets_the_spec_code_and_the_server_carries_on() {
     let dir = tempfile::tempdir().unwrap();
     let w = Warden::start(dir.path(), &[]);
     let admin = w.printed_key.clone().unwrap();
-    let created = w.cli(&["keys", "create", "--name", "iris-app", "--role", "predict", "--models", "iris"]);
-    assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
+    let created = w.cli(&[
+        "keys", "create", "--name", "iris-app", "--role", "predict", "--models", "iris",
+    ]);
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
     let iris_only = String::from_utf8(created.stdout).unwrap().trim().to_owned();
-    let revoked = String::from_utf8(w.cli(&["keys", "create", "--name", "old", "--role", "predict"]).stdout).unwrap().trim().to_owned();
+    let revoked = String::from_utf8(
+        w.cli(&["keys", "create", "--name", "old", "--role", "predict"])
+            .stdout,
+    )
+    .unwrap()
+    .trim()
+    .to_owned();
     let revoked_id = revoked.split('_').nth(1).unwrap().to_owned();
     assert!(w.cli(&["keys", "revoke", &revoked_id]).status.success());
 
@@ -241,22 +315,134 @@ async fn bad_input_gets_the_spec_code_and_the_server_carries_on() {
     let batch = json!({"instances": vec![[5.1, 3.5, 1.4, 0.2]; 10_000]}).to_string();
     let wrong_key = format!("{}x", &admin[..admin.len() - 1]);
     let cases: Vec<(&str, String, &str, &str, StatusCode, &str)> = vec![
-        ("malformed JSON", admin.clone(), "/v1/models/iris:predict", "application/json", StatusCode::BAD_REQUEST, "invalid_request"),
-        ("wrong content type", admin.clone(), "/v1/models/iris:predict", "text/plain", StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
-        ("2 MiB body", admin.clone(), "/v1/models/iris:predict", "application/json", StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
-        ("nested 200 deep", admin.clone(), "/v1/models/iris:predict", "application/json", StatusCode::BAD_REQUEST, "invalid_request"),
-        ("NaN", admin.clone(), "/v1/models/iris:predict", "application/json", StatusCode::UNPROCESSABLE_ENTITY, "validation_failed"),
-        ("1e400", admin.clone(), "/v1/models/iris:predict", "application/json", StatusCode::UNPROCESSABLE_ENTITY, "validation_failed"),
-        ("wrong feature count", admin.clone(), "/v1/models/iris:predict", "application/json", StatusCode::UNPROCESSABLE_ENTITY, "validation_failed"),
-        ("feature of 1e9", admin.clone(), "/v1/models/iris:predict", "application/json", StatusCode::UNPROCESSABLE_ENTITY, "validation_failed"),
-        ("unknown field", admin.clone(), "/v1/models/iris:predict", "application/json", StatusCode::BAD_REQUEST, "invalid_request"),
-        ("unknown feature name", admin.clone(), "/v1/models/iris:predict", "application/json", StatusCode::UNPROCESSABLE_ENTITY, "validation_failed"),
-        ("unknown model", admin.clone(), "/v1/models/nosuch:predict", "application/json", StatusCode::NOT_FOUND, "not_found"),
-        ("model the key may not use", iris_only.clone(), "/v1/models/digits:predict", "application/json", StatusCode::NOT_FOUND, "not_found"),
-        ("wrong key", wrong_key, "/v1/models/iris:predict", "application/json", StatusCode::UNAUTHORIZED, "unauthenticated"),
-        ("revoked key", revoked.clone(), "/v1/models/iris:predict", "application/json", StatusCode::UNAUTHORIZED, "unauthenticated"),
-        ("not a key", "hunter2".into(), "/v1/models/iris:predict", "application/json", StatusCode::UNAUTHORIZED, "unauthenticated"),
-        ("10,000-row batch", admin.clone(), "/v1/models/iris:predict", "application/json", StatusCode::UNPROCESSABLE_ENTITY, "validation_failed"),
+        (
+            "malformed JSON",
+            admin.clone(),
+            "/v1/models/iris:predict",
+            "application/json",
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            "wrong content type",
+            admin.clone(),
+            "/v1/models/iris:predict",
+            "text/plain",
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+        ),
+        (
+            "2 MiB body",
+            admin.clone(),
+            "/v1/models/iris:predict",
+            "application/json",
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+        ),
+        (
+            "nested 200 deep",
+            admin.clone(),
+            "/v1/models/iris:predict",
+            "application/json",
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            "NaN",
+            admin.clone(),
+            "/v1/models/iris:predict",
+            "application/json",
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+        ),
+        (
+            "1e400",
+            admin.clone(),
+            "/v1/models/iris:predict",
+            "application/json",
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+        ),
+        (
+            "wrong feature count",
+            admin.clone(),
+            "/v1/models/iris:predict",
+            "application/json",
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+        ),
+        (
+            "feature of 1e9",
+            admin.clone(),
+            "/v1/models/iris:predict",
+            "application/json",
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+        ),
+        (
+            "unknown field",
+            admin.clone(),
+            "/v1/models/iris:predict",
+            "application/json",
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            "unknown feature name",
+            admin.clone(),
+            "/v1/models/iris:predict",
+            "application/json",
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+        ),
+        (
+            "unknown model",
+            admin.clone(),
+            "/v1/models/nosuch:predict",
+            "application/json",
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+        (
+            "model the key may not use",
+            iris_only.clone(),
+            "/v1/models/digits:predict",
+            "application/json",
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+        (
+            "wrong key",
+            wrong_key,
+            "/v1/models/iris:predict",
+            "application/json",
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+        ),
+        (
+            "revoked key",
+            revoked.clone(),
+            "/v1/models/iris:predict",
+            "application/json",
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+        ),
+        (
+            "not a key",
+            "hunter2".into(),
+            "/v1/models/iris:predict",
+            "application/json",
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+        ),
+        (
+            "10,000-row batch",
+            admin.clone(),
+            "/v1/models/iris:predict",
+            "application/json",
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+        ),
     ];
     let bodies = [
         r#"{"instances": [[5.1, 3.5"#.to_string(),
@@ -288,25 +474,51 @@ async fn bad_input_gets_the_spec_code_and_the_server_carries_on() {
             .await
             .unwrap_or_else(|e| panic!("{what}: {e}"));
         let got = r.status();
-        let request_id = r.headers().get("x-request-id").map(|v| v.to_str().unwrap().to_owned());
-        let envelope: Value = r.json().await.unwrap_or_else(|e| panic!("{what}: body is not JSON: {e}"));
-        assert_eq!((got, envelope["code"].as_str().unwrap_or_default()), (status, code), "{what}: {envelope}");
-        assert_eq!(envelope["request_id"].as_str(), request_id.as_deref(), "{what}");
+        let request_id = r
+            .headers()
+            .get("x-request-id")
+            .map(|v| v.to_str().unwrap().to_owned());
+        let envelope: Value = r
+            .json()
+            .await
+            .unwrap_or_else(|e| panic!("{what}: body is not JSON: {e}"));
+        assert_eq!(
+            (got, envelope["code"].as_str().unwrap_or_default()),
+            (status, code),
+            "{what}: {envelope}"
+        );
+        assert_eq!(
+            envelope["request_id"].as_str(),
+            request_id.as_deref(),
+            "{what}"
+        );
         let text = envelope.to_string();
-        for leak in ["/root", "src/", ".rs", "serde", "onnx", "panicked", "sqlite"] {
+        for leak in [
+            "/root", "src/", ".rs", "serde", "onnx", "panicked", "sqlite",
+        ] {
             assert!(!text.contains(leak), "{what} leaks {leak:?}: {text}");
         }
         if code == "validation_failed" {
-            assert!(envelope["details"].as_array().is_some_and(|d| !d.is_empty()), "{what}: {envelope}");
+            assert!(
+                envelope["details"]
+                    .as_array()
+                    .is_some_and(|d| !d.is_empty()),
+                "{what}: {envelope}"
+            );
         }
         // The server answers the next request normally.
-        let (status, _, _) = w.post("/v1/models/iris:predict", &admin, iris().to_string()).await;
+        let (status, _, _) = w
+            .post("/v1/models/iris:predict", &admin, iris().to_string())
+            .await;
         assert_eq!(status, 200, "after {what}");
     }
 
     // Credentials never reach the logs.
     let logs = w.logs().join("\n");
-    assert!(logs.contains("warden::access"), "access log lines are written");
+    assert!(
+        logs.contains("warden::access"),
+        "access log lines are written"
+    );
     for secret in [&admin, &iris_only, &revoked] {
         assert!(!logs.contains(&secret[17..]), "a key secret is in the logs");
     }
@@ -317,17 +529,35 @@ async fn bad_input_gets_the_spec_code_and_the_server_carries_on() {
 async fn key_lifecycle_through_the_cli_reaches_the_running_server() {
     let dir = tempfile::tempdir().unwrap();
     let w = Warden::start(dir.path(), &[]);
-    let out = w.cli(&["keys", "create", "--name", "app", "--role", "predict", "--models", "iris,digits"]);
+    let out = w.cli(&[
+        "keys",
+        "create",
+        "--name",
+        "app",
+        "--role",
+        "predict",
+        "--models",
+        "iris,digits",
+    ]);
     assert!(out.status.success());
     let key = String::from_utf8(out.stdout).unwrap().trim().to_owned();
     let id = key.split('_').nth(1).unwrap().to_owned();
-    assert_eq!(w.post("/v1/models/iris:predict", &key, iris().to_string()).await.0, 200);
+    assert_eq!(
+        w.post("/v1/models/iris:predict", &key, iris().to_string())
+            .await
+            .0,
+        200
+    );
 
     // list shows the key without its secret.
     let list = w.cli(&["keys", "list", "--json"]);
     let text = String::from_utf8(list.stdout).unwrap();
     assert!(text.contains(&id) && !text.contains(&key[17..]));
-    let record: Value = text.lines().map(|l| serde_json::from_str::<Value>(l).unwrap()).find(|v| v["id"] == id.as_str()).unwrap();
+    let record: Value = text
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .find(|v| v["id"] == id.as_str())
+        .unwrap();
     assert_eq!(record["models"], json!(["iris", "digits"]));
     assert_eq!(record["status"], "active");
 
@@ -335,32 +565,84 @@ async fn key_lifecycle_through_the_cli_reaches_the_running_server() {
     let rotated = w.cli(&["keys", "rotate", &id]);
     assert!(rotated.status.success());
     let new_key = String::from_utf8(rotated.stdout).unwrap().trim().to_owned();
-    assert_eq!(w.post("/v1/models/iris:predict", &new_key, iris().to_string()).await.0, 200);
+    assert_eq!(
+        w.post("/v1/models/iris:predict", &new_key, iris().to_string())
+            .await
+            .0,
+        200
+    );
     wait_until_refused(&w, &key).await;
 
     // revoke the new one.
     let new_id = new_key.split('_').nth(1).unwrap();
     assert!(w.cli(&["keys", "revoke", new_id]).status.success());
     wait_until_refused(&w, &new_key).await;
-    assert_eq!(w.cli(&["keys", "revoke", new_id]).status.code(), Some(2), "revoking twice is a usage error");
+    assert_eq!(
+        w.cli(&["keys", "revoke", new_id]).status.code(),
+        Some(2),
+        "revoking twice is a usage error"
+    );
 
     // An expiring key stops working when it expires.
-    let out = w.cli(&["keys", "create", "--name", "short", "--role", "predict", "--expires", "2s"]);
+    let out = w.cli(&[
+        "keys",
+        "create",
+        "--name",
+        "short",
+        "--role",
+        "predict",
+        "--expires",
+        "2s",
+    ]);
     let short = String::from_utf8(out.stdout).unwrap().trim().to_owned();
-    assert_eq!(w.post("/v1/models/iris:predict", &short, iris().to_string()).await.0, 200);
+    assert_eq!(
+        w.post("/v1/models/iris:predict", &short, iris().to_string())
+            .await
+            .0,
+        200
+    );
     wait_until_refused(&w, &short).await;
 
     // Bad usage exits 2.
-    assert_eq!(w.cli(&["keys", "create", "--name", "x", "--role", "root"]).status.code(), Some(2));
-    assert_eq!(w.cli(&["keys", "create", "--name", "x", "--role", "predict", "--expires", "soon"]).status.code(), Some(2));
-    assert_eq!(Command::new(BIN).args(["keys", "frobnicate"]).output().unwrap().status.code(), Some(2));
+    assert_eq!(
+        w.cli(&["keys", "create", "--name", "x", "--role", "root"])
+            .status
+            .code(),
+        Some(2)
+    );
+    assert_eq!(
+        w.cli(&[
+            "keys",
+            "create",
+            "--name",
+            "x",
+            "--role",
+            "predict",
+            "--expires",
+            "soon"
+        ])
+        .status
+        .code(),
+        Some(2)
+    );
+    assert_eq!(
+        Command::new(BIN)
+            .args(["keys", "frobnicate"])
+            .output()
+            .unwrap()
+            .status
+            .code(),
+        Some(2)
+    );
 }
 
 /// Polls until `key` is refused; revocation and expiry must take effect within 2 s.
 async fn wait_until_refused(w: &Warden, key: &str) {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let (status, _, body) = w.post("/v1/models/iris:predict", key, iris().to_string()).await;
+        let (status, _, body) = w
+            .post("/v1/models/iris:predict", key, iris().to_string())
+            .await;
         if status == StatusCode::UNAUTHORIZED {
             assert_eq!(body["code"], "unauthenticated");
             return;
@@ -380,26 +662,60 @@ fn config_check_names_the_offending_key() {
         p
     };
     let good = write("good.toml", "[server]\nlisten = \"127.0.0.1:9000\"\n");
-    let out = Command::new(BIN).args(["config", "check"]).arg(&good).output().unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(BIN)
+        .args(["config", "check"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     for (text, key) in [
-        ("[server]\nlisten = \"0.0.0.0:80\"\n[tls]\nenabled = false\n", "tls.enabled"),
+        (
+            "[server]\nlisten = \"0.0.0.0:80\"\n[tls]\nenabled = false\n",
+            "tls.enabled",
+        ),
         ("[server]\nlistne = \"x\"\n", "listne"),
         ("[tls]\nmin_version = \"1.0\"\n", "tls.min_version"),
-        ("[tls]\ncert = \"c.pem\"\nkey = { env = \"WARDEN_TEST_UNSET_VARIABLE\" }\n", "tls.key"),
+        (
+            "[tls]\ncert = \"c.pem\"\nkey = { env = \"WARDEN_TEST_UNSET_VARIABLE\" }\n",
+            "tls.key",
+        ),
     ] {
         let bad = write("bad.toml", text);
-        let out = Command::new(BIN).args(["config", "check"]).arg(&bad).output().unwrap();
+        let out = Command::new(BIN)
+            .args(["config", "check"])
+            .arg(&bad)
+            .output()
+            .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{text}");
         assert!(stderr.contains(key), "{key}: {stderr}");
     }
     // serve refuses the same way before binding anything.
-    let bad = write("bad.toml", "[server]\nlisten = \"0.0.0.0:80\"\n[tls]\nenabled = false\n");
-    let out = Command::new(BIN).args(["serve", "--config"]).arg(&bad).output().unwrap();
+    let bad = write(
+        "bad.toml",
+        "[server]\nlisten = \"0.0.0.0:80\"\n[tls]\nenabled = false\n",
+    );
+    let out = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     // Every verb has --help.
-    for verb in [&["serve"][..], &["keys", "create"], &["keys", "list"], &["keys", "revoke"], &["keys", "rotate"], &["config", "check"], &["cert", "generate"]] {
+    for verb in [
+        &["serve"][..],
+        &["keys", "create"],
+        &["keys", "list"],
+        &["keys", "revoke"],
+        &["keys", "rotate"],
+        &["config", "check"],
+        &["cert", "generate"],
+    ] {
         let out = Command::new(BIN).args(verb).arg("--help").output().unwrap();
         assert!(out.status.success() && !out.stdout.is_empty(), "{verb:?}");
     }
@@ -427,14 +743,18 @@ fn cert_generate_writes_a_private_key_and_refuses_to_overwrite() {
     let out_dir = dir.path().join("certs");
     let run = |force: bool| {
         let mut c = Command::new(BIN);
-        c.args(["cert", "generate", "--name", "warden.internal", "--out"]).arg(&out_dir);
+        c.args(["cert", "generate", "--name", "warden.internal", "--out"])
+            .arg(&out_dir);
         if force {
             c.arg("--force");
         }
         c.output().unwrap()
     };
     assert!(run(false).status.success());
-    let mode = std::fs::metadata(out_dir.join("key.pem")).unwrap().permissions().mode();
+    let mode = std::fs::metadata(out_dir.join("key.pem"))
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o600);
     assert_eq!(run(false).status.code(), Some(2));
     assert!(run(true).status.success());
@@ -450,7 +770,9 @@ fn sigterm_drains_in_flight_requests() {
     let key = w.printed_key.clone().unwrap();
     let body = iris().to_string();
     let mut stream = std::net::TcpStream::connect(w.addr).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
     write!(
         stream,
         "POST /v1/models/iris:predict HTTP/1.1\r\nhost: localhost\r\nx-api-key: {key}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{}",
@@ -461,12 +783,31 @@ fn sigterm_drains_in_flight_requests() {
     stream.flush().unwrap();
     // Let the server read the headers, so the request is in flight.
     std::thread::sleep(Duration::from_millis(300));
-    Command::new("kill").args(["-TERM", &w.child.id().to_string()]).status().unwrap();
+    Command::new("kill")
+        .args(["-TERM", &w.child.id().to_string()])
+        .status()
+        .unwrap();
     std::thread::sleep(Duration::from_millis(300));
-    stream.write_all(body[10..].as_bytes()).unwrap();
+    stream.write_all(&body.as_bytes()[10..]).unwrap();
     let mut response = String::new();
     let _ = stream.read_to_string(&mut response);
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     assert!(response.contains("setosa"), "{response}");
     assert_eq!(w.terminate().code(), Some(0));
+}
+
+/// The commented example configuration is valid as shipped.
+#[test]
+fn the_example_config_is_valid() {
+    let out = Command::new(BIN)
+        .args(["config", "check"])
+        .arg(repo().join("warden.example.toml"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# Warden vs the floor, side by side in one run (docs/benchmarks.md).
+#
+#   bench/run.sh [SECONDS] [ROUNDS]      defaults: 10 s, 3 rounds
+#
+# Builds release binaries, then for each round runs oha (64 connections,
+# HTTPS, v1 predict on iris) against:
+#   floor   bench/floor: bare axum + rustls, parses the same JSON, returns a constant
+#   warden  the real server: TLS, API key, validation, ONNX inference, output
+#           policy, access log (to a file)
+# Server pinned to CPU 0, load generator to CPU 1 (when there are 2+ CPUs).
+# Reports medians over rounds: requests/s, p50/p99 latency, errors, server CPU
+# µs per request (from /proc/PID/stat), idle and loaded RSS; and Warden's
+# ratios to the floor. Results also go to bench/results/latest.json.
+set -euo pipefail
+
+SECONDS_PER_RUN="${1:-10}"
+ROUNDS="${2:-3}"
+CONNECTIONS=64
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+
+command -v oha >/dev/null || { echo "installing oha (load generator) from crates.io ..." >&2; cargo install oha --locked >&2; }
+./scripts/setup.sh
+cargo build --release -p warden -p warden-bench-floor >&2
+
+tmp="$(mktemp -d)"
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$tmp"; }
+trap cleanup EXIT
+
+if [ "$(nproc)" -ge 2 ]; then server_cpu=(taskset -c 0); load_cpu=(taskset -c 1); else server_cpu=(); load_cpu=(); fi
+
+./target/release/warden cert generate --out "$tmp/tls" >/dev/null 2>&1
+port_floor=$((20000 + RANDOM % 10000)); port_warden=$((port_floor + 1))
+cat > "$tmp/warden.toml" <<TOML
+data_dir = "$tmp/data"
+[server]
+listen = "127.0.0.1:$port_warden"
+[tls]
+cert = "$tmp/tls/cert.pem"
+key = { file = "$tmp/tls/key.pem" }
+[models]
+dir = "$root/models"
+TOML
+
+"${server_cpu[@]}" ./target/release/warden-bench-floor "127.0.0.1:$port_floor" "$tmp/tls/cert.pem" "$tmp/tls/key.pem" 2>"$tmp/floor.log" &
+pids+=($!); floor_pid=$!
+"${server_cpu[@]}" ./target/release/warden serve --config "$tmp/warden.toml" >"$tmp/warden.out" 2>"$tmp/warden.log" &
+pids+=($!); warden_pid=$!
+
+for _ in $(seq 1 100); do
+  grep -q '"listening"' "$tmp/warden.log" 2>/dev/null && grep -q 'floor listening' "$tmp/floor.log" 2>/dev/null && break
+  sleep 0.1
+done
+key="$(grep -o 'wdn_[a-z0-9]*_[A-Za-z0-9]*' "$tmp/warden.out" | head -1)"
+[ -n "$key" ] || { echo "warden did not start:" >&2; cat "$tmp/warden.log" >&2; exit 1; }
+
+rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+body='{"instances": [[5.1, 3.5, 1.4, 0.2]]}'
+
+run() { # name pid url [headers...]
+  local name=$1 pid=$2 url=$3; shift 3
+  local hdrs=(); for h in "$@"; do hdrs+=(-H "$h"); done
+  # warm-up
+  "${load_cpu[@]}" oha -z 2s -c "$CONNECTIONS" --no-tui --output-format quiet --cacert "$tmp/tls/cert.pem" \
+    -m POST -H 'content-type: application/json' "${hdrs[@]}" -d "$body" "$url" >/dev/null 2>&1 || true
+  local idle; idle=$(rss_kib "$pid")
+  local t0; t0=$(cpu_ticks "$pid")
+  "${load_cpu[@]}" oha -z "${SECONDS_PER_RUN}s" -c "$CONNECTIONS" --no-tui --output-format json --cacert "$tmp/tls/cert.pem" \
+    -m POST -H 'content-type: application/json' "${hdrs[@]}" -d "$body" "$url" > "$tmp/$name.json"
+  local t1; t1=$(cpu_ticks "$pid")
+  local loaded; loaded=$(rss_kib "$pid")
+  echo "{\"name\": \"$name\", \"idle_rss_kib\": $idle, \"loaded_rss_kib\": $loaded, \"cpu_ticks\": $((t1 - t0)), \"hz\": $(getconf CLK_TCK), \"oha\": $(tr -d '\n' < "$tmp/$name.json")}" >> "$tmp/results.jsonl"
+}
+
+# Idle RSS of Warden right after start, before any request.
+echo "{\"warden_start_rss_kib\": $(rss_kib "$warden_pid"), \"floor_start_rss_kib\": $(rss_kib "$floor_pid")}" > "$tmp/start.json"
+
+for round in $(seq 1 "$ROUNDS"); do
+  echo "round $round/$ROUNDS ..." >&2
+  run floor "$floor_pid" "https://127.0.0.1:$port_floor/v1/models/iris:predict"
+  run warden "$warden_pid" "https://127.0.0.1:$port_warden/v1/models/iris:predict" "X-API-Key: $key"
+done
+
+mkdir -p bench/results
+python3 - "$tmp/results.jsonl" "$tmp/start.json" "$SECONDS_PER_RUN" "$ROUNDS" "$CONNECTIONS" <<'PY'
+import json, statistics, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+start = json.load(open(sys.argv[2]))
+secs, rounds, conns = sys.argv[3], sys.argv[4], sys.argv[5]
+def summarize(name):
+    rs = [r for r in rows if r["name"] == name]
+    out = {"rps": [], "p50_ms": [], "p99_ms": [], "errors": [], "cpu_us_per_req": [], "loaded_rss_mib": []}
+    for r in rs:
+        o = r["oha"]
+        ok = sum(v for k, v in o.get("statusCodeDistribution", {}).items() if k == "200")
+        total = sum(o.get("statusCodeDistribution", {}).values())
+        errs = (total - ok) + sum(o.get("errorDistribution", {}).values())
+        out["rps"].append(o["summary"]["requestsPerSec"])
+        out["p50_ms"].append(o["latencyPercentiles"]["p50"] * 1000)
+        out["p99_ms"].append(o["latencyPercentiles"]["p99"] * 1000)
+        out["errors"].append(errs)
+        out["cpu_us_per_req"].append(r["cpu_ticks"] / r["hz"] * 1e6 / max(ok, 1))
+        out["loaded_rss_mib"].append(r["loaded_rss_kib"] / 1024)
+    return {k: statistics.median(v) for k, v in out.items()} | {"errors_total": sum(out["errors"]), "rounds": len(rs)}
+floor, warden = summarize("floor"), summarize("warden")
+warden["idle_rss_mib"] = start["warden_start_rss_kib"] / 1024
+floor["idle_rss_mib"] = start["floor_start_rss_kib"] / 1024
+ratios = {
+    "rps_vs_floor": warden["rps"] / floor["rps"],
+    "cpu_per_req_vs_floor": warden["cpu_us_per_req"] / floor["cpu_us_per_req"],
+    "p99_vs_floor": warden["p99_ms"] / floor["p99_ms"],
+}
+result = {"seconds": int(secs), "rounds": int(rounds), "connections": int(conns), "floor": floor, "warden": warden, "ratios": ratios}
+json.dump(result, open("bench/results/latest.json", "w"), indent=1)
+print(f"\nv1 predict on iris over HTTPS, {conns} connections, {secs}s x {rounds} rounds (medians)\n")
+print(f"{'':8} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'CPU us/req':>11} {'idle RSS MiB':>13} {'loaded RSS MiB':>15}")
+for name, s in (("floor", floor), ("warden", warden)):
+    print(f"{name:8} {s['rps']:>10.0f} {s['p50_ms']:>8.2f} {s['p99_ms']:>8.2f} {s['errors_total']:>7} {s['cpu_us_per_req']:>11.1f} {s['idle_rss_mib']:>13.1f} {s['loaded_rss_mib']:>15.1f}")
+print(f"\nwarden / floor: {ratios['rps_vs_floor']:.1%} of requests/s, {ratios['cpu_per_req_vs_floor']:.2f}x CPU per request, {ratios['p99_vs_floor']:.2f}x p99")
+PY
