@@ -17,6 +17,7 @@ use warden_server::Server;
 use warden_store::{ApiKeyRecord, SqliteStore, Store};
 
 use crate::Failure;
+use crate::logging::{BufferedStderr, FlushGuard};
 use crate::cli::{CertCommand, Command, ConfigCommand, KeysCommand, Location, ServeArgs};
 
 pub(crate) fn run(command: Command) -> Result<(), Failure> {
@@ -49,21 +50,11 @@ fn open_store(config: &Config) -> Result<SqliteStore, Failure> {
     SqliteStore::open(&config.sqlite_path).map_err(Failure::runtime)
 }
 
-/// Logs go to stderr through a background writer: the request path only
-/// queues a line, and the writer thread batches lines into few `write`
-/// calls. The queue is bounded and not lossy: if the writer falls behind,
-/// requests wait rather than lose access-log lines. The guard flushes on drop.
-fn init_logging(config: &Config) -> Result<tracing_appender::non_blocking::WorkerGuard, Failure> {
+/// Logs go to stderr, buffered (see `logging`); the guard flushes on drop.
+fn init_logging(config: &Config) -> Result<FlushGuard, Failure> {
     let filter = tracing_subscriber::EnvFilter::try_new(&config.log_level)
         .map_err(|e| Failure::usage(format!("log.level: {e}")))?;
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        .buffered_lines_limit(65_536)
-        .thread_name("warden-log")
-        .finish(std::io::BufWriter::with_capacity(
-            64 * 1024,
-            std::io::stderr(),
-        ));
+    let (writer, guard) = BufferedStderr::start();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer);
