@@ -72,9 +72,32 @@ impl Credential {
     }
 }
 
+/// A key record with the principal it resolves to, built once per lookup.
+struct KeyEntry {
+    record: ApiKeyRecord,
+    principal: Result<Principal, Credential>,
+}
+
+impl KeyEntry {
+    fn new(record: ApiKeyRecord) -> Self {
+        let principal = Role::parse(&record.role)
+            .ok_or(Credential::UnknownRole)
+            .map(|role| Principal {
+                id: format!("key:{}", record.id).into(),
+                role,
+                permissions: role.permissions(),
+                models: match &record.models {
+                    None => ModelScope::All,
+                    Some(m) => ModelScope::Only(m.clone().into()),
+                },
+            });
+        Self { record, principal }
+    }
+}
+
 #[derive(Clone)]
 struct Cached {
-    record: Option<Arc<ApiKeyRecord>>,
+    entry: Option<Arc<KeyEntry>>,
     fetched: Instant,
 }
 
@@ -103,29 +126,20 @@ impl Authenticator {
     pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Principal, Credential> {
         let token = credential(headers)?;
         let key = ApiKey::parse(token).ok_or(Credential::Malformed)?;
-        let record = self.lookup(key.id).await?.ok_or(Credential::UnknownKey)?;
-        if !key.matches(&record) {
+        let entry = self.lookup(key.id).await?.ok_or(Credential::UnknownKey)?;
+        if !key.matches(&entry.record) {
             return Err(Credential::WrongSecret);
         }
-        if record.revoked_at.is_some() {
+        if entry.record.revoked_at.is_some() {
             return Err(Credential::Revoked);
         }
-        if record.expires_at.is_some_and(|e| unix_now() >= e) {
+        if entry.record.expires_at.is_some_and(|e| unix_now() >= e) {
             return Err(Credential::Expired);
         }
-        let role = Role::parse(&record.role).ok_or(Credential::UnknownRole)?;
-        Ok(Principal {
-            id: format!("key:{}", record.id).into(),
-            role,
-            permissions: role.permissions(),
-            models: match &record.models {
-                None => ModelScope::All,
-                Some(m) => ModelScope::Only(m.clone().into()),
-            },
-        })
+        entry.principal.clone()
     }
 
-    async fn lookup(&self, id: &str) -> Result<Option<Arc<ApiKeyRecord>>, Credential> {
+    async fn lookup(&self, id: &str) -> Result<Option<Arc<KeyEntry>>, Credential> {
         if let Some(hit) = self.read_cache(id) {
             return Ok(hit);
         }
@@ -141,7 +155,7 @@ impl Authenticator {
                 tracing::error!(error = %e, "key lookup failed");
                 Credential::StoreFailed
             })?
-            .map(Arc::new);
+            .map(|record| Arc::new(KeyEntry::new(record)));
         let mut cache = self
             .cache
             .write()
@@ -152,20 +166,20 @@ impl Authenticator {
         cache.insert(
             id.to_owned(),
             Cached {
-                record: record.clone(),
+                entry: record.clone(),
                 fetched: Instant::now(),
             },
         );
         Ok(record)
     }
 
-    fn read_cache(&self, id: &str) -> Option<Option<Arc<ApiKeyRecord>>> {
+    fn read_cache(&self, id: &str) -> Option<Option<Arc<KeyEntry>>> {
         let cache = self
             .cache
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let entry = cache.get(id)?;
-        (entry.fetched.elapsed() < CACHE_TTL).then(|| entry.record.clone())
+        (entry.fetched.elapsed() < CACHE_TTL).then(|| entry.entry.clone())
     }
 }
 

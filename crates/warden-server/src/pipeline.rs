@@ -1,27 +1,31 @@
 //! The request pipeline of SPEC §2, in one place. The order is part of the
 //! product contract; docs/pipeline.md draws it and the integration tests pin
-//! it. Read [`data_plane`] top to bottom for the HTTP half and [`infer`] for
-//! the model half:
+//! it. Read [`edge`], [`admission`] and [`infer`] top to bottom:
 //!
 //! ```text
-//! accept → TLS                                   (listener.rs)
-//!   → request id → respond (envelope, headers, access log) → catch panic
-//!   → deadline → body limit → client address
-//!   → ban check → authenticate → rate limit       (protected routes only)
-//!   → handler: quota → authorize → parse + validate → defenses
-//!              → inference → output policy → (audit) → response
+//! accept → TLS                                            (listener.rs)
+//! edge:      request id → client address → body limit → deadline + panic guard
+//!            → … → respond (error envelope, security headers, access log)
+//! admission: ban check → authenticate → rate limit        (routes that need a credential)
+//! infer:     quota → authorize → parse + validate → defenses → inference
+//!            → output policy → (audit) → response
 //! ```
+//!
+//! Each step is a plain function in `steps.rs` (or below); the three
+//! functions here only fix their order. Two middleware layers rather than
+//! one per step: each axum layer costs an allocation and a boxed future per
+//! request, and one function per stage reads better anyway.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use axum::Router;
+use axum::extract::{Request, State};
 use axum::http::HeaderName;
 use axum::http::header::{AUTHORIZATION, COOKIE, PROXY_AUTHORIZATION};
-use axum::middleware::{from_fn, from_fn_with_state};
+use axum::middleware::{Next, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use tower::ServiceBuilder;
-use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 use warden_core::{ApiError, ErrorCode, Permission, Principal};
 use warden_models::engine::EngineError;
@@ -30,14 +34,14 @@ use warden_models::{Model, ModelVersion, Protocol, protocol, request};
 
 use crate::routes;
 use crate::state::AppState;
+use crate::steps::{self, AccessLine, ModelNote, PrincipalNote};
 #[cfg(test)]
 #[path = "pipeline_tests.rs"]
 mod tests;
-use crate::steps::{self, ModelNote};
 
-/// The data-plane router with the whole HTTP half of the pipeline.
+/// The data-plane router with the whole pipeline.
 pub fn data_plane(state: AppState) -> Router {
-    // Routes that need a credential. `route_layer` runs these steps only for
+    // Routes that need a credential. `route_layer` runs admission only for
     // matched routes, so an unknown path is a plain 404 for everyone.
     let protected = Router::new()
         .route("/v2", get(routes::server_metadata))
@@ -57,16 +61,7 @@ pub fn data_plane(state: AppState) -> Router {
             post(routes::v2_infer_version),
         )
         .route("/v1/models/{model}", post(routes::v1_predict))
-        .route_layer(
-            ServiceBuilder::new()
-                // Ban check first: a banned client's credential is never even looked at.
-                .layer(from_fn(steps::ban_check))
-                // Authenticate: credential → Principal in the request extensions.
-                .layer(from_fn_with_state(state.clone(), steps::authenticate))
-                // Rate limit after authentication, so limits are per principal
-                // and an unauthenticated burst gets 401s, not 429s.
-                .layer(from_fn(steps::rate_limit)),
-        );
+        .route_layer(from_fn_with_state(state.clone(), admission));
 
     let public = Router::new()
         .route("/v2/health/live", get(routes::live))
@@ -79,24 +74,9 @@ pub fn data_plane(state: AppState) -> Router {
         .merge(protected)
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
-        .layer(
-            ServiceBuilder::new()
-                // Credentials are marked sensitive before anything could log headers.
-                .layer(SetSensitiveRequestHeadersLayer::new(sensitive_headers()))
-                // Request id first, so every later step and every response has one.
-                .layer(from_fn(steps::request_id))
-                // Respond: error envelope, security headers, access log — outside
-                // everything else so it sees every response.
-                .layer(from_fn_with_state(state.clone(), steps::respond))
-                // A panic anywhere inside becomes `internal`, never a dropped connection.
-                .layer(CatchPanicLayer::custom(steps::panic_to_internal))
-                // Deadline for the whole request, body reading included.
-                .layer(from_fn_with_state(state.clone(), steps::deadline))
-                // Oversized declared bodies are refused before anything reads them.
-                .layer(from_fn_with_state(state.clone(), steps::body_limit))
-                // Client address, for the ban check, limits and logs.
-                .layer(from_fn_with_state(state.clone(), steps::client_address)),
-        )
+        .layer(from_fn_with_state(state.clone(), edge))
+        // Credentials are marked sensitive before anything could log headers.
+        .layer(SetSensitiveRequestHeadersLayer::new(sensitive_headers()))
         .with_state(state)
 }
 
@@ -107,6 +87,52 @@ fn sensitive_headers() -> [HeaderName; 4] {
         COOKIE,
         HeaderName::from_static("x-api-key"),
     ]
+}
+
+/// The edge: every request, matched route or not.
+async fn edge(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    // Request id first, so every later step and every response has one.
+    let id = steps::assign_request_id(&mut req);
+    // Client address, for the ban check, limits and logs.
+    let Some(client) = steps::client_address(&state, &mut req) else {
+        tracing::error!("request without a peer address");
+        return ApiError::internal().into_response();
+    };
+    let line = AccessLine::start(&req, id, client, started);
+    let response = match steps::body_limit(&state, &req) {
+        // Oversized declared bodies are refused before anything reads them.
+        Err(e) => e.into_response(),
+        // Deadline for the whole request, body reading included; a panic
+        // anywhere inside becomes `internal`, never a dropped connection.
+        Ok(()) => steps::guarded(&state, next.run(req)).await,
+    };
+    // Respond: error envelope with the request id, security headers, access log.
+    steps::respond(&state, response, line)
+}
+
+/// Admission, for routes that need a credential.
+async fn admission(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    // Ban check first: a banned client's credential is never even looked at.
+    let client = req.extensions().get().copied();
+    if let Err(e) = steps::ban_check(&state, client) {
+        return e.into_response();
+    }
+    // Authenticate: credential → Principal in the request extensions.
+    let principal = match steps::authenticate(&state, req.headers(), client).await {
+        Ok(p) => p,
+        Err(e) => return e.into_response(),
+    };
+    // Rate limit after authentication, so limits are per principal and an
+    // unauthenticated burst gets 401s, not 429s.
+    if let Err(e) = steps::rate_limit(&state, &principal) {
+        return e.into_response();
+    }
+    let note = PrincipalNote(principal.id.clone());
+    req.extensions_mut().insert(principal);
+    let mut response = next.run(req).await;
+    response.extensions_mut().insert(note);
+    response
 }
 
 /// Step: authorize. The model must exist and the principal must hold
@@ -164,7 +190,7 @@ async fn infer_steps(
     // Authorize: unknown OR forbidden model → the same 404.
     let (model, version) = authorize(state, caller, name, version, Permission::Predict)?;
     *note = Some(ModelNote {
-        model: model.name.clone(),
+        model: model.name.as_str().into(),
         version: version.version,
         rows: 0,
     });

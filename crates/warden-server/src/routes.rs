@@ -77,7 +77,7 @@ pub async fn model_metadata(
     let policy = OutputPolicy::for_caller(&model.card, &caller);
     let mut response = json(protocol::v2_metadata(&model, &policy));
     response.extensions_mut().insert(ModelNote {
-        model: model.name.clone(),
+        model: model.name.as_str().into(),
         version: version.version,
         rows: 0,
     });

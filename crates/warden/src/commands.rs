@@ -17,8 +17,8 @@ use warden_server::Server;
 use warden_store::{ApiKeyRecord, SqliteStore, Store};
 
 use crate::Failure;
-use crate::logging::{BufferedStderr, FlushGuard};
 use crate::cli::{CertCommand, Command, ConfigCommand, KeysCommand, Location, ServeArgs};
+use crate::logging::{BufferedStderr, FlushGuard};
 
 pub(crate) fn run(command: Command) -> Result<(), Failure> {
     match command {

@@ -35,15 +35,23 @@ impl Drop for FlushGuard {
 impl BufferedStderr {
     /// The writer, its guard, and the timer thread that flushes it.
     pub(crate) fn start() -> (Self, FlushGuard) {
-        let writer = Self(Arc::new(Mutex::new(BufWriter::with_capacity(64 * 1024, std::io::stderr()))));
+        let writer = Self(Arc::new(Mutex::new(BufWriter::with_capacity(
+            64 * 1024,
+            std::io::stderr(),
+        ))));
         let weak = Arc::downgrade(&writer.0);
-        let _ = std::thread::Builder::new().name("warden-log-flush".into()).spawn(move || {
-            while let Some(buffer) = weak.upgrade() {
-                let _ = buffer.lock().unwrap_or_else(PoisonError::into_inner).flush();
-                drop(buffer);
-                std::thread::sleep(FLUSH_EVERY);
-            }
-        });
+        let _ = std::thread::Builder::new()
+            .name("warden-log-flush".into())
+            .spawn(move || {
+                while let Some(buffer) = weak.upgrade() {
+                    let _ = buffer
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .flush();
+                    drop(buffer);
+                    std::thread::sleep(FLUSH_EVERY);
+                }
+            });
         (writer.clone(), FlushGuard(writer))
     }
 
@@ -79,10 +87,16 @@ impl<'a> MakeWriter<'a> for BufferedStderr {
     type Writer = EventWriter<'a>;
 
     fn make_writer(&'a self) -> Self::Writer {
-        EventWriter { inner: self.lock(), flush: false }
+        EventWriter {
+            inner: self.lock(),
+            flush: false,
+        }
     }
 
     fn make_writer_for(&'a self, meta: &Metadata<'_>) -> Self::Writer {
-        EventWriter { inner: self.lock(), flush: *meta.level() <= Level::WARN }
+        EventWriter {
+            inner: self.lock(),
+            flush: *meta.level() <= Level::WARN,
+        }
     }
 }
