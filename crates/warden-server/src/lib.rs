@@ -5,6 +5,7 @@
 //! (TLS material, the state) and binds; [`Server::run`] serves until the
 //! shutdown future resolves, then drains in-flight requests.
 
+pub mod access_log;
 pub mod client_addr;
 pub mod extract;
 pub mod listener;
@@ -63,10 +64,12 @@ impl std::fmt::Debug for Server {
 
 impl Server {
     /// Builds the state and binds the data-plane address from `config`.
+    /// Access-log lines go to `access_log` (unless `log.access = false`).
     pub async fn bind(
         config: &Config,
         repository: Arc<Repository>,
         authenticator: Arc<Authenticator>,
+        access_log: Option<Arc<dyn access_log::LineSink>>,
     ) -> Result<Self, ServeError> {
         let tls = match &config.tls {
             Some(settings) => Some(TlsAcceptor::from(tls::server_config(settings)?)),
@@ -89,7 +92,7 @@ impl Server {
             },
             trusted_proxies: config.trusted_proxies.clone(),
             tls: tls.is_some(),
-            access_log: config.access_log,
+            access_log: access_log.filter(|_| config.access_log),
             openapi: openapi::document().into(),
         }));
         let settings = ConnectionSettings {

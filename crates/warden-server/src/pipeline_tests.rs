@@ -79,7 +79,7 @@ fn fixture() -> Fixture {
         },
         trusted_proxies: Vec::new(),
         tls: true,
-        access_log: false,
+        access_log: None,
         openapi: crate::openapi::document().into(),
     }));
     Fixture {

@@ -32,8 +32,8 @@ pub struct Shared {
     pub trusted_proxies: Vec<IpNet>,
     /// Whether the listener speaks TLS (adds HSTS).
     pub tls: bool,
-    /// Whether to write the access log.
-    pub access_log: bool,
+    /// Where access-log lines go; `None` turns the access log off.
+    pub access_log: Option<Arc<dyn crate::access_log::LineSink>>,
     /// The OpenAPI document, serialized once.
     pub openapi: axum::body::Bytes,
 }

@@ -16,6 +16,7 @@ use futures_util::FutureExt;
 use warden_core::error::PendingError;
 use warden_core::{ApiError, ErrorCode, Principal};
 
+use crate::access_log::AccessRecord;
 use crate::client_addr::{ClientAddr, PeerAddr, client_addr};
 use crate::extract::declared_length;
 use crate::state::AppState;
@@ -142,23 +143,21 @@ pub fn respond(state: &AppState, mut response: Response, line: AccessLine) -> Re
         );
     }
     security_headers(response.headers_mut(), &line.id, state.tls);
-    if state.access_log {
+    if let Some(sink) = &state.access_log {
         let ext = response.extensions();
-        let principal = ext.get::<PrincipalNote>().map(|p| p.0.clone());
-        let model = ext.get::<ModelNote>();
-        tracing::info!(
-            target: "warden::access",
-            request_id = &*line.id,
-            client = %line.client.0,
-            method = line.method.as_str(),
-            path = line.path.as_str(),
-            status = response.status().as_u16(),
-            latency_us = line.started.elapsed().as_micros() as u64,
-            principal = principal.as_deref().unwrap_or("-"),
-            model = model.map_or("-", |m| &*m.model),
-            version = model.map_or(0, |m| m.version),
-            rows = model.map_or(0, |m| m.rows),
-        );
+        let record = AccessRecord {
+            request_id: &line.id,
+            client: line.client.0,
+            method: line.method.as_str(),
+            path: &line.path,
+            status: response.status().as_u16(),
+            latency: line.started.elapsed(),
+            principal: ext.get::<PrincipalNote>().map(|p| &*p.0),
+            model: ext
+                .get::<ModelNote>()
+                .map(|m| (&*m.model, m.version, m.rows)),
+        };
+        sink.write_line(&record.to_line());
     }
     response
 }

@@ -51,13 +51,13 @@ fn open_store(config: &Config) -> Result<SqliteStore, Failure> {
 }
 
 /// Logs go to stderr, buffered (see `logging`); the guard flushes on drop.
-fn init_logging(config: &Config) -> Result<FlushGuard, Failure> {
+fn init_logging(config: &Config) -> Result<(BufferedStderr, FlushGuard), Failure> {
     let filter = tracing_subscriber::EnvFilter::try_new(&config.log_level)
         .map_err(|e| Failure::usage(format!("log.level: {e}")))?;
     let (writer, guard) = BufferedStderr::start();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(writer);
+        .with_writer(writer.clone());
     let result = match config.log_format {
         LogFormat::Json => builder
             .json()
@@ -67,7 +67,7 @@ fn init_logging(config: &Config) -> Result<FlushGuard, Failure> {
         LogFormat::Text => builder.try_init(),
     };
     result.map_err(|e| Failure::runtime(format!("cannot start logging: {e}")))?;
-    Ok(guard)
+    Ok((writer, guard))
 }
 
 fn serve(args: ServeArgs) -> Result<(), Failure> {
@@ -79,7 +79,7 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
             data_dir: None,
         },
     )?;
-    let _log_guard = init_logging(&config)?;
+    let (log, _log_guard) = init_logging(&config)?;
 
     let store: Arc<SqliteStore> = Arc::new(open_store(&config)?);
     let runtime = Runtime::init(config.onnxruntime.as_deref()).map_err(Failure::runtime)?;
@@ -111,9 +111,14 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
         .map_err(|e| Failure::runtime(format!("cannot start the async runtime: {e}")))?;
     tokio.block_on(async {
         let authenticator = Arc::new(Authenticator::new(store.clone()));
-        let server = Server::bind(&config, Arc::new(repository), authenticator)
-            .await
-            .map_err(Failure::runtime)?;
+        let server = Server::bind(
+            &config,
+            Arc::new(repository),
+            authenticator,
+            Some(Arc::new(log)),
+        )
+        .await
+        .map_err(Failure::runtime)?;
         let addr = server.local_addr().map_err(Failure::runtime)?;
         bootstrap_admin_key(store.as_ref(), &config, addr)?;
         tracing::info!(%addr, tls = server.is_tls(), "listening");

@@ -6,7 +6,8 @@
 //! a context switch per request, which cost about 20% of throughput on the
 //! benchmark (bench/run.sh, server pinned to one core). Here lines collect
 //! in a 64 KiB buffer under a mutex, written out when it fills, every 100 ms
-//! by a timer thread, at once for warnings and errors, and on exit.
+//! by a timer thread, at once for warnings and errors, and on exit. The
+//! access log (`warden_server::access_log`) writes to the same buffer.
 
 use std::io::{BufWriter, Stderr, Write};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -98,5 +99,13 @@ impl<'a> MakeWriter<'a> for BufferedStderr {
             inner: self.lock(),
             flush: *meta.level() <= Level::WARN,
         }
+    }
+}
+
+impl warden_server::access_log::LineSink for BufferedStderr {
+    fn write_line(&self, line: &[u8]) {
+        let mut out = self.lock();
+        let _ = out.write_all(line);
+        let _ = out.write_all(b"\n");
     }
 }

