@@ -3,11 +3,17 @@
 //! implementation.
 //!
 //! `ort::Session::run` needs `&mut`, so each model version owns a small pool
-//! of sessions (one intra-op thread each). A request waits for a free
-//! session in a bounded queue (`runtime.queue_per_model`; beyond it the
-//! answer is `overloaded`).
+//! of sessions (one intra-op thread each). Requests join a bounded queue
+//! (`runtime.queue_per_model`; beyond it the answer is `overloaded`), and a
+//! drain task takes what has queued — after yielding once, so that requests
+//! already readable on other connections can join — and runs it as one
+//! batch of at most the card's `max_batch` rows (dynamic batching). Rows are
+//! independent in the classifiers Warden serves, so a batch's answers are
+//! the answers each request would have had alone; one call amortizes ONNX
+//! Runtime's per-call cost, which under load is several times the cost of a
+//! row (docs/benchmarks.md).
 //!
-//! Where inference runs is decided by its measured cost. At load, the
+//! Where a batch runs is decided by its measured cost. At load, the
 //! warm-up times the graph on 1 row and on a full batch, giving a cost
 //! model `fixed + per_row × rows`. A call estimated above
 //! `runtime.inline_inference_budget` (default 50 µs) runs on tokio's
@@ -18,17 +24,17 @@
 //! the bench machine, three times a random forest's inference). A budget of
 //! 0 sends every call to the blocking pool.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;
 use ort::value::{Tensor, TensorElementType, ValueType};
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, oneshot};
 
 use crate::card::ModelCard;
 use crate::runtime::Runtime;
@@ -99,8 +105,13 @@ impl CostModel {
 struct Pool {
     sessions: Mutex<Vec<Session>>,
     permits: Arc<Semaphore>,
-    waiting: AtomicUsize,
-    queue: usize,
+}
+
+/// One request waiting for its rows to be predicted.
+struct Job {
+    rows: usize,
+    values: Vec<f32>,
+    reply: oneshot::Sender<Result<Prediction, EngineError>>,
 }
 
 /// The ONNX graph's names, as the card maps them.
@@ -115,16 +126,26 @@ struct Io {
 
 /// A model version served by ONNX Runtime.
 pub struct OnnxBackend {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     pool: Arc<Pool>,
     io: Arc<Io>,
     cost: CostModel,
     inline_budget: Duration,
+    /// Most rows in one batch.
+    batch_rows: usize,
+    /// Most requests waiting.
+    queue_limit: usize,
+    queue: Mutex<VecDeque<Job>>,
 }
 
 impl fmt::Debug for OnnxBackend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("OnnxBackend")
-            .field("io", &self.io)
+            .field("io", &self.inner.io)
+            .field("cost", &self.inner.cost)
             .finish_non_exhaustive()
     }
 }
@@ -162,8 +183,6 @@ impl OnnxBackend {
         let pool = Arc::new(Pool {
             permits: Arc::new(Semaphore::new(sessions.len())),
             sessions: Mutex::new(sessions),
-            waiting: AtomicUsize::new(0),
-            queue: settings.queue,
         });
         let io = Arc::new(io);
         let cost = {
@@ -171,16 +190,21 @@ impl OnnxBackend {
             measure(&mut sessions[0], &io, card)?
         };
         Ok(Self {
-            pool,
-            io,
-            cost,
-            inline_budget: settings.inline_budget,
+            inner: Arc::new(Inner {
+                pool,
+                io,
+                cost,
+                inline_budget: settings.inline_budget,
+                batch_rows: card.max_batch,
+                queue_limit: settings.queue,
+                queue: Mutex::new(VecDeque::new()),
+            }),
         })
     }
 
     /// The measured cost model.
     pub fn cost(&self) -> CostModel {
-        self.cost
+        self.inner.cost
     }
 }
 
@@ -362,15 +386,6 @@ impl Drop for Lease {
     }
 }
 
-/// Decrements the waiting count when the waiter leaves (served or cancelled).
-struct Waiting<'a>(&'a AtomicUsize);
-
-impl Drop for Waiting<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
 impl Backend for OnnxBackend {
     fn infer(
         &self,
@@ -378,65 +393,177 @@ impl Backend for OnnxBackend {
         values: Vec<f32>,
     ) -> BoxFuture<'_, Result<Prediction, EngineError>> {
         Box::pin(async move {
-            let pool = &self.pool;
-            let permit = match Arc::clone(&pool.permits).try_acquire_owned() {
-                Ok(p) => p,
-                Err(_) => {
-                    if pool.waiting.fetch_add(1, Ordering::AcqRel) >= pool.queue {
-                        pool.waiting.fetch_sub(1, Ordering::AcqRel);
-                        return Err(EngineError::Overloaded);
-                    }
-                    let _waiting = Waiting(&pool.waiting);
-                    Arc::clone(&pool.permits)
-                        .acquire_owned()
-                        .await
-                        .map_err(|_| EngineError::Failed("pool closed".into()))?
+            let (reply, answer) = oneshot::channel();
+            let first = {
+                let mut queue = self.inner.lock_queue();
+                if queue.len() >= self.inner.queue_limit {
+                    return Err(EngineError::Overloaded);
                 }
+                queue.push_back(Job {
+                    rows,
+                    values,
+                    reply,
+                });
+                queue.len() == 1
             };
-            let session = pool
-                .sessions
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .pop();
-            let Some(session) = session else {
-                return Err(EngineError::Failed(
-                    "no session free despite a permit".into(),
-                ));
-            };
-            let mut lease = Lease {
-                pool: Arc::clone(pool),
-                session: Some(session),
-            };
-            let io = Arc::clone(&self.io);
-            if self.cost.estimate(rows) <= self.inline_budget {
-                let out = match lease.session.as_mut() {
-                    Some(session) => run(session, &io, rows, values),
-                    None => Err("lease without session".into()),
-                };
-                drop(lease);
-                drop(permit);
-                return out.map_err(EngineError::Failed);
+            // The first request into an empty queue starts a drain task; the
+            // others are taken by one already running. The task is spawned, not
+            // awaited here, so a client that goes away cannot strand the
+            // requests batched with its own.
+            if first {
+                tokio::spawn(Arc::clone(&self.inner).drain_task());
             }
-            // The lease and the permit move into the task: if this future is
-            // dropped (client gone), the session still returns to the pool
-            // before its permit is released.
-            let result = tokio::task::spawn_blocking(move || {
-                let out = match lease.session.as_mut() {
-                    Some(session) => run(session, &io, rows, values),
-                    None => Err("lease without session".into()),
-                };
-                drop(lease);
-                drop(permit);
-                out
+            answer.await.unwrap_or_else(|_| {
+                Err(EngineError::Failed(
+                    "the batch ended without an answer".into(),
+                ))
             })
-            .await;
-            match result {
-                Ok(Ok(prediction)) => Ok(prediction),
-                Ok(Err(message)) => Err(EngineError::Failed(message)),
-                Err(join) => Err(EngineError::Failed(format!(
-                    "inference task failed: {join}"
-                ))),
-            }
         })
+    }
+}
+
+impl Inner {
+    fn lock_queue(&self) -> std::sync::MutexGuard<'_, VecDeque<Job>> {
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Takes queued requests in order, up to `batch_rows` rows (always at
+    /// least one request).
+    fn take_batch(&self) -> (Vec<Job>, bool) {
+        let mut queue = self.lock_queue();
+        let mut jobs = Vec::new();
+        let mut rows = 0;
+        while let Some(job) = queue.front() {
+            if !jobs.is_empty() && rows + job.rows > self.batch_rows {
+                break;
+            }
+            rows += job.rows;
+            jobs.extend(queue.pop_front());
+        }
+        (jobs, !queue.is_empty())
+    }
+
+    /// The drain task, boxed so that it can spawn itself.
+    fn drain_task(self: Arc<Self>) -> BoxFuture<'static, ()> {
+        Box::pin(self.drain())
+    }
+
+    /// Runs batches until the queue is empty.
+    async fn drain(self: Arc<Self>) {
+        let mut guard = Respawn {
+            inner: Arc::clone(&self),
+            done: false,
+        };
+        // Let requests that are already readable on other connections queue up first.
+        tokio::task::yield_now().await;
+        loop {
+            let (jobs, more) = self.take_batch();
+            if jobs.is_empty() {
+                guard.done = true;
+                return;
+            }
+            if more {
+                // A full batch was taken and more wait: let another session start on them.
+                tokio::spawn(Arc::clone(&self).drain_task());
+            }
+            let result = self.run_batch(&jobs).await;
+            answer(jobs, result);
+        }
+    }
+
+    async fn run_batch(&self, jobs: &[Job]) -> Result<Prediction, EngineError> {
+        let rows: usize = jobs.iter().map(|j| j.rows).sum();
+        let mut values = Vec::with_capacity(rows * self.io.width);
+        for job in jobs {
+            values.extend_from_slice(&job.values);
+        }
+        let permit = Arc::clone(&self.pool.permits)
+            .acquire_owned()
+            .await
+            .map_err(|_| EngineError::Failed("session pool closed".into()))?;
+        let session = self
+            .pool
+            .sessions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop();
+        let Some(session) = session else {
+            return Err(EngineError::Failed(
+                "no session free despite a permit".into(),
+            ));
+        };
+        let mut lease = Lease {
+            pool: Arc::clone(&self.pool),
+            session: Some(session),
+        };
+        let io = Arc::clone(&self.io);
+        let call = move || {
+            let out = match lease.session.as_mut() {
+                Some(session) => run(session, &io, rows, values),
+                None => Err("lease without session".into()),
+            };
+            drop(lease);
+            drop(permit);
+            out
+        };
+        if self.cost.estimate(rows) <= self.inline_budget {
+            return call().map_err(EngineError::Failed);
+        }
+        match tokio::task::spawn_blocking(call).await {
+            Ok(result) => result.map_err(EngineError::Failed),
+            Err(join) => Err(EngineError::Failed(format!(
+                "inference task failed: {join}"
+            ))),
+        }
+    }
+}
+
+/// Sends each request its own rows of a batch's prediction.
+fn answer(jobs: Vec<Job>, result: Result<Prediction, EngineError>) {
+    match result {
+        Err(e) => {
+            let message = e.to_string();
+            for job in jobs {
+                let _ = job.reply.send(Err(match &e {
+                    EngineError::Overloaded => EngineError::Overloaded,
+                    EngineError::Failed(_) => EngineError::Failed(message.clone()),
+                }));
+            }
+        }
+        Ok(prediction) => {
+            let classes = prediction
+                .probabilities
+                .as_ref()
+                .map(|p| p.len() / prediction.labels.len().max(1));
+            let mut offset = 0;
+            for job in jobs {
+                let end = offset + job.rows;
+                let mine = Prediction {
+                    labels: prediction.labels[offset..end].to_vec(),
+                    probabilities: prediction
+                        .probabilities
+                        .as_ref()
+                        .zip(classes)
+                        .map(|(p, c)| p[offset * c..end * c].to_vec()),
+                };
+                offset = end;
+                let _ = job.reply.send(Ok(mine));
+            }
+        }
+    }
+}
+
+/// If a drain task ends without emptying the queue (a panic), another one
+/// is started, so queued requests are never stranded.
+struct Respawn {
+    inner: Arc<Inner>,
+    done: bool,
+}
+
+impl Drop for Respawn {
+    fn drop(&mut self) {
+        if !self.done && !self.inner.lock_queue().is_empty() {
+            tokio::spawn(Arc::clone(&self.inner).drain_task());
+        }
     }
 }

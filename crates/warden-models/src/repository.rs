@@ -406,3 +406,119 @@ pub(crate) mod tests {
         std::fs::remove_dir_all(&tmp).unwrap();
     }
 }
+
+#[cfg(test)]
+mod batching_tests {
+    use super::tests::runtime;
+    use super::*;
+    use crate::engine::EngineError;
+
+    fn iris(queue: usize) -> (Arc<dyn Backend>, serde_json::Value) {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/iris");
+        let card = ModelCard::load(
+            &dir.join("model.toml"),
+            CardDefaults {
+                max_batch: 64,
+                range_tolerance: 0.25,
+            },
+        )
+        .unwrap();
+        let onnx = std::fs::read(dir.join("1/model.onnx")).unwrap();
+        let settings = PoolSettings {
+            sessions: 2,
+            queue,
+            inline_budget: std::time::Duration::from_micros(50),
+        };
+        let backend = OnnxBackend::load(runtime(), &onnx, &card, settings).unwrap();
+        let fixture =
+            serde_json::from_slice(&std::fs::read(dir.join("fixtures.json")).unwrap()).unwrap();
+        (Arc::new(backend), fixture)
+    }
+
+    /// Concurrent requests of different sizes are batched together and each
+    /// gets exactly its own rows back.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_requests_each_get_their_own_rows() {
+        let (backend, fixture) = iris(1024);
+        let inputs: Vec<Vec<f32>> = fixture["inputs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                r.as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_f64().unwrap() as f32)
+                    .collect()
+            })
+            .collect();
+        let labels = fixture["label_indices"].as_array().unwrap();
+        let mut tasks = Vec::new();
+        for round in 0..20 {
+            for start in 0..inputs.len() {
+                // Requests of 1..=3 rows starting at different fixture rows.
+                let n = 1 + (start + round) % 3;
+                let rows: Vec<usize> = (start..start + n).map(|i| i % inputs.len()).collect();
+                let values: Vec<f32> = rows.iter().flat_map(|&i| inputs[i].clone()).collect();
+                let backend = Arc::clone(&backend);
+                tasks.push(tokio::spawn(async move {
+                    (rows.clone(), backend.infer(rows.len(), values).await)
+                }));
+            }
+        }
+        for task in tasks {
+            let (rows, result) = task.await.unwrap();
+            let prediction = result.unwrap();
+            let expected: Vec<usize> = rows
+                .iter()
+                .map(|&i| labels[i].as_u64().unwrap() as usize)
+                .collect();
+            assert_eq!(prediction.labels, expected);
+            assert_eq!(prediction.probabilities.unwrap().len(), rows.len() * 3);
+        }
+    }
+
+    /// Past the queue limit the answer is `overloaded`, not an unbounded wait.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_full_queue_answers_overloaded() {
+        let (backend, _) = iris(4);
+        // On one thread nothing drains until this task yields, so the queue fills.
+        let futures: Vec<_> = (0..10)
+            .map(|_| backend.infer(1, vec![5.1, 3.5, 1.4, 0.2]))
+            .collect();
+        let results = futures_join(futures).await;
+        let overloaded = results
+            .iter()
+            .filter(|r| matches!(r, Err(EngineError::Overloaded)))
+            .count();
+        let ok = results.iter().filter(|r| r.is_ok()).count();
+        assert_eq!((ok, overloaded), (4, 6));
+    }
+
+    async fn futures_join<T>(futures: Vec<crate::engine::BoxFuture<'_, T>>) -> Vec<T> {
+        // Poll every future once before awaiting any, as concurrent requests would arrive.
+        let mut pinned: Vec<_> = futures.into_iter().map(Some).collect();
+        let mut results: Vec<Option<T>> = pinned.iter().map(|_| None).collect();
+        std::future::poll_fn(|cx| {
+            let mut pending = false;
+            for (slot, result) in pinned.iter_mut().zip(results.iter_mut()) {
+                if let Some(f) = slot {
+                    match f.as_mut().poll(cx) {
+                        std::task::Poll::Ready(v) => {
+                            *result = Some(v);
+                            *slot = None;
+                        }
+                        std::task::Poll::Pending => pending = true,
+                    }
+                }
+            }
+            if pending {
+                std::task::Poll::Pending
+            } else {
+                std::task::Poll::Ready(())
+            }
+        })
+        .await;
+        results.into_iter().map(|r| r.unwrap()).collect()
+    }
+}
