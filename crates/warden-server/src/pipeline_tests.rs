@@ -155,6 +155,7 @@ async fn errors_are_the_flat_envelope_with_the_request_id() {
     assert_eq!(body["code"], "unauthenticated");
     assert_eq!(body["request_id"], h["x-request-id"].to_str().unwrap());
     assert_eq!(body.as_object().unwrap().len(), 3, "{body}");
+    insta::assert_json_snapshot!("unauthenticated_envelope", body, {".request_id" => "[request id]"});
 
     let (status, _, body) = send(
         &f,
@@ -445,6 +446,8 @@ async fn openapi_lists_every_route_with_its_errors() {
     ] {
         assert!(doc["paths"].get(path).is_some(), "{path} missing");
     }
+    // The whole document is pinned: any change to the API shows up in review.
+    insta::assert_json_snapshot!("openapi", doc);
     let infer = &doc["paths"]["/v2/models/{model}/infer"]["post"]["responses"];
     for code in ["200", "400", "401", "404", "413", "415", "422", "503"] {
         assert!(infer.get(code).is_some(), "{code} missing");
