@@ -25,6 +25,32 @@ pub struct ErrorBody {
     details: Option<Vec<FieldProblemBody>>,
 }
 
+/// The errors every inference route can answer.
+#[derive(Debug, utoipa::IntoResponses)]
+pub enum InferErrors {
+    /// Malformed JSON or the wrong request shape.
+    #[response(status = 400, description = "invalid_request")]
+    InvalidRequest(ErrorBody),
+    /// Missing, invalid, revoked or expired credential (with WWW-Authenticate).
+    #[response(status = 401, description = "unauthenticated")]
+    Unauthenticated(ErrorBody),
+    /// Unknown model, or one this credential may not use: the same answer.
+    #[response(status = 404, description = "not_found")]
+    NotFound(ErrorBody),
+    /// Body over the limit.
+    #[response(status = 413, description = "payload_too_large")]
+    PayloadTooLarge(ErrorBody),
+    /// An explicit Content-Type other than JSON.
+    #[response(status = 415, description = "unsupported_media_type")]
+    UnsupportedMediaType(ErrorBody),
+    /// The input breaks the model's schema; `details` names the fields.
+    #[response(status = 422, description = "validation_failed, with details")]
+    ValidationFailed(ErrorBody),
+    /// Too busy, or the request took too long; retry after Retry-After.
+    #[response(status = 503, description = "overloaded, with Retry-After")]
+    Overloaded(ErrorBody),
+}
+
 /// One problem with one input field.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct FieldProblemBody {

@@ -157,17 +157,23 @@ pub fn authorize(
     Ok((Arc::clone(model), Arc::clone(version)))
 }
 
+/// One inference request as the handlers hand it to [`infer`].
+#[derive(Debug, Clone, Copy)]
+pub struct ModelCall<'a> {
+    /// The model named in the path.
+    pub name: &'a str,
+    /// The version named in the path, if any.
+    pub version: Option<&'a str>,
+    /// The wire protocol of the body.
+    pub protocol: Protocol,
+    /// The body, already read within the limit.
+    pub body: &'a [u8],
+}
+
 /// The model half of the pipeline, shared by v1 and v2.
-pub async fn infer(
-    state: &AppState,
-    caller: &Principal,
-    name: &str,
-    version: Option<&str>,
-    protocol: Protocol,
-    body: &[u8],
-) -> Response {
+pub async fn infer(state: &AppState, caller: &Principal, call: ModelCall<'_>) -> Response {
     let mut note = None;
-    let mut response = infer_steps(state, caller, name, version, protocol, body, &mut note)
+    let mut response = infer_steps(state, caller, call, &mut note)
         .await
         .unwrap_or_else(IntoResponse::into_response);
     if let Some(note) = note {
@@ -179,12 +185,15 @@ pub async fn infer(
 async fn infer_steps(
     state: &AppState,
     caller: &Principal,
-    name: &str,
-    version: Option<&str>,
-    protocol: Protocol,
-    body: &[u8],
+    call: ModelCall<'_>,
     note: &mut Option<ModelNote>,
 ) -> Result<Response, ApiError> {
+    let ModelCall {
+        name,
+        version,
+        protocol,
+        body,
+    } = call;
     // Quota (per principal, per model), in rows.
     quota(caller, name)?;
     // Authorize: unknown OR forbidden model → the same 404.

@@ -11,10 +11,10 @@ use warden_models::{Protocol, protocol};
 
 use crate::extract::{Caller, JsonBody, ModelRef};
 use crate::openapi::{
-    ErrorBody, LiveBody, ModelMetadata, ModelReady, ReadyBody, ServerMetadata, V1Request,
-    V1Response, V2InferRequest, V2InferResponse,
+    ErrorBody, InferErrors, LiveBody, ModelMetadata, ModelReady, ReadyBody, ServerMetadata,
+    V1Request, V1Response, V2InferRequest, V2InferResponse,
 };
-use crate::pipeline;
+use crate::pipeline::{self, ModelCall};
 use crate::state::AppState;
 use crate::steps::ModelNote;
 
@@ -137,13 +137,7 @@ pub async fn model_version_ready(
     request_body(content = V2InferRequest, content_type = "application/json"),
     responses(
         (status = 200, body = V2InferResponse),
-        (status = 400, description = "invalid_request", body = ErrorBody),
-        (status = 401, description = "unauthenticated", body = ErrorBody),
-        (status = 404, description = "not_found: unknown model, or one this credential may not use", body = ErrorBody),
-        (status = 413, description = "payload_too_large", body = ErrorBody),
-        (status = 415, description = "unsupported_media_type", body = ErrorBody),
-        (status = 422, description = "validation_failed, with details", body = ErrorBody),
-        (status = 503, description = "overloaded, with Retry-After", body = ErrorBody),
+        InferErrors,
     ),
     security(("api_key" = []), ("bearer" = [])))]
 pub async fn v2_infer(
@@ -152,15 +146,13 @@ pub async fn v2_infer(
     target: ModelRef,
     JsonBody(body): JsonBody,
 ) -> Response {
-    pipeline::infer(
-        &state,
-        &caller,
-        &target.name,
-        target.version.as_deref(),
-        Protocol::V2,
-        &body,
-    )
-    .await
+    let call = ModelCall {
+        name: &target.name,
+        version: target.version.as_deref(),
+        protocol: Protocol::V2,
+        body: &body,
+    };
+    pipeline::infer(&state, &caller, call).await
 }
 
 /// Inference on one version.
@@ -169,13 +161,7 @@ pub async fn v2_infer(
     request_body(content = V2InferRequest, content_type = "application/json"),
     responses(
         (status = 200, body = V2InferResponse),
-        (status = 400, description = "invalid_request", body = ErrorBody),
-        (status = 401, description = "unauthenticated", body = ErrorBody),
-        (status = 404, description = "not_found", body = ErrorBody),
-        (status = 413, description = "payload_too_large", body = ErrorBody),
-        (status = 415, description = "unsupported_media_type", body = ErrorBody),
-        (status = 422, description = "validation_failed, with details", body = ErrorBody),
-        (status = 503, description = "overloaded, with Retry-After", body = ErrorBody),
+        InferErrors,
     ),
     security(("api_key" = []), ("bearer" = [])))]
 pub async fn v2_infer_version(
@@ -193,13 +179,7 @@ pub async fn v2_infer_version(
     request_body(content = V1Request, content_type = "application/json"),
     responses(
         (status = 200, body = V1Response),
-        (status = 400, description = "invalid_request", body = ErrorBody),
-        (status = 401, description = "unauthenticated", body = ErrorBody),
-        (status = 404, description = "not_found", body = ErrorBody),
-        (status = 413, description = "payload_too_large", body = ErrorBody),
-        (status = 415, description = "unsupported_media_type", body = ErrorBody),
-        (status = 422, description = "validation_failed, with details", body = ErrorBody),
-        (status = 503, description = "overloaded, with Retry-After", body = ErrorBody),
+        InferErrors,
     ),
     security(("api_key" = []), ("bearer" = [])))]
 pub async fn v1_predict(
@@ -210,7 +190,15 @@ pub async fn v1_predict(
 ) -> Response {
     // The route is `/v1/models/{model}`; the segment must end in `:predict`.
     match target.name.strip_suffix(":predict") {
-        Some(name) => pipeline::infer(&state, &caller, name, None, Protocol::V1, &body).await,
+        Some(name) => {
+            let call = ModelCall {
+                name,
+                version: None,
+                protocol: Protocol::V1,
+                body: &body,
+            };
+            pipeline::infer(&state, &caller, call).await
+        }
         None => ApiError::not_found().into_response(),
     }
 }
