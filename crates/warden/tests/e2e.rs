@@ -149,6 +149,10 @@ impl Warden {
     }
 
     fn terminate(mut self) -> std::process::ExitStatus {
+        self.stop()
+    }
+
+    fn stop(&mut self) -> std::process::ExitStatus {
         Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status()
@@ -163,9 +167,12 @@ impl Warden {
         }
     }
 
-    /// Stderr lines received so far.
-    fn logs(&self) -> Vec<String> {
-        self.stderr.try_iter().collect()
+    /// Stops the server (which flushes its buffered logs) and returns every
+    /// line it wrote to stderr.
+    fn stop_and_collect_logs(mut self) -> Vec<String> {
+        assert_eq!(self.stop().code(), Some(0));
+        // The reader thread ends at EOF, which closes the channel.
+        self.stderr.iter().collect()
     }
 }
 
@@ -514,7 +521,7 @@ async fn bad_input_gets_the_spec_code_and_the_server_carries_on() {
     }
 
     // Credentials never reach the logs.
-    let logs = w.logs().join("\n");
+    let logs = w.stop_and_collect_logs().join("\n");
     assert!(
         logs.contains("warden::access"),
         "access log lines are written"
