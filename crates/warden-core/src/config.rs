@@ -118,12 +118,6 @@ pub struct RawRuntime {
     /// Requests that may wait for a free session per model before the
     /// server answers `overloaded`. Default 256.
     pub queue_per_model: Option<usize>,
-    /// Inference calls whose measured cost is at most this run on the
-    /// request's own thread; costlier calls go to a blocking thread pool so
-    /// they never stall other connections. `0s` sends every call to the
-    /// pool. Default `50us`.
-    #[serde(deserialize_with = "duration")]
-    pub inline_inference_budget: Option<Duration>,
 }
 
 /// `[validation]`
@@ -301,8 +295,6 @@ pub struct Config {
     pub sessions_per_model: usize,
     /// Waiting requests per model.
     pub queue_per_model: usize,
-    /// Inference cheaper than this runs inline.
-    pub inline_inference_budget: Duration,
     /// Range tolerance (fraction of the training range).
     pub range_tolerance: f64,
     /// SQLite file.
@@ -494,9 +486,6 @@ impl Config {
                 cpus,
             )?,
             queue_per_model: positive("runtime.queue_per_model", runtime.queue_per_model, 256)?,
-            inline_inference_budget: runtime
-                .inline_inference_budget
-                .unwrap_or(Duration::from_micros(50)),
             range_tolerance,
             log_level: log.level.unwrap_or_else(|| "info".into()),
             log_format,

@@ -13,23 +13,17 @@
 //! Runtime's per-call cost, which under load is several times the cost of a
 //! row (docs/benchmarks.md).
 //!
-//! Where a batch runs is decided by its measured cost. At load, the
-//! warm-up times the graph on 1 row and on a full batch, giving a cost
-//! model `fixed + per_row × rows`. A call estimated above
-//! `runtime.inline_inference_budget` (default 50 µs) runs on tokio's
-//! blocking pool, so it can never stall other connections; a cheaper call
-//! runs where the request already is, like the JSON parsing of the same
-//! request, because handing it to another thread costs more than the call
-//! itself (measured: the thread hop alone cost ~48 µs of CPU per request on
-//! the bench machine, three times a random forest's inference). A budget of
-//! 0 sends every call to the blocking pool.
+//! Batches run on tokio's blocking pool, never on an async executor thread,
+//! so a slow model cannot stall other connections. Handing work to another
+//! thread costs a context switch each way (~48 µs of CPU on the benchmark
+//! machine, three times the demo random forest's inference); batching pays
+//! it once per batch instead of once per request.
 
 use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
 
 use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;
@@ -77,29 +71,8 @@ pub trait Backend: Send + Sync + fmt::Debug {
 pub struct PoolSettings {
     /// Sessions (parallel inferences) per model version.
     pub sessions: usize,
-    /// Requests that may wait for a session.
+    /// Requests that may wait for inference.
     pub queue: usize,
-    /// Calls estimated to cost at most this run inline; costlier ones on the blocking pool.
-    pub inline_budget: Duration,
-}
-
-/// Measured cost of one inference call: `fixed + per_row × rows`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CostModel {
-    /// Cost of a call independent of its size.
-    pub fixed: Duration,
-    /// Cost of each row.
-    pub per_row: Duration,
-}
-
-impl CostModel {
-    /// Estimated cost of a call with `rows` rows.
-    pub fn estimate(&self, rows: usize) -> Duration {
-        self.fixed.saturating_add(
-            self.per_row
-                .saturating_mul(u32::try_from(rows).unwrap_or(u32::MAX)),
-        )
-    }
 }
 
 struct Pool {
@@ -132,8 +105,6 @@ pub struct OnnxBackend {
 struct Inner {
     pool: Arc<Pool>,
     io: Arc<Io>,
-    cost: CostModel,
-    inline_budget: Duration,
     /// Most rows in one batch.
     batch_rows: usize,
     /// Most requests waiting.
@@ -145,7 +116,6 @@ impl fmt::Debug for OnnxBackend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("OnnxBackend")
             .field("io", &self.inner.io)
-            .field("cost", &self.inner.cost)
             .finish_non_exhaustive()
     }
 }
@@ -185,62 +155,40 @@ impl OnnxBackend {
             sessions: Mutex::new(sessions),
         });
         let io = Arc::new(io);
-        let cost = {
+        {
             let mut sessions = pool.sessions.lock().unwrap_or_else(PoisonError::into_inner);
-            measure(&mut sessions[0], &io, card)?
-        };
+            warm_up(&mut sessions[0], &io, card)?;
+        }
         Ok(Self {
             inner: Arc::new(Inner {
                 pool,
                 io,
-                cost,
-                inline_budget: settings.inline_budget,
                 batch_rows: card.max_batch,
                 queue_limit: settings.queue,
                 queue: Mutex::new(VecDeque::new()),
             }),
         })
     }
-
-    /// The measured cost model.
-    pub fn cost(&self) -> CostModel {
-        self.inner.cost
-    }
 }
 
-/// Warm-up and cost measurement: the median of a few runs on 1 row and on a
-/// full batch of the training means.
-fn measure(session: &mut Session, io: &Io, card: &ModelCard) -> Result<CostModel, String> {
+/// One inference on a full batch of the training means: the graph must run
+/// and give outputs of the right shape before the model is served.
+fn warm_up(session: &mut Session, io: &Io, card: &ModelCard) -> Result<(), String> {
     let means: Vec<f32> = card
         .features
         .iter()
         .map(|f| f.mean.unwrap_or(0.0) as f32)
         .collect();
-    let batch = card.max_batch.max(2);
-    let mut time = |rows: usize| -> Result<Duration, String> {
-        let values: Vec<f32> = means
-            .iter()
-            .copied()
-            .cycle()
-            .take(rows * means.len())
-            .collect();
-        let mut samples = Vec::with_capacity(9);
-        for _ in 0..9 {
-            let started = Instant::now();
-            run(session, io, rows, values.clone())
-                .map_err(|e| format!("warm-up inference failed: {e}"))?;
-            samples.push(started.elapsed());
-        }
-        samples.sort();
-        Ok(samples[samples.len() / 2])
-    };
-    let one = time(1)?;
-    let full = time(batch)?;
-    let per_row = full.saturating_sub(one) / u32::try_from(batch - 1).unwrap_or(u32::MAX);
-    Ok(CostModel {
-        fixed: one.saturating_sub(per_row),
-        per_row,
-    })
+    let rows = card.max_batch;
+    let values: Vec<f32> = means
+        .iter()
+        .copied()
+        .cycle()
+        .take(rows * means.len())
+        .collect();
+    run(session, io, rows, values)
+        .map(drop)
+        .map_err(|e| format!("warm-up inference failed: {e}"))
 }
 
 fn check_graph(session: &Session, io: &Io) -> Result<(), String> {
@@ -506,9 +454,6 @@ impl Inner {
             drop(permit);
             out
         };
-        if self.cost.estimate(rows) <= self.inline_budget {
-            return call().map_err(EngineError::Failed);
-        }
         match tokio::task::spawn_blocking(call).await {
             Ok(result) => result.map_err(EngineError::Failed),
             Err(join) => Err(EngineError::Failed(format!(

@@ -20,8 +20,6 @@ pub struct ModelVersion {
     pub version: u64,
     /// The engine serving it.
     pub backend: Arc<dyn Backend>,
-    /// Its measured inference cost.
-    pub cost: crate::engine::CostModel,
 }
 
 /// A model and its loaded versions.
@@ -108,8 +106,6 @@ impl Repository {
             tracing::info!(
                 model = %name,
                 versions = ?model.versions.keys().collect::<Vec<_>>(),
-                inference_fixed_us = model.versions.values().next_back().map_or(0, |v| v.cost.fixed.as_micros() as u64),
-                inference_per_row_us = model.versions.values().next_back().map_or(0.0, |v| v.cost.per_row.as_nanos() as f64 / 1000.0),
                 serving = model.default_version,
                 "model loaded"
             );
@@ -182,13 +178,11 @@ fn load_model(
             .map_err(|e| error(&onnx_path, format!("cannot read: {e}")))?;
         let backend = OnnxBackend::load(settings.runtime, &onnx, &card, settings.pool)
             .map_err(|m| error(&onnx_path, m))?;
-        let cost = backend.cost();
         versions.insert(
             version,
             Arc::new(ModelVersion {
                 version,
                 backend: Arc::new(backend),
-                cost,
             }),
         );
     }
@@ -255,14 +249,13 @@ pub(crate) mod tests {
         Runtime::init(Some(&lib)).unwrap()
     }
 
-    pub(crate) fn demo_repository(inline_budget: std::time::Duration) -> Repository {
+    pub(crate) fn demo_repository() -> Repository {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models");
         let settings = LoadSettings {
             runtime: runtime(),
             pool: PoolSettings {
                 sessions: 2,
                 queue: 8,
-                inline_budget,
             },
             card: CardDefaults {
                 max_batch: 64,
@@ -280,16 +273,10 @@ pub(crate) mod tests {
     }
 
     /// Every fixture row, through the v1 parser and the engine, agrees with
-    /// Python onnxruntime: labels equal, probabilities within 1e-5, whether
-    /// inference runs inline or on the blocking pool.
+    /// Python onnxruntime: labels equal, probabilities within 1e-5.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn demo_models_agree_with_python_onnxruntime() {
-        for budget in [std::time::Duration::ZERO, std::time::Duration::from_secs(1)] {
-            agree_with_fixtures(demo_repository(budget)).await;
-        }
-    }
-
-    async fn agree_with_fixtures(repo: Repository) {
+        let repo = demo_repository();
         assert_eq!(repo.len(), 3);
         for model in repo.models() {
             let path = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -365,7 +352,6 @@ pub(crate) mod tests {
             pool: PoolSettings {
                 sessions: 1,
                 queue: 1,
-                inline_budget: std::time::Duration::ZERO,
             },
             card: CardDefaults {
                 max_batch: 64,
@@ -424,11 +410,7 @@ mod batching_tests {
         )
         .unwrap();
         let onnx = std::fs::read(dir.join("1/model.onnx")).unwrap();
-        let settings = PoolSettings {
-            sessions: 2,
-            queue,
-            inline_budget: std::time::Duration::from_micros(50),
-        };
+        let settings = PoolSettings { sessions: 2, queue };
         let backend = OnnxBackend::load(runtime(), &onnx, &card, settings).unwrap();
         let fixture =
             serde_json::from_slice(&std::fs::read(dir.join("fixtures.json")).unwrap()).unwrap();

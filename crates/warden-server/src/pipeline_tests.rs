@@ -44,7 +44,6 @@ fn fixture() -> Fixture {
             pool: PoolSettings {
                 sessions: 1,
                 queue: 4,
-                inline_budget: Duration::from_micros(50),
             },
             card: CardDefaults {
                 max_batch: 64,

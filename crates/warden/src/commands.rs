@@ -91,7 +91,6 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
             pool: PoolSettings {
                 sessions: config.sessions_per_model,
                 queue: config.queue_per_model,
-                inline_budget: config.inline_inference_budget,
             },
             card: CardDefaults {
                 max_batch: config.default_max_batch,
