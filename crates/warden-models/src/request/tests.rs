@@ -199,3 +199,106 @@ fn v2_problems() {
         );
     }
 }
+
+/// Properties over arbitrary input: parsing never panics, every refusal is
+/// `invalid_request` or `validation_failed`, and whatever is accepted holds
+/// exactly `rows × features` finite values within the batch limit.
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn check(protocol: Protocol, body: &[u8]) {
+        let c = card();
+        match parse(protocol, &c, body, 32) {
+            Ok(r) => {
+                assert!(r.rows >= 1 && r.rows <= c.max_batch);
+                assert_eq!(r.values.len(), r.rows * c.features.len());
+                assert!(r.values.iter().all(|v| v.is_finite()));
+            }
+            Err(e) => {
+                assert!(
+                    matches!(
+                        e.code,
+                        ErrorCode::InvalidRequest | ErrorCode::ValidationFailed
+                    ),
+                    "{e:?}"
+                );
+                assert!(e.details.len() <= 16);
+            }
+        }
+    }
+
+    /// JSON-ish text built from the tokens these bodies are made of, so that
+    /// generated inputs reach deep into the parser, not just its first byte.
+    fn jsonish() -> impl Strategy<Value = String> {
+        let token = prop_oneof![
+            Just("{".to_string()),
+            Just("}".to_string()),
+            Just("[".to_string()),
+            Just("]".to_string()),
+            Just(",".to_string()),
+            Just(":".to_string()),
+            Just("\"instances\"".to_string()),
+            Just("\"inputs\"".to_string()),
+            Just("\"name\"".to_string()),
+            Just("\"input\"".to_string()),
+            Just("\"shape\"".to_string()),
+            Just("\"datatype\"".to_string()),
+            Just("\"FP32\"".to_string()),
+            Just("\"data\"".to_string()),
+            Just("\"a\"".to_string()),
+            Just("\"b\"".to_string()),
+            Just("null".to_string()),
+            Just("NaN".to_string()),
+            Just("1e400".to_string()),
+            any::<f64>().prop_map(|f| f.to_string()),
+            any::<i64>().prop_map(|i| i.to_string()),
+            (0u8..4).prop_map(|i| i.to_string()),
+        ];
+        prop::collection::vec(token, 0..60).prop_map(|t| t.concat())
+    }
+
+    fn instances() -> impl Strategy<Value = String> {
+        let value = prop_oneof![
+            (-5.0f64..15.0).prop_map(|f| f.to_string()),
+            Just("\"x\"".to_string()),
+            Just("null".to_string()),
+            Just("1e999".to_string()),
+        ];
+        let row = prop::collection::vec(value, 0..4).prop_map(|v| format!("[{}]", v.join(",")));
+        prop::collection::vec(row, 0..6)
+            .prop_map(|rows| format!("{{\"instances\": [{}]}}", rows.join(",")))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+        #[test]
+        fn arbitrary_bytes(body in prop::collection::vec(any::<u8>(), 0..256)) {
+            check(Protocol::V1, &body);
+            check(Protocol::V2, &body);
+        }
+
+        #[test]
+        fn jsonish_text(body in jsonish()) {
+            check(Protocol::V1, body.as_bytes());
+            check(Protocol::V2, body.as_bytes());
+        }
+
+        #[test]
+        fn v1_shaped_bodies(body in instances()) {
+            check(Protocol::V1, body.as_bytes());
+        }
+
+        #[test]
+        fn v2_shaped_bodies(rows in 0i64..5, cols in 0i64..4, data in prop::collection::vec(-5.0f64..15.0, 0..20)) {
+            let body = json_v2(rows, cols, &data);
+            check(Protocol::V2, body.as_bytes());
+        }
+    }
+
+    fn json_v2(rows: i64, cols: i64, data: &[f64]) -> String {
+        serde_json::json!({"inputs": [{"name": "input", "shape": [rows, cols], "datatype": "FP64", "data": data}]}).to_string()
+    }
+}
