@@ -25,11 +25,9 @@ impl FromRequest<AppState> for JsonBody {
         {
             return Err(ErrorCode::UnsupportedMediaType.into());
         }
-        let limit = state.limits.body_limit;
-        if declared_length(&req).is_some_and(|len| len > limit) {
-            return Err(ErrorCode::PayloadTooLarge.into());
-        }
-        match axum::body::to_bytes(req.into_body(), limit).await {
+        // A declared length over the limit was refused by the edge's body-limit
+        // step; here the limit holds for bodies that declared none.
+        match axum::body::to_bytes(req.into_body(), state.limits.body_limit).await {
             Ok(bytes) => Ok(Self(bytes)),
             Err(e) if is_length_limit(&e) => Err(ErrorCode::PayloadTooLarge.into()),
             Err(_) => Err(ApiError::invalid_request(
@@ -110,8 +108,8 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
-        match parts.extensions.get::<Principal>() {
-            Some(p) => Ok(Self(p.clone())),
+        match parts.extensions.remove::<Principal>() {
+            Some(p) => Ok(Self(p)),
             None => {
                 tracing::error!(
                     path = parts.uri.path(),

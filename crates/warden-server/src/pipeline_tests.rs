@@ -115,6 +115,19 @@ async fn send(f: &Fixture, req: Request<Body>) -> (StatusCode, axum::http::Heade
     (status, headers, value)
 }
 
+impl Fixture {
+    /// Sends one request through the whole pipeline.
+    async fn call(
+        &self,
+        method: &str,
+        uri: &str,
+        key: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, axum::http::HeaderMap, Value) {
+        send(self, request(method, uri, key, body)).await
+    }
+}
+
 fn iris_row() -> Value {
     json!({"instances": [[5.1, 3.5, 1.4, 0.2]]})
 }
@@ -144,11 +157,9 @@ async fn every_response_carries_the_security_headers() {
 #[tokio::test]
 async fn errors_are_the_flat_envelope_with_the_request_id() {
     let f = fixture();
-    let (status, h, body) = send(
-        &f,
-        request("POST", "/v1/models/iris:predict", None, Some(iris_row())),
-    )
-    .await;
+    let (status, h, body) = f
+        .call("POST", "/v1/models/iris:predict", None, Some(iris_row()))
+        .await;
     assert_eq!(status, 401);
     assert!(h.contains_key(header::WWW_AUTHENTICATE));
     assert_eq!(body["code"], "unauthenticated");
@@ -156,16 +167,14 @@ async fn errors_are_the_flat_envelope_with_the_request_id() {
     assert_eq!(body.as_object().unwrap().len(), 3, "{body}");
     insta::assert_json_snapshot!("unauthenticated_envelope", body, {".request_id" => "[request id]"});
 
-    let (status, _, body) = send(
-        &f,
-        request("GET", "/v2/models/iris/infer", Some(&f.admin), None),
-    )
-    .await;
+    let (status, _, body) = f
+        .call("GET", "/v2/models/iris/infer", Some(&f.admin), None)
+        .await;
     assert_eq!(
         (status, body["code"].as_str()),
         (StatusCode::METHOD_NOT_ALLOWED, Some("method_not_allowed"))
     );
-    let (status, _, body) = send(&f, request("GET", "/no/such/route", None, None)).await;
+    let (status, _, body) = f.call("GET", "/no/such/route", None, None).await;
     assert_eq!(
         (status, body["code"].as_str()),
         (StatusCode::NOT_FOUND, Some("not_found"))
@@ -175,7 +184,7 @@ async fn errors_are_the_flat_envelope_with_the_request_id() {
 #[tokio::test]
 async fn panics_become_internal_without_detail() {
     let f = fixture();
-    let (status, _, body) = send(&f, request("GET", "/__panic", None, None)).await;
+    let (status, _, body) = f.call("GET", "/__panic", None, None).await;
     assert_eq!(status, 500);
     assert_eq!(body["code"], "internal");
     assert!(!body.to_string().contains("secret"), "{body}");
@@ -184,16 +193,14 @@ async fn panics_become_internal_without_detail() {
 #[tokio::test]
 async fn v1_and_v2_predict_and_policy() {
     let f = fixture();
-    let (status, _, body) = send(
-        &f,
-        request(
+    let (status, _, body) = f
+        .call(
             "POST",
             "/v1/models/iris:predict",
             Some(&f.admin),
             Some(iris_row()),
-        ),
-    )
-    .await;
+        )
+        .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["predictions"][0]["label"], "setosa");
     let p = &body["predictions"][0]["probabilities"];
@@ -204,16 +211,14 @@ async fn v1_and_v2_predict_and_policy() {
     assert!((sum - 1.0).abs() < 0.02, "{p}");
 
     let v2 = json!({"id": "abc", "inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [[6.7, 3.0, 5.2, 2.3]]}]});
-    let (status, _, body) = send(
-        &f,
-        request(
+    let (status, _, body) = f
+        .call(
             "POST",
             "/v2/models/iris/versions/1/infer",
             Some(&f.iris_only),
             Some(v2),
-        ),
-    )
-    .await;
+        )
+        .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["id"], "abc");
     assert_eq!(body["model_version"], "1");
@@ -229,29 +234,25 @@ async fn v1_and_v2_predict_and_policy() {
     )
     .unwrap();
     let row = fixture["inputs"][0].clone();
-    let (status, _, body) = send(
-        &f,
-        request(
+    let (status, _, body) = f
+        .call(
             "POST",
             "/v1/models/breast-cancer:predict",
             Some(&f.admin),
             Some(json!({"instances": [row.clone()]})),
-        ),
-    )
-    .await;
+        )
+        .await;
     assert_eq!(status, 200, "{body}");
     assert!(body["predictions"][0].get("probabilities").is_none());
     let asks = json!({"inputs": [{"name": "input", "shape": [1, 30], "datatype": "FP32", "data": row}], "outputs": [{"name": "probabilities"}]});
-    let (status, _, body) = send(
-        &f,
-        request(
+    let (status, _, body) = f
+        .call(
             "POST",
             "/v2/models/breast-cancer/infer",
             Some(&f.admin),
             Some(asks),
-        ),
-    )
-    .await;
+        )
+        .await;
     assert_eq!(
         (status, body["code"].as_str()),
         (StatusCode::UNPROCESSABLE_ENTITY, Some("validation_failed"))
@@ -265,41 +266,33 @@ async fn unknown_and_forbidden_models_are_the_same_404() {
         v.as_object_mut().unwrap().remove("request_id");
         v
     };
-    let (s1, _, unknown) = send(
-        &f,
-        request(
+    let (s1, _, unknown) = f
+        .call(
             "POST",
             "/v1/models/nosuch:predict",
             Some(&f.iris_only),
             Some(iris_row()),
-        ),
-    )
-    .await;
-    let (s2, _, forbidden) = send(
-        &f,
-        request(
+        )
+        .await;
+    let (s2, _, forbidden) = f
+        .call(
             "POST",
             "/v1/models/digits:predict",
             Some(&f.iris_only),
             Some(iris_row()),
-        ),
-    )
-    .await;
-    let (s3, _, meta) = send(
-        &f,
-        request("GET", "/v2/models/digits", Some(&f.iris_only), None),
-    )
-    .await;
-    let (s4, _, version) = send(
-        &f,
-        request(
+        )
+        .await;
+    let (s3, _, meta) = f
+        .call("GET", "/v2/models/digits", Some(&f.iris_only), None)
+        .await;
+    let (s4, _, version) = f
+        .call(
             "GET",
             "/v2/models/iris/versions/9",
             Some(&f.iris_only),
             None,
-        ),
-    )
-    .await;
+        )
+        .await;
     assert_eq!([s1, s2, s3, s4], [StatusCode::NOT_FOUND; 4]);
     let unknown = strip(unknown);
     assert_eq!(unknown, strip(forbidden));
@@ -328,16 +321,14 @@ async fn media_type_and_body_limit() {
     );
 
     // No content type at all is JSON (tritonclient sends none).
-    let (status, _, _) = send(
-        &f,
-        request(
+    let (status, _, _) = f
+        .call(
             "POST",
             "/v1/models/iris:predict",
             Some(&f.admin),
             Some(iris_row()),
-        ),
-    )
-    .await;
+        )
+        .await;
     assert_eq!(status, 200);
 
     // Declared too large: refused before authentication reads anything.
@@ -383,11 +374,9 @@ fn futures_stream(
 #[tokio::test]
 async fn metadata_lists_what_the_caller_may_see() {
     let f = fixture();
-    let (status, _, body) = send(
-        &f,
-        request("GET", "/v2/models/iris", Some(&f.iris_only), None),
-    )
-    .await;
+    let (status, _, body) = f
+        .call("GET", "/v2/models/iris", Some(&f.iris_only), None)
+        .await;
     assert_eq!(status, 200);
     assert_eq!(
         body["inputs"][0],
@@ -398,26 +387,22 @@ async fn metadata_lists_what_the_caller_may_see() {
         body["parameters"]["classes"],
         json!(["setosa", "versicolor", "virginica"])
     );
-    let (_, _, body) = send(
-        &f,
-        request("GET", "/v2/models/digits", Some(&f.admin), None),
-    )
-    .await;
+    let (_, _, body) = f
+        .call("GET", "/v2/models/digits", Some(&f.admin), None)
+        .await;
     assert_eq!(
         body["outputs"].as_array().unwrap().len(),
         1,
         "digits is label-only"
     );
-    let (status, _, body) = send(
-        &f,
-        request("GET", "/v2/models/iris/ready", Some(&f.admin), None),
-    )
-    .await;
+    let (status, _, body) = f
+        .call("GET", "/v2/models/iris/ready", Some(&f.admin), None)
+        .await;
     assert_eq!(
         (status, body),
         (StatusCode::OK, json!({"name": "iris", "ready": true}))
     );
-    let (status, _, body) = send(&f, request("GET", "/v2", Some(&f.admin), None)).await;
+    let (status, _, body) = f.call("GET", "/v2", Some(&f.admin), None).await;
     assert_eq!(
         (status, body["name"].as_str()),
         (StatusCode::OK, Some("warden"))
@@ -427,7 +412,7 @@ async fn metadata_lists_what_the_caller_may_see() {
 #[tokio::test]
 async fn openapi_lists_every_route_with_its_errors() {
     let f = fixture();
-    let (status, _, doc) = send(&f, request("GET", "/openapi.json", None, None)).await;
+    let (status, _, doc) = f.call("GET", "/openapi.json", None, None).await;
     assert_eq!(status, 200);
     assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"));
     for path in [

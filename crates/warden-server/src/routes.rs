@@ -5,9 +5,11 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
-use warden_core::{ApiError, ErrorCode, Permission};
+use std::sync::Arc;
+
+use warden_core::{ApiError, ErrorCode, Permission, Principal};
 use warden_models::policy::OutputPolicy;
-use warden_models::{Protocol, protocol};
+use warden_models::{Model, Protocol, protocol};
 
 use crate::extract::{Caller, JsonBody, ModelRef};
 use crate::openapi::{
@@ -67,21 +69,36 @@ pub async fn model_metadata(
     Caller(caller): Caller,
     target: ModelRef,
 ) -> Result<Response, ApiError> {
+    let (model, note) = readable_model(&state, &caller, &target)?;
+    let policy = OutputPolicy::for_caller(&model.card, &caller);
+    Ok(noted(json(protocol::v2_metadata(&model, &policy)), note))
+}
+
+/// Authorizes reading a model's metadata (unknown or forbidden → the same
+/// 404) and notes the model and version for the access log.
+fn readable_model(
+    state: &AppState,
+    caller: &Principal,
+    target: &ModelRef,
+) -> Result<(Arc<Model>, ModelNote), ApiError> {
     let (model, version) = pipeline::authorize(
-        &state,
-        &caller,
+        state,
+        caller,
         &target.name,
         target.version.as_deref(),
         Permission::ModelsRead,
     )?;
-    let policy = OutputPolicy::for_caller(&model.card, &caller);
-    let mut response = json(protocol::v2_metadata(&model, &policy));
-    response.extensions_mut().insert(ModelNote {
+    let note = ModelNote {
         model: model.name.as_str().into(),
         version: version.version,
         rows: 0,
-    });
-    Ok(response)
+    };
+    Ok((model, note))
+}
+
+fn noted(mut response: Response, note: ModelNote) -> Response {
+    response.extensions_mut().insert(note);
+    response
 }
 
 /// Metadata of one version.
@@ -107,15 +124,9 @@ pub async fn model_ready(
     Caller(caller): Caller,
     target: ModelRef,
 ) -> Result<Response, ApiError> {
-    let (model, _) = pipeline::authorize(
-        &state,
-        &caller,
-        &target.name,
-        target.version.as_deref(),
-        Permission::ModelsRead,
-    )?;
+    let (model, note) = readable_model(&state, &caller, &target)?;
     let body = serde_json::json!({"name": model.name, "ready": true});
-    Ok(json(body.to_string()))
+    Ok(noted(json(body.to_string()), note))
 }
 
 /// Readiness of one version.
