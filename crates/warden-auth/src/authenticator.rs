@@ -1,42 +1,55 @@
 //! The authentication step of the pipeline: reads the credential from the
-//! request headers and resolves it to a [`Principal`].
+//! request and resolves it to a [`Principal`].
 //!
-//! Verified keys are cached for [`CACHE_TTL`] so the hot path neither
-//! touches the database nor blocks; a revocation (from the CLI, another
-//! process, or later the management API) therefore takes effect within that
-//! time. The cache is bounded; when full it is emptied.
+//! A credential is an API key (`X-API-Key`, or `Authorization: Bearer
+//! wdn_…`), a JWT (`Authorization: Bearer <jwt>`, see [`crate::jwt`]), or,
+//! when neither header is sent, a client certificate the listener verified
+//! (mapped by `[[auth.mtls]]`).
+//!
+//! Verified keys are cached for `auth.key_cache_ttl` (default 1 s) so the
+//! hot path neither touches the database nor blocks; a revocation through
+//! the management API of this process drops the entry at once, one made
+//! elsewhere (CLI, another replica) takes effect within the TTL. The cache
+//! is bounded; when full it is emptied. Last-use times are kept in memory
+//! and written to the store every few seconds, at most once per key per
+//! second.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use http::HeaderMap;
 use http::header::AUTHORIZATION;
-use warden_core::{ApiError, ModelScope, Principal, Role};
+use warden_core::config::MtlsIdentity;
+use warden_core::{ApiError, Principal, Roles};
 use warden_store::{ApiKeyRecord, Store};
 
-use crate::keys::{ApiKey, unix_now};
+use crate::jwt::JwtVerifier;
+use crate::keys::{ApiKey, PREFIX, unix_now};
 
-/// How long a looked-up key record is trusted before it is read again.
+/// How long a looked-up key record is trusted before it is read again, by default.
 pub const CACHE_TTL: Duration = Duration::from_secs(1);
 /// Most key records cached at once.
 pub const CACHE_CAPACITY: usize = 10_000;
 /// Longest credential accepted; longer ones are refused before parsing.
 pub const MAX_CREDENTIAL_LEN: usize = 8 * 1024;
+/// How often last-use times are written to the store.
+pub const LAST_USED_FLUSH: Duration = Duration::from_secs(5);
 
 /// The header an API key may be sent in.
 pub const API_KEY_HEADER: &str = "x-api-key";
 
 /// Why a request was not authenticated. Logged; the client only ever sees
 /// `unauthenticated`, whatever the reason, so it learns nothing about which
-/// keys exist.
+/// keys exist or which check a token failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Credential {
     /// No credential at all.
     Missing,
     /// Two credentials (X-API-Key and Authorization) at once.
     Ambiguous,
-    /// Not a Warden key, or not decodable, or too long.
+    /// Not a Warden key nor a JWT, or not decodable, or too long.
     Malformed,
     /// No key with that id.
     UnknownKey,
@@ -44,10 +57,28 @@ pub enum Credential {
     WrongSecret,
     /// Revoked.
     Revoked,
-    /// Past its expiry.
+    /// Past its expiry (or its rotation grace period).
     Expired,
-    /// The key's role is unknown to this version (e.g. written by a newer one).
+    /// The credential's role is not configured (any more).
     UnknownRole,
+    /// A JWT that does not parse (`alg: none` included).
+    TokenMalformed,
+    /// A JWT from an issuer that is not configured.
+    TokenUnknownIssuer,
+    /// A JWT whose `alg` the issuer does not accept.
+    TokenAlgorithm,
+    /// A JWT whose `kid` is not in the issuer's keys.
+    TokenUnknownKey,
+    /// A JWT whose signature does not verify.
+    TokenSignature,
+    /// A JWT past `exp`.
+    TokenExpired,
+    /// A JWT before `nbf`, or issued in the future.
+    TokenNotYetValid,
+    /// A JWT with a wrong or missing `iss`, `aud`, `sub` or malformed claim.
+    TokenClaims,
+    /// A verified client certificate that maps to no identity.
+    UnknownCertificate,
     /// The store failed: the client gets `internal`.
     StoreFailed,
 }
@@ -55,10 +86,7 @@ pub enum Credential {
 impl Credential {
     /// Whether this failure counts as a guess (for brute-force bans).
     pub fn is_guess(self) -> bool {
-        matches!(
-            self,
-            Self::Malformed | Self::UnknownKey | Self::WrongSecret | Self::Revoked | Self::Expired
-        )
+        !matches!(self, Self::Missing | Self::Ambiguous | Self::StoreFailed)
     }
 
     /// The client-facing error.
@@ -76,22 +104,26 @@ impl Credential {
 struct KeyEntry {
     record: ApiKeyRecord,
     principal: Result<Principal, Credential>,
+    last_used: AtomicI64,
 }
 
 impl KeyEntry {
-    fn new(record: ApiKeyRecord) -> Self {
-        let principal = Role::parse(&record.role)
+    fn new(record: ApiKeyRecord, roles: &Roles) -> Self {
+        let principal = roles
+            .get(&record.role)
             .ok_or(Credential::UnknownRole)
-            .map(|role| Principal {
-                id: format!("key:{}", record.id).into(),
-                role,
-                permissions: role.permissions(),
-                models: match &record.models {
-                    None => ModelScope::All,
-                    Some(m) => ModelScope::Only(m.clone().into()),
-                },
+            .map(|role| {
+                let models = match &record.models {
+                    None => warden_core::ModelScope::All,
+                    Some(m) => warden_core::ModelScope::Only(m.clone().into()),
+                };
+                Principal::with_role(format!("key:{}", record.id), role, models)
             });
-        Self { record, principal }
+        Self {
+            record,
+            principal,
+            last_used: AtomicI64::new(0),
+        }
     }
 }
 
@@ -104,27 +136,95 @@ struct Cached {
 /// Resolves request credentials to principals.
 pub struct Authenticator {
     store: Arc<dyn Store>,
+    roles: Arc<Roles>,
+    cache_ttl: Duration,
     cache: RwLock<HashMap<String, Cached>>,
+    used: Mutex<HashMap<String, i64>>,
+    jwt: Option<JwtVerifier>,
+    mtls: HashMap<String, Principal>,
 }
 
 impl std::fmt::Debug for Authenticator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Authenticator").finish_non_exhaustive()
+        f.debug_struct("Authenticator")
+            .field("jwt", &self.jwt)
+            .finish_non_exhaustive()
     }
 }
 
 impl Authenticator {
-    /// An authenticator over `store`.
-    pub fn new(store: Arc<dyn Store>) -> Self {
+    /// An authenticator for API keys in `store`, with `roles`.
+    pub fn new(store: Arc<dyn Store>, roles: Arc<Roles>) -> Self {
         Self {
             store,
+            roles,
+            cache_ttl: CACHE_TTL,
             cache: RwLock::new(HashMap::new()),
+            used: Mutex::new(HashMap::new()),
+            jwt: None,
+            mtls: HashMap::new(),
         }
     }
 
-    /// Authenticates a request from its headers.
-    pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Principal, Credential> {
-        let token = credential(headers)?;
+    /// Sets how long verified keys are cached (zero: every request reads the store).
+    pub fn with_cache_ttl(mut self, ttl: Duration) -> Self {
+        self.cache_ttl = ttl;
+        self
+    }
+
+    /// Also accepts JWTs.
+    pub fn with_jwt(mut self, verifier: JwtVerifier) -> Self {
+        self.jwt = Some(verifier).filter(|v| !v.is_empty());
+        self
+    }
+
+    /// Also accepts client certificates mapped by `[[auth.mtls]]`.
+    pub fn with_mtls(mut self, identities: &[MtlsIdentity]) -> Self {
+        for m in identities {
+            if let Some(role) = self.roles.get(&m.role) {
+                let p = Principal::with_role(format!("mtls:{}", m.name), role, m.models.clone());
+                self.mtls.insert(m.name.clone(), p);
+            }
+        }
+        self
+    }
+
+    /// The roles principals are resolved with.
+    pub fn roles(&self) -> &Arc<Roles> {
+        &self.roles
+    }
+
+    /// Authenticates a request from its headers and, when the listener
+    /// verified a client certificate, the certificate's names (DNS SANs,
+    /// then the subject CN).
+    pub async fn authenticate(
+        &self,
+        headers: &HeaderMap,
+        certificate: Option<&[String]>,
+    ) -> Result<Principal, Credential> {
+        let token = match credential(headers) {
+            Err(Credential::Missing) => {
+                let names = certificate.ok_or(Credential::Missing)?;
+                return names
+                    .iter()
+                    .find_map(|n| self.mtls.get(n))
+                    .cloned()
+                    .ok_or(Credential::UnknownCertificate);
+            }
+            other => other?,
+        };
+        if token.starts_with(PREFIX) {
+            return self.api_key(token).await;
+        }
+        match &self.jwt {
+            Some(jwt) if token.bytes().filter(|b| *b == b'.').count() == 2 => {
+                jwt.verify(token).await
+            }
+            _ => Err(Credential::Malformed),
+        }
+    }
+
+    async fn api_key(&self, token: &str) -> Result<Principal, Credential> {
         let key = ApiKey::parse(token).ok_or(Credential::Malformed)?;
         let entry = self.lookup(key.id).await?.ok_or(Credential::UnknownKey)?;
         if !key.matches(&entry.record) {
@@ -133,10 +233,57 @@ impl Authenticator {
         if entry.record.revoked_at.is_some() {
             return Err(Credential::Revoked);
         }
-        if entry.record.expires_at.is_some_and(|e| unix_now() >= e) {
+        let now = unix_now();
+        if entry.record.expires_at.is_some_and(|e| now >= e) {
             return Err(Credential::Expired);
         }
-        entry.principal.clone()
+        let principal = entry.principal.clone()?;
+        if entry.last_used.swap(now, Ordering::Relaxed) != now {
+            self.used
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(entry.record.id.clone(), now);
+        }
+        Ok(principal)
+    }
+
+    /// Drops a key from the cache, so a revocation or rotation made through
+    /// this process takes effect at once.
+    pub fn forget_key(&self, id: &str) {
+        self.cache
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(id);
+    }
+
+    /// Writes pending last-use times to the store. Blocking.
+    pub fn flush_last_used(&self) {
+        let pending: Vec<(String, i64)> = std::mem::take(
+            &mut *self
+                .used
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+        .into_iter()
+        .collect();
+        if !pending.is_empty()
+            && let Err(e) = self.store.touch_keys(&pending)
+        {
+            tracing::warn!(error = %e, "cannot record key last-use times");
+        }
+    }
+
+    /// Flushes last-use times every [`LAST_USED_FLUSH`] while `self` lives.
+    pub fn spawn_flusher(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(LAST_USED_FLUSH);
+            loop {
+                tick.tick().await;
+                let Some(this) = weak.upgrade() else { break };
+                let _ = tokio::task::spawn_blocking(move || this.flush_last_used()).await;
+            }
+        });
     }
 
     async fn lookup(&self, id: &str) -> Result<Option<Arc<KeyEntry>>, Credential> {
@@ -155,7 +302,10 @@ impl Authenticator {
                 tracing::error!(error = %e, "key lookup failed");
                 Credential::StoreFailed
             })?
-            .map(|record| Arc::new(KeyEntry::new(record)));
+            .map(|record| Arc::new(KeyEntry::new(record, &self.roles)));
+        if self.cache_ttl.is_zero() {
+            return Ok(record);
+        }
         let mut cache = self
             .cache
             .write()
@@ -179,12 +329,12 @@ impl Authenticator {
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let entry = cache.get(id)?;
-        (entry.fetched.elapsed() < CACHE_TTL).then(|| entry.entry.clone())
+        (entry.fetched.elapsed() < self.cache_ttl).then(|| entry.entry.clone())
     }
 }
 
 /// Extracts the presented credential: `X-API-Key: <key>` or
-/// `Authorization: Bearer <key>`.
+/// `Authorization: Bearer <key-or-jwt>`.
 fn credential(headers: &HeaderMap) -> Result<&str, Credential> {
     let api_key = headers.get(API_KEY_HEADER);
     let authorization = headers.get(AUTHORIZATION);
@@ -221,12 +371,16 @@ mod tests {
         h
     }
 
-    fn setup(role: Role, models: Option<Vec<String>>) -> (Arc<SqliteStore>, String, String) {
+    fn roles() -> Arc<Roles> {
+        Arc::new(Roles::builtin())
+    }
+
+    fn setup(role: &str, models: Option<Vec<String>>) -> (Arc<SqliteStore>, String, String) {
         let store = Arc::new(SqliteStore::in_memory().unwrap());
-        let issued = KeyAdmin::new(store.as_ref())
+        let issued = KeyAdmin::new(store.as_ref(), &roles())
             .create(&NewKey {
                 name: "t".into(),
-                role,
+                role: role.into(),
                 models,
                 expires_in: None,
             })
@@ -236,25 +390,25 @@ mod tests {
 
     #[tokio::test]
     async fn both_headers_work_and_resolve_the_principal() {
-        let (store, key, id) = setup(Role::Predict, Some(vec!["iris".into()]));
-        let auth = Authenticator::new(store);
+        let (store, key, id) = setup("predict", Some(vec!["iris".into()]));
+        let auth = Authenticator::new(store, roles());
         let p = auth
-            .authenticate(&headers("x-api-key", &key))
+            .authenticate(&headers("x-api-key", &key), None)
             .await
             .unwrap();
         assert_eq!(&*p.id, format!("key:{id}"));
         assert!(p.may_predict("iris") && !p.may_predict("digits"));
         let p = auth
-            .authenticate(&headers("authorization", &format!("bearer {key}")))
+            .authenticate(&headers("authorization", &format!("bearer {key}")), None)
             .await
             .unwrap();
-        assert_eq!(p.role, Role::Predict);
+        assert!(p.has_role("predict"));
     }
 
     #[tokio::test]
     async fn every_failure_is_classified() {
-        let (store, key, id) = setup(Role::Admin, None);
-        let auth = Authenticator::new(store.clone());
+        let (store, key, id) = setup("admin", None);
+        let auth = Authenticator::new(store.clone(), roles());
         let forged = format!(
             "{}{}",
             &key[..key.len() - 1],
@@ -274,7 +428,7 @@ mod tests {
             (headers("x-api-key", &unknown), Credential::UnknownKey),
         ];
         for (h, expected) in cases {
-            assert_eq!(auth.authenticate(&h).await.unwrap_err(), expected);
+            assert_eq!(auth.authenticate(&h, None).await.unwrap_err(), expected);
         }
         let mut both = headers("x-api-key", &key);
         both.insert(
@@ -282,7 +436,7 @@ mod tests {
             HeaderValue::from_str(&format!("Bearer {key}")).unwrap(),
         );
         assert_eq!(
-            auth.authenticate(&both).await.unwrap_err(),
+            auth.authenticate(&both, None).await.unwrap_err(),
             Credential::Ambiguous
         );
 
@@ -290,7 +444,7 @@ mod tests {
         store.revoke_key(&id, unix_now()).unwrap();
         auth.cache.write().unwrap().clear();
         assert_eq!(
-            auth.authenticate(&headers("x-api-key", &key))
+            auth.authenticate(&headers("x-api-key", &key), None)
                 .await
                 .unwrap_err(),
             Credential::Revoked
@@ -300,10 +454,10 @@ mod tests {
     #[tokio::test]
     async fn expired_keys_are_refused() {
         let store = Arc::new(SqliteStore::in_memory().unwrap());
-        let issued = KeyAdmin::new(store.as_ref())
+        let issued = KeyAdmin::new(store.as_ref(), &roles())
             .create(&NewKey {
                 name: "t".into(),
-                role: Role::Predict,
+                role: "predict".into(),
                 models: None,
                 expires_in: Some(Duration::from_secs(60)),
             })
@@ -314,9 +468,9 @@ mod tests {
         record.expires_at = Some(unix_now() - 1);
         store.insert_key(&record).unwrap();
         let presented = format!("wdn_expiredkey01_{}", &issued.key[issued.key.len() - 43..]);
-        let auth = Authenticator::new(store);
+        let auth = Authenticator::new(store, roles());
         assert_eq!(
-            auth.authenticate(&headers("x-api-key", &presented))
+            auth.authenticate(&headers("x-api-key", &presented), None)
                 .await
                 .unwrap_err(),
             Credential::Expired

@@ -14,7 +14,7 @@ use rand::Rng;
 use rand::distr::{Alphanumeric, Uniform};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
-use warden_core::Role;
+use warden_core::Roles;
 use warden_store::{ApiKeyRecord, Store, StoreError};
 use zeroize::Zeroizing;
 
@@ -76,8 +76,8 @@ pub fn unix_now() -> i64 {
 pub struct NewKey {
     /// Human label.
     pub name: String,
-    /// Role.
-    pub role: Role,
+    /// Role name (checked against the configured roles).
+    pub role: String,
     /// Model allowlist; `None` = every model.
     pub models: Option<Vec<String>>,
     /// Lifetime; `None` = no expiry.
@@ -107,7 +107,7 @@ pub enum KeyError {
     /// Invalid input from the operator.
     #[error("{0}")]
     Invalid(String),
-    /// The key does not exist or is already revoked.
+    /// The key does not exist or is no longer active.
     #[error("no active key with id {0}")]
     NotFound(String),
     /// Storage failed.
@@ -115,17 +115,18 @@ pub enum KeyError {
     Store(#[from] StoreError),
 }
 
-/// Key lifecycle operations over a [`Store`] (used by the CLI and, later, the
+/// Key lifecycle operations over a [`Store`] (used by the CLI and the
 /// management API).
 #[derive(Debug, Clone, Copy)]
 pub struct KeyAdmin<'s, S: ?Sized> {
     store: &'s S,
+    roles: &'s Roles,
 }
 
 impl<'s, S: Store + ?Sized> KeyAdmin<'s, S> {
-    /// Wraps a store.
-    pub fn new(store: &'s S) -> Self {
-        Self { store }
+    /// Wraps a store; new keys must carry one of `roles`.
+    pub fn new(store: &'s S, roles: &'s Roles) -> Self {
+        Self { store, roles }
     }
 
     /// Creates and stores a key; the returned text is shown once.
@@ -136,26 +137,26 @@ impl<'s, S: Store + ?Sized> KeyAdmin<'s, S> {
     }
 
     /// Issues a replacement for `id` with the same name, role, models and
-    /// lifetime, and revokes `id`, in one transaction.
-    pub fn rotate(&self, id: &str) -> Result<IssuedKey, KeyError> {
+    /// lifetime; the old key keeps working for `grace` (zero: it stops at
+    /// once), in one transaction.
+    pub fn rotate(&self, id: &str, grace: Duration) -> Result<IssuedKey, KeyError> {
         let old = self
             .store
             .get_key(id)?
             .filter(|k| k.is_active(unix_now()))
             .ok_or_else(|| KeyError::NotFound(id.to_owned()))?;
-        let role = Role::parse(&old.role)
-            .ok_or_else(|| KeyError::Invalid(format!("key {id} has unknown role {}", old.role)))?;
         let new = NewKey {
             name: old.name.clone(),
-            role,
+            role: old.role.clone(),
             models: old.models.clone(),
             expires_in: old
                 .expires_at
                 .map(|e| Duration::from_secs(e.saturating_sub(old.created_at).max(0) as u64)),
         };
         let now = unix_now();
+        let old_ends = now.saturating_add(grace.as_secs() as i64);
         self.issue(&new, Some(id), |record| {
-            self.store.rotate_key(id, record, now)
+            self.store.rotate_key(id, record, now, old_ends)
         })
     }
 
@@ -175,6 +176,13 @@ impl<'s, S: Store + ?Sized> KeyAdmin<'s, S> {
         store: impl Fn(&ApiKeyRecord) -> Result<bool, StoreError>,
     ) -> Result<IssuedKey, KeyError> {
         validate_new(new)?;
+        if self.roles.get(&new.role).is_none() {
+            return Err(KeyError::Invalid(format!(
+                "unknown role {:?} (roles: {})",
+                new.role,
+                self.roles.names()
+            )));
+        }
         let mut rng = rand::rng();
         let id_chars =
             Uniform::new(0, ID_ALPHABET.len()).map_err(|e| KeyError::Invalid(e.to_string()))?;
@@ -190,7 +198,7 @@ impl<'s, S: Store + ?Sized> KeyAdmin<'s, S> {
         let record = ApiKeyRecord {
             id: id.clone(),
             name: new.name.clone(),
-            role: new.role.as_str().to_owned(),
+            role: new.role.clone(),
             models: new.models.clone(),
             secret_hash: hash_secret(&secret),
             created_at: now,
@@ -199,6 +207,7 @@ impl<'s, S: Store + ?Sized> KeyAdmin<'s, S> {
                 .map(|d| now.saturating_add(d.as_secs() as i64)),
             revoked_at: None,
             rotated_from: rotated_from.map(str::to_owned),
+            last_used_at: None,
         };
         if !store(&record)? {
             return Err(KeyError::NotFound(
@@ -242,16 +251,21 @@ mod tests {
     fn new_key() -> NewKey {
         NewKey {
             name: "ci".into(),
-            role: Role::Predict,
+            role: "predict".into(),
             models: None,
             expires_in: None,
         }
     }
 
+    fn roles() -> &'static Roles {
+        static ROLES: std::sync::OnceLock<Roles> = std::sync::OnceLock::new();
+        ROLES.get_or_init(Roles::builtin)
+    }
+
     #[test]
     fn issued_keys_parse_and_match() {
         let store = SqliteStore::in_memory().unwrap();
-        let issued = KeyAdmin::new(&store).create(&new_key()).unwrap();
+        let issued = KeyAdmin::new(&store, roles()).create(&new_key()).unwrap();
         assert!(issued.key.starts_with("wdn_"));
         let parsed = ApiKey::parse(&issued.key).unwrap();
         assert_eq!(parsed.id, issued.record.id);
@@ -263,7 +277,7 @@ mod tests {
     #[test]
     fn wrong_secret_does_not_match() {
         let store = SqliteStore::in_memory().unwrap();
-        let issued = KeyAdmin::new(&store).create(&new_key()).unwrap();
+        let issued = KeyAdmin::new(&store, roles()).create(&new_key()).unwrap();
         let mut forged = issued.key.to_string();
         let last = forged.pop().unwrap();
         forged.push(if last == 'a' { 'b' } else { 'a' });
@@ -290,43 +304,49 @@ mod tests {
     }
 
     #[test]
-    fn rotate_revokes_old_and_keeps_attributes() {
+    fn rotate_keeps_attributes_and_ends_the_old_key_after_grace() {
         let store = SqliteStore::in_memory().unwrap();
-        let admin = KeyAdmin::new(&store);
+        let admin = KeyAdmin::new(&store, roles());
         let mut nk = new_key();
         nk.models = Some(vec!["iris".into()]);
         nk.expires_in = Some(Duration::from_secs(3600));
         let old = admin.create(&nk).unwrap();
-        let new = admin.rotate(&old.record.id).unwrap();
+        let new = admin
+            .rotate(&old.record.id, Duration::from_secs(60))
+            .unwrap();
         assert_eq!(new.record.models, old.record.models);
         assert_eq!(
             new.record.rotated_from.as_deref(),
             Some(old.record.id.as_str())
         );
         assert_eq!(new.record.expires_at.unwrap() - new.record.created_at, 3600);
+        let old_now = store.get_key(&old.record.id).unwrap().unwrap();
+        assert_eq!(old_now.expires_at, Some(new.record.created_at + 60));
+        assert!(old_now.is_active(unix_now()), "works during the grace period");
+        let newer = admin.rotate(&new.record.id, Duration::ZERO).unwrap();
         assert!(
-            store
-                .get_key(&old.record.id)
+            !store
+                .get_key(&new.record.id)
                 .unwrap()
                 .unwrap()
-                .revoked_at
-                .is_some()
+                .is_active(unix_now()),
+            "no grace: stops at once"
         );
         assert!(matches!(
-            admin.rotate(&old.record.id),
+            admin.rotate(&new.record.id, Duration::ZERO),
             Err(KeyError::NotFound(_))
         ));
+        admin.revoke(&newer.record.id).unwrap();
         assert!(matches!(
-            admin.revoke(&old.record.id),
+            admin.revoke(&newer.record.id),
             Err(KeyError::NotFound(_))
         ));
-        admin.revoke(&new.record.id).unwrap();
     }
 
     #[test]
     fn bad_new_keys_are_refused() {
         let store = SqliteStore::in_memory().unwrap();
-        let admin = KeyAdmin::new(&store);
+        let admin = KeyAdmin::new(&store, roles());
         let bad = [
             NewKey {
                 name: " ".into(),
@@ -342,6 +362,10 @@ mod tests {
             },
             NewKey {
                 expires_in: Some(Duration::ZERO),
+                ..new_key()
+            },
+            NewKey {
+                role: "root".into(),
                 ..new_key()
             },
         ];

@@ -5,6 +5,9 @@
 //! docs/configuration.md and warden.example.toml document the same fields;
 //! keep the three in step.
 
+mod auth;
+
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -12,10 +15,19 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::{Deserialize, Deserializer};
 
+use crate::principal::Roles;
 use crate::secret::{Secret, SecretSource};
+
+pub use auth::{
+    AuthSettings, IssuerKeys, IssuerSettings, JWT_ALGORITHMS, MIN_HS256_SECRET, MtlsIdentity,
+    RawAuth, RawIssuer, RawMtlsIdentity, RawRole, RawTokens, ScopeTarget, TokenSettings,
+    model_list,
+};
 
 /// The default data-plane address (SPEC §1).
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8443";
+/// The default management-plane address (SPEC §3).
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9443";
 /// The default data directory (SPEC §1).
 pub const DEFAULT_DATA_DIR: &str = "./warden-data";
 /// The default model repository (SPEC §1).
@@ -46,6 +58,12 @@ pub struct RawConfig {
     pub store: RawStore,
     /// Logging.
     pub log: RawLog,
+    /// The management listener.
+    pub admin: RawAdmin,
+    /// Roles beyond the built-in `admin`, `predict` and `metrics`.
+    pub roles: BTreeMap<String, RawRole>,
+    /// API keys, tokens, external JWT issuers, client certificates.
+    pub auth: RawAuth,
     /// Acknowledgements of settings Warden otherwise refuses as insecure.
     pub insecure: RawInsecure,
 }
@@ -92,6 +110,26 @@ pub struct RawTls {
     pub key: Option<SecretSource>,
     /// Lowest TLS version: "1.2" (default) or "1.3". Anything lower is refused.
     pub min_version: Option<String>,
+    /// A PEM CA bundle: data-plane clients may (or must) present a
+    /// certificate it signed. Default: no client certificates.
+    pub client_ca: Option<PathBuf>,
+    /// With `client_ca`: "required" (default) or "optional".
+    pub client_auth: Option<String>,
+}
+
+/// `[admin]`: the management listener (SPEC §3).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawAdmin {
+    /// Serve the management API. Default true.
+    pub enabled: Option<bool>,
+    /// Address and port. Default `127.0.0.1:9443`. It speaks TLS when the
+    /// data plane does, with the same certificate.
+    pub listen: Option<String>,
+    /// A PEM CA bundle for client certificates on this listener.
+    pub client_ca: Option<PathBuf>,
+    /// With `client_ca`: "required" (default) or "optional".
+    pub client_auth: Option<String>,
 }
 
 /// `[models]`
@@ -158,6 +196,10 @@ pub struct RawInsecure {
     pub plaintext_http_on_public_address: bool,
     /// Accept secret files readable by group or others (warns instead).
     pub allow_readable_secret_files: bool,
+    /// Accept an HS256 issuer secret shorter than 32 bytes.
+    pub short_hs256_secret: bool,
+    /// Allow the management listener without TLS on a non-loopback address.
+    pub admin_plaintext_on_public_address: bool,
 }
 
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
@@ -214,6 +256,8 @@ pub struct Overrides {
     pub listen: Option<String>,
     /// `--data-dir`
     pub data_dir: Option<PathBuf>,
+    /// `--admin-listen`
+    pub admin_listen: Option<String>,
 }
 
 /// Where the data-plane certificate comes from.
@@ -249,6 +293,26 @@ pub struct TlsSettings {
     pub cert: CertSource,
     /// Lowest version offered.
     pub min_version: TlsVersion,
+    /// Client certificates, if asked for.
+    pub client_auth: Option<ClientAuth>,
+}
+
+/// Client-certificate (mTLS) settings of one listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientAuth {
+    /// PEM CA bundle.
+    pub ca: PathBuf,
+    /// Whether a connection without a certificate is refused.
+    pub required: bool,
+}
+
+/// The validated management listener.
+#[derive(Debug, Clone)]
+pub struct AdminSettings {
+    /// Address.
+    pub listen: SocketAddr,
+    /// TLS (the data plane's certificate), or `None` for plaintext.
+    pub tls: Option<TlsSettings>,
 }
 
 /// Log output format.
@@ -305,6 +369,12 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Access log on/off.
     pub access_log: bool,
+    /// The management listener, unless disabled.
+    pub admin: Option<AdminSettings>,
+    /// Every role.
+    pub roles: Roles,
+    /// Identity settings.
+    pub auth: AuthSettings,
 }
 
 impl Config {
@@ -338,6 +408,9 @@ impl Config {
             validation,
             store,
             log,
+            admin,
+            roles,
+            auth,
             insecure,
         } = raw;
 
@@ -376,6 +449,7 @@ impl Config {
                     ));
                 }
             };
+            let client_auth = client_auth("tls", tls.client_ca, tls.client_auth)?;
             let cert = match (tls.cert, tls.key) {
                 (None, None) => CertSource::SelfSigned {
                     dir: data_dir.join("tls"),
@@ -393,7 +467,11 @@ impl Config {
                     return Err(invalid("tls.cert", "tls.key is set but tls.cert is not"));
                 }
             };
-            Some(TlsSettings { cert, min_version })
+            Some(TlsSettings {
+                cert,
+                min_version,
+                client_auth,
+            })
         } else {
             if !is_loopback(listen.ip()) && !insecure.plaintext_http_on_public_address {
                 return Err(invalid(
@@ -403,10 +481,14 @@ impl Config {
                     ),
                 ));
             }
-            if tls.cert.is_some() || tls.key.is_some() || tls.min_version.is_some() {
+            if tls.cert.is_some()
+                || tls.key.is_some()
+                || tls.min_version.is_some()
+                || tls.client_ca.is_some()
+            {
                 return Err(invalid(
                     "tls.enabled",
-                    "tls.cert, tls.key and tls.min_version need tls.enabled = true",
+                    "tls.cert, tls.key, tls.min_version and tls.client_ca need tls.enabled = true",
                 ));
             }
             None
@@ -460,7 +542,58 @@ impl Config {
             }
         };
 
+        let admin = if admin.enabled.unwrap_or(true) {
+            let text = overrides
+                .admin_listen
+                .clone()
+                .or(admin.listen)
+                .unwrap_or_else(|| DEFAULT_ADMIN_LISTEN.into());
+            let listen: SocketAddr = text.parse().map_err(|_| {
+                invalid(
+                    "admin.listen",
+                    format!("{text:?} is not an address:port such as 127.0.0.1:9443"),
+                )
+            })?;
+            let client = match &tls {
+                Some(_) => client_auth("admin", admin.client_ca, admin.client_auth)?,
+                None if admin.client_ca.is_some() => {
+                    return Err(invalid("admin.client_ca", "needs tls.enabled = true"));
+                }
+                None => None,
+            };
+            if tls.is_none()
+                && !is_loopback(listen.ip())
+                && !insecure.admin_plaintext_on_public_address
+            {
+                return Err(invalid(
+                    "admin.listen",
+                    format!(
+                        "a management listener without TLS on the non-loopback address {listen} is refused; enable TLS, or set insecure.admin_plaintext_on_public_address = true to acknowledge"
+                    ),
+                ));
+            }
+            Some(AdminSettings {
+                listen,
+                tls: tls.clone().map(|t| TlsSettings {
+                    client_auth: client,
+                    ..t
+                }),
+            })
+        } else {
+            None
+        };
+        let roles = auth::roles(roles)?;
+        let auth = auth::auth(
+            auth,
+            &roles,
+            insecure.allow_readable_secret_files,
+            insecure.short_hs256_secret,
+        )?;
+
         Ok(Self {
+            admin,
+            roles,
+            auth,
             sqlite_path: store.sqlite.unwrap_or_else(|| data_dir.join("warden.db")),
             data_dir,
             listen,
@@ -497,38 +630,98 @@ impl Config {
     pub fn summary(&self) -> String {
         let tls = match &self.tls {
             None => "off (plaintext HTTP)".to_string(),
-            Some(TlsSettings {
-                cert: CertSource::SelfSigned { dir },
-                min_version,
-            }) => {
-                format!(
-                    "self-signed certificate in {}, minimum {min_version:?}",
-                    dir.display()
-                )
-            }
-            Some(TlsSettings {
-                cert: CertSource::Pem { cert, .. },
-                min_version,
-            }) => {
-                format!(
-                    "certificate {}, key [redacted], minimum {min_version:?}",
-                    cert.display()
-                )
+            Some(t) => {
+                let cert = match &t.cert {
+                    CertSource::SelfSigned { dir } => {
+                        format!("self-signed certificate in {}", dir.display())
+                    }
+                    CertSource::Pem { cert, .. } => {
+                        format!("certificate {}, key [redacted]", cert.display())
+                    }
+                };
+                let clients = match &t.client_auth {
+                    None => String::new(),
+                    Some(c) => format!(
+                        ", client certificates {} by {}",
+                        if c.required { "required" } else { "optional" },
+                        c.ca.display()
+                    ),
+                };
+                format!("{cert}, minimum {:?}{clients}", t.min_version)
             }
         };
+        let admin = match &self.admin {
+            None => "off".to_string(),
+            Some(a) => format!(
+                "{} ({})",
+                a.listen,
+                if a.tls.is_some() { "TLS" } else { "plaintext" }
+            ),
+        };
+        let tokens = match &self.auth.tokens {
+            None => "off".to_string(),
+            Some(t) => format!(
+                "on, lifetime {}, password grant {}, signing key {}",
+                humantime::format_duration(t.lifetime),
+                if t.password_grant { "on" } else { "off" },
+                if t.signing_key.is_some() {
+                    "[redacted, from config]"
+                } else {
+                    "in the store"
+                }
+            ),
+        };
+        let issuers: Vec<String> = self
+            .auth
+            .issuers
+            .iter()
+            .map(|i| format!("{} ({})", i.name, i.issuer))
+            .collect();
         format!(
-            "listen: {}\ntls: {tls}\ndata_dir: {}\nmodels: {}\nstore: sqlite {}\nbody limit: {} bytes, JSON depth {}\n",
+            "listen: {}\ntls: {tls}\nadmin: {admin}\ndata_dir: {}\nmodels: {}\nstore: sqlite {}\nbody limit: {} bytes, JSON depth {}\nroles: {}\ntoken endpoint: {tokens}\njwt issuers: {}\n",
             self.listen,
             self.data_dir.display(),
             self.models_dir.display(),
             self.sqlite_path.display(),
             self.body_limit,
             self.json_max_depth,
+            self.roles.names(),
+            if issuers.is_empty() {
+                "none".to_string()
+            } else {
+                issuers.join(", ")
+            },
         )
     }
 }
 
-fn is_loopback(ip: IpAddr) -> bool {
+fn client_auth(
+    section: &'static str,
+    ca: Option<PathBuf>,
+    mode: Option<String>,
+) -> Result<Option<ClientAuth>, ConfigError> {
+    let key = if section == "tls" {
+        "tls.client_auth"
+    } else {
+        "admin.client_auth"
+    };
+    match (ca, mode.as_deref()) {
+        (None, None) => Ok(None),
+        (None, Some(_)) => Err(invalid(key, "needs client_ca")),
+        (Some(ca), None | Some("required")) => Ok(Some(ClientAuth { ca, required: true })),
+        (Some(ca), Some("optional")) => Ok(Some(ClientAuth {
+            ca,
+            required: false,
+        })),
+        (Some(_), Some(other)) => Err(invalid(
+            key,
+            format!("{other:?}: expected \"required\" or \"optional\""),
+        )),
+    }
+}
+
+/// Whether `ip` is a loopback address (IPv4-mapped included).
+pub fn is_loopback(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => v4.is_loopback(),
         IpAddr::V6(v6) => {
@@ -619,6 +812,7 @@ mod tests {
             listen: Some("127.0.0.1:0".into()),
             models_dir: Some("m".into()),
             data_dir: Some("d".into()),
+            admin_listen: Some("127.0.0.1:0".into()),
         };
         let c = Config::default_with(&o).unwrap();
         assert_eq!(c.listen.port(), 0);

@@ -10,7 +10,7 @@ pub mod principal;
 pub mod secret;
 
 pub use error::{ApiError, ErrorCode, FieldProblem};
-pub use principal::{ModelScope, Permission, Permissions, Principal, Role};
+pub use principal::{Grant, Grants, ModelScope, Permission, Permissions, Principal, Role, Roles};
 pub use secret::{Secret, SecretSource};
 
 /// Whether `name` is a valid model name: 1 to 64 ASCII letters, digits,

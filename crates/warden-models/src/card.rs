@@ -85,6 +85,18 @@ struct RawPolicy {
     output: Option<String>,
     /// Decimals probabilities are rounded to. Default 2.
     decimals: Option<u32>,
+    /// Per-role overrides: `[policy.roles.analyst] output = "probabilities"`.
+    #[serde(default)]
+    roles: std::collections::BTreeMap<String, RawRolePolicy>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRolePolicy {
+    /// "label" or "probabilities". Default: the model's.
+    output: Option<String>,
+    /// Decimals. Default: the model's.
+    decimals: Option<u32>,
 }
 
 /// What a feature accepts.
@@ -183,6 +195,9 @@ pub struct ModelCard {
     pub classes: Vec<String>,
     /// Default output policy.
     pub policy: PolicyDefaults,
+    /// Output policy per role name, overriding the default for callers with
+    /// that role.
+    pub role_policies: Vec<(String, PolicyDefaults)>,
 }
 
 /// Card-wide settings that come from the server configuration.
@@ -292,25 +307,32 @@ impl ModelCard {
         if raw.output.classes.is_empty() {
             return Err(bad("output.classes", "at least one class is required"));
         }
-        let probabilities = match raw.policy.output.as_deref().unwrap_or("label") {
-            "label" => false,
-            "probabilities" => true,
-            _ => {
-                return Err(bad(
-                    "policy.output",
-                    "expected \"label\" or \"probabilities\"",
-                ));
+        let has_probabilities = raw.output.probabilities.is_some();
+        let default_policy = policy(
+            "policy",
+            raw.policy.output.as_deref(),
+            raw.policy.decimals,
+            PolicyDefaults {
+                probabilities: false,
+                decimals: 2,
+            },
+            has_probabilities,
+        )?;
+        let mut role_policies = Vec::with_capacity(raw.policy.roles.len());
+        for (role, p) in raw.policy.roles {
+            if !warden_core::is_model_name(&role) {
+                return Err(CardError(format!(
+                    "policy.roles: {role:?} is not a role name"
+                )));
             }
-        };
-        if probabilities && raw.output.probabilities.is_none() {
-            return Err(bad(
-                "policy.output",
-                "\"probabilities\" needs output.probabilities",
-            ));
-        }
-        let decimals = raw.policy.decimals.unwrap_or(2);
-        if decimals > 6 {
-            return Err(bad("policy.decimals", "at most 6"));
+            let resolved = policy(
+                &format!("policy.roles.{role}"),
+                p.output.as_deref(),
+                p.decimals,
+                default_policy,
+                has_probabilities,
+            )?;
+            role_policies.push((role, resolved));
         }
 
         Ok(Self {
@@ -323,12 +345,60 @@ impl ModelCard {
             label_output: raw.output.label,
             probabilities_output: raw.output.probabilities,
             classes: raw.output.classes,
-            policy: PolicyDefaults {
-                probabilities,
-                decimals,
-            },
+            policy: default_policy,
+            role_policies,
         })
     }
+
+    /// The policy for a caller with `roles`: the default, unless a role has
+    /// its own; with several, the most revealing of them.
+    pub fn policy_for<'r>(&self, roles: impl IntoIterator<Item = &'r str>) -> PolicyDefaults {
+        let mut chosen: Option<PolicyDefaults> = None;
+        for role in roles {
+            if let Some((_, p)) = self.role_policies.iter().find(|(r, _)| r == role) {
+                chosen = Some(match chosen {
+                    None => *p,
+                    Some(c) => PolicyDefaults {
+                        probabilities: c.probabilities || p.probabilities,
+                        decimals: c.decimals.max(p.decimals),
+                    },
+                });
+            }
+        }
+        chosen.unwrap_or(self.policy)
+    }
+}
+
+fn policy(
+    key: &str,
+    output: Option<&str>,
+    decimals: Option<u32>,
+    base: PolicyDefaults,
+    has_probabilities: bool,
+) -> Result<PolicyDefaults, CardError> {
+    let probabilities = match output {
+        None => base.probabilities,
+        Some("label") => false,
+        Some("probabilities") => true,
+        Some(_) => {
+            return Err(CardError(format!(
+                "{key}.output: expected \"label\" or \"probabilities\""
+            )));
+        }
+    };
+    if probabilities && !has_probabilities {
+        return Err(CardError(format!(
+            "{key}.output: \"probabilities\" needs output.probabilities"
+        )));
+    }
+    let decimals = decimals.unwrap_or(base.decimals);
+    if decimals > 6 {
+        return Err(CardError(format!("{key}.decimals: at most 6")));
+    }
+    Ok(PolicyDefaults {
+        probabilities,
+        decimals,
+    })
 }
 
 #[cfg(test)]
@@ -418,6 +488,10 @@ classes = ["x", "y"]
                 "policy.decimals",
             ),
             (format!("max_batch = 0\n{CARD}"), "max_batch"),
+            (
+                format!("{CARD}\n[policy.roles.analyst]\noutput = \"everything\"\n"),
+                "policy.roles.analyst.output",
+            ),
             (
                 CARD.replace("range = [0.0, 16.0]", "range = [16.0, 0.0]"),
                 "input.features[2].range",

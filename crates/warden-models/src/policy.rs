@@ -1,8 +1,10 @@
 //! The output policy: what of a prediction the caller may see.
 //!
-//! Today: label-only or labels with probabilities rounded to the card's
-//! decimals (SPEC §7: label-only unless the card allows more). Per-role
-//! policies, top-k, confidence thresholds and noise extend this type.
+//! Label-only, or labels with probabilities rounded to the card's decimals
+//! (SPEC §7: label-only unless the card or the caller's role allows more).
+//! A card may set a policy per role (`[policy.roles.<role>]`); a caller
+//! with several such roles gets the most revealing of them. Top-k,
+//! confidence thresholds and noise extend this type (issue 7).
 //! Rounding limits how much of the model's confidence surface one answer
 //! reveals; it is not a privacy guarantee (label-only membership inference
 //! works nearly as well as confidence-based attacks).
@@ -32,11 +34,12 @@ pub struct Shown<'c> {
 }
 
 impl OutputPolicy {
-    /// The policy for `principal` on `card`. (Role-specific policies come with RBAC.)
-    pub fn for_caller(card: &ModelCard, _principal: &Principal) -> Self {
+    /// The policy for `principal` on `card`.
+    pub fn for_caller(card: &ModelCard, principal: &Principal) -> Self {
+        let p = card.policy_for(principal.roles.iter().map(|r| &**r));
         Self {
-            probabilities: card.policy.probabilities,
-            decimals: card.policy.decimals,
+            probabilities: p.probabilities,
+            decimals: p.decimals,
         }
     }
 
@@ -103,12 +106,16 @@ impl OutputPolicy {
 mod tests {
     use super::*;
     use crate::card::CardDefaults;
-    use warden_core::{ModelScope, Role};
+    use warden_core::{ModelScope, Roles};
+
+    fn card_text(output: &str) -> String {
+        format!(
+            "[input]\nname = \"input\"\n[[input.features]]\nname = \"a\"\n[output]\nlabel = \"l\"\nprobabilities = \"p\"\nclasses = [\"x\", \"y\"]\n[policy]\noutput = \"{output}\"\ndecimals = 2\n"
+        )
+    }
 
     fn card(output: &str) -> ModelCard {
-        let text = format!(
-            "[input]\nname = \"input\"\n[[input.features]]\nname = \"a\"\n[output]\nlabel = \"l\"\nprobabilities = \"p\"\nclasses = [\"x\", \"y\"]\n[policy]\noutput = \"{output}\"\ndecimals = 2\n"
-        );
+        let text = card_text(output);
         ModelCard::parse(
             &text,
             CardDefaults {
@@ -120,12 +127,11 @@ mod tests {
     }
 
     fn principal() -> Principal {
-        Principal {
-            id: "key:t".into(),
-            role: Role::Predict,
-            permissions: Role::Predict.permissions(),
-            models: ModelScope::All,
-        }
+        Principal::with_role(
+            "key:t",
+            Roles::builtin().get("predict").unwrap(),
+            ModelScope::All,
+        )
     }
 
     #[test]
@@ -155,5 +161,46 @@ mod tests {
         assert_eq!(shown.probabilities, Some(vec![0.12, 0.88]));
         let only_probs = p.apply(&c, &pred, &[OutputKind::Probabilities]);
         assert_eq!(only_probs.labels, None);
+    }
+
+    #[test]
+    fn roles_get_their_own_policy() {
+        let text = format!(
+            "{}\n[policy.roles.analyst]\noutput = \"probabilities\"\ndecimals = 3\n[policy.roles.app]\ndecimals = 1\n",
+            card_text("label")
+        );
+        let c = ModelCard::parse(
+            &text,
+            CardDefaults {
+                max_batch: 8,
+                range_tolerance: 0.0,
+            },
+        )
+        .unwrap();
+        let mut roles = Roles::builtin();
+        roles.define("analyst", String::new(), &["predict:*".into()]).unwrap();
+        roles.define("app", String::new(), &["predict:*".into()]).unwrap();
+        let as_role = |names: &[&str]| {
+            let mut p = principal();
+            p.roles = names.iter().map(|n| std::sync::Arc::from(*n)).collect();
+            OutputPolicy::for_caller(&c, &p)
+        };
+        assert_eq!(
+            as_role(&["analyst"]),
+            OutputPolicy { probabilities: true, decimals: 3 }
+        );
+        assert_eq!(
+            as_role(&["app"]),
+            OutputPolicy { probabilities: false, decimals: 1 }
+        );
+        assert_eq!(
+            as_role(&["predict"]),
+            OutputPolicy { probabilities: false, decimals: 2 }
+        );
+        assert_eq!(
+            as_role(&["app", "analyst"]),
+            OutputPolicy { probabilities: true, decimals: 3 },
+            "the most revealing of the caller's roles"
+        );
     }
 }

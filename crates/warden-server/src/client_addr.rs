@@ -16,6 +16,11 @@ use ipnet::IpNet;
 #[derive(Debug, Clone, Copy)]
 pub struct PeerAddr(pub SocketAddr);
 
+/// The names of the client certificate the TLS handshake verified (mTLS),
+/// set by the listener on every request of the connection.
+#[derive(Debug, Clone)]
+pub struct ClientCertificate(pub std::sync::Arc<[String]>);
+
 /// The client address the pipeline uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientAddr(pub IpAddr);

@@ -1,14 +1,16 @@
 //! Warden's HTTP side: the listener and TLS, the request pipeline of SPEC §2
 //! ([`pipeline`]), and the handlers.
 //!
-//! [`Server::bind`] checks everything that can fail before a port is bound
-//! (TLS material, the state) and binds; [`Server::run`] serves until the
-//! shutdown future resolves, then drains in-flight requests.
+//! [`Server::bind`] checks the TLS material and binds the data plane and the
+//! management plane; [`Server::run`] serves both until the shutdown future
+//! resolves, then drains in-flight requests.
 
 pub mod access_log;
+pub mod admin;
 pub mod client_addr;
 pub mod extract;
 pub mod listener;
+pub mod oauth;
 pub mod openapi;
 pub mod pipeline;
 pub mod routes;
@@ -23,11 +25,11 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use warden_auth::Authenticator;
-use warden_core::config::Config;
+use warden_core::config::{Config, TlsSettings};
 use warden_models::Repository;
 
 use crate::listener::ConnectionSettings;
-use crate::state::{AppState, RequestLimits, Shared};
+use crate::state::{AppState, Identity, RequestLimits, Shared};
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -45,83 +47,149 @@ pub enum ServeError {
     },
 }
 
-/// A bound, not yet serving, data plane.
-pub struct Server {
+/// What the handlers work with, built by the caller once the addresses are
+/// known (the token issuer's URL may derive from the bound address).
+#[derive(Debug)]
+pub struct Services {
+    /// Models served.
+    pub repository: Arc<Repository>,
+    /// Credential → principal.
+    pub authenticator: Arc<Authenticator>,
+    /// Accounts, roles, the token endpoint.
+    pub identity: Arc<Identity>,
+    /// Where access-log lines go (unless `log.access = false`).
+    pub access_log: Option<Arc<dyn access_log::LineSink>>,
+}
+
+struct Bound {
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
-    state: AppState,
+}
+
+/// The bound, not yet serving, listeners: the data plane and, unless
+/// disabled, the management plane.
+pub struct Server {
+    data: Bound,
+    admin: Option<Bound>,
+    limits: RequestLimits,
+    trusted_proxies: Vec<ipnet::IpNet>,
+    access_log: bool,
     settings: ConnectionSettings,
 }
 
 impl std::fmt::Debug for Server {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Server")
-            .field("listener", &self.listener)
-            .field("tls", &self.tls.is_some())
+            .field("data", &self.data.listener)
+            .field("admin", &self.admin.as_ref().map(|a| &a.listener))
+            .field("tls", &self.data.tls.is_some())
             .finish_non_exhaustive()
     }
 }
 
+async fn bind(addr: SocketAddr, tls: Option<&TlsSettings>) -> Result<Bound, ServeError> {
+    let tls = match tls {
+        Some(settings) => Some(TlsAcceptor::from(tls::server_config(settings)?)),
+        None => None,
+    };
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Bind { addr, source })?;
+    Ok(Bound { listener, tls })
+}
+
 impl Server {
-    /// Builds the state and binds the data-plane address from `config`.
-    /// Access-log lines go to `access_log` (unless `log.access = false`).
-    pub async fn bind(
-        config: &Config,
-        repository: Arc<Repository>,
-        authenticator: Arc<Authenticator>,
-        access_log: Option<Arc<dyn access_log::LineSink>>,
-    ) -> Result<Self, ServeError> {
-        let tls = match &config.tls {
-            Some(settings) => Some(TlsAcceptor::from(tls::server_config(settings)?)),
+    /// Checks the TLS material and binds the addresses from `config`.
+    pub async fn bind(config: &Config) -> Result<Self, ServeError> {
+        let data = bind(config.listen, config.tls.as_ref()).await?;
+        let admin = match &config.admin {
+            Some(a) => Some(bind(a.listen, a.tls.as_ref()).await?),
             None => None,
         };
-        let listener =
-            TcpListener::bind(config.listen)
-                .await
-                .map_err(|source| ServeError::Bind {
-                    addr: config.listen,
-                    source,
-                })?;
-        let state = AppState(Arc::new(Shared {
-            repository,
-            authenticator,
+        Ok(Self {
+            data,
+            admin,
             limits: RequestLimits {
                 body_limit: config.body_limit,
                 json_max_depth: config.json_max_depth,
                 request_timeout: config.request_timeout,
             },
             trusted_proxies: config.trusted_proxies.clone(),
-            tls: tls.is_some(),
-            access_log: access_log.filter(|_| config.access_log),
-            openapi: openapi::document().into(),
-        }));
-        let settings = ConnectionSettings {
-            max_connections: config.max_connections,
-            handshake_timeout: config.handshake_timeout,
-            header_timeout: config.header_timeout,
-            shutdown_grace: config.shutdown_grace,
-        };
-        Ok(Self {
-            listener,
-            tls,
-            state,
-            settings,
+            access_log: config.access_log,
+            settings: ConnectionSettings {
+                max_connections: config.max_connections,
+                handshake_timeout: config.handshake_timeout,
+                header_timeout: config.header_timeout,
+                shutdown_grace: config.shutdown_grace,
+            },
         })
     }
 
-    /// The bound address (the real port when the config asked for port 0).
+    /// The data plane's bound address (the real port when the config asked for port 0).
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.listener.local_addr()
+        self.data.listener.local_addr()
     }
 
-    /// Whether the listener speaks TLS.
+    /// The management plane's bound address, if it is enabled.
+    pub fn admin_addr(&self) -> Option<std::io::Result<SocketAddr>> {
+        self.admin.as_ref().map(|a| a.listener.local_addr())
+    }
+
+    /// Whether the data plane speaks TLS.
     pub fn is_tls(&self) -> bool {
-        self.tls.is_some()
+        self.data.tls.is_some()
     }
 
-    /// Serves until `shutdown` resolves, then drains.
-    pub async fn run(self, shutdown: impl Future<Output = ()>) {
-        let app = pipeline::data_plane(self.state);
-        listener::serve(self.listener, self.tls, app, self.settings, shutdown).await;
+    /// The URL of the data plane, as a default token issuer (`iss`): the
+    /// bound address, with an unspecified IP replaced by loopback.
+    pub fn default_issuer(&self) -> std::io::Result<String> {
+        let mut addr = self.local_addr()?;
+        if addr.ip().is_unspecified() {
+            addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        let scheme = if self.is_tls() { "https" } else { "http" };
+        Ok(format!("{scheme}://{addr}"))
+    }
+
+    /// Serves both planes until `shutdown` resolves, then drains both.
+    pub async fn run(self, services: Services, shutdown: impl Future<Output = ()>) {
+        let state = AppState(Arc::new(Shared {
+            repository: services.repository,
+            authenticator: services.authenticator,
+            limits: self.limits,
+            trusted_proxies: self.trusted_proxies,
+            tls: self.data.tls.is_some(),
+            access_log: services.access_log.filter(|_| self.access_log),
+            openapi: openapi::document().into(),
+            identity: services.identity,
+        }));
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let until_stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        let data = listener::serve(
+            self.data.listener,
+            self.data.tls,
+            pipeline::data_plane(state.clone()),
+            self.settings,
+            until_stopped(stopped.clone()),
+        );
+        let admin = async {
+            if let Some(admin) = self.admin {
+                listener::serve(
+                    admin.listener,
+                    admin.tls,
+                    pipeline::management_plane(state.clone()),
+                    self.settings,
+                    until_stopped(stopped.clone()),
+                )
+                .await;
+            }
+        };
+        let signal = async {
+            shutdown.await;
+            let _ = stop.send(true);
+        };
+        tokio::join!(data, admin, signal);
     }
 }

@@ -21,7 +21,7 @@ use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
-use crate::client_addr::PeerAddr;
+use crate::client_addr::{ClientCertificate, PeerAddr};
 
 /// Connection-level settings.
 #[derive(Debug, Clone, Copy)]
@@ -85,15 +85,22 @@ pub async fn serve(
         let watcher = graceful.watcher();
         tokio::spawn(async move {
             let _slot = slot;
-            let service = TowerToHyperService::new(app.map_request(
-                move |mut req: hyper::Request<hyper::body::Incoming>| {
-                    req.extensions_mut().insert(PeerAddr(peer));
-                    req
-                },
-            ));
+            // Every request of the connection carries the socket peer and,
+            // with mTLS, the names of the verified client certificate.
+            let service = |certificate: Option<ClientCertificate>| {
+                TowerToHyperService::new(app.map_request(
+                    move |mut req: hyper::Request<hyper::body::Incoming>| {
+                        req.extensions_mut().insert(PeerAddr(peer));
+                        if let Some(c) = &certificate {
+                            req.extensions_mut().insert(c.clone());
+                        }
+                        req
+                    },
+                ))
+            };
             match tls {
                 None => {
-                    let conn = builder.serve_connection(TokioIo::new(stream), service);
+                    let conn = builder.serve_connection(TokioIo::new(stream), service(None));
                     if let Err(e) = watcher.watch(conn.into_owned()).await {
                         tracing::debug!(%peer, error = %e, "connection ended with an error");
                     }
@@ -104,7 +111,14 @@ pub async fn serve(
                     else {
                         return;
                     };
-                    let conn = builder.serve_connection(TokioIo::new(stream), service);
+                    let certificate = stream
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|chain| chain.first())
+                        .map(|leaf| ClientCertificate(crate::tls::certificate_names(leaf).into()));
+                    let conn =
+                        builder.serve_connection(TokioIo::new(stream), service(certificate));
                     if let Err(e) = watcher.watch(conn.into_owned()).await {
                         tracing::debug!(%peer, error = %e, "connection ended with an error");
                     }

@@ -27,13 +27,14 @@ use axum::middleware::{Next, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
-use warden_core::{ApiError, ErrorCode, Permission, Principal};
+use warden_core::{ApiError, ErrorCode, Principal};
 use warden_models::engine::EngineError;
 use warden_models::policy::OutputPolicy;
 use warden_models::{Model, ModelVersion, Protocol, protocol, request};
 
-use crate::routes;
+use crate::client_addr::ClientCertificate;
 use crate::state::AppState;
+use crate::{admin, oauth, routes};
 use crate::steps::{self, AccessLine, ModelNote, PrincipalNote};
 #[cfg(test)]
 #[path = "pipeline_tests.rs"]
@@ -63,15 +64,36 @@ pub fn data_plane(state: AppState) -> Router {
         .route("/v1/models/{model}", post(routes::v1_predict))
         .route_layer(from_fn_with_state(state.clone(), admission));
 
+    // Routes without a credential. The token endpoint authenticates its
+    // clients itself (RFC 6749) and has its own strict limit.
     let public = Router::new()
         .route("/v2/health/live", get(routes::live))
         .route("/v2/health/ready", get(routes::ready))
-        .route("/openapi.json", get(routes::openapi));
+        .route("/openapi.json", get(routes::openapi))
+        .route("/oauth/token", post(oauth::token))
+        .route("/.well-known/jwks.json", get(oauth::jwks))
+        .route(
+            "/.well-known/oauth-authorization-server",
+            get(oauth::metadata),
+        );
     #[cfg(test)]
     let public = public.route("/__panic", get(tests::panic_route));
 
-    public
-        .merge(protected)
+    with_edge(public.merge(protected), state)
+}
+
+/// The management-plane router (its own listener, SPEC §3): the same edge
+/// and admission stages, then the admin handlers, which check admin
+/// permissions.
+pub fn management_plane(state: AppState) -> Router {
+    let protected =
+        admin::routes().route_layer(from_fn_with_state(state.clone(), admission));
+    let public = Router::new().route("/v2/health/live", get(routes::live));
+    with_edge(public.merge(protected), state)
+}
+
+fn with_edge(router: Router<AppState>, state: AppState) -> Router {
+    router
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(from_fn_with_state(state.clone(), edge))
@@ -119,7 +141,8 @@ async fn admission(State(state): State<AppState>, mut req: Request, next: Next) 
         return e.into_response();
     }
     // Authenticate: credential → Principal in the request extensions.
-    let principal = match steps::authenticate(&state, req.headers(), client).await {
+    let certificate = req.extensions().get::<ClientCertificate>();
+    let principal = match steps::authenticate(&state, req.headers(), certificate, client).await {
         Ok(p) => p,
         Err(e) => return e.into_response(),
     };
@@ -135,19 +158,28 @@ async fn admission(State(state): State<AppState>, mut req: Request, next: Next) 
     response
 }
 
-/// Step: authorize. The model must exist and the principal must hold
-/// `permission` on it; an unknown model and a forbidden one are the same
+/// What a caller wants to do with a model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Run inference: `predict:<model>` or `predict:*`.
+    Predict,
+    /// Read metadata and readiness: `models:read`, or predict on the model.
+    Read,
+}
+
+/// Step: authorize. The model must exist and the principal must be allowed
+/// `access` to it; an unknown model and a forbidden one are the same
 /// `not_found`, so callers cannot probe for model names.
 pub fn authorize(
     state: &AppState,
     caller: &Principal,
     name: &str,
     version: Option<&str>,
-    permission: Permission,
+    access: Access,
 ) -> Result<(Arc<Model>, Arc<ModelVersion>), ApiError> {
-    let allowed = match permission {
-        Permission::Predict => caller.may_predict(name),
-        _ => caller.may_read_model(name),
+    let allowed = match access {
+        Access::Predict => caller.may_predict(name),
+        Access::Read => caller.may_read_model(name),
     };
     if !allowed {
         return Err(ApiError::not_found());
@@ -197,7 +229,7 @@ async fn infer_steps(
     // Quota (per principal, per model), in rows.
     quota(caller, name)?;
     // Authorize: unknown OR forbidden model → the same 404.
-    let (model, version) = authorize(state, caller, name, version, Permission::Predict)?;
+    let (model, version) = authorize(state, caller, name, version, Access::Predict)?;
     *note = Some(ModelNote {
         model: model.name.as_str().into(),
         version: version.version,

@@ -11,7 +11,7 @@ use axum::http::{Request, StatusCode, header};
 use serde_json::{Value, json};
 use tower::ServiceExt;
 use warden_auth::{Authenticator, KeyAdmin, NewKey};
-use warden_core::Role;
+use warden_core::Roles;
 use warden_models::Repository;
 use warden_models::card::CardDefaults;
 use warden_models::engine::PoolSettings;
@@ -21,7 +21,7 @@ use warden_store::SqliteStore;
 
 use super::data_plane;
 use crate::client_addr::PeerAddr;
-use crate::state::{AppState, RequestLimits, Shared};
+use crate::state::{AppState, Identity, RequestLimits, Shared};
 
 /// A route that panics, to prove the pipeline turns panics into `internal`.
 pub(super) async fn panic_route() -> &'static str {
@@ -53,12 +53,13 @@ fn fixture() -> Fixture {
     )
     .unwrap();
     let store = Arc::new(SqliteStore::in_memory().unwrap());
-    let admin = KeyAdmin::new(store.as_ref());
-    let key = |role, models| {
+    let roles = Arc::new(Roles::builtin());
+    let admin = KeyAdmin::new(store.as_ref(), &roles);
+    let key = |role: &str, models| {
         admin
             .create(&NewKey {
                 name: "t".into(),
-                role,
+                role: role.into(),
                 models,
                 expires_in: None,
             })
@@ -66,11 +67,11 @@ fn fixture() -> Fixture {
             .key
             .to_string()
     };
-    let admin_key = key(Role::Admin, None);
-    let iris_only = key(Role::Predict, Some(vec!["iris".into()]));
+    let admin_key = key("admin", None);
+    let iris_only = key("predict", Some(vec!["iris".into()]));
     let state = AppState(Arc::new(Shared {
         repository: Arc::new(repository),
-        authenticator: Arc::new(Authenticator::new(store)),
+        authenticator: Arc::new(Authenticator::new(store.clone(), roles.clone())),
         limits: RequestLimits {
             body_limit: 1024 * 1024,
             json_max_depth: 32,
@@ -80,6 +81,12 @@ fn fixture() -> Fixture {
         tls: true,
         access_log: None,
         openapi: crate::openapi::document().into(),
+        identity: Arc::new(Identity {
+            store,
+            roles,
+            key_rotation_grace: Duration::from_secs(60),
+            oauth: None,
+        }),
     }));
     Fixture {
         state,

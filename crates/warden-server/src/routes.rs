@@ -7,7 +7,7 @@ use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use std::sync::Arc;
 
-use warden_core::{ApiError, ErrorCode, Permission, Principal};
+use warden_core::{ApiError, ErrorCode, Principal};
 use warden_models::policy::OutputPolicy;
 use warden_models::{Model, Protocol, protocol};
 
@@ -86,7 +86,7 @@ fn readable_model(
         caller,
         &target.name,
         target.version.as_deref(),
-        Permission::ModelsRead,
+        pipeline::Access::Read,
     )?;
     let note = ModelNote {
         model: model.name.as_str().into(),

@@ -6,7 +6,11 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 use warden_auth::Authenticator;
+use warden_core::Roles;
 use warden_models::Repository;
+use warden_store::Store;
+
+use crate::oauth::OAuth;
 
 /// Per-request limits from the configuration.
 #[derive(Debug, Clone, Copy)]
@@ -36,6 +40,20 @@ pub struct Shared {
     pub access_log: Option<Arc<dyn crate::access_log::LineSink>>,
     /// The OpenAPI document, serialized once.
     pub openapi: axum::body::Bytes,
+    /// Accounts, roles and the token endpoint.
+    pub identity: Arc<Identity>,
+}
+
+/// What the token endpoint and the management API work with.
+pub struct Identity {
+    /// Keys, users, clients, signing keys.
+    pub store: Arc<dyn Store>,
+    /// Every role.
+    pub roles: Arc<Roles>,
+    /// Default grace period of a rotated key.
+    pub key_rotation_grace: Duration,
+    /// The OAuth2 token endpoint, unless disabled.
+    pub oauth: Option<Arc<OAuth>>,
 }
 
 /// Cheap-to-clone handle on [`Shared`].
@@ -46,5 +64,14 @@ impl Deref for AppState {
     type Target = Shared;
     fn deref(&self) -> &Shared {
         &self.0
+    }
+}
+
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Identity")
+            .field("roles", &self.roles.names())
+            .field("oauth", &self.oauth)
+            .finish_non_exhaustive()
     }
 }

@@ -17,7 +17,7 @@ use warden_core::error::PendingError;
 use warden_core::{ApiError, ErrorCode, Principal};
 
 use crate::access_log::AccessRecord;
-use crate::client_addr::{ClientAddr, PeerAddr, client_addr};
+use crate::client_addr::{ClientAddr, ClientCertificate, PeerAddr, client_addr};
 use crate::extract::declared_length;
 use crate::state::AppState;
 
@@ -194,16 +194,18 @@ pub fn ban_check(_state: &AppState, _client: Option<ClientAddr>) -> Result<(), A
     Ok(())
 }
 
-/// Step: authenticate. Resolves the credential to a principal; every
-/// failure is the same `unauthenticated` (the reason goes to the log).
+/// Step: authenticate. Resolves the credential (API key, JWT, or the
+/// client certificate the listener verified) to a principal; every failure
+/// is the same `unauthenticated` (the reason goes to the log).
 pub async fn authenticate(
     state: &AppState,
     headers: &HeaderMap,
+    certificate: Option<&ClientCertificate>,
     client: Option<ClientAddr>,
 ) -> Result<Principal, ApiError> {
     state
         .authenticator
-        .authenticate(headers)
+        .authenticate(headers, certificate.map(|c| &*c.0))
         .await
         .map_err(|reason| {
             let client = client.map(|c| c.0.to_string());

@@ -13,7 +13,8 @@ use rustls::crypto::aws_lc_rs;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::{CipherSuite, ServerConfig, SupportedCipherSuite};
-use warden_core::config::{CertSource, TlsSettings, TlsVersion};
+use rustls::server::WebPkiClientVerifier;
+use warden_core::config::{CertSource, ClientAuth, TlsSettings, TlsVersion};
 
 /// Why TLS could not be set up. Never contains key material.
 #[derive(Debug, thiserror::Error)]
@@ -70,10 +71,15 @@ pub fn server_config(settings: &TlsSettings) -> Result<Arc<ServerConfig>, TlsErr
         TlsVersion::V1_2 => &[&rustls::version::TLS13, &rustls::version::TLS12],
         TlsVersion::V1_3 => &[&rustls::version::TLS13],
     };
-    let mut config = ServerConfig::builder_with_provider(Arc::new(provider))
+    let provider = Arc::new(provider);
+    let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(versions)
-        .map_err(|e| TlsError::Setup(e.to_string()))?
-        .with_no_client_auth()
+        .map_err(|e| TlsError::Setup(e.to_string()))?;
+    let builder = match &settings.client_auth {
+        None => builder.with_no_client_auth(),
+        Some(auth) => builder.with_client_cert_verifier(client_verifier(auth, provider)?),
+    };
+    let mut config = builder
         .with_single_cert(certs, key)
         .map_err(|e| {
             TlsError::Setup(format!(
@@ -82,6 +88,54 @@ pub fn server_config(settings: &TlsSettings) -> Result<Arc<ServerConfig>, TlsErr
         })?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
+}
+
+/// Client certificates (mTLS): chains to the configured CA, checked by
+/// rustls (webpki); optional or required per listener.
+fn client_verifier(
+    auth: &ClientAuth,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, TlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in read_certs(&auth.ca)? {
+        roots.add(cert).map_err(|e| TlsError::File {
+            path: auth.ca.clone(),
+            message: format!("not a usable CA certificate: {e}"),
+        })?;
+    }
+    let builder = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+    let builder = if auth.required {
+        builder
+    } else {
+        builder.allow_unauthenticated()
+    };
+    builder
+        .build()
+        .map_err(|e| TlsError::Setup(format!("client CA {}: {e}", auth.ca.display())))
+}
+
+/// The names of a verified client certificate: its DNS subject alternative
+/// names, then its subject common name. The authenticator maps them to a
+/// principal through `[[auth.mtls]]`.
+pub fn certificate_names(der: &[u8]) -> Vec<String> {
+    use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+    let Ok((_, cert)) = X509Certificate::from_der(der) else {
+        return Vec::new();
+    };
+    let mut names = Vec::new();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for name in &san.value.general_names {
+            if let GeneralName::DNSName(dns) = name {
+                names.push((*dns).to_owned());
+            }
+        }
+    }
+    for cn in cert.subject().iter_common_name() {
+        if let Ok(text) = cn.as_str() {
+            names.push(text.to_owned());
+        }
+    }
+    names
 }
 
 fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
@@ -206,6 +260,7 @@ mod tests {
         let settings = TlsSettings {
             cert: CertSource::SelfSigned { dir: tls.clone() },
             min_version: TlsVersion::V1_2,
+            client_auth: None,
         };
         let config = server_config(&settings).unwrap();
         assert_eq!(

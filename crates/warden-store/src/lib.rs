@@ -30,12 +30,93 @@ pub struct ApiKeyRecord {
     pub revoked_at: Option<i64>,
     /// The key this one replaced by rotation.
     pub rotated_from: Option<String>,
+    /// Unix seconds of the last request made with it (flushed periodically).
+    pub last_used_at: Option<i64>,
 }
 
 impl ApiKeyRecord {
     /// Whether the key may be used at `now` (Unix seconds).
     pub fn is_active(&self, now: i64) -> bool {
         self.revoked_at.is_none() && self.expires_at.is_none_or(|e| now < e)
+    }
+}
+
+/// A user of the OAuth2 password grant.
+#[derive(Clone, PartialEq, Eq)]
+pub struct UserRecord {
+    /// Login name.
+    pub name: String,
+    /// Role name.
+    pub role: String,
+    /// Argon2id PHC string.
+    pub password_hash: String,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// Unix seconds, if disabled.
+    pub disabled_at: Option<i64>,
+}
+
+/// An OAuth2 client (client_credentials grant).
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClientRecord {
+    /// The `client_id`.
+    pub id: String,
+    /// A human label.
+    pub name: String,
+    /// Role name.
+    pub role: String,
+    /// Argon2id PHC string of the client secret.
+    pub secret_hash: String,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// Unix seconds, if revoked.
+    pub revoked_at: Option<i64>,
+}
+
+/// An Ed25519 token-signing key.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SigningKeyRecord {
+    /// Key id (the JWT `kid`).
+    pub kid: String,
+    /// PKCS#8 v2 DER of the private key.
+    pub private_pkcs8: Vec<u8>,
+    /// The 32-byte public key.
+    pub public_key: Vec<u8>,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// Unix seconds, once replaced by a newer key.
+    pub retired_at: Option<i64>,
+}
+
+// Hand-written so that no hash or private key reaches a log.
+impl std::fmt::Debug for UserRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UserRecord")
+            .field("name", &self.name)
+            .field("role", &self.role)
+            .field("disabled_at", &self.disabled_at)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for ClientRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientRecord")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .field("role", &self.role)
+            .field("revoked_at", &self.revoked_at)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for SigningKeyRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SigningKeyRecord")
+            .field("kid", &self.kid)
+            .field("created_at", &self.created_at)
+            .field("retired_at", &self.retired_at)
+            .finish_non_exhaustive()
     }
 }
 
@@ -81,9 +162,45 @@ pub trait Store: Send + Sync + 'static {
     /// Marks a key revoked at `now`. Returns false if it does not exist or
     /// was already revoked.
     fn revoke_key(&self, id: &str, now: i64) -> Result<bool, StoreError>;
-    /// Inserts `new` and revokes `old_id` in one transaction. Returns false
-    /// (and changes nothing) if `old_id` is missing or already revoked.
-    fn rotate_key(&self, old_id: &str, new: &ApiKeyRecord, now: i64) -> Result<bool, StoreError>;
+    /// Inserts `new` and makes `old_id` expire at `old_ends` (or earlier,
+    /// if it already expired sooner), in one transaction. Returns false (and
+    /// changes nothing) if `old_id` is missing or not active at `now`.
+    fn rotate_key(
+        &self,
+        old_id: &str,
+        new: &ApiKeyRecord,
+        now: i64,
+        old_ends: i64,
+    ) -> Result<bool, StoreError>;
     /// Whether any active key carries `role` at `now`.
     fn has_active_key_with_role(&self, role: &str, now: i64) -> Result<bool, StoreError>;
+    /// Records last-use times (id, Unix seconds), keeping the later time.
+    fn touch_keys(&self, used: &[(String, i64)]) -> Result<(), StoreError>;
+
+    /// Adds a user. Fails with [`StoreError::Conflict`] if the name exists.
+    fn insert_user(&self, user: &UserRecord) -> Result<(), StoreError>;
+    /// One user by name.
+    fn get_user(&self, name: &str) -> Result<Option<UserRecord>, StoreError>;
+    /// Every user, oldest first.
+    fn list_users(&self) -> Result<Vec<UserRecord>, StoreError>;
+    /// Replaces a user's password hash; false if there is no such user.
+    fn set_user_password(&self, name: &str, hash: &str) -> Result<bool, StoreError>;
+    /// Disables a user; false if missing or already disabled.
+    fn disable_user(&self, name: &str, now: i64) -> Result<bool, StoreError>;
+
+    /// Adds a client. Fails with [`StoreError::Conflict`] if the id exists.
+    fn insert_client(&self, client: &ClientRecord) -> Result<(), StoreError>;
+    /// One client by id.
+    fn get_client(&self, id: &str) -> Result<Option<ClientRecord>, StoreError>;
+    /// Every client, oldest first.
+    fn list_clients(&self) -> Result<Vec<ClientRecord>, StoreError>;
+    /// Replaces an active client's secret hash; false if missing or revoked.
+    fn set_client_secret(&self, id: &str, hash: &str) -> Result<bool, StoreError>;
+    /// Revokes a client; false if missing or already revoked.
+    fn revoke_client(&self, id: &str, now: i64) -> Result<bool, StoreError>;
+
+    /// Every signing key, newest first.
+    fn list_signing_keys(&self) -> Result<Vec<SigningKeyRecord>, StoreError>;
+    /// Retires every active signing key at `now` and adds `new`, in one transaction.
+    fn rotate_signing_key(&self, new: &SigningKeyRecord, now: i64) -> Result<(), StoreError>;
 }

@@ -7,12 +7,15 @@ use std::sync::Mutex;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use rusqlite_migration::{M, Migrations};
 
-use crate::{ApiKeyRecord, Store, StoreError};
+use crate::{ApiKeyRecord, ClientRecord, SigningKeyRecord, Store, StoreError, UserRecord};
 
 /// Schema migrations, applied in order and recorded in `PRAGMA user_version`.
 /// Append only: never edit a released migration.
 fn migrations() -> Migrations<'static> {
-    Migrations::new(vec![M::up(include_str!("../migrations/0001_api_keys.sql"))])
+    Migrations::new(vec![
+        M::up(include_str!("../migrations/0001_api_keys.sql")),
+        M::up(include_str!("../migrations/0002_identities.sql")),
+    ])
 }
 
 /// State in one SQLite file.
@@ -77,8 +80,54 @@ fn create_private_dir(dir: &Path) -> Result<(), StoreError> {
     }
 }
 
-const KEY_COLUMNS: &str =
-    "id, name, role, models, secret_hash, created_at, expires_at, revoked_at, rotated_from";
+const KEY_COLUMNS: &str = "id, name, role, models, secret_hash, created_at, expires_at, revoked_at, rotated_from, last_used_at";
+const USER_COLUMNS: &str = "name, role, password_hash, created_at, disabled_at";
+const CLIENT_COLUMNS: &str = "id, name, role, secret_hash, created_at, revoked_at";
+const SIGNING_COLUMNS: &str = "kid, private_pkcs8, public_key, created_at, retired_at";
+
+fn user_from_row(row: &Row<'_>) -> rusqlite::Result<UserRecord> {
+    Ok(UserRecord {
+        name: row.get(0)?,
+        role: row.get(1)?,
+        password_hash: row.get(2)?,
+        created_at: row.get(3)?,
+        disabled_at: row.get(4)?,
+    })
+}
+
+fn client_from_row(row: &Row<'_>) -> rusqlite::Result<ClientRecord> {
+    Ok(ClientRecord {
+        id: row.get(0)?,
+        name: row.get(1)?,
+        role: row.get(2)?,
+        secret_hash: row.get(3)?,
+        created_at: row.get(4)?,
+        revoked_at: row.get(5)?,
+    })
+}
+
+fn signing_from_row(row: &Row<'_>) -> rusqlite::Result<SigningKeyRecord> {
+    Ok(SigningKeyRecord {
+        kid: row.get(0)?,
+        private_pkcs8: row.get(1)?,
+        public_key: row.get(2)?,
+        created_at: row.get(3)?,
+        retired_at: row.get(4)?,
+    })
+}
+
+/// Maps a unique-constraint failure to [`StoreError::Conflict`].
+fn conflict(result: rusqlite::Result<usize>, what: impl FnOnce() -> String) -> Result<(), StoreError> {
+    match result {
+        Ok(_) => Ok(()),
+        Err(rusqlite::Error::SqliteFailure(e, _))
+            if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+        {
+            Err(StoreError::Conflict(what()))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
 
 fn key_from_row(row: &Row<'_>) -> rusqlite::Result<Result<ApiKeyRecord, StoreError>> {
     let hash: Vec<u8> = row.get(4)?;
@@ -100,6 +149,7 @@ fn key_from_row(row: &Row<'_>) -> rusqlite::Result<Result<ApiKeyRecord, StoreErr
         expires_at: row.get(6)?,
         revoked_at: row.get(7)?,
         rotated_from: row.get(8)?,
+        last_used_at: row.get(9)?,
     }))
 }
 
@@ -107,7 +157,7 @@ fn insert(conn: &Connection, key: &ApiKeyRecord) -> Result<(), StoreError> {
     let models = key.models.as_ref().map(|m| m.join(","));
     let result = conn.execute(
         &format!(
-            "INSERT INTO api_keys ({KEY_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
+            "INSERT INTO api_keys ({KEY_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
         ),
         params![
             key.id,
@@ -118,18 +168,11 @@ fn insert(conn: &Connection, key: &ApiKeyRecord) -> Result<(), StoreError> {
             key.created_at,
             key.expires_at,
             key.revoked_at,
-            key.rotated_from
+            key.rotated_from,
+            key.last_used_at
         ],
     );
-    match result {
-        Ok(_) => Ok(()),
-        Err(rusqlite::Error::SqliteFailure(e, _))
-            if e.code == rusqlite::ErrorCode::ConstraintViolation =>
-        {
-            Err(StoreError::Conflict(format!("key {}", key.id)))
-        }
-        Err(e) => Err(e.into()),
-    }
+    conflict(result, || format!("key {}", key.id))
 }
 
 impl Store for SqliteStore {
@@ -162,12 +205,19 @@ impl Store for SqliteStore {
         Ok(changed == 1)
     }
 
-    fn rotate_key(&self, old_id: &str, new: &ApiKeyRecord, now: i64) -> Result<bool, StoreError> {
+    fn rotate_key(
+        &self,
+        old_id: &str,
+        new: &ApiKeyRecord,
+        now: i64,
+        old_ends: i64,
+    ) -> Result<bool, StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         let changed = tx.execute(
-            "UPDATE api_keys SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
-            params![old_id, now],
+            "UPDATE api_keys SET expires_at = MIN(COALESCE(expires_at, ?3), ?3)
+             WHERE id = ?1 AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ?2)",
+            params![old_id, now, old_ends],
         )?;
         if changed != 1 {
             return Ok(false); // dropping the transaction rolls it back
@@ -184,6 +234,146 @@ impl Store for SqliteStore {
              AND (expires_at IS NULL OR expires_at > ?2))",
         )?;
         Ok(stmt.query_row(params![role, now], |r| r.get(0))?)
+    }
+
+    fn touch_keys(&self, used: &[(String, i64)]) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        {
+            let mut stmt = tx.prepare_cached(
+                "UPDATE api_keys SET last_used_at = MAX(COALESCE(last_used_at, 0), ?2) WHERE id = ?1",
+            )?;
+            for (id, at) in used {
+                stmt.execute(params![id, at])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn insert_user(&self, user: &UserRecord) -> Result<(), StoreError> {
+        let result = self.conn().execute(
+            &format!("INSERT INTO users ({USER_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5)"),
+            params![
+                user.name,
+                user.role,
+                user.password_hash,
+                user.created_at,
+                user.disabled_at
+            ],
+        );
+        conflict(result, || format!("user {}", user.name))
+    }
+
+    fn get_user(&self, name: &str) -> Result<Option<UserRecord>, StoreError> {
+        let conn = self.conn();
+        let mut stmt =
+            conn.prepare_cached(&format!("SELECT {USER_COLUMNS} FROM users WHERE name = ?1"))?;
+        Ok(stmt.query_row([name], user_from_row).optional()?)
+    }
+
+    fn list_users(&self) -> Result<Vec<UserRecord>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {USER_COLUMNS} FROM users ORDER BY created_at, name"
+        ))?;
+        let rows = stmt.query_map([], user_from_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn set_user_password(&self, name: &str, hash: &str) -> Result<bool, StoreError> {
+        let changed = self.conn().execute(
+            "UPDATE users SET password_hash = ?2 WHERE name = ?1",
+            params![name, hash],
+        )?;
+        Ok(changed == 1)
+    }
+
+    fn disable_user(&self, name: &str, now: i64) -> Result<bool, StoreError> {
+        let changed = self.conn().execute(
+            "UPDATE users SET disabled_at = ?2 WHERE name = ?1 AND disabled_at IS NULL",
+            params![name, now],
+        )?;
+        Ok(changed == 1)
+    }
+
+    fn insert_client(&self, client: &ClientRecord) -> Result<(), StoreError> {
+        let result = self.conn().execute(
+            &format!("INSERT INTO oauth_clients ({CLIENT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"),
+            params![
+                client.id,
+                client.name,
+                client.role,
+                client.secret_hash,
+                client.created_at,
+                client.revoked_at
+            ],
+        );
+        conflict(result, || format!("client {}", client.id))
+    }
+
+    fn get_client(&self, id: &str) -> Result<Option<ClientRecord>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {CLIENT_COLUMNS} FROM oauth_clients WHERE id = ?1"
+        ))?;
+        Ok(stmt.query_row([id], client_from_row).optional()?)
+    }
+
+    fn list_clients(&self) -> Result<Vec<ClientRecord>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {CLIENT_COLUMNS} FROM oauth_clients ORDER BY created_at, id"
+        ))?;
+        let rows = stmt.query_map([], client_from_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn set_client_secret(&self, id: &str, hash: &str) -> Result<bool, StoreError> {
+        let changed = self.conn().execute(
+            "UPDATE oauth_clients SET secret_hash = ?2 WHERE id = ?1 AND revoked_at IS NULL",
+            params![id, hash],
+        )?;
+        Ok(changed == 1)
+    }
+
+    fn revoke_client(&self, id: &str, now: i64) -> Result<bool, StoreError> {
+        let changed = self.conn().execute(
+            "UPDATE oauth_clients SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
+            params![id, now],
+        )?;
+        Ok(changed == 1)
+    }
+
+    fn list_signing_keys(&self) -> Result<Vec<SigningKeyRecord>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {SIGNING_COLUMNS} FROM signing_keys ORDER BY created_at DESC, kid"
+        ))?;
+        let rows = stmt.query_map([], signing_from_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn rotate_signing_key(&self, new: &SigningKeyRecord, now: i64) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute(
+            "UPDATE signing_keys SET retired_at = ?1 WHERE retired_at IS NULL",
+            params![now],
+        )?;
+        let result = tx.execute(
+            &format!("INSERT INTO signing_keys ({SIGNING_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5)"),
+            params![
+                new.kid,
+                new.private_pkcs8,
+                new.public_key,
+                new.created_at,
+                new.retired_at
+            ],
+        );
+        conflict(result, || format!("signing key {}", new.kid))?;
+        tx.commit()?;
+        Ok(())
     }
 }
 
@@ -202,6 +392,7 @@ mod tests {
             expires_at: None,
             revoked_at: None,
             rotated_from: None,
+            last_used_at: None,
         }
     }
 
@@ -233,8 +424,9 @@ mod tests {
         s.insert_key(&key("b", "predict")).unwrap();
         let mut c = key("c", "predict");
         c.rotated_from = Some("b".into());
-        assert!(s.rotate_key("b", &c, 300).unwrap());
-        assert!(!s.rotate_key("b", &key("d", "predict"), 301).unwrap());
+        assert!(s.rotate_key("b", &c, 300, 360).unwrap());
+        assert_eq!(s.get_key("b").unwrap().unwrap().expires_at, Some(360));
+        assert!(!s.rotate_key("b", &key("d", "predict"), 400, 460).unwrap());
         assert!(
             s.get_key("d").unwrap().is_none(),
             "failed rotation inserts nothing"
@@ -252,6 +444,62 @@ mod tests {
         assert!(s.has_active_key_with_role("admin", 199).unwrap());
         assert!(!s.has_active_key_with_role("admin", 200).unwrap());
         assert!(k.is_active(199) && !k.is_active(200));
+    }
+
+    #[test]
+    fn last_use_keeps_the_latest_time() {
+        let s = SqliteStore::in_memory().unwrap();
+        s.insert_key(&key("a", "admin")).unwrap();
+        s.touch_keys(&[("a".into(), 500), ("a".into(), 400), ("zz".into(), 1)])
+            .unwrap();
+        assert_eq!(s.get_key("a").unwrap().unwrap().last_used_at, Some(500));
+    }
+
+    #[test]
+    fn users_clients_and_signing_keys() {
+        let s = SqliteStore::in_memory().unwrap();
+        let user = UserRecord {
+            name: "alice".into(),
+            role: "predict".into(),
+            password_hash: "$argon2id$x".into(),
+            created_at: 1,
+            disabled_at: None,
+        };
+        s.insert_user(&user).unwrap();
+        assert!(matches!(s.insert_user(&user), Err(StoreError::Conflict(_))));
+        assert!(s.set_user_password("alice", "$argon2id$y").unwrap());
+        assert!(s.disable_user("alice", 5).unwrap());
+        assert!(!s.disable_user("alice", 6).unwrap());
+        let got = s.get_user("alice").unwrap().unwrap();
+        assert_eq!((got.password_hash.as_str(), got.disabled_at), ("$argon2id$y", Some(5)));
+        assert!(!format!("{got:?}").contains("argon2"), "Debug hides the hash");
+
+        let client = ClientRecord {
+            id: "c1".into(),
+            name: "svc".into(),
+            role: "predict".into(),
+            secret_hash: "$argon2id$s".into(),
+            created_at: 1,
+            revoked_at: None,
+        };
+        s.insert_client(&client).unwrap();
+        assert!(s.set_client_secret("c1", "$argon2id$t").unwrap());
+        assert!(s.revoke_client("c1", 9).unwrap());
+        assert!(!s.set_client_secret("c1", "$argon2id$u").unwrap());
+        assert_eq!(s.list_clients().unwrap().len(), 1);
+
+        let k = |kid: &str, at| SigningKeyRecord {
+            kid: kid.into(),
+            private_pkcs8: vec![1],
+            public_key: vec![2],
+            created_at: at,
+            retired_at: None,
+        };
+        s.rotate_signing_key(&k("k1", 10), 10).unwrap();
+        s.rotate_signing_key(&k("k2", 20), 20).unwrap();
+        let keys = s.list_signing_keys().unwrap();
+        assert_eq!(keys[0].kid, "k2");
+        assert_eq!((keys[0].retired_at, keys[1].retired_at), (None, Some(20)));
     }
 
     #[test]

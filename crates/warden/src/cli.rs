@@ -35,6 +35,15 @@ pub(crate) enum Command {
     /// TLS certificates.
     #[command(subcommand)]
     Cert(CertCommand),
+    /// Users of the OAuth2 password grant.
+    #[command(subcommand)]
+    Users(UsersCommand),
+    /// OAuth2 clients (client_credentials grant).
+    #[command(subcommand)]
+    Clients(ClientsCommand),
+    /// Roles: the built-in ones and those in the configuration.
+    #[command(subcommand)]
+    Roles(RolesCommand),
 }
 
 /// Where the configuration and state are: shared by every verb that opens them.
@@ -60,6 +69,9 @@ pub(crate) struct ServeArgs {
     /// Data-plane address (overrides server.listen). Default 127.0.0.1:8443.
     #[arg(long, value_name = "ADDR")]
     pub(crate) listen: Option<String>,
+    /// Management-plane address (overrides admin.listen). Default 127.0.0.1:9443.
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) admin_listen: Option<String>,
 }
 
 /// `warden keys ...`
@@ -73,7 +85,7 @@ pub(crate) enum KeysCommand {
         /// A label for the key (who or what uses it).
         #[arg(long)]
         name: String,
-        /// Role: admin, predict or metrics.
+        /// Role: admin, predict, metrics, or one defined in the configuration.
         #[arg(long)]
         role: String,
         /// Models the key may use, comma-separated. Default: every model.
@@ -101,13 +113,91 @@ pub(crate) enum KeysCommand {
         id: String,
     },
     /// Replace a key with a new one of the same name, role, models and
-    /// lifetime; the old key is revoked at once. Prints the new key once.
+    /// lifetime. The old key keeps working for the grace period, then
+    /// stops. Prints the new key once.
     Rotate {
         /// Configuration and state.
         #[command(flatten)]
         location: Location,
         /// The key id.
         id: String,
+        /// How long the old key keeps working, e.g. 10m; 0s stops it at
+        /// once. Default: auth.key_rotation_grace (1h).
+        #[arg(long, value_name = "DURATION")]
+        grace: Option<String>,
+    },
+}
+
+/// `warden users ...`
+#[derive(Debug, Subcommand)]
+pub(crate) enum UsersCommand {
+    /// Add a user. The password is read from standard input (one line) or,
+    /// on a terminal, from a prompt; it is stored only as an Argon2id hash.
+    Add {
+        /// Configuration and state.
+        #[command(flatten)]
+        location: Location,
+        /// Login name.
+        name: String,
+        /// Role.
+        #[arg(long)]
+        role: String,
+    },
+    /// List users (never their password hashes).
+    List {
+        /// Configuration and state.
+        #[command(flatten)]
+        location: Location,
+    },
+    /// Disable a user: the password grant refuses them from now on.
+    Disable {
+        /// Configuration and state.
+        #[command(flatten)]
+        location: Location,
+        /// Login name.
+        name: String,
+    },
+}
+
+/// `warden clients ...`
+#[derive(Debug, Subcommand)]
+pub(crate) enum ClientsCommand {
+    /// Add an OAuth2 client; prints `client_id=...` and `client_secret=...`
+    /// once (the secret is stored only as an Argon2id hash).
+    Add {
+        /// Configuration and state.
+        #[command(flatten)]
+        location: Location,
+        /// A label for the client.
+        name: String,
+        /// Role.
+        #[arg(long)]
+        role: String,
+    },
+    /// List clients (never their secrets).
+    List {
+        /// Configuration and state.
+        #[command(flatten)]
+        location: Location,
+    },
+    /// Revoke a client: the token endpoint refuses it from now on.
+    Revoke {
+        /// Configuration and state.
+        #[command(flatten)]
+        location: Location,
+        /// The client_id.
+        id: String,
+    },
+}
+
+/// `warden roles ...`
+#[derive(Debug, Subcommand)]
+pub(crate) enum RolesCommand {
+    /// List every role and its permissions.
+    List {
+        /// Configuration and state.
+        #[command(flatten)]
+        location: Location,
     },
 }
 

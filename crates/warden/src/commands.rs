@@ -5,19 +5,23 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use warden_auth::keys::unix_now;
-use warden_auth::{Authenticator, KeyAdmin, NewKey};
-use warden_core::Role;
+use warden_auth::{Accounts, Authenticator, JwtVerifier, KeyAdmin, NewKey, TokenService};
 use warden_core::config::{CertSource, Config, LogFormat, Overrides};
 use warden_models::Repository;
 use warden_models::card::CardDefaults;
 use warden_models::engine::PoolSettings;
 use warden_models::repository::LoadSettings;
 use warden_models::runtime::Runtime;
-use warden_server::Server;
+use warden_server::oauth::OAuth;
+use warden_server::state::Identity;
+use warden_server::{Server, Services};
 use warden_store::{ApiKeyRecord, SqliteStore, Store};
 
 use crate::Failure;
-use crate::cli::{CertCommand, Command, ConfigCommand, KeysCommand, Location, ServeArgs};
+use crate::cli::{
+    CertCommand, ClientsCommand, Command, ConfigCommand, KeysCommand, Location, RolesCommand,
+    ServeArgs, UsersCommand,
+};
 use crate::logging::{BufferedStderr, FlushGuard};
 
 pub(crate) fn run(command: Command) -> Result<(), Failure> {
@@ -31,6 +35,9 @@ pub(crate) fn run(command: Command) -> Result<(), Failure> {
             Ok(())
         }
         Command::Cert(cmd) => cert(cmd),
+        Command::Users(cmd) => users(cmd),
+        Command::Clients(cmd) => clients(cmd),
+        Command::Roles(RolesCommand::List { location }) => roles(&location),
     }
 }
 
@@ -76,6 +83,7 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
         Overrides {
             models_dir: args.models,
             listen: args.listen,
+            admin_listen: args.admin_listen,
             data_dir: None,
         },
     )?;
@@ -109,19 +117,75 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
         .build()
         .map_err(|e| Failure::runtime(format!("cannot start the async runtime: {e}")))?;
     tokio.block_on(async {
-        let authenticator = Arc::new(Authenticator::new(store.clone()));
-        let server = Server::bind(
-            &config,
-            Arc::new(repository),
-            authenticator,
-            Some(Arc::new(log)),
+        let server = Server::bind(&config).await.map_err(Failure::runtime)?;
+        let addr = server.local_addr().map_err(Failure::runtime)?;
+        let admin_addr = server
+            .admin_addr()
+            .transpose()
+            .map_err(Failure::runtime)?;
+        let roles = Arc::new(config.roles.clone());
+        let store_dyn: Arc<dyn Store> = store.clone();
+
+        // Warden's own token issuer, its endpoint, and every issuer whose
+        // tokens are accepted.
+        let oauth = match &config.auth.tokens {
+            None => None,
+            Some(settings) => {
+                let issuer = match &settings.issuer {
+                    Some(i) => i.clone(),
+                    None => server.default_issuer().map_err(Failure::runtime)?,
+                };
+                let tokens = Arc::new(
+                    TokenService::new(settings, issuer, store_dyn.clone())
+                        .map_err(Failure::usage)?,
+                );
+                tokens.spawn_reloader();
+                let oauth = Arc::new(
+                    OAuth::new(tokens, settings.limit_per_minute).map_err(Failure::runtime)?,
+                );
+                let prune = Arc::downgrade(&oauth);
+                tokio::spawn(async move {
+                    let mut tick = tokio::time::interval(Duration::from_secs(60));
+                    loop {
+                        tick.tick().await;
+                        let Some(o) = prune.upgrade() else { break };
+                        o.prune();
+                    }
+                });
+                Some(oauth)
+            }
+        };
+        let verifier = JwtVerifier::new(
+            &config.auth.issuers,
+            roles.clone(),
+            oauth.as_ref().map(|o| o.tokens.clone()),
         )
         .await
-        .map_err(Failure::runtime)?;
-        let addr = server.local_addr().map_err(Failure::runtime)?;
+        .map_err(Failure::usage)?;
+        let authenticator = Arc::new(
+            Authenticator::new(store_dyn.clone(), roles.clone())
+                .with_cache_ttl(config.auth.key_cache_ttl)
+                .with_jwt(verifier)
+                .with_mtls(&config.auth.mtls),
+        );
+        authenticator.spawn_flusher();
+
         bootstrap_admin_key(store.as_ref(), &config, addr)?;
-        tracing::info!(%addr, tls = server.is_tls(), "listening");
-        server.run(shutdown_signal()).await;
+        let services = Services {
+            repository: Arc::new(repository),
+            authenticator: authenticator.clone(),
+            identity: Arc::new(Identity {
+                store: store_dyn,
+                roles,
+                key_rotation_grace: config.auth.key_rotation_grace,
+                oauth,
+            }),
+            access_log: Some(Arc::new(log)),
+        };
+        tracing::info!(%addr, admin = ?admin_addr, tls = server.is_tls(), "listening");
+        server.run(services, shutdown_signal()).await;
+        let flush = authenticator.clone();
+        let _ = tokio::task::spawn_blocking(move || flush.flush_last_used()).await;
         tracing::info!("stopped");
         Ok(())
     })
@@ -135,15 +199,15 @@ fn bootstrap_admin_key(
     addr: std::net::SocketAddr,
 ) -> Result<(), Failure> {
     if store
-        .has_active_key_with_role(Role::Admin.as_str(), unix_now())
+        .has_active_key_with_role("admin", unix_now())
         .map_err(Failure::runtime)?
     {
         return Ok(());
     }
-    let issued = KeyAdmin::new(store)
+    let issued = KeyAdmin::new(store, &config.roles)
         .create(&NewKey {
             name: "bootstrap-admin".into(),
-            role: Role::Admin,
+            role: "admin".into(),
             models: None,
             expires_in: None,
         })
@@ -207,11 +271,6 @@ fn keys(cmd: KeysCommand) -> Result<(), Failure> {
             expires,
         } => {
             let config = load_config(&location, Overrides::default())?;
-            let role = Role::parse(&role).ok_or_else(|| {
-                Failure::usage(format!(
-                    "--role {role:?}: expected admin, predict or metrics"
-                ))
-            })?;
             let expires_in = expires
                 .map(|e| {
                     humantime::parse_duration(&e)
@@ -219,7 +278,7 @@ fn keys(cmd: KeysCommand) -> Result<(), Failure> {
                 })
                 .transpose()?;
             let store = open_store(&config)?;
-            let issued = KeyAdmin::new(&store)
+            let issued = KeyAdmin::new(&store, &config.roles)
                 .create(&NewKey {
                     name,
                     role,
@@ -245,18 +304,19 @@ fn keys(cmd: KeysCommand) -> Result<(), Failure> {
                 }
             } else {
                 println!(
-                    "{:<12}  {:<20}  {:<8}  {:<20}  {:<20}  {:<20}  STATUS",
-                    "ID", "NAME", "ROLE", "MODELS", "CREATED", "EXPIRES"
+                    "{:<12}  {:<20}  {:<10}  {:<20}  {:<20}  {:<20}  {:<20}  STATUS",
+                    "ID", "NAME", "ROLE", "MODELS", "CREATED", "EXPIRES", "LAST USED"
                 );
                 for k in &keys {
                     println!(
-                        "{:<12}  {:<20}  {:<8}  {:<20}  {:<20}  {:<20}  {}",
+                        "{:<12}  {:<20}  {:<10}  {:<20}  {:<20}  {:<20}  {:<20}  {}",
                         k.id,
                         truncate(&k.name, 20),
-                        k.role,
+                        truncate(&k.role, 10),
                         truncate(&k.models.as_ref().map_or("*".into(), |m| m.join(",")), 20),
                         time(Some(k.created_at)),
                         time(k.expires_at),
+                        time(k.last_used_at),
                         status(k, now)
                     );
                 }
@@ -265,22 +325,32 @@ fn keys(cmd: KeysCommand) -> Result<(), Failure> {
         }
         KeysCommand::Revoke { location, id } => {
             let config = load_config(&location, Overrides::default())?;
-            KeyAdmin::new(&open_store(&config)?)
+            KeyAdmin::new(&open_store(&config)?, &config.roles)
                 .revoke(&id)
                 .map_err(key_failure)?;
             eprintln!("revoked key {id}");
             Ok(())
         }
-        KeysCommand::Rotate { location, id } => {
+        KeysCommand::Rotate {
+            location,
+            id,
+            grace,
+        } => {
             let config = load_config(&location, Overrides::default())?;
-            let issued = KeyAdmin::new(&open_store(&config)?)
-                .rotate(&id)
+            let grace = match grace {
+                None => config.auth.key_rotation_grace,
+                Some(g) => humantime::parse_duration(&g)
+                    .map_err(|e| Failure::usage(format!("--grace {g:?}: {e}")))?,
+            };
+            let issued = KeyAdmin::new(&open_store(&config)?, &config.roles)
+                .rotate(&id, grace)
                 .map_err(key_failure)?;
             println!("{}", issued.key.as_str());
             eprintln!(
-                "key {id} revoked; new key {} ({}); it is shown only this once",
+                "new key {} ({}); it is shown only this once. The old key {id} works for {} more",
                 issued.record.id,
-                describe(&issued.record)
+                describe(&issued.record),
+                humantime::format_duration(grace)
             );
             Ok(())
         }
@@ -319,6 +389,7 @@ fn key_json(k: &ApiKeyRecord, now: i64) -> serde_json::Value {
         "id": k.id, "name": k.name, "role": k.role, "models": k.models,
         "created_at": time(Some(k.created_at)), "expires_at": k.expires_at.map(|e| time(Some(e))),
         "revoked_at": k.revoked_at.map(|r| time(Some(r))), "rotated_from": k.rotated_from,
+        "last_used_at": k.last_used_at.map(|t| time(Some(t))),
         "status": status(k, now),
     })
 }
@@ -372,5 +443,150 @@ fn cert(cmd: CertCommand) -> Result<(), Failure> {
         dir.join("key.pem").display(),
         names.iter().map(|n| format!(", {n}")).collect::<String>()
     );
+    Ok(())
+}
+
+/// Reads a password: from standard input when it is not a terminal (one
+/// line), else twice from a prompt without echo.
+fn read_password() -> Result<zeroize::Zeroizing<String>, Failure> {
+    use std::io::{BufRead, IsTerminal};
+    let stdin = std::io::stdin();
+    if !stdin.is_terminal() {
+        let mut line = zeroize::Zeroizing::new(String::new());
+        stdin
+            .lock()
+            .read_line(&mut line)
+            .map_err(|e| Failure::usage(format!("cannot read the password: {e}")))?;
+        let trimmed = line.trim_end_matches(['\r', '\n']).to_owned();
+        return Ok(zeroize::Zeroizing::new(trimmed));
+    }
+    let first = zeroize::Zeroizing::new(
+        rpassword::prompt_password("Password: ")
+            .map_err(|e| Failure::usage(format!("cannot read the password: {e}")))?,
+    );
+    let again = zeroize::Zeroizing::new(
+        rpassword::prompt_password("Again: ")
+            .map_err(|e| Failure::usage(format!("cannot read the password: {e}")))?,
+    );
+    if *first != *again {
+        return Err(Failure::usage("the passwords differ"));
+    }
+    Ok(first)
+}
+
+fn account_failure(e: warden_auth::AccountError) -> Failure {
+    match e {
+        warden_auth::AccountError::Store(s) => Failure::runtime(s),
+        other => Failure::usage(other),
+    }
+}
+
+fn users(cmd: UsersCommand) -> Result<(), Failure> {
+    match cmd {
+        UsersCommand::Add {
+            location,
+            name,
+            role,
+        } => {
+            let config = load_config(&location, Overrides::default())?;
+            let password = read_password()?;
+            let store = open_store(&config)?;
+            let user = Accounts::new(&store, &config.roles)
+                .add_user(&name, &role, &password)
+                .map_err(account_failure)?;
+            eprintln!("added user {} with role {}", user.name, user.role);
+            Ok(())
+        }
+        UsersCommand::List { location } => {
+            let config = load_config(&location, Overrides::default())?;
+            let users = open_store(&config)?.list_users().map_err(Failure::runtime)?;
+            println!("{:<24}  {:<12}  {:<20}  STATUS", "NAME", "ROLE", "CREATED");
+            for u in &users {
+                println!(
+                    "{:<24}  {:<12}  {:<20}  {}",
+                    u.name,
+                    truncate(&u.role, 12),
+                    time(Some(u.created_at)),
+                    if u.disabled_at.is_some() { "disabled" } else { "active" }
+                );
+            }
+            Ok(())
+        }
+        UsersCommand::Disable { location, name } => {
+            let config = load_config(&location, Overrides::default())?;
+            Accounts::new(&open_store(&config)?, &config.roles)
+                .disable_user(&name)
+                .map_err(account_failure)?;
+            eprintln!("disabled user {name}");
+            Ok(())
+        }
+    }
+}
+
+fn clients(cmd: ClientsCommand) -> Result<(), Failure> {
+    match cmd {
+        ClientsCommand::Add {
+            location,
+            name,
+            role,
+        } => {
+            let config = load_config(&location, Overrides::default())?;
+            let store = open_store(&config)?;
+            let issued = Accounts::new(&store, &config.roles)
+                .add_client(&name, &role)
+                .map_err(account_failure)?;
+            println!("client_id={}", issued.record.id);
+            println!("client_secret={}", issued.secret.as_str());
+            eprintln!(
+                "added OAuth2 client {} ({name}, role {role}); the secret is shown only this once",
+                issued.record.id
+            );
+            Ok(())
+        }
+        ClientsCommand::List { location } => {
+            let config = load_config(&location, Overrides::default())?;
+            let clients = open_store(&config)?
+                .list_clients()
+                .map_err(Failure::runtime)?;
+            println!(
+                "{:<16}  {:<20}  {:<12}  {:<20}  STATUS",
+                "CLIENT_ID", "NAME", "ROLE", "CREATED"
+            );
+            for c in &clients {
+                println!(
+                    "{:<16}  {:<20}  {:<12}  {:<20}  {}",
+                    c.id,
+                    truncate(&c.name, 20),
+                    truncate(&c.role, 12),
+                    time(Some(c.created_at)),
+                    if c.revoked_at.is_some() { "revoked" } else { "active" }
+                );
+            }
+            Ok(())
+        }
+        ClientsCommand::Revoke { location, id } => {
+            let config = load_config(&location, Overrides::default())?;
+            Accounts::new(&open_store(&config)?, &config.roles)
+                .revoke_client(&id)
+                .map_err(account_failure)?;
+            eprintln!("revoked client {id}");
+            Ok(())
+        }
+    }
+}
+
+fn roles(location: &Location) -> Result<(), Failure> {
+    let config = load_config(location, Overrides::default())?;
+    println!("{:<16}  {:<8}  {:<50}  DESCRIPTION", "ROLE", "KIND", "PERMISSIONS");
+    for r in config.roles.iter() {
+        let permissions: Vec<String> = r.permissions.iter().map(ToString::to_string).collect();
+        println!(
+            "{:<16}  {:<8}  {:<50}  {}",
+            r.name,
+            if r.builtin { "built-in" } else { "config" },
+            permissions.join(" "),
+            r.description
+        );
+    }
     Ok(())
 }

@@ -1,0 +1,436 @@
+//! The management API (SPEC §3), served on the management listener only:
+//! keys, users, OAuth2 clients, token signing keys and roles. Every route
+//! needs a credential (the admission stage) and an admin permission
+//! (checked here: a valid credential without it gets `forbidden`).
+//!
+//! Secrets (new keys, client secrets) appear only in the response to the
+//! create or rotate call that made them.
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use warden_auth::keys::unix_now;
+use warden_auth::{AccountError, Accounts, KeyAdmin, KeyError, NewKey};
+use warden_core::{ApiError, ErrorCode, Permission, Principal};
+use warden_store::{ApiKeyRecord, ClientRecord, UserRecord};
+use zeroize::Zeroizing;
+
+use crate::extract::{Caller, JsonBody};
+use crate::routes::json;
+use crate::state::AppState;
+
+/// The management routes (admission is added by the caller).
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/admin/keys", get(list_keys).post(create_key))
+        .route("/admin/keys/{id}/revoke", post(revoke_key))
+        .route("/admin/keys/{id}/rotate", post(rotate_key))
+        .route("/admin/users", get(list_users).post(create_user))
+        .route("/admin/users/{name}/disable", post(disable_user))
+        .route("/admin/users/{name}/password", post(set_password))
+        .route("/admin/clients", get(list_clients).post(create_client))
+        .route("/admin/clients/{id}/revoke", post(revoke_client))
+        .route("/admin/clients/{id}/rotate", post(rotate_client))
+        .route("/admin/signing-keys", get(list_signing_keys))
+        .route("/admin/signing-keys/rotate", post(rotate_signing_key))
+        .route("/admin/roles", get(list_roles))
+}
+
+fn require(caller: &Principal, permission: Permission) -> Result<(), ApiError> {
+    if caller.has(permission) {
+        Ok(())
+    } else {
+        tracing::info!(principal = %caller.id, needed = permission.as_str(), "management call refused");
+        Err(ErrorCode::Forbidden.into())
+    }
+}
+
+fn body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes).map_err(|e| {
+        ApiError::new(ErrorCode::InvalidRequest).with_message(format!("The body is not valid: {e}"))
+    })
+}
+
+/// Runs a blocking store or hashing operation off the async workers.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| {
+        tracing::error!(error = %e, "management task failed");
+        ApiError::internal()
+    })?
+}
+
+fn created(value: Value) -> Response {
+    (StatusCode::CREATED, json(value.to_string())).into_response()
+}
+
+fn key_error(e: KeyError) -> ApiError {
+    match e {
+        KeyError::Invalid(m) => ApiError::new(ErrorCode::InvalidRequest).with_message(m),
+        KeyError::NotFound(_) => ApiError::not_found(),
+        KeyError::Store(e) => {
+            tracing::error!(error = %e, "key store failed");
+            ApiError::internal()
+        }
+    }
+}
+
+fn account_error(e: AccountError) -> ApiError {
+    match e {
+        AccountError::Invalid(m) => ApiError::new(ErrorCode::InvalidRequest).with_message(m),
+        AccountError::Conflict(what) => {
+            ApiError::new(ErrorCode::InvalidRequest).with_message(format!("{what} already exists."))
+        }
+        AccountError::NotFound(_) => ApiError::not_found(),
+        AccountError::Store(e) => {
+            tracing::error!(error = %e, "account store failed");
+            ApiError::internal()
+        }
+    }
+}
+
+fn store_error(e: warden_store::StoreError) -> ApiError {
+    tracing::error!(error = %e, "store failed");
+    ApiError::internal()
+}
+
+/// A key as the API shows it: never the secret or its hash.
+pub fn key_json(k: &ApiKeyRecord, now: i64) -> Value {
+    let status = if k.revoked_at.is_some() {
+        "revoked"
+    } else if k.expires_at.is_some_and(|e| now >= e) {
+        "expired"
+    } else {
+        "active"
+    };
+    json!({
+        "id": k.id, "name": k.name, "role": k.role, "models": k.models,
+        "created_at": k.created_at, "expires_at": k.expires_at, "revoked_at": k.revoked_at,
+        "rotated_from": k.rotated_from, "last_used_at": k.last_used_at, "status": status,
+    })
+}
+
+fn user_json(u: &UserRecord) -> Value {
+    json!({"name": u.name, "role": u.role, "created_at": u.created_at, "disabled_at": u.disabled_at,
+        "status": if u.disabled_at.is_some() { "disabled" } else { "active" }})
+}
+
+fn client_json(c: &ClientRecord) -> Value {
+    json!({"client_id": c.id, "name": c.name, "role": c.role, "created_at": c.created_at, "revoked_at": c.revoked_at,
+        "status": if c.revoked_at.is_some() { "revoked" } else { "active" }})
+}
+
+async fn list_keys(State(state): State<AppState>, Caller(caller): Caller) -> Result<Response, ApiError> {
+    require(&caller, Permission::AdminKeys)?;
+    let store = state.identity.store.clone();
+    let keys = blocking(move || store.list_keys().map_err(store_error)).await?;
+    let now = unix_now();
+    let list: Vec<Value> = keys.iter().map(|k| key_json(k, now)).collect();
+    Ok(json(json!({ "keys": list }).to_string()))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateKey {
+    name: String,
+    role: String,
+    #[serde(default)]
+    models: Option<Vec<String>>,
+    /// e.g. "30d"
+    #[serde(default)]
+    expires_in: Option<String>,
+}
+
+async fn create_key(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    JsonBody(bytes): JsonBody,
+) -> Result<Response, ApiError> {
+    require(&caller, Permission::AdminKeys)?;
+    let req: CreateKey = body(&bytes)?;
+    let expires_in = req
+        .expires_in
+        .as_deref()
+        .map(|t| {
+            humantime::parse_duration(t).map_err(|_| {
+                ApiError::new(ErrorCode::InvalidRequest)
+                    .with_message("expires_in is a duration such as \"30d\" or \"12h\".")
+            })
+        })
+        .transpose()?;
+    let identity = state.identity.clone();
+    let issued = blocking(move || {
+        KeyAdmin::new(identity.store.as_ref(), &identity.roles)
+            .create(&NewKey {
+                name: req.name,
+                role: req.role,
+                models: req.models,
+                expires_in,
+            })
+            .map_err(key_error)
+    })
+    .await?;
+    tracing::warn!(principal = %caller.id, key_id = %issued.record.id, role = %issued.record.role, "API key created");
+    let mut value = key_json(&issued.record, unix_now());
+    value["key"] = Value::String(issued.key.to_string());
+    Ok(created(value))
+}
+
+async fn revoke_key(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    require(&caller, Permission::AdminKeys)?;
+    let identity = state.identity.clone();
+    let key_id = id.clone();
+    blocking(move || {
+        KeyAdmin::new(identity.store.as_ref(), &identity.roles)
+            .revoke(&key_id)
+            .map_err(key_error)
+    })
+    .await?;
+    state.authenticator.forget_key(&id);
+    tracing::warn!(principal = %caller.id, key_id = %id, "API key revoked");
+    Ok(json(json!({"id": id, "status": "revoked"}).to_string()))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RotateKey {
+    /// How long the old key keeps working, e.g. "10m"; default `auth.key_rotation_grace`.
+    #[serde(default)]
+    grace: Option<String>,
+}
+
+async fn rotate_key(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+    JsonBody(bytes): JsonBody,
+) -> Result<Response, ApiError> {
+    require(&caller, Permission::AdminKeys)?;
+    let req: RotateKey = if bytes.is_empty() { RotateKey::default() } else { body(&bytes)? };
+    let grace = match req.grace.as_deref() {
+        None => state.identity.key_rotation_grace,
+        Some(t) => humantime::parse_duration(t).map_err(|_| {
+            ApiError::new(ErrorCode::InvalidRequest)
+                .with_message("grace is a duration such as \"10m\" or \"0s\".")
+        })?,
+    };
+    let identity = state.identity.clone();
+    let key_id = id.clone();
+    let issued = blocking(move || {
+        KeyAdmin::new(identity.store.as_ref(), &identity.roles)
+            .rotate(&key_id, grace)
+            .map_err(key_error)
+    })
+    .await?;
+    state.authenticator.forget_key(&id);
+    tracing::warn!(principal = %caller.id, old_key_id = %id, key_id = %issued.record.id, grace = ?grace, "API key rotated");
+    let mut value = key_json(&issued.record, unix_now());
+    value["key"] = Value::String(issued.key.to_string());
+    value["old_key_expires_at"] = json!(unix_now() + grace.as_secs() as i64);
+    Ok(json(value.to_string()))
+}
+
+async fn list_users(State(state): State<AppState>, Caller(caller): Caller) -> Result<Response, ApiError> {
+    require(&caller, Permission::AdminUsers)?;
+    let store = state.identity.store.clone();
+    let users = blocking(move || store.list_users().map_err(store_error)).await?;
+    let list: Vec<Value> = users.iter().map(user_json).collect();
+    Ok(json(json!({ "users": list }).to_string()))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateUser {
+    name: String,
+    role: String,
+    password: Zeroizing<String>,
+}
+
+async fn create_user(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    JsonBody(bytes): JsonBody,
+) -> Result<Response, ApiError> {
+    require(&caller, Permission::AdminUsers)?;
+    let req: CreateUser = body(&bytes)?;
+    let identity = state.identity.clone();
+    let user = blocking(move || {
+        Accounts::new(identity.store.as_ref(), &identity.roles)
+            .add_user(&req.name, &req.role, &req.password)
+            .map_err(account_error)
+    })
+    .await?;
+    tracing::warn!(principal = %caller.id, user = %user.name, role = %user.role, "user created");
+    Ok(created(user_json(&user)))
+}
+
+async fn disable_user(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    require(&caller, Permission::AdminUsers)?;
+    let identity = state.identity.clone();
+    let user = name.clone();
+    blocking(move || {
+        Accounts::new(identity.store.as_ref(), &identity.roles)
+            .disable_user(&user)
+            .map_err(account_error)
+    })
+    .await?;
+    tracing::warn!(principal = %caller.id, user = %name, "user disabled");
+    Ok(json(json!({"name": name, "status": "disabled"}).to_string()))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SetPassword {
+    password: Zeroizing<String>,
+}
+
+async fn set_password(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Path(name): Path<String>,
+    JsonBody(bytes): JsonBody,
+) -> Result<Response, ApiError> {
+    require(&caller, Permission::AdminUsers)?;
+    let req: SetPassword = body(&bytes)?;
+    let identity = state.identity.clone();
+    let user = name.clone();
+    blocking(move || {
+        Accounts::new(identity.store.as_ref(), &identity.roles)
+            .set_password(&user, &req.password)
+            .map_err(account_error)
+    })
+    .await?;
+    tracing::warn!(principal = %caller.id, user = %name, "user password changed");
+    Ok(json(json!({"name": name, "status": "password changed"}).to_string()))
+}
+
+async fn list_clients(State(state): State<AppState>, Caller(caller): Caller) -> Result<Response, ApiError> {
+    require(&caller, Permission::AdminUsers)?;
+    let store = state.identity.store.clone();
+    let clients = blocking(move || store.list_clients().map_err(store_error)).await?;
+    let list: Vec<Value> = clients.iter().map(client_json).collect();
+    Ok(json(json!({ "clients": list }).to_string()))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateClient {
+    name: String,
+    role: String,
+}
+
+async fn create_client(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    JsonBody(bytes): JsonBody,
+) -> Result<Response, ApiError> {
+    require(&caller, Permission::AdminUsers)?;
+    let req: CreateClient = body(&bytes)?;
+    let identity = state.identity.clone();
+    let issued = blocking(move || {
+        Accounts::new(identity.store.as_ref(), &identity.roles)
+            .add_client(&req.name, &req.role)
+            .map_err(account_error)
+    })
+    .await?;
+    tracing::warn!(principal = %caller.id, client_id = %issued.record.id, role = %issued.record.role, "OAuth2 client created");
+    let mut value = client_json(&issued.record);
+    value["client_secret"] = Value::String(issued.secret.to_string());
+    Ok(created(value))
+}
+
+async fn revoke_client(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    require(&caller, Permission::AdminUsers)?;
+    let identity = state.identity.clone();
+    let client = id.clone();
+    blocking(move || {
+        Accounts::new(identity.store.as_ref(), &identity.roles)
+            .revoke_client(&client)
+            .map_err(account_error)
+    })
+    .await?;
+    tracing::warn!(principal = %caller.id, client_id = %id, "OAuth2 client revoked");
+    Ok(json(json!({"client_id": id, "status": "revoked"}).to_string()))
+}
+
+async fn rotate_client(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    require(&caller, Permission::AdminUsers)?;
+    let identity = state.identity.clone();
+    let client = id.clone();
+    let issued = blocking(move || {
+        Accounts::new(identity.store.as_ref(), &identity.roles)
+            .rotate_client(&client)
+            .map_err(account_error)
+    })
+    .await?;
+    tracing::warn!(principal = %caller.id, client_id = %id, "OAuth2 client secret rotated");
+    let mut value = client_json(&issued.record);
+    value["client_secret"] = Value::String(issued.secret.to_string());
+    Ok(json(value.to_string()))
+}
+
+async fn list_signing_keys(State(state): State<AppState>, Caller(caller): Caller) -> Result<Response, ApiError> {
+    require(&caller, Permission::AdminUsers)?;
+    let Some(oauth) = state.identity.oauth.clone() else {
+        return Err(ApiError::not_found());
+    };
+    let current = oauth.tokens.current_kid();
+    let store = state.identity.store.clone();
+    let keys = blocking(move || store.list_signing_keys().map_err(store_error)).await?;
+    let list: Vec<Value> = keys
+        .iter()
+        .map(|k| json!({"kid": k.kid, "created_at": k.created_at, "retired_at": k.retired_at, "signing": k.kid == current}))
+        .collect();
+    Ok(json(json!({"current": current, "keys": list}).to_string()))
+}
+
+async fn rotate_signing_key(State(state): State<AppState>, Caller(caller): Caller) -> Result<Response, ApiError> {
+    require(&caller, Permission::AdminUsers)?;
+    let Some(oauth) = state.identity.oauth.clone() else {
+        return Err(ApiError::not_found());
+    };
+    let tokens = oauth.tokens.clone();
+    let kid = blocking(move || {
+        tokens
+            .rotate()
+            .map_err(|e| ApiError::new(ErrorCode::InvalidRequest).with_message(e))
+    })
+    .await?;
+    tracing::warn!(principal = %caller.id, kid = %kid, "token signing key rotated");
+    Ok(json(json!({"current": kid}).to_string()))
+}
+
+async fn list_roles(State(state): State<AppState>, Caller(caller): Caller) -> Result<Response, ApiError> {
+    if !(caller.has(Permission::AdminKeys) || caller.has(Permission::AdminUsers)) {
+        return Err(ErrorCode::Forbidden.into());
+    }
+    let list: Vec<Value> = state
+        .identity
+        .roles
+        .iter()
+        .map(|r| json!({"name": &*r.name, "description": r.description, "builtin": r.builtin,
+            "permissions": r.permissions.iter().map(ToString::to_string).collect::<Vec<_>>()}))
+        .collect();
+    Ok(json(json!({ "roles": list }).to_string()))
+}
