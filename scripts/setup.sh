@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Fetches the ONNX Runtime shared library Warden loads at start (SPEC §4).
+# Fetches the ONNX Runtime shared library Warden loads at start (SPEC §4),
+# and the Python test peers the test suite talks to (PyJWT, to mint and
+# verify tokens with a library no one here wrote) into .runtime/py.
 #
 # The library comes from the PyPI `onnxruntime` wheel: a wheel is a zip, and
 # libonnxruntime.so inside it is a plain C library that does not link Python.
@@ -11,6 +13,16 @@ ORT_VERSION="${ORT_VERSION:-1.32.0}"
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 dest="$root/.runtime/lib"
 lib="$dest/libonnxruntime.so.$ORT_VERSION"
+
+py="$root/.runtime/py"
+PYJWT_VERSION="${PYJWT_VERSION:-2.10.1}"
+if [ ! -f "$py/.pyjwt-$PYJWT_VERSION" ]; then
+  echo "installing test peers (PyJWT $PYJWT_VERSION) into .runtime/py ..." >&2
+  rm -rf "$py"
+  python3 -m pip install --quiet --disable-pip-version-check --only-binary :all: \
+    --target "$py" "pyjwt[crypto]==$PYJWT_VERSION"
+  touch "$py/.pyjwt-$PYJWT_VERSION"
+fi
 
 if [ -f "$lib" ]; then
   exit 0

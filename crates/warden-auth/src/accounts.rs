@@ -86,7 +86,12 @@ impl<'s, S: Store + ?Sized> Accounts<'s, S> {
     }
 
     /// Adds a user with an Argon2id password hash. Blocking (~100 ms).
-    pub fn add_user(&self, name: &str, role: &str, password: &str) -> Result<UserRecord, AccountError> {
+    pub fn add_user(
+        &self,
+        name: &str,
+        role: &str,
+        password: &str,
+    ) -> Result<UserRecord, AccountError> {
         if !is_role_name(name) {
             return Err(AccountError::Invalid(format!(
                 "{name:?} is not a user name (1 to 64 letters, digits, '-', '_', '.')"
@@ -223,11 +228,17 @@ mod tests {
             ("bob", "root", "a long passphrase"),
             ("bad name", "predict", "a long passphrase"),
         ] {
-            assert!(matches!(a.add_user(name, role, pw), Err(AccountError::Invalid(_))));
+            assert!(matches!(
+                a.add_user(name, role, pw),
+                Err(AccountError::Invalid(_))
+            ));
         }
         a.set_password("alice", "another long one").unwrap();
         a.disable_user("alice").unwrap();
-        assert!(matches!(a.disable_user("alice"), Err(AccountError::NotFound(_))));
+        assert!(matches!(
+            a.disable_user("alice"),
+            Err(AccountError::NotFound(_))
+        ));
 
         let c = a.add_client("billing", "predict").unwrap();
         assert_eq!((c.record.id.len(), c.secret.len()), (16, 43));
@@ -236,6 +247,9 @@ mod tests {
         let rotated = a.rotate_client(&c.record.id).unwrap();
         assert!(!passwords::verify(&c.secret, &rotated.record.secret_hash));
         a.revoke_client(&c.record.id).unwrap();
-        assert!(matches!(a.rotate_client(&c.record.id), Err(AccountError::NotFound(_))));
+        assert!(matches!(
+            a.rotate_client(&c.record.id),
+            Err(AccountError::NotFound(_))
+        ));
     }
 }

@@ -184,7 +184,9 @@ impl RemoteJwks {
                     .write()
                     .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(set);
             }
-            Err(e) => tracing::warn!(url = %self.url, error = %e, "JWKS fetch failed; keeping the previous keys"),
+            Err(e) => {
+                tracing::warn!(url = %self.url, error = %e, "JWKS fetch failed; keeping the previous keys")
+            }
         }
     }
 }
@@ -236,7 +238,10 @@ enum Mapping {
 /// One issuer whose tokens are accepted.
 struct Issuer {
     name: Arc<str>,
-    validation: Validation,
+    /// One validation per accepted algorithm: jsonwebtoken refuses a
+    /// validation listing algorithms of another family than the key's, and
+    /// an issuer may accept RS256 and ES256 keys side by side.
+    validations: Vec<(Algorithm, Validation)>,
     leeway: i64,
     keys: Keys,
     mapping: Mapping,
@@ -255,9 +260,20 @@ impl std::fmt::Debug for JwtVerifier {
     }
 }
 
-fn validation(iss: &str, audience: &[String], algorithms: Vec<Algorithm>, leeway: u64) -> Validation {
-    let mut v = Validation::new(algorithms.first().copied().unwrap_or(Algorithm::EdDSA));
-    v.algorithms = algorithms;
+fn validations(
+    iss: &str,
+    audience: &[String],
+    algorithms: Vec<Algorithm>,
+    leeway: u64,
+) -> Vec<(Algorithm, Validation)> {
+    algorithms
+        .into_iter()
+        .map(|a| (a, validation(iss, audience, a, leeway)))
+        .collect()
+}
+
+fn validation(iss: &str, audience: &[String], algorithm: Algorithm, leeway: u64) -> Validation {
+    let mut v = Validation::new(algorithm);
     v.leeway = leeway;
     v.validate_exp = true;
     v.validate_nbf = true;
@@ -285,15 +301,16 @@ impl JwtVerifier {
                 .map(|a| a.parse::<Algorithm>().map_err(|e| format!("{a}: {e}")))
                 .collect::<Result<Vec<_>, _>>()?;
             let keys = match &s.keys {
-                IssuerKeys::Hs256(secret) => {
-                    Keys::Fixed(Arc::new(KeySet::single(DecodingKey::from_secret(secret.expose()))))
-                }
+                IssuerKeys::Hs256(secret) => Keys::Fixed(Arc::new(KeySet::single(
+                    DecodingKey::from_secret(secret.expose()),
+                ))),
                 IssuerKeys::JwksFile(path) => {
-                    let bytes = std::fs::read(path)
-                        .map_err(|e| format!("issuer {}: cannot read {}: {e}", s.name, path.display()))?;
-                    Keys::Fixed(Arc::new(
-                        KeySet::from_jwks(&bytes).map_err(|e| format!("issuer {}: {}: {e}", s.name, path.display()))?,
-                    ))
+                    let bytes = std::fs::read(path).map_err(|e| {
+                        format!("issuer {}: cannot read {}: {e}", s.name, path.display())
+                    })?;
+                    Keys::Fixed(Arc::new(KeySet::from_jwks(&bytes).map_err(|e| {
+                        format!("issuer {}: {}: {e}", s.name, path.display())
+                    })?))
                 }
                 IssuerKeys::JwksUrl {
                     url,
@@ -306,15 +323,18 @@ impl JwtVerifier {
                         .connect_timeout(Duration::from_secs(5))
                         .https_only(true);
                     if let Some(ca) = ca {
-                        let pem = std::fs::read(ca)
-                            .map_err(|e| format!("issuer {}: cannot read {}: {e}", s.name, ca.display()))?;
+                        let pem = std::fs::read(ca).map_err(|e| {
+                            format!("issuer {}: cannot read {}: {e}", s.name, ca.display())
+                        })?;
                         let certs = reqwest::Certificate::from_pem_bundle(&pem)
                             .map_err(|e| format!("issuer {}: {}: {e}", s.name, ca.display()))?;
                         builder = builder.tls_certs_merge(certs);
                     }
                     let remote = Arc::new(RemoteJwks {
                         url: url.clone(),
-                        client: builder.build().map_err(|e| format!("issuer {}: {e}", s.name))?,
+                        client: builder
+                            .build()
+                            .map_err(|e| format!("issuer {}: {e}", s.name))?,
                         min_refresh: *min_refresh,
                         keys: RwLock::new(Arc::new(KeySet::default())),
                         last_fetch: Mutex::new(None),
@@ -328,7 +348,9 @@ impl JwtVerifier {
                         tick.tick().await;
                         loop {
                             tick.tick().await;
-                            let Some(remote) = periodic.upgrade() else { break };
+                            let Some(remote) = periodic.upgrade() else {
+                                break;
+                            };
                             remote.refresh(true).await;
                         }
                     });
@@ -340,7 +362,7 @@ impl JwtVerifier {
                 s.issuer.clone(),
                 Issuer {
                     name: s.name.as_str().into(),
-                    validation: validation(&s.issuer, &s.audience, algorithms, leeway),
+                    validations: validations(&s.issuer, &s.audience, algorithms, leeway),
                     leeway: leeway as i64,
                     keys,
                     mapping: Mapping::External {
@@ -362,7 +384,7 @@ impl JwtVerifier {
                 iss.clone(),
                 Issuer {
                     name: "warden".into(),
-                    validation: validation(
+                    validations: validations(
                         &iss,
                         &[local.audience().to_owned()],
                         vec![Algorithm::EdDSA],
@@ -396,9 +418,12 @@ impl JwtVerifier {
             .as_deref()
             .and_then(|iss| self.by_iss.get(iss))
             .ok_or(Credential::TokenUnknownIssuer)?;
-        if !issuer.validation.algorithms.contains(&header.alg) {
-            return Err(Credential::TokenAlgorithm);
-        }
+        let validation = issuer
+            .validations
+            .iter()
+            .find(|(a, _)| *a == header.alg)
+            .map(|(_, v)| v)
+            .ok_or(Credential::TokenAlgorithm)?;
         let kid = header.kid.as_deref();
         if kid.is_some_and(|k| k.len() > MAX_KID_LEN) {
             return Err(Credential::TokenMalformed);
@@ -412,8 +437,8 @@ impl JwtVerifier {
                 .ok_or(Credential::TokenUnknownKey)?;
         }
         let key = keys.find(kid).ok_or(Credential::TokenUnknownKey)?;
-        let data = jsonwebtoken::decode::<Map<String, Value>>(token, key, &issuer.validation)
-            .map_err(|e| match e.kind() {
+        let data = jsonwebtoken::decode::<Map<String, Value>>(token, key, validation).map_err(
+            |e| match e.kind() {
                 ErrorKind::ExpiredSignature => Credential::TokenExpired,
                 ErrorKind::ImmatureSignature => Credential::TokenNotYetValid,
                 ErrorKind::InvalidIssuer | ErrorKind::InvalidAudience => Credential::TokenClaims,
@@ -425,7 +450,8 @@ impl JwtVerifier {
                     Credential::TokenClaims
                 }
                 _ => Credential::TokenMalformed,
-            })?;
+            },
+        )?;
         let claims = data.claims;
         // `iat` in the future (beyond the leeway) means a wrong clock or a
         // forged token: jsonwebtoken checks exp and nbf, this is the third.
@@ -443,8 +469,13 @@ impl JwtVerifier {
         let sub: String = sub.chars().take(MAX_SUB_LEN).collect();
         Ok(match &issuer.mapping {
             Mapping::Local => {
-                let grants = Grants::of(&scope_values(claims.get("scope")).filter_map(|s| Grant::parse(s)).collect::<Vec<_>>());
-                let roles: Vec<Arc<str>> = scope_values(claims.get("roles")).map(Arc::from).collect();
+                let grants = Grants::of(
+                    &scope_values(claims.get("scope"))
+                        .filter_map(Grant::parse)
+                        .collect::<Vec<_>>(),
+                );
+                let roles: Vec<Arc<str>> =
+                    scope_values(claims.get("roles")).map(Arc::from).collect();
                 Principal {
                     id: sub.into(),
                     roles: roles.into(),

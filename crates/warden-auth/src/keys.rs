@@ -322,7 +322,10 @@ mod tests {
         assert_eq!(new.record.expires_at.unwrap() - new.record.created_at, 3600);
         let old_now = store.get_key(&old.record.id).unwrap().unwrap();
         assert_eq!(old_now.expires_at, Some(new.record.created_at + 60));
-        assert!(old_now.is_active(unix_now()), "works during the grace period");
+        assert!(
+            old_now.is_active(unix_now()),
+            "works during the grace period"
+        );
         let newer = admin.rotate(&new.record.id, Duration::ZERO).unwrap();
         assert!(
             !store

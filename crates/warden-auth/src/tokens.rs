@@ -220,7 +220,8 @@ impl TokenService {
     pub fn rotate(&self) -> Result<String, String> {
         if self.configured.is_some() {
             return Err(
-                "the signing key is set in config (auth.tokens.signing_key): rotate it there".into(),
+                "the signing key is set in config (auth.tokens.signing_key): rotate it there"
+                    .into(),
             );
         }
         let now = unix_now();
@@ -318,7 +319,10 @@ fn load(
         kid: current.kid.clone(),
         encoding: EncodingKey::from_ed_der(&current.private_pkcs8),
         published: Arc::new(published),
-        jwks: serde_json::json!({ "keys": jwks }).to_string().into_bytes().into(),
+        jwks: serde_json::json!({ "keys": jwks })
+            .to_string()
+            .into_bytes()
+            .into(),
     })
 }
 

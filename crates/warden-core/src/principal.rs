@@ -90,7 +90,9 @@ impl Permissions {
 
     /// Every permission in the set, in declaration order.
     pub fn iter(self) -> impl Iterator<Item = Permission> {
-        Permission::ALL.into_iter().filter(move |p| self.contains(*p))
+        Permission::ALL
+            .into_iter()
+            .filter(move |p| self.contains(*p))
     }
 }
 
@@ -103,7 +105,9 @@ impl std::ops::BitOr for Permissions {
 
 impl fmt::Debug for Permissions {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_set().entries(self.iter().map(Permission::as_str)).finish()
+        f.debug_set()
+            .entries(self.iter().map(Permission::as_str))
+            .finish()
     }
 }
 
@@ -538,10 +542,7 @@ mod tests {
         assert!(a.has(Permission::MetricsRead) && !a.has(Permission::ModelsRead));
         assert!(a.has_role("analyst"));
 
-        for (bad, why) in [
-            ("admin", "built-in"),
-            ("bad name!", "not a role name"),
-        ] {
+        for (bad, why) in [("admin", "built-in"), ("bad name!", "not a role name")] {
             let e = roles.define(bad, String::new(), &[]).unwrap_err();
             assert!(e.contains(why), "{e}");
         }
@@ -582,7 +583,13 @@ mod tests {
         let admin = Grants::of(&[Grant::AdminAll]);
         assert!(admin.covers(&Grant::Other(Permission::AdminAudit)));
         assert!(!admin.covers(&Grant::Other(Permission::MetricsRead)));
-        for bad in ["predict:", "admin", "models:write", "predict:a b", "PREDICT:*"] {
+        for bad in [
+            "predict:",
+            "admin",
+            "models:write",
+            "predict:a b",
+            "PREDICT:*",
+        ] {
             assert_eq!(Grant::parse(bad), None, "{bad}");
         }
     }

@@ -178,8 +178,12 @@ mod tests {
         )
         .unwrap();
         let mut roles = Roles::builtin();
-        roles.define("analyst", String::new(), &["predict:*".into()]).unwrap();
-        roles.define("app", String::new(), &["predict:*".into()]).unwrap();
+        roles
+            .define("analyst", String::new(), &["predict:*".into()])
+            .unwrap();
+        roles
+            .define("app", String::new(), &["predict:*".into()])
+            .unwrap();
         let as_role = |names: &[&str]| {
             let mut p = principal();
             p.roles = names.iter().map(|n| std::sync::Arc::from(*n)).collect();
@@ -187,19 +191,31 @@ mod tests {
         };
         assert_eq!(
             as_role(&["analyst"]),
-            OutputPolicy { probabilities: true, decimals: 3 }
+            OutputPolicy {
+                probabilities: true,
+                decimals: 3
+            }
         );
         assert_eq!(
             as_role(&["app"]),
-            OutputPolicy { probabilities: false, decimals: 1 }
+            OutputPolicy {
+                probabilities: false,
+                decimals: 1
+            }
         );
         assert_eq!(
             as_role(&["predict"]),
-            OutputPolicy { probabilities: false, decimals: 2 }
+            OutputPolicy {
+                probabilities: false,
+                decimals: 2
+            }
         );
         assert_eq!(
             as_role(&["app", "analyst"]),
-            OutputPolicy { probabilities: true, decimals: 3 },
+            OutputPolicy {
+                probabilities: true,
+                decimals: 3
+            },
             "the most revealing of the caller's roles"
         );
     }

@@ -125,7 +125,10 @@ fn client_json(c: &ClientRecord) -> Value {
         "status": if c.revoked_at.is_some() { "revoked" } else { "active" }})
 }
 
-async fn list_keys(State(state): State<AppState>, Caller(caller): Caller) -> Result<Response, ApiError> {
+async fn list_keys(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+) -> Result<Response, ApiError> {
     require(&caller, Permission::AdminKeys)?;
     let store = state.identity.store.clone();
     let keys = blocking(move || store.list_keys().map_err(store_error)).await?;
@@ -215,7 +218,11 @@ async fn rotate_key(
     JsonBody(bytes): JsonBody,
 ) -> Result<Response, ApiError> {
     require(&caller, Permission::AdminKeys)?;
-    let req: RotateKey = if bytes.is_empty() { RotateKey::default() } else { body(&bytes)? };
+    let req: RotateKey = if bytes.is_empty() {
+        RotateKey::default()
+    } else {
+        body(&bytes)?
+    };
     let grace = match req.grace.as_deref() {
         None => state.identity.key_rotation_grace,
         Some(t) => humantime::parse_duration(t).map_err(|_| {
@@ -239,7 +246,10 @@ async fn rotate_key(
     Ok(json(value.to_string()))
 }
 
-async fn list_users(State(state): State<AppState>, Caller(caller): Caller) -> Result<Response, ApiError> {
+async fn list_users(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+) -> Result<Response, ApiError> {
     require(&caller, Permission::AdminUsers)?;
     let store = state.identity.store.clone();
     let users = blocking(move || store.list_users().map_err(store_error)).await?;
@@ -288,7 +298,9 @@ async fn disable_user(
     })
     .await?;
     tracing::warn!(principal = %caller.id, user = %name, "user disabled");
-    Ok(json(json!({"name": name, "status": "disabled"}).to_string()))
+    Ok(json(
+        json!({"name": name, "status": "disabled"}).to_string(),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -314,10 +326,15 @@ async fn set_password(
     })
     .await?;
     tracing::warn!(principal = %caller.id, user = %name, "user password changed");
-    Ok(json(json!({"name": name, "status": "password changed"}).to_string()))
+    Ok(json(
+        json!({"name": name, "status": "password changed"}).to_string(),
+    ))
 }
 
-async fn list_clients(State(state): State<AppState>, Caller(caller): Caller) -> Result<Response, ApiError> {
+async fn list_clients(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+) -> Result<Response, ApiError> {
     require(&caller, Permission::AdminUsers)?;
     let store = state.identity.store.clone();
     let clients = blocking(move || store.list_clients().map_err(store_error)).await?;
@@ -367,7 +384,9 @@ async fn revoke_client(
     })
     .await?;
     tracing::warn!(principal = %caller.id, client_id = %id, "OAuth2 client revoked");
-    Ok(json(json!({"client_id": id, "status": "revoked"}).to_string()))
+    Ok(json(
+        json!({"client_id": id, "status": "revoked"}).to_string(),
+    ))
 }
 
 async fn rotate_client(
@@ -390,7 +409,10 @@ async fn rotate_client(
     Ok(json(value.to_string()))
 }
 
-async fn list_signing_keys(State(state): State<AppState>, Caller(caller): Caller) -> Result<Response, ApiError> {
+async fn list_signing_keys(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+) -> Result<Response, ApiError> {
     require(&caller, Permission::AdminUsers)?;
     let Some(oauth) = state.identity.oauth.clone() else {
         return Err(ApiError::not_found());
@@ -405,7 +427,10 @@ async fn list_signing_keys(State(state): State<AppState>, Caller(caller): Caller
     Ok(json(json!({"current": current, "keys": list}).to_string()))
 }
 
-async fn rotate_signing_key(State(state): State<AppState>, Caller(caller): Caller) -> Result<Response, ApiError> {
+async fn rotate_signing_key(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+) -> Result<Response, ApiError> {
     require(&caller, Permission::AdminUsers)?;
     let Some(oauth) = state.identity.oauth.clone() else {
         return Err(ApiError::not_found());
@@ -421,7 +446,10 @@ async fn rotate_signing_key(State(state): State<AppState>, Caller(caller): Calle
     Ok(json(json!({"current": kid}).to_string()))
 }
 
-async fn list_roles(State(state): State<AppState>, Caller(caller): Caller) -> Result<Response, ApiError> {
+async fn list_roles(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+) -> Result<Response, ApiError> {
     if !(caller.has(Permission::AdminKeys) || caller.has(Permission::AdminUsers)) {
         return Err(ErrorCode::Forbidden.into());
     }
@@ -429,8 +457,10 @@ async fn list_roles(State(state): State<AppState>, Caller(caller): Caller) -> Re
         .identity
         .roles
         .iter()
-        .map(|r| json!({"name": &*r.name, "description": r.description, "builtin": r.builtin,
-            "permissions": r.permissions.iter().map(ToString::to_string).collect::<Vec<_>>()}))
+        .map(|r| {
+            json!({"name": &*r.name, "description": r.description, "builtin": r.builtin,
+            "permissions": r.permissions.iter().map(ToString::to_string).collect::<Vec<_>>()})
+        })
         .collect();
     Ok(json(json!({ "roles": list }).to_string()))
 }

@@ -23,6 +23,9 @@ use tower::ServiceExt;
 
 use crate::client_addr::{ClientCertificate, PeerAddr};
 
+/// Largest HTTP/2 header list read.
+const MAX_HEADER_LIST: u32 = 128 * 1024;
+
 /// Connection-level settings.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnectionSettings {
@@ -55,7 +58,11 @@ pub async fn serve(
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_concurrent_streams(256);
+        .max_concurrent_streams(256)
+        // Like HTTP/1.1 (whose default read buffer is larger), read header
+        // lists up to 128 KiB so that an oversized credential (say a 100 KiB
+        // "token") gets the pipeline's 401, not a connection-level GOAWAY.
+        .max_header_list_size(MAX_HEADER_LIST);
     let builder = Arc::new(builder);
     tokio::pin!(shutdown);
 
@@ -117,8 +124,7 @@ pub async fn serve(
                         .peer_certificates()
                         .and_then(|chain| chain.first())
                         .map(|leaf| ClientCertificate(crate::tls::certificate_names(leaf).into()));
-                    let conn =
-                        builder.serve_connection(TokioIo::new(stream), service(certificate));
+                    let conn = builder.serve_connection(TokioIo::new(stream), service(certificate));
                     if let Err(e) = watcher.watch(conn.into_owned()).await {
                         tracing::debug!(%peer, error = %e, "connection ended with an error");
                     }

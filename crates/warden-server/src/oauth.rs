@@ -192,7 +192,9 @@ impl OAuthError {
         });
         let mut response = (self.status, json(body.to_string())).into_response();
         if let Some(s) = self.retry_after {
-            response.headers_mut().insert(RETRY_AFTER, HeaderValue::from(s));
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from(s));
         }
         if self.basic_challenge {
             response.headers_mut().insert(
@@ -241,7 +243,9 @@ fn parse_form(body: &[u8]) -> Result<Form, OAuthError> {
 }
 
 /// HTTP Basic client credentials (RFC 6749 §2.3.1: both parts form-urlencoded).
-fn basic_credentials(headers: &HeaderMap) -> Result<Option<(String, Zeroizing<String>)>, OAuthError> {
+fn basic_credentials(
+    headers: &HeaderMap,
+) -> Result<Option<(String, Zeroizing<String>)>, OAuthError> {
     let Some(value) = headers.get(AUTHORIZATION) else {
         return Ok(None);
     };
@@ -318,7 +322,10 @@ async fn token_steps(
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(';').next())
-        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/x-www-form-urlencoded"));
+        .is_some_and(|v| {
+            v.trim()
+                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+        });
     if !is_form {
         return Err(OAuthError::invalid_request(
             "Send the parameters as application/x-www-form-urlencoded.",
@@ -396,7 +403,12 @@ async fn client_credentials(
     let subject: Arc<str> = format!("client:{client_id}").into();
     let token = oauth
         .tokens
-        .issue(&subject, &[role.name.clone()], &grants, Some(&client_id))
+        .issue(
+            &subject,
+            std::slice::from_ref(&role.name),
+            &grants,
+            Some(&client_id),
+        )
         .map_err(|e| {
             tracing::error!(error = %e, "cannot issue a token");
             OAuthError::server_error()
@@ -452,7 +464,7 @@ async fn password(
     let subject: Arc<str> = format!("user:{username}").into();
     let token = oauth
         .tokens
-        .issue(&subject, &[role.name.clone()], &grants, None)
+        .issue(&subject, std::slice::from_ref(&role.name), &grants, None)
         .map_err(|e| {
             tracing::error!(error = %e, "cannot issue a token");
             OAuthError::server_error()
@@ -520,7 +532,10 @@ mod tests {
     fn basic_credentials_are_form_decoded() {
         let mut h = HeaderMap::new();
         let raw = base64::engine::general_purpose::STANDARD.encode("my%20id:s%3Acret");
-        h.insert(AUTHORIZATION, HeaderValue::from_str(&format!("Basic {raw}")).unwrap());
+        h.insert(
+            AUTHORIZATION,
+            HeaderValue::from_str(&format!("Basic {raw}")).unwrap(),
+        );
         let (id, secret) = basic_credentials(&h).unwrap().unwrap();
         assert_eq!((id.as_str(), secret.as_str()), ("my id", "s:cret"));
         h.insert(AUTHORIZATION, HeaderValue::from_static("Basic !!!"));
@@ -529,9 +544,15 @@ mod tests {
 
     #[test]
     fn scope_requests_are_subsets_of_the_role() {
-        let role = Grants::of(&[Grant::PredictAll, Grant::Other(warden_core::Permission::ModelsRead)]);
+        let role = Grants::of(&[
+            Grant::PredictAll,
+            Grant::Other(warden_core::Permission::ModelsRead),
+        ]);
         assert_eq!(scoped(&role, None).unwrap(), role);
-        assert_eq!(scoped(&role, Some("predict:iris")).unwrap().to_scope(), "predict:iris");
+        assert_eq!(
+            scoped(&role, Some("predict:iris")).unwrap().to_scope(),
+            "predict:iris"
+        );
         assert!(scoped(&role, Some("admin:keys")).is_err());
         assert!(scoped(&role, Some("nonsense")).is_err());
     }

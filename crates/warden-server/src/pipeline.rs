@@ -34,8 +34,8 @@ use warden_models::{Model, ModelVersion, Protocol, protocol, request};
 
 use crate::client_addr::ClientCertificate;
 use crate::state::AppState;
-use crate::{admin, oauth, routes};
 use crate::steps::{self, AccessLine, ModelNote, PrincipalNote};
+use crate::{admin, oauth, routes};
 #[cfg(test)]
 #[path = "pipeline_tests.rs"]
 mod tests;
@@ -86,8 +86,7 @@ pub fn data_plane(state: AppState) -> Router {
 /// and admission stages, then the admin handlers, which check admin
 /// permissions.
 pub fn management_plane(state: AppState) -> Router {
-    let protected =
-        admin::routes().route_layer(from_fn_with_state(state.clone(), admission));
+    let protected = admin::routes().route_layer(from_fn_with_state(state.clone(), admission));
     let public = Router::new().route("/v2/health/live", get(routes::live));
     with_edge(public.merge(protected), state)
 }

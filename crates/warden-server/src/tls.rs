@@ -12,8 +12,8 @@ use std::sync::Arc;
 use rustls::crypto::aws_lc_rs;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::{CipherSuite, ServerConfig, SupportedCipherSuite};
 use rustls::server::WebPkiClientVerifier;
+use rustls::{CipherSuite, ServerConfig, SupportedCipherSuite};
 use warden_core::config::{CertSource, ClientAuth, TlsSettings, TlsVersion};
 
 /// Why TLS could not be set up. Never contains key material.
@@ -79,13 +79,11 @@ pub fn server_config(settings: &TlsSettings) -> Result<Arc<ServerConfig>, TlsErr
         None => builder.with_no_client_auth(),
         Some(auth) => builder.with_client_cert_verifier(client_verifier(auth, provider)?),
     };
-    let mut config = builder
-        .with_single_cert(certs, key)
-        .map_err(|e| {
-            TlsError::Setup(format!(
-                "certificate and key do not form a usable pair: {e}"
-            ))
-        })?;
+    let mut config = builder.with_single_cert(certs, key).map_err(|e| {
+        TlsError::Setup(format!(
+            "certificate and key do not form a usable pair: {e}"
+        ))
+    })?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }

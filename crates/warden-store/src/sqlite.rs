@@ -117,7 +117,10 @@ fn signing_from_row(row: &Row<'_>) -> rusqlite::Result<SigningKeyRecord> {
 }
 
 /// Maps a unique-constraint failure to [`StoreError::Conflict`].
-fn conflict(result: rusqlite::Result<usize>, what: impl FnOnce() -> String) -> Result<(), StoreError> {
+fn conflict(
+    result: rusqlite::Result<usize>,
+    what: impl FnOnce() -> String,
+) -> Result<(), StoreError> {
     match result {
         Ok(_) => Ok(()),
         Err(rusqlite::Error::SqliteFailure(e, _))
@@ -299,7 +302,9 @@ impl Store for SqliteStore {
 
     fn insert_client(&self, client: &ClientRecord) -> Result<(), StoreError> {
         let result = self.conn().execute(
-            &format!("INSERT INTO oauth_clients ({CLIENT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"),
+            &format!(
+                "INSERT INTO oauth_clients ({CLIENT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"
+            ),
             params![
                 client.id,
                 client.name,
@@ -471,8 +476,14 @@ mod tests {
         assert!(s.disable_user("alice", 5).unwrap());
         assert!(!s.disable_user("alice", 6).unwrap());
         let got = s.get_user("alice").unwrap().unwrap();
-        assert_eq!((got.password_hash.as_str(), got.disabled_at), ("$argon2id$y", Some(5)));
-        assert!(!format!("{got:?}").contains("argon2"), "Debug hides the hash");
+        assert_eq!(
+            (got.password_hash.as_str(), got.disabled_at),
+            ("$argon2id$y", Some(5))
+        );
+        assert!(
+            !format!("{got:?}").contains("argon2"),
+            "Debug hides the hash"
+        );
 
         let client = ClientRecord {
             id: "c1".into(),

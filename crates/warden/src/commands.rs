@@ -119,10 +119,7 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
     tokio.block_on(async {
         let server = Server::bind(&config).await.map_err(Failure::runtime)?;
         let addr = server.local_addr().map_err(Failure::runtime)?;
-        let admin_addr = server
-            .admin_addr()
-            .transpose()
-            .map_err(Failure::runtime)?;
+        let admin_addr = server.admin_addr().transpose().map_err(Failure::runtime)?;
         let roles = Arc::new(config.roles.clone());
         let store_dyn: Arc<dyn Store> = store.clone();
 
@@ -182,7 +179,8 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
             }),
             access_log: Some(Arc::new(log)),
         };
-        tracing::info!(%addr, admin = ?admin_addr, tls = server.is_tls(), "listening");
+        let admin = admin_addr.map_or_else(|| "off".to_string(), |a| a.to_string());
+        tracing::info!(%addr, %admin, tls = server.is_tls(), "listening");
         server.run(services, shutdown_signal()).await;
         let flush = authenticator.clone();
         let _ = tokio::task::spawn_blocking(move || flush.flush_last_used()).await;
@@ -499,7 +497,9 @@ fn users(cmd: UsersCommand) -> Result<(), Failure> {
         }
         UsersCommand::List { location } => {
             let config = load_config(&location, Overrides::default())?;
-            let users = open_store(&config)?.list_users().map_err(Failure::runtime)?;
+            let users = open_store(&config)?
+                .list_users()
+                .map_err(Failure::runtime)?;
             println!("{:<24}  {:<12}  {:<20}  STATUS", "NAME", "ROLE", "CREATED");
             for u in &users {
                 println!(
@@ -507,7 +507,11 @@ fn users(cmd: UsersCommand) -> Result<(), Failure> {
                     u.name,
                     truncate(&u.role, 12),
                     time(Some(u.created_at)),
-                    if u.disabled_at.is_some() { "disabled" } else { "active" }
+                    if u.disabled_at.is_some() {
+                        "disabled"
+                    } else {
+                        "active"
+                    }
                 );
             }
             Ok(())
@@ -559,7 +563,11 @@ fn clients(cmd: ClientsCommand) -> Result<(), Failure> {
                     truncate(&c.name, 20),
                     truncate(&c.role, 12),
                     time(Some(c.created_at)),
-                    if c.revoked_at.is_some() { "revoked" } else { "active" }
+                    if c.revoked_at.is_some() {
+                        "revoked"
+                    } else {
+                        "active"
+                    }
                 );
             }
             Ok(())
@@ -577,7 +585,10 @@ fn clients(cmd: ClientsCommand) -> Result<(), Failure> {
 
 fn roles(location: &Location) -> Result<(), Failure> {
     let config = load_config(location, Overrides::default())?;
-    println!("{:<16}  {:<8}  {:<50}  DESCRIPTION", "ROLE", "KIND", "PERMISSIONS");
+    println!(
+        "{:<16}  {:<8}  {:<50}  DESCRIPTION",
+        "ROLE", "KIND", "PERMISSIONS"
+    );
     for r in config.roles.iter() {
         let permissions: Vec<String> = r.permissions.iter().map(ToString::to_string).collect();
         println!(

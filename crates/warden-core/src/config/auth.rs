@@ -339,7 +339,10 @@ pub(super) fn auth(
 }
 
 /// A `--models` style allowlist: `None` = every model.
-pub fn model_list(key: &'static str, models: Option<Vec<String>>) -> Result<ModelScope, ConfigError> {
+pub fn model_list(
+    key: &'static str,
+    models: Option<Vec<String>>,
+) -> Result<ModelScope, ConfigError> {
     match models {
         None => Ok(ModelScope::All),
         Some(list) => {
