@@ -353,3 +353,97 @@ fn thumbprint(public_key: &[u8]) -> String {
     );
     URL_SAFE_NO_PAD.encode(Sha256::digest(canonical.as_bytes()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::authenticator::Credential;
+    use crate::jwt::JwtVerifier;
+    use base64::engine::general_purpose::STANDARD;
+    use warden_core::{Grant, Roles};
+    use warden_store::SqliteStore;
+
+    fn settings(signing_key: Option<warden_core::Secret>) -> TokenSettings {
+        TokenSettings {
+            issuer: None,
+            audience: "warden".into(),
+            lifetime: Duration::from_secs(300),
+            password_grant: true,
+            signing_key,
+            limit_per_minute: 5,
+        }
+    }
+
+    #[tokio::test]
+    async fn issued_tokens_verify_and_survive_a_rotation() {
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::in_memory().unwrap());
+        let svc = Arc::new(
+            TokenService::new(&settings(None), "https://w.test".into(), store.clone()).unwrap(),
+        );
+        let verifier = JwtVerifier::new(&[], Arc::new(Roles::builtin()), Some(svc.clone()))
+            .await
+            .unwrap();
+        let grants = Grants::of(&[Grant::Predict("iris".into())]);
+        let token = svc
+            .issue("client:abc", &[Arc::from("analyst")], &grants, Some("abc"))
+            .unwrap();
+        assert_eq!(token.scope, "predict:iris");
+        let p = verifier.verify(&token.access_token).await.unwrap();
+        assert_eq!(&*p.id, "client:abc");
+        assert!(p.may_predict("iris") && !p.may_predict("digits") && p.has_role("analyst"));
+
+        let old_kid = svc.current_kid();
+        let new_kid = svc.rotate().unwrap();
+        assert_ne!(old_kid, new_kid);
+        let jwks: serde_json::Value = serde_json::from_slice(&svc.jwks()).unwrap();
+        assert_eq!(
+            jwks["keys"].as_array().unwrap().len(),
+            2,
+            "retired key still published"
+        );
+        assert!(verifier.verify(&token.access_token).await.is_ok());
+
+        // A second process sharing the store sees the same keys.
+        let other = TokenService::new(&settings(None), "https://w.test".into(), store).unwrap();
+        assert_eq!(other.current_kid(), new_kid);
+
+        // Tampering with the scope breaks the signature.
+        let parts: Vec<&str> = token.access_token.split('.').collect();
+        let mut claims: serde_json::Value =
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1]).unwrap()).unwrap();
+        claims["scope"] = "admin:*".into();
+        let forged = format!(
+            "{}.{}.{}",
+            parts[0],
+            URL_SAFE_NO_PAD.encode(claims.to_string()),
+            parts[2]
+        );
+        assert_eq!(
+            verifier.verify(&forged).await.unwrap_err(),
+            Credential::TokenSignature
+        );
+    }
+
+    #[test]
+    fn a_configured_key_is_used_and_not_rotated_here() {
+        let pkcs8 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).unwrap();
+        let pem = format!(
+            "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
+            STANDARD.encode(pkcs8.as_ref())
+        );
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::in_memory().unwrap());
+        let svc = TokenService::new(
+            &settings(Some(warden_core::Secret::new(pem.into_bytes()))),
+            "https://w.test".into(),
+            store.clone(),
+        )
+        .unwrap();
+        let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
+        assert_eq!(svc.current_kid(), thumbprint(pair.public_key().as_ref()));
+        assert!(svc.rotate().is_err());
+        assert!(
+            store.list_signing_keys().unwrap().is_empty(),
+            "nothing stored"
+        );
+    }
+}

@@ -821,6 +821,94 @@ mod tests {
     }
 
     #[test]
+    fn roles_and_issuers_are_validated() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = |name: &str, value: &str| {
+            use std::os::unix::fs::PermissionsExt;
+            let p = dir.path().join(name);
+            std::fs::write(&p, value).unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+            p
+        };
+        let short = secret("short", "only-20-bytes-secret");
+        let long = secret("long", "a-secret-that-is-at-least-32-bytes-long");
+        let issuer = |extra: &str| {
+            format!(
+                "[[auth.jwt]]\nname = \"corp\"\nissuer = \"https://idp\"\naudience = [\"warden\"]\n{extra}\n"
+            )
+        };
+        let c = parse(&format!(
+            "[roles.analyst]\npermissions = [\"predict:iris\", \"models:read\"]\n{}",
+            issuer(&format!(
+                "algorithms = [\"HS256\"]\nhs256_secret = {{ file = {long:?} }}\nscope_map = {{ \"ml\" = [\"role:analyst\", \"metrics:read\"] }}"
+            ))
+        ))
+        .unwrap();
+        assert!(c.roles.get("analyst").is_some());
+        assert_eq!(c.auth.issuers[0].scope_map["ml"].len(), 2);
+        assert!(c.summary().contains("corp (https://idp)"));
+        assert!(!format!("{c:?}").contains("at-least-32"), "secret redacted");
+
+        for (text, key) in [
+            (
+                issuer(&format!(
+                    "algorithms = [\"HS256\"]\nhs256_secret = {{ file = {short:?} }}"
+                )),
+                "auth.jwt.hs256_secret",
+            ),
+            (
+                issuer("algorithms = [\"HS256\"]\njwks_file = \"k.json\""),
+                "auth.jwt.algorithms",
+            ),
+            (
+                issuer(&format!(
+                    "algorithms = [\"RS256\"]\nhs256_secret = {{ file = {long:?} }}"
+                )),
+                "auth.jwt.algorithms",
+            ),
+            (
+                issuer("algorithms = [\"none\"]\njwks_file = \"k.json\""),
+                "auth.jwt.algorithms",
+            ),
+            (issuer("algorithms = [\"RS256\"]"), "auth.jwt"),
+            (
+                issuer("algorithms = [\"RS256\"]\njwks_url = \"http://idp/jwks\""),
+                "auth.jwt.jwks_url",
+            ),
+            (
+                issuer(
+                    "algorithms = [\"RS256\"]\njwks_file = \"k.json\"\nscope_map = { x = [\"role:nope\"] }",
+                ),
+                "auth.jwt.scope_map",
+            ),
+            ("[roles.admin]\npermissions = []\n".into(), "roles"),
+            ("[roles.x]\npermissions = [\"root\"]\n".into(), "roles"),
+            (
+                "[[auth.mtls]]\nname = \"svc\"\nrole = \"nope\"\n".into(),
+                "auth.mtls.role",
+            ),
+            (
+                "[auth.tokens]\nlifetime = \"2d\"\n".into(),
+                "auth.tokens.lifetime",
+            ),
+            (
+                "[admin]\nlisten = \"0.0.0.0:9443\"\n[tls]\nenabled = false\n".into(),
+                "admin.listen",
+            ),
+        ] {
+            let e = parse(&text).unwrap_err().to_string();
+            assert!(e.starts_with(key), "{text}: {e}");
+        }
+        let ok = parse(&format!(
+            "[insecure]\nshort_hs256_secret = true\n{}",
+            issuer(&format!(
+                "algorithms = [\"HS256\"]\nhs256_secret = {{ file = {short:?} }}"
+            ))
+        ));
+        assert!(ok.is_ok(), "acknowledged short secret");
+    }
+
+    #[test]
     fn summary_never_shows_the_key() {
         let dir = tempfile::tempdir().unwrap();
         let key = dir.path().join("key.pem");

@@ -8,7 +8,10 @@
 )]
 
 use serde::Serialize;
-use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::security::{
+    ApiKey, ApiKeyValue, ClientCredentials, Flow, HttpAuthScheme, HttpBuilder, OAuth2, Scopes,
+    SecurityScheme,
+};
 use utoipa::{Modify, OpenApi, ToSchema};
 
 /// The error envelope every failure has (SPEC §3).
@@ -202,9 +205,26 @@ impl Modify for SecuritySchemes {
             SecurityScheme::Http(
                 HttpBuilder::new()
                     .scheme(HttpAuthScheme::Bearer)
-                    .description(Some("Authorization: Bearer <API key>"))
+                    .bearer_format("JWT")
+                    .description(Some(
+                        "Authorization: Bearer <API key or JWT> (a token from /oauth/token or a configured issuer)",
+                    ))
                     .build(),
             ),
+        );
+        components.add_security_scheme(
+            "oauth2",
+            SecurityScheme::OAuth2(OAuth2::with_description(
+                [Flow::ClientCredentials(ClientCredentials::new(
+                    "/oauth/token",
+                    Scopes::from_iter([
+                        ("predict:*", "inference on every model the role allows"),
+                        ("models:read", "model metadata"),
+                        ("metrics:read", "Prometheus metrics"),
+                    ]),
+                ))],
+                "OAuth2 client credentials (and the password grant for users) at /oauth/token",
+            )),
         );
     }
 }
@@ -225,6 +245,9 @@ impl Modify for SecuritySchemes {
         crate::routes::v2_infer,
         crate::routes::v2_infer_version,
         crate::routes::v1_predict,
+        crate::oauth::token,
+        crate::oauth::jwks,
+        crate::oauth::metadata,
     ),
     modifiers(&SecuritySchemes),
     tags(
@@ -232,6 +255,7 @@ impl Modify for SecuritySchemes {
         (name = "meta", description = "Server metadata and this document"),
         (name = "models", description = "Model metadata and readiness"),
         (name = "inference", description = "Predictions, v1 and v2 protocols"),
+        (name = "oauth", description = "OAuth2 token endpoint (RFC 6749), its JWKS and RFC 8414 metadata"),
     )
 )]
 pub struct ApiDoc;

@@ -434,6 +434,9 @@ async fn openapi_lists_every_route_with_its_errors() {
         "/v2/models/{model}/versions/{version}/infer",
         "/v1/models/{model}:predict",
         "/openapi.json",
+        "/oauth/token",
+        "/.well-known/jwks.json",
+        "/.well-known/oauth-authorization-server",
     ] {
         assert!(doc["paths"].get(path).is_some(), "{path} missing");
     }
