@@ -5,9 +5,13 @@
 #
 # Builds release binaries, then for each round runs oha (64 connections,
 # HTTPS, v1 predict on iris) against:
-#   floor   bench/floor: bare axum + rustls, parses the same JSON, returns a constant
-#   warden  the real server: TLS, API key, validation, ONNX inference, output
-#           policy, access log (to a file)
+#   floor          bench/floor: bare axum + rustls, parses the same JSON, returns a constant
+#   warden         the real server: TLS, API key, validation, ONNX inference, output
+#                  policy, access log (to a file)
+#   warden_eddsa   the same server, authenticated by an EdDSA JWT from its own /oauth/token
+#   warden_rs256   the same server, authenticated by an RS256 JWT from an external issuer (PyJWT)
+#   warden_nocache a second server with auth.key_cache_ttl = "0s": every request reads
+#                  the key from SQLite (the cost the verified-key cache saves)
 # Server pinned to CPU 0, load generator to CPU 1 (when there are 2+ CPUs).
 # Reports medians over rounds: requests/s, p50/p99 latency, errors, server CPU
 # µs per request (from /proc/PID/stat), idle and loaded RSS; and Warden's
@@ -32,29 +36,57 @@ trap cleanup EXIT
 if [ "$(nproc)" -ge 2 ]; then server_cpu=(taskset -c 0); load_cpu=(taskset -c 1); else server_cpu=(); load_cpu=(); fi
 
 ./target/release/warden cert generate --out "$tmp/tls" >/dev/null 2>&1
-port_floor=$((20000 + RANDOM % 10000)); port_warden=$((port_floor + 1))
-cat > "$tmp/warden.toml" <<TOML
-data_dir = "$tmp/data"
+port_floor=$((20000 + RANDOM % 10000)); port_warden=$((port_floor + 1)); port_nocache=$((port_floor + 2))
+peer() { PYTHONPATH="$root/.runtime/py" python3 "$root/crates/warden/tests/e2e/jwt_peer.py" "$@"; }
+mkdir -p "$tmp/pk" && peer keys "$tmp/pk"
+config() { # port data-dir admin-port extra
+  cat <<TOML
+data_dir = "$2"
 [server]
-listen = "127.0.0.1:$port_warden"
+listen = "127.0.0.1:$1"
+[admin]
+listen = "127.0.0.1:$3"
 [tls]
 cert = "$tmp/tls/cert.pem"
 key = { file = "$tmp/tls/key.pem" }
 [models]
 dir = "$root/models"
+[auth]
+$4
+[auth.tokens]
+lifetime = "24h"
+[[auth.jwt]]
+name = "bench"
+issuer = "https://bench.example"
+audience = ["warden"]
+algorithms = ["RS256"]
+jwks_file = "$tmp/pk/jwks.json"
 TOML
+}
+config "$port_warden" "$tmp/data" $((port_floor + 3)) "" > "$tmp/warden.toml"
+config "$port_nocache" "$tmp/data-nocache" $((port_floor + 4)) 'key_cache_ttl = "0s"' > "$tmp/nocache.toml"
+client="$(./target/release/warden clients add bench --role predict --config "$tmp/warden.toml" 2>/dev/null)"
+client_id="$(sed -n 's/^client_id=//p' <<<"$client")"; client_secret="$(sed -n 's/^client_secret=//p' <<<"$client")"
 
 "${server_cpu[@]}" ./target/release/warden-bench-floor "127.0.0.1:$port_floor" "$tmp/tls/cert.pem" "$tmp/tls/key.pem" 2>"$tmp/floor.log" &
 pids+=($!); floor_pid=$!
 "${server_cpu[@]}" ./target/release/warden serve --config "$tmp/warden.toml" >"$tmp/warden.out" 2>"$tmp/warden.log" &
 pids+=($!); warden_pid=$!
+"${server_cpu[@]}" ./target/release/warden serve --config "$tmp/nocache.toml" >"$tmp/nocache.out" 2>"$tmp/nocache.log" &
+pids+=($!); nocache_pid=$!
 
 for _ in $(seq 1 100); do
-  grep -q '"listening"' "$tmp/warden.log" 2>/dev/null && grep -q 'floor listening' "$tmp/floor.log" 2>/dev/null && break
+  grep -q '"listening"' "$tmp/warden.log" 2>/dev/null && grep -q '"listening"' "$tmp/nocache.log" 2>/dev/null \
+    && grep -q 'floor listening' "$tmp/floor.log" 2>/dev/null && break
   sleep 0.1
 done
 key="$(grep -o 'wdn_[a-z0-9]*_[A-Za-z0-9]*' "$tmp/warden.out" | head -1)"
 [ -n "$key" ] || { echo "warden did not start:" >&2; cat "$tmp/warden.log" >&2; exit 1; }
+nocache_key="$(grep -o 'wdn_[a-z0-9]*_[A-Za-z0-9]*' "$tmp/nocache.out" | head -1)"
+eddsa="$(curl -sf --cacert "$tmp/tls/cert.pem" -u "$client_id:$client_secret" -d grant_type=client_credentials \
+  "https://127.0.0.1:$port_warden/oauth/token" | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')"
+now=$(date +%s)
+rs256="$(peer mint "$tmp/pk" RS256 rsa-1 "{\"iss\":\"https://bench.example\",\"aud\":\"warden\",\"sub\":\"bench\",\"iat\":$now,\"exp\":$((now + 86400)),\"scope\":\"predict:*\"}")"
 
 rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
@@ -82,6 +114,9 @@ for round in $(seq 1 "$ROUNDS"); do
   echo "round $round/$ROUNDS ..." >&2
   run floor "$floor_pid" "https://127.0.0.1:$port_floor/v1/models/iris:predict"
   run warden "$warden_pid" "https://127.0.0.1:$port_warden/v1/models/iris:predict" "X-API-Key: $key"
+  run warden_eddsa "$warden_pid" "https://127.0.0.1:$port_warden/v1/models/iris:predict" "Authorization: Bearer $eddsa"
+  run warden_rs256 "$warden_pid" "https://127.0.0.1:$port_warden/v1/models/iris:predict" "Authorization: Bearer $rs256"
+  run warden_nocache "$nocache_pid" "https://127.0.0.1:$port_nocache/v1/models/iris:predict" "X-API-Key: $nocache_key"
 done
 
 mkdir -p bench/results
@@ -118,23 +153,35 @@ def summary(name):
     out["errors"] = sum(m["errors"] for m in ms)
     out["aborted_at_end"] = sum(m["aborted_at_end"] for m in ms)
     return out
-floor, warden = summary("floor"), summary("warden")
+NAMES = ("floor", "warden", "warden_eddsa", "warden_rs256", "warden_nocache")
+summaries = {n: summary(n) for n in NAMES}
+floor, warden = summaries["floor"], summaries["warden"]
 warden["idle_rss_mib"] = start["warden_start_rss_kib"] / 1024
 floor["idle_rss_mib"] = start["floor_start_rss_kib"] / 1024
 # Ratios per round (floor and warden measured back to back), then the median:
 # the machine's speed drifts between rounds, the ratio much less.
 rounds_seen = sorted({r for (r, _) in per})
-def ratio(key):
-    return statistics.median(per[(r, "warden")][key] / per[(r, "floor")][key] for r in rounds_seen)
+def ratio(key, a="warden", b="floor"):
+    return statistics.median(per[(r, a)][key] / per[(r, b)][key] for r in rounds_seen)
+def diff(key, a, b="warden"):
+    return statistics.median(per[(r, a)][key] - per[(r, b)][key] for r in rounds_seen)
 ratios = {"rps_vs_floor": ratio("rps"), "cpu_per_req_vs_floor": ratio("cpu_us_per_req"), "p99_vs_floor": ratio("p99_ms")}
-result = {"seconds": secs, "rounds": rounds, "connections": conns, "floor": floor, "warden": warden, "ratios": ratios,
-          "per_round": [{"round": r, **{n: per[(r, n)] for n in ("floor", "warden")}} for r in rounds_seen]}
+auth = {n: {"rps_vs_api_key": ratio("rps", n, "warden"), "cpu_per_req_vs_api_key": ratio("cpu_us_per_req", n, "warden"),
+            "added_cpu_us_per_req": diff("cpu_us_per_req", n), "added_p50_ms": diff("p50_ms", n)}
+        for n in ("warden_eddsa", "warden_rs256", "warden_nocache")}
+result = {"seconds": secs, "rounds": rounds, "connections": conns, **summaries, "ratios": ratios, "auth_vs_api_key": auth,
+          "per_round": [{"round": r, **{n: per[(r, n)] for n in NAMES}} for r in rounds_seen]}
 json.dump(result, open("bench/results/latest.json", "w"), indent=1)
 print(f"\nv1 predict on iris over HTTPS, {conns} connections, {secs}s x {rounds} rounds (medians)\n")
-print(f"{'':8} {'req/s':>9} {'p50 ms':>7} {'p99 ms':>7} {'errors':>6} {'CPU us/req':>10} {'idle RSS MiB':>12} {'loaded RSS MiB':>14}")
-for name, s in (("floor", floor), ("warden", warden)):
-    print(f"{name:8} {s['rps']:>9.0f} {s['p50_ms']:>7.2f} {s['p99_ms']:>7.2f} {s['errors']:>6} {s['cpu_us_per_req']:>10.1f} {s['idle_rss_mib']:>12.1f} {s['loaded_rss_mib']:>14.1f}")
+print(f"{'':15} {'req/s':>9} {'p50 ms':>7} {'p99 ms':>7} {'errors':>6} {'CPU us/req':>10} {'idle RSS MiB':>12} {'loaded RSS MiB':>14}")
+for name in NAMES:
+    s = summaries[name]
+    idle = f"{s['idle_rss_mib']:>12.1f}" if "idle_rss_mib" in s else f"{'':>12}"
+    print(f"{name:15} {s['rps']:>9.0f} {s['p50_ms']:>7.2f} {s['p99_ms']:>7.2f} {s['errors']:>6} {s['cpu_us_per_req']:>10.1f} {idle} {s['loaded_rss_mib']:>14.1f}")
 print(f"\nwarden / floor (median of per-round ratios): {ratios['rps_vs_floor']:.1%} of requests/s, "
       f"{ratios['cpu_per_req_vs_floor']:.2f}x CPU per request, {ratios['p99_vs_floor']:.2f}x p99")
+for n, a in auth.items():
+    print(f"{n} / warden (API key, cached): {a['rps_vs_api_key']:.1%} of requests/s, {a['cpu_per_req_vs_api_key']:.2f}x CPU per request "
+          f"({a['added_cpu_us_per_req']:+.1f} us), p50 {a['added_p50_ms']:+.2f} ms")
 print(f"(requests cancelled by oha at the end of each run, not errors: floor {floor['aborted_at_end']}, warden {warden['aborted_at_end']})")
 PY
