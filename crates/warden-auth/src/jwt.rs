@@ -13,6 +13,12 @@
 //! - `exp` is required; `nbf` and `iat` are honoured; all with the
 //!   issuer's leeway; `iss` and `aud` must match;
 //! - tokens over 8 KiB are refused before parsing (by the authenticator).
+//!
+//! A verified token is remembered (by its SHA-256, bounded, for at most
+//! [`TOKEN_CACHE_TTL`] and never past its `exp`), so a client reusing its
+//! token pays the signature check once a minute rather than on every
+//! request. The cost: a key an issuer withdraws from its JWKS keeps
+//! validating tokens already seen for up to that minute.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -28,6 +34,11 @@ use warden_core::{Grant, Grants, ModelScope, Principal, Roles};
 use crate::authenticator::Credential;
 use crate::keys::unix_now;
 use crate::tokens::TokenService;
+
+/// Longest a verified token is remembered.
+pub const TOKEN_CACHE_TTL: Duration = Duration::from_secs(60);
+/// Most verified tokens remembered; when full the cache is emptied.
+pub const TOKEN_CACHE_CAPACITY: usize = 10_000;
 
 /// Longest `kid` looked up.
 const MAX_KID_LEN: usize = 256;
@@ -165,9 +176,21 @@ impl RemoteJwks {
             if !response.status().is_success() {
                 return Err(format!("HTTP {}", response.status()));
             }
-            let body = response.bytes().await.map_err(|e| e.to_string())?;
-            if body.len() > 1024 * 1024 {
+            // Read at most 1 MiB, whatever the server says or sends.
+            const MAX_JWKS: usize = 1024 * 1024;
+            if response
+                .content_length()
+                .is_some_and(|n| n > MAX_JWKS as u64)
+            {
                 return Err("the JWKS is over 1 MiB".into());
+            }
+            let mut response = response;
+            let mut body = Vec::new();
+            while let Some(chunk) = response.chunk().await.map_err(|e| e.to_string())? {
+                if body.len() + chunk.len() > MAX_JWKS {
+                    return Err("the JWKS is over 1 MiB".into());
+                }
+                body.extend_from_slice(&chunk);
             }
             KeySet::from_jwks(&body)
         }
@@ -250,6 +273,7 @@ struct Issuer {
 /// Verifies bearer JWTs from every configured issuer.
 pub struct JwtVerifier {
     by_iss: HashMap<String, Issuer>,
+    verified: RwLock<HashMap<[u8; 32], (Principal, Instant)>>,
 }
 
 impl std::fmt::Debug for JwtVerifier {
@@ -396,7 +420,10 @@ impl JwtVerifier {
                 },
             );
         }
-        Ok(Self { by_iss })
+        Ok(Self {
+            by_iss,
+            verified: RwLock::new(HashMap::new()),
+        })
     }
 
     /// Whether any issuer is configured.
@@ -406,6 +433,40 @@ impl JwtVerifier {
 
     /// Verifies a token and resolves it to a principal.
     pub async fn verify(&self, token: &str) -> Result<Principal, Credential> {
+        use sha2::{Digest, Sha256};
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        if let Some((principal, until)) = self
+            .verified
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&digest)
+            && Instant::now() < *until
+        {
+            return Ok(principal.clone());
+        }
+        let (principal, exp) = self.verify_uncached(token).await?;
+        let left = Duration::from_secs(u64::try_from(exp - unix_now()).unwrap_or(0));
+        if !left.is_zero() {
+            let mut cache = self
+                .verified
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if cache.len() >= TOKEN_CACHE_CAPACITY {
+                cache.clear();
+            }
+            cache.insert(
+                digest,
+                (
+                    principal.clone(),
+                    Instant::now() + left.min(TOKEN_CACHE_TTL),
+                ),
+            );
+        }
+        Ok(principal)
+    }
+
+    /// Full verification; returns the principal and the token's `exp`.
+    async fn verify_uncached(&self, token: &str) -> Result<(Principal, i64), Credential> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| Credential::TokenMalformed)?;
         #[derive(serde::Deserialize)]
         struct Peek {
@@ -453,6 +514,11 @@ impl JwtVerifier {
             },
         )?;
         let claims = data.claims;
+        // `exp` is required and was checked; keep it for the cache.
+        let exp = claims
+            .get("exp")
+            .and_then(Value::as_f64)
+            .ok_or(Credential::TokenClaims)? as i64;
         // `iat` in the future (beyond the leeway) means a wrong clock or a
         // forged token: jsonwebtoken checks exp and nbf, this is the third.
         if let Some(iat) = claims.get("iat") {
@@ -467,7 +533,7 @@ impl JwtVerifier {
             .filter(|s| !s.is_empty())
             .ok_or(Credential::TokenClaims)?;
         let sub: String = sub.chars().take(MAX_SUB_LEN).collect();
-        Ok(match &issuer.mapping {
+        let principal = match &issuer.mapping {
             Mapping::Local => {
                 let grants = Grants::of(
                     &scope_values(claims.get("scope"))
@@ -505,8 +571,11 @@ impl JwtVerifier {
                                 }
                             }
                         }
+                        // Unmapped values that are Warden permissions count
+                        // as such, except admin ones: an external IdP grants
+                        // admin rights only through an explicit scope_map entry.
                         None => {
-                            if let Some(g) = Grant::parse(value) {
+                            if let Some(g) = Grant::parse(value).filter(|g| !g.is_admin()) {
                                 grants.add(&g);
                             }
                         }
@@ -519,7 +588,8 @@ impl JwtVerifier {
                     models: ModelScope::All,
                 }
             }
-        })
+        };
+        Ok((principal, exp))
     }
 }
 

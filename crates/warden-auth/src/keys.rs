@@ -154,7 +154,7 @@ impl<'s, S: Store + ?Sized> KeyAdmin<'s, S> {
                 .map(|e| Duration::from_secs(e.saturating_sub(old.created_at).max(0) as u64)),
         };
         let now = unix_now();
-        let old_ends = now.saturating_add(grace.as_secs() as i64);
+        let old_ends = now.saturating_add(i64::try_from(grace.as_secs()).unwrap_or(i64::MAX));
         self.issue(&new, Some(id), |record| {
             self.store.rotate_key(id, record, now, old_ends)
         })

@@ -49,9 +49,19 @@ pub struct Busy;
 /// Bounded, equal-time secret checking for the token endpoint.
 #[derive(Debug)]
 pub struct SecretChecker {
-    permits: Semaphore,
+    permits: Arc<Semaphore>,
     waiting: AtomicUsize,
     dummy: Arc<str>,
+}
+
+/// Counts one waiting check; the count drops when the wait ends, however it
+/// ends (a client that disconnects cancels the future mid-wait).
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl SecretChecker {
@@ -60,7 +70,7 @@ impl SecretChecker {
     pub fn new(parallel: usize) -> Result<Self, String> {
         let random: String = (0..32).map(|_| rand::random::<char>()).collect();
         Ok(Self {
-            permits: Semaphore::new(parallel.max(1)),
+            permits: Arc::new(Semaphore::new(parallel.max(1))),
             waiting: AtomicUsize::new(0),
             dummy: hash(&random)?.into(),
         })
@@ -73,18 +83,26 @@ impl SecretChecker {
         secret: Zeroizing<String>,
         stored: Option<String>,
     ) -> Result<bool, Busy> {
-        if self.waiting.fetch_add(1, Ordering::AcqRel) >= MAX_WAITING {
-            self.waiting.fetch_sub(1, Ordering::AcqRel);
-            return Err(Busy);
-        }
-        let permit = self.permits.acquire().await;
-        self.waiting.fetch_sub(1, Ordering::AcqRel);
-        let _permit = permit.map_err(|_| Busy)?;
+        let permit = {
+            let waiting = Waiting(&self.waiting);
+            if waiting.0.fetch_add(1, Ordering::AcqRel) >= MAX_WAITING {
+                return Err(Busy);
+            }
+            Arc::clone(&self.permits)
+                .acquire_owned()
+                .await
+                .map_err(|_| Busy)?
+        };
         let exists = stored.is_some();
         let phc: Arc<str> = stored.map_or_else(|| self.dummy.clone(), Arc::from);
-        let matched = tokio::task::spawn_blocking(move || verify(&secret, &phc))
-            .await
-            .unwrap_or(false);
+        // The permit moves into the blocking task: if the request is
+        // cancelled, the hash still holds its CPU slot until it finishes.
+        let matched = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            verify(&secret, &phc)
+        })
+        .await
+        .unwrap_or(false);
         Ok(exists && matched)
     }
 }

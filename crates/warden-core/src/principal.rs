@@ -193,6 +193,17 @@ impl Grant {
     }
 }
 
+impl Grant {
+    /// Whether this is an `admin:` permission.
+    pub fn is_admin(&self) -> bool {
+        match self {
+            Self::AdminAll => true,
+            Self::Other(p) => p.is_admin(),
+            Self::PredictAll | Self::Predict(_) => false,
+        }
+    }
+}
+
 impl fmt::Display for Grant {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -493,6 +504,25 @@ impl Principal {
             && self.models.allows(model)
     }
 
+    /// Whether this principal may hand out (or take over) a credential with
+    /// `role` narrowed to `models`: only if it holds everything that
+    /// credential would hold. An `admin:keys` holder cannot mint an admin key.
+    pub fn may_grant(&self, role: &Role, models: &ModelScope) -> bool {
+        let within = match (&self.models, models) {
+            (ModelScope::All, _) => true,
+            (ModelScope::Only(_), ModelScope::All) => false,
+            (ModelScope::Only(mine), ModelScope::Only(theirs)) => {
+                theirs.iter().all(|m| mine.contains(m))
+            }
+        };
+        let target = Grants {
+            permissions: role.grants.permissions,
+            predict: role.grants.predict.intersect(models),
+        };
+        let mine = self.effective_grants();
+        within && target.to_list().iter().all(|g| mine.covers(g))
+    }
+
     /// The principal's grants with its model allowlist applied, e.g. the
     /// most a token issued to it may carry.
     pub fn effective_grants(&self) -> Grants {
@@ -565,6 +595,31 @@ mod tests {
         assert_eq!(p.effective_grants().to_scope(), "predict:iris models:read");
         let m = Principal::with_role("key:m", &role(&roles, "metrics"), ModelScope::All);
         assert!(!m.may_predict("iris") && !m.may_read_model("iris"));
+    }
+
+    #[test]
+    fn nobody_grants_more_than_they_hold() {
+        let mut roles = Roles::builtin();
+        roles
+            .define(
+                "keymaster",
+                String::new(),
+                &["admin:keys".into(), "predict:iris".into()],
+            )
+            .unwrap();
+        let km = Principal::with_role("key:k", &role(&roles, "keymaster"), ModelScope::All);
+        let iris = ModelScope::Only(vec!["iris".to_string()].into());
+        assert!(!km.may_grant(&role(&roles, "admin"), &ModelScope::All));
+        assert!(
+            !km.may_grant(&role(&roles, "predict"), &ModelScope::All),
+            "no models:read"
+        );
+        assert!(km.may_grant(&role(&roles, "keymaster"), &iris));
+        let admin = Principal::with_role("key:a", &role(&roles, "admin"), ModelScope::All);
+        assert!(admin.may_grant(&role(&roles, "admin"), &ModelScope::All));
+        let narrowed = Principal::with_role("key:n", &role(&roles, "admin"), iris.clone());
+        assert!(!narrowed.may_grant(&role(&roles, "predict"), &ModelScope::All));
+        assert!(narrowed.may_grant(&role(&roles, "predict"), &iris));
     }
 
     #[test]

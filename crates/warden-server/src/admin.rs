@@ -15,7 +15,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use warden_auth::keys::unix_now;
 use warden_auth::{AccountError, Accounts, KeyAdmin, KeyError, NewKey};
-use warden_core::{ApiError, ErrorCode, Permission, Principal};
+use warden_core::{ApiError, ErrorCode, ModelScope, Permission, Principal};
 use warden_store::{ApiKeyRecord, ClientRecord, UserRecord};
 use zeroize::Zeroizing;
 
@@ -47,6 +47,62 @@ fn require(caller: &Principal, permission: Permission) -> Result<(), ApiError> {
         tracing::info!(principal = %caller.id, needed = permission.as_str(), "management call refused");
         Err(ErrorCode::Forbidden.into())
     }
+}
+
+/// A caller may only create, rotate, reset, revoke or disable a credential
+/// whose role (narrowed to its models) it holds itself: `admin:keys` alone
+/// must not be a way to mint an admin key or take over one. A credential
+/// whose role is no longer configured needs a caller holding everything.
+fn may_manage(
+    state: &AppState,
+    caller: &Principal,
+    role: &str,
+    models: Option<&[String]>,
+) -> Result<(), ApiError> {
+    let models = match models {
+        None => ModelScope::All,
+        Some(m) => ModelScope::Only(m.to_vec().into()),
+    };
+    let allowed = match state.identity.roles.get(role) {
+        Some(r) => caller.may_grant(r, &models),
+        None => state
+            .identity
+            .roles
+            .get("admin")
+            .is_some_and(|admin| caller.may_grant(admin, &ModelScope::All)),
+    };
+    if allowed {
+        Ok(())
+    } else {
+        tracing::warn!(principal = %caller.id, target_role = %role, "management call refused: the target holds more than the caller");
+        Err(ErrorCode::Forbidden.into())
+    }
+}
+
+/// The role and models of an existing key, user or client (404 if none).
+async fn target_of(
+    state: &AppState,
+    kind: Kind,
+    id: &str,
+) -> Result<(String, Option<Vec<String>>), ApiError> {
+    let store = state.identity.store.clone();
+    let id = id.to_owned();
+    blocking(move || {
+        let found = match kind {
+            Kind::Key => store.get_key(&id).map(|k| k.map(|k| (k.role, k.models))),
+            Kind::User => store.get_user(&id).map(|u| u.map(|u| (u.role, None))),
+            Kind::Client => store.get_client(&id).map(|c| c.map(|c| (c.role, None))),
+        };
+        found.map_err(store_error)?.ok_or_else(ApiError::not_found)
+    })
+    .await
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Key,
+    User,
+    Client,
 }
 
 fn body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
@@ -156,6 +212,7 @@ async fn create_key(
 ) -> Result<Response, ApiError> {
     require(&caller, Permission::AdminKeys)?;
     let req: CreateKey = body(&bytes)?;
+    may_manage(&state, &caller, &req.role, req.models.as_deref())?;
     let expires_in = req
         .expires_in
         .as_deref()
@@ -190,6 +247,8 @@ async fn revoke_key(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     require(&caller, Permission::AdminKeys)?;
+    let (role, models) = target_of(&state, Kind::Key, &id).await?;
+    may_manage(&state, &caller, &role, models.as_deref())?;
     let identity = state.identity.clone();
     let key_id = id.clone();
     blocking(move || {
@@ -218,6 +277,8 @@ async fn rotate_key(
     JsonBody(bytes): JsonBody,
 ) -> Result<Response, ApiError> {
     require(&caller, Permission::AdminKeys)?;
+    let (role, models) = target_of(&state, Kind::Key, &id).await?;
+    may_manage(&state, &caller, &role, models.as_deref())?;
     let req: RotateKey = if bytes.is_empty() {
         RotateKey::default()
     } else {
@@ -240,9 +301,12 @@ async fn rotate_key(
     .await?;
     state.authenticator.forget_key(&id);
     tracing::warn!(principal = %caller.id, old_key_id = %id, key_id = %issued.record.id, grace = ?grace, "API key rotated");
+    let store = state.identity.store.clone();
+    let old_id = id.clone();
+    let old = blocking(move || store.get_key(&old_id).map_err(store_error)).await?;
     let mut value = key_json(&issued.record, unix_now());
     value["key"] = Value::String(issued.key.to_string());
-    value["old_key_expires_at"] = json!(unix_now() + grace.as_secs() as i64);
+    value["old_key_expires_at"] = json!(old.and_then(|k| k.expires_at));
     Ok(json(value.to_string()))
 }
 
@@ -272,6 +336,7 @@ async fn create_user(
 ) -> Result<Response, ApiError> {
     require(&caller, Permission::AdminUsers)?;
     let req: CreateUser = body(&bytes)?;
+    may_manage(&state, &caller, &req.role, None)?;
     let identity = state.identity.clone();
     let user = blocking(move || {
         Accounts::new(identity.store.as_ref(), &identity.roles)
@@ -289,6 +354,8 @@ async fn disable_user(
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
     require(&caller, Permission::AdminUsers)?;
+    let (role, _) = target_of(&state, Kind::User, &name).await?;
+    may_manage(&state, &caller, &role, None)?;
     let identity = state.identity.clone();
     let user = name.clone();
     blocking(move || {
@@ -317,6 +384,8 @@ async fn set_password(
 ) -> Result<Response, ApiError> {
     require(&caller, Permission::AdminUsers)?;
     let req: SetPassword = body(&bytes)?;
+    let (role, _) = target_of(&state, Kind::User, &name).await?;
+    may_manage(&state, &caller, &role, None)?;
     let identity = state.identity.clone();
     let user = name.clone();
     blocking(move || {
@@ -356,6 +425,7 @@ async fn create_client(
 ) -> Result<Response, ApiError> {
     require(&caller, Permission::AdminUsers)?;
     let req: CreateClient = body(&bytes)?;
+    may_manage(&state, &caller, &req.role, None)?;
     let identity = state.identity.clone();
     let issued = blocking(move || {
         Accounts::new(identity.store.as_ref(), &identity.roles)
@@ -375,6 +445,8 @@ async fn revoke_client(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     require(&caller, Permission::AdminUsers)?;
+    let (role, _) = target_of(&state, Kind::Client, &id).await?;
+    may_manage(&state, &caller, &role, None)?;
     let identity = state.identity.clone();
     let client = id.clone();
     blocking(move || {
@@ -395,6 +467,8 @@ async fn rotate_client(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     require(&caller, Permission::AdminUsers)?;
+    let (role, _) = target_of(&state, Kind::Client, &id).await?;
+    may_manage(&state, &caller, &role, None)?;
     let identity = state.identity.clone();
     let client = id.clone();
     let issued = blocking(move || {

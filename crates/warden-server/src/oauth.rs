@@ -311,9 +311,10 @@ async fn token_steps(
     client: Option<ClientAddr>,
 ) -> Result<(Arc<str>, String), OAuthError> {
     let address = client.map_or(IpAddr::from([0, 0, 0, 0]), |c| c.0);
+    let limit_key = limit_key(address);
     // The per-address limit comes first: nothing else is done for a client
     // over it, not even reading the body.
-    OAuth::limit(&oauth.by_address, &address).map_err(|s| {
+    OAuth::limit(&oauth.by_address, &limit_key).map_err(|s| {
         tracing::warn!(client = %address, "token endpoint: address over its limit");
         OAuthError::rate_limited(s)
     })?;
@@ -373,7 +374,7 @@ async fn client_credentials(
         return Err(OAuthError::invalid_client(by_basic));
     }
     OAuth::limit(&oauth.by_account, &format!("client:{client_id}")).map_err(|s| {
-        tracing::warn!(client = %address, client_id = %client_id, "token endpoint: client over its limit");
+        tracing::warn!(client = %address, client_id = ?client_id, "token endpoint: client over its limit");
         OAuthError::rate_limited(s)
     })?;
     let store = state.identity.store.clone();
@@ -396,7 +397,7 @@ async fn client_credentials(
         .filter(|_| matched)
         .and_then(|r| state.identity.roles.get(&r).cloned());
     let Some(role) = role else {
-        tracing::warn!(client = %address, client_id = %client_id, "token endpoint: client authentication failed");
+        tracing::warn!(client = %address, client_id = ?client_id, "token endpoint: client authentication failed");
         return Err(OAuthError::invalid_client(by_basic));
     };
     let grants = scoped(&role.grants, form.scope.as_deref())?;
@@ -413,7 +414,7 @@ async fn client_credentials(
             tracing::error!(error = %e, "cannot issue a token");
             OAuthError::server_error()
         })?;
-    tracing::info!(client = %address, client_id = %client_id, scope = %token.scope, "token issued");
+    tracing::info!(client = %address, client_id = ?client_id, scope = %token.scope, "token issued");
     Ok((subject, serde_json::to_string(&token).unwrap_or_default()))
 }
 
@@ -432,7 +433,7 @@ async fn password(
         return Err(OAuthError::invalid_grant());
     }
     OAuth::limit(&oauth.by_account, &format!("user:{username}")).map_err(|s| {
-        tracing::warn!(client = %address, username = %username, "token endpoint: username over its limit");
+        tracing::warn!(client = %address, username = ?username, "token endpoint: username over its limit");
         OAuthError::rate_limited(s)
     })?;
     let store = state.identity.store.clone();
@@ -457,7 +458,7 @@ async fn password(
         .filter(|_| matched && active)
         .and_then(|r| state.identity.roles.get(&r).cloned());
     let Some(role) = role else {
-        tracing::warn!(client = %address, username = %username, "token endpoint: login failed");
+        tracing::warn!(client = %address, username = ?username, "token endpoint: login failed");
         return Err(OAuthError::invalid_grant());
     };
     let grants = scoped(&role.grants, form.scope.as_deref())?;
@@ -469,8 +470,21 @@ async fn password(
             tracing::error!(error = %e, "cannot issue a token");
             OAuthError::server_error()
         })?;
-    tracing::info!(client = %address, username = %username, scope = %token.scope, "token issued");
+    tracing::info!(client = %address, username = ?username, scope = %token.scope, "token issued");
     Ok((subject, serde_json::to_string(&token).unwrap_or_default()))
+}
+
+/// The per-address limiter's key: an IPv6 client is limited by its /64 (one
+/// host is commonly given a whole /64), an IPv4 client by its address.
+fn limit_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => {
+            let s = v6.segments();
+            IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+        }
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        IpAddr::V4(_) => ip,
+    }
 }
 
 /// The grants of a token: the role's, or the requested subset of them.
@@ -540,6 +554,15 @@ mod tests {
         assert_eq!((id.as_str(), secret.as_str()), ("my id", "s:cret"));
         h.insert(AUTHORIZATION, HeaderValue::from_static("Basic !!!"));
         assert!(basic_credentials(&h).is_err());
+    }
+
+    #[test]
+    fn ipv6_clients_are_limited_per_64() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        assert_eq!(limit_key(a), limit_key(b));
+        let v4: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
+        assert_eq!(limit_key(v4), "10.0.0.1".parse::<IpAddr>().unwrap());
     }
 
     #[test]

@@ -113,7 +113,8 @@ fn client_verifier(
 }
 
 /// The names of a verified client certificate: its DNS subject alternative
-/// names, then its subject common name. The authenticator maps them to a
+/// names, or, only when it has none, its subject common name (a CA that
+/// checks SANs may let the requester choose the CN). The authenticator maps them to a
 /// principal through `[[auth.mtls]]`.
 pub fn certificate_names(der: &[u8]) -> Vec<String> {
     use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
@@ -128,9 +129,11 @@ pub fn certificate_names(der: &[u8]) -> Vec<String> {
             }
         }
     }
-    for cn in cert.subject().iter_common_name() {
-        if let Ok(text) = cn.as_str() {
-            names.push(text.to_owned());
+    if names.is_empty() {
+        for cn in cert.subject().iter_common_name() {
+            if let Ok(text) = cn.as_str() {
+                names.push(text.to_owned());
+            }
         }
     }
     names

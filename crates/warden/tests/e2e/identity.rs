@@ -83,6 +83,8 @@ description = "probabilities on iris"
 permissions = ["predict:iris", "models:read"]
 [roles.app]
 permissions = ["predict:iris"]
+[roles.keymaster]
+permissions = ["admin:keys", "predict:iris"]
 
 [auth]
 key_rotation_grace = "1h"
@@ -951,6 +953,56 @@ async fn management_api_runs_the_key_lifecycle() {
             .await
             .0,
         StatusCode::UNAUTHORIZED
+    );
+
+    // `admin:keys` is not a way to become admin: a caller hands out (or takes
+    // over) only credentials holding no more than it holds itself.
+    let (status, body) = w
+        .admin_call(
+            "POST",
+            "/admin/keys",
+            Some(&admin),
+            Some(json!({"name": "km", "role": "keymaster"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let keymaster = body["key"].as_str().unwrap().to_owned();
+    let admin_id = admin.split('_').nth(1).unwrap();
+    for (method, path, body) in [
+        (
+            "POST",
+            "/admin/keys".to_string(),
+            Some(json!({"name": "x", "role": "admin"})),
+        ),
+        (
+            "POST",
+            "/admin/keys".to_string(),
+            Some(json!({"name": "x", "role": "predict"})),
+        ),
+        ("POST", format!("/admin/keys/{admin_id}/rotate"), None),
+        ("POST", format!("/admin/keys/{admin_id}/revoke"), None),
+    ] {
+        let (status, reply) = w.admin_call(method, &path, Some(&keymaster), body).await;
+        assert_eq!(
+            (status, reply["code"].as_str()),
+            (StatusCode::FORBIDDEN, Some("forbidden")),
+            "{path}"
+        );
+    }
+    let (status, body) = w
+        .admin_call(
+            "POST",
+            "/admin/keys",
+            Some(&keymaster),
+            Some(json!({"name": "y", "role": "app"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "within its own grants: {body}");
+    assert_eq!(
+        w.admin_call("GET", "/admin/users", Some(&keymaster), None)
+            .await
+            .0,
+        StatusCode::FORBIDDEN
     );
 
     // Users and clients through the API; the client secret is shown once.
