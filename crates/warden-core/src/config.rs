@@ -6,6 +6,7 @@
 //! keep the three in step.
 
 mod auth;
+mod limits;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -22,6 +23,9 @@ pub use auth::{
     AuthSettings, IssuerKeys, IssuerSettings, JWT_ALGORITHMS, MIN_HS256_SECRET, MtlsIdentity,
     RawAuth, RawIssuer, RawMtlsIdentity, RawRole, RawTokens, ScopeTarget, TokenSettings,
     model_list,
+};
+pub use limits::{
+    Bans, LimitBackend, LimitSettings, POLICIES, Quota, Rate, RawBans, RawLimits, RawQuota, RawRate,
 };
 
 /// The default data-plane address (SPEC §1).
@@ -64,6 +68,8 @@ pub struct RawConfig {
     pub roles: BTreeMap<String, RawRole>,
     /// API keys, tokens, external JWT issuers, client certificates.
     pub auth: RawAuth,
+    /// Rate limits, quotas, bans.
+    pub limits: RawLimits,
     /// Acknowledgements of settings Warden otherwise refuses as insecure.
     pub insecure: RawInsecure,
 }
@@ -94,6 +100,8 @@ pub struct RawServer {
     pub max_connections: Option<usize>,
     /// Peers (CIDRs) whose `X-Forwarded-For` / `Forwarded` headers are believed. Default none.
     pub trusted_proxies: Option<Vec<IpNet>>,
+    /// Most requests in flight at once; beyond: 503 overloaded. Default 4096.
+    pub max_in_flight: Option<usize>,
 }
 
 /// `[tls]`
@@ -375,6 +383,10 @@ pub struct Config {
     pub roles: Roles,
     /// Identity settings.
     pub auth: AuthSettings,
+    /// Abuse control.
+    pub limits: LimitSettings,
+    /// Most requests in flight at once on the data plane.
+    pub max_in_flight: usize,
 }
 
 impl Config {
@@ -411,6 +423,7 @@ impl Config {
             admin,
             roles,
             auth,
+            limits,
             insecure,
         } = raw;
 
@@ -590,7 +603,10 @@ impl Config {
             insecure.short_hs256_secret,
         )?;
 
+        let limits = limits::limits(limits, &roles)?;
         Ok(Self {
+            max_in_flight: positive("server.max_in_flight", server.max_in_flight, 4096)?,
+            limits,
             admin,
             roles,
             auth,

@@ -1,0 +1,470 @@
+//! Warden's abuse control (SPEC §2 and §7): rate limits, quotas and
+//! brute-force bans, with state in this process or shared by replicas
+//! through Redis.
+//!
+//! - **Rate limits** are GCRA ([`gcra`]) per subject and named policy:
+//!   `default` (every authenticated request, keyed by principal), `predict`
+//!   (counted in predicted rows), `token` (the token endpoint, per address
+//!   and per account). Policies can be overridden per role and per key.
+//! - **Quotas** are row budgets per principal and model per UTC day and/or
+//!   calendar month, taken all-or-nothing.
+//! - **Bans**: failed authentications per subject (a client address, or a
+//!   username on the token endpoint) within a window lead to a ban whose
+//!   length doubles with each ban, up to a maximum.
+//!
+//! With Redis: when it cannot be reached, rate limits fall back to this
+//! process's own limiter (fail open, logged), quotas refuse unless configured
+//! to allow (fail closed), and bans are not enforced (fail open, logged).
+
+pub mod gcra;
+pub mod memory;
+mod shared;
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use warden_core::Principal;
+use warden_core::config::{LimitBackend, LimitSettings, Rate};
+
+pub use gcra::Decision;
+use memory::Memory;
+pub use memory::SystemClock;
+use shared::Shared;
+
+/// Wall-clock time in Unix microseconds (a trait so tests control it).
+pub trait Clock: Send + Sync + std::fmt::Debug {
+    /// Now.
+    fn now_us(&self) -> u64;
+}
+
+/// One quota window a request counts against.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuotaWindow {
+    /// Storage key (principal, model, window).
+    pub key: String,
+    /// Rows allowed in the window.
+    pub limit: u64,
+    /// When the window ends (Unix µs).
+    pub ends_us: u64,
+    /// `day` or `month`.
+    pub name: &'static str,
+}
+
+/// The result of taking rows from quota windows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuotaDecision {
+    /// Whether the rows were taken.
+    pub allowed: bool,
+    /// Rows used in each window (after taking, if allowed).
+    pub used: Vec<u64>,
+    /// The window that would have gone over.
+    pub exceeded: Option<usize>,
+}
+
+/// A current ban.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BanInfo {
+    /// `addr:<ip>` or `user:<name>`.
+    pub subject: String,
+    /// Microseconds left.
+    pub remaining_us: u64,
+    /// Bans so far (the length doubles with each).
+    pub level: u32,
+}
+
+/// A rate check's outcome, with what the IETF RateLimit headers need.
+#[derive(Debug, Clone, Copy)]
+pub struct RateOutcome {
+    /// The policy name.
+    pub policy: &'static str,
+    /// The rate applied.
+    pub rate: Rate,
+    /// The decision.
+    pub decision: Decision,
+}
+
+impl RateOutcome {
+    /// `RateLimit-Policy: "predict";q=600;w=60`
+    pub fn policy_header(&self) -> String {
+        format!(
+            "\"{}\";q={};w={}",
+            self.policy,
+            self.rate.quota,
+            self.rate.window.as_secs()
+        )
+    }
+
+    /// `RateLimit: "predict";r=42;t=17`
+    pub fn limit_header(&self) -> String {
+        format!(
+            "\"{}\";r={};t={}",
+            self.policy,
+            self.decision.remaining,
+            self.decision.reset_us.div_ceil(1_000_000)
+        )
+    }
+
+    /// Whole seconds to wait (at least 1) when refused.
+    pub fn retry_after(&self) -> u64 {
+        self.decision.retry_after_us.div_ceil(1_000_000).max(1)
+    }
+}
+
+/// The outcome of a quota check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuotaOutcome {
+    /// Whether the rows were taken.
+    pub allowed: bool,
+    /// Rows left in the tightest window (`None`: no quota applies).
+    pub remaining: Option<u64>,
+    /// When refused: seconds until the exceeded window resets.
+    pub retry_after: u64,
+}
+
+/// A quota window's state, for the management API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuotaUsage {
+    /// Model.
+    pub model: String,
+    /// `day` or `month`.
+    pub window: &'static str,
+    /// Rows allowed.
+    pub limit: u64,
+    /// Rows used.
+    pub used: u64,
+    /// Seconds until the window resets.
+    pub resets_in: u64,
+}
+
+/// Quota state could not be read (Redis down and quotas fail closed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unavailable;
+
+/// The limiter: policies, quotas, bans, over memory or Redis.
+#[derive(Debug)]
+pub struct Limiter {
+    settings: LimitSettings,
+    clock: Arc<dyn Clock>,
+    memory: Memory,
+    shared: Option<Arc<Shared>>,
+    quota_fail_closed: bool,
+    fallbacks: AtomicU64,
+    last_warning: AtomicU64,
+}
+
+impl Limiter {
+    /// A limiter over in-process state, with `clock`.
+    pub fn in_memory(settings: LimitSettings, clock: Arc<dyn Clock>) -> Self {
+        Self {
+            settings,
+            clock,
+            memory: Memory::default(),
+            shared: None,
+            quota_fail_closed: true,
+            fallbacks: AtomicU64::new(0),
+            last_warning: AtomicU64::new(0),
+        }
+    }
+
+    /// The limiter the settings ask for (connecting to Redis if configured).
+    pub async fn new(settings: LimitSettings) -> Result<Self, String> {
+        let backend = settings.backend.clone();
+        let mut limiter = Self::in_memory(settings, Arc::new(SystemClock));
+        if let LimitBackend::Redis {
+            url,
+            prefix,
+            quota_fail_closed,
+        } = backend
+        {
+            limiter.shared = Some(Shared::connect(&url, prefix).await?);
+            limiter.quota_fail_closed = quota_fail_closed;
+        }
+        Ok(limiter)
+    }
+
+    /// Checks made against the local limiter because Redis was unreachable.
+    pub fn fallbacks(&self) -> u64 {
+        self.fallbacks.load(Ordering::Relaxed)
+    }
+
+    fn unavailable(&self, what: &str, error: &shared::Down) {
+        self.fallbacks.fetch_add(1, Ordering::Relaxed);
+        // Warn at most every ten seconds, not once per request.
+        let now = self.clock.now_us();
+        let last = self.last_warning.load(Ordering::Relaxed);
+        if now.saturating_sub(last) > 10_000_000
+            && self
+                .last_warning
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(error = %error.0, what, "Redis unavailable: falling back");
+        }
+    }
+
+    /// The rate of `policy` for `principal`: a per-key override, else the
+    /// most generous per-role override among its roles, else the policy.
+    pub fn rate_for(&self, policy: &'static str, principal: Option<&Principal>) -> Rate {
+        let base = self.settings.rates.get(policy).copied().unwrap_or(Rate {
+            quota: 1,
+            window: std::time::Duration::from_secs(1),
+            burst: 1,
+        });
+        let Some(p) = principal else { return base };
+        if let Some(rate) =
+            p.id.strip_prefix("key:")
+                .and_then(|id| self.settings.key_rates.get(id))
+                .and_then(|m| m.get(policy))
+        {
+            return *rate;
+        }
+        p.roles
+            .iter()
+            .filter_map(|r| self.settings.role_rates.get(&**r)?.get(policy))
+            .max_by(|a, b| {
+                let per_sec = |r: &Rate| r.quota as f64 / r.window.as_secs_f64();
+                per_sec(a)
+                    .total_cmp(&per_sec(b))
+                    .then(a.burst.cmp(&b.burst))
+            })
+            .copied()
+            .unwrap_or(base)
+    }
+
+    /// Takes `cost` units of `policy` for `subject` (a principal id, or
+    /// `addr:<ip>` / `user:<name>`).
+    pub async fn rate(
+        &self,
+        policy: &'static str,
+        subject: &str,
+        rate: Rate,
+        cost: u64,
+    ) -> RateOutcome {
+        let key = format!("{policy}:{subject}");
+        let decision = match &self.shared {
+            None => self.memory.rate(&key, cost, &rate, self.clock.now_us()),
+            Some(s) => match s.rate(&key, cost, &rate).await {
+                Ok(d) => d,
+                Err(e) => {
+                    self.unavailable("rate limit", &e);
+                    self.memory.rate(&key, cost, &rate, self.clock.now_us())
+                }
+            },
+        };
+        RateOutcome {
+            policy,
+            rate,
+            decision,
+        }
+    }
+
+    /// The quota windows `principal` counts against on `model` at `now`.
+    pub fn quota_windows(
+        &self,
+        principal: &Principal,
+        model: &str,
+        now_us: u64,
+    ) -> Vec<QuotaWindow> {
+        let mut windows: Vec<QuotaWindow> = Vec::new();
+        let (day, day_ends, month, month_ends) = calendar(now_us);
+        for q in &self.settings.quotas {
+            if !principal.has_role(&q.role) || q.model.as_deref().is_some_and(|m| m != model) {
+                continue;
+            }
+            let mut push = |name: &'static str, id: &str, limit: u64, ends_us: u64| {
+                let key = format!("q:{}:{model}:{id}", principal.id);
+                match windows.iter_mut().find(|w| w.key == key) {
+                    Some(w) => w.limit = w.limit.min(limit),
+                    None => windows.push(QuotaWindow {
+                        key,
+                        limit,
+                        ends_us,
+                        name,
+                    }),
+                }
+            };
+            if let Some(l) = q.per_day {
+                push("day", &day, l, day_ends);
+            }
+            if let Some(l) = q.per_month {
+                push("month", &month, l, month_ends);
+            }
+        }
+        windows
+    }
+
+    /// Takes `rows` from `principal`'s quotas on `model`.
+    pub async fn quota(
+        &self,
+        principal: &Principal,
+        model: &str,
+        rows: u64,
+    ) -> Result<QuotaOutcome, Unavailable> {
+        let now = self.clock.now_us();
+        let windows = self.quota_windows(principal, model, now);
+        if windows.is_empty() {
+            return Ok(QuotaOutcome {
+                allowed: true,
+                remaining: None,
+                retry_after: 0,
+            });
+        }
+        let decision = match &self.shared {
+            None => self.memory.quota(&windows, rows, now),
+            Some(s) => match s.quota(&windows, rows, now).await {
+                Ok(d) => d,
+                Err(e) => {
+                    self.unavailable("quota", &e);
+                    if self.quota_fail_closed {
+                        return Err(Unavailable);
+                    }
+                    return Ok(QuotaOutcome {
+                        allowed: true,
+                        remaining: None,
+                        retry_after: 0,
+                    });
+                }
+            },
+        };
+        let remaining = windows
+            .iter()
+            .zip(&decision.used)
+            .map(|(w, u)| w.limit.saturating_sub(*u))
+            .min();
+        let retry_after = decision
+            .exceeded
+            .and_then(|i| windows.get(i))
+            .map_or(0, |w| {
+                w.ends_us.saturating_sub(now).div_ceil(1_000_000).max(1)
+            });
+        Ok(QuotaOutcome {
+            allowed: decision.allowed,
+            remaining,
+            retry_after,
+        })
+    }
+
+    /// Quota usage of `principal` on each of `models` (management API).
+    pub async fn quota_usage(
+        &self,
+        principal: &Principal,
+        models: &[String],
+    ) -> Result<Vec<QuotaUsage>, Unavailable> {
+        let now = self.clock.now_us();
+        let mut out = Vec::new();
+        for model in models {
+            let windows = self.quota_windows(principal, model, now);
+            let used = match &self.shared {
+                None => self.memory.quota_used(&windows, now),
+                Some(s) => match s.quota_used(&windows).await {
+                    Ok(u) => u,
+                    Err(e) => {
+                        self.unavailable("quota usage", &e);
+                        return Err(Unavailable);
+                    }
+                },
+            };
+            for (w, used) in windows.iter().zip(used) {
+                out.push(QuotaUsage {
+                    model: model.clone(),
+                    window: w.name,
+                    limit: w.limit,
+                    used,
+                    resets_in: w.ends_us.saturating_sub(now).div_ceil(1_000_000),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Seconds left on `subject`'s ban, if it is banned.
+    pub async fn banned(&self, subject: &str) -> Option<u64> {
+        self.settings.bans?;
+        let us = match &self.shared {
+            None => self.memory.banned(subject, self.clock.now_us()),
+            Some(s) => match s.banned(subject).await {
+                Ok(b) => b,
+                Err(e) => {
+                    self.unavailable("ban check", &e);
+                    None
+                }
+            },
+        };
+        us.map(|u| u.div_ceil(1_000_000).max(1))
+    }
+
+    /// Records a failed authentication by `subject`; bans it (and logs the
+    /// ban) when it reaches the threshold.
+    pub async fn failure(&self, subject: &str) {
+        let Some(policy) = self.settings.bans else {
+            return;
+        };
+        let ban = match &self.shared {
+            None => self.memory.failure(subject, &policy, self.clock.now_us()),
+            Some(s) => match s.failure(subject, &policy).await {
+                Ok(b) => b,
+                Err(e) => {
+                    self.unavailable("ban", &e);
+                    self.memory.failure(subject, &policy, self.clock.now_us())
+                }
+            },
+        };
+        if let Some(us) = ban {
+            tracing::warn!(
+                subject,
+                seconds = us / 1_000_000,
+                "banned after repeated authentication failures"
+            );
+        }
+    }
+
+    /// Every current ban.
+    pub async fn bans(&self) -> Result<Vec<BanInfo>, Unavailable> {
+        match &self.shared {
+            None => Ok(self.memory.bans(self.clock.now_us())),
+            Some(s) => s.bans().await.map_err(|e| {
+                self.unavailable("ban list", &e);
+                Unavailable
+            }),
+        }
+    }
+
+    /// Lifts `subject`'s ban; false if it was not banned.
+    pub async fn lift(&self, subject: &str) -> Result<bool, Unavailable> {
+        let was = self.banned(subject).await.is_some();
+        let local = self.memory.lift(subject, self.clock.now_us());
+        if let Some(s) = &self.shared {
+            s.lift(subject).await.map_err(|e| {
+                self.unavailable("ban lift", &e);
+                Unavailable
+            })?;
+        }
+        Ok(was || local)
+    }
+}
+
+/// Day and month window ids and their ends (Unix µs), in UTC.
+fn calendar(now_us: u64) -> (String, u64, String, u64) {
+    let secs = (now_us / 1_000_000) as i64;
+    let day_index = secs.div_euclid(86_400);
+    let day_ends = ((day_index + 1) * 86_400) as u64 * 1_000_000;
+    let (y, m) = time::OffsetDateTime::from_unix_timestamp(secs)
+        .map(|t| (t.year(), u8::from(t.month())))
+        .unwrap_or((1970, 1));
+    let (ny, nm) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
+    let month_ends = time::Date::from_calendar_date(
+        ny,
+        time::Month::try_from(nm).unwrap_or(time::Month::January),
+        1,
+    )
+    .map(|d| d.midnight().assume_utc().unix_timestamp())
+    .unwrap_or(secs + 86_400) as u64
+        * 1_000_000;
+    let mut day = String::new();
+    let _ = write!(day, "d{day_index}");
+    (day, day_ends, format!("m{y:04}{m:02}"), month_ends)
+}
+
+#[cfg(test)]
+mod tests;

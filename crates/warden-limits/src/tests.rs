@@ -1,0 +1,176 @@
+//! The limiter with a controlled clock: no sleeping for timing.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use warden_core::config::{Bans, LimitBackend, LimitSettings, Quota, Rate};
+use warden_core::{ModelScope, Principal, Roles};
+
+use super::*;
+
+#[derive(Debug, Default)]
+struct ManualClock(AtomicU64);
+
+impl Clock for ManualClock {
+    fn now_us(&self) -> u64 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+impl ManualClock {
+    fn advance(&self, d: Duration) {
+        self.0.fetch_add(d.as_micros() as u64, Ordering::SeqCst);
+    }
+}
+
+fn rate(quota: u64, secs: u64, burst: u64) -> Rate {
+    Rate {
+        quota,
+        window: Duration::from_secs(secs),
+        burst,
+    }
+}
+
+fn settings() -> LimitSettings {
+    let mut rates = BTreeMap::new();
+    rates.insert("predict".to_string(), rate(600, 60, 60));
+    rates.insert("default".to_string(), rate(6000, 60, 600));
+    let mut role_rates = BTreeMap::new();
+    role_rates.insert(
+        "analyst".to_string(),
+        BTreeMap::from([("predict".to_string(), rate(1200, 60, 120))]),
+    );
+    let mut key_rates = BTreeMap::new();
+    key_rates.insert(
+        "special00001".to_string(),
+        BTreeMap::from([("predict".to_string(), rate(10, 60, 2))]),
+    );
+    LimitSettings {
+        backend: LimitBackend::Memory,
+        rates,
+        role_rates,
+        key_rates,
+        quotas: vec![Quota {
+            role: "predict".into(),
+            model: None,
+            per_day: Some(100),
+            per_month: Some(150),
+        }],
+        bans: Some(Bans {
+            failures: 3,
+            window: Duration::from_secs(60),
+            base: Duration::from_secs(60),
+            max: Duration::from_secs(3600),
+        }),
+    }
+}
+
+fn principal(id: &str, role: &str) -> Principal {
+    let mut roles = Roles::builtin();
+    let _ = roles.define("analyst", String::new(), &["predict:*".into()]);
+    Principal::with_role(id, roles.get(role).unwrap(), ModelScope::All)
+}
+
+fn limiter() -> (Limiter, Arc<ManualClock>) {
+    let clock = Arc::new(ManualClock::default());
+    // 2026-11-23T12:00:00Z
+    clock.0.store(1_795_435_200_000_000, Ordering::SeqCst);
+    (Limiter::in_memory(settings(), clock.clone()), clock)
+}
+
+#[test]
+fn overrides_per_key_then_role_then_policy() {
+    let (l, _) = limiter();
+    assert_eq!(
+        l.rate_for("predict", Some(&principal("key:special00001", "analyst"))),
+        rate(10, 60, 2)
+    );
+    assert_eq!(
+        l.rate_for("predict", Some(&principal("key:other", "analyst"))),
+        rate(1200, 60, 120)
+    );
+    assert_eq!(
+        l.rate_for("predict", Some(&principal("key:other", "predict"))),
+        rate(600, 60, 60)
+    );
+    assert_eq!(l.rate_for("predict", None), rate(600, 60, 60));
+}
+
+#[tokio::test]
+async fn rows_are_counted_and_headers_follow_the_draft() {
+    let (l, clock) = limiter();
+    let r = rate(600, 60, 60);
+    let o = l.rate("predict", "key:a", r, 50).await;
+    assert!(o.decision.allowed);
+    assert_eq!(o.policy_header(), "\"predict\";q=600;w=60");
+    assert_eq!(o.limit_header(), "\"predict\";r=10;t=5");
+    let o = l.rate("predict", "key:a", r, 20).await;
+    assert!(!o.decision.allowed);
+    assert_eq!(o.retry_after(), 1);
+    clock.advance(Duration::from_secs(1));
+    assert!(l.rate("predict", "key:a", r, 20).await.decision.allowed);
+}
+
+#[tokio::test]
+async fn quotas_refuse_until_the_window_resets() {
+    let (l, clock) = limiter();
+    let p = principal("key:q", "predict");
+    let o = l.quota(&p, "iris", 60).await.unwrap();
+    assert_eq!((o.allowed, o.remaining), (true, Some(40)));
+    let o = l.quota(&p, "iris", 41).await.unwrap();
+    assert!(!o.allowed);
+    assert_eq!(o.retry_after, 12 * 3600, "until midnight UTC");
+    assert!(
+        l.quota(&p, "digits", 41).await.unwrap().allowed,
+        "per model"
+    );
+    clock.advance(Duration::from_secs(12 * 3600));
+    let o = l.quota(&p, "iris", 41).await.unwrap();
+    assert_eq!(
+        (o.allowed, o.remaining),
+        (true, Some(49)),
+        "a new day; the month has 49 left"
+    );
+    let o = l.quota(&p, "iris", 50).await.unwrap();
+    assert!(!o.allowed, "the month's budget is spent");
+    assert_eq!(o.retry_after, 7 * 86_400, "until 1 December");
+    let usage = l.quota_usage(&p, &["iris".into()]).await.unwrap();
+    assert_eq!(
+        usage.iter().map(|u| (u.window, u.used)).collect::<Vec<_>>(),
+        [("day", 41), ("month", 101)]
+    );
+    let analyst = principal("key:x", "analyst");
+    assert_eq!(
+        l.quota(&analyst, "iris", 10_000).await.unwrap().remaining,
+        None,
+        "no quota for the role"
+    );
+}
+
+#[tokio::test]
+async fn failures_ban_and_lifting_works() {
+    let (l, clock) = limiter();
+    for _ in 0..2 {
+        l.failure("addr:10.0.0.9").await;
+    }
+    assert_eq!(l.banned("addr:10.0.0.9").await, None);
+    l.failure("addr:10.0.0.9").await;
+    assert_eq!(l.banned("addr:10.0.0.9").await, Some(60));
+    clock.advance(Duration::from_secs(30));
+    assert_eq!(l.banned("addr:10.0.0.9").await, Some(30));
+    assert_eq!(l.bans().await.unwrap().len(), 1);
+    assert!(l.lift("addr:10.0.0.9").await.unwrap());
+    assert_eq!(l.banned("addr:10.0.0.9").await, None);
+}
+
+#[test]
+fn calendar_windows() {
+    // 2026-12-31T23:00:00Z: the month ends in an hour, at 2027-01-01.
+    let (day, day_ends, month, month_ends) = calendar(1_798_758_000_000_000);
+    assert_eq!(month, "m202612");
+    assert_eq!(month_ends, 1_798_761_600_000_000);
+    assert_eq!(day_ends, month_ends);
+    assert!(day.starts_with('d'));
+}
