@@ -370,7 +370,6 @@ mod tests {
             lifetime: Duration::from_secs(300),
             password_grant: true,
             signing_key,
-            limit_per_minute: 5,
         }
     }
 

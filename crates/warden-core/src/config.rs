@@ -164,6 +164,10 @@ pub struct RawRuntime {
     /// Requests that may wait for a free session per model before the
     /// server answers `overloaded`. Default 256.
     pub queue_per_model: Option<usize>,
+    /// Longest a request waits in that queue before it is shed with
+    /// `overloaded` instead of being run. Default `2s`.
+    #[serde(deserialize_with = "duration")]
+    pub queue_timeout: Option<Duration>,
 }
 
 /// `[validation]`
@@ -367,6 +371,8 @@ pub struct Config {
     pub sessions_per_model: usize,
     /// Waiting requests per model.
     pub queue_per_model: usize,
+    /// Longest wait in a model's queue.
+    pub queue_timeout: Duration,
     /// Range tolerance (fraction of the training range).
     pub range_tolerance: f64,
     /// SQLite file.
@@ -635,6 +641,7 @@ impl Config {
                 cpus,
             )?,
             queue_per_model: positive("runtime.queue_per_model", runtime.queue_per_model, 256)?,
+            queue_timeout: nonzero("runtime.queue_timeout", runtime.queue_timeout, 2)?,
             range_tolerance,
             log_level: log.level.unwrap_or_else(|| "info".into()),
             log_format,

@@ -11,7 +11,7 @@
 use std::borrow::Cow;
 
 use axum_core::response::{IntoResponse, Response};
-use http::{HeaderValue, StatusCode, header};
+use http::{HeaderName, HeaderValue, StatusCode, header};
 use serde::Serialize;
 
 macro_rules! error_codes {
@@ -109,6 +109,8 @@ pub struct ApiError {
     pub details: Vec<FieldProblem>,
     /// Seconds for `Retry-After` (banned, rate_limited, quota_exceeded, overloaded).
     pub retry_after: Option<u64>,
+    /// Extra response headers (e.g. `RateLimit-Policy` and `RateLimit`).
+    pub headers: Vec<(HeaderName, HeaderValue)>,
 }
 
 impl ApiError {
@@ -119,7 +121,15 @@ impl ApiError {
             message: Cow::Borrowed(code.sentence()),
             details: Vec::new(),
             retry_after: None,
+            headers: Vec::new(),
         }
+    }
+
+    /// The same error with an extra response header.
+    #[must_use]
+    pub fn with_header(mut self, name: HeaderName, value: HeaderValue) -> Self {
+        self.headers.push((name, value));
+        self
     }
 
     /// The same error with a more specific sentence of Warden's own.
@@ -214,6 +224,9 @@ impl IntoResponse for ApiError {
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static(r#"Bearer realm="warden", ApiKey header="X-API-Key""#),
             );
+        }
+        for (name, value) in &self.headers {
+            response.headers_mut().insert(name.clone(), value.clone());
         }
         response.extensions_mut().insert(PendingError(self));
         response

@@ -73,6 +73,9 @@ pub struct PoolSettings {
     pub sessions: usize,
     /// Requests that may wait for inference.
     pub queue: usize,
+    /// Longest a request waits in the queue before it is answered
+    /// `overloaded` instead of being run.
+    pub queue_timeout: std::time::Duration,
 }
 
 struct Pool {
@@ -82,6 +85,7 @@ struct Pool {
 
 /// One request waiting for its rows to be predicted.
 struct Job {
+    enqueued: std::time::Instant,
     rows: usize,
     values: Vec<f32>,
     reply: oneshot::Sender<Result<Prediction, EngineError>>,
@@ -109,6 +113,7 @@ struct Inner {
     batch_rows: usize,
     /// Most requests waiting.
     queue_limit: usize,
+    queue_timeout: std::time::Duration,
     queue: Mutex<VecDeque<Job>>,
 }
 
@@ -165,6 +170,7 @@ impl OnnxBackend {
                 io,
                 batch_rows: card.max_batch,
                 queue_limit: settings.queue,
+                queue_timeout: settings.queue_timeout,
                 queue: Mutex::new(VecDeque::new()),
             }),
         })
@@ -348,6 +354,7 @@ impl Backend for OnnxBackend {
                     return Err(EngineError::Overloaded);
                 }
                 queue.push_back(Job {
+                    enqueued: std::time::Instant::now(),
                     rows,
                     values,
                     reply,
@@ -382,6 +389,14 @@ impl Inner {
         let mut jobs = Vec::new();
         let mut rows = 0;
         while let Some(job) = queue.front() {
+            // A request that waited past the queue timeout is shed, not run:
+            // its client is better served by a quick 503 and a retry.
+            if job.enqueued.elapsed() > self.queue_timeout {
+                if let Some(stale) = queue.pop_front() {
+                    let _ = stale.reply.send(Err(EngineError::Overloaded));
+                }
+                continue;
+            }
             if !jobs.is_empty() && rows + job.rows > self.batch_rows {
                 break;
             }

@@ -256,6 +256,7 @@ pub(crate) mod tests {
             pool: PoolSettings {
                 sessions: 2,
                 queue: 8,
+                queue_timeout: std::time::Duration::from_secs(2),
             },
             card: CardDefaults {
                 max_batch: 64,
@@ -352,6 +353,7 @@ pub(crate) mod tests {
             pool: PoolSettings {
                 sessions: 1,
                 queue: 1,
+                queue_timeout: std::time::Duration::from_secs(2),
             },
             card: CardDefaults {
                 max_batch: 64,
@@ -410,7 +412,11 @@ mod batching_tests {
         )
         .unwrap();
         let onnx = std::fs::read(dir.join("1/model.onnx")).unwrap();
-        let settings = PoolSettings { sessions: 2, queue };
+        let settings = PoolSettings {
+            sessions: 2,
+            queue,
+            queue_timeout: std::time::Duration::from_secs(2),
+        };
         let backend = OnnxBackend::load(runtime(), &onnx, &card, settings).unwrap();
         let fixture =
             serde_json::from_slice(&std::fs::read(dir.join("fixtures.json")).unwrap()).unwrap();

@@ -59,6 +59,8 @@ pub struct Services {
     pub identity: Arc<Identity>,
     /// Where access-log lines go (unless `log.access = false`).
     pub access_log: Option<Arc<dyn access_log::LineSink>>,
+    /// Rate limits, quotas, bans.
+    pub limiter: Arc<warden_limits::Limiter>,
 }
 
 struct Bound {
@@ -74,6 +76,7 @@ pub struct Server {
     limits: RequestLimits,
     trusted_proxies: Vec<ipnet::IpNet>,
     access_log: bool,
+    max_in_flight: usize,
     settings: ConnectionSettings,
 }
 
@@ -116,6 +119,7 @@ impl Server {
             },
             trusted_proxies: config.trusted_proxies.clone(),
             access_log: config.access_log,
+            max_in_flight: config.max_in_flight,
             settings: ConnectionSettings {
                 max_connections: config.max_connections,
                 handshake_timeout: config.handshake_timeout,
@@ -162,6 +166,8 @@ impl Server {
             access_log: services.access_log.filter(|_| self.access_log),
             openapi: openapi::document().into(),
             identity: services.identity,
+            limiter: services.limiter,
+            in_flight: tokio::sync::Semaphore::new(self.max_in_flight),
         }));
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let until_stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {

@@ -8,15 +8,15 @@
 //! route are RFC 6749 §5.2 bodies, not Warden's envelope, because OAuth2
 //! clients parse them: `{"error", "error_description", "request_id"}`.
 //!
-//! Brute force: every request counts against a strict limit per client
-//! address and per username / client id (`auth.tokens.limit_per_minute`,
-//! default 5, GCRA via `governor`), checked before any password work; every
-//! refusal is logged with the address and the account name. Secrets are
-//! checked with Argon2id at equal cost whether or not the account exists
-//! (see `warden_auth::passwords`).
+//! Brute force: every request counts against the strict `token` rate policy
+//! (default 5/minute) per client address and per username / client id, and
+//! banned addresses and accounts are refused, all before any password work;
+//! every failure counts towards a ban of the address and of the account and
+//! is logged with both. Limits and bans live in the shared limiter (memory or
+//! Redis, `warden_limits`). Secrets are checked with Argon2id at equal cost
+//! whether or not the account exists (see `warden_auth::passwords`).
 
 use std::net::IpAddr;
-use std::num::NonZeroU32;
 use std::sync::Arc;
 
 use axum::body::Bytes;
@@ -25,8 +25,6 @@ use axum::http::header::{AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTIC
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
-use governor::clock::{Clock, DefaultClock};
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use warden_auth::TokenService;
 use warden_auth::passwords::SecretChecker;
 use warden_core::{Grant, Grants};
@@ -45,8 +43,6 @@ pub struct OAuth {
     /// The issuer.
     pub tokens: Arc<TokenService>,
     checker: SecretChecker,
-    by_address: DefaultKeyedRateLimiter<IpAddr>,
-    by_account: DefaultKeyedRateLimiter<String>,
     metadata: Bytes,
 }
 
@@ -59,11 +55,8 @@ impl std::fmt::Debug for OAuth {
 }
 
 impl OAuth {
-    /// The endpoint for `tokens`, limited to `per_minute` requests per
-    /// address and per account. Computes the dummy hash (one Argon2 run).
-    pub fn new(tokens: Arc<TokenService>, per_minute: u32) -> Result<Self, String> {
-        let rate = NonZeroU32::new(per_minute).ok_or("limit_per_minute must be > 0")?;
-        let quota = Quota::per_minute(rate);
+    /// The endpoint for `tokens`. Computes the dummy hash (one Argon2 run).
+    pub fn new(tokens: Arc<TokenService>) -> Result<Self, String> {
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         let issuer = tokens.issuer().to_owned();
         let mut grants = vec!["client_credentials"];
@@ -83,29 +76,7 @@ impl OAuth {
         Ok(Self {
             tokens,
             checker: SecretChecker::new(cpus)?,
-            by_address: RateLimiter::keyed(quota),
-            by_account: RateLimiter::keyed(quota),
             metadata: metadata.to_string().into(),
-        })
-    }
-
-    /// Forgets limiter state that no longer limits anyone (call periodically).
-    pub fn prune(&self) {
-        self.by_address.retain_recent();
-        self.by_account.retain_recent();
-        self.by_address.shrink_to_fit();
-        self.by_account.shrink_to_fit();
-    }
-
-    fn limit<K: std::hash::Hash + Eq + Clone>(
-        limiter: &DefaultKeyedRateLimiter<K>,
-        key: &K,
-    ) -> Result<(), u64> {
-        limiter.check_key(key).map_err(|not_until| {
-            not_until
-                .wait_time_from(DefaultClock::default().now())
-                .as_secs()
-                .max(1)
         })
     }
 }
@@ -172,6 +143,17 @@ impl OAuthError {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "temporarily_unavailable",
                 "The server is busy; retry later.",
+            )
+        }
+    }
+
+    fn banned(seconds: u64) -> Self {
+        Self {
+            retry_after: Some(seconds),
+            ..Self::new(
+                StatusCode::FORBIDDEN,
+                "banned",
+                "Too many failed attempts; retry later.",
             )
         }
     }
@@ -311,13 +293,16 @@ async fn token_steps(
     client: Option<ClientAddr>,
 ) -> Result<(Arc<str>, String), OAuthError> {
     let address = client.map_or(IpAddr::from([0, 0, 0, 0]), |c| c.0);
-    let limit_key = limit_key(address);
-    // The per-address limit comes first: nothing else is done for a client
-    // over it, not even reading the body.
-    OAuth::limit(&oauth.by_address, &limit_key).map_err(|s| {
-        tracing::warn!(client = %address, "token endpoint: address over its limit");
-        OAuthError::rate_limited(s)
-    })?;
+    // A banned address, then the per-address limit: nothing else is done
+    // for such a client, not even reading the body.
+    if let Some(seconds) = state.limiter.banned(&format!("addr:{address}")).await {
+        return Err(OAuthError::banned(seconds));
+    }
+    limit(state, &format!("addr:{}", limit_key(address)))
+        .await
+        .inspect_err(|_| {
+            tracing::warn!(client = %address, "token endpoint: address over its limit");
+        })?;
     let is_form = req
         .headers()
         .get(CONTENT_TYPE)
@@ -373,10 +358,8 @@ async fn client_credentials(
     if client_id.is_empty() || client_id.len() > 64 {
         return Err(OAuthError::invalid_client(by_basic));
     }
-    OAuth::limit(&oauth.by_account, &format!("client:{client_id}")).map_err(|s| {
-        tracing::warn!(client = %address, client_id = ?client_id, "token endpoint: client over its limit");
-        OAuthError::rate_limited(s)
-    })?;
+    let account = format!("client:{client_id}");
+    guard_account(state, &account, address).await?;
     let store = state.identity.store.clone();
     let lookup = client_id.clone();
     let record = tokio::task::spawn_blocking(move || store.get_client(&lookup))
@@ -398,6 +381,7 @@ async fn client_credentials(
         .and_then(|r| state.identity.roles.get(&r).cloned());
     let Some(role) = role else {
         tracing::warn!(client = %address, client_id = ?client_id, "token endpoint: client authentication failed");
+        failed(state, &account, address).await;
         return Err(OAuthError::invalid_client(by_basic));
     };
     let grants = scoped(&role.grants, form.scope.as_deref())?;
@@ -432,10 +416,8 @@ async fn password(
     if username.is_empty() || username.len() > 64 || password.len() > 1024 {
         return Err(OAuthError::invalid_grant());
     }
-    OAuth::limit(&oauth.by_account, &format!("user:{username}")).map_err(|s| {
-        tracing::warn!(client = %address, username = ?username, "token endpoint: username over its limit");
-        OAuthError::rate_limited(s)
-    })?;
+    let account = format!("user:{username}");
+    guard_account(state, &account, address).await?;
     let store = state.identity.store.clone();
     let lookup = username.clone();
     let record = tokio::task::spawn_blocking(move || store.get_user(&lookup))
@@ -459,6 +441,7 @@ async fn password(
         .and_then(|r| state.identity.roles.get(&r).cloned());
     let Some(role) = role else {
         tracing::warn!(client = %address, username = ?username, "token endpoint: login failed");
+        failed(state, &account, address).await;
         return Err(OAuthError::invalid_grant());
     };
     let grants = scoped(&role.grants, form.scope.as_deref())?;
@@ -472,6 +455,34 @@ async fn password(
         })?;
     tracing::info!(client = %address, username = ?username, scope = %token.scope, "token issued");
     Ok((subject, serde_json::to_string(&token).unwrap_or_default()))
+}
+
+/// Takes one request from the `token` policy for `subject`.
+async fn limit(state: &AppState, subject: &str) -> Result<(), OAuthError> {
+    let rate = state.limiter.rate_for("token", None);
+    let outcome = state.limiter.rate("token", subject, rate, 1).await;
+    if outcome.decision.allowed {
+        Ok(())
+    } else {
+        Err(OAuthError::rate_limited(outcome.retry_after()))
+    }
+}
+
+/// The account's ban and limit, before any password work.
+async fn guard_account(state: &AppState, account: &str, address: IpAddr) -> Result<(), OAuthError> {
+    if let Some(seconds) = state.limiter.banned(account).await {
+        tracing::warn!(client = %address, account = ?account, "token endpoint: account banned");
+        return Err(OAuthError::banned(seconds));
+    }
+    limit(state, account).await.inspect_err(|_| {
+        tracing::warn!(client = %address, account = ?account, "token endpoint: account over its limit");
+    })
+}
+
+/// A failed login counts towards bans of the address and of the account.
+async fn failed(state: &AppState, account: &str, address: IpAddr) {
+    state.limiter.failure(&format!("addr:{address}")).await;
+    state.limiter.failure(account).await;
 }
 
 /// The per-address limiter's key: an IPv6 client is limited by its /64 (one

@@ -121,6 +121,11 @@ async fn edge(State(state): State<AppState>, mut req: Request, next: Next) -> Re
         return ApiError::internal().into_response();
     };
     let line = AccessLine::start(&req, id, client, started);
+    // The global in-flight cap: past it, shed at once rather than queue.
+    let Ok(_in_flight) = state.in_flight.try_acquire() else {
+        let shed = ApiError::new(ErrorCode::Overloaded).with_retry_after(1);
+        return steps::respond(&state, shed.into_response(), line);
+    };
     let response = match steps::body_limit(&state, &req) {
         // Oversized declared bodies are refused before anything reads them.
         Err(e) => e.into_response(),
@@ -136,7 +141,7 @@ async fn edge(State(state): State<AppState>, mut req: Request, next: Next) -> Re
 async fn admission(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     // Ban check first: a banned client's credential is never even looked at.
     let client = req.extensions().get().copied();
-    if let Err(e) = steps::ban_check(&state, client) {
+    if let Err(e) = steps::ban_check(&state, client).await {
         return e.into_response();
     }
     // Authenticate: credential → Principal in the request extensions.
@@ -147,12 +152,14 @@ async fn admission(State(state): State<AppState>, mut req: Request, next: Next) 
     };
     // Rate limit after authentication, so limits are per principal and an
     // unauthenticated burst gets 401s, not 429s.
-    if let Err(e) = steps::rate_limit(&state, &principal) {
-        return e.into_response();
-    }
+    let rate = match steps::rate_limit(&state, &principal).await {
+        Ok(outcome) => outcome,
+        Err(e) => return e.into_response(),
+    };
     let note = PrincipalNote(principal.id.clone());
     req.extensions_mut().insert(principal);
     let mut response = next.run(req).await;
+    steps::add_rate_headers(response.headers_mut(), &rate);
     response.extensions_mut().insert(note);
     response
 }
@@ -225,8 +232,6 @@ async fn infer_steps(
         protocol,
         body,
     } = call;
-    // Quota (per principal, per model), in rows.
-    quota(caller, name)?;
     // Authorize: unknown OR forbidden model → the same 404.
     let (model, version) = authorize(state, caller, name, version, Access::Predict)?;
     *note = Some(ModelNote {
@@ -240,6 +245,11 @@ async fn infer_steps(
     if let Some(n) = note.as_mut() {
         n.rows = rows;
     }
+    // Rate limit and quota, counted in rows: this is the first point where
+    // the row count is known, and before any model work (the admission
+    // stage has already taken one request from the `default` policy).
+    let rate = rate_rows(state, caller, rows).await?;
+    let quota = quota(state, caller, &model.name, rows).await?;
     // The caller's output policy; asking for an output it withholds fails before inference.
     let policy = OutputPolicy::for_caller(&model.card, caller);
     let outputs = match &request.outputs {
@@ -269,13 +279,61 @@ async fn infer_steps(
     };
     // Audit record: the audit trail (issue 5) hooks in here; the access-log
     // line is written by the respond step with this request's ModelNote.
-    Ok(routes::json(body))
+    let mut response = routes::json(body);
+    steps::add_rate_headers(response.headers_mut(), &rate);
+    if let Some(left) = quota {
+        response
+            .headers_mut()
+            .insert(QUOTA_REMAINING.clone(), left.into());
+    }
+    Ok(response)
 }
 
-/// Step: quota, per principal and model, counted in rows. Filled by the
-/// abuse-control work (issue 4); until then there are no quotas.
-fn quota(_caller: &Principal, _model: &str) -> Result<(), ApiError> {
-    Ok(())
+static QUOTA_REMAINING: axum::http::HeaderName =
+    axum::http::HeaderName::from_static("x-quota-remaining");
+
+/// Step: rate limit in rows (the `predict` policy), so a batch cannot
+/// bypass a limit.
+async fn rate_rows(
+    state: &AppState,
+    caller: &Principal,
+    rows: usize,
+) -> Result<warden_limits::RateOutcome, ApiError> {
+    let rate = state.limiter.rate_for("predict", Some(caller));
+    let outcome = state
+        .limiter
+        .rate("predict", &caller.id, rate, rows as u64)
+        .await;
+    if outcome.decision.allowed {
+        Ok(outcome)
+    } else {
+        Err(steps::rate_limited(&outcome))
+    }
+}
+
+/// Step: quota, per principal and model, in rows. Returns the rows left in
+/// the tightest window, if a quota applies.
+async fn quota(
+    state: &AppState,
+    caller: &Principal,
+    model: &str,
+    rows: usize,
+) -> Result<Option<u64>, ApiError> {
+    let outcome = state
+        .limiter
+        .quota(caller, model, rows as u64)
+        .await
+        .map_err(|_| {
+            // Redis down and quotas fail closed.
+            ApiError::new(ErrorCode::Overloaded).with_retry_after(1)
+        })?;
+    if outcome.allowed {
+        Ok(outcome.remaining)
+    } else {
+        Err(ApiError::new(ErrorCode::QuotaExceeded)
+            .with_retry_after(outcome.retry_after)
+            .with_header(QUOTA_REMAINING.clone(), 0u64.into()))
+    }
 }
 
 /// Step: defenses against ML attacks. Filled by the defenses work (issue 7);

@@ -44,6 +44,7 @@ fn fixture() -> Fixture {
             pool: PoolSettings {
                 sessions: 1,
                 queue: 4,
+                queue_timeout: std::time::Duration::from_secs(2),
             },
             card: CardDefaults {
                 max_batch: 64,
@@ -87,6 +88,13 @@ fn fixture() -> Fixture {
             key_rotation_grace: Duration::from_secs(60),
             oauth: None,
         }),
+        limiter: Arc::new(warden_limits::Limiter::in_memory(
+            warden_core::config::Config::default_with(&Default::default())
+                .unwrap()
+                .limits,
+            Arc::new(warden_limits::SystemClock),
+        )),
+        in_flight: tokio::sync::Semaphore::new(1024),
     }));
     Fixture {
         state,

@@ -42,6 +42,10 @@ pub struct Shared {
     pub openapi: axum::body::Bytes,
     /// Accounts, roles and the token endpoint.
     pub identity: Arc<Identity>,
+    /// Rate limits, quotas, bans.
+    pub limiter: Arc<warden_limits::Limiter>,
+    /// The global in-flight cap.
+    pub in_flight: tokio::sync::Semaphore,
 }
 
 /// What the token endpoint and the management API work with.

@@ -16,6 +16,8 @@ use futures_util::FutureExt;
 use warden_core::error::PendingError;
 use warden_core::{ApiError, ErrorCode, Principal};
 
+use warden_limits::RateOutcome;
+
 use crate::access_log::AccessRecord;
 use crate::client_addr::{ClientAddr, ClientCertificate, PeerAddr, client_addr};
 use crate::extract::declared_length;
@@ -188,10 +190,15 @@ fn security_headers(headers: &mut HeaderMap, id: &str, tls: bool) {
 }
 
 /// Step: ban check. Clients banned for repeated authentication failures are
-/// refused here, before their credential is looked at. The abuse-control
-/// work (issue 4) fills this step; until then no client is ever banned.
-pub fn ban_check(_state: &AppState, _client: Option<ClientAddr>) -> Result<(), ApiError> {
-    Ok(())
+/// refused here, before their credential is looked at.
+pub async fn ban_check(state: &AppState, client: Option<ClientAddr>) -> Result<(), ApiError> {
+    let Some(client) = client else {
+        return Ok(());
+    };
+    match state.limiter.banned(&format!("addr:{}", client.0)).await {
+        Some(seconds) => Err(ApiError::new(ErrorCode::Banned).with_retry_after(seconds)),
+        None => Ok(()),
+    }
 }
 
 /// Step: authenticate. Resolves the credential (API key, JWT, or the
@@ -203,23 +210,75 @@ pub async fn authenticate(
     certificate: Option<&ClientCertificate>,
     client: Option<ClientAddr>,
 ) -> Result<Principal, ApiError> {
-    state
+    let result = state
         .authenticator
         .authenticate(headers, certificate.map(|c| &*c.0))
         .await
-        .map_err(|reason| {
-            let client = client.map(|c| c.0.to_string());
+        .inspect_err(|reason| {
+            let address = client.map(|c| c.0.to_string());
             tracing::info!(
                 ?reason,
-                client = client.as_deref().unwrap_or("-"),
+                client = address.as_deref().unwrap_or("-"),
                 "authentication failed"
             );
-            reason.to_api_error()
-        })
+        });
+    match result {
+        Ok(p) => Ok(p),
+        Err(reason) => {
+            // A wrong, forged, revoked or expired credential counts towards
+            // a ban of the client address; a missing one does not.
+            if reason.is_guess()
+                && let Some(c) = client
+            {
+                state.limiter.failure(&format!("addr:{}", c.0)).await;
+            }
+            Err(reason.to_api_error())
+        }
+    }
 }
 
-/// Step: rate limit, per principal and route class. The abuse-control work
-/// (issue 4) fills this step; until then requests are not rate limited.
-pub fn rate_limit(_state: &AppState, _principal: &Principal) -> Result<(), ApiError> {
-    Ok(())
+/// Step: rate limit, per principal, one unit per request of the `default`
+/// policy. (Inference also takes its rows from the `predict` policy once
+/// they are counted; see `pipeline::infer`.)
+pub async fn rate_limit(state: &AppState, principal: &Principal) -> Result<RateOutcome, ApiError> {
+    let rate = state.limiter.rate_for("default", Some(principal));
+    let outcome = state.limiter.rate("default", &principal.id, rate, 1).await;
+    if outcome.decision.allowed {
+        Ok(outcome)
+    } else {
+        Err(rate_limited(&outcome))
+    }
+}
+
+static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+
+/// `429 rate_limited` with `Retry-After` and the IETF RateLimit headers.
+pub fn rate_limited(outcome: &RateOutcome) -> ApiError {
+    let mut e = ApiError::new(ErrorCode::RateLimited).with_retry_after(outcome.retry_after());
+    for (name, value) in rate_headers(outcome) {
+        e = e.with_header(name, value);
+    }
+    e
+}
+
+fn rate_headers(outcome: &RateOutcome) -> Vec<(HeaderName, HeaderValue)> {
+    [
+        (RATELIMIT_POLICY.clone(), outcome.policy_header()),
+        (RATELIMIT.clone(), outcome.limit_header()),
+    ]
+    .into_iter()
+    .filter_map(|(n, v)| HeaderValue::from_str(&v).ok().map(|v| (n, v)))
+    .collect()
+}
+
+/// Puts a rate check's RateLimit headers on a response, unless a more
+/// specific check (inference's rows) already did.
+pub fn add_rate_headers(headers: &mut HeaderMap, outcome: &RateOutcome) {
+    if headers.contains_key(&RATELIMIT) {
+        return;
+    }
+    for (name, value) in rate_headers(outcome) {
+        headers.insert(name, value);
+    }
 }

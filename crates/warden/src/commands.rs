@@ -99,6 +99,7 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
             pool: PoolSettings {
                 sessions: config.sessions_per_model,
                 queue: config.queue_per_model,
+                queue_timeout: config.queue_timeout,
             },
             card: CardDefaults {
                 max_batch: config.default_max_batch,
@@ -137,19 +138,7 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
                         .map_err(Failure::usage)?,
                 );
                 tokens.spawn_reloader();
-                let oauth = Arc::new(
-                    OAuth::new(tokens, settings.limit_per_minute).map_err(Failure::runtime)?,
-                );
-                let prune = Arc::downgrade(&oauth);
-                tokio::spawn(async move {
-                    let mut tick = tokio::time::interval(Duration::from_secs(60));
-                    loop {
-                        tick.tick().await;
-                        let Some(o) = prune.upgrade() else { break };
-                        o.prune();
-                    }
-                });
-                Some(oauth)
+                Some(Arc::new(OAuth::new(tokens).map_err(Failure::runtime)?))
             }
         };
         let verifier = JwtVerifier::new(
@@ -167,8 +156,14 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
         );
         authenticator.spawn_flusher();
 
+        let limiter = Arc::new(
+            warden_limits::Limiter::new(config.limits.clone())
+                .await
+                .map_err(Failure::usage)?,
+        );
         bootstrap_admin_key(store.as_ref(), &config, addr)?;
         let services = Services {
+            limiter,
             repository: Arc::new(repository),
             authenticator: authenticator.clone(),
             identity: Arc::new(Identity {

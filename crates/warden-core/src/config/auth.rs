@@ -70,9 +70,6 @@ pub struct RawTokens {
     /// An Ed25519 private key (PKCS#8 PEM) to sign with, as a secret. Default:
     /// a key generated into the store (rotated with the management API).
     pub signing_key: Option<SecretSource>,
-    /// Token requests per minute per client address and per username or
-    /// client id. Default 5 (SPEC §7).
-    pub limit_per_minute: Option<u32>,
 }
 
 /// `[[auth.jwt]]`: one external issuer.
@@ -155,8 +152,6 @@ pub struct TokenSettings {
     pub password_grant: bool,
     /// A configured signing key (PKCS#8 PEM), else the store's.
     pub signing_key: Option<Secret>,
-    /// Requests per minute per address and per username / client id.
-    pub limit_per_minute: u32,
 }
 
 /// Where an external issuer's keys come from.
@@ -261,13 +256,6 @@ pub(super) fn auth(
                 "must be between 1s and 24h",
             ));
         }
-        let limit_per_minute = tokens.limit_per_minute.unwrap_or(5);
-        if limit_per_minute == 0 {
-            return Err(invalid(
-                "auth.tokens.limit_per_minute",
-                "must be greater than 0",
-            ));
-        }
         if let Some(iss) = &tokens.issuer
             && !iss.starts_with("https://")
             && !iss.starts_with("http://")
@@ -287,7 +275,6 @@ pub(super) fn auth(
                 .map(|s| s.read(allow_readable))
                 .transpose()
                 .map_err(|e| invalid("auth.tokens.signing_key", e.to_string()))?,
-            limit_per_minute,
         })
     } else {
         None

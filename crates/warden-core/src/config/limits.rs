@@ -258,8 +258,8 @@ pub(super) fn limits(raw: RawLimits, roles: &Roles) -> Result<LimitSettings, Con
     };
     let mut rates = BTreeMap::new();
     for (name, r, burst) in [
-        ("default", "6000/minute", 600),
-        ("predict", "600/minute", 60),
+        ("default", "60000/minute", 1000),
+        ("predict", "6000/minute", 600),
         ("token", "5/minute", 5),
     ] {
         let raw = RawRate {

@@ -90,7 +90,11 @@ permissions = ["admin:keys", "predict:iris"]
 key_rotation_grace = "1h"
 [auth.tokens]
 lifetime = "5m"
-limit_per_minute = {limit_per_minute}
+
+[limits.rates]
+token = {{ rate = "{limit_per_minute}/minute", burst = {limit_per_minute} }}
+[limits.bans]
+failures = {failures}
 
 [[auth.jwt]]
 name = "hs"
@@ -109,6 +113,9 @@ jwks_file = "{jwks}"
 scope_map = {{ "ml.analyst" = ["role:analyst"] }}
 "#,
             hs = dir.join("hs.secret").display(),
+            // The attack suite fails authentication on purpose many times
+            // from one address; the brute-force test relies on the limit.
+            failures = 1000,
             jwks = pk.join("jwks.json").display(),
         ),
     )
