@@ -14,6 +14,20 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 dest="$root/.runtime/lib"
 lib="$dest/libonnxruntime.so.$ORT_VERSION"
 
+# The tests start a real redis-server (SPEC §6 scale-out). Install it when
+# this machine can (Debian/Ubuntu as root or with sudo); otherwise say how.
+if ! command -v redis-server >/dev/null; then
+  if command -v apt-get >/dev/null && [ "$(id -u)" -eq 0 ]; then
+    echo "installing redis-server (apt) for the tests ..." >&2
+    apt-get install -y -qq redis-server >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq redis-server >/dev/null; }
+  elif command -v apt-get >/dev/null && sudo -n true 2>/dev/null; then
+    echo "installing redis-server (apt) for the tests ..." >&2
+    sudo apt-get install -y -qq redis-server >/dev/null 2>&1 || { sudo apt-get update -qq && sudo apt-get install -y -qq redis-server >/dev/null; }
+  else
+    echo "setup.sh: the tests need redis-server (e.g. apt-get install redis-server); serving does not" >&2
+  fi
+fi
+
 py="$root/.runtime/py"
 PYJWT_VERSION="${PYJWT_VERSION:-2.10.1}"
 if [ ! -f "$py/.pyjwt-$PYJWT_VERSION" ]; then

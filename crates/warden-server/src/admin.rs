@@ -38,6 +38,11 @@ pub fn routes() -> Router<AppState> {
         .route("/admin/signing-keys", get(list_signing_keys))
         .route("/admin/signing-keys/rotate", post(rotate_signing_key))
         .route("/admin/roles", get(list_roles))
+        .route("/admin/bans", get(list_bans))
+        .route("/admin/bans/{subject}/lift", post(lift_ban))
+        .route("/admin/keys/{id}/quota", get(key_quota))
+        .route("/admin/users/{id}/quota", get(user_quota))
+        .route("/admin/clients/{id}/quota", get(client_quota))
 }
 
 fn require(caller: &Principal, permission: Permission) -> Result<(), ApiError> {
@@ -537,4 +542,114 @@ async fn list_roles(
         })
         .collect();
     Ok(json(json!({ "roles": list }).to_string()))
+}
+
+async fn list_bans(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+) -> Result<Response, ApiError> {
+    require(&caller, Permission::AdminKeys)?;
+    let bans = state
+        .limiter
+        .bans()
+        .await
+        .map_err(|_| ApiError::new(ErrorCode::Overloaded).with_retry_after(1))?;
+    let list: Vec<Value> = bans
+        .iter()
+        .map(|b| json!({"subject": b.subject, "seconds_left": b.remaining_us.div_ceil(1_000_000), "level": b.level}))
+        .collect();
+    Ok(json(json!({ "bans": list }).to_string()))
+}
+
+async fn lift_ban(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Path(subject): Path<String>,
+) -> Result<Response, ApiError> {
+    require(&caller, Permission::AdminKeys)?;
+    let lifted = state
+        .limiter
+        .lift(&subject)
+        .await
+        .map_err(|_| ApiError::new(ErrorCode::Overloaded).with_retry_after(1))?;
+    if !lifted {
+        return Err(ApiError::not_found());
+    }
+    tracing::warn!(principal = %caller.id, subject = ?subject, "ban lifted");
+    Ok(json(
+        json!({"subject": subject, "status": "lifted"}).to_string(),
+    ))
+}
+
+async fn key_quota(
+    state: State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    quota_of(state, caller, Kind::Key, id).await
+}
+
+async fn user_quota(
+    state: State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    quota_of(state, caller, Kind::User, id).await
+}
+
+async fn client_quota(
+    state: State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    quota_of(state, caller, Kind::Client, id).await
+}
+
+/// Quota usage of a key, user or client on every model: the budgets its
+/// role has, the rows used, and when each window resets.
+async fn quota_of(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    kind: Kind,
+    id: String,
+) -> Result<Response, ApiError> {
+    require(
+        &caller,
+        match kind {
+            Kind::Key => Permission::AdminKeys,
+            Kind::User | Kind::Client => Permission::AdminUsers,
+        },
+    )?;
+    let (role, models) = target_of(&state, kind, &id).await?;
+    let principal_id = match kind {
+        Kind::Key => format!("key:{id}"),
+        Kind::User => format!("user:{id}"),
+        Kind::Client => format!("client:{id}"),
+    };
+    let scope = models.map_or(ModelScope::All, |m| ModelScope::Only(m.into()));
+    let principal = match state.identity.roles.get(&role) {
+        Some(r) => Principal::with_role(principal_id.as_str(), r, scope),
+        None => return Err(ApiError::not_found()),
+    };
+    let names: Vec<String> = state
+        .repository
+        .models()
+        .map(|m| m.name.clone())
+        .filter(|m| principal.may_predict(m))
+        .collect();
+    let usage = state
+        .limiter
+        .quota_usage(&principal, &names)
+        .await
+        .map_err(|_| ApiError::new(ErrorCode::Overloaded).with_retry_after(1))?;
+    let list: Vec<Value> = usage
+        .iter()
+        .map(|u| {
+            json!({"model": u.model, "window": u.window, "limit": u.limit, "used": u.used,
+            "remaining": u.limit.saturating_sub(u.used), "resets_in": u.resets_in})
+        })
+        .collect();
+    Ok(json(
+        json!({"principal": principal_id, "quotas": list}).to_string(),
+    ))
 }

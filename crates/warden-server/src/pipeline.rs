@@ -86,7 +86,9 @@ pub fn data_plane(state: AppState) -> Router {
 /// and admission stages, then the admin handlers, which check admin
 /// permissions.
 pub fn management_plane(state: AppState) -> Router {
-    let protected = admin::routes().route_layer(from_fn_with_state(state.clone(), admission));
+    let protected = admin::routes()
+        .route_layer(from_fn_with_state(state.clone(), admission))
+        .route_layer(axum::Extension(steps::Plane::Management));
     let public = Router::new().route("/v2/health/live", get(routes::live));
     with_edge(public.merge(protected), state)
 }
@@ -141,15 +143,17 @@ async fn edge(State(state): State<AppState>, mut req: Request, next: Next) -> Re
 async fn admission(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     // Ban check first: a banned client's credential is never even looked at.
     let client = req.extensions().get().copied();
-    if let Err(e) = steps::ban_check(&state, client).await {
+    let plane = req.extensions().get().copied().unwrap_or_default();
+    if let Err(e) = steps::ban_check(&state, plane, client).await {
         return e.into_response();
     }
     // Authenticate: credential → Principal in the request extensions.
     let certificate = req.extensions().get::<ClientCertificate>();
-    let principal = match steps::authenticate(&state, req.headers(), certificate, client).await {
-        Ok(p) => p,
-        Err(e) => return e.into_response(),
-    };
+    let principal =
+        match steps::authenticate(&state, req.headers(), certificate, plane, client).await {
+            Ok(p) => p,
+            Err(e) => return e.into_response(),
+        };
     // Rate limit after authentication, so limits are per principal and an
     // unauthenticated burst gets 401s, not 429s.
     let rate = match steps::rate_limit(&state, &principal).await {

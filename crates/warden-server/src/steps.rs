@@ -189,13 +189,37 @@ fn security_headers(headers: &mut HeaderMap, id: &str, tls: bool) {
     }
 }
 
+/// Which listener a request came in on. Bans are kept apart per plane, so
+/// that abuse of the data plane from an address (a NAT, a proxy) cannot lock
+/// operators out of the management API, and guessing there is banned there.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Plane {
+    /// The data plane.
+    #[default]
+    Data,
+    /// The management plane.
+    Management,
+}
+
+/// The ban subject of a client address on a plane.
+pub fn ban_subject(plane: Plane, client: ClientAddr) -> String {
+    match plane {
+        Plane::Data => format!("addr:{}", client.0),
+        Plane::Management => format!("admin-addr:{}", client.0),
+    }
+}
+
 /// Step: ban check. Clients banned for repeated authentication failures are
 /// refused here, before their credential is looked at.
-pub async fn ban_check(state: &AppState, client: Option<ClientAddr>) -> Result<(), ApiError> {
+pub async fn ban_check(
+    state: &AppState,
+    plane: Plane,
+    client: Option<ClientAddr>,
+) -> Result<(), ApiError> {
     let Some(client) = client else {
         return Ok(());
     };
-    match state.limiter.banned(&format!("addr:{}", client.0)).await {
+    match state.limiter.banned(&ban_subject(plane, client)).await {
         Some(seconds) => Err(ApiError::new(ErrorCode::Banned).with_retry_after(seconds)),
         None => Ok(()),
     }
@@ -208,6 +232,7 @@ pub async fn authenticate(
     state: &AppState,
     headers: &HeaderMap,
     certificate: Option<&ClientCertificate>,
+    plane: Plane,
     client: Option<ClientAddr>,
 ) -> Result<Principal, ApiError> {
     let result = state
@@ -230,7 +255,7 @@ pub async fn authenticate(
             if reason.is_guess()
                 && let Some(c) = client
             {
-                state.limiter.failure(&format!("addr:{}", c.0)).await;
+                state.limiter.failure(&ban_subject(plane, c)).await;
             }
             Err(reason.to_api_error())
         }

@@ -18,6 +18,8 @@ use serde_json::{Value, json};
 
 #[path = "e2e/identity.rs"]
 mod identity;
+#[path = "e2e/limits.rs"]
+mod limits;
 
 const BIN: &str = env!("CARGO_BIN_EXE_warden");
 
