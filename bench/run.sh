@@ -12,6 +12,12 @@
 #   warden_rs256   the same server, authenticated by an RS256 JWT from an external issuer (PyJWT)
 #   warden_nocache a second server with auth.key_cache_ttl = "0s": every request reads
 #                  the key from SQLite (the cost the verified-key cache saves)
+#   warden_redis   a third server whose rate limits, quotas and bans live in a local
+#                  redis-server (limits.backend = "redis"): the shared limiter's cost
+# Limits are set high enough never to refuse during the load runs (the limiter
+# still runs on every request). Afterwards, a burst of 2000 one-row requests at
+# 64 connections against a key limited to 500 rows measures the limiter's
+# accuracy (accepted vs limit) with each backend.
 # Server pinned to CPU 0, load generator to CPU 1 (when there are 2+ CPUs).
 # Reports medians over rounds: requests/s, p50/p99 latency, errors, server CPU
 # µs per request (from /proc/PID/stat), idle and loaded RSS; and Warden's
@@ -37,9 +43,13 @@ if [ "$(nproc)" -ge 2 ]; then server_cpu=(taskset -c 0); load_cpu=(taskset -c 1)
 
 ./target/release/warden cert generate --out "$tmp/tls" >/dev/null 2>&1
 port_floor=$((20000 + RANDOM % 10000)); port_warden=$((port_floor + 1)); port_nocache=$((port_floor + 2))
+port_redis_warden=$((port_floor + 5)); port_redis=$((port_floor + 7))
+command -v redis-server >/dev/null || { echo "bench needs redis-server (apt-get install redis-server)" >&2; exit 1; }
+redis-server --port "$port_redis" --bind 127.0.0.1 --save '' --appendonly no >/dev/null 2>&1 &
+pids+=($!)
 peer() { PYTHONPATH="$root/.runtime/py" python3 "$root/crates/warden/tests/e2e/jwt_peer.py" "$@"; }
 mkdir -p "$tmp/pk" && peer keys "$tmp/pk"
-config() { # port data-dir admin-port extra
+config() { # port data-dir admin-port auth-extra limits-extra
   cat <<TOML
 data_dir = "$2"
 [server]
@@ -51,6 +61,13 @@ cert = "$tmp/tls/cert.pem"
 key = { file = "$tmp/tls/key.pem" }
 [models]
 dir = "$root/models"
+[limits]
+$5
+[limits.rates]
+default = { rate = "1000000000/minute", burst = 1000000 }
+predict = { rate = "1000000000/minute", burst = 1000000 }
+[limits.keys.acc000000001]
+predict = { rate = "1/hour", burst = 500 }
 [auth]
 $4
 [auth.tokens]
@@ -65,6 +82,8 @@ TOML
 }
 config "$port_warden" "$tmp/data" $((port_floor + 3)) "" > "$tmp/warden.toml"
 config "$port_nocache" "$tmp/data-nocache" $((port_floor + 4)) 'key_cache_ttl = "0s"' > "$tmp/nocache.toml"
+config "$port_redis_warden" "$tmp/data-redis" $((port_floor + 6)) "" "backend = \"redis\"
+redis_url = \"redis://127.0.0.1:$port_redis\"" > "$tmp/redis.toml"
 client="$(./target/release/warden clients add bench --role predict --config "$tmp/warden.toml" 2>/dev/null)"
 client_id="$(sed -n 's/^client_id=//p' <<<"$client")"; client_secret="$(sed -n 's/^client_secret=//p' <<<"$client")"
 
@@ -74,15 +93,19 @@ pids+=($!); floor_pid=$!
 pids+=($!); warden_pid=$!
 "${server_cpu[@]}" ./target/release/warden serve --config "$tmp/nocache.toml" >"$tmp/nocache.out" 2>"$tmp/nocache.log" &
 pids+=($!); nocache_pid=$!
+"${server_cpu[@]}" ./target/release/warden serve --config "$tmp/redis.toml" >"$tmp/redis.out" 2>"$tmp/redis.log" &
+pids+=($!); redis_pid=$!
 
 for _ in $(seq 1 100); do
   grep -q '"listening"' "$tmp/warden.log" 2>/dev/null && grep -q '"listening"' "$tmp/nocache.log" 2>/dev/null \
+    && grep -q '"listening"' "$tmp/redis.log" 2>/dev/null \
     && grep -q 'floor listening' "$tmp/floor.log" 2>/dev/null && break
   sleep 0.1
 done
 key="$(grep -o 'wdn_[a-z0-9]*_[A-Za-z0-9]*' "$tmp/warden.out" | head -1)"
 [ -n "$key" ] || { echo "warden did not start:" >&2; cat "$tmp/warden.log" >&2; exit 1; }
 nocache_key="$(grep -o 'wdn_[a-z0-9]*_[A-Za-z0-9]*' "$tmp/nocache.out" | head -1)"
+redis_key="$(grep -o 'wdn_[a-z0-9]*_[A-Za-z0-9]*' "$tmp/redis.out" | head -1)"
 eddsa="$(curl -sf --cacert "$tmp/tls/cert.pem" -u "$client_id:$client_secret" -d grant_type=client_credentials \
   "https://127.0.0.1:$port_warden/oauth/token" | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')"
 now=$(date +%s)
@@ -117,12 +140,34 @@ for round in $(seq 1 "$ROUNDS"); do
   run warden_eddsa "$warden_pid" "https://127.0.0.1:$port_warden/v1/models/iris:predict" "Authorization: Bearer $eddsa"
   run warden_rs256 "$warden_pid" "https://127.0.0.1:$port_warden/v1/models/iris:predict" "Authorization: Bearer $rs256"
   run warden_nocache "$nocache_pid" "https://127.0.0.1:$port_nocache/v1/models/iris:predict" "X-API-Key: $nocache_key"
+  run warden_redis "$redis_pid" "https://127.0.0.1:$port_redis_warden/v1/models/iris:predict" "X-API-Key: $redis_key"
 done
 
+# Accuracy: a key limited to 500 rows (burst 500, refilling 1 an hour), hit by
+# 2000 one-row requests over 64 connections, on each backend.
+accuracy() { # data-dir port
+  local secret; secret="$(tr -dc 'A-Za-z0-9' </dev/urandom | head -c 43)"
+  # The key is inserted with a known id so the config's per-key override applies.
+  python3 - "$1/warden.db" "$secret" <<'PY'
+import hashlib, sqlite3, sys, time
+db, secret = sys.argv[1], sys.argv[2]
+h = hashlib.sha256(b"warden-api-key-v1\0" + secret.encode()).digest()
+c = sqlite3.connect(db)
+c.execute("INSERT OR REPLACE INTO api_keys (id, name, role, secret_hash, created_at) VALUES (?, 'accuracy', 'predict', ?, ?)",
+          ("acc000000001", h, int(time.time())))
+c.commit()
+PY
+  "${load_cpu[@]}" oha -n 2000 -c "$CONNECTIONS" --no-tui --output-format json --cacert "$tmp/tls/cert.pem" \
+    -m POST -H 'content-type: application/json' -H "X-API-Key: wdn_acc000000001_$secret" -d "$body" \
+    "https://127.0.0.1:$2/v1/models/iris:predict" | python3 -c 'import json,sys; print(json.load(sys.stdin)["statusCodeDistribution"].get("200", 0))'
+}
+echo "{\"memory\": $(accuracy "$tmp/data" "$port_warden"), \"redis\": $(accuracy "$tmp/data-redis" "$port_redis_warden"), \"limit\": 500, \"sent\": 2000}" > "$tmp/accuracy.json"
+
 mkdir -p bench/results
-python3 - "$tmp/results.jsonl" "$tmp/start.json" "$SECONDS_PER_RUN" "$ROUNDS" "$CONNECTIONS" <<'PY'
+python3 - "$tmp/results.jsonl" "$tmp/start.json" "$SECONDS_PER_RUN" "$ROUNDS" "$CONNECTIONS" "$tmp/accuracy.json" <<'PY'
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
+accuracy = json.load(open(sys.argv[6]))
 start = json.load(open(sys.argv[2]))
 secs, rounds, conns = int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 # oha cancels the requests still in flight when the run's time is up and
@@ -153,7 +198,7 @@ def summary(name):
     out["errors"] = sum(m["errors"] for m in ms)
     out["aborted_at_end"] = sum(m["aborted_at_end"] for m in ms)
     return out
-NAMES = ("floor", "warden", "warden_eddsa", "warden_rs256", "warden_nocache")
+NAMES = ("floor", "warden", "warden_eddsa", "warden_rs256", "warden_nocache", "warden_redis")
 summaries = {n: summary(n) for n in NAMES}
 floor, warden = summaries["floor"], summaries["warden"]
 warden["idle_rss_mib"] = start["warden_start_rss_kib"] / 1024
@@ -168,8 +213,9 @@ def diff(key, a, b="warden"):
 ratios = {"rps_vs_floor": ratio("rps"), "cpu_per_req_vs_floor": ratio("cpu_us_per_req"), "p99_vs_floor": ratio("p99_ms")}
 auth = {n: {"rps_vs_api_key": ratio("rps", n, "warden"), "cpu_per_req_vs_api_key": ratio("cpu_us_per_req", n, "warden"),
             "added_cpu_us_per_req": diff("cpu_us_per_req", n), "added_p50_ms": diff("p50_ms", n)}
-        for n in ("warden_eddsa", "warden_rs256", "warden_nocache")}
+        for n in ("warden_eddsa", "warden_rs256", "warden_nocache", "warden_redis")}
 result = {"seconds": secs, "rounds": rounds, "connections": conns, **summaries, "ratios": ratios, "auth_vs_api_key": auth,
+          "limiter_accuracy": accuracy,
           "per_round": [{"round": r, **{n: per[(r, n)] for n in NAMES}} for r in rounds_seen]}
 json.dump(result, open("bench/results/latest.json", "w"), indent=1)
 print(f"\nv1 predict on iris over HTTPS, {conns} connections, {secs}s x {rounds} rounds (medians)\n")
@@ -183,5 +229,7 @@ print(f"\nwarden / floor (median of per-round ratios): {ratios['rps_vs_floor']:.
 for n, a in auth.items():
     print(f"{n} / warden (API key, cached): {a['rps_vs_api_key']:.1%} of requests/s, {a['cpu_per_req_vs_api_key']:.2f}x CPU per request "
           f"({a['added_cpu_us_per_req']:+.1f} us), p50 {a['added_p50_ms']:+.2f} ms")
+print(f"limiter accuracy, {accuracy['sent']} one-row requests against a limit of {accuracy['limit']} rows: "
+      f"memory accepted {accuracy['memory']}, redis accepted {accuracy['redis']}")
 print(f"(requests cancelled by oha at the end of each run, not errors: floor {floor['aborted_at_end']}, warden {warden['aborted_at_end']})")
 PY
