@@ -62,14 +62,14 @@ key = { file = "$tmp/tls/key.pem" }
 [models]
 dir = "$root/models"
 [limits]
-$5
+${5:-}
 [limits.rates]
 default = { rate = "1000000000/minute", burst = 1000000 }
 predict = { rate = "1000000000/minute", burst = 1000000 }
 [limits.keys.acc000000001]
 predict = { rate = "1/hour", burst = 500 }
 [auth]
-$4
+${4:-}
 [auth.tokens]
 lifetime = "24h"
 [[auth.jwt]]
