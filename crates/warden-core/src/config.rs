@@ -939,15 +939,33 @@ mod tests {
         assert_eq!(c.limits.rates["token"].quota, 5, "SPEC §7 default");
         assert!(c.limits.bans.is_some());
         for (text, key) in [
-            ("[limits.rates]\npredict = { rate = \"fast\" }\n", "limits.rates"),
-            ("[limits.rates]\nsearch = { rate = \"1/second\" }\n", "limits.rates"),
-            ("[limits.rates]\npredict = { rate = \"1/second\", burst = 0 }\n", "limits.rates"),
-            ("[limits.roles.nobody]\npredict = { rate = \"1/second\" }\n", "limits.roles"),
+            (
+                "[limits.rates]\npredict = { rate = \"fast\" }\n",
+                "limits.rates",
+            ),
+            (
+                "[limits.rates]\nsearch = { rate = \"1/second\" }\n",
+                "limits.rates",
+            ),
+            (
+                "[limits.rates]\npredict = { rate = \"1/second\", burst = 0 }\n",
+                "limits.rates",
+            ),
+            (
+                "[limits.roles.nobody]\npredict = { rate = \"1/second\" }\n",
+                "limits.roles",
+            ),
             ("[[limits.quotas]]\nrole = \"predict\"\n", "limits.quotas"),
-            ("[[limits.quotas]]\nrole = \"predict\"\nmodel = \"../x\"\nper_day = 1\n", "limits.quotas.model"),
+            (
+                "[[limits.quotas]]\nrole = \"predict\"\nmodel = \"../x\"\nper_day = 1\n",
+                "limits.quotas.model",
+            ),
             ("[limits]\nbackend = \"redis\"\n", "limits.redis_url"),
             ("[limits]\nbackend = \"etcd\"\n", "limits.backend"),
-            ("[limits.bans]\nbase = \"1h\"\nmax = \"1m\"\n", "limits.bans"),
+            (
+                "[limits.bans]\nbase = \"1h\"\nmax = \"1m\"\n",
+                "limits.bans",
+            ),
         ] {
             let e = parse(text).unwrap_err().to_string();
             assert!(e.starts_with(key), "{text}: {e}");

@@ -402,6 +402,13 @@ mod batching_tests {
     use crate::engine::EngineError;
 
     fn iris(queue: usize) -> (Arc<dyn Backend>, serde_json::Value) {
+        iris_with(queue, std::time::Duration::from_secs(2))
+    }
+
+    fn iris_with(
+        queue: usize,
+        queue_timeout: std::time::Duration,
+    ) -> (Arc<dyn Backend>, serde_json::Value) {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/iris");
         let card = ModelCard::load(
             &dir.join("model.toml"),
@@ -415,7 +422,7 @@ mod batching_tests {
         let settings = PoolSettings {
             sessions: 2,
             queue,
-            queue_timeout: std::time::Duration::from_secs(2),
+            queue_timeout,
         };
         let backend = OnnxBackend::load(runtime(), &onnx, &card, settings).unwrap();
         let fixture =
@@ -481,6 +488,18 @@ mod batching_tests {
             .count();
         let ok = results.iter().filter(|r| r.is_ok()).count();
         assert_eq!((ok, overloaded), (4, 6));
+    }
+
+    /// A request that waited past the queue timeout is shed, not run.
+    #[tokio::test(flavor = "current_thread")]
+    async fn requests_past_the_queue_timeout_are_shed() {
+        let (backend, _) = iris_with(16, std::time::Duration::ZERO);
+        let futures: Vec<_> = (0..3)
+            .map(|_| backend.infer(1, vec![5.1, 3.5, 1.4, 0.2]))
+            .collect();
+        for r in futures_join(futures).await {
+            assert!(matches!(r, Err(EngineError::Overloaded)), "{r:?}");
+        }
     }
 
     async fn futures_join<T>(futures: Vec<crate::engine::BoxFuture<'_, T>>) -> Vec<T> {

@@ -35,6 +35,10 @@ struct Fixture {
 }
 
 fn fixture() -> Fixture {
+    fixture_with(1024)
+}
+
+fn fixture_with(in_flight: usize) -> Fixture {
     let runtime = Runtime::init(None).expect("ONNX Runtime: run ./scripts/setup.sh");
     let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models");
     let repository = Repository::load(
@@ -94,7 +98,7 @@ fn fixture() -> Fixture {
                 .limits,
             Arc::new(warden_limits::SystemClock),
         )),
-        in_flight: tokio::sync::Semaphore::new(1024),
+        in_flight: tokio::sync::Semaphore::new(in_flight),
     }));
     Fixture {
         state,
@@ -459,4 +463,14 @@ async fn openapi_lists_every_route_with_its_errors() {
             .get("api_key")
             .is_some()
     );
+}
+
+#[tokio::test]
+async fn past_the_in_flight_cap_requests_are_shed_at_once() {
+    let f = fixture_with(0);
+    let (status, headers, body) = f.call("GET", "/v2/health/live", None, None).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(body["code"], "overloaded");
+    assert_eq!(headers["retry-after"], "1");
+    assert!(headers.contains_key("x-request-id"));
 }

@@ -175,11 +175,8 @@ fn rate(key: &'static str, name: &str, raw: &RawRate) -> Result<Rate, ConfigErro
         return Err(invalid(key, format!("{name}: N must be 1 to 10^9")));
     }
     let burst = raw.burst.unwrap_or((quota / 10).max(1));
-    if burst == 0 || burst > quota.max(1) * 10 {
-        return Err(invalid(
-            key,
-            format!("{name}: burst must be 1 to 10 times the rate"),
-        ));
+    if burst == 0 || burst > 1_000_000_000 {
+        return Err(invalid(key, format!("{name}: burst must be 1 to 10^9")));
     }
     Ok(Rate {
         quota,
