@@ -966,6 +966,10 @@ mod tests {
                 "[limits.bans]\nbase = \"1h\"\nmax = \"1m\"\n",
                 "limits.bans",
             ),
+            (
+                "[limits.rates]\npredict = { rate = \"1/day\", burst = 900000000 }\n",
+                "limits.rates",
+            ),
         ] {
             let e = parse(text).unwrap_err().to_string();
             assert!(e.starts_with(key), "{text}: {e}");

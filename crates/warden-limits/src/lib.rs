@@ -345,6 +345,21 @@ impl Limiter {
         })
     }
 
+    /// Gives back `rows` taken by [`Limiter::quota`] that were not predicted
+    /// (the request was shed or failed). Best effort.
+    pub async fn refund_quota(&self, principal: &Principal, model: &str, rows: u64) {
+        let now = self.clock.now_us();
+        let windows = self.quota_windows(principal, model, now);
+        match &self.shared {
+            None => self.memory.quota_refund(&windows, rows, now),
+            Some(s) => {
+                if let Err(e) = s.quota_refund(&windows, rows).await {
+                    self.unavailable("quota refund", &e);
+                }
+            }
+        }
+    }
+
     /// Quota usage of `principal` on each of `models` (management API).
     pub async fn quota_usage(
         &self,
@@ -386,8 +401,9 @@ impl Limiter {
             Some(s) => match s.banned(subject).await {
                 Ok(b) => b,
                 Err(e) => {
+                    // Bans counted locally while Redis is down still apply here.
                     self.unavailable("ban check", &e);
-                    None
+                    self.memory.banned(subject, self.clock.now_us())
                 }
             },
         };
@@ -442,6 +458,26 @@ impl Limiter {
         }
         Ok(was || local)
     }
+}
+
+/// The subject a client address is limited and banned as: `addr:<ip>`, with
+/// an IPv6 client counted by its /64 (one host commonly holds a whole /64,
+/// so per-address counting would let it rotate through 2^64 addresses) and
+/// an IPv4-mapped IPv6 address as its IPv4 address. `prefix` tells planes
+/// apart (`addr`, `admin-addr`).
+pub fn address_subject(prefix: &str, ip: std::net::IpAddr) -> String {
+    use std::net::{IpAddr, Ipv6Addr};
+    let ip = match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+        v4 => v4,
+    };
+    format!("{prefix}:{ip}")
 }
 
 /// Day and month window ids and their ends (Unix µs), in UTC.

@@ -1,10 +1,14 @@
 //! In-process state: the single-node default, and the local fallback of the
-//! Redis backend. Every map is bounded: past [`MAX_ENTRIES`] expired entries
-//! are dropped, and if that is not enough the oldest failure counters go
-//! first (never bans or quota counts).
+//! Redis backend. Every map holds at most [`MAX_ENTRIES`]: when a new subject
+//! finds its map full, expired entries are swept (at most once a second, so a
+//! flood cannot make every request scan the map); if the map is still full
+//! of live entries, the new subject is refused a rate cell or a quota window
+//! (fail closed), its failures are not counted, and a ban first displaces
+//! remembered ban levels, else is not recorded (and logged).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use warden_core::config::{Bans, Rate};
 
@@ -31,6 +35,7 @@ pub struct Memory {
     quotas: Mutex<HashMap<String, (u64, u64)>>,
     failures: Mutex<HashMap<String, (u64, u64)>>,
     bans: Mutex<HashMap<String, BanState>>,
+    last_sweep: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -38,17 +43,36 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Memory {
+    /// Whether a sweep of a full map may run now (at most once a second).
+    fn may_sweep(&self, now: u64) -> bool {
+        let last = self.last_sweep.load(Ordering::Relaxed);
+        now.saturating_sub(last) >= 1_000_000
+            && self
+                .last_sweep
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    }
+
     /// One GCRA check at `now`.
     pub fn rate(&self, key: &str, cost: u64, rate: &Rate, now: u64) -> Decision {
         let mut tats = lock(&self.tats);
-        let (decision, new_tat) = gcra::step(tats.get(key).copied(), now, cost, rate);
-        if let Some(t) = new_tat {
-            if tats.len() >= MAX_ENTRIES && !tats.contains_key(key) {
+        if tats.len() >= MAX_ENTRIES && !tats.contains_key(key) {
+            if self.may_sweep(now) {
                 tats.retain(|_, tat| *tat > now);
             }
-            if tats.len() < MAX_ENTRIES || tats.contains_key(key) {
-                tats.insert(key.to_owned(), t);
+            if tats.len() >= MAX_ENTRIES {
+                // Full of live cells: a new subject is refused, not waved through.
+                return Decision {
+                    allowed: false,
+                    remaining: 0,
+                    reset_us: 1_000_000,
+                    retry_after_us: 1_000_000,
+                };
             }
+        }
+        let (decision, new_tat) = gcra::step(tats.get(key).copied(), now, cost, rate);
+        if let Some(t) = new_tat {
+            tats.insert(key.to_owned(), t);
         }
         decision
     }
@@ -74,8 +98,21 @@ impl Memory {
                 exceeded: Some(i),
             };
         }
-        if quotas.len() >= MAX_ENTRIES {
-            quotas.retain(|_, (_, expires)| *expires > now);
+        let new_keys = windows
+            .iter()
+            .filter(|w| !quotas.contains_key(&w.key))
+            .count();
+        if quotas.len() + new_keys > MAX_ENTRIES {
+            if self.may_sweep(now) {
+                quotas.retain(|_, (_, expires)| *expires > now);
+            }
+            if quotas.len() + new_keys > MAX_ENTRIES {
+                return QuotaDecision {
+                    allowed: false,
+                    used: vec![0; windows.len()],
+                    exceeded: Some(0),
+                };
+            }
         }
         let used = windows
             .iter()
@@ -90,6 +127,18 @@ impl Memory {
             allowed: true,
             used,
             exceeded: None,
+        }
+    }
+
+    /// Gives `cost` rows back to every window.
+    pub fn quota_refund(&self, windows: &[QuotaWindow], cost: u64, now: u64) {
+        let mut quotas = lock(&self.quotas);
+        for w in windows {
+            if let Some((used, expires)) = quotas.get_mut(&w.key)
+                && *expires > now
+            {
+                *used = used.saturating_sub(cost);
+            }
         }
     }
 
@@ -120,9 +169,11 @@ impl Memory {
         let count = {
             let mut failures = lock(&self.failures);
             if failures.len() >= MAX_ENTRIES && !failures.contains_key(subject) {
-                failures.retain(|_, (_, ends)| *ends > now);
+                if self.may_sweep(now) {
+                    failures.retain(|_, (_, ends)| *ends > now);
+                }
                 if failures.len() >= MAX_ENTRIES {
-                    failures.clear();
+                    return None;
                 }
             }
             let entry = failures
@@ -142,8 +193,16 @@ impl Memory {
             return None;
         }
         let mut bans = lock(&self.bans);
-        if bans.len() >= MAX_ENTRIES {
+        if bans.len() >= MAX_ENTRIES && !bans.contains_key(subject) {
             bans.retain(|_, b| b.until > now || b.level_expires > now);
+            if bans.len() >= MAX_ENTRIES {
+                // Forget remembered levels before refusing a new ban.
+                bans.retain(|_, b| b.until > now);
+            }
+            if bans.len() >= MAX_ENTRIES {
+                tracing::error!(subject, "ban table full: this ban is not recorded");
+                return None;
+            }
         }
         let state = bans.entry(subject.to_owned()).or_default();
         if state.level_expires <= now {
@@ -208,6 +267,7 @@ impl Clock for SystemClock {
 mod tests {
     use super::*;
     use std::time::Duration;
+    use warden_core::config::Rate;
 
     fn bans() -> Bans {
         Bans {
@@ -253,6 +313,28 @@ mod tests {
         assert!(m.lift("addr:b", now));
         assert_eq!(m.banned("addr:b", now), None);
         assert!(!m.lift("addr:b", now));
+    }
+
+    #[test]
+    fn a_full_table_refuses_new_subjects_instead_of_growing() {
+        let m = Memory::default();
+        let r = Rate {
+            quota: 1,
+            window: Duration::from_secs(3600),
+            burst: 10,
+        };
+        for i in 0..MAX_ENTRIES {
+            assert!(m.rate(&format!("token:addr:{i}"), 1, &r, 0).allowed);
+        }
+        let d = m.rate("token:addr:new", 1, &r, 0);
+        assert!(!d.allowed, "full of live cells: a new subject is refused");
+        assert!(
+            m.rate("token:addr:7", 1, &r, 0).allowed,
+            "known subjects go on"
+        );
+        // Once the cells have expired, a sweep makes room again.
+        assert!(m.rate("token:addr:new", 1, &r, 7_200_000_000).allowed);
+        assert_eq!(lock(&m.tats).len(), 1);
     }
 
     #[test]

@@ -214,6 +214,32 @@ impl Shared {
         })
     }
 
+    /// Gives rows back to every window (never below zero).
+    pub(crate) async fn quota_refund(
+        &self,
+        windows: &[QuotaWindow],
+        cost: u64,
+    ) -> Result<(), Down> {
+        let mut conn = self.conn()?;
+        for w in windows {
+            let left: i64 = conn
+                .decr(self.key(&w.key), cost)
+                .await
+                .map_err(|e| Down(e.to_string()))?;
+            if left < 0 {
+                let _: () = conn
+                    .set_options(
+                        self.key(&w.key),
+                        0,
+                        redis::SetOptions::default().with_expiration(redis::SetExpiry::KEEPTTL),
+                    )
+                    .await
+                    .map_err(|e| Down(e.to_string()))?;
+            }
+        }
+        Ok(())
+    }
+
     /// Rows used in each window.
     pub(crate) async fn quota_used(&self, windows: &[QuotaWindow]) -> Result<Vec<u64>, Down> {
         if windows.is_empty() {

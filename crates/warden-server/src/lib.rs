@@ -47,6 +47,9 @@ pub enum ServeError {
     },
 }
 
+/// Requests in flight at once on the management plane.
+pub const ADMIN_IN_FLIGHT: usize = 256;
+
 /// What the handlers work with, built by the caller once the addresses are
 /// known (the token issuer's URL may derive from the bound address).
 #[derive(Debug)]
@@ -168,6 +171,7 @@ impl Server {
             identity: services.identity,
             limiter: services.limiter,
             in_flight: tokio::sync::Semaphore::new(self.max_in_flight),
+            admin_in_flight: tokio::sync::Semaphore::new(ADMIN_IN_FLIGHT),
         }));
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let until_stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {

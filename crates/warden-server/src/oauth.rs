@@ -295,14 +295,13 @@ async fn token_steps(
     let address = client.map_or(IpAddr::from([0, 0, 0, 0]), |c| c.0);
     // A banned address, then the per-address limit: nothing else is done
     // for such a client, not even reading the body.
-    if let Some(seconds) = state.limiter.banned(&format!("addr:{address}")).await {
+    let address_subject = warden_limits::address_subject("addr", address);
+    if let Some(seconds) = state.limiter.banned(&address_subject).await {
         return Err(OAuthError::banned(seconds));
     }
-    limit(state, &format!("addr:{}", limit_key(address)))
-        .await
-        .inspect_err(|_| {
-            tracing::warn!(client = %address, "token endpoint: address over its limit");
-        })?;
+    limit(state, &address_subject).await.inspect_err(|_| {
+        tracing::warn!(client = %address, "token endpoint: address over its limit");
+    })?;
     let is_form = req
         .headers()
         .get(CONTENT_TYPE)
@@ -481,21 +480,11 @@ async fn guard_account(state: &AppState, account: &str, address: IpAddr) -> Resu
 
 /// A failed login counts towards bans of the address and of the account.
 async fn failed(state: &AppState, account: &str, address: IpAddr) {
-    state.limiter.failure(&format!("addr:{address}")).await;
+    state
+        .limiter
+        .failure(&warden_limits::address_subject("addr", address))
+        .await;
     state.limiter.failure(account).await;
-}
-
-/// The per-address limiter's key: an IPv6 client is limited by its /64 (one
-/// host is commonly given a whole /64), an IPv4 client by its address.
-fn limit_key(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => {
-            let s = v6.segments();
-            IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
-        }
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        IpAddr::V4(_) => ip,
-    }
 }
 
 /// The grants of a token: the role's, or the requested subset of them.
@@ -571,9 +560,11 @@ mod tests {
     fn ipv6_clients_are_limited_per_64() {
         let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
         let b: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
-        assert_eq!(limit_key(a), limit_key(b));
+        let key = |ip| warden_limits::address_subject("addr", ip);
+        assert_eq!(key(a), key(b));
+        assert_eq!(key(a), "addr:2001:db8:1:2::");
         let v4: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
-        assert_eq!(limit_key(v4), "10.0.0.1".parse::<IpAddr>().unwrap());
+        assert_eq!(key(v4), "addr:10.0.0.1");
     }
 
     #[test]

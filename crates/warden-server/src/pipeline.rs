@@ -79,27 +79,27 @@ pub fn data_plane(state: AppState) -> Router {
     #[cfg(test)]
     let public = public.route("/__panic", get(tests::panic_route));
 
-    with_edge(public.merge(protected), state)
+    with_edge(public.merge(protected), state, steps::Plane::Data)
 }
 
 /// The management-plane router (its own listener, SPEC §3): the same edge
 /// and admission stages, then the admin handlers, which check admin
 /// permissions.
 pub fn management_plane(state: AppState) -> Router {
-    let protected = admin::routes()
-        .route_layer(from_fn_with_state(state.clone(), admission))
-        .route_layer(axum::Extension(steps::Plane::Management));
+    let protected = admin::routes().route_layer(from_fn_with_state(state.clone(), admission));
     let public = Router::new().route("/v2/health/live", get(routes::live));
-    with_edge(public.merge(protected), state)
+    with_edge(public.merge(protected), state, steps::Plane::Management)
 }
 
-fn with_edge(router: Router<AppState>, state: AppState) -> Router {
+fn with_edge(router: Router<AppState>, state: AppState, plane: steps::Plane) -> Router {
     router
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(from_fn_with_state(state.clone(), edge))
         // Credentials are marked sensitive before anything could log headers.
         .layer(SetSensitiveRequestHeadersLayer::new(sensitive_headers()))
+        // Which listener: bans and the in-flight cap are kept per plane.
+        .layer(axum::Extension(plane))
         .with_state(state)
 }
 
@@ -123,8 +123,14 @@ async fn edge(State(state): State<AppState>, mut req: Request, next: Next) -> Re
         return ApiError::internal().into_response();
     };
     let line = AccessLine::start(&req, id, client, started);
-    // The global in-flight cap: past it, shed at once rather than queue.
-    let Ok(_in_flight) = state.in_flight.try_acquire() else {
+    // The in-flight cap of this listener: past it, shed at once rather than
+    // queue (the management plane has its own, so a data-plane flood cannot
+    // take the management API down with it).
+    let in_flight = match req.extensions().get::<steps::Plane>() {
+        Some(steps::Plane::Management) => &state.admin_in_flight,
+        _ => &state.in_flight,
+    };
+    let Ok(_in_flight) = in_flight.try_acquire() else {
         let shed = ApiError::new(ErrorCode::Overloaded).with_retry_after(1);
         return steps::respond(&state, shed.into_response(), line);
     };
@@ -249,12 +255,8 @@ async fn infer_steps(
     if let Some(n) = note.as_mut() {
         n.rows = rows;
     }
-    // Rate limit and quota, counted in rows: this is the first point where
-    // the row count is known, and before any model work (the admission
-    // stage has already taken one request from the `default` policy).
-    let rate = rate_rows(state, caller, rows).await?;
-    let quota = quota(state, caller, &model.name, rows).await?;
-    // The caller's output policy; asking for an output it withholds fails before inference.
+    // The caller's output policy; asking for an output it withholds fails
+    // before anything is counted.
     let policy = OutputPolicy::for_caller(&model.card, caller);
     let outputs = match &request.outputs {
         Some(asked) => {
@@ -263,16 +265,34 @@ async fn infer_steps(
         }
         None => policy.default_outputs().to_vec(),
     };
+    // Rate limit and quota, counted in rows: this is the first point where
+    // the row count is known, and before any model work (the admission
+    // stage has already taken one request from the `default` policy).
+    let rate = rate_rows(state, caller, rows).await?;
+    let quota = quota(state, caller, &model.name, rows).await?;
     // Defenses: out-of-distribution, adversarial squeeze, extraction monitor.
+    // (An input a defense rejects has cost its rows: probing is not free.)
     defenses(&model, &request)?;
-    // Inference, on the blocking pool, bounded per model.
-    let prediction = version.backend.infer(rows, request.values).await.map_err(|e| match e {
-        EngineError::Overloaded => ApiError::new(ErrorCode::Overloaded).with_retry_after(1),
-        EngineError::Failed(message) => {
-            tracing::error!(model = %model.name, version = version.version, error = %message, "inference failed");
-            ApiError::internal()
+    // Inference, on the blocking pool, bounded per model. Rows that were not
+    // predicted (shed under load, or failed) go back to the quota.
+    let prediction = match version.backend.infer(rows, request.values).await {
+        Ok(p) => p,
+        Err(e) => {
+            if quota.is_some() {
+                state
+                    .limiter
+                    .refund_quota(caller, &model.name, rows as u64)
+                    .await;
+            }
+            return Err(match e {
+                EngineError::Overloaded => ApiError::new(ErrorCode::Overloaded).with_retry_after(1),
+                EngineError::Failed(message) => {
+                    tracing::error!(model = %model.name, version = version.version, error = %message, "inference failed");
+                    ApiError::internal()
+                }
+            });
         }
-    })?;
+    };
     // Output policy: label-only / rounding.
     let shown = policy.apply(&model.card, &prediction, &outputs);
     let body = match protocol {
@@ -310,6 +330,10 @@ async fn rate_rows(
         .await;
     if outcome.decision.allowed {
         Ok(outcome)
+    } else if rows as u64 > rate.burst {
+        Err(steps::rate_limited(&outcome).with_message(
+            "This batch has more rows than the rate limit allows at once; send fewer rows per request.",
+        ))
     } else {
         Err(steps::rate_limited(&outcome))
     }

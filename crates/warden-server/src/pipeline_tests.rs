@@ -99,6 +99,7 @@ fn fixture_with(in_flight: usize) -> Fixture {
             Arc::new(warden_limits::SystemClock),
         )),
         in_flight: tokio::sync::Semaphore::new(in_flight),
+        admin_in_flight: tokio::sync::Semaphore::new(16),
     }));
     Fixture {
         state,

@@ -44,8 +44,10 @@ pub struct Shared {
     pub identity: Arc<Identity>,
     /// Rate limits, quotas, bans.
     pub limiter: Arc<warden_limits::Limiter>,
-    /// The global in-flight cap.
+    /// The data plane's in-flight cap.
     pub in_flight: tokio::sync::Semaphore,
+    /// The management plane's in-flight cap.
+    pub admin_in_flight: tokio::sync::Semaphore,
 }
 
 /// What the token endpoint and the management API work with.

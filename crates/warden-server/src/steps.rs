@@ -204,8 +204,8 @@ pub enum Plane {
 /// The ban subject of a client address on a plane.
 pub fn ban_subject(plane: Plane, client: ClientAddr) -> String {
     match plane {
-        Plane::Data => format!("addr:{}", client.0),
-        Plane::Management => format!("admin-addr:{}", client.0),
+        Plane::Data => warden_limits::address_subject("addr", client.0),
+        Plane::Management => warden_limits::address_subject("admin-addr", client.0),
     }
 }
 

@@ -178,6 +178,16 @@ fn rate(key: &'static str, name: &str, raw: &RawRate) -> Result<Rate, ConfigErro
     if burst == 0 || burst > 1_000_000_000 {
         return Err(invalid(key, format!("{name}: burst must be 1 to 10^9")));
     }
+    // The bucket's depth in microseconds (burst x interval) must stay exact
+    // in a double (Redis Lua numbers) and far from u64 overflow: < 2^52 µs,
+    // about 142 years.
+    let interval_us = (window.as_micros() as u64 / quota).max(1);
+    if interval_us.checked_mul(burst).is_none_or(|d| d >= 1 << 52) {
+        return Err(invalid(
+            key,
+            format!("{name}: burst x (window / rate) is too long; lower the burst"),
+        ));
+    }
     Ok(Rate {
         quota,
         window,
