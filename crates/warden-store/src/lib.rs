@@ -120,6 +120,21 @@ impl std::fmt::Debug for SigningKeyRecord {
     }
 }
 
+/// One row of the audit chain, as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditRow {
+    /// The replica whose chain this is.
+    pub replica: String,
+    /// Position in the chain, from 1.
+    pub seq: i64,
+    /// Canonical JSON of the record.
+    pub record: String,
+    /// The previous row's MAC (zeros for the first).
+    pub prev: Vec<u8>,
+    /// HMAC-SHA256 of this row.
+    pub mac: Vec<u8>,
+}
+
 /// A storage failure. The message is for logs and operators, never clients.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -203,4 +218,17 @@ pub trait Store: Send + Sync + 'static {
     fn list_signing_keys(&self) -> Result<Vec<SigningKeyRecord>, StoreError>;
     /// Retires every active signing key at `now` and adds `new`, in one transaction.
     fn rotate_signing_key(&self, new: &SigningKeyRecord, now: i64) -> Result<(), StoreError>;
+
+    /// Appends audit rows in one transaction (all or none).
+    fn append_audit(&self, rows: &[AuditRow]) -> Result<(), StoreError>;
+    /// Up to `limit` rows of `replica`'s chain from `from_seq`, in stored
+    /// order of `seq`.
+    fn audit_rows(
+        &self,
+        replica: &str,
+        from_seq: i64,
+        limit: usize,
+    ) -> Result<Vec<AuditRow>, StoreError>;
+    /// The last row of `replica`'s chain.
+    fn audit_head(&self, replica: &str) -> Result<Option<AuditRow>, StoreError>;
 }

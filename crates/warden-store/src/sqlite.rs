@@ -7,7 +7,9 @@ use std::sync::Mutex;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use rusqlite_migration::{M, Migrations};
 
-use crate::{ApiKeyRecord, ClientRecord, SigningKeyRecord, Store, StoreError, UserRecord};
+use crate::{
+    ApiKeyRecord, AuditRow, ClientRecord, SigningKeyRecord, Store, StoreError, UserRecord,
+};
 
 /// Schema migrations, applied in order and recorded in `PRAGMA user_version`.
 /// Append only: never edit a released migration.
@@ -15,6 +17,7 @@ fn migrations() -> Migrations<'static> {
     Migrations::new(vec![
         M::up(include_str!("../migrations/0001_api_keys.sql")),
         M::up(include_str!("../migrations/0002_identities.sql")),
+        M::up(include_str!("../migrations/0003_audit.sql")),
     ])
 }
 
@@ -380,6 +383,56 @@ impl Store for SqliteStore {
         tx.commit()?;
         Ok(())
     }
+
+    fn append_audit(&self, rows: &[AuditRow]) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        {
+            let mut stmt = tx.prepare_cached(
+                "INSERT INTO audit (replica, seq, record, prev, mac) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?;
+            for r in rows {
+                let result = stmt.execute(params![r.replica, r.seq, r.record, r.prev, r.mac]);
+                conflict(result, || format!("audit row {}:{}", r.replica, r.seq))?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn audit_rows(
+        &self,
+        replica: &str,
+        from_seq: i64,
+        limit: usize,
+    ) -> Result<Vec<AuditRow>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT replica, seq, record, prev, mac FROM audit
+             WHERE replica = ?1 AND seq >= ?2 ORDER BY seq LIMIT ?3",
+        )?;
+        let rows = stmt.query_map(params![replica, from_seq, limit as i64], audit_from_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn audit_head(&self, replica: &str) -> Result<Option<AuditRow>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT replica, seq, record, prev, mac FROM audit
+             WHERE replica = ?1 ORDER BY seq DESC LIMIT 1",
+        )?;
+        Ok(stmt.query_row([replica], audit_from_row).optional()?)
+    }
+}
+
+fn audit_from_row(row: &Row<'_>) -> rusqlite::Result<AuditRow> {
+    Ok(AuditRow {
+        replica: row.get(0)?,
+        seq: row.get(1)?,
+        record: row.get(2)?,
+        prev: row.get(3)?,
+        mac: row.get(4)?,
+    })
 }
 
 #[cfg(test)]
