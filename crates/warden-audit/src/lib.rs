@@ -9,6 +9,10 @@
 //! editing any field, deleting, inserting, reordering or renumbering rows all
 //! break the chain at the first affected row, which [`verify`] names.
 
+mod writer;
+
+pub use writer::{AuditLog, NotRecorded, key_file};
+
 use aws_lc_rs::hmac;
 use serde::{Deserialize, Serialize};
 use warden_store::AuditRow;

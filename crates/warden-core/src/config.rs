@@ -70,6 +70,8 @@ pub struct RawConfig {
     pub auth: RawAuth,
     /// Rate limits, quotas, bans.
     pub limits: RawLimits,
+    /// The tamper-evident audit trail.
+    pub audit: RawAudit,
     /// Acknowledgements of settings Warden otherwise refuses as insecure.
     pub insecure: RawInsecure,
 }
@@ -198,6 +200,51 @@ pub struct RawLog {
     pub format: Option<String>,
     /// Write one access-log line per request. Default true.
     pub access: Option<bool>,
+}
+
+/// `[audit]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawAudit {
+    /// Keep the audit trail. Default true.
+    pub enabled: Option<bool>,
+    /// The HMAC key (at least 32 bytes), as a secret. Default: 32 random
+    /// bytes generated once into `<data_dir>/audit.key` (mode 0600).
+    pub key: Option<SecretSource>,
+    /// This replica's chain id. Default `local`.
+    pub replica: Option<String>,
+    /// `"batched"` (default: committed within `batch_window`) or `"sync"`
+    /// (a response is sent only after its record is committed).
+    pub durability: Option<String>,
+    /// Most time a record waits to be committed in batched mode. Default `50ms`.
+    #[serde(deserialize_with = "duration")]
+    pub batch_window: Option<Duration>,
+    /// Records waiting to be written; when full, requests wait (backpressure). Default 10000.
+    pub queue: Option<usize>,
+}
+
+/// Where the audit key comes from.
+#[derive(Debug, Clone)]
+pub enum AuditKeySource {
+    /// Configured secret.
+    Secret(Secret),
+    /// Generated into this file on first start.
+    File(PathBuf),
+}
+
+/// Validated `[audit]`.
+#[derive(Debug, Clone)]
+pub struct AuditSettings {
+    /// The HMAC key.
+    pub key: AuditKeySource,
+    /// Chain id.
+    pub replica: String,
+    /// Whether responses wait for their record's commit.
+    pub sync: bool,
+    /// Batched-mode commit window.
+    pub batch_window: Duration,
+    /// Queue bound.
+    pub queue: usize,
 }
 
 /// `[insecure]`: each flag acknowledges one setting Warden refuses otherwise.
@@ -393,6 +440,8 @@ pub struct Config {
     pub limits: LimitSettings,
     /// Most requests in flight at once on the data plane.
     pub max_in_flight: usize,
+    /// The audit trail, unless disabled.
+    pub audit: Option<AuditSettings>,
 }
 
 impl Config {
@@ -430,6 +479,7 @@ impl Config {
             roles,
             auth,
             limits,
+            audit,
             insecure,
         } = raw;
 
@@ -610,7 +660,48 @@ impl Config {
         )?;
 
         let limits = limits::limits(limits, &roles)?;
+        let audit = if audit.enabled.unwrap_or(true) {
+            let key = match audit.key {
+                Some(source) => {
+                    let secret = source
+                        .read(insecure.allow_readable_secret_files)
+                        .map_err(|e| invalid("audit.key", e.to_string()))?;
+                    if secret.expose().len() < 32 {
+                        return Err(invalid("audit.key", "needs at least 32 bytes"));
+                    }
+                    AuditKeySource::Secret(secret)
+                }
+                None => AuditKeySource::File(data_dir.join("audit.key")),
+            };
+            let replica = audit.replica.unwrap_or_else(|| "local".into());
+            if !crate::is_model_name(&replica) {
+                return Err(invalid(
+                    "audit.replica",
+                    "1 to 64 letters, digits, '-', '_', '.'",
+                ));
+            }
+            let sync = match audit.durability.as_deref().unwrap_or("batched") {
+                "batched" => false,
+                "sync" => true,
+                other => {
+                    return Err(invalid(
+                        "audit.durability",
+                        format!("{other:?}: expected \"batched\" or \"sync\""),
+                    ));
+                }
+            };
+            Some(AuditSettings {
+                key,
+                replica,
+                sync,
+                batch_window: audit.batch_window.unwrap_or(Duration::from_millis(50)),
+                queue: positive("audit.queue", audit.queue, 10_000)?,
+            })
+        } else {
+            None
+        };
         Ok(Self {
+            audit,
             max_in_flight: positive("server.max_in_flight", server.max_in_flight, 4096)?,
             limits,
             admin,

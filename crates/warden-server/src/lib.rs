@@ -64,6 +64,8 @@ pub struct Services {
     pub access_log: Option<Arc<dyn access_log::LineSink>>,
     /// Rate limits, quotas, bans.
     pub limiter: Arc<warden_limits::Limiter>,
+    /// The audit trail, unless disabled.
+    pub audit: Option<Arc<warden_audit::AuditLog>>,
 }
 
 struct Bound {
@@ -172,6 +174,7 @@ impl Server {
             limiter: services.limiter,
             in_flight: tokio::sync::Semaphore::new(self.max_in_flight),
             admin_in_flight: tokio::sync::Semaphore::new(ADMIN_IN_FLIGHT),
+            audit: services.audit,
         }));
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let until_stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {

@@ -146,32 +146,40 @@ async fn edge(State(state): State<AppState>, mut req: Request, next: Next) -> Re
 }
 
 /// Admission, for routes that need a credential.
-async fn admission(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+async fn admission(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let audit = steps::AuditStart::new(&req);
+    let (response, principal) = admitted(&state, req, next).await;
+    // Audit record: every request that reaches admission, whatever its
+    // outcome. In sync mode the response waits for the commit.
+    steps::audit(&state, audit, principal, response).await
+}
+
+async fn admitted(state: &AppState, mut req: Request, next: Next) -> (Response, Option<Arc<str>>) {
     // Ban check first: a banned client's credential is never even looked at.
     let client = req.extensions().get().copied();
     let plane = req.extensions().get().copied().unwrap_or_default();
-    if let Err(e) = steps::ban_check(&state, plane, client).await {
-        return e.into_response();
+    if let Err(e) = steps::ban_check(state, plane, client).await {
+        return (e.into_response(), None);
     }
     // Authenticate: credential → Principal in the request extensions.
     let certificate = req.extensions().get::<ClientCertificate>();
     let principal =
-        match steps::authenticate(&state, req.headers(), certificate, plane, client).await {
+        match steps::authenticate(state, req.headers(), certificate, plane, client).await {
             Ok(p) => p,
-            Err(e) => return e.into_response(),
+            Err(e) => return (e.into_response(), None),
         };
+    let id = principal.id.clone();
     // Rate limit after authentication, so limits are per principal and an
     // unauthenticated burst gets 401s, not 429s.
-    let rate = match steps::rate_limit(&state, &principal).await {
+    let rate = match steps::rate_limit(state, &principal).await {
         Ok(outcome) => outcome,
-        Err(e) => return e.into_response(),
+        Err(e) => return (e.into_response(), Some(id)),
     };
-    let note = PrincipalNote(principal.id.clone());
     req.extensions_mut().insert(principal);
     let mut response = next.run(req).await;
     steps::add_rate_headers(response.headers_mut(), &rate);
-    response.extensions_mut().insert(note);
-    response
+    response.extensions_mut().insert(PrincipalNote(id.clone()));
+    (response, Some(id))
 }
 
 /// What a caller wants to do with a model.
@@ -248,12 +256,14 @@ async fn infer_steps(
         model: model.name.as_str().into(),
         version: version.version,
         rows: 0,
+        input_sha256: None,
     });
     // Parse + validate against the model's schema: the only way to get a ValidInferRequest.
     let request = request::parse(protocol, &model.card, body, state.limits.json_max_depth)?;
     let rows = request.rows;
     if let Some(n) = note.as_mut() {
         n.rows = rows;
+        n.input_sha256 = Some(steps::input_digest(&request.values));
     }
     // The caller's output policy; asking for an output it withholds fails
     // before anything is counted.

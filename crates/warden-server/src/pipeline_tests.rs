@@ -100,6 +100,7 @@ fn fixture_with(in_flight: usize) -> Fixture {
         )),
         in_flight: tokio::sync::Semaphore::new(in_flight),
         admin_in_flight: tokio::sync::Semaphore::new(16),
+        audit: None,
     }));
     Fixture {
         state,

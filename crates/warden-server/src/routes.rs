@@ -92,6 +92,7 @@ fn readable_model(
         model: model.name.as_str().into(),
         version: version.version,
         rows: 0,
+        input_sha256: None,
     };
     Ok((model, note))
 }

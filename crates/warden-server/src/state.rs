@@ -48,6 +48,8 @@ pub struct Shared {
     pub in_flight: tokio::sync::Semaphore,
     /// The management plane's in-flight cap.
     pub admin_in_flight: tokio::sync::Semaphore,
+    /// The audit trail, unless disabled.
+    pub audit: Option<Arc<warden_audit::AuditLog>>,
 }
 
 /// What the token endpoint and the management API work with.

@@ -41,6 +41,92 @@ pub struct ModelNote {
     pub version: u64,
     /// Rows predicted (0 for metadata).
     pub rows: usize,
+    /// SHA-256 of the validated input values (little-endian f32s), for audit.
+    pub input_sha256: Option<[u8; 32]>,
+}
+
+/// The SHA-256 of a request's validated values: the canonical input, the
+/// same whatever JSON spelling the client used. Raw inputs are never recorded.
+pub fn input_digest(values: &[f32]) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for v in values {
+        h.update(v.to_le_bytes());
+    }
+    h.finalize().into()
+}
+
+/// What the audit record needs from the request, taken at admission.
+#[derive(Debug)]
+pub struct AuditStart {
+    started: Instant,
+    request_id: Option<Arc<str>>,
+    client: Option<ClientAddr>,
+    method: Method,
+    route: String,
+}
+
+impl AuditStart {
+    /// Notes the request.
+    pub fn new(req: &Request) -> Self {
+        Self {
+            started: Instant::now(),
+            request_id: req.extensions().get::<RequestId>().map(|r| r.0.clone()),
+            client: req.extensions().get().copied(),
+            method: req.method().clone(),
+            route: req.uri().path().chars().take(256).collect(),
+        }
+    }
+}
+
+/// Step: audit record. Never a credential or a raw input: the record holds
+/// who, from where, what, the outcome, and a digest of the input.
+pub async fn audit(
+    state: &AppState,
+    start: AuditStart,
+    principal: Option<Arc<str>>,
+    response: Response,
+) -> Response {
+    let Some(log) = &state.audit else {
+        return response;
+    };
+    let ext = response.extensions();
+    let outcome = ext
+        .get::<PendingError>()
+        .map_or("ok", |PendingError(e)| e.code.as_str());
+    let model = ext.get::<ModelNote>();
+    let record = serde_json::json!({
+        "time_us": std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64),
+        "request_id": start.request_id.as_deref(),
+        "principal": principal.as_deref(),
+        "client": start.client.map(|c| c.0.to_string()),
+        "method": start.method.as_str(),
+        "route": start.route,
+        "status": response.status().as_u16(),
+        "outcome": outcome,
+        "model": model.map(|m| &*m.model),
+        "version": model.map(|m| m.version),
+        "rows": model.map_or(0, |m| m.rows),
+        "input_sha256": model.and_then(|m| m.input_sha256).map(hex_digest),
+        "defense_flags": [],
+        "latency_us": start.started.elapsed().as_micros() as u64,
+    });
+    match log.record(record.to_string()).await {
+        Ok(()) => response,
+        Err(_) => {
+            tracing::error!(
+                request_id = start.request_id.as_deref().unwrap_or("-"),
+                "audit record not committed: request failed"
+            );
+            ApiError::internal().into_response()
+        }
+    }
+}
+
+fn hex_digest(d: [u8; 32]) -> String {
+    d.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");

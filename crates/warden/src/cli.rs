@@ -44,6 +44,27 @@ pub(crate) enum Command {
     /// Roles: the built-in ones and those in the configuration.
     #[command(subcommand)]
     Roles(RolesCommand),
+    /// The tamper-evident audit trail.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+/// `warden audit ...`
+#[derive(Debug, Subcommand)]
+pub(crate) enum AuditCommand {
+    /// Check the audit chain's HMACs and links (and, with --checkpoint, that
+    /// its tail is intact); name the first bad record and exit 1 if any.
+    Verify {
+        /// Configuration and state.
+        #[command(flatten)]
+        location: Location,
+        /// First sequence number to check (its predecessor is trusted).
+        #[arg(long, default_value_t = 1)]
+        from: i64,
+        /// A checkpoint JSON file kept from the management API or the log.
+        #[arg(long, value_name = "FILE")]
+        checkpoint: Option<std::path::PathBuf>,
+    },
 }
 
 /// Where the configuration and state are: shared by every verb that opens them.

@@ -19,8 +19,8 @@ use warden_store::{ApiKeyRecord, SqliteStore, Store};
 
 use crate::Failure;
 use crate::cli::{
-    CertCommand, ClientsCommand, Command, ConfigCommand, KeysCommand, Location, RolesCommand,
-    ServeArgs, UsersCommand,
+    AuditCommand, CertCommand, ClientsCommand, Command, ConfigCommand, KeysCommand, Location,
+    RolesCommand, ServeArgs, UsersCommand,
 };
 use crate::logging::{BufferedStderr, FlushGuard};
 
@@ -38,6 +38,11 @@ pub(crate) fn run(command: Command) -> Result<(), Failure> {
         Command::Users(cmd) => users(cmd),
         Command::Clients(cmd) => clients(cmd),
         Command::Roles(RolesCommand::List { location }) => roles(&location),
+        Command::Audit(AuditCommand::Verify {
+            location,
+            from,
+            checkpoint,
+        }) => audit_verify(&location, from, checkpoint.as_deref()),
     }
 }
 
@@ -161,8 +166,23 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
                 .await
                 .map_err(Failure::usage)?,
         );
+        let audit = match &config.audit {
+            None => None,
+            Some(a) => Some(
+                warden_audit::AuditLog::start(
+                    store_dyn.clone(),
+                    audit_key(a)?,
+                    &a.replica,
+                    a.sync,
+                    a.batch_window,
+                    a.queue,
+                )
+                .map_err(Failure::runtime)?,
+            ),
+        };
         bootstrap_admin_key(store.as_ref(), &config, addr)?;
         let services = Services {
+            audit,
             limiter,
             repository: Arc::new(repository),
             authenticator: authenticator.clone(),
@@ -595,4 +615,72 @@ fn roles(location: &Location) -> Result<(), Failure> {
         );
     }
     Ok(())
+}
+
+fn audit_key(
+    settings: &warden_core::config::AuditSettings,
+) -> Result<warden_audit::AuditKey, Failure> {
+    match &settings.key {
+        warden_core::config::AuditKeySource::Secret(s) => {
+            Ok(warden_audit::AuditKey::new(s.expose()))
+        }
+        warden_core::config::AuditKeySource::File(path) => {
+            warden_audit::key_file(path).map_err(Failure::runtime)
+        }
+    }
+}
+
+/// `warden audit verify`: checks the chain (and a kept checkpoint), names the
+/// first bad record, exits 1 on tampering.
+fn audit_verify(location: &Location, from: i64, checkpoint: Option<&Path>) -> Result<(), Failure> {
+    let config = load_config(location, Overrides::default())?;
+    let Some(settings) = &config.audit else {
+        return Err(Failure::usage("audit is disabled in this configuration"));
+    };
+    if let warden_core::config::AuditKeySource::File(path) = &settings.key
+        && !path.exists()
+    {
+        return Err(Failure::runtime(format!(
+            "no audit key at {}: has this data dir served yet?",
+            path.display()
+        )));
+    }
+    let key = audit_key(settings)?;
+    let checkpoint: Option<warden_audit::Checkpoint> = checkpoint
+        .map(|p| {
+            let text = std::fs::read_to_string(p)
+                .map_err(|e| Failure::usage(format!("{}: {e}", p.display())))?;
+            serde_json::from_str(&text)
+                .map_err(|e| Failure::usage(format!("{}: not a checkpoint: {e}", p.display())))
+        })
+        .transpose()?;
+    let store = open_store(&config)?;
+    let from = from.max(1);
+    let mut rows = Vec::new();
+    let mut next = from;
+    loop {
+        let page = store
+            .audit_rows(&settings.replica, next, 10_000)
+            .map_err(Failure::runtime)?;
+        let Some(last) = page.last() else { break };
+        next = last.seq + 1;
+        let full = page.len() == 10_000;
+        rows.extend(page);
+        if !full {
+            break;
+        }
+    }
+    match warden_audit::verify(&key, &settings.replica, rows, from, checkpoint.as_ref()) {
+        Ok(v) => {
+            println!(
+                "audit chain {}: {} records verified (sequence {} to {})",
+                settings.replica, v.rows, from, v.last_seq
+            );
+            Ok(())
+        }
+        Err(f) => Err(Failure::runtime(format!(
+            "audit chain {}: first bad record at sequence {}: {:?}",
+            settings.replica, f.seq, f.problem
+        ))),
+    }
 }
