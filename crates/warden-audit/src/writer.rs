@@ -21,7 +21,8 @@ use crate::{AuditKey, Chain, Checkpoint};
 const MAX_BATCH: usize = 512;
 
 struct Job {
-    record: String,
+    /// `None`: a flush marker, acknowledged once everything before it is committed.
+    record: Option<String>,
     ack: Option<oneshot::Sender<bool>>,
 }
 
@@ -75,7 +76,7 @@ impl AuditLog {
             let (ack, done) = oneshot::channel();
             self.tx
                 .send(Job {
-                    record,
+                    record: Some(record),
                     ack: Some(ack),
                 })
                 .await
@@ -86,9 +87,29 @@ impl AuditLog {
             }
         } else {
             self.tx
-                .send(Job { record, ack: None })
+                .send(Job {
+                    record: Some(record),
+                    ack: None,
+                })
                 .await
                 .map_err(|_| NotRecorded)
+        }
+    }
+
+    /// Waits until every record handed over so far is committed (graceful
+    /// shutdown: nothing accepted is left in the queue).
+    pub async fn flush(&self) -> Result<(), NotRecorded> {
+        let (ack, done) = oneshot::channel();
+        self.tx
+            .send(Job {
+                record: None,
+                ack: Some(ack),
+            })
+            .await
+            .map_err(|_| NotRecorded)?;
+        match done.await {
+            Ok(true) => Ok(()),
+            _ => Err(NotRecorded),
         }
     }
 
@@ -126,8 +147,10 @@ async fn run(
                 }
             }
         } else {
+            // A flush marker ends the batch at once: shutdown does not wait
+            // out the window.
             let deadline = tokio::time::Instant::now() + window;
-            while jobs.len() < MAX_BATCH {
+            while jobs.len() < MAX_BATCH && jobs.last().is_some_and(|j| j.record.is_some()) {
                 match tokio::time::timeout_at(deadline, rx.recv()).await {
                     Ok(Some(j)) => jobs.push(j),
                     _ => break,
@@ -138,7 +161,8 @@ async fn run(
             let before = chain.clone();
             let rows: Vec<_> = jobs
                 .iter()
-                .map(|j| chain.append(&key, j.record.clone()))
+                .filter_map(|j| j.record.clone())
+                .map(|r| chain.append(&key, r))
                 .collect();
             let s = Arc::clone(&store);
             let result = tokio::task::spawn_blocking(move || s.append_audit(&rows)).await;

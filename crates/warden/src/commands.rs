@@ -181,6 +181,7 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
             ),
         };
         bootstrap_admin_key(store.as_ref(), &config, addr)?;
+        let audit_log = audit.clone();
         let services = Services {
             audit,
             limiter,
@@ -197,6 +198,12 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
         let admin = admin_addr.map_or_else(|| "off".to_string(), |a| a.to_string());
         tracing::info!(%addr, %admin, tls = server.is_tls(), "listening");
         server.run(services, shutdown_signal()).await;
+        // Every record of an answered request is committed before exit.
+        if let Some(log) = &audit_log
+            && log.flush().await.is_err()
+        {
+            tracing::error!("audit records could not be committed at shutdown");
+        }
         let flush = authenticator.clone();
         let _ = tokio::task::spawn_blocking(move || flush.flush_last_used()).await;
         tracing::info!("stopped");

@@ -80,3 +80,39 @@ async fn requests_leave_a_verifiable_chain_and_tampering_is_named() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("first bad record at sequence 4"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batched_records_are_committed_before_a_graceful_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    // The default: batched, with a long window so that records are still
+    // queued when SIGTERM arrives.
+    let cfg = dir.path().join("warden.toml");
+    std::fs::write(&cfg, "[audit]\nbatch_window = \"5s\"\n").unwrap();
+    let w = Warden::start(&data, &["--config", cfg.to_str().unwrap()]);
+    let key = w.printed_key.clone().unwrap();
+    for _ in 0..5 {
+        let (status, _, _) = w
+            .post("/v1/models/iris:predict", &key, iris().to_string())
+            .await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    assert_eq!(w.terminate().code(), Some(0));
+    let out = Command::new(BIN)
+        .args([
+            "audit",
+            "verify",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--data-dir",
+        ])
+        .arg(&data)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("5 records verified"),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
