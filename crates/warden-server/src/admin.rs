@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use warden_auth::keys::unix_now;
 use warden_auth::{AccountError, Accounts, KeyAdmin, KeyError, NewKey};
 use warden_core::{ApiError, ErrorCode, ModelScope, Permission, Principal};
-use warden_store::{ApiKeyRecord, ClientRecord, UserRecord};
+use warden_store::{ApiKeyRecord, ClientRecord, Store, UserRecord};
 use zeroize::Zeroizing;
 
 use crate::extract::{Caller, JsonBody};
@@ -82,6 +82,40 @@ fn may_manage(
         tracing::warn!(principal = %caller.id, target_role = %role, "management call refused: the target holds more than the caller");
         Err(ErrorCode::Forbidden.into())
     }
+}
+
+/// [`may_manage`] for an existing key, user or client (404 if none).
+async fn may_manage_existing(
+    state: &AppState,
+    caller: &Principal,
+    kind: Kind,
+    id: &str,
+) -> Result<(), ApiError> {
+    let (role, models) = target_of(state, kind, id).await?;
+    may_manage(state, caller, &role, models.as_deref())
+}
+
+/// Runs a user or client operation on the blocking pool (Argon2 and the
+/// store both block).
+async fn with_accounts<T: Send + 'static>(
+    state: &AppState,
+    op: impl FnOnce(Accounts<'_, dyn Store>) -> Result<T, AccountError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let identity = state.identity.clone();
+    blocking(move || {
+        op(Accounts::new(identity.store.as_ref(), &identity.roles)).map_err(account_error)
+    })
+    .await
+}
+
+/// Runs a key operation on the blocking pool.
+async fn with_keys<T: Send + 'static>(
+    state: &AppState,
+    op: impl FnOnce(KeyAdmin<'_, dyn Store>) -> Result<T, KeyError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let identity = state.identity.clone();
+    blocking(move || op(KeyAdmin::new(identity.store.as_ref(), &identity.roles)).map_err(key_error))
+        .await
 }
 
 /// The role and models of an existing key, user or client (404 if none).
@@ -228,16 +262,13 @@ async fn create_key(
             })
         })
         .transpose()?;
-    let identity = state.identity.clone();
-    let issued = blocking(move || {
-        KeyAdmin::new(identity.store.as_ref(), &identity.roles)
-            .create(&NewKey {
-                name: req.name,
-                role: req.role,
-                models: req.models,
-                expires_in,
-            })
-            .map_err(key_error)
+    let issued = with_keys(&state, move |a| {
+        a.create(&NewKey {
+            name: req.name,
+            role: req.role,
+            models: req.models,
+            expires_in,
+        })
     })
     .await?;
     tracing::warn!(principal = %caller.id, key_id = %issued.record.id, role = %issued.record.role, "API key created");
@@ -252,16 +283,9 @@ async fn revoke_key(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     require(&caller, Permission::AdminKeys)?;
-    let (role, models) = target_of(&state, Kind::Key, &id).await?;
-    may_manage(&state, &caller, &role, models.as_deref())?;
-    let identity = state.identity.clone();
+    may_manage_existing(&state, &caller, Kind::Key, &id).await?;
     let key_id = id.clone();
-    blocking(move || {
-        KeyAdmin::new(identity.store.as_ref(), &identity.roles)
-            .revoke(&key_id)
-            .map_err(key_error)
-    })
-    .await?;
+    with_keys(&state, move |a| a.revoke(&key_id)).await?;
     state.authenticator.forget_key(&id);
     tracing::warn!(principal = %caller.id, key_id = %id, "API key revoked");
     Ok(json(json!({"id": id, "status": "revoked"}).to_string()))
@@ -282,8 +306,7 @@ async fn rotate_key(
     JsonBody(bytes): JsonBody,
 ) -> Result<Response, ApiError> {
     require(&caller, Permission::AdminKeys)?;
-    let (role, models) = target_of(&state, Kind::Key, &id).await?;
-    may_manage(&state, &caller, &role, models.as_deref())?;
+    may_manage_existing(&state, &caller, Kind::Key, &id).await?;
     let req: RotateKey = if bytes.is_empty() {
         RotateKey::default()
     } else {
@@ -296,14 +319,8 @@ async fn rotate_key(
                 .with_message("grace is a duration such as \"10m\" or \"0s\".")
         })?,
     };
-    let identity = state.identity.clone();
     let key_id = id.clone();
-    let issued = blocking(move || {
-        KeyAdmin::new(identity.store.as_ref(), &identity.roles)
-            .rotate(&key_id, grace)
-            .map_err(key_error)
-    })
-    .await?;
+    let issued = with_keys(&state, move |a| a.rotate(&key_id, grace)).await?;
     state.authenticator.forget_key(&id);
     tracing::warn!(principal = %caller.id, old_key_id = %id, key_id = %issued.record.id, grace = ?grace, "API key rotated");
     let store = state.identity.store.clone();
@@ -342,11 +359,8 @@ async fn create_user(
     require(&caller, Permission::AdminUsers)?;
     let req: CreateUser = body(&bytes)?;
     may_manage(&state, &caller, &req.role, None)?;
-    let identity = state.identity.clone();
-    let user = blocking(move || {
-        Accounts::new(identity.store.as_ref(), &identity.roles)
-            .add_user(&req.name, &req.role, &req.password)
-            .map_err(account_error)
+    let user = with_accounts(&state, move |a| {
+        a.add_user(&req.name, &req.role, &req.password)
     })
     .await?;
     tracing::warn!(principal = %caller.id, user = %user.name, role = %user.role, "user created");
@@ -359,16 +373,9 @@ async fn disable_user(
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
     require(&caller, Permission::AdminUsers)?;
-    let (role, _) = target_of(&state, Kind::User, &name).await?;
-    may_manage(&state, &caller, &role, None)?;
-    let identity = state.identity.clone();
+    may_manage_existing(&state, &caller, Kind::User, &name).await?;
     let user = name.clone();
-    blocking(move || {
-        Accounts::new(identity.store.as_ref(), &identity.roles)
-            .disable_user(&user)
-            .map_err(account_error)
-    })
-    .await?;
+    with_accounts(&state, move |a| a.disable_user(&user)).await?;
     tracing::warn!(principal = %caller.id, user = %name, "user disabled");
     Ok(json(
         json!({"name": name, "status": "disabled"}).to_string(),
@@ -389,16 +396,9 @@ async fn set_password(
 ) -> Result<Response, ApiError> {
     require(&caller, Permission::AdminUsers)?;
     let req: SetPassword = body(&bytes)?;
-    let (role, _) = target_of(&state, Kind::User, &name).await?;
-    may_manage(&state, &caller, &role, None)?;
-    let identity = state.identity.clone();
+    may_manage_existing(&state, &caller, Kind::User, &name).await?;
     let user = name.clone();
-    blocking(move || {
-        Accounts::new(identity.store.as_ref(), &identity.roles)
-            .set_password(&user, &req.password)
-            .map_err(account_error)
-    })
-    .await?;
+    with_accounts(&state, move |a| a.set_password(&user, &req.password)).await?;
     tracing::warn!(principal = %caller.id, user = %name, "user password changed");
     Ok(json(
         json!({"name": name, "status": "password changed"}).to_string(),
@@ -431,13 +431,7 @@ async fn create_client(
     require(&caller, Permission::AdminUsers)?;
     let req: CreateClient = body(&bytes)?;
     may_manage(&state, &caller, &req.role, None)?;
-    let identity = state.identity.clone();
-    let issued = blocking(move || {
-        Accounts::new(identity.store.as_ref(), &identity.roles)
-            .add_client(&req.name, &req.role)
-            .map_err(account_error)
-    })
-    .await?;
+    let issued = with_accounts(&state, move |a| a.add_client(&req.name, &req.role)).await?;
     tracing::warn!(principal = %caller.id, client_id = %issued.record.id, role = %issued.record.role, "OAuth2 client created");
     let mut value = client_json(&issued.record);
     value["client_secret"] = Value::String(issued.secret.to_string());
@@ -450,16 +444,9 @@ async fn revoke_client(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     require(&caller, Permission::AdminUsers)?;
-    let (role, _) = target_of(&state, Kind::Client, &id).await?;
-    may_manage(&state, &caller, &role, None)?;
-    let identity = state.identity.clone();
+    may_manage_existing(&state, &caller, Kind::Client, &id).await?;
     let client = id.clone();
-    blocking(move || {
-        Accounts::new(identity.store.as_ref(), &identity.roles)
-            .revoke_client(&client)
-            .map_err(account_error)
-    })
-    .await?;
+    with_accounts(&state, move |a| a.revoke_client(&client)).await?;
     tracing::warn!(principal = %caller.id, client_id = %id, "OAuth2 client revoked");
     Ok(json(
         json!({"client_id": id, "status": "revoked"}).to_string(),
@@ -472,16 +459,9 @@ async fn rotate_client(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     require(&caller, Permission::AdminUsers)?;
-    let (role, _) = target_of(&state, Kind::Client, &id).await?;
-    may_manage(&state, &caller, &role, None)?;
-    let identity = state.identity.clone();
+    may_manage_existing(&state, &caller, Kind::Client, &id).await?;
     let client = id.clone();
-    let issued = blocking(move || {
-        Accounts::new(identity.store.as_ref(), &identity.roles)
-            .rotate_client(&client)
-            .map_err(account_error)
-    })
-    .await?;
+    let issued = with_accounts(&state, move |a| a.rotate_client(&client)).await?;
     tracing::warn!(principal = %caller.id, client_id = %id, "OAuth2 client secret rotated");
     let mut value = client_json(&issued.record);
     value["client_secret"] = Value::String(issued.secret.to_string());
