@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Fetches the ONNX Runtime shared library Warden loads at start (SPEC §4),
-# and the Python test peers the test suite talks to (PyJWT, to mint and
-# verify tokens with a library no one here wrote) into .runtime/py.
+# and the Python test peers the test suite talks to (PyJWT, prometheus_client,
+# PyYAML: libraries no one here wrote) into .runtime/py.
 #
 # The library comes from the PyPI `onnxruntime` wheel: a wheel is a zip, and
 # libonnxruntime.so inside it is a plain C library that does not link Python.
@@ -29,13 +29,17 @@ if ! command -v redis-server >/dev/null; then
 fi
 
 py="$root/.runtime/py"
-PYJWT_VERSION="${PYJWT_VERSION:-2.10.1}"
-if [ ! -f "$py/.pyjwt-$PYJWT_VERSION" ]; then
-  echo "installing test peers (PyJWT $PYJWT_VERSION) into .runtime/py ..." >&2
+# Test peers, pinned: PyJWT (mints and verifies tokens), prometheus_client
+# (parses /metrics with the reference text parser), PyYAML (reads the alert rules).
+PEERS="pyjwt[crypto]==2.10.1 prometheus_client==0.21.1 PyYAML==6.0.2"
+stamp="$py/.peers-$(echo "$PEERS" | sha256sum | cut -c1-16)"
+if [ ! -f "$stamp" ]; then
+  echo "installing test peers ($PEERS) into .runtime/py ..." >&2
   rm -rf "$py"
+  # shellcheck disable=SC2086
   python3 -m pip install --quiet --disable-pip-version-check --only-binary :all: \
-    --target "$py" "pyjwt[crypto]==$PYJWT_VERSION"
-  touch "$py/.pyjwt-$PYJWT_VERSION"
+    --target "$py" $PEERS
+  touch "$stamp"
 fi
 
 if [ -f "$lib" ]; then

@@ -11,7 +11,7 @@
 
 mod writer;
 
-pub use writer::{AuditLog, NotRecorded, key_file};
+pub use writer::{AuditLog, NotRecorded, WriterSettings, WriterStats, append_one, key_file};
 
 use aws_lc_rs::hmac;
 use serde::{Deserialize, Serialize};
@@ -255,3 +255,28 @@ fn constant_eq(a: &[u8], b: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests;
+
+/// Reads a point in time for `--since` and the query API, as µs since the
+/// Unix epoch: an RFC 3339 timestamp (`2026-11-29T10:00:00Z`), Unix seconds
+/// (`1764410400`), or a duration back from `now_us` (`90m`, `24h`, `7d`).
+pub fn parse_time(text: &str, now_us: i64) -> Result<i64, String> {
+    let text = text.trim();
+    if let Ok(secs) = text.parse::<i64>() {
+        return secs
+            .checked_mul(1_000_000)
+            .ok_or_else(|| format!("{text:?} is out of range"));
+    }
+    if let Ok(t) = humantime::parse_rfc3339_weak(text) {
+        let d = t
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_err(|_| format!("{text:?} is before 1970"))?;
+        return i64::try_from(d.as_micros()).map_err(|_| format!("{text:?} is out of range"));
+    }
+    if let Ok(d) = humantime::parse_duration(text) {
+        let back = i64::try_from(d.as_micros()).unwrap_or(i64::MAX);
+        return Ok(now_us.saturating_sub(back));
+    }
+    Err(format!(
+        "{text:?} is not a time: use RFC 3339 (2026-11-29T10:00:00Z), Unix seconds, or a duration back from now (24h, 7d)"
+    ))
+}

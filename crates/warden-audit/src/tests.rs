@@ -136,3 +136,15 @@ fn checkpoints_are_signed() {
     );
     assert!(!format!("{key:?}").contains("audit key"));
 }
+
+#[test]
+fn times_parse_in_three_spellings() {
+    let now = 1_764_410_400_000_000;
+    assert_eq!(
+        crate::parse_time("2025-11-29T10:00:00Z", now),
+        Ok(1_764_410_400_000_000)
+    );
+    assert_eq!(crate::parse_time("1764410400", now), Ok(now));
+    assert_eq!(crate::parse_time("1h", now), Ok(now - 3_600_000_000));
+    assert!(crate::parse_time("yesterday", now).is_err());
+}

@@ -10,7 +10,8 @@
 //! queue fills, and requests then wait.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 use warden_store::Store;
@@ -20,10 +21,37 @@ use crate::{AuditKey, Chain, Checkpoint};
 /// Most records per transaction.
 const MAX_BATCH: usize = 512;
 
+/// How the writer runs.
+#[derive(Debug, Clone)]
+pub struct WriterSettings {
+    /// This replica's chain.
+    pub replica: String,
+    /// `sync`: each record is committed before its request is answered.
+    pub sync: bool,
+    /// `batched`: the longest a record waits for its batch's commit.
+    pub window: Duration,
+    /// Records that may wait; past it, callers wait (backpressure).
+    pub queue: usize,
+    /// How often a signed checkpoint is written to the log (when the chain moved).
+    pub checkpoint_every: Duration,
+}
+
 struct Job {
     /// `None`: a flush marker, acknowledged once everything before it is committed.
     record: Option<String>,
     ack: Option<oneshot::Sender<bool>>,
+    queued: Instant,
+}
+
+/// Counters the metrics endpoint reads.
+#[derive(Debug, Default)]
+pub struct WriterStats {
+    /// Records committed.
+    pub committed: AtomicU64,
+    /// Failed batch writes.
+    pub failures: AtomicU64,
+    /// Queue-to-commit time of the oldest record of the last batch, in µs.
+    pub lag_us: AtomicU64,
 }
 
 /// The audit log's front end.
@@ -31,7 +59,9 @@ struct Job {
 pub struct AuditLog {
     tx: mpsc::Sender<Job>,
     sync: bool,
+    replica: String,
     checkpoint: Arc<std::sync::Mutex<Option<Checkpoint>>>,
+    stats: Arc<WriterStats>,
 }
 
 impl std::fmt::Debug for Job {
@@ -50,60 +80,71 @@ impl AuditLog {
     pub fn start(
         store: Arc<dyn Store>,
         key: AuditKey,
-        replica: &str,
-        sync: bool,
-        window: Duration,
-        queue: usize,
+        settings: WriterSettings,
     ) -> Result<Arc<Self>, String> {
         let head = store
-            .audit_head(replica)
+            .audit_head(&settings.replica)
             .map_err(|e| format!("cannot read the audit chain: {e}"))?;
-        let chain = Chain::resume(replica, head.as_ref());
-        let (tx, rx) = mpsc::channel(queue.max(1));
-        let checkpoint = Arc::new(std::sync::Mutex::new(None));
-        tokio::spawn(run(store, key, chain, rx, sync, window, checkpoint.clone()));
-        Ok(Arc::new(Self {
+        let chain = Chain::resume(&settings.replica, head.as_ref());
+        let (tx, rx) = mpsc::channel(settings.queue.max(1));
+        let log = Arc::new(Self {
             tx,
-            sync,
-            checkpoint,
-        }))
+            sync: settings.sync,
+            replica: settings.replica.clone(),
+            checkpoint: Arc::new(std::sync::Mutex::new(
+                head.is_some().then(|| chain.checkpoint(&key)),
+            )),
+            stats: Arc::default(),
+        });
+        let writer = Writer {
+            store,
+            key: Arc::new(key),
+            chain,
+            settings,
+            checkpoint: Arc::clone(&log.checkpoint),
+            stats: Arc::clone(&log.stats),
+            logged_seq: 0,
+            logged_at: Instant::now(),
+        };
+        tokio::spawn(writer.run(rx));
+        Ok(log)
     }
 
     /// Records one record (canonical JSON). In sync mode, returns once it is
     /// committed.
     pub async fn record(&self, record: String) -> Result<(), NotRecorded> {
-        if self.sync {
+        let (ack, done) = if self.sync {
             let (ack, done) = oneshot::channel();
-            self.tx
-                .send(Job {
-                    record: Some(record),
-                    ack: Some(ack),
-                })
-                .await
-                .map_err(|_| NotRecorded)?;
-            match done.await {
+            (Some(ack), Some(done))
+        } else {
+            (None, None)
+        };
+        self.tx
+            .send(Job {
+                record: Some(record),
+                ack,
+                queued: Instant::now(),
+            })
+            .await
+            .map_err(|_| NotRecorded)?;
+        match done {
+            None => Ok(()),
+            Some(done) => match done.await {
                 Ok(true) => Ok(()),
                 _ => Err(NotRecorded),
-            }
-        } else {
-            self.tx
-                .send(Job {
-                    record: Some(record),
-                    ack: None,
-                })
-                .await
-                .map_err(|_| NotRecorded)
+            },
         }
     }
 
     /// Waits until every record handed over so far is committed (graceful
-    /// shutdown: nothing accepted is left in the queue).
+    /// shutdown: nothing accepted is left in the queue), and logs a checkpoint.
     pub async fn flush(&self) -> Result<(), NotRecorded> {
         let (ack, done) = oneshot::channel();
         self.tx
             .send(Job {
                 record: None,
                 ack: Some(ack),
+                queued: Instant::now(),
             })
             .await
             .map_err(|_| NotRecorded)?;
@@ -118,38 +159,77 @@ impl AuditLog {
         self.tx.max_capacity() - self.tx.capacity()
     }
 
-    /// The checkpoint of the last committed batch.
+    /// This writer's chain.
+    pub fn replica(&self) -> &str {
+        &self.replica
+    }
+
+    /// The signed checkpoint of the last committed batch (or of the chain's
+    /// head at start); `None` while the chain is empty.
     pub fn checkpoint(&self) -> Option<Checkpoint> {
         self.checkpoint
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()
     }
+
+    /// The writer's counters.
+    pub fn stats(&self) -> &WriterStats {
+        &self.stats
+    }
 }
 
-async fn run(
+struct Writer {
     store: Arc<dyn Store>,
-    key: AuditKey,
-    mut chain: Chain,
-    mut rx: mpsc::Receiver<Job>,
-    sync: bool,
-    window: Duration,
+    key: Arc<AuditKey>,
+    chain: Chain,
+    settings: WriterSettings,
     checkpoint: Arc<std::sync::Mutex<Option<Checkpoint>>>,
-) {
-    let key = Arc::new(key);
-    while let Some(first) = rx.recv().await {
+    stats: Arc<WriterStats>,
+    /// The sequence number of the last checkpoint written to the log.
+    logged_seq: i64,
+    logged_at: Instant,
+}
+
+impl Writer {
+    async fn run(mut self, mut rx: mpsc::Receiver<Job>) {
+        let key = Arc::clone(&self.key);
+        while let Some(first) = rx.recv().await {
+            let jobs = self.batch(first, &mut rx).await;
+            let flushing = jobs.iter().any(|j| j.record.is_none());
+            let committed = self.commit(&key, &jobs).await;
+            if committed {
+                let lag = jobs.first().map_or(Duration::ZERO, |j| j.queued.elapsed());
+                self.stats
+                    .lag_us
+                    .store(lag.as_micros() as u64, Ordering::Relaxed);
+            }
+            for j in jobs {
+                if let Some(ack) = j.ack {
+                    let _ = ack.send(committed);
+                }
+            }
+            if committed && (flushing || self.logged_at.elapsed() >= self.settings.checkpoint_every)
+            {
+                self.log_checkpoint();
+            }
+        }
+    }
+
+    /// The next batch: in sync mode whatever is already queued; in batched
+    /// mode whatever arrives within the window. A flush marker ends the
+    /// batch at once, so shutdown does not wait out the window.
+    async fn batch(&self, first: Job, rx: &mut mpsc::Receiver<Job>) -> Vec<Job> {
         let mut jobs = vec![first];
-        if sync {
-            while jobs.len() < MAX_BATCH {
+        if self.settings.sync {
+            while jobs.len() < MAX_BATCH && jobs.last().is_some_and(|j| j.record.is_some()) {
                 match rx.try_recv() {
                     Ok(j) => jobs.push(j),
                     Err(_) => break,
                 }
             }
         } else {
-            // A flush marker ends the batch at once: shutdown does not wait
-            // out the window.
-            let deadline = tokio::time::Instant::now() + window;
+            let deadline = tokio::time::Instant::now() + self.settings.window;
             while jobs.len() < MAX_BATCH && jobs.last().is_some_and(|j| j.record.is_some()) {
                 match tokio::time::timeout_at(deadline, rx.recv()).await {
                     Ok(Some(j)) => jobs.push(j),
@@ -157,49 +237,105 @@ async fn run(
                 }
             }
         }
+        jobs
+    }
+
+    /// Appends the batch in one transaction. In batched mode a failure is
+    /// retried every 100 ms (the queue fills and callers wait); in sync mode
+    /// it is reported to the waiting requests, which fail.
+    async fn commit(&mut self, key: &Arc<AuditKey>, jobs: &[Job]) -> bool {
         loop {
-            let before = chain.clone();
+            let before = self.chain.clone();
             let rows: Vec<_> = jobs
                 .iter()
                 .filter_map(|j| j.record.clone())
-                .map(|r| chain.append(&key, r))
+                .map(|r| self.chain.append(key, r))
                 .collect();
-            let s = Arc::clone(&store);
-            let result = tokio::task::spawn_blocking(move || s.append_audit(&rows)).await;
-            match result {
+            if rows.is_empty() {
+                return true;
+            }
+            let n = rows.len() as u64;
+            let store = Arc::clone(&self.store);
+            let error = match tokio::task::spawn_blocking(move || store.append_audit(&rows)).await {
                 Ok(Ok(())) => {
-                    *checkpoint
+                    self.stats.committed.fetch_add(n, Ordering::Relaxed);
+                    *self
+                        .checkpoint
                         .lock()
                         .unwrap_or_else(std::sync::PoisonError::into_inner) =
-                        Some(chain.checkpoint(&key));
-                    for j in jobs {
-                        if let Some(ack) = j.ack {
-                            let _ = ack.send(true);
-                        }
-                    }
-                    break;
+                        Some(self.chain.checkpoint(key));
+                    return true;
                 }
-                failure => {
-                    let error = match failure {
-                        Ok(Err(e)) => e.to_string(),
-                        Err(e) => e.to_string(),
-                        Ok(Ok(())) => String::new(),
-                    };
-                    tracing::error!(error = %error, records = jobs.len(), "audit write failed");
-                    chain = before;
-                    if sync {
-                        for j in jobs {
-                            if let Some(ack) = j.ack {
-                                let _ = ack.send(false);
-                            }
-                        }
-                        break;
-                    }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
+                Ok(Err(e)) => e.to_string(),
+                Err(e) => e.to_string(),
+            };
+            self.chain = before;
+            self.stats.failures.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(
+                alert = "audit_write_failed",
+                error = %error,
+                records = n,
+                "audit write failed"
+            );
+            if self.settings.sync {
+                return false;
             }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+
+    /// Writes the current checkpoint to the log, if the chain moved since
+    /// the last one. A reader who keeps these lines can detect truncation
+    /// with `warden audit verify --checkpoint`.
+    fn log_checkpoint(&mut self) {
+        let Some(c) = self
+            .checkpoint
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+        else {
+            return;
+        };
+        self.logged_at = Instant::now();
+        if c.seq == self.logged_seq {
+            return;
+        }
+        self.logged_seq = c.seq;
+        tracing::info!(
+            event = "audit_checkpoint",
+            replica = %c.replica,
+            seq = c.seq,
+            head = %c.head,
+            sig = %c.sig,
+            "audit checkpoint"
+        );
+    }
+}
+
+/// Appends one record to `replica`'s chain straight through the store, for
+/// processes without a writer (the CLI). The head is re-read on each try:
+/// if another process appended in between, the insert conflicts on the
+/// sequence number and is retried, so the chain never forks.
+pub fn append_one(
+    store: &dyn Store,
+    key: &AuditKey,
+    replica: &str,
+    record: String,
+) -> Result<i64, String> {
+    let mut last = String::new();
+    for _ in 0..5 {
+        let head = store
+            .audit_head(replica)
+            .map_err(|e| format!("cannot read the audit chain: {e}"))?;
+        let mut chain = Chain::resume(replica, head.as_ref());
+        let row = chain.append(key, record.clone());
+        let seq = row.seq;
+        match store.append_audit(&[row]) {
+            Ok(()) => return Ok(seq),
+            Err(e) => last = e.to_string(),
+        }
+    }
+    Err(format!("cannot append to the audit chain: {last}"))
 }
 
 /// Reads the audit key file, generating 32 random bytes (hex, mode 0600)

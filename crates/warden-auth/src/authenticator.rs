@@ -84,6 +84,30 @@ pub enum Credential {
 }
 
 impl Credential {
+    /// The reason, as a metric label and log field.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Missing => "missing",
+            Self::Ambiguous => "ambiguous",
+            Self::Malformed => "malformed",
+            Self::UnknownKey => "unknown_key",
+            Self::WrongSecret => "wrong_secret",
+            Self::Revoked => "revoked",
+            Self::Expired => "expired",
+            Self::UnknownRole => "unknown_role",
+            Self::TokenMalformed => "token_malformed",
+            Self::TokenUnknownIssuer => "token_unknown_issuer",
+            Self::TokenAlgorithm => "token_algorithm",
+            Self::TokenUnknownKey => "token_unknown_key",
+            Self::TokenSignature => "token_signature",
+            Self::TokenExpired => "token_expired",
+            Self::TokenNotYetValid => "token_not_yet_valid",
+            Self::TokenClaims => "token_claims",
+            Self::UnknownCertificate => "unknown_certificate",
+            Self::StoreFailed => "store_failed",
+        }
+    }
+
     /// Whether this failure counts as a guess (for brute-force bans).
     pub fn is_guess(self) -> bool {
         !matches!(self, Self::Missing | Self::Ambiguous | Self::StoreFailed)

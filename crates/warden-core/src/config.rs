@@ -72,6 +72,8 @@ pub struct RawConfig {
     pub limits: RawLimits,
     /// The tamper-evident audit trail.
     pub audit: RawAudit,
+    /// Anomaly alerts.
+    pub alerts: RawAlerts,
     /// Acknowledgements of settings Warden otherwise refuses as insecure.
     pub insecure: RawInsecure,
 }
@@ -221,6 +223,44 @@ pub struct RawAudit {
     pub batch_window: Option<Duration>,
     /// Records waiting to be written; when full, requests wait (backpressure). Default 10000.
     pub queue: Option<usize>,
+    /// How often a signed checkpoint is written to the log when the chain
+    /// moved. Default `1m`.
+    #[serde(deserialize_with = "duration")]
+    pub checkpoint_interval: Option<Duration>,
+}
+
+/// `[alerts]`: anomaly alerts (structured log events with an `alert` field,
+/// counted in `warden_alerts_total`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawAlerts {
+    /// Window over which each principal's predicted rows are counted. Default `1m`.
+    #[serde(deserialize_with = "duration")]
+    pub rate_window: Option<Duration>,
+    /// Windows a principal needs before its baseline is trusted. Default 10.
+    pub rate_warmup: Option<u32>,
+    /// Alert when a window's rows exceed the baseline times this. Default 10.
+    pub rate_factor: Option<f64>,
+    /// ... and at least this many rows. Default 600.
+    pub rate_min: Option<u64>,
+    /// Warn when a served certificate expires within this. Default `14d`.
+    #[serde(deserialize_with = "duration")]
+    pub certificate_warning: Option<Duration>,
+}
+
+/// Validated `[alerts]`.
+#[derive(Debug, Clone, Copy)]
+pub struct AlertSettings {
+    /// Rate-baseline window.
+    pub rate_window: Duration,
+    /// Windows before the baseline counts.
+    pub rate_warmup: u32,
+    /// Factor over the baseline.
+    pub rate_factor: f64,
+    /// Floor in rows per window.
+    pub rate_min: u64,
+    /// Certificate expiry warning horizon.
+    pub certificate_warning: Duration,
 }
 
 /// Where the audit key comes from.
@@ -245,6 +285,8 @@ pub struct AuditSettings {
     pub batch_window: Duration,
     /// Queue bound.
     pub queue: usize,
+    /// Checkpoint log interval.
+    pub checkpoint_interval: Duration,
 }
 
 /// `[insecure]`: each flag acknowledges one setting Warden refuses otherwise.
@@ -442,6 +484,8 @@ pub struct Config {
     pub max_in_flight: usize,
     /// The audit trail, unless disabled.
     pub audit: Option<AuditSettings>,
+    /// Anomaly alerts.
+    pub alerts: AlertSettings,
 }
 
 impl Config {
@@ -480,6 +524,7 @@ impl Config {
             auth,
             limits,
             audit,
+            alerts,
             insecure,
         } = raw;
 
@@ -696,12 +741,31 @@ impl Config {
                 sync,
                 batch_window: audit.batch_window.unwrap_or(Duration::from_millis(50)),
                 queue: positive("audit.queue", audit.queue, 10_000)?,
+                checkpoint_interval: nonzero(
+                    "audit.checkpoint_interval",
+                    audit.checkpoint_interval,
+                    60,
+                )?,
             })
         } else {
             None
         };
+        let rate_factor = alerts.rate_factor.unwrap_or(10.0);
+        if !(rate_factor.is_finite() && rate_factor > 1.0) {
+            return Err(invalid("alerts.rate_factor", "must be a number above 1"));
+        }
+        let alerts = AlertSettings {
+            rate_window: nonzero("alerts.rate_window", alerts.rate_window, 60)?,
+            rate_warmup: alerts.rate_warmup.unwrap_or(10).max(1),
+            rate_factor,
+            rate_min: alerts.rate_min.unwrap_or(600),
+            certificate_warning: alerts
+                .certificate_warning
+                .unwrap_or(Duration::from_secs(14 * 86_400)),
+        };
         Ok(Self {
             audit,
+            alerts,
             max_in_flight: positive("server.max_in_flight", server.max_in_flight, 4096)?,
             limits,
             admin,

@@ -410,12 +410,11 @@ impl Limiter {
         us.map(|u| u.div_ceil(1_000_000).max(1))
     }
 
-    /// Records a failed authentication by `subject`; bans it (and logs the
-    /// ban) when it reaches the threshold.
-    pub async fn failure(&self, subject: &str) {
-        let Some(policy) = self.settings.bans else {
-            return;
-        };
+    /// Records a failed authentication by `subject`; bans it when it reaches
+    /// the threshold and returns the ban's length in seconds (the caller
+    /// logs the alert).
+    pub async fn failure(&self, subject: &str) -> Option<u64> {
+        let policy = self.settings.bans?;
         let ban = match &self.shared {
             None => self.memory.failure(subject, &policy, self.clock.now_us()),
             Some(s) => match s.failure(subject, &policy).await {
@@ -426,13 +425,7 @@ impl Limiter {
                 }
             },
         };
-        if let Some(us) = ban {
-            tracing::warn!(
-                subject,
-                seconds = us / 1_000_000,
-                "banned after repeated authentication failures"
-            );
-        }
+        ban.map(|us| us.div_ceil(1_000_000).max(1))
     }
 
     /// Every current ban.

@@ -153,10 +153,10 @@ async fn quotas_refuse_until_the_window_resets() {
 async fn failures_ban_and_lifting_works() {
     let (l, clock) = limiter();
     for _ in 0..2 {
-        l.failure("addr:10.0.0.9").await;
+        assert_eq!(l.failure("addr:10.0.0.9").await, None);
     }
     assert_eq!(l.banned("addr:10.0.0.9").await, None);
-    l.failure("addr:10.0.0.9").await;
+    assert_eq!(l.failure("addr:10.0.0.9").await, Some(60));
     assert_eq!(l.banned("addr:10.0.0.9").await, Some(60));
     clock.advance(Duration::from_secs(30));
     assert_eq!(l.banned("addr:10.0.0.9").await, Some(30));

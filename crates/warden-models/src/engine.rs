@@ -64,6 +64,11 @@ pub trait Backend: Send + Sync + fmt::Debug {
         rows: usize,
         values: Vec<f32>,
     ) -> BoxFuture<'_, Result<Prediction, EngineError>>;
+
+    /// Requests waiting for inference (for the queue-depth metric).
+    fn queued(&self) -> usize {
+        0
+    }
 }
 
 /// Pool sizing and placement.
@@ -374,6 +379,10 @@ impl Backend for OnnxBackend {
                 ))
             })
         })
+    }
+
+    fn queued(&self) -> usize {
+        self.inner.lock_queue().len()
     }
 }
 

@@ -22,6 +22,7 @@ use zeroize::Zeroizing;
 use crate::extract::{Caller, JsonBody};
 use crate::routes::json;
 use crate::state::AppState;
+use crate::steps::TargetNote;
 
 /// The management routes (admission is added by the caller).
 pub fn routes() -> Router<AppState> {
@@ -40,12 +41,41 @@ pub fn routes() -> Router<AppState> {
         .route("/admin/roles", get(list_roles))
         .route("/admin/bans", get(list_bans))
         .route("/admin/bans/{subject}/lift", post(lift_ban))
+        .route("/admin/audit", get(crate::observe::audit_query))
+        .route(
+            "/admin/audit/checkpoint",
+            get(crate::observe::audit_checkpoint),
+        )
+        .route("/metrics", get(crate::observe::metrics))
         .route("/admin/keys/{id}/quota", get(key_quota))
         .route("/admin/users/{id}/quota", get(user_quota))
         .route("/admin/clients/{id}/quota", get(client_quota))
 }
 
-fn require(caller: &Principal, permission: Permission) -> Result<(), ApiError> {
+/// The audit `action` of a management call, from its method and route
+/// template (`None` for reads).
+pub fn action(method: &axum::http::Method, route: &str) -> Option<&'static str> {
+    if method == axum::http::Method::GET {
+        return None;
+    }
+    Some(match route {
+        "/admin/keys" => "key.create",
+        "/admin/keys/{id}/revoke" => "key.revoke",
+        "/admin/keys/{id}/rotate" => "key.rotate",
+        "/admin/users" => "user.create",
+        "/admin/users/{name}/disable" => "user.disable",
+        "/admin/users/{name}/password" => "user.password",
+        "/admin/clients" => "client.create",
+        "/admin/clients/{id}/revoke" => "client.revoke",
+        "/admin/clients/{id}/rotate" => "client.rotate",
+        "/admin/signing-keys/rotate" => "signing_key.rotate",
+        "/admin/bans/{subject}/lift" => "ban.lift",
+        _ => return None,
+    })
+}
+
+/// Checks that `caller` holds `permission` (`forbidden` otherwise).
+pub fn require(caller: &Principal, permission: Permission) -> Result<(), ApiError> {
     if caller.has(permission) {
         Ok(())
     } else {
@@ -160,8 +190,17 @@ async fn blocking<T: Send + 'static>(
     })?
 }
 
+/// `201 Created`, noting the new id (or name) for the audit record.
 fn created(value: Value) -> Response {
-    (StatusCode::CREATED, json(value.to_string())).into_response()
+    let target = ["id", "name"]
+        .iter()
+        .find_map(|k| value.get(k).and_then(Value::as_str))
+        .map(|t| TargetNote(t.to_owned()));
+    let mut response = (StatusCode::CREATED, json(value.to_string())).into_response();
+    if let Some(t) = target {
+        response.extensions_mut().insert(t);
+    }
+    response
 }
 
 fn key_error(e: KeyError) -> ApiError {
@@ -329,7 +368,11 @@ async fn rotate_key(
     let mut value = key_json(&issued.record, unix_now());
     value["key"] = Value::String(issued.key.to_string());
     value["old_key_expires_at"] = json!(old.and_then(|k| k.expires_at));
-    Ok(json(value.to_string()))
+    let mut response = json(value.to_string());
+    response
+        .extensions_mut()
+        .insert(TargetNote(issued.record.id.clone()));
+    Ok(response)
 }
 
 async fn list_users(

@@ -7,10 +7,13 @@
 
 pub mod access_log;
 pub mod admin;
+pub mod anomaly;
 pub mod client_addr;
 pub mod extract;
 pub mod listener;
+pub mod metrics;
 pub mod oauth;
+pub mod observe;
 pub mod openapi;
 pub mod pipeline;
 pub mod routes;
@@ -71,6 +74,8 @@ pub struct Services {
 struct Bound {
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
+    /// The certificate's expiry, Unix seconds.
+    not_after: Option<i64>,
 }
 
 /// The bound, not yet serving, listeners: the data plane and, unless
@@ -83,6 +88,7 @@ pub struct Server {
     access_log: bool,
     max_in_flight: usize,
     settings: ConnectionSettings,
+    alerts: warden_core::config::AlertSettings,
 }
 
 impl std::fmt::Debug for Server {
@@ -96,14 +102,21 @@ impl std::fmt::Debug for Server {
 }
 
 async fn bind(addr: SocketAddr, tls: Option<&TlsSettings>) -> Result<Bound, ServeError> {
-    let tls = match tls {
-        Some(settings) => Some(TlsAcceptor::from(tls::server_config(settings)?)),
-        None => None,
+    let (tls, not_after) = match tls {
+        Some(settings) => {
+            let t = tls::server_config(settings)?;
+            (Some(TlsAcceptor::from(t.config)), t.not_after)
+        }
+        None => (None, None),
     };
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|source| ServeError::Bind { addr, source })?;
-    Ok(Bound { listener, tls })
+    Ok(Bound {
+        listener,
+        tls,
+        not_after,
+    })
 }
 
 impl Server {
@@ -125,6 +138,7 @@ impl Server {
             trusted_proxies: config.trusted_proxies.clone(),
             access_log: config.access_log,
             max_in_flight: config.max_in_flight,
+            alerts: config.alerts,
             settings: ConnectionSettings {
                 max_connections: config.max_connections,
                 handshake_timeout: config.handshake_timeout,
@@ -162,6 +176,13 @@ impl Server {
 
     /// Serves both planes until `shutdown` resolves, then drains both.
     pub async fn run(self, services: Services, shutdown: impl Future<Output = ()>) {
+        let certificate_expiry: Vec<(&'static str, i64)> = [
+            ("data", self.data.not_after),
+            ("management", self.admin.as_ref().and_then(|a| a.not_after)),
+        ]
+        .into_iter()
+        .filter_map(|(l, t)| Some((l, t?)))
+        .collect();
         let state = AppState(Arc::new(Shared {
             repository: services.repository,
             authenticator: services.authenticator,
@@ -175,7 +196,13 @@ impl Server {
             in_flight: tokio::sync::Semaphore::new(self.max_in_flight),
             admin_in_flight: tokio::sync::Semaphore::new(ADMIN_IN_FLIGHT),
             audit: services.audit,
+            max_in_flight: self.max_in_flight,
+            metrics: metrics::install(),
+            certificate_expiry,
+            rate_watch: Some(anomaly::RateWatch::start(self.alerts)),
         }));
+        metrics::register_series(&state);
+        anomaly::watch_certificates(&state.certificate_expiry, self.alerts.certificate_warning);
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let until_stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|s| *s).await;

@@ -33,6 +33,7 @@ use zeroize::Zeroizing;
 use crate::client_addr::ClientAddr;
 use crate::routes::json;
 use crate::state::AppState;
+use crate::steps::Plane;
 use crate::steps::{PrincipalNote, RequestId};
 
 /// Largest token request body.
@@ -173,6 +174,9 @@ impl OAuthError {
             "request_id": request_id,
         });
         let mut response = (self.status, json(body.to_string())).into_response();
+        response
+            .extensions_mut()
+            .insert(crate::steps::OutcomeNote(self.code));
         if let Some(s) = self.retry_after {
             response
                 .headers_mut()
@@ -273,17 +277,23 @@ pub async fn token(State(state): State<AppState>, req: Request) -> Response {
     let Some(oauth) = state.identity.oauth.clone() else {
         return crate::routes::not_found().await.into_response();
     };
-    match token_steps(&state, &oauth, req, client).await {
+    // The token endpoint authenticates clients, so its requests are audited
+    // like those through admission.
+    let audit = crate::steps::AuditStart::new(&req);
+    let (response, principal) = match token_steps(&state, &oauth, req, client).await {
         Ok((principal, body)) => {
             let mut response = json(body);
             response
                 .headers_mut()
                 .insert("pragma", HeaderValue::from_static("no-cache"));
-            response.extensions_mut().insert(PrincipalNote(principal));
             response
+                .extensions_mut()
+                .insert(PrincipalNote(principal.clone()));
+            (response, Some(principal))
         }
-        Err(e) => e.render(&id),
-    }
+        Err(e) => (e.render(&id), None),
+    };
+    crate::steps::audit(&state, audit, principal, response).await
 }
 
 async fn token_steps(
@@ -297,6 +307,7 @@ async fn token_steps(
     // for such a client, not even reading the body.
     let address_subject = warden_limits::address_subject("addr", address);
     if let Some(seconds) = state.limiter.banned(&address_subject).await {
+        crate::metrics::banned(Plane::Data);
         return Err(OAuthError::banned(seconds));
     }
     limit(state, &address_subject).await.inspect_err(|_| {
@@ -463,6 +474,7 @@ async fn limit(state: &AppState, subject: &str) -> Result<(), OAuthError> {
     if outcome.decision.allowed {
         Ok(())
     } else {
+        crate::metrics::rate_limited("token");
         Err(OAuthError::rate_limited(outcome.retry_after()))
     }
 }
@@ -470,6 +482,7 @@ async fn limit(state: &AppState, subject: &str) -> Result<(), OAuthError> {
 /// The account's ban and limit, before any password work.
 async fn guard_account(state: &AppState, account: &str, address: IpAddr) -> Result<(), OAuthError> {
     if let Some(seconds) = state.limiter.banned(account).await {
+        crate::metrics::banned(Plane::Data);
         tracing::warn!(client = %address, account = ?account, "token endpoint: account banned");
         return Err(OAuthError::banned(seconds));
     }
@@ -480,11 +493,12 @@ async fn guard_account(state: &AppState, account: &str, address: IpAddr) -> Resu
 
 /// A failed login counts towards bans of the address and of the account.
 async fn failed(state: &AppState, account: &str, address: IpAddr) {
-    state
-        .limiter
-        .failure(&warden_limits::address_subject("addr", address))
-        .await;
-    state.limiter.failure(account).await;
+    let address = warden_limits::address_subject("addr", address);
+    for subject in [address.as_str(), account] {
+        if let Some(seconds) = state.limiter.failure(subject).await {
+            crate::steps::banned_now(state, Plane::Data, subject, seconds).await;
+        }
+    }
 }
 
 /// The grants of a token: the role's, or the requested subset of them.

@@ -8,7 +8,8 @@
 //!            → … → respond (error envelope, security headers, access log)
 //! admission: ban check → authenticate → rate limit        (routes that need a credential)
 //! infer:     quota → authorize → parse + validate → defenses → inference
-//!            → output policy → (audit) → response
+//!            → output policy → response
+//! then, on the way out: audit record (admission), metrics and access log (edge)
 //! ```
 //!
 //! Each step is a plain function in `steps.rs` (or below); the three
@@ -259,7 +260,8 @@ async fn infer_steps(
         input_sha256: None,
     });
     // Parse + validate against the model's schema: the only way to get a ValidInferRequest.
-    let request = request::parse(protocol, &model.card, body, state.limits.json_max_depth)?;
+    let request = request::parse(protocol, &model.card, body, state.limits.json_max_depth)
+        .inspect_err(|e| crate::metrics::validation_failure(&model.name, e.code.as_str()))?;
     let rows = request.rows;
     if let Some(n) = note.as_mut() {
         n.rows = rows;
@@ -285,8 +287,15 @@ async fn infer_steps(
     defenses(&model, &request)?;
     // Inference, on the blocking pool, bounded per model. Rows that were not
     // predicted (shed under load, or failed) go back to the quota.
+    let inference = Instant::now();
     let prediction = match version.backend.infer(rows, request.values).await {
-        Ok(p) => p,
+        Ok(p) => {
+            crate::metrics::inference(&model.name, inference.elapsed());
+            if let Some(watch) = &state.rate_watch {
+                watch.observe(&caller.id, rows as u64);
+            }
+            p
+        }
         Err(e) => {
             if quota.is_some() {
                 state
@@ -311,8 +320,8 @@ async fn infer_steps(
             protocol::v2_response(&model, version.version, request.id.as_deref(), &shown, rows)
         }
     };
-    // Audit record: the audit trail (issue 5) hooks in here; the access-log
-    // line is written by the respond step with this request's ModelNote.
+    // Audit record, metrics and access log follow in `admission` and `edge`,
+    // from this request's ModelNote.
     let mut response = routes::json(body);
     steps::add_rate_headers(response.headers_mut(), &rate);
     if let Some(left) = quota {
@@ -341,10 +350,12 @@ async fn rate_rows(
     if outcome.decision.allowed {
         Ok(outcome)
     } else if rows as u64 > rate.burst {
+        crate::metrics::rate_limited("predict");
         Err(steps::rate_limited(&outcome).with_message(
             "This batch has more rows than the rate limit allows at once; send fewer rows per request.",
         ))
     } else {
+        crate::metrics::rate_limited("predict");
         Err(steps::rate_limited(&outcome))
     }
 }
@@ -368,6 +379,7 @@ async fn quota(
     if outcome.allowed {
         Ok(outcome.remaining)
     } else {
+        crate::metrics::quota_exceeded(model);
         Err(ApiError::new(ErrorCode::QuotaExceeded)
             .with_retry_after(outcome.retry_after)
             .with_header(QUOTA_REMAINING.clone(), 0u64.into()))

@@ -101,6 +101,10 @@ fn fixture_with(in_flight: usize) -> Fixture {
         in_flight: tokio::sync::Semaphore::new(in_flight),
         admin_in_flight: tokio::sync::Semaphore::new(16),
         audit: None,
+        max_in_flight: in_flight,
+        metrics: crate::metrics::install(),
+        certificate_expiry: Vec::new(),
+        rate_watch: None,
     }));
     Fixture {
         state,

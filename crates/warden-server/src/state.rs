@@ -50,6 +50,14 @@ pub struct Shared {
     pub admin_in_flight: tokio::sync::Semaphore,
     /// The audit trail, unless disabled.
     pub audit: Option<Arc<warden_audit::AuditLog>>,
+    /// The data plane's in-flight limit (for the in-flight gauge).
+    pub max_in_flight: usize,
+    /// The Prometheus recorder's handle, if this process installed it.
+    pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    /// Expiry (Unix seconds) of each listener's certificate.
+    pub certificate_expiry: Vec<(&'static str, i64)>,
+    /// Per-principal query-rate baselines.
+    pub rate_watch: Option<crate::anomaly::RateWatch>,
 }
 
 /// What the token endpoint and the management API work with.

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use axum::body::Body;
-use axum::extract::Request;
+use axum::extract::{MatchedPath, Request};
 use axum::http::header::{self, HeaderName, HeaderValue};
 use axum::http::{HeaderMap, Method};
 use axum::response::{IntoResponse, Response};
@@ -31,6 +31,27 @@ pub struct RequestId(pub Arc<str>);
 /// The principal id, noted on the response for the access log.
 #[derive(Debug, Clone)]
 pub struct PrincipalNote(pub Arc<str>);
+
+/// The outcome code of a response rendered outside the error envelope (the
+/// token endpoint's RFC 6749 errors), for metrics and audit.
+#[derive(Debug, Clone, Copy)]
+pub struct OutcomeNote(pub &'static str);
+
+/// What a management call created or changed (a new key's id), for audit.
+#[derive(Debug, Clone)]
+pub struct TargetNote(pub String);
+
+/// The outcome code of a response: `ok`, or the error code.
+pub fn outcome_code(response: &Response) -> &'static str {
+    let ext = response.extensions();
+    if let Some(PendingError(e)) = ext.get::<PendingError>() {
+        e.code.as_str()
+    } else if let Some(OutcomeNote(code)) = ext.get::<OutcomeNote>() {
+        code
+    } else {
+        "ok"
+    }
+}
 
 /// The model, version and rows of a model request, noted for the access log.
 #[derive(Debug, Clone)]
@@ -62,8 +83,10 @@ pub struct AuditStart {
     started: Instant,
     request_id: Option<Arc<str>>,
     client: Option<ClientAddr>,
+    plane: Plane,
     method: Method,
     route: String,
+    template: Option<MatchedPath>,
 }
 
 impl AuditStart {
@@ -73,8 +96,10 @@ impl AuditStart {
             started: Instant::now(),
             request_id: req.extensions().get::<RequestId>().map(|r| r.0.clone()),
             client: req.extensions().get().copied(),
+            plane: req.extensions().get().copied().unwrap_or_default(),
             method: req.method().clone(),
             route: req.uri().path().chars().take(256).collect(),
+            template: req.extensions().get::<MatchedPath>().cloned(),
         }
     }
 }
@@ -90,20 +115,26 @@ pub async fn audit(
     let Some(log) = &state.audit else {
         return response;
     };
+    let outcome = outcome_code(&response);
     let ext = response.extensions();
-    let outcome = ext
-        .get::<PendingError>()
-        .map_or("ok", |PendingError(e)| e.code.as_str());
     let model = ext.get::<ModelNote>();
+    let action = match start.plane {
+        Plane::Management => start
+            .template
+            .as_ref()
+            .and_then(|t| crate::admin::action(&start.method, t.as_str())),
+        Plane::Data => None,
+    };
     let record = serde_json::json!({
-        "time_us": std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_micros() as u64),
+        "time_us": unix_micros(),
         "request_id": start.request_id.as_deref(),
+        "plane": crate::metrics::plane_label(start.plane),
         "principal": principal.as_deref(),
         "client": start.client.map(|c| c.0.to_string()),
         "method": start.method.as_str(),
         "route": start.route,
+        "action": action,
+        "target": ext.get::<TargetNote>().map(|t| t.0.as_str()),
         "status": response.status().as_u16(),
         "outcome": outcome,
         "model": model.map(|m| &*m.model),
@@ -125,6 +156,29 @@ pub async fn audit(
     }
 }
 
+/// Records an event that is not a request (a ban imposed, a model loaded)
+/// in the audit trail, with `event` naming it. A failure is logged; the
+/// event's cause is not undone.
+pub async fn audit_event(state: &AppState, event: &str, mut fields: serde_json::Value) {
+    let Some(log) = &state.audit else {
+        return;
+    };
+    if let Some(map) = fields.as_object_mut() {
+        map.insert("time_us".into(), unix_micros().into());
+        map.insert("event".into(), event.into());
+    }
+    if log.record(fields.to_string()).await.is_err() {
+        tracing::error!(event, "audit event not committed");
+    }
+}
+
+/// Microseconds since the Unix epoch.
+pub fn unix_micros() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
 fn hex_digest(d: [u8; 32]) -> String {
     d.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -140,6 +194,8 @@ pub struct AccessLine {
     client: ClientAddr,
     method: Method,
     path: String,
+    plane: Plane,
+    template: Option<MatchedPath>,
 }
 
 /// Step: request id. A random per-process prefix and a counter: unique,
@@ -181,6 +237,8 @@ impl AccessLine {
             client,
             method: req.method().clone(),
             path,
+            plane: req.extensions().get().copied().unwrap_or_default(),
+            template: req.extensions().get::<MatchedPath>().cloned(),
         }
     }
 }
@@ -219,10 +277,19 @@ pub async fn guarded(state: &AppState, inner: impl Future<Output = Response>) ->
     }
 }
 
-/// Step: respond. Renders any error as the flat envelope with the request
-/// id, adds the security headers every response carries, and writes the
-/// access-log line.
+/// Step: respond. Counts the request in the metrics, renders any error as
+/// the flat envelope with the request id, adds the security headers every
+/// response carries, and writes the access-log line.
 pub fn respond(state: &AppState, mut response: Response, line: AccessLine) -> Response {
+    crate::metrics::request(
+        line.plane,
+        line.template
+            .as_ref()
+            .map_or("unmatched", MatchedPath::as_str),
+        response.extensions().get::<ModelNote>().map(|m| &*m.model),
+        outcome_code(&response),
+        line.started.elapsed(),
+    );
     if let Some(PendingError(error)) = response.extensions_mut().remove::<PendingError>() {
         *response.body_mut() = Body::from(error.to_body(&line.id));
         response.headers_mut().insert(
@@ -306,7 +373,10 @@ pub async fn ban_check(
         return Ok(());
     };
     match state.limiter.banned(&ban_subject(plane, client)).await {
-        Some(seconds) => Err(ApiError::new(ErrorCode::Banned).with_retry_after(seconds)),
+        Some(seconds) => {
+            crate::metrics::banned(plane);
+            Err(ApiError::new(ErrorCode::Banned).with_retry_after(seconds))
+        }
         None => Ok(()),
     }
 }
@@ -328,10 +398,11 @@ pub async fn authenticate(
         .inspect_err(|reason| {
             let address = client.map(|c| c.0.to_string());
             tracing::info!(
-                ?reason,
+                reason = reason.as_str(),
                 client = address.as_deref().unwrap_or("-"),
                 "authentication failed"
             );
+            crate::metrics::auth_failure(plane, reason.as_str());
         });
     match result {
         Ok(p) => Ok(p),
@@ -341,11 +412,25 @@ pub async fn authenticate(
             if reason.is_guess()
                 && let Some(c) = client
             {
-                state.limiter.failure(&ban_subject(plane, c)).await;
+                let subject = ban_subject(plane, c);
+                if let Some(seconds) = state.limiter.failure(&subject).await {
+                    banned_now(state, plane, &subject, seconds).await;
+                }
             }
             Err(reason.to_api_error())
         }
     }
+}
+
+/// A ban was just imposed: alert, count, and record it in the audit trail.
+pub async fn banned_now(state: &AppState, plane: Plane, subject: &str, seconds: u64) {
+    crate::metrics::ban(plane, subject, seconds);
+    let fields = serde_json::json!({
+        "plane": crate::metrics::plane_label(plane),
+        "target": subject,
+        "seconds": seconds,
+    });
+    audit_event(state, "ban", fields).await;
 }
 
 /// Step: rate limit, per principal, one unit per request of the `default`
@@ -357,6 +442,7 @@ pub async fn rate_limit(state: &AppState, principal: &Principal) -> Result<RateO
     if outcome.decision.allowed {
         Ok(outcome)
     } else {
+        crate::metrics::rate_limited("default");
         Err(rate_limited(&outcome))
     }
 }

@@ -51,9 +51,18 @@ fn allowed(suite: &SupportedCipherSuite, min: TlsVersion) -> bool {
     }
 }
 
+/// A listener's TLS configuration and when its certificate expires.
+#[derive(Debug)]
+pub struct ServerTls {
+    /// The rustls configuration.
+    pub config: Arc<ServerConfig>,
+    /// The leaf certificate's `notAfter`, in Unix seconds.
+    pub not_after: Option<i64>,
+}
+
 /// Builds the rustls server configuration for `settings`, generating the
 /// self-signed certificate on first use.
-pub fn server_config(settings: &TlsSettings) -> Result<Arc<ServerConfig>, TlsError> {
+pub fn server_config(settings: &TlsSettings) -> Result<ServerTls, TlsError> {
     let (certs, key) = match &settings.cert {
         CertSource::SelfSigned { dir } => self_signed(dir)?,
         CertSource::Pem { cert, key } => {
@@ -63,6 +72,7 @@ pub fn server_config(settings: &TlsSettings) -> Result<Arc<ServerConfig>, TlsErr
             (certs, key)
         }
     };
+    let not_after = certs.first().and_then(|c| not_after(c));
     let mut provider = aws_lc_rs::default_provider();
     provider
         .cipher_suites
@@ -85,7 +95,17 @@ pub fn server_config(settings: &TlsSettings) -> Result<Arc<ServerConfig>, TlsErr
         ))
     })?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
+    Ok(ServerTls {
+        config: Arc::new(config),
+        not_after,
+    })
+}
+
+/// A certificate's `notAfter` in Unix seconds.
+pub fn not_after(der: &[u8]) -> Option<i64> {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let (_, cert) = X509Certificate::from_der(der).ok()?;
+    Some(cert.validity().not_after.timestamp())
 }
 
 /// Client certificates (mTLS): chains to the configured CA, checked by
@@ -263,13 +283,19 @@ mod tests {
             min_version: TlsVersion::V1_2,
             client_auth: None,
         };
-        let config = server_config(&settings).unwrap();
+        let config = server_config(&settings).unwrap().config;
         assert_eq!(
             config.alpn_protocols,
             [b"h2".to_vec(), b"http/1.1".to_vec()]
         );
         let first = std::fs::read(tls.join("cert.pem")).unwrap();
-        server_config(&settings).unwrap();
+        let again = server_config(&settings).unwrap();
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let expiry = again.not_after.unwrap();
+        assert!(
+            (now + 364 * 86_400..=now + 366 * 86_400).contains(&expiry),
+            "the generated certificate lasts a year"
+        );
         assert_eq!(
             first,
             std::fs::read(tls.join("cert.pem")).unwrap(),

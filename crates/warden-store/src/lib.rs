@@ -135,6 +135,28 @@ pub struct AuditRow {
     pub mac: Vec<u8>,
 }
 
+/// A filtered page of one replica's audit chain: records after `after_seq`
+/// whose fields match every filter given, in `seq` order.
+#[derive(Debug, Clone, Default)]
+pub struct AuditQuery {
+    /// The chain.
+    pub replica: String,
+    /// Only rows after this sequence number (the previous page's last).
+    pub after_seq: i64,
+    /// Records of this principal id.
+    pub principal: Option<String>,
+    /// Records about this model.
+    pub model: Option<String>,
+    /// Records with this outcome code (`ok`, `unauthenticated`, ...).
+    pub outcome: Option<String>,
+    /// Records at or after this time (µs since the Unix epoch).
+    pub since_us: Option<i64>,
+    /// Records before this time (µs since the Unix epoch).
+    pub until_us: Option<i64>,
+    /// Most rows returned.
+    pub limit: usize,
+}
+
 /// A storage failure. The message is for logs and operators, never clients.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -231,4 +253,9 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<AuditRow>, StoreError>;
     /// The last row of `replica`'s chain.
     fn audit_head(&self, replica: &str) -> Result<Option<AuditRow>, StoreError>;
+    /// Every replica id with an audit chain.
+    fn audit_replicas(&self) -> Result<Vec<String>, StoreError>;
+    /// A filtered page of a chain (the rows are returned as stored, MACs
+    /// included, so a reader can check them).
+    fn audit_query(&self, query: &AuditQuery) -> Result<Vec<AuditRow>, StoreError>;
 }

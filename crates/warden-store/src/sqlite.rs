@@ -8,7 +8,8 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 use rusqlite_migration::{M, Migrations};
 
 use crate::{
-    ApiKeyRecord, AuditRow, ClientRecord, SigningKeyRecord, Store, StoreError, UserRecord,
+    ApiKeyRecord, AuditQuery, AuditRow, ClientRecord, SigningKeyRecord, Store, StoreError,
+    UserRecord,
 };
 
 /// Schema migrations, applied in order and recorded in `PRAGMA user_version`.
@@ -422,6 +423,45 @@ impl Store for SqliteStore {
              WHERE replica = ?1 ORDER BY seq DESC LIMIT 1",
         )?;
         Ok(stmt.query_row([replica], audit_from_row).optional()?)
+    }
+
+    fn audit_replicas(&self) -> Result<Vec<String>, StoreError> {
+        let conn = self.conn();
+        let mut stmt =
+            conn.prepare_cached("SELECT DISTINCT replica FROM audit ORDER BY replica")?;
+        let rows = stmt.query_map([], |r| r.get(0))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn audit_query(&self, q: &AuditQuery) -> Result<Vec<AuditRow>, StoreError> {
+        // A scan in `seq` order that stops at `limit` matches: no index on
+        // the record's fields, so writes stay cheap; filters that match
+        // rarely scan further.
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT replica, seq, record, prev, mac FROM audit
+             WHERE replica = ?1 AND seq > ?2
+               AND (?3 IS NULL OR json_extract(record, '$.principal') = ?3)
+               AND (?4 IS NULL OR json_extract(record, '$.model') = ?4)
+               AND (?5 IS NULL OR json_extract(record, '$.outcome') = ?5)
+               AND (?6 IS NULL OR json_extract(record, '$.time_us') >= ?6)
+               AND (?7 IS NULL OR json_extract(record, '$.time_us') < ?7)
+             ORDER BY seq LIMIT ?8",
+        )?;
+        let rows = stmt.query_map(
+            params![
+                q.replica,
+                q.after_seq,
+                q.principal,
+                q.model,
+                q.outcome,
+                q.since_us,
+                q.until_us,
+                q.limit as i64
+            ],
+            audit_from_row,
+        )?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 }
 

@@ -61,9 +61,31 @@ pub(crate) enum AuditCommand {
         /// First sequence number to check (its predecessor is trusted).
         #[arg(long, default_value_t = 1)]
         from: i64,
-        /// A checkpoint JSON file kept from the management API or the log.
+        /// A checkpoint JSON file kept from the management API
+        /// (GET /admin/audit/checkpoint) or the log; checks its chain only.
         #[arg(long, value_name = "FILE")]
         checkpoint: Option<std::path::PathBuf>,
+        /// Check this chain only (default: every chain in the store,
+        /// including each replica's `<replica>.cli` chain of CLI actions).
+        #[arg(long, value_name = "ID")]
+        replica: Option<String>,
+    },
+    /// Write the records since a time as JSON lines on stdout
+    /// ({"replica", "seq", "record"}), chain by chain in sequence order.
+    Export {
+        /// Configuration and state.
+        #[command(flatten)]
+        location: Location,
+        /// RFC 3339 (2026-11-29T10:00:00Z), Unix seconds, or a duration back
+        /// from now (24h, 7d).
+        #[arg(long, value_name = "TIME")]
+        since: String,
+        /// Only records before this time (same forms as --since).
+        #[arg(long, value_name = "TIME")]
+        until: Option<String>,
+        /// Export this chain only (default: every chain).
+        #[arg(long, value_name = "ID")]
+        replica: Option<String>,
     },
 }
 

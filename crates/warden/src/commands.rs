@@ -42,7 +42,14 @@ pub(crate) fn run(command: Command) -> Result<(), Failure> {
             location,
             from,
             checkpoint,
-        }) => audit_verify(&location, from, checkpoint.as_deref()),
+            replica,
+        }) => audit_verify(&location, from, checkpoint.as_deref(), replica),
+        Command::Audit(AuditCommand::Export {
+            location,
+            since,
+            until,
+            replica,
+        }) => audit_export(&location, &since, until.as_deref(), replica),
     }
 }
 
@@ -172,14 +179,20 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
                 warden_audit::AuditLog::start(
                     store_dyn.clone(),
                     audit_key(a)?,
-                    &a.replica,
-                    a.sync,
-                    a.batch_window,
-                    a.queue,
+                    warden_audit::WriterSettings {
+                        replica: a.replica.clone(),
+                        sync: a.sync,
+                        window: a.batch_window,
+                        queue: a.queue,
+                        checkpoint_every: a.checkpoint_interval,
+                    },
                 )
                 .map_err(Failure::runtime)?,
             ),
         };
+        if let Some(log) = &audit {
+            record_start(log, &repository).await?;
+        }
         bootstrap_admin_key(store.as_ref(), &config, addr)?;
         let audit_log = audit.clone();
         let services = Services {
@@ -306,6 +319,7 @@ fn keys(cmd: KeysCommand) -> Result<(), Failure> {
                     expires_in,
                 })
                 .map_err(key_failure)?;
+            cli_audit(&config, &store, "key.create", &issued.record.id)?;
             println!("{}", issued.key.as_str());
             eprintln!(
                 "created key {} ({}); it is shown only this once",
@@ -345,9 +359,11 @@ fn keys(cmd: KeysCommand) -> Result<(), Failure> {
         }
         KeysCommand::Revoke { location, id } => {
             let config = load_config(&location, Overrides::default())?;
-            KeyAdmin::new(&open_store(&config)?, &config.roles)
+            let store = open_store(&config)?;
+            KeyAdmin::new(&store, &config.roles)
                 .revoke(&id)
                 .map_err(key_failure)?;
+            cli_audit(&config, &store, "key.revoke", &id)?;
             eprintln!("revoked key {id}");
             Ok(())
         }
@@ -362,9 +378,11 @@ fn keys(cmd: KeysCommand) -> Result<(), Failure> {
                 Some(g) => humantime::parse_duration(&g)
                     .map_err(|e| Failure::usage(format!("--grace {g:?}: {e}")))?,
             };
-            let issued = KeyAdmin::new(&open_store(&config)?, &config.roles)
+            let store = open_store(&config)?;
+            let issued = KeyAdmin::new(&store, &config.roles)
                 .rotate(&id, grace)
                 .map_err(key_failure)?;
+            cli_audit(&config, &store, "key.rotate", &id)?;
             println!("{}", issued.key.as_str());
             eprintln!(
                 "new key {} ({}); it is shown only this once. The old key {id} works for {} more",
@@ -514,6 +532,7 @@ fn users(cmd: UsersCommand) -> Result<(), Failure> {
             let user = Accounts::new(&store, &config.roles)
                 .add_user(&name, &role, &password)
                 .map_err(account_failure)?;
+            cli_audit(&config, &store, "user.create", &user.name)?;
             eprintln!("added user {} with role {}", user.name, user.role);
             Ok(())
         }
@@ -540,9 +559,11 @@ fn users(cmd: UsersCommand) -> Result<(), Failure> {
         }
         UsersCommand::Disable { location, name } => {
             let config = load_config(&location, Overrides::default())?;
-            Accounts::new(&open_store(&config)?, &config.roles)
+            let store = open_store(&config)?;
+            Accounts::new(&store, &config.roles)
                 .disable_user(&name)
                 .map_err(account_failure)?;
+            cli_audit(&config, &store, "user.disable", &name)?;
             eprintln!("disabled user {name}");
             Ok(())
         }
@@ -561,6 +582,7 @@ fn clients(cmd: ClientsCommand) -> Result<(), Failure> {
             let issued = Accounts::new(&store, &config.roles)
                 .add_client(&name, &role)
                 .map_err(account_failure)?;
+            cli_audit(&config, &store, "client.create", &issued.record.id)?;
             println!("client_id={}", issued.record.id);
             println!("client_secret={}", issued.secret.as_str());
             eprintln!(
@@ -596,9 +618,11 @@ fn clients(cmd: ClientsCommand) -> Result<(), Failure> {
         }
         ClientsCommand::Revoke { location, id } => {
             let config = load_config(&location, Overrides::default())?;
-            Accounts::new(&open_store(&config)?, &config.roles)
+            let store = open_store(&config)?;
+            Accounts::new(&store, &config.roles)
                 .revoke_client(&id)
                 .map_err(account_failure)?;
+            cli_audit(&config, &store, "client.revoke", &id)?;
             eprintln!("revoked client {id}");
             Ok(())
         }
@@ -637,10 +661,81 @@ fn audit_key(
     }
 }
 
-/// `warden audit verify`: checks the chain (and a kept checkpoint), names the
-/// first bad record, exits 1 on tampering.
-fn audit_verify(location: &Location, from: i64, checkpoint: Option<&Path>) -> Result<(), Failure> {
-    let config = load_config(location, Overrides::default())?;
+/// Records the start and each model version loaded in the audit trail.
+async fn record_start(
+    log: &warden_audit::AuditLog,
+    repository: &warden_models::Repository,
+) -> Result<(), Failure> {
+    let now = warden_server::steps::unix_micros();
+    let mut events = vec![serde_json::json!({
+        "time_us": now,
+        "event": "server.start",
+        "version": env!("CARGO_PKG_VERSION"),
+    })];
+    for model in repository.models() {
+        for version in model.versions.values() {
+            events.push(serde_json::json!({
+                "time_us": now,
+                "event": "model.load",
+                "model": model.name,
+                "version": version.version,
+            }));
+        }
+    }
+    for event in events {
+        log.record(event.to_string())
+            .await
+            .map_err(|_| Failure::runtime("cannot write the audit trail"))?;
+    }
+    Ok(())
+}
+
+/// The audit chain of management actions taken through the CLI: a chain of
+/// its own (`<replica>.cli`), so that the CLI never races a running
+/// server's writer for the next sequence number.
+fn cli_chain(replica: &str) -> String {
+    format!("{replica}.cli")
+}
+
+/// Records a management action taken through the CLI. The action has
+/// happened; if its record cannot be written the command fails loudly.
+fn cli_audit(
+    config: &Config,
+    store: &SqliteStore,
+    action: &str,
+    target: &str,
+) -> Result<(), Failure> {
+    let Some(settings) = &config.audit else {
+        return Ok(());
+    };
+    let key = audit_key(settings)?;
+    let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
+    let record = serde_json::json!({
+        "time_us": warden_server::steps::unix_micros(),
+        "plane": "cli",
+        "principal": format!("cli:{user}"),
+        "action": action,
+        "target": target,
+        "outcome": "ok",
+    });
+    warden_audit::append_one(
+        store,
+        &key,
+        &cli_chain(&settings.replica),
+        record.to_string(),
+    )
+    .map(drop)
+    .map_err(|e| {
+        Failure::runtime(format!(
+            "{action} {target} was done, but its audit record failed: {e}"
+        ))
+    })
+}
+
+/// The audit settings and key of a configuration whose data dir has served.
+fn audit_setup(
+    config: &Config,
+) -> Result<(&warden_core::config::AuditSettings, warden_audit::AuditKey), Failure> {
     let Some(settings) = &config.audit else {
         return Err(Failure::usage("audit is disabled in this configuration"));
     };
@@ -652,7 +747,19 @@ fn audit_verify(location: &Location, from: i64, checkpoint: Option<&Path>) -> Re
             path.display()
         )));
     }
-    let key = audit_key(settings)?;
+    Ok((settings, audit_key(settings)?))
+}
+
+/// `warden audit verify`: checks every chain (or one; with a checkpoint,
+/// the checkpoint's), names the first bad record, exits 1 on tampering.
+fn audit_verify(
+    location: &Location,
+    from: i64,
+    checkpoint: Option<&Path>,
+    replica: Option<String>,
+) -> Result<(), Failure> {
+    let config = load_config(location, Overrides::default())?;
+    let (_, key) = audit_setup(&config)?;
     let checkpoint: Option<warden_audit::Checkpoint> = checkpoint
         .map(|p| {
             let text = std::fs::read_to_string(p)
@@ -662,32 +769,102 @@ fn audit_verify(location: &Location, from: i64, checkpoint: Option<&Path>) -> Re
         })
         .transpose()?;
     let store = open_store(&config)?;
+    let chains = match (replica, &checkpoint) {
+        (Some(r), _) => vec![r],
+        (None, Some(c)) => vec![c.replica.clone()],
+        (None, None) => store.audit_replicas().map_err(Failure::runtime)?,
+    };
+    if chains.is_empty() {
+        println!("no audit records yet");
+    }
     let from = from.max(1);
-    let mut rows = Vec::new();
-    let mut next = from;
-    loop {
-        let page = store
-            .audit_rows(&settings.replica, next, 10_000)
-            .map_err(Failure::runtime)?;
-        let Some(last) = page.last() else { break };
-        next = last.seq + 1;
-        let full = page.len() == 10_000;
-        rows.extend(page);
-        if !full {
-            break;
+    let mut bad = Vec::new();
+    for chain in &chains {
+        let mut rows = Vec::new();
+        let mut next = from;
+        loop {
+            let page = store
+                .audit_rows(chain, next, 10_000)
+                .map_err(Failure::runtime)?;
+            let Some(last) = page.last() else { break };
+            next = last.seq + 1;
+            let full = page.len() == 10_000;
+            rows.extend(page);
+            if !full {
+                break;
+            }
+        }
+        let kept = checkpoint.as_ref().filter(|c| &c.replica == chain);
+        match warden_audit::verify(&key, chain, rows, from, kept) {
+            Ok(v) => println!(
+                "audit chain {chain}: {} records verified (sequence {from} to {})",
+                v.rows, v.last_seq
+            ),
+            Err(f) => bad.push(format!(
+                "audit chain {chain}: first bad record at sequence {}: {:?}",
+                f.seq, f.problem
+            )),
         }
     }
-    match warden_audit::verify(&key, &settings.replica, rows, from, checkpoint.as_ref()) {
-        Ok(v) => {
-            println!(
-                "audit chain {}: {} records verified (sequence {} to {})",
-                settings.replica, v.rows, from, v.last_seq
-            );
-            Ok(())
-        }
-        Err(f) => Err(Failure::runtime(format!(
-            "audit chain {}: first bad record at sequence {}: {:?}",
-            settings.replica, f.seq, f.problem
-        ))),
+    if bad.is_empty() {
+        Ok(())
+    } else {
+        Err(Failure::runtime(bad.join("\n")))
     }
+}
+
+/// `warden audit export`: records since a time as JSON lines on stdout,
+/// every chain (or one), in sequence order per chain.
+fn audit_export(
+    location: &Location,
+    since: &str,
+    until: Option<&str>,
+    replica: Option<String>,
+) -> Result<(), Failure> {
+    use std::io::Write;
+    let config = load_config(location, Overrides::default())?;
+    let now = warden_server::steps::unix_micros() as i64;
+    let since_us = warden_audit::parse_time(since, now)
+        .map_err(|e| Failure::usage(format!("--since: {e}")))?;
+    let until_us = until
+        .map(|u| {
+            warden_audit::parse_time(u, now).map_err(|e| Failure::usage(format!("--until: {e}")))
+        })
+        .transpose()?;
+    let store = open_store(&config)?;
+    let chains = match replica {
+        Some(r) => vec![r],
+        None => store.audit_replicas().map_err(Failure::runtime)?,
+    };
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let mut written = 0u64;
+    for chain in chains {
+        let mut query = warden_store::AuditQuery {
+            replica: chain,
+            since_us: Some(since_us),
+            until_us,
+            limit: 10_000,
+            ..Default::default()
+        };
+        loop {
+            let rows = store.audit_query(&query).map_err(Failure::runtime)?;
+            for r in &rows {
+                let record: serde_json::Value = serde_json::from_str(&r.record).unwrap_or_default();
+                let line =
+                    serde_json::json!({"replica": r.replica, "seq": r.seq, "record": record});
+                writeln!(out, "{line}")
+                    .map_err(|e| Failure::runtime(format!("cannot write: {e}")))?;
+                written += 1;
+            }
+            match rows.last() {
+                Some(last) if rows.len() == query.limit => query.after_seq = last.seq,
+                _ => break,
+            }
+        }
+    }
+    out.flush()
+        .map_err(|e| Failure::runtime(format!("cannot write: {e}")))?;
+    eprintln!("exported {written} audit records");
+    Ok(())
 }

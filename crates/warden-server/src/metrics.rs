@@ -1,0 +1,167 @@
+//! The Prometheus side of the metrics named in `warden_core::metrics`: the
+//! recorder (installed once per process), the per-request counters, and
+//! `GET /metrics` on the management plane.
+//!
+//! Counters and histograms are recorded where things happen; gauges that
+//! mirror state (in-flight requests, queue depths, loaded models, the audit
+//! writer) are read when Prometheus scrapes, so they cost the request path
+//! nothing.
+
+use std::sync::OnceLock;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use metrics::{counter, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use warden_core::metrics::{self as names, Alert};
+
+use crate::state::AppState;
+use crate::steps::Plane;
+
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Installs the Prometheus recorder (once per process; later calls return
+/// the same handle) and starts its upkeep task on the current runtime.
+/// `None` if another recorder was installed first.
+pub fn install() -> Option<PrometheusHandle> {
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    Matcher::Suffix("_duration_seconds".into()),
+                    names::LATENCY_BUCKETS,
+                )
+                .ok()?;
+            let handle = builder.install_recorder().ok()?;
+            names::describe();
+            gauge!(names::BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+            // Histogram samples are folded into buckets by upkeep; without it
+            // they would pile up between scrapes.
+            let upkeep = handle.clone();
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(Duration::from_secs(5));
+                loop {
+                    every.tick().await;
+                    upkeep.run_upkeep();
+                }
+            });
+            Some(handle)
+        })
+        .clone()
+}
+
+/// Creates the per-model and per-policy series at zero, so that a scrape
+/// shows every series a dashboard or alert rule uses before its first event.
+pub fn register_series(state: &AppState) {
+    for model in state.repository.models() {
+        let name = model.name.as_str().to_owned();
+        counter!(names::QUOTA_EXCEEDED, "model" => name.clone()).absolute(0);
+        for kind in names::DEFENSE_KINDS {
+            counter!(names::DEFENSE_FLAGS, "model" => name.clone(), "kind" => kind).absolute(0);
+        }
+    }
+    for policy in ["default", "predict", "token"] {
+        counter!(names::RATE_LIMITED, "policy" => policy).absolute(0);
+    }
+}
+
+/// The `plane` label.
+pub fn plane_label(plane: Plane) -> &'static str {
+    match plane {
+        Plane::Data => "data",
+        Plane::Management => "management",
+    }
+}
+
+/// One answered request.
+pub fn request(plane: Plane, route: &str, model: Option<&str>, code: &str, elapsed: Duration) {
+    let plane = plane_label(plane);
+    counter!(
+        names::REQUESTS,
+        "plane" => plane,
+        "route" => route.to_owned(),
+        "model" => model.unwrap_or("").to_owned(),
+        "code" => code.to_owned(),
+    )
+    .increment(1);
+    histogram!(names::REQUEST_DURATION, "plane" => plane, "route" => route.to_owned())
+        .record(elapsed.as_secs_f64());
+}
+
+/// One inference call's latency.
+pub fn inference(model: &str, elapsed: Duration) {
+    histogram!(names::INFERENCE_DURATION, "model" => model.to_owned())
+        .record(elapsed.as_secs_f64());
+}
+
+/// A failed authentication.
+pub fn auth_failure(plane: Plane, reason: &'static str) {
+    counter!(names::AUTH_FAILURES, "plane" => plane_label(plane), "reason" => reason).increment(1);
+}
+
+/// A ban imposed: counted, and logged as an auth-failure-spike alert.
+pub fn ban(plane: Plane, subject: &str, seconds: u64) {
+    counter!(names::BANS, "plane" => plane_label(plane)).increment(1);
+    Alert::AuthFailureSpike.count();
+    tracing::warn!(
+        alert = Alert::AuthFailureSpike.as_str(),
+        subject,
+        seconds,
+        "banned after repeated authentication failures"
+    );
+}
+
+/// A request refused from a banned address.
+pub fn banned(plane: Plane) {
+    counter!(names::BANNED_REQUESTS, "plane" => plane_label(plane)).increment(1);
+}
+
+/// A request refused by a rate limit.
+pub fn rate_limited(policy: &'static str) {
+    counter!(names::RATE_LIMITED, "policy" => policy).increment(1);
+}
+
+/// A request refused by a quota.
+pub fn quota_exceeded(model: &str) {
+    counter!(names::QUOTA_EXCEEDED, "model" => model.to_owned()).increment(1);
+}
+
+/// An input refused by validation.
+pub fn validation_failure(model: &str, reason: &'static str) {
+    counter!(names::VALIDATION_FAILURES, "model" => model.to_owned(), "reason" => reason)
+        .increment(1);
+}
+
+/// The Prometheus text exposition: state gauges are read now, then
+/// everything is rendered.
+pub fn render(state: &AppState, handle: &PrometheusHandle) -> String {
+    let in_use = |s: &tokio::sync::Semaphore, max: usize| max.saturating_sub(s.available_permits());
+    gauge!(names::IN_FLIGHT, "plane" => "data")
+        .set(in_use(&state.in_flight, state.max_in_flight) as f64);
+    gauge!(names::IN_FLIGHT, "plane" => "management")
+        .set(in_use(&state.admin_in_flight, crate::ADMIN_IN_FLIGHT) as f64);
+    for model in state.repository.models() {
+        let name = model.name.as_str().to_owned();
+        let mut queued = 0;
+        for v in model.versions.values() {
+            queued += v.backend.queued();
+            gauge!(names::MODEL_LOADED, "model" => name.clone(), "version" => v.version.to_string())
+                .set(1.0);
+        }
+        gauge!(names::INFERENCE_QUEUE, "model" => name).set(queued as f64);
+    }
+    for (listener, expiry) in &state.certificate_expiry {
+        gauge!(names::CERTIFICATE_EXPIRY, "listener" => *listener).set(*expiry as f64);
+    }
+    if let Some(audit) = &state.audit {
+        let stats = audit.stats();
+        gauge!(names::AUDIT_QUEUE).set(audit.queued() as f64);
+        gauge!(names::AUDIT_WRITE_LAG).set(stats.lag_us.load(Ordering::Relaxed) as f64 / 1e6);
+        counter!(names::AUDIT_RECORDS).absolute(stats.committed.load(Ordering::Relaxed));
+        let failures = stats.failures.load(Ordering::Relaxed);
+        counter!(names::AUDIT_WRITE_FAILURES).absolute(failures);
+        counter!(names::ALERTS, "kind" => Alert::AuditWriteFailed.as_str()).absolute(failures);
+    }
+    counter!(names::SHARED_STATE_FALLBACKS).absolute(state.limiter.fallbacks());
+    handle.render()
+}
