@@ -22,6 +22,8 @@ mod audit;
 mod identity;
 #[path = "e2e/limits.rs"]
 mod limits;
+#[path = "e2e/observe.rs"]
+mod observe;
 
 const BIN: &str = env!("CARGO_BIN_EXE_warden");
 

@@ -1,15 +1,94 @@
-//! The audit trail from the outside: every request through admission leaves
-//! a record, committed before the response in sync mode, and `warden audit
-//! verify` finds tampering with the stored rows.
+//! The audit trail from the outside: every request through admission and
+//! every management action leaves a record (committed before the response
+//! in sync mode, even across `kill -9`), the management API and the CLI
+//! query and export it, and `warden audit verify` names the first bad record
+//! whichever way the stored rows were tampered with.
 
+use std::path::Path;
 use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use reqwest::StatusCode;
+use serde_json::{Value, json};
 
 use super::{BIN, Warden, iris};
 
+/// `server.start` and one `model.load` per demo model: the first records of
+/// every start.
+const START_RECORDS: i64 = 4;
+
+fn verify(cfg: &Path, data: &Path, extra: &[&str]) -> (Option<i32>, String) {
+    let out = Command::new(BIN)
+        .args(["audit", "verify", "--config"])
+        .arg(cfg)
+        .arg("--data-dir")
+        .arg(data)
+        .args(extra)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code(), text)
+}
+
+fn export(cfg: &Path, data: &Path) -> Vec<Value> {
+    let out = Command::new(BIN)
+        .args(["audit", "export", "--since", "1h", "--config"])
+        .arg(cfg)
+        .arg("--data-dir")
+        .arg(data)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn sqlite(db: &Path, script: &str) {
+    let ok = Command::new("python3")
+        .args([
+            "-c",
+            "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); c.executescript(sys.argv[2]); c.commit()",
+        ])
+        .arg(db)
+        .arg(script)
+        .status()
+        .unwrap();
+    assert!(ok.success(), "{script}");
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+impl Warden {
+    async fn admin_get(&self, path: &str, key: Option<&str>) -> (StatusCode, Value) {
+        self.admin_call("GET", path, key, None).await
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn requests_leave_a_verifiable_chain_and_tampering_is_named() {
+async fn requests_and_management_actions_leave_a_chain_that_names_any_tampering() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("warden.toml");
     std::fs::write(&cfg, "[audit]\ndurability = \"sync\"\nreplica = \"e2e\"\n").unwrap();
@@ -27,58 +106,220 @@ async fn requests_leave_a_verifiable_chain_and_tampering_is_named() {
         .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
 
-    let verify = || {
-        Command::new(BIN)
-            .args([
-                "audit",
-                "verify",
-                "--config",
-                cfg.to_str().unwrap(),
-                "--data-dir",
-            ])
-            .arg(&data)
-            .output()
-            .unwrap()
-    };
-    // Sync mode: every answered request is already recorded.
-    let out = verify();
-    let text = String::from_utf8_lossy(&out.stdout);
+    // A management action through the API, with the id it created.
+    let (status, created) = w
+        .admin_call(
+            "POST",
+            "/admin/keys",
+            Some(&key),
+            Some(json!({"name": "ops", "role": "predict"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let new_id = created["id"].as_str().unwrap().to_owned();
+    let predict_key = created["key"].as_str().unwrap().to_owned();
+    // The audit API needs admin:audit.
+    for path in ["/admin/audit", "/admin/audit/checkpoint"] {
+        let (status, body) = w.admin_get(path, Some(&predict_key)).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{path}: {body}");
+    }
+    // A management action through the CLI goes to the CLI's own chain.
+    let out = w.cli(&["keys", "revoke", &new_id, "--config", cfg.to_str().unwrap()]);
     assert!(
         out.status.success(),
-        "{text}{}",
+        "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(text.contains("4 records verified"), "{text}");
 
-    // The records hold who, what and the outcome, never the key or the input.
-    let db = data.join("warden.db");
-    let dump = Command::new("python3")
-        .args(["-c", "import sqlite3,sys; print('\\n'.join(r[0] for r in sqlite3.connect(sys.argv[1]).execute('select record from audit order by seq')))"])
-        .arg(&db)
-        .output()
-        .unwrap();
-    let records = String::from_utf8(dump.stdout).unwrap();
-    assert!(
-        records.contains("\"outcome\":\"unauthenticated\"")
-            && records.contains("\"input_sha256\":\""),
-        "{records}"
-    );
-    assert!(
-        !records.contains(&key[17..]) && !records.contains("5.1"),
-        "no credential, no raw input"
-    );
+    // The latest signed checkpoint, kept by a careful reader.
+    let (status, checkpoint) = w.admin_get("/admin/audit/checkpoint", Some(&key)).await;
+    assert_eq!(status, StatusCode::OK, "{checkpoint}");
+    assert_eq!(checkpoint["replica"], "e2e");
+    // start records, 4 predictions, 2 forbidden calls, the key creation.
+    assert_eq!(checkpoint["seq"], START_RECORDS + 4 + 2 + 1);
+    let kept = dir.path().join("checkpoint.json");
+    std::fs::write(&kept, checkpoint.to_string()).unwrap();
 
-    // Someone with write access to the database edits a record.
-    let tamper = Command::new("python3")
-        .args(["-c", "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); c.execute(\"update audit set record=replace(record,'unauthenticated','ok') where seq=4\"); c.commit()"])
-        .arg(&db)
+    // Query by outcome: the refused request, with who-what-where and no key.
+    let (status, page) = w
+        .admin_get("/admin/audit?outcome=unauthenticated", Some(&key))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    let refused = &page["records"].as_array().unwrap()[0];
+    let refused_seq = refused["seq"].as_i64().unwrap();
+    assert_eq!(refused_seq, START_RECORDS + 4);
+    assert_eq!(refused["record"]["route"], "/v1/models/iris:predict");
+    assert_eq!(refused["record"]["client"], "127.0.0.1");
+    assert_eq!(refused["record"]["principal"], Value::Null);
+    assert_eq!(page["next"], Value::Null);
+    // Query by model, in pages.
+    let (_, first) = w
+        .admin_get("/admin/audit?model=iris&outcome=ok&limit=2", Some(&key))
+        .await;
+    assert_eq!(first["records"].as_array().unwrap().len(), 2);
+    let principal = first["records"][0]["record"]["principal"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(first["records"][0]["record"]["input_sha256"].is_string());
+    let after = first["next"].as_i64().unwrap();
+    let (_, second) = w
+        .admin_get(
+            &format!("/admin/audit?model=iris&outcome=ok&limit=2&after={after}"),
+            Some(&key),
+        )
+        .await;
+    assert_eq!(second["records"].as_array().unwrap().len(), 1);
+    assert_eq!(second["next"], Value::Null);
+    // Query by principal and time: the management action, named, with its target.
+    let (_, mine) = w
+        .admin_get(
+            &format!("/admin/audit?principal={principal}&since=1h&limit=1000"),
+            Some(&key),
+        )
+        .await;
+    let action = mine["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["record"]["action"] == "key.create")
+        .unwrap_or_else(|| panic!("no key.create record: {mine}"));
+    assert_eq!(action["record"]["target"], new_id.as_str());
+    let (_, future) = w
+        .admin_get("/admin/audit?since=2099-01-01T00:00:00Z", Some(&key))
+        .await;
+    assert_eq!(future["records"], json!([]));
+    for bad in [
+        "limit=0",
+        "limit=5000",
+        "since=yesterday",
+        "after=x",
+        "bogus=1",
+    ] {
+        let (status, body) = w
+            .admin_get(&format!("/admin/audit?{bad}"), Some(&key))
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
+        assert_eq!(body["code"], "invalid_request");
+    }
+
+    // Sync mode: everything answered is already committed and verifies.
+    let (code, text) = verify(&cfg, &data, &[]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("audit chain e2e:"), "{text}");
+    assert!(
+        text.contains("audit chain e2e.cli: 1 records verified"),
+        "{text}"
+    );
+    // Export: JSON lines of both chains, the CLI's action among them.
+    let lines = export(&cfg, &data);
+    assert!(lines.iter().any(|l| l["replica"] == "e2e.cli"
+        && l["record"]["action"] == "key.revoke"
+        && l["record"]["target"] == new_id.as_str()));
+    let records = serde_json::to_string(&lines).unwrap();
+    assert!(
+        !records.contains(&key[17..]) && !records.contains(&predict_key[17..]),
+        "no credential in the audit trail"
+    );
+    assert!(!records.contains("5.1"), "no raw input in the audit trail");
+    assert!(records.contains("\"event\":\"model.load\""));
+    assert_eq!(w.terminate().code(), Some(0));
+
+    // Someone who can write the database tampers with it, each way in turn,
+    // on a copy; verify names the first bad record and exits 1.
+    let e2e = "replica = 'e2e' AND";
+    let cases = [
+        (
+            "modified",
+            format!("UPDATE audit SET record = replace(record, 'unauthenticated', 'ok') WHERE {e2e} seq = {refused_seq}"),
+            refused_seq,
+            "Modified",
+        ),
+        (
+            "deleted",
+            format!("DELETE FROM audit WHERE {e2e} seq = 5"),
+            5,
+            "Missing",
+        ),
+        (
+            "inserted",
+            format!(
+                "UPDATE audit SET seq = seq + 100 WHERE {e2e} seq >= 5; UPDATE audit SET seq = seq - 99 WHERE {e2e} seq >= 105;
+                 INSERT INTO audit SELECT replica, 5, '{{\"outcome\":\"ok\"}}', prev, mac FROM audit WHERE {e2e} seq = 4"
+            ),
+            5,
+            "BrokenLink",
+        ),
+        (
+            "reordered",
+            format!(
+                "UPDATE audit SET seq = 1000 WHERE {e2e} seq = 5; UPDATE audit SET seq = 5 WHERE {e2e} seq = 6; UPDATE audit SET seq = 6 WHERE {e2e} seq = 1000"
+            ),
+            5,
+            "BrokenLink",
+        ),
+        (
+            "truncated",
+            format!("DELETE FROM audit WHERE {e2e} seq >= 8"),
+            8,
+            "Truncated",
+        ),
+    ];
+    for (i, (what, script, seq, problem)) in cases.iter().enumerate() {
+        let copy = dir.path().join(format!("tampered-{i}"));
+        copy_dir(&data, &copy);
+        sqlite(&copy.join("warden.db"), script);
+        if *what == "truncated" {
+            // Without a checkpoint a cut tail looks like a shorter chain...
+            let (code, text) = verify(&cfg, &copy, &["--replica", "e2e"]);
+            assert_eq!(code, Some(0), "{text}");
+        }
+        // ... which the kept checkpoint exposes.
+        let (code, text) = verify(&cfg, &copy, &["--checkpoint", kept.to_str().unwrap()]);
+        assert_eq!(code, Some(1), "{what}: {text}");
+        assert!(
+            text.contains(&format!(
+                "audit chain e2e: first bad record at sequence {seq}: {problem}"
+            )),
+            "{what}: {text}"
+        );
+    }
+
+    // Without the HMAC key, a recomputed chain is still rejected.
+    let copy = dir.path().join("recomputed");
+    copy_dir(&data, &copy);
+    let forge = r#"
+import hashlib, hmac, sqlite3, struct, sys
+db, start = sys.argv[1], int(sys.argv[2])
+key = b"the attacker's best guess at the key"
+c = sqlite3.connect(db)
+rows = c.execute("SELECT seq, record, prev FROM audit WHERE replica = 'e2e' AND seq >= ? ORDER BY seq", (start,)).fetchall()
+prev = rows[0][2]
+for seq, record, _ in rows:
+    record = record.replace("unauthenticated", "ok")
+    mac = hmac.new(key, digestmod=hashlib.sha256)
+    for part in [b"warden-audit-row-v1", b"e2e", struct.pack(">q", seq), prev, record.encode()]:
+        mac.update(struct.pack(">Q", len(part)) + part)
+    mac = mac.digest()
+    c.execute("UPDATE audit SET record = ?, prev = ?, mac = ? WHERE replica = 'e2e' AND seq = ?", (record, prev, mac, seq))
+    prev = mac
+c.commit()
+"#;
+    let ok = Command::new("python3")
+        .args(["-c", forge])
+        .arg(copy.join("warden.db"))
+        .arg(refused_seq.to_string())
         .status()
         .unwrap();
-    assert!(tamper.success());
-    let out = verify();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("first bad record at sequence 4"), "{err}");
+    assert!(ok.success());
+    let (code, text) = verify(&cfg, &copy, &[]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains(&format!(
+            "first bad record at sequence {refused_seq}: Modified"
+        )),
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -98,21 +339,82 @@ async fn batched_records_are_committed_before_a_graceful_stop() {
         assert_eq!(status, StatusCode::OK);
     }
     assert_eq!(w.terminate().code(), Some(0));
-    let out = Command::new(BIN)
-        .args([
-            "audit",
-            "verify",
-            "--config",
-            cfg.to_str().unwrap(),
-            "--data-dir",
-        ])
-        .arg(&data)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
+    let (code, text) = verify(&cfg, &data, &[]);
+    assert_eq!(code, Some(0), "{text}");
     assert!(
-        text.contains("5 records verified"),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
+        text.contains(&format!("{} records verified", START_RECORDS + 5)),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_mode_keeps_every_acknowledged_request_across_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let cfg = dir.path().join("warden.toml");
+    std::fs::write(&cfg, "[audit]\ndurability = \"sync\"\n").unwrap();
+    let mut w = Warden::start(&data, &["--config", cfg.to_str().unwrap()]);
+    let key = w.printed_key.clone().unwrap();
+
+    // Four clients send requests as fast as they can and note the request
+    // id of every 2xx they receive.
+    let acknowledged = Arc::new(Mutex::new(Vec::<String>::new()));
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        let (client, url, key, acknowledged) = (
+            w.client.clone(),
+            w.url("/v1/models/iris:predict"),
+            key.clone(),
+            acknowledged.clone(),
+        );
+        clients.push(tokio::spawn(async move {
+            loop {
+                let sent = client
+                    .post(&url)
+                    .header("x-api-key", &key)
+                    .json(&iris())
+                    .send()
+                    .await;
+                let Ok(r) = sent else { break };
+                if r.status().is_success() {
+                    let id = r.headers()["x-request-id"].to_str().unwrap().to_owned();
+                    acknowledged.lock().unwrap().push(id);
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // SIGKILL: no drain, no flush.
+    w.child.kill().unwrap();
+    w.child.wait().unwrap();
+    for c in clients {
+        c.await.unwrap();
+    }
+    let acknowledged = acknowledged.lock().unwrap().clone();
+    assert!(acknowledged.len() > 20, "{} requests", acknowledged.len());
+
+    // After a restart the chain continues and verifies, and holds every
+    // acknowledged request.
+    drop(w);
+    let w = Warden::start(&data, &["--config", cfg.to_str().unwrap()]);
+    let (status, _, _) = w
+        .post("/v1/models/iris:predict", &key, iris().to_string())
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (code, text) = verify(&cfg, &data, &[]);
+    assert_eq!(code, Some(0), "{text}");
+    let recorded: std::collections::HashSet<String> = export(&cfg, &data)
+        .iter()
+        .filter_map(|l| l["record"]["request_id"].as_str().map(str::to_owned))
+        .collect();
+    let missing: Vec<_> = acknowledged
+        .iter()
+        .filter(|id| !recorded.contains(*id))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} acknowledged requests have no record: {missing:?}",
+        missing.len(),
+        acknowledged.len()
     );
 }

@@ -166,7 +166,7 @@ fn raw_token(header: &Value, payload: &Value, secret: &[u8]) -> String {
 }
 
 impl Warden {
-    fn admin_url(&self, path: &str) -> String {
+    pub(super) fn admin_url(&self, path: &str) -> String {
         format!(
             "{}://localhost:{}{path}",
             self.scheme,
@@ -203,7 +203,7 @@ impl Warden {
         (status, headers, r.json().await.unwrap_or(Value::Null))
     }
 
-    async fn admin_call(
+    pub(super) async fn admin_call(
         &self,
         method: &str,
         path: &str,

@@ -234,10 +234,10 @@ async fn rows_quotas_bans_and_spoofed_forwarding_headers() {
     );
 
     let logs = w.stop_and_collect_logs();
-    assert!(
-        logs.iter()
-            .any(|l| l.contains("banned after repeated authentication failures"))
-    );
+    assert!(logs.iter().any(
+        |l| l.contains("banned after repeated authentication failures")
+            && l.contains("\"alert\":\"auth_failure_spike\"")
+    ));
     assert!(logs.iter().any(|l| l.contains("ban lifted")));
 }
 
