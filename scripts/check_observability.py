@@ -20,6 +20,7 @@ Needs prometheus_client and PyYAML (scripts/setup.sh installs them into
 import json
 import pathlib
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -49,6 +50,8 @@ def dashboard_queries(dashboard):
 def main():
     if len(sys.argv) < 2:
         raise SystemExit(__doc__)
+    if shutil.which("promtool") is None:
+        raise SystemExit("promtool is missing: run ./scripts/setup.sh (Debian package prometheus)")
     scrape = pathlib.Path(sys.argv[1]).read_text()
     problems = []
 

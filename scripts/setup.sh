@@ -14,19 +14,25 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 dest="$root/.runtime/lib"
 lib="$dest/libonnxruntime.so.$ORT_VERSION"
 
-# The tests start a real redis-server (SPEC §6 scale-out). Install it when
-# this machine can (Debian/Ubuntu as root or with sudo); otherwise say how.
-if ! command -v redis-server >/dev/null; then
-  if command -v apt-get >/dev/null && [ "$(id -u)" -eq 0 ]; then
-    echo "installing redis-server (apt) for the tests ..." >&2
-    apt-get install -y -qq redis-server >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq redis-server >/dev/null; }
-  elif command -v apt-get >/dev/null && sudo -n true 2>/dev/null; then
-    echo "installing redis-server (apt) for the tests ..." >&2
-    sudo apt-get install -y -qq redis-server >/dev/null 2>&1 || { sudo apt-get update -qq && sudo apt-get install -y -qq redis-server >/dev/null; }
+# The tests start a real redis-server (SPEC §6 scale-out) and check the alert
+# rules and dashboard with promtool (Debian package `prometheus`). Install
+# them when this machine can (Debian/Ubuntu as root or with sudo); otherwise
+# say how.
+apt_install() {
+  local cmd="$1" pkg="$2" sudo=""
+  command -v "$cmd" >/dev/null && return 0
+  if command -v apt-get >/dev/null && [ "$(id -u)" -ne 0 ] && sudo -n true 2>/dev/null; then sudo="sudo"; fi
+  if command -v apt-get >/dev/null && { [ "$(id -u)" -eq 0 ] || [ -n "$sudo" ]; }; then
+    echo "installing $pkg (apt) for the tests ..." >&2
+    export DEBIAN_FRONTEND=noninteractive
+    $sudo apt-get install -y -qq --no-install-recommends "$pkg" >/dev/null 2>&1 \
+      || { $sudo apt-get update -qq && $sudo apt-get install -y -qq --no-install-recommends "$pkg" >/dev/null; }
   else
-    echo "setup.sh: the tests need redis-server (e.g. apt-get install redis-server); serving does not" >&2
+    echo "setup.sh: the tests need $cmd (e.g. apt-get install $pkg); serving does not" >&2
   fi
-fi
+}
+apt_install redis-server redis-server
+apt_install promtool prometheus
 
 py="$root/.runtime/py"
 # Test peers, pinned: PyJWT (mints and verifies tokens), prometheus_client

@@ -148,3 +148,34 @@ fn times_parse_in_three_spellings() {
     assert_eq!(crate::parse_time("1h", now), Ok(now - 3_600_000_000));
     assert!(crate::parse_time("yesterday", now).is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_writers_on_one_chain_interleave_without_forking_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("w.db");
+    let key = || AuditKey::new(b"an audit key of at least 32 bytes!!");
+    let store: std::sync::Arc<dyn Store> = std::sync::Arc::new(SqliteStore::open(&path).unwrap());
+    let settings = |sync| WriterSettings {
+        replica: REPLICA.into(),
+        sync,
+        window: std::time::Duration::from_millis(5),
+        queue: 100,
+        checkpoint_every: std::time::Duration::from_secs(60),
+    };
+    let a = AuditLog::start(store.clone(), key(), settings(true)).unwrap();
+    let b = AuditLog::start(store.clone(), key(), settings(false)).unwrap();
+    for i in 0..50 {
+        a.record(format!(r#"{{"w":"a","i":{i}}}"#)).await.unwrap();
+        b.record(format!(r#"{{"w":"b","i":{i}}}"#)).await.unwrap();
+    }
+    b.flush().await.unwrap();
+    a.flush().await.unwrap();
+    let verified = check(&path, &key(), None).unwrap();
+    assert_eq!(verified.rows, 100);
+    assert_eq!(
+        a.stats()
+            .failures
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+}

@@ -244,6 +244,7 @@ impl Writer {
     /// retried every 100 ms (the queue fills and callers wait); in sync mode
     /// it is reported to the waiting requests, which fail.
     async fn commit(&mut self, key: &Arc<AuditKey>, jobs: &[Job]) -> bool {
+        let mut conflicts = 0;
         loop {
             let before = self.chain.clone();
             let rows: Vec<_> = jobs
@@ -269,7 +270,23 @@ impl Writer {
                 Ok(Err(e)) => e.to_string(),
                 Err(e) => e.to_string(),
             };
-            self.chain = before;
+            // Another process appended to this chain (a second server with
+            // the same `audit.replica` on the same database): continue after
+            // the stored head, so the chain stays one line, and retry.
+            match self.stored_head().await {
+                Some(stored) if stored.seq != before.seq => {
+                    self.chain = stored;
+                    if conflicts < 3 {
+                        conflicts += 1;
+                        tracing::warn!(
+                            replica = %self.settings.replica,
+                            "another process writes this audit chain: give each replica its own audit.replica"
+                        );
+                        continue;
+                    }
+                }
+                _ => self.chain = before,
+            }
             self.stats.failures.fetch_add(1, Ordering::Relaxed);
             tracing::error!(
                 alert = "audit_write_failed",
@@ -282,6 +299,21 @@ impl Writer {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// The chain as stored (`None` if the store cannot say).
+    async fn stored_head(&self) -> Option<Chain> {
+        let store = Arc::clone(&self.store);
+        let replica = self.settings.replica.clone();
+        tokio::task::spawn_blocking(move || {
+            store
+                .audit_head(&replica)
+                .ok()
+                .map(|head| Chain::resume(&replica, head.as_ref()))
+        })
+        .await
+        .ok()
+        .flatten()
     }
 
     /// Writes the current checkpoint to the log, if the chain moved since
