@@ -14,6 +14,9 @@
 #                  the key from SQLite (the cost the verified-key cache saves)
 #   warden_redis   a third server whose rate limits, quotas and bans live in a local
 #                  redis-server (limits.backend = "redis"): the shared limiter's cost
+#   warden_audit_off  / warden_audit_sync  the same as warden with the audit trail off,
+#                  and with audit.durability = "sync" (warden itself is the default,
+#                  "batched"): the audit trail's cost in each mode
 # Limits are set high enough never to refuse during the load runs (the limiter
 # still runs on every request). Afterwards, a burst of 2000 one-row requests at
 # 64 connections against a key limited to 500 rows measures the limiter's
@@ -49,7 +52,7 @@ redis-server --port "$port_redis" --bind 127.0.0.1 --save '' --appendonly no >/d
 pids+=($!)
 peer() { PYTHONPATH="$root/.runtime/py" python3 "$root/crates/warden/tests/e2e/jwt_peer.py" "$@"; }
 mkdir -p "$tmp/pk" && peer keys "$tmp/pk"
-config() { # port data-dir admin-port auth-extra limits-extra
+config() { # port data-dir admin-port auth-extra limits-extra audit-extra
   cat <<TOML
 data_dir = "$2"
 [server]
@@ -78,12 +81,17 @@ issuer = "https://bench.example"
 audience = ["warden"]
 algorithms = ["RS256"]
 jwks_file = "$tmp/pk/jwks.json"
+[audit]
+${6:-}
 TOML
 }
 config "$port_warden" "$tmp/data" $((port_floor + 3)) "" > "$tmp/warden.toml"
 config "$port_nocache" "$tmp/data-nocache" $((port_floor + 4)) 'key_cache_ttl = "0s"' > "$tmp/nocache.toml"
 config "$port_redis_warden" "$tmp/data-redis" $((port_floor + 6)) "" "backend = \"redis\"
 redis_url = \"redis://127.0.0.1:$port_redis\"" > "$tmp/redis.toml"
+port_audit_off=$((port_floor + 8)); port_audit_sync=$((port_floor + 9))
+config "$port_audit_off" "$tmp/data-audit-off" $((port_floor + 10)) "" "" "enabled = false" > "$tmp/audit-off.toml"
+config "$port_audit_sync" "$tmp/data-audit-sync" $((port_floor + 11)) "" "" 'durability = "sync"' > "$tmp/audit-sync.toml"
 client="$(./target/release/warden clients add bench --role predict --config "$tmp/warden.toml" 2>/dev/null)"
 client_id="$(sed -n 's/^client_id=//p' <<<"$client")"; client_secret="$(sed -n 's/^client_secret=//p' <<<"$client")"
 
@@ -95,10 +103,15 @@ pids+=($!); warden_pid=$!
 pids+=($!); nocache_pid=$!
 "${server_cpu[@]}" ./target/release/warden serve --config "$tmp/redis.toml" >"$tmp/redis.out" 2>"$tmp/redis.log" &
 pids+=($!); redis_pid=$!
+"${server_cpu[@]}" ./target/release/warden serve --config "$tmp/audit-off.toml" >"$tmp/audit-off.out" 2>"$tmp/audit-off.log" &
+pids+=($!); audit_off_pid=$!
+"${server_cpu[@]}" ./target/release/warden serve --config "$tmp/audit-sync.toml" >"$tmp/audit-sync.out" 2>"$tmp/audit-sync.log" &
+pids+=($!); audit_sync_pid=$!
 
 for _ in $(seq 1 100); do
   grep -q '"listening"' "$tmp/warden.log" 2>/dev/null && grep -q '"listening"' "$tmp/nocache.log" 2>/dev/null \
     && grep -q '"listening"' "$tmp/redis.log" 2>/dev/null \
+    && grep -q '"listening"' "$tmp/audit-off.log" 2>/dev/null && grep -q '"listening"' "$tmp/audit-sync.log" 2>/dev/null \
     && grep -q 'floor listening' "$tmp/floor.log" 2>/dev/null && break
   sleep 0.1
 done
@@ -106,6 +119,8 @@ key="$(grep -o 'wdn_[a-z0-9]*_[A-Za-z0-9]*' "$tmp/warden.out" | head -1)"
 [ -n "$key" ] || { echo "warden did not start:" >&2; cat "$tmp/warden.log" >&2; exit 1; }
 nocache_key="$(grep -o 'wdn_[a-z0-9]*_[A-Za-z0-9]*' "$tmp/nocache.out" | head -1)"
 redis_key="$(grep -o 'wdn_[a-z0-9]*_[A-Za-z0-9]*' "$tmp/redis.out" | head -1)"
+audit_off_key="$(grep -o 'wdn_[a-z0-9]*_[A-Za-z0-9]*' "$tmp/audit-off.out" | head -1)"
+audit_sync_key="$(grep -o 'wdn_[a-z0-9]*_[A-Za-z0-9]*' "$tmp/audit-sync.out" | head -1)"
 eddsa="$(curl -sf --cacert "$tmp/tls/cert.pem" -u "$client_id:$client_secret" -d grant_type=client_credentials \
   "https://127.0.0.1:$port_warden/oauth/token" | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')"
 now=$(date +%s)
@@ -141,6 +156,8 @@ for round in $(seq 1 "$ROUNDS"); do
   run warden_rs256 "$warden_pid" "https://127.0.0.1:$port_warden/v1/models/iris:predict" "Authorization: Bearer $rs256"
   run warden_nocache "$nocache_pid" "https://127.0.0.1:$port_nocache/v1/models/iris:predict" "X-API-Key: $nocache_key"
   run warden_redis "$redis_pid" "https://127.0.0.1:$port_redis_warden/v1/models/iris:predict" "X-API-Key: $redis_key"
+  run warden_audit_off "$audit_off_pid" "https://127.0.0.1:$port_audit_off/v1/models/iris:predict" "X-API-Key: $audit_off_key"
+  run warden_audit_sync "$audit_sync_pid" "https://127.0.0.1:$port_audit_sync/v1/models/iris:predict" "X-API-Key: $audit_sync_key"
 done
 
 # Accuracy: a key limited to 500 rows (burst 500, refilling 1 an hour), hit by
@@ -198,7 +215,8 @@ def summary(name):
     out["errors"] = sum(m["errors"] for m in ms)
     out["aborted_at_end"] = sum(m["aborted_at_end"] for m in ms)
     return out
-NAMES = ("floor", "warden", "warden_eddsa", "warden_rs256", "warden_nocache", "warden_redis")
+NAMES = ("floor", "warden", "warden_eddsa", "warden_rs256", "warden_nocache", "warden_redis",
+         "warden_audit_off", "warden_audit_sync")
 summaries = {n: summary(n) for n in NAMES}
 floor, warden = summaries["floor"], summaries["warden"]
 warden["idle_rss_mib"] = start["warden_start_rss_kib"] / 1024
@@ -214,8 +232,11 @@ ratios = {"rps_vs_floor": ratio("rps"), "cpu_per_req_vs_floor": ratio("cpu_us_pe
 auth = {n: {"rps_vs_api_key": ratio("rps", n, "warden"), "cpu_per_req_vs_api_key": ratio("cpu_us_per_req", n, "warden"),
             "added_cpu_us_per_req": diff("cpu_us_per_req", n), "added_p50_ms": diff("p50_ms", n)}
         for n in ("warden_eddsa", "warden_rs256", "warden_nocache", "warden_redis")}
+audit = {n: {"rps_vs_audit_off": ratio("rps", n, "warden_audit_off"), "p99_vs_audit_off": ratio("p99_ms", n, "warden_audit_off"),
+             "cpu_per_req_vs_audit_off": ratio("cpu_us_per_req", n, "warden_audit_off")}
+         for n in ("warden", "warden_audit_sync")}
 result = {"seconds": secs, "rounds": rounds, "connections": conns, **summaries, "ratios": ratios, "auth_vs_api_key": auth,
-          "limiter_accuracy": accuracy,
+          "limiter_accuracy": accuracy, "audit_vs_off": audit,
           "per_round": [{"round": r, **{n: per[(r, n)] for n in NAMES}} for r in rounds_seen]}
 json.dump(result, open("bench/results/latest.json", "w"), indent=1)
 print(f"\nv1 predict on iris over HTTPS, {conns} connections, {secs}s x {rounds} rounds (medians)\n")
@@ -229,6 +250,10 @@ print(f"\nwarden / floor (median of per-round ratios): {ratios['rps_vs_floor']:.
 for n, a in auth.items():
     print(f"{n} / warden (API key, cached): {a['rps_vs_api_key']:.1%} of requests/s, {a['cpu_per_req_vs_api_key']:.2f}x CPU per request "
           f"({a['added_cpu_us_per_req']:+.1f} us), p50 {a['added_p50_ms']:+.2f} ms")
+for n, a in audit.items():
+    mode = "batched (warden)" if n == "warden" else "sync"
+    print(f"audit {mode} / audit off: {a['rps_vs_audit_off']:.1%} of requests/s, {a['p99_vs_audit_off']:.2f}x p99, "
+          f"{a['cpu_per_req_vs_audit_off']:.2f}x CPU per request")
 print(f"limiter accuracy, {accuracy['sent']} one-row requests against a limit of {accuracy['limit']} rows: "
       f"memory accepted {accuracy['memory']}, redis accepted {accuracy['redis']}")
 print(f"(requests cancelled by oha at the end of each run, not errors: floor {floor['aborted_at_end']}, warden {warden['aborted_at_end']})")
