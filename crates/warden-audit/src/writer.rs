@@ -195,9 +195,10 @@ impl Writer {
     async fn run(mut self, mut rx: mpsc::Receiver<Job>) {
         let key = Arc::clone(&self.key);
         while let Some(first) = rx.recv().await {
-            let jobs = self.batch(first, &mut rx).await;
+            let mut jobs = self.batch(first, &mut rx).await;
             let flushing = jobs.iter().any(|j| j.record.is_none());
-            let committed = self.commit(&key, &jobs).await;
+            let records = jobs.iter_mut().filter_map(|j| j.record.take()).collect();
+            let committed = self.commit(&key, records).await;
             if committed {
                 let lag = jobs.first().map_or(Duration::ZERO, |j| j.queued.elapsed());
                 self.stats
@@ -243,22 +244,38 @@ impl Writer {
     /// Appends the batch in one transaction. In batched mode a failure is
     /// retried every 100 ms (the queue fills and callers wait); in sync mode
     /// it is reported to the waiting requests, which fail.
-    async fn commit(&mut self, key: &Arc<AuditKey>, jobs: &[Job]) -> bool {
+    async fn commit(&mut self, key: &Arc<AuditKey>, mut records: Vec<String>) -> bool {
+        if records.is_empty() {
+            return true;
+        }
         let mut conflicts = 0;
         loop {
             let before = self.chain.clone();
-            let rows: Vec<_> = jobs
-                .iter()
-                .filter_map(|j| j.record.clone())
+            let rows: Vec<_> = records
+                .drain(..)
                 .map(|r| self.chain.append(key, r))
                 .collect();
-            if rows.is_empty() {
-                return true;
-            }
             let n = rows.len() as u64;
             let store = Arc::clone(&self.store);
-            let error = match tokio::task::spawn_blocking(move || store.append_audit(&rows)).await {
-                Ok(Ok(())) => {
+            // The rows come back, so that a retry needs no copy of them.
+            let (rows, result) = match tokio::task::spawn_blocking(move || {
+                let result = store.append_audit(&rows);
+                (rows, result)
+            })
+            .await
+            {
+                Ok(done) => done,
+                Err(e) => {
+                    // Only a panic in the store gets here; the batch is lost
+                    // and said so.
+                    tracing::error!(alert = "audit_write_failed", error = %e, records = n, "audit write task failed: records lost");
+                    self.chain = before;
+                    self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                    return false;
+                }
+            };
+            let error = match result {
+                Ok(()) => {
                     self.stats.committed.fetch_add(n, Ordering::Relaxed);
                     *self
                         .checkpoint
@@ -267,9 +284,9 @@ impl Writer {
                         Some(self.chain.checkpoint(key));
                     return true;
                 }
-                Ok(Err(e)) => e.to_string(),
                 Err(e) => e.to_string(),
             };
+            records = rows.into_iter().map(|r| r.record).collect();
             // Another process appended to this chain (a second server with
             // the same `audit.replica` on the same database): continue after
             // the stored head, so the chain stays one line, and retry.

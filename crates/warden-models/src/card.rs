@@ -29,6 +29,19 @@ struct RawCard {
     /// What callers see by default.
     #[serde(default)]
     policy: RawPolicy,
+    /// What the audit trail keeps about this model's requests.
+    #[serde(default)]
+    audit: RawCardAudit,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCardAudit {
+    /// Keep the validated input values in each audit record (default false:
+    /// only their SHA-256). For models whose inputs are not personal data
+    /// and whose incidents need the inputs replayed.
+    #[serde(default)]
+    record_inputs: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -198,6 +211,8 @@ pub struct ModelCard {
     /// Output policy per role name, overriding the default for callers with
     /// that role.
     pub role_policies: Vec<(String, PolicyDefaults)>,
+    /// Whether audit records keep the validated input values (`[audit] record_inputs`).
+    pub record_inputs: bool,
 }
 
 /// Card-wide settings that come from the server configuration.
@@ -347,6 +362,7 @@ impl ModelCard {
             classes: raw.output.classes,
             policy: default_policy,
             role_policies,
+            record_inputs: raw.audit.record_inputs,
         })
     }
 

@@ -82,7 +82,12 @@ pub async fn audit_query(
             "principal" => query.principal = Some(value),
             "model" => query.model = Some(value),
             "outcome" => query.outcome = Some(value),
-            "replica" if warden_core::is_model_name(&value) => query.replica = value,
+            "replica" => {
+                if !warden_core::is_model_name(&value) {
+                    return Err(bad("replica"));
+                }
+                query.replica = value;
+            }
             "since" => {
                 query.since_us =
                     Some(warden_audit::parse_time(&value, now).map_err(|_| bad("since"))?);

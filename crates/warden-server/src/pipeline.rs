@@ -258,6 +258,7 @@ async fn infer_steps(
         version: version.version,
         rows: 0,
         input_sha256: None,
+        inputs: None,
     });
     // Parse + validate against the model's schema: the only way to get a ValidInferRequest.
     let request = request::parse(protocol, &model.card, body, state.limits.json_max_depth)
@@ -266,6 +267,9 @@ async fn infer_steps(
     if let Some(n) = note.as_mut() {
         n.rows = rows;
         n.input_sha256 = Some(steps::input_digest(&request.values));
+        if model.card.record_inputs {
+            n.inputs = Some(request.values.as_slice().into());
+        }
     }
     // The caller's output policy; asking for an output it withholds fails
     // before anything is counted.

@@ -93,6 +93,7 @@ fn readable_model(
         version: version.version,
         rows: 0,
         input_sha256: None,
+        inputs: None,
     };
     Ok((model, note))
 }

@@ -64,6 +64,9 @@ pub struct ModelNote {
     pub rows: usize,
     /// SHA-256 of the validated input values (little-endian f32s), for audit.
     pub input_sha256: Option<[u8; 32]>,
+    /// The validated input values, only when the model card opts in
+    /// (`[audit] record_inputs = true`).
+    pub inputs: Option<Arc<[f32]>>,
 }
 
 /// The SHA-256 of a request's validated values: the canonical input, the
@@ -125,26 +128,32 @@ pub async fn audit(
             .and_then(|t| crate::admin::action(&start.method, t.as_str())),
         Plane::Data => None,
     };
-    let record = serde_json::json!({
-        "time_us": unix_micros(),
-        "request_id": start.request_id.as_deref(),
-        "plane": crate::metrics::plane_label(start.plane),
-        "principal": principal.as_deref(),
-        "client": start.client.map(|c| c.0.to_string()),
-        "method": start.method.as_str(),
-        "route": start.route,
-        "action": action,
-        "target": ext.get::<TargetNote>().map(|t| t.0.as_str()),
-        "status": response.status().as_u16(),
-        "outcome": outcome,
-        "model": model.map(|m| &*m.model),
-        "version": model.map(|m| m.version),
-        "rows": model.map_or(0, |m| m.rows),
-        "input_sha256": model.and_then(|m| m.input_sha256).map(hex_digest),
-        "defense_flags": [],
-        "latency_us": start.started.elapsed().as_micros() as u64,
-    });
-    match log.record(record.to_string()).await {
+    let record = RequestRecord {
+        time_us: unix_micros(),
+        request_id: start.request_id.as_deref(),
+        plane: crate::metrics::plane_label(start.plane),
+        principal: principal.as_deref(),
+        client: start.client.map(|c| c.0),
+        method: start.method.as_str(),
+        route: &start.route,
+        action,
+        target: ext.get::<TargetNote>().map(|t| t.0.as_str()),
+        status: response.status().as_u16(),
+        outcome,
+        model: model.map(|m| &*m.model),
+        version: model.map(|m| m.version),
+        rows: model.map_or(0, |m| m.rows),
+        input_sha256: model.and_then(|m| m.input_sha256.as_ref()).map(Hex),
+        inputs: model.and_then(|m| m.inputs.as_deref()),
+        defense_flags: &[],
+        latency_us: start.started.elapsed().as_micros() as u64,
+    };
+    // Serialized straight from borrowed fields: one allocation, the string.
+    let record = match serde_json::to_string(&record) {
+        Ok(r) => r,
+        Err(_) => return ApiError::internal().into_response(),
+    };
+    match log.record(record).await {
         Ok(()) => response,
         Err(_) => {
             tracing::error!(
@@ -153,6 +162,44 @@ pub async fn audit(
             );
             ApiError::internal().into_response()
         }
+    }
+}
+
+/// One request's audit record (docs/audit.md).
+#[derive(serde::Serialize)]
+struct RequestRecord<'a> {
+    time_us: u64,
+    request_id: Option<&'a str>,
+    plane: &'static str,
+    principal: Option<&'a str>,
+    client: Option<std::net::IpAddr>,
+    method: &'a str,
+    route: &'a str,
+    action: Option<&'static str>,
+    target: Option<&'a str>,
+    status: u16,
+    outcome: &'static str,
+    model: Option<&'a str>,
+    version: Option<u64>,
+    rows: usize,
+    input_sha256: Option<Hex<'a>>,
+    inputs: Option<&'a [f32]>,
+    defense_flags: &'a [&'a str],
+    latency_us: u64,
+}
+
+/// Lower-case hex of a digest, serialized without an intermediate String.
+struct Hex<'a>(&'a [u8; 32]);
+
+impl serde::Serialize for Hex<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl std::fmt::Display for Hex<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
     }
 }
 
@@ -177,10 +224,6 @@ pub fn unix_micros() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as u64)
-}
-
-fn hex_digest(d: [u8; 32]) -> String {
-    d.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");

@@ -330,7 +330,21 @@ async fn batched_records_are_committed_before_a_graceful_stop() {
     // queued when SIGTERM arrives.
     let cfg = dir.path().join("warden.toml");
     std::fs::write(&cfg, "[audit]\nbatch_window = \"5s\"\n").unwrap();
-    let w = Warden::start(&data, &["--config", cfg.to_str().unwrap()]);
+    // The iris card opts in to keeping raw inputs; the others do not.
+    let models = dir.path().join("models");
+    copy_dir(&super::repo().join("models"), &models);
+    let card = models.join("iris/model.toml");
+    let text = std::fs::read_to_string(&card).unwrap();
+    std::fs::write(&card, format!("{text}\n[audit]\nrecord_inputs = true\n")).unwrap();
+    let w = Warden::start(
+        &data,
+        &[
+            "--config",
+            cfg.to_str().unwrap(),
+            "--models",
+            models.to_str().unwrap(),
+        ],
+    );
     let key = w.printed_key.clone().unwrap();
     for _ in 0..5 {
         let (status, _, _) = w
@@ -338,13 +352,34 @@ async fn batched_records_are_committed_before_a_graceful_stop() {
             .await;
         assert_eq!(status, StatusCode::OK);
     }
+    let digits = json!({"instances": [vec![0.0; 64]]});
+    let (status, _, _) = w
+        .post("/v1/models/digits:predict", &key, digits.to_string())
+        .await;
+    assert_eq!(status, StatusCode::OK);
     assert_eq!(w.terminate().code(), Some(0));
     let (code, text) = verify(&cfg, &data, &[]);
     assert_eq!(code, Some(0), "{text}");
     assert!(
-        text.contains(&format!("{} records verified", START_RECORDS + 5)),
+        text.contains(&format!("{} records verified", START_RECORDS + 6)),
         "{text}"
     );
+    let lines = export(&cfg, &data);
+    let inputs = |model: &str| -> Vec<Value> {
+        lines
+            .iter()
+            .filter(|l| l["record"]["model"] == model && l["record"]["request_id"].is_string())
+            .map(|l| l["record"]["inputs"].clone())
+            .collect()
+    };
+    let kept = inputs("iris");
+    assert_eq!(kept.len(), 5);
+    for v in kept {
+        let v: Vec<f64> = serde_json::from_value(v).unwrap();
+        assert_eq!(v.len(), 4);
+        assert!((v[0] - 5.1).abs() < 1e-6, "{v:?}");
+    }
+    assert_eq!(inputs("digits"), vec![Value::Null], "no opt-in, no inputs");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
