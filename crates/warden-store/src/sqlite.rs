@@ -55,6 +55,14 @@ impl SqliteStore {
         })
     }
 
+    /// Makes every commit wait for the disk (`PRAGMA synchronous = FULL`):
+    /// a committed transaction then survives power loss, not only a crash
+    /// of the process. Used with `audit.durability = "sync"`.
+    pub fn sync_to_disk(&self) -> Result<(), StoreError> {
+        self.conn().pragma_update(None, "synchronous", "FULL")?;
+        Ok(())
+    }
+
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
         // A panic while holding the lock cannot leave SQLite inconsistent
         // (statements are atomic), so a poisoned lock is still usable.

@@ -102,6 +102,9 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
     let (log, _log_guard) = init_logging(&config)?;
 
     let store: Arc<SqliteStore> = Arc::new(open_store(&config)?);
+    if config.audit.as_ref().is_some_and(|a| a.sync) {
+        store.sync_to_disk().map_err(Failure::runtime)?;
+    }
     let runtime = Runtime::init(config.onnxruntime.as_deref()).map_err(Failure::runtime)?;
     tracing::info!(library = %runtime.path().display(), "ONNX Runtime loaded");
     let repository = Repository::load(
