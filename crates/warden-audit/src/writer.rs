@@ -104,7 +104,6 @@ impl AuditLog {
             checkpoint: Arc::clone(&log.checkpoint),
             stats: Arc::clone(&log.stats),
             logged_seq: 0,
-            logged_at: Instant::now(),
         };
         tokio::spawn(writer.run(rx));
         Ok(log)
@@ -188,13 +187,26 @@ struct Writer {
     stats: Arc<WriterStats>,
     /// The sequence number of the last checkpoint written to the log.
     logged_seq: i64,
-    logged_at: Instant,
 }
 
 impl Writer {
     async fn run(mut self, mut rx: mpsc::Receiver<Job>) {
         let key = Arc::clone(&self.key);
-        while let Some(first) = rx.recv().await {
+        // Checkpoints go to the log on a timer too, so that the last one
+        // before a quiet period is not held back until the next write.
+        let mut ticker = tokio::time::interval(self.settings.checkpoint_every);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let first = tokio::select! {
+                job = rx.recv() => match job {
+                    Some(job) => job,
+                    None => break,
+                },
+                _ = ticker.tick() => {
+                    self.log_checkpoint();
+                    continue;
+                }
+            };
             let mut jobs = self.batch(first, &mut rx).await;
             let flushing = jobs.iter().any(|j| j.record.is_none());
             let records = jobs.iter_mut().filter_map(|j| j.record.take()).collect();
@@ -210,8 +222,7 @@ impl Writer {
                     let _ = ack.send(committed);
                 }
             }
-            if committed && (flushing || self.logged_at.elapsed() >= self.settings.checkpoint_every)
-            {
+            if committed && flushing {
                 self.log_checkpoint();
             }
         }
@@ -345,7 +356,6 @@ impl Writer {
         else {
             return;
         };
-        self.logged_at = Instant::now();
         if c.seq == self.logged_seq {
             return;
         }

@@ -453,3 +453,104 @@ async fn sync_mode_keeps_every_acknowledged_request_across_kill_9() {
         acknowledged.len()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_audit_store_fails_sync_requests_and_holds_back_batched_ones() {
+    let fail = "CREATE TRIGGER audit_down BEFORE INSERT ON audit BEGIN SELECT RAISE(ABORT, 'disk full'); END;";
+    let heal = "DROP TRIGGER audit_down;";
+
+    // Sync: the request whose record cannot be committed fails with
+    // `internal` (nothing about the store reaches the client), and an alert
+    // is logged; once the store heals, requests succeed and the chain holds.
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let cfg = dir.path().join("warden.toml");
+    std::fs::write(&cfg, "[audit]\ndurability = \"sync\"\n").unwrap();
+    let w = Warden::start(&data, &["--config", cfg.to_str().unwrap()]);
+    let key = w.printed_key.clone().unwrap();
+    sqlite(&data.join("warden.db"), fail);
+    let (status, _, body) = w
+        .post("/v1/models/iris:predict", &key, iris().to_string())
+        .await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
+    assert_eq!(body["code"], "internal");
+    assert!(!body.to_string().contains("disk"), "{body}");
+    sqlite(&data.join("warden.db"), heal);
+    let (status, _, _) = w
+        .post("/v1/models/iris:predict", &key, iris().to_string())
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let logs = w.stop_and_collect_logs();
+    assert!(
+        logs.iter()
+            .any(|l| l.contains("\"alert\":\"audit_write_failed\"")),
+        "no audit_write_failed alert"
+    );
+    // The checkpoint written to the log at shutdown is one a reader can keep.
+    let logged: Value = logs
+        .iter()
+        .rev()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|v| v["event"] == "audit_checkpoint")
+        .expect("a checkpoint in the log");
+    let kept = dir.path().join("checkpoint.json");
+    let checkpoint = json!({
+        "replica": logged["replica"], "seq": logged["seq"],
+        "head": logged["head"], "sig": logged["sig"],
+    });
+    std::fs::write(&kept, checkpoint.to_string()).unwrap();
+    let (code, text) = verify(&cfg, &data, &["--checkpoint", kept.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains(&format!("{} records verified", START_RECORDS + 1)),
+        "{text}"
+    );
+
+    // Batched: records wait in the bounded queue while the store fails; once
+    // it is full, requests wait too (backpressure) instead of dropping
+    // records; when the store heals, every request is answered and recorded.
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let cfg = dir.path().join("warden.toml");
+    std::fs::write(&cfg, "[audit]\nqueue = 4\nbatch_window = \"1ms\"\n").unwrap();
+    let w = Warden::start(&data, &["--config", cfg.to_str().unwrap()]);
+    let key = w.printed_key.clone().unwrap();
+    sqlite(&data.join("warden.db"), fail);
+    let mut sent = Vec::new();
+    // One at a time: the first record's batch fails and is retried, the
+    // next four fill the queue, the rest must wait.
+    for _ in 0..12 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let (client, url, key) = (
+            w.client.clone(),
+            w.url("/v1/models/iris:predict"),
+            key.clone(),
+        );
+        sent.push(tokio::spawn(async move {
+            client
+                .post(&url)
+                .header("x-api-key", &key)
+                .json(&iris())
+                .send()
+                .await
+                .map(|r| r.status())
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let waiting = sent.iter().filter(|t| !t.is_finished()).count();
+    assert!(
+        waiting >= 6,
+        "a full queue holds requests back ({waiting} waiting)"
+    );
+    sqlite(&data.join("warden.db"), heal);
+    for t in sent {
+        assert_eq!(t.await.unwrap().unwrap(), StatusCode::OK);
+    }
+    assert_eq!(w.terminate().code(), Some(0));
+    let (code, text) = verify(&cfg, &data, &[]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains(&format!("{} records verified", START_RECORDS + 12)),
+        "{text}"
+    );
+}
