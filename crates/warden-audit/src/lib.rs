@@ -277,6 +277,6 @@ pub fn parse_time(text: &str, now_us: i64) -> Result<i64, String> {
         return Ok(now_us.saturating_sub(back));
     }
     Err(format!(
-        "{text:?} is not a time: use RFC 3339 (2026-11-29T10:00:00Z), Unix seconds, or a duration back from now (24h, 7d)"
+        "{text:?} is not a time: use RFC 3339 in UTC (2026-11-29T10:00:00Z), Unix seconds, or a duration back from now (24h, 7d)"
     ))
 }

@@ -55,7 +55,8 @@ pub fn routes() -> Router<AppState> {
 /// The audit `action` of a management call, from its method and route
 /// template (`None` for reads).
 pub fn action(method: &axum::http::Method, route: &str) -> Option<&'static str> {
-    if method == axum::http::Method::GET {
+    // Every write is a POST; GET, HEAD and OPTIONS change nothing.
+    if method != axum::http::Method::POST {
         return None;
     }
     Some(match route {
@@ -545,7 +546,9 @@ async fn rotate_signing_key(
     })
     .await?;
     tracing::warn!(principal = %caller.id, kid = %kid, "token signing key rotated");
-    Ok(json(json!({"current": kid}).to_string()))
+    let mut response = json(json!({"current": kid}).to_string());
+    response.extensions_mut().insert(TargetNote(kid));
+    Ok(response)
 }
 
 async fn list_roles(

@@ -277,23 +277,17 @@ pub async fn token(State(state): State<AppState>, req: Request) -> Response {
     let Some(oauth) = state.identity.oauth.clone() else {
         return crate::routes::not_found().await.into_response();
     };
-    // The token endpoint authenticates clients, so its requests are audited
-    // like those through admission.
-    let audit = crate::steps::AuditStart::new(&req);
-    let (response, principal) = match token_steps(&state, &oauth, req, client).await {
+    match token_steps(&state, &oauth, req, client).await {
         Ok((principal, body)) => {
             let mut response = json(body);
             response
                 .headers_mut()
                 .insert("pragma", HeaderValue::from_static("no-cache"));
+            response.extensions_mut().insert(PrincipalNote(principal));
             response
-                .extensions_mut()
-                .insert(PrincipalNote(principal.clone()));
-            (response, Some(principal))
         }
-        Err(e) => (e.render(&id), None),
-    };
-    crate::steps::audit(&state, audit, principal, response).await
+        Err(e) => e.render(&id),
+    }
 }
 
 async fn token_steps(

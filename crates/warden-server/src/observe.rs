@@ -18,6 +18,9 @@ use crate::state::AppState;
 
 /// Most records per page of `GET /admin/audit`.
 pub const MAX_PAGE: usize = 1000;
+/// Most rows one page examines, so that a rare filter on a long chain does
+/// not hold the store (and with it authentication and the audit writer).
+pub const MAX_SCAN: usize = 20_000;
 
 /// `GET /metrics`: the Prometheus text format (`metrics:read`).
 pub async fn metrics(
@@ -56,7 +59,8 @@ pub async fn audit_checkpoint(
 /// `GET /admin/audit?principal=&model=&outcome=&since=&until=&after=&limit=&replica=`
 /// (`admin:audit`): a page of records in sequence order, each with its
 /// sequence number; `next` is the `after` of the following page (`null` at
-/// the end). `since`/`until` take RFC 3339, Unix seconds, or a duration
+/// the end; a page examines at most [`MAX_SCAN`] rows, so it may hold fewer
+/// than `limit` records and still have a next one). `since`/`until` take RFC 3339, Unix seconds, or a duration
 /// back from now (`24h`).
 pub async fn audit_query(
     State(state): State<AppState>,
@@ -68,6 +72,7 @@ pub async fn audit_query(
     let mut query = AuditQuery {
         replica: log.replica().to_owned(),
         limit: 100,
+        max_scan: MAX_SCAN,
         ..AuditQuery::default()
     };
     let now = crate::steps::unix_micros() as i64;
@@ -113,18 +118,15 @@ pub async fn audit_query(
         }
     }
     let store = state.identity.store.clone();
-    let limit = query.limit;
-    let rows = tokio::task::spawn_blocking(move || store.audit_query(&query))
+    let page = tokio::task::spawn_blocking(move || store.audit_query(&query))
         .await
         .map_err(|_| ApiError::internal())?
         .map_err(|e| {
             tracing::error!(error = %e, "audit query failed");
             ApiError::internal()
         })?;
-    let next = (rows.len() == limit)
-        .then(|| rows.last().map(|r| r.seq))
-        .flatten();
-    let records: Vec<Value> = rows
+    let records: Vec<Value> = page
+        .rows
         .iter()
         .map(|r| {
             json!({
@@ -135,6 +137,6 @@ pub async fn audit_query(
         })
         .collect();
     Ok(json(
-        json!({ "records": records, "next": next }).to_string(),
+        json!({ "records": records, "next": page.next }).to_string(),
     ))
 }

@@ -5,11 +5,10 @@
 //! ```text
 //! accept → TLS                                            (listener.rs)
 //! edge:      request id → client address → body limit → deadline + panic guard
-//!            → … → respond (error envelope, security headers, access log)
+//!            → … → audit record → respond (metrics, error envelope, security headers, access log)
 //! admission: ban check → authenticate → rate limit        (routes that need a credential)
 //! infer:     quota → authorize → parse + validate → defenses → inference
 //!            → output policy → response
-//! then, on the way out: audit record (admission), metrics and access log (edge)
 //! ```
 //!
 //! Each step is a plain function in `steps.rs` (or below); the three
@@ -66,17 +65,14 @@ pub fn data_plane(state: AppState) -> Router {
         .route_layer(from_fn_with_state(state.clone(), admission));
 
     // Routes without a credential. The token endpoint authenticates its
-    // clients itself (RFC 6749) and has its own strict limit.
+    // clients itself (RFC 6749), has its own strict limit, and is audited.
     let public = Router::new()
-        .route("/v2/health/live", get(routes::live))
-        .route("/v2/health/ready", get(routes::ready))
-        .route("/openapi.json", get(routes::openapi))
+        .route(LIVE, get(routes::live))
+        .route(READY, get(routes::ready))
+        .route(OPENAPI, get(routes::openapi))
         .route("/oauth/token", post(oauth::token))
-        .route("/.well-known/jwks.json", get(oauth::jwks))
-        .route(
-            "/.well-known/oauth-authorization-server",
-            get(oauth::metadata),
-        );
+        .route(JWKS, get(oauth::jwks))
+        .route(OAUTH_METADATA, get(oauth::metadata));
     #[cfg(test)]
     let public = public.route("/__panic", get(tests::panic_route));
 
@@ -88,9 +84,20 @@ pub fn data_plane(state: AppState) -> Router {
 /// permissions.
 pub fn management_plane(state: AppState) -> Router {
     let protected = admin::routes().route_layer(from_fn_with_state(state.clone(), admission));
-    let public = Router::new().route("/v2/health/live", get(routes::live));
+    let public = Router::new().route(LIVE, get(routes::live));
     with_edge(public.merge(protected), state, steps::Plane::Management)
 }
+
+const LIVE: &str = "/v2/health/live";
+const READY: &str = "/v2/health/ready";
+const OPENAPI: &str = "/openapi.json";
+const JWKS: &str = "/.well-known/jwks.json";
+const OAUTH_METADATA: &str = "/.well-known/oauth-authorization-server";
+
+/// The routes that take no credential and so leave no audit record; every
+/// other matched route reaches authentication (admission, or the token
+/// endpoint's own) and is audited.
+pub(crate) const UNAUDITED: [&str; 5] = [LIVE, READY, OPENAPI, JWKS, OAUTH_METADATA];
 
 fn with_edge(router: Router<AppState>, state: AppState, plane: steps::Plane) -> Router {
     router
@@ -142,45 +149,49 @@ async fn edge(State(state): State<AppState>, mut req: Request, next: Next) -> Re
         // anywhere inside becomes `internal`, never a dropped connection.
         Ok(()) => steps::guarded(&state, next.run(req)).await,
     };
-    // Respond: error envelope with the request id, security headers, access log.
+    // Audit record: every request that reached authentication, whatever its
+    // outcome — cut by the deadline or a panic included, which is why it is
+    // written here and not inside admission. In sync mode the response
+    // waits for the commit.
+    let response = if steps::is_audited(&line) {
+        steps::audit(&state, &line, response).await
+    } else {
+        response
+    };
+    // Respond: metrics, error envelope, security headers, access log.
     steps::respond(&state, response, line)
 }
 
-/// Admission, for routes that need a credential.
-async fn admission(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let audit = steps::AuditStart::new(&req);
-    let (response, principal) = admitted(&state, req, next).await;
-    // Audit record: every request that reaches admission, whatever its
-    // outcome. In sync mode the response waits for the commit.
-    steps::audit(&state, audit, principal, response).await
-}
-
-async fn admitted(state: &AppState, mut req: Request, next: Next) -> (Response, Option<Arc<str>>) {
+/// Admission, for routes that need a credential. The principal's id goes
+/// on the response (`PrincipalNote`) for the audit record and the access log.
+async fn admission(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     // Ban check first: a banned client's credential is never even looked at.
     let client = req.extensions().get().copied();
     let plane = req.extensions().get().copied().unwrap_or_default();
-    if let Err(e) = steps::ban_check(state, plane, client).await {
-        return (e.into_response(), None);
+    if let Err(e) = steps::ban_check(&state, plane, client).await {
+        return e.into_response();
     }
     // Authenticate: credential → Principal in the request extensions.
     let certificate = req.extensions().get::<ClientCertificate>();
     let principal =
-        match steps::authenticate(state, req.headers(), certificate, plane, client).await {
+        match steps::authenticate(&state, req.headers(), certificate, plane, client).await {
             Ok(p) => p,
-            Err(e) => return (e.into_response(), None),
+            Err(e) => return e.into_response(),
         };
-    let id = principal.id.clone();
+    let id = PrincipalNote(principal.id.clone());
     // Rate limit after authentication, so limits are per principal and an
     // unauthenticated burst gets 401s, not 429s.
-    let rate = match steps::rate_limit(state, &principal).await {
-        Ok(outcome) => outcome,
-        Err(e) => return (e.into_response(), Some(id)),
+    let mut response = match steps::rate_limit(&state, &principal).await {
+        Ok(rate) => {
+            req.extensions_mut().insert(principal);
+            let mut response = next.run(req).await;
+            steps::add_rate_headers(response.headers_mut(), &rate);
+            response
+        }
+        Err(e) => e.into_response(),
     };
-    req.extensions_mut().insert(principal);
-    let mut response = next.run(req).await;
-    steps::add_rate_headers(response.headers_mut(), &rate);
-    response.extensions_mut().insert(PrincipalNote(id.clone()));
-    (response, Some(id))
+    response.extensions_mut().insert(id);
+    response
 }
 
 /// What a caller wants to do with a model.

@@ -80,62 +80,38 @@ pub fn input_digest(values: &[f32]) -> [u8; 32] {
     h.finalize().into()
 }
 
-/// What the audit record needs from the request, taken at admission.
-#[derive(Debug)]
-pub struct AuditStart {
-    started: Instant,
-    request_id: Option<Arc<str>>,
-    client: Option<ClientAddr>,
-    plane: Plane,
-    method: Method,
-    route: String,
-    template: Option<MatchedPath>,
+/// Whether a request leaves an audit record: it matched a route that takes
+/// a credential (see `pipeline::UNAUDITED`).
+pub fn is_audited(line: &AccessLine) -> bool {
+    line.template
+        .as_ref()
+        .is_some_and(|t| !crate::pipeline::UNAUDITED.contains(&t.as_str()))
 }
 
-impl AuditStart {
-    /// Notes the request.
-    pub fn new(req: &Request) -> Self {
-        Self {
-            started: Instant::now(),
-            request_id: req.extensions().get::<RequestId>().map(|r| r.0.clone()),
-            client: req.extensions().get().copied(),
-            plane: req.extensions().get().copied().unwrap_or_default(),
-            method: req.method().clone(),
-            route: req.uri().path().chars().take(256).collect(),
-            template: req.extensions().get::<MatchedPath>().cloned(),
-        }
-    }
-}
-
-/// Step: audit record. Never a credential or a raw input: the record holds
-/// who, from where, what, the outcome, and a digest of the input.
-pub async fn audit(
-    state: &AppState,
-    start: AuditStart,
-    principal: Option<Arc<str>>,
-    response: Response,
-) -> Response {
+/// Step: audit record, for every request that reached authentication. Who
+/// (the principal, from the response), from where, what, the outcome, and a
+/// digest of the input; never a credential, and the raw input only when the
+/// model card opts in. In sync mode the response waits for the commit, and
+/// a record that cannot be committed fails the request with `internal`.
+pub async fn audit(state: &AppState, line: &AccessLine, response: Response) -> Response {
     let Some(log) = &state.audit else {
         return response;
     };
     let outcome = outcome_code(&response);
     let ext = response.extensions();
     let model = ext.get::<ModelNote>();
-    let action = match start.plane {
-        Plane::Management => start
-            .template
-            .as_ref()
-            .and_then(|t| crate::admin::action(&start.method, t.as_str())),
-        Plane::Data => None,
+    let action = match (line.plane, &line.template) {
+        (Plane::Management, Some(t)) => crate::admin::action(&line.method, t.as_str()),
+        _ => None,
     };
     let record = RequestRecord {
         time_us: unix_micros(),
-        request_id: start.request_id.as_deref(),
-        plane: crate::metrics::plane_label(start.plane),
-        principal: principal.as_deref(),
-        client: start.client.map(|c| c.0),
-        method: start.method.as_str(),
-        route: &start.route,
+        request_id: &line.id,
+        plane: crate::metrics::plane_label(line.plane),
+        principal: ext.get::<PrincipalNote>().map(|p| &*p.0),
+        client: line.client.0,
+        method: line.method.as_str(),
+        route: &line.path,
         action,
         target: ext.get::<TargetNote>().map(|t| t.0.as_str()),
         status: response.status().as_u16(),
@@ -146,7 +122,7 @@ pub async fn audit(
         input_sha256: model.and_then(|m| m.input_sha256.as_ref()).map(Hex),
         inputs: model.and_then(|m| m.inputs.as_deref()),
         defense_flags: &[],
-        latency_us: start.started.elapsed().as_micros() as u64,
+        latency_us: line.started.elapsed().as_micros() as u64,
     };
     // Serialized straight from borrowed fields: one allocation, the string.
     let record = match serde_json::to_string(&record) {
@@ -157,7 +133,7 @@ pub async fn audit(
         Ok(()) => response,
         Err(_) => {
             tracing::error!(
-                request_id = start.request_id.as_deref().unwrap_or("-"),
+                request_id = &*line.id,
                 "audit record not committed: request failed"
             );
             ApiError::internal().into_response()
@@ -169,10 +145,10 @@ pub async fn audit(
 #[derive(serde::Serialize)]
 struct RequestRecord<'a> {
     time_us: u64,
-    request_id: Option<&'a str>,
+    request_id: &'a str,
     plane: &'static str,
     principal: Option<&'a str>,
-    client: Option<std::net::IpAddr>,
+    client: std::net::IpAddr,
     method: &'a str,
     route: &'a str,
     action: Option<&'static str>,

@@ -155,6 +155,20 @@ pub struct AuditQuery {
     pub until_us: Option<i64>,
     /// Most rows returned.
     pub limit: usize,
+    /// Most rows examined (a filter that rarely matches must not hold the
+    /// store for long); 0 means no bound.
+    pub max_scan: usize,
+}
+
+/// A page of [`AuditQuery`] results.
+#[derive(Debug, Clone, Default)]
+pub struct AuditPage {
+    /// Matching rows, in `seq` order.
+    pub rows: Vec<AuditRow>,
+    /// Where the next page starts (its `after_seq`), or `None` at the end
+    /// of the chain. A page may hold fewer than `limit` rows (even none)
+    /// and still have a next one, when the scan bound was reached.
+    pub next: Option<i64>,
 }
 
 /// A storage failure. The message is for logs and operators, never clients.
@@ -257,5 +271,5 @@ pub trait Store: Send + Sync + 'static {
     fn audit_replicas(&self) -> Result<Vec<String>, StoreError>;
     /// A filtered page of a chain (the rows are returned as stored, MACs
     /// included, so a reader can check them).
-    fn audit_query(&self, query: &AuditQuery) -> Result<Vec<AuditRow>, StoreError>;
+    fn audit_query(&self, query: &AuditQuery) -> Result<AuditPage, StoreError>;
 }

@@ -8,8 +8,8 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 use rusqlite_migration::{M, Migrations};
 
 use crate::{
-    ApiKeyRecord, AuditQuery, AuditRow, ClientRecord, SigningKeyRecord, Store, StoreError,
-    UserRecord,
+    ApiKeyRecord, AuditPage, AuditQuery, AuditRow, ClientRecord, SigningKeyRecord, Store,
+    StoreError, UserRecord,
 };
 
 /// Schema migrations, applied in order and recorded in `PRAGMA user_version`.
@@ -441,14 +441,17 @@ impl Store for SqliteStore {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
-    fn audit_query(&self, q: &AuditQuery) -> Result<Vec<AuditRow>, StoreError> {
-        // A scan in `seq` order that stops at `limit` matches: no index on
-        // the record's fields, so writes stay cheap; filters that match
-        // rarely scan further.
+    fn audit_query(&self, q: &AuditQuery) -> Result<AuditPage, StoreError> {
+        // A scan in `seq` order that stops at `limit` matches or `max_scan`
+        // rows: no index on the record's fields, so writes stay cheap.
+        let end = match q.max_scan {
+            0 => i64::MAX,
+            n => q.after_seq.saturating_add(n as i64),
+        };
         let conn = self.conn();
         let mut stmt = conn.prepare_cached(
             "SELECT replica, seq, record, prev, mac FROM audit
-             WHERE replica = ?1 AND seq > ?2
+             WHERE replica = ?1 AND seq > ?2 AND seq <= ?9
                AND (?3 IS NULL OR json_extract(record, '$.principal') = ?3)
                AND (?4 IS NULL OR json_extract(record, '$.model') = ?4)
                AND (?5 IS NULL OR json_extract(record, '$.outcome') = ?5)
@@ -456,20 +459,34 @@ impl Store for SqliteStore {
                AND (?7 IS NULL OR json_extract(record, '$.time_us') < ?7)
              ORDER BY seq LIMIT ?8",
         )?;
-        let rows = stmt.query_map(
-            params![
-                q.replica,
-                q.after_seq,
-                q.principal,
-                q.model,
-                q.outcome,
-                q.since_us,
-                q.until_us,
-                q.limit as i64
-            ],
-            audit_from_row,
-        )?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        let rows = stmt
+            .query_map(
+                params![
+                    q.replica,
+                    q.after_seq,
+                    q.principal,
+                    q.model,
+                    q.outcome,
+                    q.since_us,
+                    q.until_us,
+                    q.limit as i64,
+                    end
+                ],
+                audit_from_row,
+            )?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        let next = match rows.last() {
+            Some(last) if rows.len() == q.limit => Some(last.seq),
+            _ => {
+                let head: Option<i64> = conn.query_row(
+                    "SELECT MAX(seq) FROM audit WHERE replica = ?1",
+                    [&q.replica],
+                    |r| r.get(0),
+                )?;
+                head.filter(|h| *h > end).map(|_| end)
+            }
+        };
+        Ok(AuditPage { rows, next })
     }
 }
 
@@ -624,5 +641,57 @@ mod tests {
             .unwrap();
         let s = SqliteStore::open(&path).unwrap();
         assert!(s.get_key("a").unwrap().is_some());
+    }
+
+    #[test]
+    fn audit_queries_filter_page_and_bound_their_scan() {
+        let s = SqliteStore::in_memory().unwrap();
+        let rows: Vec<AuditRow> = (1..=50)
+            .map(|seq| AuditRow {
+                replica: "r".into(),
+                seq,
+                record: format!(
+                    r#"{{"principal":"{}","time_us":{seq},"outcome":"ok"}}"#,
+                    if seq % 10 == 0 { "rare" } else { "common" }
+                ),
+                prev: vec![0; 32],
+                mac: vec![0; 32],
+            })
+            .collect();
+        s.append_audit(&rows).unwrap();
+        assert_eq!(s.audit_replicas().unwrap(), ["r"]);
+        let mut q = AuditQuery {
+            replica: "r".into(),
+            principal: Some("rare".into()),
+            limit: 100,
+            max_scan: 15,
+            ..AuditQuery::default()
+        };
+        // Pages of at most 15 examined rows: [10] [20, 30] [40] [50].
+        let mut seen = Vec::new();
+        let mut pages = 0;
+        loop {
+            let page = s.audit_query(&q).unwrap();
+            pages += 1;
+            seen.extend(page.rows.iter().map(|r| r.seq));
+            match page.next {
+                Some(n) => q.after_seq = n,
+                None => break,
+            }
+        }
+        assert_eq!(seen, [10, 20, 30, 40, 50]);
+        assert_eq!(pages, 4);
+        // A full page ends at its last row; time bounds are half-open.
+        let page = s
+            .audit_query(&AuditQuery {
+                replica: "r".into(),
+                since_us: Some(5),
+                until_us: Some(8),
+                limit: 2,
+                ..AuditQuery::default()
+            })
+            .unwrap();
+        assert_eq!(page.rows.iter().map(|r| r.seq).collect::<Vec<_>>(), [5, 6]);
+        assert_eq!(page.next, Some(6));
     }
 }

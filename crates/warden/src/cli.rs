@@ -76,7 +76,7 @@ pub(crate) enum AuditCommand {
         /// Configuration and state.
         #[command(flatten)]
         location: Location,
-        /// RFC 3339 (2026-11-29T10:00:00Z), Unix seconds, or a duration back
+        /// RFC 3339 in UTC (2026-11-29T10:00:00Z), Unix seconds, or a duration back
         /// from now (24h, 7d).
         #[arg(long, value_name = "TIME")]
         since: String,

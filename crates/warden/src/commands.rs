@@ -193,10 +193,10 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
                 .map_err(Failure::runtime)?,
             ),
         };
+        let bootstrap = bootstrap_admin_key(store.as_ref(), &config, addr)?;
         if let Some(log) = &audit {
-            record_start(log, &repository).await?;
+            record_start(log, &repository, bootstrap.as_deref()).await?;
         }
-        bootstrap_admin_key(store.as_ref(), &config, addr)?;
         let audit_log = audit.clone();
         let services = Services {
             audit,
@@ -214,11 +214,17 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
         let admin = admin_addr.map_or_else(|| "off".to_string(), |a| a.to_string());
         tracing::info!(%addr, %admin, tls = server.is_tls(), "listening");
         server.run(services, shutdown_signal()).await;
-        // Every record of an answered request is committed before exit.
-        if let Some(log) = &audit_log
-            && log.flush().await.is_err()
-        {
-            tracing::error!("audit records could not be committed at shutdown");
+        // Every record of an answered request is committed before exit; a
+        // store that stays down cannot hold the exit forever.
+        if let Some(log) = &audit_log {
+            match tokio::time::timeout(std::time::Duration::from_secs(30), log.flush()).await {
+                Ok(Ok(())) => {}
+                _ => tracing::error!(
+                    alert = "audit_write_failed",
+                    queued = log.queued(),
+                    "audit records could not be committed at shutdown: they are lost"
+                ),
+            }
         }
         let flush = authenticator.clone();
         let _ = tokio::task::spawn_blocking(move || flush.flush_last_used()).await;
@@ -229,16 +235,18 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
 
 /// SPEC §1: on first start, when no admin credential exists, create one
 /// admin key and print it once with a ready-to-paste curl example.
+/// Creates and prints the first admin key if no active one exists; returns
+/// its id.
 fn bootstrap_admin_key(
     store: &SqliteStore,
     config: &Config,
     addr: std::net::SocketAddr,
-) -> Result<(), Failure> {
+) -> Result<Option<String>, Failure> {
     if store
         .has_active_key_with_role("admin", unix_now())
         .map_err(Failure::runtime)?
     {
-        return Ok(());
+        return Ok(None);
     }
     let issued = KeyAdmin::new(store, &config.roles)
         .create(&NewKey {
@@ -274,7 +282,7 @@ fn bootstrap_admin_key(
         port = addr.port(),
     );
     tracing::info!(key_id = %issued.record.id, "created the first admin key");
-    Ok(())
+    Ok(Some(issued.record.id))
 }
 
 async fn shutdown_signal() {
@@ -307,6 +315,7 @@ fn keys(cmd: KeysCommand) -> Result<(), Failure> {
             expires,
         } => {
             let config = load_config(&location, Overrides::default())?;
+            let audit = CliAudit::prepare(&config)?;
             let expires_in = expires
                 .map(|e| {
                     humantime::parse_duration(&e)
@@ -322,7 +331,7 @@ fn keys(cmd: KeysCommand) -> Result<(), Failure> {
                     expires_in,
                 })
                 .map_err(key_failure)?;
-            cli_audit(&config, &store, "key.create", &issued.record.id)?;
+            cli_audit(audit.as_ref(), &store, "key.create", &issued.record.id)?;
             println!("{}", issued.key.as_str());
             eprintln!(
                 "created key {} ({}); it is shown only this once",
@@ -362,11 +371,12 @@ fn keys(cmd: KeysCommand) -> Result<(), Failure> {
         }
         KeysCommand::Revoke { location, id } => {
             let config = load_config(&location, Overrides::default())?;
+            let audit = CliAudit::prepare(&config)?;
             let store = open_store(&config)?;
             KeyAdmin::new(&store, &config.roles)
                 .revoke(&id)
                 .map_err(key_failure)?;
-            cli_audit(&config, &store, "key.revoke", &id)?;
+            cli_audit(audit.as_ref(), &store, "key.revoke", &id)?;
             eprintln!("revoked key {id}");
             Ok(())
         }
@@ -376,6 +386,7 @@ fn keys(cmd: KeysCommand) -> Result<(), Failure> {
             grace,
         } => {
             let config = load_config(&location, Overrides::default())?;
+            let audit = CliAudit::prepare(&config)?;
             let grace = match grace {
                 None => config.auth.key_rotation_grace,
                 Some(g) => humantime::parse_duration(&g)
@@ -385,7 +396,7 @@ fn keys(cmd: KeysCommand) -> Result<(), Failure> {
             let issued = KeyAdmin::new(&store, &config.roles)
                 .rotate(&id, grace)
                 .map_err(key_failure)?;
-            cli_audit(&config, &store, "key.rotate", &id)?;
+            cli_audit(audit.as_ref(), &store, "key.rotate", &id)?;
             println!("{}", issued.key.as_str());
             eprintln!(
                 "new key {} ({}); it is shown only this once. The old key {id} works for {} more",
@@ -530,12 +541,13 @@ fn users(cmd: UsersCommand) -> Result<(), Failure> {
             role,
         } => {
             let config = load_config(&location, Overrides::default())?;
+            let audit = CliAudit::prepare(&config)?;
             let password = read_password()?;
             let store = open_store(&config)?;
             let user = Accounts::new(&store, &config.roles)
                 .add_user(&name, &role, &password)
                 .map_err(account_failure)?;
-            cli_audit(&config, &store, "user.create", &user.name)?;
+            cli_audit(audit.as_ref(), &store, "user.create", &user.name)?;
             eprintln!("added user {} with role {}", user.name, user.role);
             Ok(())
         }
@@ -562,11 +574,12 @@ fn users(cmd: UsersCommand) -> Result<(), Failure> {
         }
         UsersCommand::Disable { location, name } => {
             let config = load_config(&location, Overrides::default())?;
+            let audit = CliAudit::prepare(&config)?;
             let store = open_store(&config)?;
             Accounts::new(&store, &config.roles)
                 .disable_user(&name)
                 .map_err(account_failure)?;
-            cli_audit(&config, &store, "user.disable", &name)?;
+            cli_audit(audit.as_ref(), &store, "user.disable", &name)?;
             eprintln!("disabled user {name}");
             Ok(())
         }
@@ -581,11 +594,12 @@ fn clients(cmd: ClientsCommand) -> Result<(), Failure> {
             role,
         } => {
             let config = load_config(&location, Overrides::default())?;
+            let audit = CliAudit::prepare(&config)?;
             let store = open_store(&config)?;
             let issued = Accounts::new(&store, &config.roles)
                 .add_client(&name, &role)
                 .map_err(account_failure)?;
-            cli_audit(&config, &store, "client.create", &issued.record.id)?;
+            cli_audit(audit.as_ref(), &store, "client.create", &issued.record.id)?;
             println!("client_id={}", issued.record.id);
             println!("client_secret={}", issued.secret.as_str());
             eprintln!(
@@ -621,11 +635,12 @@ fn clients(cmd: ClientsCommand) -> Result<(), Failure> {
         }
         ClientsCommand::Revoke { location, id } => {
             let config = load_config(&location, Overrides::default())?;
+            let audit = CliAudit::prepare(&config)?;
             let store = open_store(&config)?;
             Accounts::new(&store, &config.roles)
                 .revoke_client(&id)
                 .map_err(account_failure)?;
-            cli_audit(&config, &store, "client.revoke", &id)?;
+            cli_audit(audit.as_ref(), &store, "client.revoke", &id)?;
             eprintln!("revoked client {id}");
             Ok(())
         }
@@ -668,6 +683,7 @@ fn audit_key(
 async fn record_start(
     log: &warden_audit::AuditLog,
     repository: &warden_models::Repository,
+    bootstrap_key: Option<&str>,
 ) -> Result<(), Failure> {
     let now = warden_server::steps::unix_micros();
     let mut events = vec![serde_json::json!({
@@ -685,6 +701,15 @@ async fn record_start(
             }));
         }
     }
+    if let Some(id) = bootstrap_key {
+        events.push(serde_json::json!({
+            "time_us": now,
+            "event": "key.create",
+            "principal": "bootstrap",
+            "target": id,
+            "role": "admin",
+        }));
+    }
     for event in events {
         log.record(event.to_string())
             .await
@@ -700,18 +725,36 @@ fn cli_chain(replica: &str) -> String {
     format!("{replica}.cli")
 }
 
+/// The CLI's audit chain and key, resolved before an action is taken, so
+/// that an unreadable key stops the command before it changes anything.
+struct CliAudit {
+    key: warden_audit::AuditKey,
+    chain: String,
+}
+
+impl CliAudit {
+    fn prepare(config: &Config) -> Result<Option<Self>, Failure> {
+        let Some(settings) = &config.audit else {
+            return Ok(None);
+        };
+        Ok(Some(Self {
+            key: audit_key(settings)?,
+            chain: cli_chain(&settings.replica),
+        }))
+    }
+}
+
 /// Records a management action taken through the CLI. The action has
 /// happened; if its record cannot be written the command fails loudly.
 fn cli_audit(
-    config: &Config,
+    audit: Option<&CliAudit>,
     store: &SqliteStore,
     action: &str,
     target: &str,
 ) -> Result<(), Failure> {
-    let Some(settings) = &config.audit else {
+    let Some(audit) = audit else {
         return Ok(());
     };
-    let key = audit_key(settings)?;
     let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
     let record = serde_json::json!({
         "time_us": warden_server::steps::unix_micros(),
@@ -721,18 +764,13 @@ fn cli_audit(
         "target": target,
         "outcome": "ok",
     });
-    warden_audit::append_one(
-        store,
-        &key,
-        &cli_chain(&settings.replica),
-        record.to_string(),
-    )
-    .map(drop)
-    .map_err(|e| {
-        Failure::runtime(format!(
-            "{action} {target} was done, but its audit record failed: {e}"
-        ))
-    })
+    warden_audit::append_one(store, &audit.key, &audit.chain, record.to_string())
+        .map(drop)
+        .map_err(|e| {
+            Failure::runtime(format!(
+                "{action} {target} was done, but its audit record failed: {e}"
+            ))
+        })
 }
 
 /// The audit settings and key of a configuration whose data dir has served.
@@ -773,6 +811,12 @@ fn audit_verify(
         .transpose()?;
     let store = open_store(&config)?;
     let chains = match (replica, &checkpoint) {
+        (Some(r), Some(c)) if r != c.replica => {
+            return Err(Failure::usage(format!(
+                "the checkpoint is for chain {:?}, not {r:?}",
+                c.replica
+            )));
+        }
         (Some(r), _) => vec![r],
         (None, Some(c)) => vec![c.replica.clone()],
         (None, None) => store.audit_replicas().map_err(Failure::runtime)?,
@@ -851,8 +895,8 @@ fn audit_export(
             ..Default::default()
         };
         loop {
-            let rows = store.audit_query(&query).map_err(Failure::runtime)?;
-            for r in &rows {
+            let page = store.audit_query(&query).map_err(Failure::runtime)?;
+            for r in &page.rows {
                 let record: serde_json::Value = serde_json::from_str(&r.record).unwrap_or_default();
                 let line =
                     serde_json::json!({"replica": r.replica, "seq": r.seq, "record": record});
@@ -860,9 +904,9 @@ fn audit_export(
                     .map_err(|e| Failure::runtime(format!("cannot write: {e}")))?;
                 written += 1;
             }
-            match rows.last() {
-                Some(last) if rows.len() == query.limit => query.after_seq = last.seq,
-                _ => break,
+            match page.next {
+                Some(next) => query.after_seq = next,
+                None => break,
             }
         }
     }

@@ -14,9 +14,9 @@ use serde_json::{Value, json};
 
 use super::{BIN, Warden, iris};
 
-/// `server.start` and one `model.load` per demo model: the first records of
-/// every start.
-const START_RECORDS: i64 = 4;
+/// The first records of a first start: `server.start`, one `model.load` per
+/// demo model, and the `key.create` of the bootstrap admin key.
+const START_RECORDS: i64 = 5;
 
 fn verify(cfg: &Path, data: &Path, extra: &[&str]) -> (Option<i32>, String) {
     let out = Command::new(BIN)
