@@ -127,6 +127,10 @@ pub struct RawTls {
     pub client_ca: Option<PathBuf>,
     /// With `client_ca`: "required" (default) or "optional".
     pub client_auth: Option<String>,
+    /// How often the certificate and key files are checked for changes
+    /// (a change is loaded without restart; so is SIGHUP). Default `10s`.
+    #[serde(deserialize_with = "duration")]
+    pub reload_interval: Option<Duration>,
 }
 
 /// `[admin]`: the management listener (SPEC §3).
@@ -375,6 +379,10 @@ pub enum CertSource {
         cert: PathBuf,
         /// Private key (already read).
         key: Secret,
+        /// Where the key comes from, to read it again on reload.
+        key_source: SecretSource,
+        /// `insecure.allow_readable_secret_files`, for those reads.
+        allow_readable: bool,
     },
 }
 
@@ -396,6 +404,8 @@ pub struct TlsSettings {
     pub min_version: TlsVersion,
     /// Client certificates, if asked for.
     pub client_auth: Option<ClientAuth>,
+    /// How often the certificate files are checked for changes.
+    pub reload_interval: Duration,
 }
 
 /// Client-certificate (mTLS) settings of one listener.
@@ -573,6 +583,8 @@ impl Config {
                     key: key
                         .read(insecure.allow_readable_secret_files)
                         .map_err(|e| invalid("tls.key", e.to_string()))?,
+                    key_source: key,
+                    allow_readable: insecure.allow_readable_secret_files,
                 },
                 (Some(_), None) => {
                     return Err(invalid("tls.key", "tls.cert is set but tls.key is not"));
@@ -585,6 +597,13 @@ impl Config {
                 cert,
                 min_version,
                 client_auth,
+                reload_interval: match tls.reload_interval {
+                    Some(d) if d.is_zero() => {
+                        return Err(invalid("tls.reload_interval", "must be longer than 0s"));
+                    }
+                    Some(d) => d,
+                    None => Duration::from_secs(10),
+                },
             })
         } else {
             if !is_loopback(listen.ip()) && !insecure.plaintext_http_on_public_address {

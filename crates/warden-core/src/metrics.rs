@@ -72,16 +72,19 @@ pub enum Alert {
     AuditWriteFailed,
     /// A served certificate expires within 14 days.
     CertificateExpiry,
+    /// A changed certificate or key file did not load; the old pair serves.
+    CertificateReloadFailed,
 }
 
 impl Alert {
     /// Every kind.
-    pub const ALL: [Self; 5] = [
+    pub const ALL: [Self; 6] = [
         Self::AuthFailureSpike,
         Self::QueryRateAnomaly,
         Self::ExtractionSuspected,
         Self::AuditWriteFailed,
         Self::CertificateExpiry,
+        Self::CertificateReloadFailed,
     ];
 
     /// The `alert` field and label value.
@@ -92,6 +95,7 @@ impl Alert {
             Self::ExtractionSuspected => "extraction_suspected",
             Self::AuditWriteFailed => "audit_write_failed",
             Self::CertificateExpiry => "certificate_expiry",
+            Self::CertificateReloadFailed => "certificate_reload_failed",
         }
     }
 

@@ -65,17 +65,18 @@ impl RateWatch {
 /// Anomaly alert: a served certificate near expiry. Checked at start and
 /// every six hours; each check within `warning` of a listener's expiry logs
 /// a `certificate_expiry` alert (expired certificates are an error).
-pub fn watch_certificates(expiry: &[(&'static str, i64)], warning: Duration) {
-    if expiry.is_empty() {
+pub fn watch_certificates(served: &[Arc<crate::certs::ServedCert>], warning: Duration) {
+    if served.is_empty() {
         return;
     }
-    let expiry = expiry.to_vec();
+    let served = served.to_vec();
     tokio::spawn(async move {
         let mut every = tokio::time::interval(Duration::from_secs(6 * 3600));
         loop {
             every.tick().await;
             let now = crate::steps::unix_micros() as i64 / 1_000_000;
-            for (listener, not_after) in &expiry {
+            for cert in &served {
+                let (listener, not_after) = (cert.listener, cert.not_after());
                 let left = not_after - now;
                 if left > warning.as_secs() as i64 {
                     continue;

@@ -8,6 +8,7 @@
 pub mod access_log;
 pub mod admin;
 pub mod anomaly;
+pub mod certs;
 pub mod client_addr;
 pub mod extract;
 pub mod listener;
@@ -74,8 +75,9 @@ pub struct Services {
 struct Bound {
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
-    /// The certificate's expiry, Unix seconds.
-    not_after: Option<i64>,
+    /// The served certificate (reloadable).
+    served: Option<Arc<certs::ServedCert>>,
+    reload_interval: std::time::Duration,
 }
 
 /// The bound, not yet serving, listeners: the data plane and, unless
@@ -101,30 +103,35 @@ impl std::fmt::Debug for Server {
     }
 }
 
-async fn bind(addr: SocketAddr, tls: Option<&TlsSettings>) -> Result<Bound, ServeError> {
-    let (tls, not_after) = match tls {
+async fn bind(
+    addr: SocketAddr,
+    tls: Option<&TlsSettings>,
+    listener: &'static str,
+) -> Result<Bound, ServeError> {
+    let (acceptor, served) = match tls {
         Some(settings) => {
-            let t = tls::server_config(settings)?;
-            (Some(TlsAcceptor::from(t.config)), t.not_after)
+            let t = tls::server_config(settings, listener)?;
+            (Some(TlsAcceptor::from(t.config)), Some(t.served))
         }
         None => (None, None),
     };
-    let listener = TcpListener::bind(addr)
+    let tcp = TcpListener::bind(addr)
         .await
         .map_err(|source| ServeError::Bind { addr, source })?;
     Ok(Bound {
-        listener,
-        tls,
-        not_after,
+        listener: tcp,
+        tls: acceptor,
+        served,
+        reload_interval: tls.map_or(std::time::Duration::from_secs(10), |t| t.reload_interval),
     })
 }
 
 impl Server {
     /// Checks the TLS material and binds the addresses from `config`.
     pub async fn bind(config: &Config) -> Result<Self, ServeError> {
-        let data = bind(config.listen, config.tls.as_ref()).await?;
+        let data = bind(config.listen, config.tls.as_ref(), "data").await?;
         let admin = match &config.admin {
-            Some(a) => Some(bind(a.listen, a.tls.as_ref()).await?),
+            Some(a) => Some(bind(a.listen, a.tls.as_ref(), "management").await?),
             None => None,
         };
         Ok(Self {
@@ -176,13 +183,14 @@ impl Server {
 
     /// Serves both planes until `shutdown` resolves, then drains both.
     pub async fn run(self, services: Services, shutdown: impl Future<Output = ()>) {
-        let certificate_expiry: Vec<(&'static str, i64)> = [
-            ("data", self.data.not_after),
-            ("management", self.admin.as_ref().and_then(|a| a.not_after)),
+        let certificates: Vec<Arc<certs::ServedCert>> = [
+            self.data.served.clone(),
+            self.admin.as_ref().and_then(|a| a.served.clone()),
         ]
         .into_iter()
-        .filter_map(|(l, t)| Some((l, t?)))
+        .flatten()
         .collect();
+        certs::watch(certificates.clone(), self.data.reload_interval);
         let state = AppState(Arc::new(Shared {
             repository: services.repository,
             authenticator: services.authenticator,
@@ -198,11 +206,11 @@ impl Server {
             audit: services.audit,
             max_in_flight: self.max_in_flight,
             metrics: metrics::install(),
-            certificate_expiry,
+            certificates,
             rate_watch: Some(anomaly::RateWatch::start(self.alerts)),
         }));
         metrics::register_series(&state);
-        anomaly::watch_certificates(&state.certificate_expiry, self.alerts.certificate_warning);
+        anomaly::watch_certificates(&state.certificates, self.alerts.certificate_warning);
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let until_stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|s| *s).await;

@@ -150,8 +150,9 @@ pub fn render(state: &AppState, handle: &PrometheusHandle) -> String {
         }
         gauge!(names::INFERENCE_QUEUE, "model" => name).set(queued as f64);
     }
-    for (listener, expiry) in &state.certificate_expiry {
-        gauge!(names::CERTIFICATE_EXPIRY, "listener" => *listener).set(*expiry as f64);
+    for served in &state.certificates {
+        gauge!(names::CERTIFICATE_EXPIRY, "listener" => served.listener)
+            .set(served.not_after() as f64);
     }
     if let Some(audit) = &state.audit {
         let stats = audit.stats();

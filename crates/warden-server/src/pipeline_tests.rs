@@ -103,7 +103,7 @@ fn fixture_with(in_flight: usize) -> Fixture {
         audit: None,
         max_in_flight: in_flight,
         metrics: crate::metrics::install(),
-        certificate_expiry: Vec::new(),
+        certificates: Vec::new(),
         rate_watch: None,
     }));
     Fixture {

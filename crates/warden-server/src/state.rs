@@ -54,8 +54,8 @@ pub struct Shared {
     pub max_in_flight: usize,
     /// The Prometheus recorder's handle, if this process installed it.
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
-    /// Expiry (Unix seconds) of each listener's certificate.
-    pub certificate_expiry: Vec<(&'static str, i64)>,
+    /// Each TLS listener's served certificate.
+    pub certificates: Vec<Arc<crate::certs::ServedCert>>,
     /// Per-principal query-rate baselines.
     pub rate_watch: Option<crate::anomaly::RateWatch>,
 }

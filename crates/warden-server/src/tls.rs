@@ -10,11 +10,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls::crypto::aws_lc_rs;
+use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{CipherSuite, ServerConfig, SupportedCipherSuite};
 use warden_core::config::{CertSource, ClientAuth, TlsSettings, TlsVersion};
+
+use crate::certs::{CertFiles, ServedCert};
 
 /// Why TLS could not be set up. Never contains key material.
 #[derive(Debug, thiserror::Error)]
@@ -51,28 +53,43 @@ fn allowed(suite: &SupportedCipherSuite, min: TlsVersion) -> bool {
     }
 }
 
-/// A listener's TLS configuration and when its certificate expires.
+/// A listener's TLS configuration and its (reloadable) certificate.
 #[derive(Debug)]
 pub struct ServerTls {
     /// The rustls configuration.
     pub config: Arc<ServerConfig>,
-    /// The leaf certificate's `notAfter`, in Unix seconds.
-    pub not_after: Option<i64>,
+    /// The served certificate, reloaded on file change and SIGHUP.
+    pub served: Arc<ServedCert>,
 }
 
 /// Builds the rustls server configuration for `settings`, generating the
 /// self-signed certificate on first use.
-pub fn server_config(settings: &TlsSettings) -> Result<ServerTls, TlsError> {
-    let (certs, key) = match &settings.cert {
-        CertSource::SelfSigned { dir } => self_signed(dir)?,
-        CertSource::Pem { cert, key } => {
-            let certs = read_certs(cert)?;
-            let key = PrivateKeyDer::from_pem_slice(key.expose())
-                .map_err(|_| TlsError::Setup("tls.key does not hold a PEM private key".into()))?;
-            (certs, key)
+pub fn server_config(
+    settings: &TlsSettings,
+    listener: &'static str,
+) -> Result<ServerTls, TlsError> {
+    let files = match &settings.cert {
+        CertSource::SelfSigned { dir } => {
+            self_signed(dir)?;
+            CertFiles {
+                cert: dir.join("cert.pem"),
+                key: warden_core::SecretSource::File {
+                    file: dir.join("key.pem"),
+                },
+                allow_readable: false,
+            }
         }
+        CertSource::Pem {
+            cert,
+            key_source,
+            allow_readable,
+            ..
+        } => CertFiles {
+            cert: cert.clone(),
+            key: key_source.clone(),
+            allow_readable: *allow_readable,
+        },
     };
-    let not_after = certs.first().and_then(|c| not_after(c));
     let mut provider = aws_lc_rs::default_provider();
     provider
         .cipher_suites
@@ -82,6 +99,7 @@ pub fn server_config(settings: &TlsSettings) -> Result<ServerTls, TlsError> {
         TlsVersion::V1_3 => &[&rustls::version::TLS13],
     };
     let provider = Arc::new(provider);
+    let served = Arc::new(ServedCert::load(listener, files, provider.clone())?);
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(versions)
         .map_err(|e| TlsError::Setup(e.to_string()))?;
@@ -89,15 +107,11 @@ pub fn server_config(settings: &TlsSettings) -> Result<ServerTls, TlsError> {
         None => builder.with_no_client_auth(),
         Some(auth) => builder.with_client_cert_verifier(client_verifier(auth, provider)?),
     };
-    let mut config = builder.with_single_cert(certs, key).map_err(|e| {
-        TlsError::Setup(format!(
-            "certificate and key do not form a usable pair: {e}"
-        ))
-    })?;
+    let mut config = builder.with_cert_resolver(served.clone());
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(ServerTls {
         config: Arc::new(config),
-        not_after,
+        served,
     })
 }
 
@@ -159,7 +173,8 @@ pub fn certificate_names(der: &[u8]) -> Vec<String> {
     names
 }
 
-fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+/// Reads a PEM certificate chain (at least one certificate).
+pub(crate) fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let err = |message: String| TlsError::File {
         path: path.to_owned(),
         message,
@@ -176,9 +191,7 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
 
 /// The embedded default's certificate: `dir/cert.pem` and `dir/key.pem`,
 /// generated once (SANs localhost, 127.0.0.1, ::1) and reused afterwards.
-fn self_signed(
-    dir: &Path,
-) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
+fn self_signed(dir: &Path) -> Result<(), TlsError> {
     let cert_path = dir.join("cert.pem");
     let key_path = dir.join("key.pem");
     if !cert_path.exists() || !key_path.exists() {
@@ -186,16 +199,7 @@ fn self_signed(
         write_pair(dir, &generated)?;
         tracing::info!(cert = %cert_path.display(), "generated a self-signed TLS certificate for development");
     }
-    let certs = read_certs(&cert_path)?;
-    let key_pem = std::fs::read(&key_path).map_err(|e| TlsError::File {
-        path: key_path.clone(),
-        message: format!("cannot read: {e}"),
-    })?;
-    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|_| TlsError::File {
-        path: key_path,
-        message: "not a PEM private key".into(),
-    })?;
-    Ok((certs, key))
+    Ok(())
 }
 
 /// A generated certificate and key, as PEM.
@@ -282,16 +286,17 @@ mod tests {
             cert: CertSource::SelfSigned { dir: tls.clone() },
             min_version: TlsVersion::V1_2,
             client_auth: None,
+            reload_interval: std::time::Duration::from_secs(10),
         };
-        let config = server_config(&settings).unwrap().config;
+        let config = server_config(&settings, "data").unwrap().config;
         assert_eq!(
             config.alpn_protocols,
             [b"h2".to_vec(), b"http/1.1".to_vec()]
         );
         let first = std::fs::read(tls.join("cert.pem")).unwrap();
-        let again = server_config(&settings).unwrap();
+        let again = server_config(&settings, "data").unwrap();
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
-        let expiry = again.not_after.unwrap();
+        let expiry = again.served.not_after();
         assert!(
             (now + 364 * 86_400..=now + 366 * 86_400).contains(&expiry),
             "the generated certificate lasts a year"

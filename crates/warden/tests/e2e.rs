@@ -24,6 +24,8 @@ mod identity;
 mod limits;
 #[path = "e2e/observe.rs"]
 mod observe;
+#[path = "e2e/transport.rs"]
+mod transport;
 
 const BIN: &str = env!("CARGO_BIN_EXE_warden");
 
