@@ -106,6 +106,10 @@ pub struct RawServer {
     pub trusted_proxies: Option<Vec<IpNet>>,
     /// Most requests in flight at once; beyond: 503 overloaded. Default 4096.
     pub max_in_flight: Option<usize>,
+    /// A plaintext HTTP listener that only redirects (308) to the HTTPS data
+    /// plane, e.g. `"0.0.0.0:80"`. Default: none. Needs TLS; off loopback it
+    /// needs `insecure.plaintext_http_on_public_address = true`.
+    pub redirect_listen: Option<String>,
 }
 
 /// `[tls]`
@@ -442,6 +446,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Data-plane address.
     pub listen: SocketAddr,
+    /// The plaintext redirect-to-HTTPS listener, if any.
+    pub redirect_listen: Option<SocketAddr>,
     /// TLS, or `None` for plaintext (loopback, or acknowledged).
     pub tls: Option<TlsSettings>,
     /// Whole-request deadline.
@@ -556,6 +562,33 @@ impl Config {
             )
         })?;
 
+        let redirect_listen = server
+            .redirect_listen
+            .as_deref()
+            .map(|text| {
+                let addr: SocketAddr = text.parse().map_err(|_| {
+                    invalid(
+                        "server.redirect_listen",
+                        format!("{text:?} is not an address:port such as 0.0.0.0:80"),
+                    )
+                })?;
+                if !tls.enabled.unwrap_or(true) {
+                    return Err(invalid(
+                        "server.redirect_listen",
+                        "redirects to HTTPS, so it needs tls.enabled = true",
+                    ));
+                }
+                if !is_loopback(addr.ip()) && !insecure.plaintext_http_on_public_address {
+                    return Err(invalid(
+                        "server.redirect_listen",
+                        format!(
+                            "a plaintext listener on the non-loopback address {addr} is refused (it only redirects, but its first request travels in clear); set insecure.plaintext_http_on_public_address = true to acknowledge"
+                        ),
+                    ));
+                }
+                Ok(addr)
+            })
+            .transpose()?;
         let tls = if tls.enabled.unwrap_or(true) {
             let min_version = match tls.min_version.as_deref().unwrap_or("1.2") {
                 "1.2" => TlsVersion::V1_2,
@@ -783,6 +816,7 @@ impl Config {
                 .unwrap_or(Duration::from_secs(14 * 86_400)),
         };
         Ok(Self {
+            redirect_listen,
             audit,
             alerts,
             max_in_flight: positive("server.max_in_flight", server.max_in_flight, 4096)?,
@@ -973,6 +1007,22 @@ mod tests {
         parse("[server]\nlisten = \"0.0.0.0:8080\"\n[tls]\nenabled = false\n[insecure]\nplaintext_http_on_public_address = true\n").unwrap();
         parse("[server]\nlisten = \"127.0.0.1:8080\"\n[tls]\nenabled = false\n").unwrap();
         parse("[server]\nlisten = \"[::1]:8080\"\n[tls]\nenabled = false\n").unwrap();
+    }
+
+    #[test]
+    fn the_redirect_listener_needs_tls_and_acknowledgement_off_loopback() {
+        let e = parse("[server]\nredirect_listen = \"0.0.0.0:80\"\n").unwrap_err();
+        assert!(e.to_string().starts_with("server.redirect_listen:"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("insecure.plaintext_http_on_public_address"),
+            "{e}"
+        );
+        let c = parse("[server]\nredirect_listen = \"0.0.0.0:80\"\n[insecure]\nplaintext_http_on_public_address = true\n").unwrap();
+        assert_eq!(c.redirect_listen, Some("0.0.0.0:80".parse().unwrap()));
+        parse("[server]\nredirect_listen = \"127.0.0.1:8080\"\n").unwrap();
+        let e = parse("[server]\nlisten = \"127.0.0.1:8080\"\nredirect_listen = \"127.0.0.1:8081\"\n[tls]\nenabled = false\n").unwrap_err();
+        assert!(e.to_string().contains("needs tls.enabled = true"), "{e}");
     }
 
     #[test]

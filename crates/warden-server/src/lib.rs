@@ -17,6 +17,7 @@ pub mod oauth;
 pub mod observe;
 pub mod openapi;
 pub mod pipeline;
+pub mod redirect;
 pub mod routes;
 pub mod state;
 pub mod steps;
@@ -85,6 +86,8 @@ struct Bound {
 pub struct Server {
     data: Bound,
     admin: Option<Bound>,
+    /// The plaintext redirect-to-HTTPS listener.
+    redirect: Option<TcpListener>,
     limits: RequestLimits,
     trusted_proxies: Vec<ipnet::IpNet>,
     access_log: bool,
@@ -134,9 +137,18 @@ impl Server {
             Some(a) => Some(bind(a.listen, a.tls.as_ref(), "management").await?),
             None => None,
         };
+        let redirect = match config.redirect_listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| ServeError::Bind { addr, source })?,
+            ),
+            None => None,
+        };
         Ok(Self {
             data,
             admin,
+            redirect,
             limits: RequestLimits {
                 body_limit: config.body_limit,
                 json_max_depth: config.json_max_depth,
@@ -165,6 +177,11 @@ impl Server {
         self.admin.as_ref().map(|a| a.listener.local_addr())
     }
 
+    /// The redirect listener's bound address, if it is enabled.
+    pub fn redirect_addr(&self) -> Option<std::io::Result<SocketAddr>> {
+        self.redirect.as_ref().map(TcpListener::local_addr)
+    }
+
     /// Whether the data plane speaks TLS.
     pub fn is_tls(&self) -> bool {
         self.data.tls.is_some()
@@ -191,6 +208,7 @@ impl Server {
         .flatten()
         .collect();
         certs::watch(certificates.clone(), self.data.reload_interval);
+        let https_port = self.data.listener.local_addr().map_or(443, |a| a.port());
         let state = AppState(Arc::new(Shared {
             repository: services.repository,
             authenticator: services.authenticator,
@@ -234,10 +252,22 @@ impl Server {
                 .await;
             }
         };
+        let redirect = async {
+            if let Some(listener) = self.redirect {
+                listener::serve(
+                    listener,
+                    None,
+                    redirect::router(https_port),
+                    self.settings,
+                    until_stopped(stopped.clone()),
+                )
+                .await;
+            }
+        };
         let signal = async {
             shutdown.await;
             let _ = stop.send(true);
         };
-        tokio::join!(data, admin, signal);
+        tokio::join!(data, admin, redirect, signal);
     }
 }

@@ -212,7 +212,15 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
             access_log: Some(Arc::new(log)),
         };
         let admin = admin_addr.map_or_else(|| "off".to_string(), |a| a.to_string());
-        tracing::info!(%addr, %admin, tls = server.is_tls(), "listening");
+        let redirect = match server
+            .redirect_addr()
+            .transpose()
+            .map_err(Failure::runtime)?
+        {
+            Some(a) => a.to_string(),
+            None => "off".to_string(),
+        };
+        tracing::info!(%addr, %admin, %redirect, tls = server.is_tls(), "listening");
         server.run(services, shutdown_signal()).await;
         // Every record of an answered request is committed before exit; a
         // store that stays down cannot hold the exit forever.

@@ -39,6 +39,8 @@ struct Warden {
     addr: SocketAddr,
     /// The management listener.
     admin: Option<SocketAddr>,
+    /// The plaintext redirect listener.
+    redirect: Option<SocketAddr>,
     /// The admin key printed on first start, if this start printed one.
     printed_key: Option<String>,
     data_dir: PathBuf,
@@ -78,7 +80,7 @@ impl Warden {
             }
         });
         let deadline = Instant::now() + Duration::from_secs(60);
-        let (addr, admin, tls) = loop {
+        let (addr, admin, redirect, tls) = loop {
             let line = rx
                 .recv_timeout(deadline.saturating_duration_since(Instant::now()))
                 .unwrap_or_else(|_| {
@@ -91,6 +93,7 @@ impl Warden {
                 break (
                     v["addr"].as_str().unwrap().parse().unwrap(),
                     v["admin"].as_str().and_then(|a| a.parse().ok()),
+                    v["redirect"].as_str().and_then(|a| a.parse().ok()),
                     v["tls"] == true,
                 );
             }
@@ -124,6 +127,7 @@ impl Warden {
             child,
             addr,
             admin,
+            redirect,
             printed_key,
             data_dir: data_dir.to_owned(),
             client: builder.build().unwrap(),

@@ -60,7 +60,7 @@ async fn certificates_rotate_without_restart_and_a_bad_one_is_refused() {
     std::fs::write(
         &cfg,
         format!(
-            "[tls]\ncert = {:?}\nkey = {{ file = {:?} }}\nreload_interval = \"200ms\"\n",
+            "[server]\nredirect_listen = \"127.0.0.1:0\"\n[tls]\ncert = {:?}\nkey = {{ file = {:?} }}\nreload_interval = \"200ms\"\n",
             live.join("cert.pem"),
             live.join("key.pem")
         ),
@@ -68,6 +68,33 @@ async fn certificates_rotate_without_restart_and_a_bad_one_is_refused() {
     .unwrap();
     let w = Warden::start(&data, &["--config", cfg.to_str().unwrap()]);
     let port = w.addr.port().to_string();
+
+    // The plaintext listener only redirects, to the same host and path.
+    let plain = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let redirect = w.redirect.expect("the redirect listener");
+    for (method, path) in [
+        ("GET", "/v2/health/live"),
+        ("POST", "/v1/models/iris:predict?x=1"),
+    ] {
+        let r = plain
+            .request(
+                method.parse().unwrap(),
+                format!("http://127.0.0.1:{}{path}", redirect.port()),
+            )
+            .header("x-api-key", "wdn_sent_in_clear")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), reqwest::StatusCode::PERMANENT_REDIRECT);
+        assert_eq!(
+            r.headers()["location"],
+            format!("https://127.0.0.1:{port}{path}").as_str()
+        );
+        assert_eq!(r.text().await.unwrap(), "", "nothing served in clear");
+    }
     let s = |p: &Path| p.to_str().unwrap().to_owned();
 
     let swapped: Value = serde_json::from_str(&tls_peer(&[
