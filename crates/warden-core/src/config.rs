@@ -74,6 +74,8 @@ pub struct RawConfig {
     pub audit: RawAudit,
     /// Anomaly alerts.
     pub alerts: RawAlerts,
+    /// Encryption at rest.
+    pub encryption: RawEncryption,
     /// Acknowledgements of settings Warden otherwise refuses as insecure.
     pub insecure: RawInsecure,
 }
@@ -160,6 +162,30 @@ pub struct RawModels {
     pub dir: Option<PathBuf>,
     /// Rows per request when a model card sets no `max_batch`. Default 64.
     pub default_max_batch: Option<usize>,
+    /// Ed25519 public keys trusted to sign model files.
+    pub trusted_keys: Vec<RawTrustedKey>,
+    /// Every model version must carry a valid signature by a trusted key.
+    /// Default false (a signature present is always checked).
+    pub require_signature: Option<bool>,
+}
+
+/// `[[models.trusted_keys]]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTrustedKey {
+    /// The name a signature file gives (`warden model sign --name`).
+    pub name: String,
+    /// The raw 32-byte Ed25519 public key, base64 (`warden model keygen` prints it).
+    pub public_key: String,
+}
+
+/// `[encryption]`: encryption at rest.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawEncryption {
+    /// AES-256 key (64 hex digits) as a secret, for encrypted model files
+    /// (`model.onnx.enc`) and raw-input snapshots in the audit trail.
+    pub key: Option<SecretSource>,
 }
 
 /// `[runtime]`
@@ -470,6 +496,12 @@ pub struct Config {
     pub models_dir: PathBuf,
     /// Default rows per request.
     pub default_max_batch: usize,
+    /// Ed25519 keys trusted to sign models: (name, raw 32-byte public key).
+    pub model_trusted_keys: Vec<(String, Vec<u8>)>,
+    /// Every model version must be signed by a trusted key.
+    pub require_model_signature: bool,
+    /// The AES-256 key for encryption at rest (32 raw bytes or 64 hex digits).
+    pub encryption_key: Option<Secret>,
     /// Explicit ONNX Runtime library, if configured.
     pub onnxruntime: Option<PathBuf>,
     /// Sessions per model version.
@@ -541,6 +573,7 @@ impl Config {
             limits,
             audit,
             alerts,
+            encryption,
             insecure,
         } = raw;
 
@@ -815,7 +848,55 @@ impl Config {
                 .certificate_warning
                 .unwrap_or(Duration::from_secs(14 * 86_400)),
         };
+        let mut model_trusted_keys: Vec<(String, Vec<u8>)> = Vec::new();
+        for k in models.trusted_keys {
+            use base64::Engine as _;
+            let raw = base64::engine::general_purpose::STANDARD
+                .decode(k.public_key.trim())
+                .ok()
+                .filter(|r| r.len() == 32)
+                .ok_or_else(|| {
+                    invalid(
+                        "models.trusted_keys",
+                        format!(
+                            "{:?}: public_key is not a base64 Ed25519 public key (32 bytes)",
+                            k.name
+                        ),
+                    )
+                })?;
+            if k.name.is_empty() || model_trusted_keys.iter().any(|(n, _)| *n == k.name) {
+                return Err(invalid(
+                    "models.trusted_keys",
+                    format!("{:?}: names must be non-empty and unique", k.name),
+                ));
+            }
+            model_trusted_keys.push((k.name, raw));
+        }
+        let encryption_key = encryption
+            .key
+            .map(|source| {
+                let secret = source
+                    .read(insecure.allow_readable_secret_files)
+                    .map_err(|e| invalid("encryption.key", e.to_string()))?;
+                let bytes = secret.expose();
+                let hex64 = std::str::from_utf8(bytes)
+                    .ok()
+                    .map(str::trim)
+                    .is_some_and(|t| t.len() == 64 && t.bytes().all(|b| b.is_ascii_hexdigit()));
+                if hex64 || bytes.len() == 32 {
+                    Ok(secret)
+                } else {
+                    Err(invalid(
+                        "encryption.key",
+                        "must be 32 bytes, written as 64 hex digits",
+                    ))
+                }
+            })
+            .transpose()?;
         Ok(Self {
+            model_trusted_keys,
+            require_model_signature: models.require_signature.unwrap_or(false),
+            encryption_key,
             redirect_listen,
             audit,
             alerts,

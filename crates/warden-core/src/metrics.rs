@@ -74,17 +74,21 @@ pub enum Alert {
     CertificateExpiry,
     /// A changed certificate or key file did not load; the old pair serves.
     CertificateReloadFailed,
+    /// A model version failed its integrity check (hash pin, signature,
+    /// decryption) and is not served.
+    ModelIntegrityFailed,
 }
 
 impl Alert {
     /// Every kind.
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 7] = [
         Self::AuthFailureSpike,
         Self::QueryRateAnomaly,
         Self::ExtractionSuspected,
         Self::AuditWriteFailed,
         Self::CertificateExpiry,
         Self::CertificateReloadFailed,
+        Self::ModelIntegrityFailed,
     ];
 
     /// The `alert` field and label value.
@@ -96,6 +100,7 @@ impl Alert {
             Self::AuditWriteFailed => "audit_write_failed",
             Self::CertificateExpiry => "certificate_expiry",
             Self::CertificateReloadFailed => "certificate_reload_failed",
+            Self::ModelIntegrityFailed => "model_integrity_failed",
         }
     }
 

@@ -4,7 +4,7 @@
 //! Raw serde structs (`deny_unknown_fields`) become a checked [`ModelCard`];
 //! the server only sees the checked form.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use serde::Deserialize;
@@ -32,6 +32,22 @@ struct RawCard {
     /// What the audit trail keeps about this model's requests.
     #[serde(default)]
     audit: RawCardAudit,
+    /// Pinned hashes and signature requirement of the model files.
+    #[serde(default)]
+    integrity: RawIntegrity,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIntegrity {
+    /// SHA-256 (hex) of each version's plaintext `model.onnx`, by version:
+    /// `sha256 = { "1" = "9f2c…" }`. A version with a pin loads only if
+    /// its file matches.
+    #[serde(default)]
+    sha256: std::collections::BTreeMap<String, String>,
+    /// Every version of this model must carry a valid signature.
+    #[serde(default)]
+    require_signature: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -213,6 +229,10 @@ pub struct ModelCard {
     pub role_policies: Vec<(String, PolicyDefaults)>,
     /// Whether audit records keep the validated input values (`[audit] record_inputs`).
     pub record_inputs: bool,
+    /// Pinned SHA-256 of each version's plaintext ONNX file (`[integrity] sha256`).
+    pub pinned_sha256: BTreeMap<u64, String>,
+    /// Every version must be signed (`[integrity] require_signature`).
+    pub require_signature: bool,
 }
 
 /// Card-wide settings that come from the server configuration.
@@ -350,6 +370,21 @@ impl ModelCard {
             role_policies.push((role, resolved));
         }
 
+        let mut pinned_sha256 = BTreeMap::new();
+        for (version, hash) in &raw.integrity.sha256 {
+            let v = version.parse::<u64>().map_err(|_| {
+                CardError(format!(
+                    "integrity.sha256: {version:?} is not a version number"
+                ))
+            })?;
+            if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(CardError(format!(
+                    "integrity.sha256.{version}: expected 64 hex digits"
+                )));
+            }
+            pinned_sha256.insert(v, hash.to_ascii_lowercase());
+        }
+
         Ok(Self {
             description: raw.description,
             max_batch,
@@ -363,6 +398,8 @@ impl ModelCard {
             policy: default_policy,
             role_policies,
             record_inputs: raw.audit.record_inputs,
+            pinned_sha256,
+            require_signature: raw.integrity.require_signature,
         })
     }
 

@@ -10,15 +10,19 @@
 //!   [`ValidInferRequest`](request::ValidInferRequest) (v1 and v2 protocols).
 //! - [`policy`]: what of a prediction the caller may see.
 //! - [`protocol`]: response wire formats.
+//! - [`integrity`]: SHA-256 pins and Ed25519 signatures of model files.
+//! - [`sealed`]: AES-256-GCM encryption at rest (model files, raw-input snapshots).
 
 pub mod card;
 pub mod engine;
+pub mod integrity;
 pub mod json;
 pub mod policy;
 pub mod protocol;
 pub mod repository;
 pub mod request;
 pub mod runtime;
+pub mod sealed;
 
 pub use card::{Feature, FeatureKind, ModelCard};
 pub use engine::{Backend, EngineError, Prediction};

@@ -11,7 +11,11 @@ use std::sync::Arc;
 
 use crate::card::{CardDefaults, ModelCard};
 use crate::engine::{Backend, OnnxBackend, PoolSettings};
+use crate::integrity::{self, SignatureFile, Trust};
 use crate::runtime::Runtime;
+use crate::sealed::SealKey;
+use warden_core::metrics::Alert;
+use zeroize::Zeroizing;
 
 /// One loaded version of a model.
 #[derive(Debug)]
@@ -77,6 +81,92 @@ pub struct LoadSettings<'r> {
     pub pool: PoolSettings,
     /// Defaults from the server config.
     pub card: CardDefaults,
+    /// Signature trust and the encryption key.
+    pub security: &'r ModelSecurity,
+}
+
+/// No trusted keys, no signature required, no encryption key: signatures
+/// present are still checked (and fail, their key being unknown).
+pub static UNSIGNED: ModelSecurity = ModelSecurity {
+    trust: Trust {
+        keys: Vec::new(),
+        require_signature: false,
+    },
+    seal_key: None,
+};
+
+/// What model files are checked and decrypted with.
+#[derive(Debug, Default)]
+pub struct ModelSecurity {
+    /// Trusted signing keys, and whether signatures are required.
+    pub trust: Trust,
+    /// The key of `model.onnx.enc` files.
+    pub seal_key: Option<SealKey>,
+}
+
+/// A version folder's model, read (and decrypted) into memory and checked:
+/// the plaintext graph, wiped when dropped.
+pub fn read_version(
+    vdir: &Path,
+    version: u64,
+    card: &ModelCard,
+    security: &ModelSecurity,
+) -> Result<(Zeroizing<Vec<u8>>, String), RepositoryError> {
+    let plain_path = vdir.join("model.onnx");
+    let sealed_path = vdir.join("model.onnx.enc");
+    let onnx = match (plain_path.is_file(), sealed_path.is_file()) {
+        (true, true) => {
+            return Err(error(
+                vdir,
+                "both model.onnx and model.onnx.enc are present: keep one",
+            ));
+        }
+        (true, false) => Zeroizing::new(
+            std::fs::read(&plain_path)
+                .map_err(|e| error(&plain_path, format!("cannot read: {e}")))?,
+        ),
+        (false, true) => {
+            let sealed = std::fs::read(&sealed_path)
+                .map_err(|e| error(&sealed_path, format!("cannot read: {e}")))?;
+            let key = security.seal_key.as_ref().ok_or_else(|| {
+                error(
+                    &sealed_path,
+                    "the model is encrypted, and no [encryption] key is configured",
+                )
+            })?;
+            key.open(&sealed)
+                .map_err(|e| error(&sealed_path, e.to_string()))?
+        }
+        (false, false) => return Err(error(vdir, "no model.onnx (or model.onnx.enc)")),
+    };
+    let sig_path = vdir.join("model.onnx.sig");
+    let signature: Option<SignatureFile> = if sig_path.is_file() {
+        let text = std::fs::read_to_string(&sig_path)
+            .map_err(|e| error(&sig_path, format!("cannot read: {e}")))?;
+        Some(
+            serde_json::from_str(&text)
+                .map_err(|_| error(&sig_path, "not a model signature file"))?,
+        )
+    } else {
+        None
+    };
+    let digest = integrity::sha256(&onnx);
+    let checked = integrity::check(
+        &digest,
+        card.pinned_sha256.get(&version).map(String::as_str),
+        signature.as_ref(),
+        card.require_signature,
+        &security.trust,
+    )
+    .map_err(|e| {
+        let file = if sealed_path.is_file() {
+            sealed_path
+        } else {
+            plain_path
+        };
+        error(&file, e.0)
+    })?;
+    Ok((onnx, checked))
 }
 
 impl Repository {
@@ -153,6 +243,7 @@ fn load_model(
     let card_path = dir.join("model.toml");
     let card = ModelCard::load(&card_path, settings.card).map_err(|e| error(&card_path, e.0))?;
     let mut versions = BTreeMap::new();
+    let mut refused = Vec::new();
     let entries = std::fs::read_dir(dir).map_err(|e| error(dir, e.to_string()))?;
     for entry in entries {
         let entry = entry.map_err(|e| error(dir, e.to_string()))?;
@@ -173,11 +264,29 @@ fn load_model(
                 "pickle files are never loaded (they execute code); export the model to ONNX",
             ));
         }
+        // Integrity first: a version whose file is changed, unsigned when
+        // it must be, signed by an unknown key, or not decryptable is not
+        // served; an older version that passes serves instead, and an alert
+        // says so.
+        let (onnx, checked) = match read_version(&vdir, version, &card, settings.security) {
+            Ok(read) => read,
+            Err(e) => {
+                Alert::ModelIntegrityFailed.count();
+                tracing::error!(
+                    alert = Alert::ModelIntegrityFailed.as_str(),
+                    model = %name,
+                    version,
+                    error = %e,
+                    "model version refused"
+                );
+                refused.push((version, e));
+                continue;
+            }
+        };
         let onnx_path = vdir.join("model.onnx");
-        let onnx = std::fs::read(&onnx_path)
-            .map_err(|e| error(&onnx_path, format!("cannot read: {e}")))?;
         let backend = OnnxBackend::load(settings.runtime, &onnx, &card, settings.pool)
             .map_err(|m| error(&onnx_path, m))?;
+        tracing::info!(model = %name, version, sha256 = %hex::encode(integrity::sha256(&onnx)), integrity = %checked, "model version checked");
         versions.insert(
             version,
             Arc::new(ModelVersion {
@@ -186,12 +295,18 @@ fn load_model(
             }),
         );
     }
+    // Nothing loadable: the start is refused, naming the newest refusal.
+    if versions.is_empty()
+        && let Some((_, e)) = refused.into_iter().max_by_key(|(v, _)| *v)
+    {
+        return Err(e);
+    }
     let default_version = match card.pinned_version {
         Some(v) if versions.contains_key(&v) => v,
         Some(v) => {
             return Err(error(
                 &card_path,
-                format!("version = {v}, but there is no folder {v}/ with model.onnx"),
+                format!("version = {v}, but there is no loadable folder {v}/ (see the log)"),
             ));
         }
         None => *versions
@@ -262,6 +377,7 @@ pub(crate) mod tests {
                 max_batch: 64,
                 range_tolerance: 0.25,
             },
+            security: &UNSIGNED,
         };
         Repository::load(&dir, settings).unwrap()
     }
@@ -359,6 +475,7 @@ pub(crate) mod tests {
                 max_batch: 64,
                 range_tolerance: 0.25,
             },
+            security: &UNSIGNED,
         };
         // One feature too few.
         let cut = card.rfind("[[input.features]]").unwrap();

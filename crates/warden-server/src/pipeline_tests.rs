@@ -54,6 +54,7 @@ fn fixture_with(in_flight: usize) -> Fixture {
                 max_batch: 64,
                 range_tolerance: 0.25,
             },
+            security: &warden_models::repository::UNSIGNED,
         },
     )
     .unwrap();

@@ -47,6 +47,62 @@ pub(crate) enum Command {
     /// The tamper-evident audit trail.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Model files: signing keys, signatures, integrity checks, encryption at rest.
+    #[command(subcommand)]
+    Model(ModelCommand),
+}
+
+/// `warden model ...`
+#[derive(Debug, Subcommand)]
+pub(crate) enum ModelCommand {
+    /// Generate an Ed25519 model-signing key into FILE (mode 0600) and print
+    /// its public key for `[[models.trusted_keys]]`.
+    Keygen {
+        /// Where to write the private key (must not exist).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+    /// Sign a plaintext model file: writes FILE.sig (sign before encrypting).
+    Sign {
+        /// The private key from `warden model keygen` (mode 0600).
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
+        /// The key's name, as in `[[models.trusted_keys]]`.
+        #[arg(long, default_value = "release")]
+        name: String,
+        /// The model file (model.onnx).
+        file: PathBuf,
+    },
+    /// Check a model version folder (e.g. models/iris/1) as `warden serve`
+    /// would: decryption, the card's pinned SHA-256, the signature. Exit 1
+    /// with the reason if it would be refused.
+    Verify {
+        /// Configuration (trusted keys, encryption key).
+        #[command(flatten)]
+        location: Location,
+        /// The version folder.
+        dir: PathBuf,
+    },
+    /// Encrypt a model file with the configured `[encryption] key`: writes
+    /// FILE.enc (AES-256-GCM). Then remove the plaintext file.
+    Encrypt {
+        /// Configuration (the encryption key).
+        #[command(flatten)]
+        location: Location,
+        /// The plaintext model file.
+        file: PathBuf,
+    },
+    /// Decrypt a model.onnx.enc with the configured key, into OUT (mode 0600).
+    Decrypt {
+        /// Configuration (the encryption key).
+        #[command(flatten)]
+        location: Location,
+        /// The encrypted model file.
+        file: PathBuf,
+        /// Where to write the plaintext (must not exist).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
 }
 
 /// `warden audit ...`

@@ -35,6 +35,7 @@ pub(crate) fn run(command: Command) -> Result<(), Failure> {
             Ok(())
         }
         Command::Cert(cmd) => cert(cmd),
+        Command::Model(cmd) => crate::model::run(cmd),
         Command::Users(cmd) => users(cmd),
         Command::Clients(cmd) => clients(cmd),
         Command::Roles(RolesCommand::List { location }) => roles(&location),
@@ -53,7 +54,7 @@ pub(crate) fn run(command: Command) -> Result<(), Failure> {
     }
 }
 
-fn load_config(location: &Location, overrides: Overrides) -> Result<Config, Failure> {
+pub(crate) fn load_config(location: &Location, overrides: Overrides) -> Result<Config, Failure> {
     let overrides = Overrides {
         data_dir: location.data_dir.clone(),
         ..overrides
@@ -107,6 +108,7 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
     }
     let runtime = Runtime::init(config.onnxruntime.as_deref()).map_err(Failure::runtime)?;
     tracing::info!(library = %runtime.path().display(), "ONNX Runtime loaded");
+    let security = model_security(&config)?;
     let repository = Repository::load(
         &config.models_dir,
         LoadSettings {
@@ -120,6 +122,7 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
                 max_batch: config.default_max_batch,
                 range_tolerance: config.range_tolerance,
             },
+            security: &security,
         },
     )
     .map_err(Failure::usage)?;
@@ -685,6 +688,31 @@ fn audit_key(
             warden_audit::key_file(path).map_err(Failure::runtime)
         }
     }
+}
+
+/// Signature trust and the encryption key, from the configuration.
+pub(crate) fn model_security(
+    config: &Config,
+) -> Result<warden_models::repository::ModelSecurity, Failure> {
+    Ok(warden_models::repository::ModelSecurity {
+        trust: warden_models::integrity::Trust {
+            keys: config.model_trusted_keys.clone(),
+            require_signature: config.require_model_signature,
+        },
+        seal_key: seal_key(config)?,
+    })
+}
+
+/// The encryption-at-rest key, if configured.
+pub(crate) fn seal_key(config: &Config) -> Result<Option<warden_models::sealed::SealKey>, Failure> {
+    config
+        .encryption_key
+        .as_ref()
+        .map(|k| {
+            warden_models::sealed::SealKey::from_secret(k.expose())
+                .map_err(|e| Failure::usage(format!("encryption.key: {e}")))
+        })
+        .transpose()
 }
 
 /// Records the start and each model version loaded in the audit trail.

@@ -11,6 +11,7 @@
 mod cli;
 mod commands;
 mod logging;
+mod model;
 
 use std::process::ExitCode;
 

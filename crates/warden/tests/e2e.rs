@@ -20,6 +20,8 @@ use serde_json::{Value, json};
 mod audit;
 #[path = "e2e/identity.rs"]
 mod identity;
+#[path = "e2e/integrity.rs"]
+mod integrity;
 #[path = "e2e/limits.rs"]
 mod limits;
 #[path = "e2e/observe.rs"]
@@ -47,6 +49,8 @@ struct Warden {
     client: reqwest::Client,
     scheme: &'static str,
     stderr: mpsc::Receiver<String>,
+    /// The log lines up to and including "listening".
+    startup_logs: Vec<String>,
 }
 
 impl Warden {
@@ -80,6 +84,7 @@ impl Warden {
             }
         });
         let deadline = Instant::now() + Duration::from_secs(60);
+        let mut startup_logs = Vec::new();
         let (addr, admin, redirect, tls) = loop {
             let line = rx
                 .recv_timeout(deadline.saturating_duration_since(Instant::now()))
@@ -87,6 +92,7 @@ impl Warden {
                     let status = child.try_wait().unwrap();
                     panic!("warden did not start (exit {status:?})")
                 });
+            startup_logs.push(line.clone());
             if let Ok(v) = serde_json::from_str::<Value>(&line)
                 && v["message"] == "listening"
             {
@@ -133,6 +139,7 @@ impl Warden {
             client: builder.build().unwrap(),
             scheme: if tls { "https" } else { "http" },
             stderr: rx,
+            startup_logs,
         }
     }
 
@@ -201,7 +208,9 @@ impl Warden {
     fn stop_and_collect_logs(mut self) -> Vec<String> {
         assert_eq!(self.stop().code(), Some(0));
         // The reader thread ends at EOF, which closes the channel.
-        self.stderr.iter().collect()
+        let mut lines = std::mem::take(&mut self.startup_logs);
+        lines.extend(self.stderr.iter());
+        lines
     }
 }
 
@@ -209,6 +218,20 @@ impl Drop for Warden {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Copies a folder tree.
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
     }
 }
 

@@ -12,7 +12,7 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use super::{BIN, Warden, iris};
+use super::{BIN, Warden, copy_dir, iris};
 
 /// The first records of a first start: `server.start`, one `model.load` per
 /// demo model, and the `key.create` of the bootstrap admin key.
@@ -66,19 +66,6 @@ fn sqlite(db: &Path, script: &str) {
         .status()
         .unwrap();
     assert!(ok.success(), "{script}");
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).unwrap();
-        }
-    }
 }
 
 impl Warden {
