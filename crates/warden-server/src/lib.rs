@@ -71,6 +71,8 @@ pub struct Services {
     pub limiter: Arc<warden_limits::Limiter>,
     /// The audit trail, unless disabled.
     pub audit: Option<Arc<warden_audit::AuditLog>>,
+    /// The encryption-at-rest key (raw-input snapshots), if configured.
+    pub seal_key: Option<Arc<warden_models::sealed::SealKey>>,
 }
 
 struct Bound {
@@ -222,6 +224,7 @@ impl Server {
             in_flight: tokio::sync::Semaphore::new(self.max_in_flight),
             admin_in_flight: tokio::sync::Semaphore::new(ADMIN_IN_FLIGHT),
             audit: services.audit,
+            seal_key: services.seal_key,
             max_in_flight: self.max_in_flight,
             metrics: metrics::install(),
             certificates,

@@ -102,6 +102,7 @@ fn fixture_with(in_flight: usize) -> Fixture {
         in_flight: tokio::sync::Semaphore::new(in_flight),
         admin_in_flight: tokio::sync::Semaphore::new(16),
         audit: None,
+        seal_key: None,
         max_in_flight: in_flight,
         metrics: crate::metrics::install(),
         certificates: Vec::new(),

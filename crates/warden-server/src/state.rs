@@ -50,6 +50,8 @@ pub struct Shared {
     pub admin_in_flight: tokio::sync::Semaphore,
     /// The audit trail, unless disabled.
     pub audit: Option<Arc<warden_audit::AuditLog>>,
+    /// The encryption-at-rest key (raw-input snapshots), if configured.
+    pub seal_key: Option<Arc<warden_models::sealed::SealKey>>,
     /// The data plane's in-flight limit (for the in-flight gauge).
     pub max_in_flight: usize,
     /// The Prometheus recorder's handle, if this process installed it.

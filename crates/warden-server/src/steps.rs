@@ -120,7 +120,9 @@ pub async fn audit(state: &AppState, line: &AccessLine, response: Response) -> R
         version: model.map(|m| m.version),
         rows: model.map_or(0, |m| m.rows),
         input_sha256: model.and_then(|m| m.input_sha256.as_ref()).map(Hex),
-        inputs: model.and_then(|m| m.inputs.as_deref()),
+        inputs_sealed: model
+            .and_then(|m| m.inputs.as_deref())
+            .and_then(|v| seal_inputs(state, v)),
         defense_flags: &[],
         latency_us: line.started.elapsed().as_micros() as u64,
     };
@@ -159,9 +161,26 @@ struct RequestRecord<'a> {
     version: Option<u64>,
     rows: usize,
     input_sha256: Option<Hex<'a>>,
-    inputs: Option<&'a [f32]>,
+    inputs_sealed: Option<String>,
     defense_flags: &'a [&'a str],
     latency_us: u64,
+}
+
+/// A raw-input snapshot (card opt-in), sealed with the encryption-at-rest
+/// key: base64 of the WDNENC file format around the JSON array of values.
+/// Start-up refuses an opt-in without a key, so `None` here means the
+/// sealing itself failed (logged).
+fn seal_inputs(state: &AppState, values: &[f32]) -> Option<String> {
+    use base64::Engine as _;
+    let key = state.seal_key.as_ref()?;
+    let json = serde_json::to_vec(values).ok()?;
+    match key.seal(&json) {
+        Ok(sealed) => Some(base64::engine::general_purpose::STANDARD.encode(sealed)),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot seal a raw-input snapshot: recorded without it");
+            None
+        }
+    }
 }
 
 /// Lower-case hex of a digest, serialized without an intermediate String.

@@ -142,6 +142,10 @@ pub(crate) enum AuditCommand {
         /// Export this chain only (default: every chain).
         #[arg(long, value_name = "ID")]
         replica: Option<String>,
+        /// Decrypt raw-input snapshots (`inputs_sealed`, from models whose
+        /// card opts in) with the configured [encryption] key into `inputs`.
+        #[arg(long)]
+        decrypt_inputs: bool,
     },
 }
 

@@ -50,7 +50,8 @@ pub(crate) fn run(command: Command) -> Result<(), Failure> {
             since,
             until,
             replica,
-        }) => audit_export(&location, &since, until.as_deref(), replica),
+            decrypt_inputs,
+        }) => audit_export(&location, &since, until.as_deref(), replica, decrypt_inputs),
     }
 }
 
@@ -126,6 +127,15 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
         },
     )
     .map_err(Failure::usage)?;
+    // A raw-input snapshot is only ever stored encrypted.
+    if config.encryption_key.is_none()
+        && let Some(m) = repository.models().find(|m| m.card.record_inputs)
+    {
+        return Err(Failure::usage(format!(
+            "model {}: [audit] record_inputs = true needs an [encryption] key (snapshots are stored encrypted)",
+            m.name
+        )));
+    }
     if repository.is_empty() {
         tracing::warn!(dir = %config.models_dir.display(), "the model repository holds no models");
     }
@@ -203,6 +213,7 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
         let audit_log = audit.clone();
         let services = Services {
             audit,
+            seal_key: seal_key(&config)?.map(Arc::new),
             limiter,
             repository: Arc::new(repository),
             authenticator: authenticator.clone(),
@@ -896,6 +907,29 @@ fn audit_verify(
     }
 }
 
+/// Replaces a record's `inputs_sealed` by the decrypted `inputs`.
+fn unseal_inputs(
+    key: &warden_models::sealed::SealKey,
+    record: &mut serde_json::Value,
+) -> Result<(), String> {
+    use base64::Engine as _;
+    let Some(map) = record.as_object_mut() else {
+        return Ok(());
+    };
+    let Some(sealed) = map.get("inputs_sealed").and_then(|v| v.as_str()) else {
+        return Ok(());
+    };
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(sealed)
+        .map_err(|_| "inputs_sealed is not base64".to_owned())?;
+    let plain = key.open(&bytes).map_err(|e| e.to_string())?;
+    let inputs: serde_json::Value = serde_json::from_slice(&plain)
+        .map_err(|_| "inputs_sealed does not hold inputs".to_owned())?;
+    map.remove("inputs_sealed");
+    map.insert("inputs".into(), inputs);
+    Ok(())
+}
+
 /// `warden audit export`: records since a time as JSON lines on stdout,
 /// every chain (or one), in sequence order per chain.
 fn audit_export(
@@ -903,9 +937,17 @@ fn audit_export(
     since: &str,
     until: Option<&str>,
     replica: Option<String>,
+    decrypt_inputs: bool,
 ) -> Result<(), Failure> {
     use std::io::Write;
     let config = load_config(location, Overrides::default())?;
+    let unseal = if decrypt_inputs {
+        Some(seal_key(&config)?.ok_or_else(|| {
+            Failure::usage("--decrypt-inputs: no [encryption] key in this configuration")
+        })?)
+    } else {
+        None
+    };
     let now = warden_server::steps::unix_micros() as i64;
     let since_us = warden_audit::parse_time(since, now)
         .map_err(|e| Failure::usage(format!("--since: {e}")))?;
@@ -933,7 +975,13 @@ fn audit_export(
         loop {
             let page = store.audit_query(&query).map_err(Failure::runtime)?;
             for r in &page.rows {
-                let record: serde_json::Value = serde_json::from_str(&r.record).unwrap_or_default();
+                let mut record: serde_json::Value =
+                    serde_json::from_str(&r.record).unwrap_or_default();
+                if let Some(key) = &unseal {
+                    unseal_inputs(key, &mut record).map_err(|e| {
+                        Failure::runtime(format!("record {}:{}: {e}", r.replica, r.seq))
+                    })?;
+                }
                 let line =
                     serde_json::json!({"replica": r.replica, "seq": r.seq, "record": record});
                 writeln!(out, "{line}")

@@ -36,11 +36,16 @@ fn verify(cfg: &Path, data: &Path, extra: &[&str]) -> (Option<i32>, String) {
 }
 
 fn export(cfg: &Path, data: &Path) -> Vec<Value> {
+    export_with(cfg, data, &[])
+}
+
+fn export_with(cfg: &Path, data: &Path, extra: &[&str]) -> Vec<Value> {
     let out = Command::new(BIN)
         .args(["audit", "export", "--since", "1h", "--config"])
         .arg(cfg)
         .arg("--data-dir")
         .arg(data)
+        .args(extra)
         .output()
         .unwrap();
     assert!(
@@ -316,8 +321,16 @@ async fn batched_records_are_committed_before_a_graceful_stop() {
     // The default: batched, with a long window so that records are still
     // queued when SIGTERM arrives.
     let cfg = dir.path().join("warden.toml");
-    std::fs::write(&cfg, "[audit]\nbatch_window = \"5s\"\n").unwrap();
-    // The iris card opts in to keeping raw inputs; the others do not.
+    let seal = dir.path().join("seal.key");
+    std::fs::write(&seal, "ab".repeat(32)).unwrap();
+    std::fs::set_permissions(&seal, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    std::fs::write(
+        &cfg,
+        format!("[audit]\nbatch_window = \"5s\"\n[encryption]\nkey = {{ file = {seal:?} }}\n"),
+    )
+    .unwrap();
+    // The iris card opts in to keeping raw inputs (stored encrypted); the
+    // others do not.
     let models = dir.path().join("models");
     copy_dir(&super::repo().join("models"), &models);
     let card = models.join("iris/model.toml");
@@ -351,7 +364,19 @@ async fn batched_records_are_committed_before_a_graceful_stop() {
         text.contains(&format!("{} records verified", START_RECORDS + 6)),
         "{text}"
     );
-    let lines = export(&cfg, &data);
+    // In the database the snapshot is sealed: no input value in clear.
+    let sealed = export(&cfg, &data);
+    let iris_records: Vec<&Value> = sealed
+        .iter()
+        .filter(|l| l["record"]["model"] == "iris" && l["record"]["request_id"].is_string())
+        .collect();
+    assert!(
+        iris_records
+            .iter()
+            .all(|l| l["record"]["inputs_sealed"].is_string() && l["record"]["inputs"].is_null())
+    );
+    assert!(!serde_json::to_string(&sealed).unwrap().contains("5.1"));
+    let lines = export_with(&cfg, &data, &["--decrypt-inputs"]);
     let inputs = |model: &str| -> Vec<Value> {
         lines
             .iter()
