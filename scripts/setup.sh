@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Fetches the ONNX Runtime shared library Warden loads at start (SPEC §4),
 # and the Python test peers the test suite talks to (PyJWT, prometheus_client,
-# PyYAML: libraries no one here wrote) into .runtime/py.
+# PyYAML: libraries no one here wrote) into .runtime/py, and the sslyze TLS
+# scanner into .runtime/sslyze.
 #
 # The library comes from the PyPI `onnxruntime` wheel: a wheel is a zip, and
 # libonnxruntime.so inside it is a plain C library that does not link Python.
@@ -46,6 +47,17 @@ if [ ! -f "$stamp" ]; then
   python3 -m pip install --quiet --disable-pip-version-check --only-binary :all: \
     --target "$py" $PEERS
   touch "$stamp"
+fi
+
+# sslyze (the TLS scanner the e2e suite runs against Warden) in a folder of
+# its own: it pins a cryptography version of its own.
+scanner="$root/.runtime/sslyze"
+SSLYZE_VERSION="6.3.1"
+if [ ! -f "$scanner/.sslyze-$SSLYZE_VERSION" ]; then
+  echo "installing the TLS scanner (sslyze $SSLYZE_VERSION) into .runtime/sslyze ..." >&2
+  rm -rf "$scanner"
+  python3 -m pip install --quiet --disable-pip-version-check --target "$scanner" "sslyze==$SSLYZE_VERSION"
+  touch "$scanner/.sslyze-$SSLYZE_VERSION"
 fi
 
 if [ -f "$lib" ]; then

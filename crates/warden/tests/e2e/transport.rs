@@ -142,3 +142,123 @@ async fn certificates_rotate_without_restart_and_a_bad_one_is_refused() {
         "a bad file alerts on change and on SIGHUP"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sslyze_finds_the_mozilla_intermediate_configuration() {
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose,
+        IsCa, KeyPair, KeyUsagePurpose, SerialNumber,
+    };
+    // A deployment-like certificate: a CA, and a 90-day leaf it signed, with
+    // the extensions RFC 5280 path validation expects.
+    let dir = tempfile::tempdir().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "Warden test CA");
+    ca_params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    ca_params.serial_number = Some(SerialNumber::from(1u64));
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let mut leaf =
+        CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
+    leaf.distinguished_name
+        .push(DnType::CommonName, "localhost");
+    leaf.use_authority_key_identifier_extension = true;
+    leaf.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    leaf.serial_number = Some(SerialNumber::from(2u64));
+    let now = time::OffsetDateTime::now_utc();
+    leaf.not_before = now - time::Duration::hours(1);
+    leaf.not_after = now + time::Duration::days(90);
+    let key = KeyPair::generate().unwrap();
+    let cert = leaf.signed_by(&key, &ca).unwrap();
+    let chain = dir.path().join("chain.pem");
+    std::fs::write(&chain, format!("{}{}", cert.pem(), ca.pem())).unwrap();
+    let key_file = dir.path().join("key.pem");
+    std::fs::write(&key_file, key.serialize_pem()).unwrap();
+    std::fs::set_permissions(
+        &key_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    // The test client trusts the CA (Warden::start reads data/tls/cert.pem).
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(data.join("tls")).unwrap();
+    std::fs::write(data.join("tls/cert.pem"), ca.pem()).unwrap();
+    let cfg = dir.path().join("warden.toml");
+    std::fs::write(
+        &cfg,
+        format!("[tls]\ncert = {chain:?}\nkey = {{ file = {key_file:?} }}\n"),
+    )
+    .unwrap();
+    let w = Warden::start(&data, &["--config", cfg.to_str().unwrap()]);
+    let (status, _) = w.get("/v2/health/live", None).await;
+    assert_eq!(status, reqwest::StatusCode::OK);
+
+    let scanner = repo().join(".runtime/sslyze");
+    assert!(
+        scanner.join("sslyze").is_dir(),
+        "sslyze is missing: run ./scripts/setup.sh"
+    );
+    let report = dir.path().join("sslyze.json");
+    let out = Command::new("python3")
+        .args([
+            "-m",
+            "sslyze",
+            "--mozilla_config=intermediate",
+            "--certinfo_ca_file",
+        ])
+        .arg(&ca_file)
+        .arg(format!("--json_out={}", report.display()))
+        .arg(format!("localhost:{}", w.addr.port()))
+        .env("PYTHONPATH", &scanner)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("OK - Compliant"),
+        "sslyze: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let scan = &report["server_scan_results"][0]["scan_result"];
+    let accepted = |suite: &str| -> Vec<String> {
+        scan[suite]["result"]["accepted_cipher_suites"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no {suite} in the report"))
+            .iter()
+            .map(|c| c["cipher_suite"]["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    for old in [
+        "ssl_2_0_cipher_suites",
+        "ssl_3_0_cipher_suites",
+        "tls_1_0_cipher_suites",
+        "tls_1_1_cipher_suites",
+    ] {
+        assert_eq!(accepted(old), Vec::<String>::new(), "{old}");
+    }
+    let tls12 = accepted("tls_1_2_cipher_suites");
+    assert!(!tls12.is_empty());
+    for suite in &tls12 {
+        assert!(
+            suite.starts_with("TLS_ECDHE_")
+                && (suite.contains("_GCM_") || suite.contains("CHACHA20_POLY1305"))
+                && !suite.contains("CBC")
+                && !suite.contains("RC4"),
+            "TLS 1.2 suite {suite}"
+        );
+    }
+    assert!(!accepted("tls_1_3_cipher_suites").is_empty());
+    assert_eq!(
+        scan["tls_compression"]["result"]["supports_compression"],
+        false
+    );
+}
