@@ -75,8 +75,14 @@ impl SecretSource {
                 {
                     use std::os::unix::fs::PermissionsExt;
                     let mode = std::fs::metadata(file).map_err(io)?.permissions().mode();
-                    if mode & 0o077 != 0 && !allow_readable {
-                        return Err(SecretError::Readable(file.clone()));
+                    if mode & 0o077 != 0 {
+                        if !allow_readable {
+                            return Err(SecretError::Readable(file.clone()));
+                        }
+                        warn(format!(
+                            "secret file {} is readable by group or others (allowed by insecure.allow_readable_secret_files)",
+                            file.display()
+                        ));
                     }
                 }
                 let mut bytes = Zeroizing::new(std::fs::read(file).map_err(io)?);
@@ -91,6 +97,29 @@ impl SecretSource {
         }
         Ok(Secret(bytes))
     }
+}
+
+/// Warnings about acknowledged insecure secrets, gathered while the
+/// configuration is read (before logging is set up) and taken by the
+/// caller to log or print: the configuration is read once, at start.
+static WARNINGS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+fn warn(message: String) {
+    let mut w = WARNINGS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if !w.contains(&message) {
+        w.push(message);
+    }
+}
+
+/// Takes the warnings gathered so far (each once).
+pub fn take_warnings() -> Vec<String> {
+    std::mem::take(
+        &mut *WARNINGS
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
+    )
 }
 
 /// A secret value in memory, zeroized on drop, redacted in `Debug`.

@@ -30,6 +30,9 @@ pub(crate) fn run(command: Command) -> Result<(), Failure> {
         Command::Keys(cmd) => keys(cmd),
         Command::Config(ConfigCommand::Check { file }) => {
             let config = Config::load(&file, &Overrides::default()).map_err(Failure::usage)?;
+            for w in warden_core::secret::take_warnings() {
+                eprintln!("warning: {w}");
+            }
             print!("{}", config.summary());
             println!("{}: configuration OK", file.display());
             Ok(())
@@ -102,6 +105,9 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
         },
     )?;
     let (log, _log_guard) = init_logging(&config)?;
+    for w in warden_core::secret::take_warnings() {
+        tracing::warn!(warning = %w, "insecure setting acknowledged");
+    }
 
     let store: Arc<SqliteStore> = Arc::new(open_store(&config)?);
     if config.audit.as_ref().is_some_and(|a| a.sync) {

@@ -262,3 +262,43 @@ async fn sslyze_finds_the_mozilla_intermediate_configuration() {
         false
     );
 }
+
+#[test]
+fn a_secret_file_others_can_read_is_refused_unless_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    generate(&dir.path().join("tls"), "30");
+    let key = dir.path().join("tls/key.pem");
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let cfg = dir.path().join("warden.toml");
+    let body = format!(
+        "[tls]\ncert = {:?}\nkey = {{ file = {key:?} }}\n",
+        dir.path().join("tls/cert.pem")
+    );
+    std::fs::write(&cfg, &body).unwrap();
+    let check = || {
+        Command::new(BIN)
+            .args(["config", "check"])
+            .arg(&cfg)
+            .output()
+            .unwrap()
+    };
+    let out = check();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("tls.key") && err.contains("readable"), "{err}");
+    assert!(!err.contains("PRIVATE KEY"), "no key material in the error");
+
+    std::fs::write(
+        &cfg,
+        format!("{body}[insecure]\nallow_readable_secret_files = true\n"),
+    )
+    .unwrap();
+    let out = check();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("warning: secret file") && err.contains("readable"),
+        "{err}"
+    );
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("PRIVATE KEY"));
+}
