@@ -402,6 +402,8 @@ pub enum CertSource {
     SelfSigned {
         /// `<data_dir>/tls`
         dir: PathBuf,
+        /// `insecure.allow_readable_secret_files`, for reading `key.pem`.
+        allow_readable: bool,
     },
     /// Operator-supplied PEM files.
     Pem {
@@ -643,6 +645,7 @@ impl Config {
             let cert = match (tls.cert, tls.key) {
                 (None, None) => CertSource::SelfSigned {
                     dir: data_dir.join("tls"),
+                    allow_readable: insecure.allow_readable_secret_files,
                 },
                 (Some(cert), Some(key)) => CertSource::Pem {
                     cert,
@@ -944,7 +947,7 @@ impl Config {
             None => "off (plaintext HTTP)".to_string(),
             Some(t) => {
                 let cert = match &t.cert {
-                    CertSource::SelfSigned { dir } => {
+                    CertSource::SelfSigned { dir, .. } => {
                         format!("self-signed certificate in {}", dir.display())
                     }
                     CertSource::Pem { cert, .. } => {

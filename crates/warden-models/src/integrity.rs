@@ -6,12 +6,15 @@
 //! The signature file sits next to the model as `model.onnx.sig`, JSON:
 //!
 //! ```json
-//! {"algorithm": "ed25519", "key": "release", "sha256": "<hex>", "signature": "<base64>"}
+//! {"algorithm": "ed25519", "key": "release", "model": "iris", "version": 1,
+//!  "sha256": "<hex>", "signature": "<base64>"}
 //! ```
 //!
-//! The signature covers `"warden-model-signature-v1\0" ‖ SHA-256(model)`:
-//! domain-separated, so no other Ed25519 signature by the same key can pass
-//! as a model signature.
+//! The signature covers `"warden-model-signature-v2\0"`, the model name
+//! (length-prefixed), the version (8 bytes, big-endian) and the SHA-256 of
+//! the plaintext: domain-separated, so no other Ed25519 signature by the
+//! same key passes as a model signature, and bound to its place, so a signed
+//! file copied to another version or model folder does not verify there.
 
 use aws_lc_rs::digest::{SHA256, digest};
 use aws_lc_rs::rand::SystemRandom;
@@ -20,7 +23,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use serde::{Deserialize, Serialize};
 
-const DOMAIN: &[u8] = b"warden-model-signature-v1\0";
+const DOMAIN: &[u8] = b"warden-model-signature-v2\0";
 
 /// Keys trusted to sign models, and whether every model must be signed.
 #[derive(Debug, Clone, Default)]
@@ -39,6 +42,10 @@ pub struct SignatureFile {
     pub algorithm: String,
     /// The signing key's name in `[[models.trusted_keys]]`.
     pub key: String,
+    /// The model the file was signed for.
+    pub model: String,
+    /// The version the file was signed for.
+    pub version: u64,
     /// SHA-256 of the plaintext model, hex.
     pub sha256: String,
     /// The Ed25519 signature, base64.
@@ -58,8 +65,22 @@ pub fn sha256(bytes: &[u8]) -> [u8; 32] {
     out
 }
 
-fn message(digest: &[u8; 32]) -> Vec<u8> {
-    [DOMAIN, digest.as_slice()].concat()
+/// Where a model file sits: its model's name and its version.
+#[derive(Debug, Clone, Copy)]
+pub struct Placement<'a> {
+    /// Model name (its folder).
+    pub model: &'a str,
+    /// Version (its folder).
+    pub version: u64,
+}
+
+fn message(at: Placement<'_>, digest: &[u8; 32]) -> Vec<u8> {
+    let mut m = DOMAIN.to_vec();
+    m.extend_from_slice(&(at.model.len() as u64).to_be_bytes());
+    m.extend_from_slice(at.model.as_bytes());
+    m.extend_from_slice(&at.version.to_be_bytes());
+    m.extend_from_slice(digest);
+    m
 }
 
 /// A new Ed25519 signing key: (PKCS#8 document, raw public key).
@@ -71,16 +92,24 @@ pub fn generate_key() -> Result<(Vec<u8>, Vec<u8>), IntegrityError> {
     Ok((pkcs8.as_ref().to_vec(), pair.public_key().as_ref().to_vec()))
 }
 
-/// Signs a model's plaintext with a PKCS#8 Ed25519 key named `key_name`.
-pub fn sign(pkcs8: &[u8], key_name: &str, model: &[u8]) -> Result<SignatureFile, IntegrityError> {
+/// Signs a model's plaintext, for its place, with a PKCS#8 Ed25519 key
+/// named `key_name`.
+pub fn sign(
+    pkcs8: &[u8],
+    key_name: &str,
+    at: Placement<'_>,
+    model: &[u8],
+) -> Result<SignatureFile, IntegrityError> {
     let pair = Ed25519KeyPair::from_pkcs8(pkcs8)
         .map_err(|_| IntegrityError("not an Ed25519 private key (PKCS#8)".into()))?;
     let d = sha256(model);
     Ok(SignatureFile {
         algorithm: "ed25519".into(),
         key: key_name.to_owned(),
+        model: at.model.to_owned(),
+        version: at.version,
         sha256: hex::encode(d),
-        signature: STANDARD.encode(pair.sign(&message(&d)).as_ref()),
+        signature: STANDARD.encode(pair.sign(&message(at, &d)).as_ref()),
     })
 }
 
@@ -88,6 +117,7 @@ pub fn sign(pkcs8: &[u8], key_name: &str, model: &[u8]) -> Result<SignatureFile,
 /// signature (if present, or required). Returns a description of what was
 /// checked, for the log.
 pub fn check(
+    at: Placement<'_>,
     digest: &[u8; 32],
     pinned: Option<&str>,
     signature: Option<&SignatureFile>,
@@ -124,6 +154,12 @@ pub fn check(
                     sig.key
                 )));
             };
+            if sig.model != at.model || sig.version != at.version {
+                return Err(IntegrityError(format!(
+                    "the signature is for {} version {}, not {} version {}",
+                    sig.model, sig.version, at.model, at.version
+                )));
+            }
             if !sig.sha256.eq_ignore_ascii_case(&hex::encode(digest)) {
                 return Err(IntegrityError(
                     "the signature is for another file (its sha256 differs): the file was changed"
@@ -134,7 +170,7 @@ pub fn check(
                 .decode(&sig.signature)
                 .map_err(|_| IntegrityError("the signature is not base64".into()))?;
             UnparsedPublicKey::new(&ED25519, public)
-                .verify(&message(digest), &raw)
+                .verify(&message(at, digest), &raw)
                 .map_err(|_| {
                     IntegrityError(format!("the signature by {:?} does not verify", sig.key))
                 })?;
@@ -163,25 +199,49 @@ mod tests {
     }
 
     #[test]
-    fn signatures_verify_only_for_the_same_file_and_a_trusted_key() {
+    fn signatures_verify_only_for_the_same_file_place_and_a_trusted_key() {
         let (private, public) = generate_key().unwrap();
         let model = b"onnx bytes";
-        let sig = sign(&private, "release", model).unwrap();
+        let at = Placement {
+            model: "iris",
+            version: 1,
+        };
+        let sig = sign(&private, "release", at, model).unwrap();
         let d = sha256(model);
         let t = trust(&[("release", &public)]);
         assert_eq!(
-            check(&d, Some(&hex::encode(d)), Some(&sig), true, &t).unwrap(),
+            check(at, &d, Some(&hex::encode(d)), Some(&sig), true, &t).unwrap(),
             "sha256 pin, signature by release"
         );
         // Tampered file.
         let other = sha256(b"onnx bytez");
-        assert!(check(&other, None, Some(&sig), false, &t).is_err());
-        assert!(check(&other, Some(&hex::encode(d)), None, false, &t).is_err());
+        assert!(check(at, &other, None, Some(&sig), false, &t).is_err());
+        assert!(check(at, &other, Some(&hex::encode(d)), None, false, &t).is_err());
+        // The same signed file in another version or model folder.
+        for elsewhere in [
+            Placement {
+                model: "iris",
+                version: 2,
+            },
+            Placement {
+                model: "digits",
+                version: 1,
+            },
+        ] {
+            let e = check(elsewhere, &d, None, Some(&sig), false, &t).unwrap_err();
+            assert!(e.0.contains("the signature is for iris version 1"), "{e}");
+            // ... and a signature file edited to claim the new place fails.
+            let mut moved = sig.clone();
+            moved.model = elsewhere.model.into();
+            moved.version = elsewhere.version;
+            assert!(check(elsewhere, &d, None, Some(&moved), false, &t).is_err());
+        }
         // Unknown key, and a known name with another key.
         let (_, stranger) = generate_key().unwrap();
-        let e = check(&d, None, Some(&sig), false, &trust(&[("ops", &public)])).unwrap_err();
+        let e = check(at, &d, None, Some(&sig), false, &trust(&[("ops", &public)])).unwrap_err();
         assert!(e.0.contains("not a trusted key"), "{e}");
         let e = check(
+            at,
             &d,
             None,
             Some(&sig),
@@ -193,9 +253,9 @@ mod tests {
         // A forged signature field.
         let mut forged = sig.clone();
         forged.signature = STANDARD.encode([0u8; 64]);
-        assert!(check(&d, None, Some(&forged), false, &t).is_err());
+        assert!(check(at, &d, None, Some(&forged), false, &t).is_err());
         // Required but missing.
-        assert!(check(&d, None, None, true, &t).is_err());
-        assert_eq!(check(&d, None, None, false, &t).unwrap(), "none");
+        assert!(check(at, &d, None, None, true, &t).is_err());
+        assert_eq!(check(at, &d, None, None, false, &t).unwrap(), "none");
     }
 }

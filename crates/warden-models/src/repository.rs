@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use crate::card::{CardDefaults, ModelCard};
 use crate::engine::{Backend, OnnxBackend, PoolSettings};
-use crate::integrity::{self, SignatureFile, Trust};
+use crate::integrity::{self, Placement, SignatureFile, Trust};
 use crate::runtime::Runtime;
 use crate::sealed::SealKey;
 use warden_core::metrics::Alert;
@@ -108,10 +108,12 @@ pub struct ModelSecurity {
 /// the plaintext graph, wiped when dropped.
 pub fn read_version(
     vdir: &Path,
+    model: &str,
     version: u64,
     card: &ModelCard,
     security: &ModelSecurity,
 ) -> Result<(Zeroizing<Vec<u8>>, String), RepositoryError> {
+    let at = Placement { model, version };
     let plain_path = vdir.join("model.onnx");
     let sealed_path = vdir.join("model.onnx.enc");
     let onnx = match (plain_path.is_file(), sealed_path.is_file()) {
@@ -134,7 +136,7 @@ pub fn read_version(
                     "the model is encrypted, and no [encryption] key is configured",
                 )
             })?;
-            key.open(&sealed)
+            key.open(&sealed, &crate::sealed::model_context(model, version))
                 .map_err(|e| error(&sealed_path, e.to_string()))?
         }
         (false, false) => return Err(error(vdir, "no model.onnx (or model.onnx.enc)")),
@@ -152,6 +154,7 @@ pub fn read_version(
     };
     let digest = integrity::sha256(&onnx);
     let checked = integrity::check(
+        at,
         &digest,
         card.pinned_sha256.get(&version).map(String::as_str),
         signature.as_ref(),
@@ -268,7 +271,7 @@ fn load_model(
         // it must be, signed by an unknown key, or not decryptable is not
         // served; an older version that passes serves instead, and an alert
         // says so.
-        let (onnx, checked) = match read_version(&vdir, version, &card, settings.security) {
+        let (onnx, checked) = match read_version(&vdir, &name, version, &card, settings.security) {
             Ok(read) => read,
             Err(e) => {
                 Alert::ModelIntegrityFailed.count();

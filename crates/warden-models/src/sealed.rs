@@ -9,10 +9,14 @@
 //! 0x01      1 byte   format version
 //! nonce    12 bytes  random, never reused with a key (96-bit random nonces:
 //!                    fine for far fewer than 2^32 seals per key)
-//! ciphertext ‖ tag   AES-256-GCM of the plaintext, 16-byte tag; the
-//!                    associated data is the 7-byte header, so the header
-//!                    cannot be changed either
+//! ciphertext ‖ tag   AES-256-GCM of the plaintext, 16-byte tag
 //! ```
+//!
+//! The associated data is the 7-byte header followed by the file's context,
+//! which is not stored: `model:<name>:<version>` for a model file,
+//! `audit-inputs` for a raw-input snapshot. So the header cannot be changed,
+//! and a sealed file moved to another model or version folder (or a
+//! snapshot passed off as a model) does not open.
 //!
 //! Hand-written on top of aws-lc-rs's AEAD because no maintained crate
 //! defines a small self-describing container for this; the cryptography is
@@ -67,8 +71,8 @@ impl SealKey {
         Ok(Self(LessSafeKey::new(key)))
     }
 
-    /// Seals `plaintext` into the file format.
-    pub fn seal(&self, plaintext: &[u8]) -> Result<Vec<u8>, SealError> {
+    /// Seals `plaintext` into the file format, bound to `context`.
+    pub fn seal(&self, plaintext: &[u8], context: &str) -> Result<Vec<u8>, SealError> {
         let mut nonce = [0u8; NONCE_LEN];
         SystemRandom::new()
             .fill(&mut nonce)
@@ -80,7 +84,7 @@ impl SealKey {
         self.0
             .seal_in_place_append_tag(
                 Nonce::assume_unique_for_key(nonce),
-                Aad::from(HEADER),
+                Aad::from(aad(context)),
                 &mut body,
             )
             .map_err(|_| SealError::Open)?;
@@ -88,8 +92,9 @@ impl SealKey {
         Ok(out)
     }
 
-    /// Opens a sealed file; the plaintext is wiped when dropped.
-    pub fn open(&self, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, SealError> {
+    /// Opens a sealed file sealed for `context`; the plaintext is wiped when
+    /// dropped.
+    pub fn open(&self, sealed: &[u8], context: &str) -> Result<Zeroizing<Vec<u8>>, SealError> {
         let rest = sealed.strip_prefix(HEADER).ok_or(SealError::NotSealed)?;
         if rest.len() < NONCE_LEN + 16 {
             return Err(SealError::NotSealed);
@@ -99,13 +104,25 @@ impl SealKey {
         let mut body = Zeroizing::new(body.to_vec());
         let plain_len = self
             .0
-            .open_in_place(nonce, Aad::from(HEADER), &mut body)
+            .open_in_place(nonce, Aad::from(aad(context)), &mut body)
             .map_err(|_| SealError::Open)?
             .len();
         body.truncate(plain_len);
         Ok(body)
     }
 }
+
+fn aad(context: &str) -> Vec<u8> {
+    [HEADER.as_slice(), context.as_bytes()].concat()
+}
+
+/// The context of a model file.
+pub fn model_context(model: &str, version: u64) -> String {
+    format!("model:{model}:{version}")
+}
+
+/// The context of a raw-input snapshot.
+pub const AUDIT_INPUTS: &str = "audit-inputs";
 
 #[cfg(test)]
 mod tests {
@@ -116,21 +133,36 @@ mod tests {
     #[test]
     fn sealed_files_open_only_with_their_key_and_intact() {
         let key = SealKey::from_secret(KEY).unwrap();
-        let sealed = key.seal(b"an onnx graph").unwrap();
+        let here = model_context("iris", 1);
+        let sealed = key.seal(b"an onnx graph", &here).unwrap();
         assert!(sealed.starts_with(b"WDNENC\x01"));
-        assert_eq!(&*key.open(&sealed).unwrap(), b"an onnx graph");
+        assert_eq!(&*key.open(&sealed, &here).unwrap(), b"an onnx graph");
         // Fresh nonce each time.
-        assert_ne!(key.seal(b"an onnx graph").unwrap(), sealed);
+        assert_ne!(key.seal(b"an onnx graph", &here).unwrap(), sealed);
+        // Another place, or another kind of file, does not open.
+        for elsewhere in [
+            model_context("iris", 2),
+            model_context("digits", 1),
+            AUDIT_INPUTS.into(),
+        ] {
+            assert_eq!(key.open(&sealed, &elsewhere).unwrap_err(), SealError::Open);
+        }
 
         let other = SealKey::from_secret(&[7u8; 32]).unwrap();
-        assert_eq!(other.open(&sealed).unwrap_err(), SealError::Open);
+        assert_eq!(other.open(&sealed, &here).unwrap_err(), SealError::Open);
         for i in [0, 6, 8, sealed.len() - 1] {
             let mut bad = sealed.clone();
             bad[i] ^= 1;
-            assert!(key.open(&bad).is_err(), "byte {i}");
+            assert!(key.open(&bad, &here).is_err(), "byte {i}");
         }
-        assert_eq!(key.open(b"plain onnx").unwrap_err(), SealError::NotSealed);
-        assert_eq!(key.open(&sealed[..20]).unwrap_err(), SealError::NotSealed);
+        assert_eq!(
+            key.open(b"plain onnx", &here).unwrap_err(),
+            SealError::NotSealed
+        );
+        assert_eq!(
+            key.open(&sealed[..20], &here).unwrap_err(),
+            SealError::NotSealed
+        );
     }
 
     #[test]

@@ -33,8 +33,9 @@ pub struct CertFiles {
     pub allow_readable: bool,
 }
 
-/// What a file looked like when last loaded.
-type Stamp = Vec<Option<(SystemTime, u64)>>;
+/// What a file looked like when last loaded: modification time, inode
+/// change time (a `chmod` moves it), size and mode.
+type Stamp = Vec<Option<(SystemTime, i64, u64, u32)>>;
 
 /// A listener's certificate: what rustls serves, and how to reload it.
 pub struct ServedCert {
@@ -173,18 +174,23 @@ fn stamp(files: &CertFiles) -> Stamp {
         .into_iter()
         .flatten()
         .map(|p| {
-            std::fs::metadata(p)
-                .ok()
-                .and_then(|m| Some((m.modified().ok()?, m.len())))
+            use std::os::unix::fs::MetadataExt;
+            std::fs::metadata(p).ok().and_then(|m| {
+                Some((
+                    m.modified().ok()?,
+                    m.ctime_nsec() + m.ctime() * 1_000_000_000,
+                    m.len(),
+                    m.mode(),
+                ))
+            })
         })
         .collect()
 }
 
 /// Checks every listener's files every `interval` and reloads all on SIGHUP.
+/// The SIGHUP handler is installed even without TLS, so that a SIGHUP (from
+/// logrotate, say) never terminates the server.
 pub fn watch(served: Vec<Arc<ServedCert>>, interval: Duration) {
-    if served.is_empty() {
-        return;
-    }
     tokio::spawn(async move {
         let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         {
@@ -206,6 +212,9 @@ pub fn watch(served: Vec<Arc<ServedCert>>, interval: Duration) {
                     }
                 } => true,
             };
+            if forced && served.is_empty() {
+                tracing::info!("SIGHUP: no TLS certificate to reload");
+            }
             for s in &served {
                 let s = Arc::clone(s);
                 // File reads and key parsing block: off the async workers.

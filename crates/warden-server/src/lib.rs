@@ -231,6 +231,9 @@ impl Server {
             rate_watch: Some(anomaly::RateWatch::start(self.alerts)),
         }));
         metrics::register_series(&state);
+        if let Some(handle) = &state.metrics {
+            metrics::spawn_upkeep(handle.clone());
+        }
         anomaly::watch_certificates(&state.certificates, self.alerts.certificate_warning);
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let until_stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {

@@ -21,8 +21,8 @@ use crate::steps::Plane;
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
 /// Installs the Prometheus recorder (once per process; later calls return
-/// the same handle) and starts its upkeep task on the current runtime.
-/// `None` if another recorder was installed first.
+/// the same handle). Call it before anything records (model loading counts
+/// integrity alerts); `None` if another recorder was installed first.
 pub fn install() -> Option<PrometheusHandle> {
     HANDLE
         .get_or_init(|| {
@@ -35,19 +35,21 @@ pub fn install() -> Option<PrometheusHandle> {
             let handle = builder.install_recorder().ok()?;
             names::describe();
             gauge!(names::BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
-            // Histogram samples are folded into buckets by upkeep; without it
-            // they would pile up between scrapes.
-            let upkeep = handle.clone();
-            tokio::spawn(async move {
-                let mut every = tokio::time::interval(Duration::from_secs(5));
-                loop {
-                    every.tick().await;
-                    upkeep.run_upkeep();
-                }
-            });
             Some(handle)
         })
         .clone()
+}
+
+/// Folds histogram samples into buckets every 5 s (without it they would
+/// pile up between scrapes), on the current runtime.
+pub fn spawn_upkeep(handle: PrometheusHandle) {
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            every.tick().await;
+            handle.run_upkeep();
+        }
+    });
 }
 
 /// Creates the per-model and per-policy series at zero, so that a scrape

@@ -16,10 +16,12 @@ pub fn router(https_port: u16) -> Router {
 }
 
 fn redirect(req: &Request, https_port: u16) -> Response {
+    // HTTP/1.1 sends Host; HTTP/2 (h2c) sends :authority, in the URI.
     let host = req
         .headers()
         .get(HOST)
         .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri().authority().map(|a| a.as_str()))
         .and_then(host_name);
     let Some(host) = host else {
         return plain(StatusCode::BAD_REQUEST);

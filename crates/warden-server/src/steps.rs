@@ -174,7 +174,7 @@ fn seal_inputs(state: &AppState, values: &[f32]) -> Option<String> {
     use base64::Engine as _;
     let key = state.seal_key.as_ref()?;
     let json = serde_json::to_vec(values).ok()?;
-    match key.seal(&json) {
+    match key.seal(&json, warden_models::sealed::AUDIT_INPUTS) {
         Ok(sealed) => Some(base64::engine::general_purpose::STANDARD.encode(sealed)),
         Err(e) => {
             tracing::error!(error = %e, "cannot seal a raw-input snapshot: recorded without it");

@@ -69,14 +69,17 @@ pub fn server_config(
     listener: &'static str,
 ) -> Result<ServerTls, TlsError> {
     let files = match &settings.cert {
-        CertSource::SelfSigned { dir } => {
+        CertSource::SelfSigned {
+            dir,
+            allow_readable,
+        } => {
             self_signed(dir)?;
             CertFiles {
                 cert: dir.join("cert.pem"),
                 key: warden_core::SecretSource::File {
                     file: dir.join("key.pem"),
                 },
-                allow_readable: false,
+                allow_readable: *allow_readable,
             }
         }
         CertSource::Pem {
@@ -283,7 +286,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let tls = dir.path().join("tls");
         let settings = TlsSettings {
-            cert: CertSource::SelfSigned { dir: tls.clone() },
+            cert: CertSource::SelfSigned {
+                dir: tls.clone(),
+                allow_readable: false,
+            },
             min_version: TlsVersion::V1_2,
             client_auth: None,
             reload_interval: std::time::Duration::from_secs(10),

@@ -116,6 +116,8 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
     let runtime = Runtime::init(config.onnxruntime.as_deref()).map_err(Failure::runtime)?;
     tracing::info!(library = %runtime.path().display(), "ONNX Runtime loaded");
     let security = model_security(&config)?;
+    // Metrics before the models: loading counts integrity alerts.
+    let _ = warden_server::metrics::install();
     let repository = Repository::load(
         &config.models_dir,
         LoadSettings {
@@ -297,7 +299,7 @@ fn bootstrap_admin_key(
     let (scheme, cacert) = match &config.tls {
         None => ("http", String::new()),
         Some(tls) => match &tls.cert {
-            CertSource::SelfSigned { dir } => (
+            CertSource::SelfSigned { dir, .. } => (
                 "https",
                 format!("--cacert {} ", dir.join("cert.pem").display()),
             ),
@@ -928,7 +930,9 @@ fn unseal_inputs(
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(sealed)
         .map_err(|_| "inputs_sealed is not base64".to_owned())?;
-    let plain = key.open(&bytes).map_err(|e| e.to_string())?;
+    let plain = key
+        .open(&bytes, warden_models::sealed::AUDIT_INPUTS)
+        .map_err(|e| e.to_string())?;
     let inputs: serde_json::Value = serde_json::from_slice(&plain)
         .map_err(|_| "inputs_sealed does not hold inputs".to_owned())?;
     map.remove("inputs_sealed");

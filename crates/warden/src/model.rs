@@ -28,9 +28,23 @@ pub(crate) fn run(cmd: ModelCommand) -> Result<(), Failure> {
             let config = load_config(&location, Overrides::default())?;
             let key = seal_key(&config)?
                 .ok_or_else(|| Failure::usage("no [encryption] key in this configuration"))?;
-            let plain = std::fs::read(&file)
-                .map_err(|e| Failure::runtime(format!("{}: {e}", file.display())))?;
-            let sealed = key.seal(&plain).map_err(Failure::runtime)?;
+            let (model, version) = placement(&file)?;
+            let plain = zeroize::Zeroizing::new(
+                std::fs::read(&file)
+                    .map_err(|e| Failure::runtime(format!("{}: {e}", file.display())))?,
+            );
+            if plain.starts_with(warden_models::sealed::HEADER) {
+                return Err(Failure::usage(format!(
+                    "{} is already encrypted",
+                    file.display()
+                )));
+            }
+            let sealed = key
+                .seal(
+                    &plain,
+                    &warden_models::sealed::model_context(&model, version),
+                )
+                .map_err(Failure::runtime)?;
             let mut out = file.clone().into_os_string();
             out.push(".enc");
             write_new(Path::new(&out), &sealed, 0o644)?;
@@ -49,15 +63,42 @@ pub(crate) fn run(cmd: ModelCommand) -> Result<(), Failure> {
             let config = load_config(&location, Overrides::default())?;
             let key = seal_key(&config)?
                 .ok_or_else(|| Failure::usage("no [encryption] key in this configuration"))?;
+            let (model, version) = placement(&file)?;
             let sealed = std::fs::read(&file)
                 .map_err(|e| Failure::runtime(format!("{}: {e}", file.display())))?;
             let plain = key
-                .open(&sealed)
+                .open(
+                    &sealed,
+                    &warden_models::sealed::model_context(&model, version),
+                )
                 .map_err(|e| Failure::runtime(format!("{}: {e}", file.display())))?;
             write_new(&out, &plain, 0o600)?;
             eprintln!("wrote {}", out.display());
             Ok(())
         }
+    }
+}
+
+/// The model and version a file belongs to, from its place in the
+/// repository (`<models>/<name>/<version>/model.onnx[.enc]`): signatures and
+/// encryption are bound to it.
+fn placement(file: &Path) -> Result<(String, u64), Failure> {
+    let vdir = file.parent();
+    let version = vdir
+        .and_then(Path::file_name)
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.parse::<u64>().ok());
+    let model = vdir
+        .and_then(Path::parent)
+        .and_then(Path::file_name)
+        .and_then(|n| n.to_str())
+        .filter(|n| warden_core::is_model_name(n));
+    match (model, version) {
+        (Some(m), Some(v)) => Ok((m.to_owned(), v)),
+        _ => Err(Failure::usage(format!(
+            "{}: expected a file in the repository layout <models>/<name>/<version>/, which the signature and encryption are bound to",
+            file.display()
+        ))),
     }
 }
 
@@ -94,16 +135,21 @@ fn sign(key: &Path, name: &str, file: &Path) -> Result<(), Failure> {
             "this file is encrypted: sign the plaintext model.onnx, then encrypt it",
         ));
     }
-    let sig =
-        integrity::sign(&pkcs8, name, &model).map_err(|e| Failure::usage(format!("--key: {e}")))?;
+    let (model_name, version) = placement(file)?;
+    let at = integrity::Placement {
+        model: &model_name,
+        version,
+    };
+    let sig = integrity::sign(&pkcs8, name, at, &model)
+        .map_err(|e| Failure::usage(format!("--key: {e}")))?;
     let mut out = file.to_owned().into_os_string();
     out.push(".sig");
     let text = serde_json::to_string_pretty(&sig).map_err(Failure::runtime)?;
-    std::fs::write(&out, format!("{text}\n"))
-        .map_err(|e| Failure::runtime(format!("{}: {e}", Path::new(&out).display())))?;
+    // Never over an existing signature: remove it first, on purpose.
+    write_new(Path::new(&out), format!("{text}\n").as_bytes(), 0o644)?;
     println!("{}", Path::new(&out).display());
     eprintln!(
-        "signed {} (sha256 {}) as {name}",
+        "signed {} ({model_name} version {version}, sha256 {}) as {name}",
         file.display(),
         sig.sha256
     );
@@ -140,8 +186,14 @@ fn verify(config: &warden_core::config::Config, dir: &Path) -> Result<(), Failur
     )
     .map_err(|e| Failure::usage(format!("{}: {e}", card_path.display())))?;
     let security = model_security(config)?;
-    let (onnx, checked) =
-        repository::read_version(dir, version, &card, &security).map_err(Failure::runtime)?;
+    let model = dir
+        .parent()
+        .and_then(Path::file_name)
+        .and_then(|n| n.to_str())
+        .unwrap_or_default()
+        .to_owned();
+    let (onnx, checked) = repository::read_version(dir, &model, version, &card, &security)
+        .map_err(Failure::runtime)?;
     println!(
         "{}: OK (sha256 {}; checked: {checked})",
         dir.display(),

@@ -162,6 +162,20 @@ async fn signed_and_encrypted_models_serve_and_tampered_ones_do_not() {
     assert_eq!(meta["versions"], serde_json::json!(["1"]), "{meta}");
     let (status, _) = w.get("/v2/models/iris/versions/2/ready", Some(&key)).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+    let metrics = w
+        .client
+        .get(w.admin_url("/metrics"))
+        .header("x-api-key", &key)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("warden_alerts_total{kind=\"model_integrity_failed\"} 1"),
+        "{metrics}"
+    );
     let logs = w.stop_and_collect_logs();
     assert!(
         logs.iter()
@@ -229,6 +243,19 @@ async fn signed_and_encrypted_models_serve_and_tampered_ones_do_not() {
     copy_dir(&repo().join("models/iris"), &unsigned.join("iris"));
     let err = serve_refused(&cfg, &unsigned, &d.join("d4"));
     assert!(err.contains("must be signed"), "{err}");
+
+    // 5. A correctly signed file (and its signature) copied into another
+    // version folder: the signature names its place.
+    let moved = d.join("m5");
+    copy_dir(&repo().join("models/iris"), &moved.join("iris"));
+    let f = moved.join("iris/1/model.onnx");
+    ok(&warden(&["model", "sign", "--key", &s(&release), &s(&f)]));
+    std::fs::rename(moved.join("iris/1"), moved.join("iris/7")).unwrap();
+    let err = serve_refused(&cfg, &moved, &d.join("d5"));
+    assert!(
+        err.contains("the signature is for iris version 1, not iris version 7"),
+        "{err}"
+    );
 
     // Decrypt gives back the exact plaintext.
     let out = d.join("plain.onnx");
