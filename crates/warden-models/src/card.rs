@@ -110,22 +110,29 @@ struct RawOutput {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawPolicy {
+    /// The model-wide policy.
+    #[serde(flatten)]
+    fields: RawPolicyFields,
+    /// Per-role overrides: `[policy.roles.analyst] output = "probabilities"`.
+    #[serde(default)]
+    roles: std::collections::BTreeMap<String, RawPolicyFields>,
+}
+
+/// One output policy; unset fields take the model's (for a role) or the
+/// defaults.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicyFields {
     /// "label" (default) or "probabilities".
     output: Option<String>,
     /// Decimals probabilities are rounded to. Default 2.
     decimals: Option<u32>,
-    /// Per-role overrides: `[policy.roles.analyst] output = "probabilities"`.
-    #[serde(default)]
-    roles: std::collections::BTreeMap<String, RawRolePolicy>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawRolePolicy {
-    /// "label" or "probabilities". Default: the model's.
-    output: Option<String>,
-    /// Decimals. Default: the model's.
-    decimals: Option<u32>,
+    /// Show only the k most probable classes' probabilities (the others as 0).
+    top_k: Option<u32>,
+    /// Below this top probability the label is "uncertain".
+    confidence_threshold: Option<f64>,
+    /// Scale of Laplace noise added to probabilities (then renormalized). Default 0.
+    noise: Option<f64>,
 }
 
 /// What a feature accepts.
@@ -193,12 +200,47 @@ impl Feature {
 }
 
 /// Default output policy of a model.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct PolicyDefaults {
     /// Whether probabilities are returned (else labels only).
     pub probabilities: bool,
     /// Decimals probabilities are rounded to.
     pub decimals: u32,
+    /// Only the k most probable classes' probabilities are shown.
+    pub top_k: Option<u32>,
+    /// Below this top probability the label is `uncertain`.
+    pub confidence_threshold: Option<f64>,
+    /// Laplace noise scale on probabilities (0: none).
+    pub noise: f64,
+}
+
+impl PolicyDefaults {
+    /// The built-in default: label only, 2 decimals, no hardening beyond that.
+    pub const DEFAULT: Self = Self {
+        probabilities: false,
+        decimals: 2,
+        top_k: None,
+        confidence_threshold: None,
+        noise: 0.0,
+    };
+
+    /// The more revealing of two policies, field by field (a caller with
+    /// several roles gets what any of them may see).
+    pub fn most_revealing(self, other: Self) -> Self {
+        Self {
+            probabilities: self.probabilities || other.probabilities,
+            decimals: self.decimals.max(other.decimals),
+            top_k: match (self.top_k, other.top_k) {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                _ => None,
+            },
+            confidence_threshold: match (self.confidence_threshold, other.confidence_threshold) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                _ => None,
+            },
+            noise: self.noise.min(other.noise),
+        }
+    }
 }
 
 /// A checked model card.
@@ -343,15 +385,13 @@ impl ModelCard {
             return Err(bad("output.classes", "at least one class is required"));
         }
         let has_probabilities = raw.output.probabilities.is_some();
+        let classes = raw.output.classes.len();
         let default_policy = policy(
             "policy",
-            raw.policy.output.as_deref(),
-            raw.policy.decimals,
-            PolicyDefaults {
-                probabilities: false,
-                decimals: 2,
-            },
+            &raw.policy.fields,
+            PolicyDefaults::DEFAULT,
             has_probabilities,
+            classes,
         )?;
         let mut role_policies = Vec::with_capacity(raw.policy.roles.len());
         for (role, p) in raw.policy.roles {
@@ -362,10 +402,10 @@ impl ModelCard {
             }
             let resolved = policy(
                 &format!("policy.roles.{role}"),
-                p.output.as_deref(),
-                p.decimals,
+                &p,
                 default_policy,
                 has_probabilities,
+                classes,
             )?;
             role_policies.push((role, resolved));
         }
@@ -411,10 +451,7 @@ impl ModelCard {
             if let Some((_, p)) = self.role_policies.iter().find(|(r, _)| r == role) {
                 chosen = Some(match chosen {
                     None => *p,
-                    Some(c) => PolicyDefaults {
-                        probabilities: c.probabilities || p.probabilities,
-                        decimals: c.decimals.max(p.decimals),
-                    },
+                    Some(c) => c.most_revealing(*p),
                 });
             }
         }
@@ -424,12 +461,12 @@ impl ModelCard {
 
 fn policy(
     key: &str,
-    output: Option<&str>,
-    decimals: Option<u32>,
+    raw: &RawPolicyFields,
     base: PolicyDefaults,
     has_probabilities: bool,
+    classes: usize,
 ) -> Result<PolicyDefaults, CardError> {
-    let probabilities = match output {
+    let probabilities = match raw.output.as_deref() {
         None => base.probabilities,
         Some("label") => false,
         Some("probabilities") => true,
@@ -444,13 +481,47 @@ fn policy(
             "{key}.output: \"probabilities\" needs output.probabilities"
         )));
     }
-    let decimals = decimals.unwrap_or(base.decimals);
+    let decimals = raw.decimals.unwrap_or(base.decimals);
     if decimals > 6 {
         return Err(CardError(format!("{key}.decimals: at most 6")));
     }
+    let top_k = match raw.top_k {
+        Some(k) if k == 0 || k as usize > classes => {
+            return Err(CardError(format!(
+                "{key}.top_k: between 1 and the number of classes ({classes})"
+            )));
+        }
+        Some(k) => Some(k),
+        None => base.top_k,
+    };
+    let confidence_threshold = match raw.confidence_threshold {
+        Some(t) if !(0.0..=1.0).contains(&t) => {
+            return Err(CardError(format!(
+                "{key}.confidence_threshold: between 0 and 1"
+            )));
+        }
+        Some(t) => Some(t),
+        None => base.confidence_threshold,
+    };
+    if (confidence_threshold.is_some() || raw.noise.is_some_and(|n| n > 0.0)) && !has_probabilities
+    {
+        return Err(CardError(format!(
+            "{key}: confidence_threshold and noise need output.probabilities"
+        )));
+    }
+    let noise = match raw.noise {
+        Some(n) if !(n.is_finite() && (0.0..=1.0).contains(&n)) => {
+            return Err(CardError(format!("{key}.noise: between 0 and 1")));
+        }
+        Some(n) => n,
+        None => base.noise,
+    };
     Ok(PolicyDefaults {
         probabilities,
         decimals,
+        top_k,
+        confidence_threshold,
+        noise,
     })
 }
 
@@ -495,10 +566,7 @@ classes = ["x", "y"]
         assert_eq!(c.feature_index["colour"], 1);
         assert_eq!(
             c.policy,
-            PolicyDefaults {
-                probabilities: false,
-                decimals: 2
-            }
+            PolicyDefaults::DEFAULT
         );
         assert_eq!(c.max_batch, 64);
         let f = &c.features[0];

@@ -1,13 +1,17 @@
 //! The output policy: what of a prediction the caller may see.
 //!
 //! Label-only, or labels with probabilities rounded to the card's decimals
-//! (SPEC §7: label-only unless the card or the caller's role allows more).
-//! A card may set a policy per role (`[policy.roles.<role>]`); a caller
-//! with several such roles gets the most revealing of them. Top-k,
-//! confidence thresholds and noise extend this type (issue 7).
-//! Rounding limits how much of the model's confidence surface one answer
-//! reveals; it is not a privacy guarantee (label-only membership inference
-//! works nearly as well as confidence-based attacks).
+//! (SPEC §7: label-only unless the card or the caller's role allows more),
+//! and the output hardening of SPEC §2: top-k (only the k most probable
+//! classes' probabilities, the others shown as 0), a confidence threshold
+//! (below it the label is `uncertain`), and Laplace noise on probabilities
+//! (renormalized, before rounding). A card may set a policy per role
+//! (`[policy.roles.<role>]`); a caller with several such roles gets the
+//! most revealing of them. docs/defenses.md says what each does and does
+//! not protect: rounding and label-only slow model extraction and blunt
+//! confidence-based membership inference, but label-only membership
+//! inference works nearly as well (Choquette-Choo et al. 2021), so none of
+//! this is a privacy guarantee.
 
 use warden_core::{ApiError, FieldProblem, Principal};
 
@@ -16,13 +20,22 @@ use crate::engine::Prediction;
 use crate::request::OutputKind;
 
 /// The policy in force for one caller on one model.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct OutputPolicy {
     /// Probabilities may be returned.
     pub probabilities: bool,
     /// Decimals probabilities are rounded to.
     pub decimals: u32,
+    /// Only the k most probable classes' probabilities are shown.
+    pub top_k: Option<u32>,
+    /// Below this top probability the label is `uncertain`.
+    pub confidence_threshold: Option<f64>,
+    /// Laplace noise scale on probabilities.
+    pub noise: f64,
 }
+
+/// The label shown when the top probability is under the threshold.
+pub const UNCERTAIN: &str = "uncertain";
 
 /// A prediction cut down to what the caller may see.
 #[derive(Debug, Clone, PartialEq)]
@@ -40,6 +53,9 @@ impl OutputPolicy {
         Self {
             probabilities: p.probabilities,
             decimals: p.decimals,
+            top_k: p.top_k,
+            confidence_threshold: p.confidence_threshold,
+            noise: p.noise,
         }
     }
 
@@ -79,11 +95,27 @@ impl OutputPolicy {
         prediction: &Prediction,
         outputs: &[OutputKind],
     ) -> Shown<'c> {
+        let classes = card.classes.len();
+        let row_probs = |r: usize| {
+            prediction
+                .probabilities
+                .as_ref()
+                .map(|p| &p[r * classes..(r + 1) * classes])
+        };
         let labels = outputs.contains(&OutputKind::Label).then(|| {
             prediction
                 .labels
                 .iter()
-                .map(|&l| card.classes[l].as_str())
+                .enumerate()
+                .map(|(r, &l)| {
+                    let top = row_probs(r).map_or(1.0, |p| {
+                        p.iter().copied().fold(0.0f32, f32::max).into()
+                    });
+                    match self.confidence_threshold {
+                        Some(t) if top < t => UNCERTAIN,
+                        _ => card.classes[l].as_str(),
+                    }
+                })
                 .collect()
         });
         let scale = 10f64.powi(self.decimals as i32);
@@ -91,14 +123,55 @@ impl OutputPolicy {
             .then_some(prediction.probabilities.as_ref())
             .flatten()
             .map(|p| {
-                p.iter()
-                    .map(|&v| (f64::from(v) * scale).round() / scale)
-                    .collect()
+                let mut out = Vec::with_capacity(p.len());
+                let mut row = Vec::with_capacity(classes);
+                for chunk in p.chunks(classes.max(1)) {
+                    row.clear();
+                    row.extend(chunk.iter().map(|&v| f64::from(v)));
+                    if self.noise > 0.0 {
+                        add_laplace(&mut row, self.noise);
+                    }
+                    if let Some(k) = self.top_k {
+                        keep_top_k(&mut row, k as usize);
+                    }
+                    out.extend(row.iter().map(|v| (v * scale).round() / scale));
+                }
+                out
             });
         Shown {
             labels,
             probabilities,
         }
+    }
+}
+
+/// Adds Laplace(0, b) noise to each probability, clips at 0 and
+/// renormalizes (uniform if everything was clipped).
+fn add_laplace(row: &mut [f64], b: f64) {
+    for v in row.iter_mut() {
+        // Inverse CDF of Laplace(0, b) at a uniform u in (-1/2, 1/2).
+        let u: f64 = rand::random::<f64>() - 0.5;
+        let noise = -b * u.signum() * (1.0 - 2.0 * u.abs()).max(f64::MIN_POSITIVE).ln();
+        *v = (*v + noise).max(0.0);
+    }
+    let sum: f64 = row.iter().sum();
+    if sum > 0.0 {
+        row.iter_mut().for_each(|v| *v /= sum);
+    } else {
+        let n = row.len() as f64;
+        row.iter_mut().for_each(|v| *v = 1.0 / n);
+    }
+}
+
+/// Zeroes all but the k largest values (ties: the lower class index wins).
+fn keep_top_k(row: &mut [f64], k: usize) {
+    if k >= row.len() {
+        return;
+    }
+    let mut order: Vec<usize> = (0..row.len()).collect();
+    order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
+    for &i in &order[k..] {
+        row[i] = 0.0;
     }
 }
 
@@ -193,30 +266,101 @@ mod tests {
             as_role(&["analyst"]),
             OutputPolicy {
                 probabilities: true,
-                decimals: 3
+                decimals: 3,
+                top_k: None,
+                confidence_threshold: None,
+                noise: 0.0,
             }
         );
         assert_eq!(
             as_role(&["app"]),
             OutputPolicy {
                 probabilities: false,
-                decimals: 1
+                decimals: 1,
+                top_k: None,
+                confidence_threshold: None,
+                noise: 0.0,
             }
         );
         assert_eq!(
             as_role(&["predict"]),
             OutputPolicy {
                 probabilities: false,
-                decimals: 2
+                decimals: 2,
+                top_k: None,
+                confidence_threshold: None,
+                noise: 0.0,
             }
         );
         assert_eq!(
             as_role(&["app", "analyst"]),
             OutputPolicy {
                 probabilities: true,
-                decimals: 3
+                decimals: 3,
+                top_k: None,
+                confidence_threshold: None,
+                noise: 0.0,
             },
             "the most revealing of the caller's roles"
         );
+    }
+
+    #[test]
+    fn top_k_threshold_and_noise_harden_what_is_shown() {
+        let text = format!(
+            "{}\n[policy.roles.app]\ntop_k = 1\nconfidence_threshold = 0.7\n[policy.roles.noisy]\nnoise = 0.05\ndecimals = 6\n",
+            card_text("probabilities")
+        );
+        let c = ModelCard::parse(
+            &text,
+            CardDefaults {
+                max_batch: 8,
+                range_tolerance: 0.0,
+            },
+        )
+        .unwrap();
+        let mut roles = Roles::builtin();
+        for r in ["app", "noisy"] {
+            roles.define(r, String::new(), &["predict:*".into()]).unwrap();
+        }
+        let as_role = |name: &str| {
+            let mut p = principal();
+            p.roles = vec![std::sync::Arc::from(name)].into();
+            OutputPolicy::for_caller(&c, &p)
+        };
+        let pred = Prediction {
+            labels: vec![1, 0],
+            probabilities: Some(vec![0.35, 0.65, 0.9, 0.1]),
+        };
+        let app = as_role("app");
+        let shown = app.apply(&c, &pred, app.default_outputs());
+        // Row 0: 0.65 < 0.7 -> uncertain; top-1 keeps only the larger class.
+        assert_eq!(shown.labels, Some(vec![UNCERTAIN, "x"]));
+        assert_eq!(shown.probabilities, Some(vec![0.0, 0.65, 0.9, 0.0]));
+
+        let noisy = as_role("noisy");
+        let a = noisy.apply(&c, &pred, noisy.default_outputs());
+        let b = noisy.apply(&c, &pred, noisy.default_outputs());
+        let p = a.probabilities.unwrap();
+        assert_ne!(Some(p.clone()), b.probabilities, "fresh noise per answer");
+        for row in p.chunks(2) {
+            assert!(row.iter().all(|v| (0.0..=1.0).contains(v)));
+            assert!((row.iter().sum::<f64>() - 1.0).abs() < 1e-5, "{row:?}");
+        }
+        assert_eq!(a.labels, Some(vec!["y", "x"]), "labels come from the model");
+
+        // A bad card is refused naming the key.
+        for bad in ["top_k = 3", "confidence_threshold = 1.5", "noise = -1"] {
+            let text = format!("{}{bad}\n", card_text("probabilities"));
+            let e = ModelCard::parse(
+                &text,
+                CardDefaults {
+                    max_batch: 8,
+                    range_tolerance: 0.0,
+                },
+            )
+            .unwrap_err();
+            assert!(e.0.starts_with("policy."), "{e}");
+        }
     }
 }

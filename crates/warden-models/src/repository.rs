@@ -433,6 +433,9 @@ pub(crate) mod tests {
             let policy = OutputPolicy {
                 probabilities: true,
                 decimals: 2,
+                top_k: None,
+                confidence_threshold: None,
+                noise: 0.0,
             };
             let p2 = version
                 .backend
