@@ -14,6 +14,7 @@
 //! - [`sealed`]: AES-256-GCM encryption at rest (model files, raw-input snapshots).
 
 pub mod card;
+pub mod defenses;
 pub mod engine;
 pub mod integrity;
 pub mod json;
