@@ -35,6 +35,58 @@ struct RawCard {
     /// Pinned hashes and signature requirement of the model files.
     #[serde(default)]
     integrity: RawIntegrity,
+    /// Defenses against ML attacks (docs/defenses.md).
+    #[serde(default)]
+    defenses: RawDefenses,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDefenses {
+    out_of_distribution: Option<RawOod>,
+    adversarial: Option<RawSqueeze>,
+    extraction: Option<RawExtraction>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOod {
+    #[serde(default)]
+    action: Option<String>,
+    /// Largest |z| over features (training mean and std) before a row is flagged.
+    z_threshold: f64,
+    /// Squared Mahalanobis distance before a row is flagged (with `stats`).
+    mahalanobis_threshold: Option<f64>,
+    /// JSON file next to model.toml: {"mean": [...], "precision": [[...]]}.
+    stats: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSqueeze {
+    #[serde(default)]
+    action: Option<String>,
+    /// Bits kept by the bit-depth squeezer. Default 4.
+    bit_depth: Option<u32>,
+    /// `[height, width]`: the input is an image; adds 2x2 median smoothing.
+    image: Option<[usize; 2]>,
+    /// Largest L1 distance between probability vectors before a row is flagged.
+    threshold: f64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawExtraction {
+    #[serde(default)]
+    action: Option<String>,
+    /// Flag when W < delta. Default 0.9.
+    delta: Option<f64>,
+    /// Distances needed before testing. Default 100.
+    min_queries: Option<usize>,
+    /// Test every this many queries. Default 10.
+    every: Option<usize>,
+    /// Most stored queries per principal (all classes). Default 500.
+    max_points: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -160,6 +212,8 @@ pub struct Feature {
     pub mean: Option<f64>,
     /// Training standard deviation, if known.
     pub std: Option<f64>,
+    /// Training minimum and maximum, if known (before any tolerance).
+    pub train_range: Option<(f64, f64)>,
 }
 
 impl Feature {
@@ -275,6 +329,8 @@ pub struct ModelCard {
     pub pinned_sha256: BTreeMap<u64, String>,
     /// Every version must be signed (`[integrity] require_signature`).
     pub require_signature: bool,
+    /// Defenses against ML attacks.
+    pub defenses: crate::defenses::DefenseSettings,
 }
 
 /// Card-wide settings that come from the server configuration.
@@ -378,6 +434,7 @@ impl ModelCard {
                 kind,
                 mean: f.mean,
                 std: f.std,
+                train_range: f.min.zip(f.max),
             });
         }
 
@@ -410,6 +467,7 @@ impl ModelCard {
             role_policies.push((role, resolved));
         }
 
+        let defenses = defense_settings(raw.defenses, features.len(), has_probabilities)?;
         let mut pinned_sha256 = BTreeMap::new();
         for (version, hash) in &raw.integrity.sha256 {
             let v = version.parse::<u64>().map_err(|_| {
@@ -440,6 +498,7 @@ impl ModelCard {
             record_inputs: raw.audit.record_inputs,
             pinned_sha256,
             require_signature: raw.integrity.require_signature,
+            defenses,
         })
     }
 
@@ -525,6 +584,104 @@ fn policy(
     })
 }
 
+fn defense_settings(
+    raw: RawDefenses,
+    features: usize,
+    has_probabilities: bool,
+) -> Result<crate::defenses::DefenseSettings, CardError> {
+    use crate::defenses::{
+        Action, DefenseSettings, ExtractionSettings, OodSettings, SqueezeSettings,
+    };
+    let action = |key: &str, a: Option<&str>| match a.unwrap_or("flag") {
+        "flag" => Ok(Action::Flag),
+        "throttle" => Ok(Action::Throttle),
+        "reject" => Ok(Action::Reject),
+        other => Err(CardError(format!(
+            "{key}.action: {other:?}: expected \"flag\", \"throttle\" or \"reject\""
+        ))),
+    };
+    let positive = |key: &str, v: f64| {
+        if v.is_finite() && v > 0.0 {
+            Ok(v)
+        } else {
+            Err(CardError(format!("{key}: must be a positive number")))
+        }
+    };
+    let ood = match raw.out_of_distribution {
+        None => None,
+        Some(o) => {
+            let k = "defenses.out_of_distribution";
+            if o.mahalanobis_threshold.is_some() != o.stats.is_some() {
+                return Err(CardError(format!(
+                    "{k}: mahalanobis_threshold and stats go together"
+                )));
+            }
+            Some(OodSettings {
+                action: action(k, o.action.as_deref())?,
+                z_threshold: positive(&format!("{k}.z_threshold"), o.z_threshold)?,
+                mahalanobis_threshold: o
+                    .mahalanobis_threshold
+                    .map(|t| positive(&format!("{k}.mahalanobis_threshold"), t))
+                    .transpose()?,
+                stats: o.stats,
+            })
+        }
+    };
+    let adversarial = match raw.adversarial {
+        None => None,
+        Some(a) => {
+            let k = "defenses.adversarial";
+            if !has_probabilities {
+                return Err(CardError(format!("{k}: needs output.probabilities")));
+            }
+            let bit_depth = a.bit_depth.unwrap_or(4);
+            if !(1..=16).contains(&bit_depth) {
+                return Err(CardError(format!("{k}.bit_depth: between 1 and 16")));
+            }
+            if let Some([h, w]) = a.image
+                && h * w != features
+            {
+                return Err(CardError(format!(
+                    "{k}.image: {h} x {w} is not the {features} features"
+                )));
+            }
+            Some(SqueezeSettings {
+                action: action(k, a.action.as_deref())?,
+                bit_depth,
+                image: a.image.map(|[h, w]| (h, w)),
+                threshold: positive(&format!("{k}.threshold"), a.threshold)?,
+            })
+        }
+    };
+    let extraction = match raw.extraction {
+        None => None,
+        Some(e) => {
+            let k = "defenses.extraction";
+            let delta = e.delta.unwrap_or(0.9);
+            if !(0.0..=1.0).contains(&delta) {
+                return Err(CardError(format!("{k}.delta: between 0 and 1")));
+            }
+            let min_queries = e.min_queries.unwrap_or(100).max(3);
+            let max_points = e.max_points.unwrap_or(500);
+            if !(10..=100_000).contains(&max_points) {
+                return Err(CardError(format!("{k}.max_points: between 10 and 100000")));
+            }
+            Some(ExtractionSettings {
+                action: action(k, e.action.as_deref())?,
+                delta,
+                min_queries,
+                every: e.every.unwrap_or(10).max(1),
+                max_points,
+            })
+        }
+    };
+    Ok(DefenseSettings {
+        out_of_distribution: ood,
+        adversarial,
+        extraction,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -564,10 +721,7 @@ classes = ["x", "y"]
             FeatureKind::Numeric { lo: -2.5, hi: 12.5 }
         );
         assert_eq!(c.feature_index["colour"], 1);
-        assert_eq!(
-            c.policy,
-            PolicyDefaults::DEFAULT
-        );
+        assert_eq!(c.policy, PolicyDefaults::DEFAULT);
         assert_eq!(c.max_batch, 64);
         let f = &c.features[0];
         assert_eq!(f.check_number(12.0), Ok(12.0));

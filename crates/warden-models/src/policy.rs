@@ -108,9 +108,8 @@ impl OutputPolicy {
                 .iter()
                 .enumerate()
                 .map(|(r, &l)| {
-                    let top = row_probs(r).map_or(1.0, |p| {
-                        p.iter().copied().fold(0.0f32, f32::max).into()
-                    });
+                    let top = row_probs(r)
+                        .map_or(1.0, |p| p.iter().copied().fold(0.0f32, f32::max).into());
                     match self.confidence_threshold {
                         Some(t) if top < t => UNCERTAIN,
                         _ => card.classes[l].as_str(),
@@ -321,7 +320,9 @@ mod tests {
         .unwrap();
         let mut roles = Roles::builtin();
         for r in ["app", "noisy"] {
-            roles.define(r, String::new(), &["predict:*".into()]).unwrap();
+            roles
+                .define(r, String::new(), &["predict:*".into()])
+                .unwrap();
         }
         let as_role = |name: &str| {
             let mut p = principal();

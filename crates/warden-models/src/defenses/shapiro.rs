@@ -220,7 +220,10 @@ mod tests {
     fn w_agrees_with_scipy() {
         for (kind, n, want) in SCIPY {
             let got = shapiro_wilk_w(&sample(kind, n)).unwrap();
-            assert!((got - want).abs() < 1e-6, "{kind} n={n}: {got} vs scipy {want}");
+            assert!(
+                (got - want).abs() < 1e-6,
+                "{kind} n={n}: {got} vs scipy {want}"
+            );
         }
     }
 
