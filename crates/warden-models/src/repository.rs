@@ -37,6 +37,36 @@ pub struct Model {
     pub versions: BTreeMap<u64, Arc<ModelVersion>>,
     /// The version served when none is named.
     pub default_version: u64,
+    /// The card's defenses, with their state.
+    pub guards: Guards,
+}
+
+/// The run-time side of a card's defenses.
+#[derive(Debug, Default)]
+pub struct Guards {
+    /// Out-of-distribution detector.
+    pub ood: Option<crate::defenses::ood::OodDetector>,
+    /// Extraction monitor (per-principal state).
+    pub extraction: Option<crate::defenses::extraction::Monitor>,
+}
+
+impl Guards {
+    /// Builds the defenses of `card`; `dir` is the model folder.
+    pub fn load(card: &ModelCard, dir: &Path) -> Result<Self, String> {
+        Ok(Self {
+            ood: card
+                .defenses
+                .out_of_distribution
+                .as_ref()
+                .map(|o| crate::defenses::ood::OodDetector::load(o, card, dir))
+                .transpose()?,
+            extraction: card
+                .defenses
+                .extraction
+                .clone()
+                .map(crate::defenses::extraction::Monitor::new),
+        })
+    }
 }
 
 impl Model {
@@ -317,11 +347,13 @@ fn load_model(
             .next_back()
             .ok_or_else(|| error(dir, "no version folder (e.g. 1/model.onnx)"))?,
     };
+    let guards = Guards::load(&card, dir).map_err(|m| error(&card_path, m))?;
     Ok(Model {
         name,
         card,
         versions,
         default_version,
+        guards,
     })
 }
 

@@ -10,6 +10,7 @@ pub mod admin;
 pub mod anomaly;
 pub mod certs;
 pub mod client_addr;
+pub mod defend;
 pub mod extract;
 pub mod listener;
 pub mod metrics;

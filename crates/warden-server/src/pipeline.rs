@@ -35,7 +35,7 @@ use warden_models::{Model, ModelVersion, Protocol, protocol, request};
 use crate::client_addr::ClientCertificate;
 use crate::state::AppState;
 use crate::steps::{self, AccessLine, ModelNote, PrincipalNote};
-use crate::{admin, oauth, routes};
+use crate::{admin, defend, oauth, routes};
 #[cfg(test)]
 #[path = "pipeline_tests.rs"]
 mod tests;
@@ -270,6 +270,7 @@ async fn infer_steps(
         rows: 0,
         input_sha256: None,
         inputs: None,
+        defense_flags: Vec::new(),
     });
     // Parse + validate against the model's schema: the only way to get a ValidInferRequest.
     let request = request::parse(protocol, &model.card, body, state.limits.json_max_depth)
@@ -297,13 +298,18 @@ async fn infer_steps(
     // stage has already taken one request from the `default` policy).
     let rate = rate_rows(state, caller, rows).await?;
     let quota = quota(state, caller, &model.name, rows).await?;
-    // Defenses: out-of-distribution, adversarial squeeze, extraction monitor.
-    // (An input a defense rejects has cost its rows: probing is not free.)
-    defenses(&model, &request)?;
+    // Defenses: out-of-distribution and the extraction monitor's verdict
+    // before inference, feature squeezing in the inference batch (see
+    // defend.rs). An input a defense rejects has cost its rows.
+    let mut screen = defend::Screen::default();
+    let checked = defend::before(&model, caller, &request.values, &mut screen);
+    note_flags(note, &screen);
+    checked?;
+    let kept = defend::keeps_values(&model).then(|| request.values.clone());
     // Inference, on the blocking pool, bounded per model. Rows that were not
     // predicted (shed under load, or failed) go back to the quota.
     let inference = Instant::now();
-    let prediction = match version.backend.infer(rows, request.values).await {
+    let (prediction, squeezed) = match defend::infer(&model, &version, rows, request.values).await {
         Ok(p) => {
             crate::metrics::inference(&model.name, inference.elapsed());
             if let Some(watch) = &state.rate_watch {
@@ -327,6 +333,25 @@ async fn infer_steps(
             });
         }
     };
+    let checked = defend::after(
+        &model,
+        caller,
+        kept.as_deref(),
+        &prediction,
+        squeezed.as_deref(),
+        &mut screen,
+    );
+    note_flags(note, &screen);
+    checked?;
+    if screen.throttle {
+        // Throttled: the flagged rows count several times against the
+        // principal's `predict` limit, so flagged traffic meets 429 sooner.
+        let rate = state.limiter.rate_for("predict", Some(caller));
+        state
+            .limiter
+            .rate("predict", &caller.id, rate, defend::throttle_rows(rows))
+            .await;
+    }
     // Output policy: label-only / rounding.
     let shown = policy.apply(&model.card, &prediction, &outputs);
     let body = match protocol {
@@ -401,8 +426,9 @@ async fn quota(
     }
 }
 
-/// Step: defenses against ML attacks. Filled by the defenses work (issue 7);
-/// until then inputs that pass validation are not screened further.
-fn defenses(_model: &Model, _request: &request::ValidInferRequest) -> Result<(), ApiError> {
-    Ok(())
+/// Puts the defense flags found so far on the request's note (audit record).
+fn note_flags(note: &mut Option<ModelNote>, screen: &defend::Screen) {
+    if let Some(n) = note.as_mut() {
+        n.defense_flags.clone_from(&screen.flags);
+    }
 }

@@ -94,6 +94,7 @@ fn readable_model(
         rows: 0,
         input_sha256: None,
         inputs: None,
+        defense_flags: Vec::new(),
     };
     Ok((model, note))
 }

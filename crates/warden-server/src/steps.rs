@@ -67,6 +67,8 @@ pub struct ModelNote {
     /// The validated input values, only when the model card opts in
     /// (`[audit] record_inputs = true`).
     pub inputs: Option<Arc<[f32]>>,
+    /// Defense flags raised by this request.
+    pub defense_flags: Vec<&'static str>,
 }
 
 /// The SHA-256 of a request's validated values: the canonical input, the
@@ -123,7 +125,7 @@ pub async fn audit(state: &AppState, line: &AccessLine, response: Response) -> R
         inputs_sealed: model
             .and_then(|m| m.inputs.as_deref())
             .and_then(|v| seal_inputs(state, v)),
-        defense_flags: &[],
+        defense_flags: model.map_or(&[], |m| m.defense_flags.as_slice()),
         latency_us: line.started.elapsed().as_micros() as u64,
     };
     // Serialized straight from borrowed fields: one allocation, the string.
