@@ -18,6 +18,8 @@ use serde_json::{Value, json};
 
 #[path = "e2e/audit.rs"]
 mod audit;
+#[path = "e2e/defenses.rs"]
+mod defenses;
 #[path = "e2e/identity.rs"]
 mod identity;
 #[path = "e2e/integrity.rs"]
