@@ -91,8 +91,12 @@ impl Warden {
             let line = rx
                 .recv_timeout(deadline.saturating_duration_since(Instant::now()))
                 .unwrap_or_else(|_| {
+                    std::thread::sleep(Duration::from_millis(200));
                     let status = child.try_wait().unwrap();
-                    panic!("warden did not start (exit {status:?})")
+                    panic!(
+                        "warden did not start (exit {status:?}); its log:\n{}",
+                        startup_logs.join("\n")
+                    )
                 });
             startup_logs.push(line.clone());
             if let Ok(v) = serde_json::from_str::<Value>(&line)

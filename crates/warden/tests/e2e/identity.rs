@@ -58,6 +58,11 @@ fn models_with_role_policy(dir: &Path) -> PathBuf {
     let src = repo().join("models/iris");
     std::fs::create_dir_all(models.join("iris/1")).unwrap();
     std::fs::copy(src.join("1/model.onnx"), models.join("iris/1/model.onnx")).unwrap();
+    std::fs::copy(
+        src.join("ood_stats.json"),
+        models.join("iris/ood_stats.json"),
+    )
+    .unwrap();
     let card = std::fs::read_to_string(src.join("model.toml")).unwrap();
     std::fs::write(
         models.join("iris/model.toml"),
