@@ -6,7 +6,8 @@
 //! set when that distance exceeds the set's threshold (mean minus standard
 //! deviation of the distances that grew it). Benign queries give roughly
 //! normally distributed distances; synthetic attack queries do not. Every
-//! `every` queries, once `min_queries` distances are in, the Shapiro–Wilk W
+//! `every` queries, once `min_queries` distances are in (repeats of a query
+//! already stored are not counted), the Shapiro–Wilk W
 //! of the latest distances is computed; W < `delta` flags the principal
 //! (until a later test clears it).
 //!
@@ -140,6 +141,11 @@ impl Monitor {
                 continue;
             };
             if let Some(d) = set.min_distance(&x) {
+                // A query identical to one already seen tells nothing new
+                // (and replayed traffic would otherwise pile up zeros).
+                if d < 1e-9 {
+                    continue;
+                }
                 state.distances.push_back(d);
                 if state.distances.len() > MAX_DISTANCES {
                     state.distances.pop_front();
