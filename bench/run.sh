@@ -17,6 +17,9 @@
 #   warden_audit_off  / warden_audit_sync  the same as warden with the audit trail off,
 #                  and with audit.durability = "sync" (warden itself is the default,
 #                  "batched"): the audit trail's cost in each mode
+#   def_<model>_<defense>  one more server whose models are iris and digits with no
+#                  defense (none) or exactly one (ood, squeeze, prada): each defense's
+#                  latency and CPU against the undefended path of the same model
 # Limits are set high enough never to refuse during the load runs (the limiter
 # still runs on every request). Afterwards, a burst of 2000 one-row requests at
 # 64 connections against a key limited to 500 rows measures the limiter's
@@ -52,7 +55,7 @@ redis-server --port "$port_redis" --bind 127.0.0.1 --save '' --appendonly no >/d
 pids+=($!)
 peer() { PYTHONPATH="$root/.runtime/py" python3 "$root/crates/warden/tests/e2e/jwt_peer.py" "$@"; }
 mkdir -p "$tmp/pk" && peer keys "$tmp/pk"
-config() { # port data-dir admin-port auth-extra limits-extra audit-extra
+config() { # port data-dir admin-port auth-extra limits-extra audit-extra models-dir
   cat <<TOML
 data_dir = "$2"
 [server]
@@ -63,7 +66,7 @@ listen = "127.0.0.1:$3"
 cert = "$tmp/tls/cert.pem"
 key = { file = "$tmp/tls/key.pem" }
 [models]
-dir = "$root/models"
+dir = "${7:-$root/models}"
 [limits]
 ${5:-}
 [limits.rates]
@@ -92,6 +95,24 @@ redis_url = \"redis://127.0.0.1:$port_redis\"" > "$tmp/redis.toml"
 port_audit_off=$((port_floor + 8)); port_audit_sync=$((port_floor + 9))
 config "$port_audit_off" "$tmp/data-audit-off" $((port_floor + 10)) "" "" "enabled = false" > "$tmp/audit-off.toml"
 config "$port_audit_sync" "$tmp/data-audit-sync" $((port_floor + 11)) "" "" 'durability = "sync"' > "$tmp/audit-sync.toml"
+# Model copies with one defense each (the sections come from the calibrated cards).
+section() { # card defense -> that [defenses.*] table, up to the next table or the end marker
+  awk -v t="[defenses.$2]" '$0 == t {on = 1; print; next} on && (/^\[/ || /^# \[defenses\] end/) {on = 0} on' "$1"
+}
+defvariant() { # model defense|none
+  local d="$tmp/defmodels/$1-$2"
+  mkdir -p "$d"
+  cp -r "models/$1/1" "models/$1/ood_stats.json" "$d/"
+  sed '/# \[defenses\] begin/,/# \[defenses\] end/d' "models/$1/model.toml" > "$d/model.toml"
+  case "$2" in
+    ood) section "models/$1/model.toml" out_of_distribution >> "$d/model.toml" ;;
+    squeeze) section "models/$1/model.toml" adversarial >> "$d/model.toml" ;;
+    prada) section "models/$1/model.toml" extraction >> "$d/model.toml" ;;
+  esac
+}
+for v in iris-none iris-ood iris-prada digits-none digits-ood digits-squeeze digits-prada; do defvariant "${v%%-*}" "${v#*-}"; done
+port_def=$((port_floor + 12))
+config "$port_def" "$tmp/data-def" $((port_floor + 13)) "" "" "" "$tmp/defmodels" > "$tmp/def.toml"
 client="$(./target/release/warden clients add bench --role predict --config "$tmp/warden.toml" 2>/dev/null)"
 client_id="$(sed -n 's/^client_id=//p' <<<"$client")"; client_secret="$(sed -n 's/^client_secret=//p' <<<"$client")"
 
@@ -107,11 +128,14 @@ pids+=($!); redis_pid=$!
 pids+=($!); audit_off_pid=$!
 "${server_cpu[@]}" ./target/release/warden serve --config "$tmp/audit-sync.toml" >"$tmp/audit-sync.out" 2>"$tmp/audit-sync.log" &
 pids+=($!); audit_sync_pid=$!
+"${server_cpu[@]}" ./target/release/warden serve --config "$tmp/def.toml" >"$tmp/def.out" 2>"$tmp/def.log" &
+pids+=($!); def_pid=$!
 
 for _ in $(seq 1 100); do
   grep -q '"listening"' "$tmp/warden.log" 2>/dev/null && grep -q '"listening"' "$tmp/nocache.log" 2>/dev/null \
     && grep -q '"listening"' "$tmp/redis.log" 2>/dev/null \
     && grep -q '"listening"' "$tmp/audit-off.log" 2>/dev/null && grep -q '"listening"' "$tmp/audit-sync.log" 2>/dev/null \
+    && grep -q '"listening"' "$tmp/def.log" 2>/dev/null \
     && grep -q 'floor listening' "$tmp/floor.log" 2>/dev/null && break
   sleep 0.1
 done
@@ -121,6 +145,23 @@ nocache_key="$(grep -o 'wdn_[a-z0-9]*_[A-Za-z0-9]*' "$tmp/nocache.out" | head -1
 redis_key="$(grep -o 'wdn_[a-z0-9]*_[A-Za-z0-9]*' "$tmp/redis.out" | head -1)"
 audit_off_key="$(grep -o 'wdn_[a-z0-9]*_[A-Za-z0-9]*' "$tmp/audit-off.out" | head -1)"
 audit_sync_key="$(grep -o 'wdn_[a-z0-9]*_[A-Za-z0-9]*' "$tmp/audit-sync.out" | head -1)"
+def_key="$(grep -o 'wdn_[a-z0-9]*_[A-Za-z0-9]*' "$tmp/def.out" | head -1)"
+digits_body="$(python3 -c 'import json; print(json.dumps({"instances": [json.load(open("models/digits/fixtures.json"))["inputs"][0]]}))')"
+# PRADA's state grows with varied queries: fill it (600 random test-like rows per
+# model) so the measured queries pay for a realistic nearest-neighbour search.
+python3 - "$port_def" "$def_key" "$tmp/tls/cert.pem" <<'PY'
+import json, random, ssl, sys, urllib.request
+port, key, ca = sys.argv[1], sys.argv[2], sys.argv[3]
+ctx = ssl.create_default_context(cafile=ca)
+rows = {"iris-prada": [[random.uniform(4.5, 7.5), random.uniform(2.2, 4.2), random.uniform(1.1, 6.5), random.uniform(0.2, 2.4)] for _ in range(600)],
+        "digits-prada": [[random.choice([0, 0, 4, 8, 12, 16]) for _ in range(64)] for _ in range(600)]}
+for model, xs in rows.items():
+    for x in xs:
+        req = urllib.request.Request(f"https://127.0.0.1:{port}/v1/models/{model}:predict", method="POST",
+                                     data=json.dumps({"instances": [x]}).encode(),
+                                     headers={"x-api-key": key, "content-type": "application/json"})
+        urllib.request.urlopen(req, context=ctx).read()
+PY
 eddsa="$(curl -sf --cacert "$tmp/tls/cert.pem" -u "$client_id:$client_secret" -d grant_type=client_credentials \
   "https://127.0.0.1:$port_warden/oauth/token" | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')"
 now=$(date +%s)
@@ -135,11 +176,11 @@ run() { # name pid url [headers...]
   local hdrs=(); for h in "$@"; do hdrs+=(-H "$h"); done
   # warm-up
   "${load_cpu[@]}" oha -z 2s -c "$CONNECTIONS" --no-tui --output-format quiet --cacert "$tmp/tls/cert.pem" \
-    -m POST -H 'content-type: application/json' "${hdrs[@]}" -d "$body" "$url" >/dev/null 2>&1 || true
+    -m POST -H 'content-type: application/json' "${hdrs[@]}" -d "${RUN_BODY:-$body}" "$url" >/dev/null 2>&1 || true
   local idle; idle=$(rss_kib "$pid")
   local t0; t0=$(cpu_ticks "$pid")
   "${load_cpu[@]}" oha -z "${SECONDS_PER_RUN}s" -c "$CONNECTIONS" --no-tui --output-format json --cacert "$tmp/tls/cert.pem" \
-    -m POST -H 'content-type: application/json' "${hdrs[@]}" -d "$body" "$url" > "$tmp/$name.json"
+    -m POST -H 'content-type: application/json' "${hdrs[@]}" -d "${RUN_BODY:-$body}" "$url" > "$tmp/$name.json"
   local t1; t1=$(cpu_ticks "$pid")
   local loaded; loaded=$(rss_kib "$pid")
   echo "{\"round\": $round, \"name\": \"$name\", \"idle_rss_kib\": $idle, \"loaded_rss_kib\": $loaded, \"cpu_ticks\": $((t1 - t0)), \"hz\": $(getconf CLK_TCK), \"oha\": $(tr -d '\n' < "$tmp/$name.json")}" >> "$tmp/results.jsonl"
@@ -158,6 +199,12 @@ for round in $(seq 1 "$ROUNDS"); do
   run warden_redis "$redis_pid" "https://127.0.0.1:$port_redis_warden/v1/models/iris:predict" "X-API-Key: $redis_key"
   run warden_audit_off "$audit_off_pid" "https://127.0.0.1:$port_audit_off/v1/models/iris:predict" "X-API-Key: $audit_off_key"
   run warden_audit_sync "$audit_sync_pid" "https://127.0.0.1:$port_audit_sync/v1/models/iris:predict" "X-API-Key: $audit_sync_key"
+  for v in iris-none iris-ood iris-prada; do
+    run "def_${v/-/_}" "$def_pid" "https://127.0.0.1:$port_def/v1/models/$v:predict" "X-API-Key: $def_key"
+  done
+  for v in digits-none digits-ood digits-squeeze digits-prada; do
+    RUN_BODY="$digits_body" run "def_${v/-/_}" "$def_pid" "https://127.0.0.1:$port_def/v1/models/$v:predict" "X-API-Key: $def_key"
+  done
 done
 
 # Accuracy: a key limited to 500 rows (burst 500, refilling 1 an hour), hit by
@@ -217,7 +264,9 @@ def summary(name):
     return out
 NAMES = ("floor", "warden", "warden_eddsa", "warden_rs256", "warden_nocache", "warden_redis",
          "warden_audit_off", "warden_audit_sync")
-summaries = {n: summary(n) for n in NAMES}
+DEFENSES = ("def_iris_none", "def_iris_ood", "def_iris_prada",
+            "def_digits_none", "def_digits_ood", "def_digits_squeeze", "def_digits_prada")
+summaries = {n: summary(n) for n in NAMES + DEFENSES}
 floor, warden = summaries["floor"], summaries["warden"]
 warden["idle_rss_mib"] = start["warden_start_rss_kib"] / 1024
 floor["idle_rss_mib"] = start["floor_start_rss_kib"] / 1024
@@ -235,8 +284,14 @@ auth = {n: {"rps_vs_api_key": ratio("rps", n, "warden"), "cpu_per_req_vs_api_key
 audit = {n: {"rps_vs_audit_off": ratio("rps", n, "warden_audit_off"), "p99_vs_audit_off": ratio("p99_ms", n, "warden_audit_off"),
              "cpu_per_req_vs_audit_off": ratio("cpu_us_per_req", n, "warden_audit_off")}
          for n in ("warden", "warden_audit_sync")}
+defense_cost = {n: {"rps_vs_none": ratio("rps", n, n.rsplit("_", 1)[0] + "_none"),
+                    "p50_vs_none": ratio("p50_ms", n, n.rsplit("_", 1)[0] + "_none"),
+                    "p99_vs_none": ratio("p99_ms", n, n.rsplit("_", 1)[0] + "_none"),
+                    "cpu_per_req_vs_none": ratio("cpu_us_per_req", n, n.rsplit("_", 1)[0] + "_none"),
+                    "added_cpu_us_per_req": diff("cpu_us_per_req", n, n.rsplit("_", 1)[0] + "_none")}
+                for n in DEFENSES if not n.endswith("_none")}
 result = {"seconds": secs, "rounds": rounds, "connections": conns, **summaries, "ratios": ratios, "auth_vs_api_key": auth,
-          "limiter_accuracy": accuracy, "audit_vs_off": audit,
+          "limiter_accuracy": accuracy, "audit_vs_off": audit, "defense_cost": defense_cost,
           "per_round": [{"round": r, **{n: per[(r, n)] for n in NAMES}} for r in rounds_seen]}
 json.dump(result, open("bench/results/latest.json", "w"), indent=1)
 print(f"\nv1 predict on iris over HTTPS, {conns} connections, {secs}s x {rounds} rounds (medians)\n")
@@ -254,6 +309,13 @@ for n, a in audit.items():
     mode = "batched (warden)" if n == "warden" else "sync"
     print(f"audit {mode} / audit off: {a['rps_vs_audit_off']:.1%} of requests/s, {a['p99_vs_audit_off']:.2f}x p99, "
           f"{a['cpu_per_req_vs_audit_off']:.2f}x CPU per request")
+print(f"\n{'defense':22} {'req/s':>9} {'p50 ms':>7} {'p99 ms':>7} {'CPU us/req':>10}   vs no defense on the same model")
+for n in DEFENSES:
+    s = summaries[n]
+    c = defense_cost.get(n)
+    rel = (f"{c['rps_vs_none']:.1%} req/s, {c['p99_vs_none']:.2f}x p99, {c['cpu_per_req_vs_none']:.2f}x CPU "
+           f"({c['added_cpu_us_per_req']:+.1f} us)") if c else "(baseline)"
+    print(f"{n:22} {s['rps']:>9.0f} {s['p50_ms']:>7.2f} {s['p99_ms']:>7.2f} {s['cpu_us_per_req']:>10.1f}   {rel}")
 print(f"limiter accuracy, {accuracy['sent']} one-row requests against a limit of {accuracy['limit']} rows: "
       f"memory accepted {accuracy['memory']}, redis accepted {accuracy['redis']}")
 print(f"(requests cancelled by oha at the end of each run, not errors: floor {floor['aborted_at_end']}, warden {warden['aborted_at_end']})")

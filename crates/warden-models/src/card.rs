@@ -87,6 +87,11 @@ struct RawExtraction {
     every: Option<usize>,
     /// Most stored queries per principal (all classes). Default 500.
     max_points: Option<usize>,
+    /// Distances between standardized features (training mean and std;
+    /// default true), or raw values (features that share a unit, such as
+    /// pixels, where near-constant features would dominate standardized
+    /// distances).
+    standardize: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -672,6 +677,7 @@ fn defense_settings(
                 min_queries,
                 every: e.every.unwrap_or(10).max(1),
                 max_points,
+                standardize: e.standardize.unwrap_or(true),
             })
         }
     };

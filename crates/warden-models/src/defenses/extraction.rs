@@ -1,6 +1,7 @@
 //! Model-extraction monitor: PRADA (Juuti, Szyller, Marchal and Asokan,
 //! EuroS&P 2019). Per principal and model, each query (standardized with
-//! the card's training mean and std) is compared with a growing set of the
+//! the card's training mean and std, unless the card says `standardize =
+//! false`) is compared with a growing set of the
 //! principal's earlier queries of the same predicted class: its minimum L2
 //! distance to that set joins the pooled distances, and the query joins the
 //! set when that distance exceeds the set's threshold (mean minus standard
@@ -132,11 +133,14 @@ impl Monitor {
         }
         let mut newly = false;
         for (row, &label) in values.chunks(width).zip(labels) {
-            let x: Vec<f32> = row
-                .iter()
-                .enumerate()
-                .map(|(i, &v)| standardize(card, i, v) as f32)
-                .collect();
+            let x: Vec<f32> = if s.standardize {
+                row.iter()
+                    .enumerate()
+                    .map(|(i, &v)| standardize(card, i, v) as f32)
+                    .collect()
+            } else {
+                row.to_vec()
+            };
             let Some(set) = state.classes.get_mut(label) else {
                 continue;
             };
@@ -247,6 +251,7 @@ mod tests {
             min_queries: 100,
             every: 10,
             max_points: 300,
+            standardize: true,
         }
     }
 

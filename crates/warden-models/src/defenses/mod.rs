@@ -83,6 +83,8 @@ pub struct ExtractionSettings {
     pub every: usize,
     /// Most stored queries per principal and model.
     pub max_points: usize,
+    /// Compare standardized features (else raw values).
+    pub standardize: bool,
 }
 
 /// Standardizes a value with a feature's training mean and std (std 0 or
