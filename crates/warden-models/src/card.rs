@@ -472,7 +472,14 @@ impl ModelCard {
             role_policies.push((role, resolved));
         }
 
-        let defenses = defense_settings(raw.defenses, features.len(), has_probabilities)?;
+        let bounds: Vec<Option<(f64, f64)>> = features
+            .iter()
+            .map(|f| match f.kind {
+                FeatureKind::Numeric { lo, hi } => Some((lo, hi)),
+                FeatureKind::Category(_) => None,
+            })
+            .collect();
+        let defenses = defense_settings(raw.defenses, &bounds, has_probabilities)?;
         let mut pinned_sha256 = BTreeMap::new();
         for (version, hash) in &raw.integrity.sha256 {
             let v = version.parse::<u64>().map_err(|_| {
@@ -591,9 +598,10 @@ fn policy(
 
 fn defense_settings(
     raw: RawDefenses,
-    features: usize,
+    feature_bounds: &[Option<(f64, f64)>],
     has_probabilities: bool,
 ) -> Result<crate::defenses::DefenseSettings, CardError> {
+    let features = feature_bounds.len();
     use crate::defenses::{
         Action, DefenseSettings, ExtractionSettings, OodSettings, SqueezeSettings,
     };
@@ -633,6 +641,16 @@ fn defense_settings(
         }
     };
     let adversarial = match raw.adversarial {
+        Some(_)
+            if !feature_bounds.iter().all(|b| {
+                b.is_none_or(|(lo, hi)| lo.is_finite() && hi.is_finite() && hi - lo < 1e12)
+            }) =>
+        {
+            return Err(CardError(
+                "defenses.adversarial: every numeric feature needs finite bounds (min/max or range) to squeeze"
+                    .into(),
+            ));
+        }
         None => None,
         Some(a) => {
             let k = "defenses.adversarial";
@@ -644,7 +662,7 @@ fn defense_settings(
                 return Err(CardError(format!("{k}.bit_depth: between 1 and 16")));
             }
             if let Some([h, w]) = a.image
-                && h * w != features
+                && h.checked_mul(w) != Some(features)
             {
                 return Err(CardError(format!(
                     "{k}.image: {h} x {w} is not the {features} features"

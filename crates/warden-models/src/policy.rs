@@ -4,7 +4,8 @@
 //! (SPEC §7: label-only unless the card or the caller's role allows more),
 //! and the output hardening of SPEC §2: top-k (only the k most probable
 //! classes' probabilities, the others shown as 0), a confidence threshold
-//! (below it the label is `uncertain`), and Laplace noise on probabilities
+//! (below it the label is `uncertain` and the row's probabilities are all
+//! shown as 0), and Laplace noise on probabilities
 //! (renormalized, before rounding). A card may set a policy per role
 //! (`[policy.roles.<role>]`); a caller with several such roles gets the
 //! most revealing of them. docs/defenses.md says what each does and does
@@ -126,6 +127,16 @@ impl OutputPolicy {
                 let mut row = Vec::with_capacity(classes);
                 for chunk in p.chunks(classes.max(1)) {
                     row.clear();
+                    // An uncertain answer shows no probabilities either: they
+                    // would name the class the label withholds.
+                    let top = chunk.iter().copied().fold(0.0f32, f32::max);
+                    if self
+                        .confidence_threshold
+                        .is_some_and(|t| f64::from(top) < t)
+                    {
+                        out.extend(std::iter::repeat_n(0.0, chunk.len()));
+                        continue;
+                    }
                     row.extend(chunk.iter().map(|&v| f64::from(v)));
                     if self.noise > 0.0 {
                         add_laplace(&mut row, self.noise);
@@ -335,9 +346,10 @@ mod tests {
         };
         let app = as_role("app");
         let shown = app.apply(&c, &pred, app.default_outputs());
-        // Row 0: 0.65 < 0.7 -> uncertain; top-1 keeps only the larger class.
+        // Row 0: 0.65 < 0.7 -> uncertain, and no probabilities; row 1: top-1
+        // keeps only the larger class.
         assert_eq!(shown.labels, Some(vec![UNCERTAIN, "x"]));
-        assert_eq!(shown.probabilities, Some(vec![0.0, 0.65, 0.9, 0.0]));
+        assert_eq!(shown.probabilities, Some(vec![0.0, 0.0, 0.9, 0.0]));
 
         let noisy = as_role("noisy");
         let a = noisy.apply(&c, &pred, noisy.default_outputs());

@@ -13,6 +13,8 @@
 //! A rejected input has cost its rows (rate limit and quota): probing is
 //! not free.
 
+use std::sync::Arc;
+
 use warden_core::metrics::{self as names, Alert};
 use warden_core::{ApiError, ErrorCode, Principal};
 use warden_models::defenses::{self, Action, squeeze};
@@ -102,20 +104,47 @@ pub async fn infer(
     Ok((p, Some(scores)))
 }
 
+/// Nearest-neighbour work (rows × stored points × features) above which the
+/// extraction monitor runs on the blocking pool rather than the executor.
+const INLINE_WORK: usize = 200_000;
+
 /// After inference: the squeezing verdict, and the extraction monitor
 /// learning this query.
-pub fn after(
-    model: &Model,
+pub async fn after(
+    model: &Arc<Model>,
     caller: &Principal,
-    values: Option<&[f32]>,
+    values: Option<Vec<f32>>,
     prediction: &Prediction,
     squeeze_scores: Option<&[f64]>,
     screen: &mut Screen,
 ) -> Result<(), ApiError> {
     let card = &model.card;
-    if let (Some(monitor), Some(values)) = (&model.guards.extraction, values) {
-        let verdict = monitor.observe(card, &caller.id, values, &prediction.labels);
-        if verdict.newly {
+    if let (Some(settings), Some(values)) = (&card.defenses.extraction, values) {
+        let work = values.len() * settings.max_points;
+        let verdict = if work <= INLINE_WORK {
+            model
+                .guards
+                .extraction
+                .as_ref()
+                .map(|m| m.observe(card, &caller.id, &values, &prediction.labels))
+        } else {
+            let (model, id, labels) = (
+                Arc::clone(model),
+                caller.id.clone(),
+                prediction.labels.clone(),
+            );
+            tokio::task::spawn_blocking(move || {
+                model
+                    .guards
+                    .extraction
+                    .as_ref()
+                    .map(|m| m.observe(&model.card, &id, &values, &labels))
+            })
+            .await
+            .ok()
+            .flatten()
+        };
+        if let Some(verdict) = verdict.filter(|v| v.newly) {
             Alert::ExtractionSuspected.count();
             tracing::warn!(
                 alert = Alert::ExtractionSuspected.as_str(),

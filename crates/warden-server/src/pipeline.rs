@@ -336,21 +336,27 @@ async fn infer_steps(
     let checked = defend::after(
         &model,
         caller,
-        kept.as_deref(),
+        kept,
         &prediction,
         squeezed.as_deref(),
         &mut screen,
-    );
+    )
+    .await;
     note_flags(note, &screen);
     checked?;
     if screen.throttle {
         // Throttled: the flagged rows count several times against the
-        // principal's `predict` limit, so flagged traffic meets 429 sooner.
-        let rate = state.limiter.rate_for("predict", Some(caller));
-        state
-            .limiter
-            .rate("predict", &caller.id, rate, defend::throttle_rows(rows))
-            .await;
+        // principal's `predict` limit (up to what is left of it: a GCRA
+        // charge larger than the remainder would take nothing), so flagged
+        // traffic meets 429 sooner.
+        let extra = defend::throttle_rows(rows).min(rate.decision.remaining);
+        if extra > 0 {
+            let limit = state.limiter.rate_for("predict", Some(caller));
+            state
+                .limiter
+                .rate("predict", &caller.id, limit, extra)
+                .await;
+        }
     }
     // Output policy: label-only / rounding.
     let shown = policy.apply(&model.card, &prediction, &outputs);

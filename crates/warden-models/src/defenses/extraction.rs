@@ -60,6 +60,8 @@ struct ClassSet {
     grown: usize,
     sum: f64,
     sum_sq: f64,
+    /// T_c: only ever raised (PRADA's max(T_c, mean - std)).
+    threshold: f64,
 }
 
 /// A principal's state after a query.
@@ -80,12 +82,19 @@ impl Monitor {
         }
     }
 
-    /// Whether `principal` is flagged now (before its next query).
+    /// Whether `principal` is flagged now (before its next query). Counts
+    /// as being seen, so a rejected principal keeps its state.
     pub fn is_flagged(&self, principal: &str) -> bool {
-        self.lock()
-            .by_principal
-            .get(principal)
-            .is_some_and(|s| s.flagged.is_some())
+        let mut guard = self.lock();
+        let states = &mut *guard;
+        states.clock += 1;
+        match states.by_principal.get_mut(principal) {
+            Some(s) => {
+                s.last_seen = states.clock;
+                s.flagged.is_some()
+            }
+            None => false,
+        }
     }
 
     /// Principals with state.
@@ -116,7 +125,8 @@ impl Monitor {
             && let Some(oldest) = states
                 .by_principal
                 .iter()
-                .min_by_key(|(_, st)| st.last_seen)
+                // The least recently seen, unflagged principals first.
+                .min_by_key(|(_, st)| (st.flagged.is_some(), st.last_seen))
                 .map(|(k, _)| Arc::clone(k))
         {
             states.by_principal.remove(&oldest);
@@ -147,7 +157,7 @@ impl Monitor {
             if let Some(d) = set.min_distance(&x) {
                 // A query identical to one already seen tells nothing new
                 // (and replayed traffic would otherwise pile up zeros).
-                if d < 1e-9 {
+                if d < 1e-9 || !d.is_finite() {
                     continue;
                 }
                 state.distances.push_back(d);
@@ -174,19 +184,37 @@ impl Monitor {
                 state.points -= 1;
             }
             state.since_test += 1;
-            if state.distances.len() >= s.min_queries && state.since_test >= s.every {
-                state.since_test = 0;
-                let window: Vec<f64> = state.distances.iter().copied().collect();
-                let was = state.flagged.is_some();
-                state.flagged = shapiro_wilk_w(&window).filter(|w| *w < s.delta);
-                newly |= !was && state.flagged.is_some();
-            }
+        }
+        // At most one test per call, however many rows it carried.
+        if state.distances.len() >= s.min_queries && state.since_test >= s.every {
+            state.since_test = 0;
+            let was = state.flagged.is_some();
+            state.flagged = match shapiro_wilk_w(&without_outliers(&state.distances)) {
+                Some(w) if w < s.delta => Some(w),
+                Some(_) => None,
+                // Identical distances (a constant-step walk) are no natural
+                // traffic: W counts as 0.
+                None => Some(0.0),
+            };
+            newly = !was && state.flagged.is_some();
         }
         Verdict {
             flagged: state.flagged,
             newly,
         }
     }
+}
+
+/// The distances within three standard deviations of their mean (PRADA
+/// drops outliers before the test).
+fn without_outliers(d: &VecDeque<f64>) -> Vec<f64> {
+    let n = d.len() as f64;
+    let mean = d.iter().sum::<f64>() / n;
+    let sd = (d.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / n).sqrt();
+    d.iter()
+        .copied()
+        .filter(|v| (v - mean).abs() <= 3.0 * sd)
+        .collect()
 }
 
 impl ClassSet {
@@ -197,7 +225,7 @@ impl ClassSet {
                 p.iter()
                     .zip(x)
                     .map(|(a, b)| {
-                        let d = f64::from(a - b);
+                        let d = f64::from(*a) - f64::from(*b);
                         d * d
                     })
                     .sum::<f64>()
@@ -206,15 +234,10 @@ impl ClassSet {
             .map(f64::sqrt)
     }
 
-    /// Mean minus standard deviation of the distances that grew the set.
+    /// T_c: the largest mean minus standard deviation of the distances that
+    /// grew the set so far.
     fn threshold(&self) -> f64 {
-        if self.grown < 2 {
-            return 0.0;
-        }
-        let n = self.grown as f64;
-        let mean = self.sum / n;
-        let var = (self.sum_sq / n - mean * mean).max(0.0);
-        mean - var.sqrt()
+        self.threshold
     }
 
     fn grow(&mut self, x: Vec<f32>, d: f64) {
@@ -222,6 +245,12 @@ impl ClassSet {
         self.grown += 1;
         self.sum += d;
         self.sum_sq += d * d;
+        if self.grown >= 2 {
+            let n = self.grown as f64;
+            let mean = self.sum / n;
+            let var = (self.sum_sq / n - mean * mean).max(0.0);
+            self.threshold = self.threshold.max(mean - var.sqrt());
+        }
     }
 }
 
@@ -318,5 +347,19 @@ mod tests {
             assert!(s.classes.iter().map(|c| c.points.len()).sum::<usize>() <= 300);
             assert!(s.distances.len() <= MAX_DISTANCES);
         }
+    }
+
+    #[test]
+    fn a_constant_step_walk_cannot_blind_the_test() {
+        // Every distance exactly 1: W is undefined, which counts as 0.
+        let c = card();
+        let m = Monitor::new(settings());
+        let walker: Arc<str> = "key:walker".into();
+        let mut flagged = false;
+        for q in 0..200 {
+            let x = [-9.0 + q as f32 * 0.05, 0.0];
+            flagged |= m.observe(&c, &walker, &x, &[0]).newly;
+        }
+        assert!(flagged && m.is_flagged("key:walker"));
     }
 }

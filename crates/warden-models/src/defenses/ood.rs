@@ -81,7 +81,8 @@ impl OodDetector {
                 return true;
             }
             let s = standardize(card, i, v);
-            if s.abs() > self.z_threshold {
+            // A z-score needs the feature's training mean and std.
+            if f.mean.is_some() && f.std.is_some() && s.abs() > self.z_threshold {
                 return true;
             }
             z.push(s);
