@@ -17,6 +17,9 @@
 #   warden_audit_off  / warden_audit_sync  the same as warden with the audit trail off,
 #                  and with audit.durability = "sync" (warden itself is the default,
 #                  "batched"): the audit trail's cost in each mode
+#   reference      the seeds' reference stack: FastAPI + slowapi + an API-key header +
+#                  the same scikit-learn RandomForest, under uvicorn over TLS
+#                  (bench/reference/, installed with pip into bench/reference/.venv)
 #   def_<model>_<defense>  one more server whose models are iris and digits with no
 #                  defense (none) or exactly one (ood, squeeze, prada): each defense's
 #                  latency and CPU against the undefended path of the same model
@@ -39,6 +42,11 @@ cd "$root"
 command -v oha >/dev/null || { echo "installing oha (load generator) from crates.io ..." >&2; cargo install oha --locked >&2; }
 ./scripts/setup.sh
 cargo build --release -p warden -p warden-bench-floor >&2
+if [ ! -x bench/reference/.venv/bin/uvicorn ]; then
+  echo "installing the reference stack (bench/reference/requirements.txt) ..." >&2
+  python3 -m venv bench/reference/.venv
+  bench/reference/.venv/bin/pip install --quiet --disable-pip-version-check -r bench/reference/requirements.txt >&2
+fi
 
 tmp="$(mktemp -d)"
 pids=()
@@ -111,7 +119,7 @@ defvariant() { # model defense|none
   esac
 }
 for v in iris-none iris-ood iris-prada digits-none digits-ood digits-squeeze digits-prada; do defvariant "${v%%-*}" "${v#*-}"; done
-port_def=$((port_floor + 12))
+port_def=$((port_floor + 12)); port_ref=$((port_floor + 14))
 config "$port_def" "$tmp/data-def" $((port_floor + 13)) "" "" "" "$tmp/defmodels" > "$tmp/def.toml"
 client="$(./target/release/warden clients add bench --role predict --config "$tmp/warden.toml" 2>/dev/null)"
 client_id="$(sed -n 's/^client_id=//p' <<<"$client")"; client_secret="$(sed -n 's/^client_secret=//p' <<<"$client")"
@@ -130,12 +138,17 @@ pids+=($!); audit_off_pid=$!
 pids+=($!); audit_sync_pid=$!
 "${server_cpu[@]}" ./target/release/warden serve --config "$tmp/def.toml" >"$tmp/def.out" 2>"$tmp/def.log" &
 pids+=($!); def_pid=$!
+(cd bench/reference && exec "${server_cpu[@]}" .venv/bin/uvicorn app:app --host 127.0.0.1 --port "$port_ref" \
+  --ssl-keyfile "$tmp/tls/key.pem" --ssl-certfile "$tmp/tls/cert.pem" --log-level warning) >"$tmp/ref.log" 2>&1 &
+pids+=($!); ref_pid=$!
 
 for _ in $(seq 1 100); do
   grep -q '"listening"' "$tmp/warden.log" 2>/dev/null && grep -q '"listening"' "$tmp/nocache.log" 2>/dev/null \
     && grep -q '"listening"' "$tmp/redis.log" 2>/dev/null \
     && grep -q '"listening"' "$tmp/audit-off.log" 2>/dev/null && grep -q '"listening"' "$tmp/audit-sync.log" 2>/dev/null \
     && grep -q '"listening"' "$tmp/def.log" 2>/dev/null \
+    && curl -sf --cacert "$tmp/tls/cert.pem" -o /dev/null -H 'x-api-key: reference-key' -H 'content-type: application/json' \
+         -d '{"instances": [[5.1, 3.5, 1.4, 0.2]]}' "https://127.0.0.1:$port_ref/v1/models/iris:predict" \
     && grep -q 'floor listening' "$tmp/floor.log" 2>/dev/null && break
   sleep 0.1
 done
@@ -199,6 +212,7 @@ for round in $(seq 1 "$ROUNDS"); do
   run warden_redis "$redis_pid" "https://127.0.0.1:$port_redis_warden/v1/models/iris:predict" "X-API-Key: $redis_key"
   run warden_audit_off "$audit_off_pid" "https://127.0.0.1:$port_audit_off/v1/models/iris:predict" "X-API-Key: $audit_off_key"
   run warden_audit_sync "$audit_sync_pid" "https://127.0.0.1:$port_audit_sync/v1/models/iris:predict" "X-API-Key: $audit_sync_key"
+  run reference "$ref_pid" "https://127.0.0.1:$port_ref/v1/models/iris:predict" "X-API-Key: reference-key"
   for v in iris-none iris-ood iris-prada; do
     run "def_${v/-/_}" "$def_pid" "https://127.0.0.1:$port_def/v1/models/$v:predict" "X-API-Key: $def_key"
   done
@@ -263,7 +277,7 @@ def summary(name):
     out["aborted_at_end"] = sum(m["aborted_at_end"] for m in ms)
     return out
 NAMES = ("floor", "warden", "warden_eddsa", "warden_rs256", "warden_nocache", "warden_redis",
-         "warden_audit_off", "warden_audit_sync")
+         "warden_audit_off", "warden_audit_sync", "reference")
 DEFENSES = ("def_iris_none", "def_iris_ood", "def_iris_prada",
             "def_digits_none", "def_digits_ood", "def_digits_squeeze", "def_digits_prada")
 summaries = {n: summary(n) for n in NAMES + DEFENSES}
@@ -277,7 +291,9 @@ def ratio(key, a="warden", b="floor"):
     return statistics.median(per[(r, a)][key] / per[(r, b)][key] for r in rounds_seen)
 def diff(key, a, b="warden"):
     return statistics.median(per[(r, a)][key] - per[(r, b)][key] for r in rounds_seen)
-ratios = {"rps_vs_floor": ratio("rps"), "cpu_per_req_vs_floor": ratio("cpu_us_per_req"), "p99_vs_floor": ratio("p99_ms")}
+ratios = {"rps_vs_floor": ratio("rps"), "cpu_per_req_vs_floor": ratio("cpu_us_per_req"), "p99_vs_floor": ratio("p99_ms"),
+          "rps_vs_reference": ratio("rps", "warden", "reference"),
+          "cpu_per_req_vs_reference": ratio("cpu_us_per_req", "warden", "reference")}
 auth = {n: {"rps_vs_api_key": ratio("rps", n, "warden"), "cpu_per_req_vs_api_key": ratio("cpu_us_per_req", n, "warden"),
             "added_cpu_us_per_req": diff("cpu_us_per_req", n), "added_p50_ms": diff("p50_ms", n)}
         for n in ("warden_eddsa", "warden_rs256", "warden_nocache", "warden_redis")}
@@ -300,7 +316,8 @@ for name in NAMES:
     s = summaries[name]
     idle = f"{s['idle_rss_mib']:>12.1f}" if "idle_rss_mib" in s else f"{'':>12}"
     print(f"{name:15} {s['rps']:>9.0f} {s['p50_ms']:>7.2f} {s['p99_ms']:>7.2f} {s['errors']:>6} {s['cpu_us_per_req']:>10.1f} {idle} {s['loaded_rss_mib']:>14.1f}")
-print(f"\nwarden / floor (median of per-round ratios): {ratios['rps_vs_floor']:.1%} of requests/s, "
+print(f"\nwarden / reference stack: {ratios['rps_vs_reference']:.0f}x its requests/s at {ratios['cpu_per_req_vs_reference']:.3f}x its CPU per request")
+print(f"warden / floor (median of per-round ratios): {ratios['rps_vs_floor']:.1%} of requests/s, "
       f"{ratios['cpu_per_req_vs_floor']:.2f}x CPU per request, {ratios['p99_vs_floor']:.2f}x p99")
 for n, a in auth.items():
     print(f"{n} / warden (API key, cached): {a['rps_vs_api_key']:.1%} of requests/s, {a['cpu_per_req_vs_api_key']:.2f}x CPU per request "
