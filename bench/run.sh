@@ -17,6 +17,9 @@
 #   warden_audit_off  / warden_audit_sync  the same as warden with the audit trail off,
 #                  and with audit.durability = "sync" (warden itself is the default,
 #                  "batched"): the audit trail's cost in each mode
+#   warden_plain   the same server configuration over plain HTTP on loopback (the TLS cost)
+#   warden_open_loop  warden at a fixed 20000 requests/s (oha -q, latency corrected):
+#                  latency without coordinated omission
 #   reference      the seeds' reference stack: FastAPI + slowapi + an API-key header +
 #                  the same scikit-learn RandomForest, under uvicorn over TLS
 #                  (bench/reference/, installed with pip into bench/reference/.venv)
@@ -119,7 +122,9 @@ defvariant() { # model defense|none
   esac
 }
 for v in iris-none iris-ood iris-prada digits-none digits-ood digits-squeeze digits-prada; do defvariant "${v%%-*}" "${v#*-}"; done
-port_def=$((port_floor + 12)); port_ref=$((port_floor + 14))
+port_def=$((port_floor + 12)); port_ref=$((port_floor + 14)); port_plain=$((port_floor + 15))
+config "$port_plain" "$tmp/data-plain" $((port_floor + 16)) > "$tmp/plain.toml"
+sed -i -e '/^cert = /d' -e '/^key = { file/d' -e 's/^\[tls\]$/[tls]\nenabled = false/' "$tmp/plain.toml"
 config "$port_def" "$tmp/data-def" $((port_floor + 13)) "" "" "" "$tmp/defmodels" > "$tmp/def.toml"
 client="$(./target/release/warden clients add bench --role predict --config "$tmp/warden.toml" 2>/dev/null)"
 client_id="$(sed -n 's/^client_id=//p' <<<"$client")"; client_secret="$(sed -n 's/^client_secret=//p' <<<"$client")"
@@ -138,6 +143,8 @@ pids+=($!); audit_off_pid=$!
 pids+=($!); audit_sync_pid=$!
 "${server_cpu[@]}" ./target/release/warden serve --config "$tmp/def.toml" >"$tmp/def.out" 2>"$tmp/def.log" &
 pids+=($!); def_pid=$!
+"${server_cpu[@]}" ./target/release/warden serve --config "$tmp/plain.toml" >"$tmp/plain.out" 2>"$tmp/plain.log" &
+pids+=($!); plain_pid=$!
 (cd bench/reference && exec "${server_cpu[@]}" .venv/bin/uvicorn app:app --host 127.0.0.1 --port "$port_ref" \
   --ssl-keyfile "$tmp/tls/key.pem" --ssl-certfile "$tmp/tls/cert.pem" --log-level warning) >"$tmp/ref.log" 2>&1 &
 pids+=($!); ref_pid=$!
@@ -146,7 +153,7 @@ for _ in $(seq 1 100); do
   grep -q '"listening"' "$tmp/warden.log" 2>/dev/null && grep -q '"listening"' "$tmp/nocache.log" 2>/dev/null \
     && grep -q '"listening"' "$tmp/redis.log" 2>/dev/null \
     && grep -q '"listening"' "$tmp/audit-off.log" 2>/dev/null && grep -q '"listening"' "$tmp/audit-sync.log" 2>/dev/null \
-    && grep -q '"listening"' "$tmp/def.log" 2>/dev/null \
+    && grep -q '"listening"' "$tmp/def.log" 2>/dev/null && grep -q '"listening"' "$tmp/plain.log" 2>/dev/null \
     && curl -sf --cacert "$tmp/tls/cert.pem" -o /dev/null -H 'x-api-key: reference-key' -H 'content-type: application/json' \
          -d '{"instances": [[5.1, 3.5, 1.4, 0.2]]}' "https://127.0.0.1:$port_ref/v1/models/iris:predict" \
     && grep -q 'floor listening' "$tmp/floor.log" 2>/dev/null && break
@@ -159,6 +166,7 @@ redis_key="$(grep -o 'wdn_[a-z0-9]*_[A-Za-z0-9]*' "$tmp/redis.out" | head -1)"
 audit_off_key="$(grep -o 'wdn_[a-z0-9]*_[A-Za-z0-9]*' "$tmp/audit-off.out" | head -1)"
 audit_sync_key="$(grep -o 'wdn_[a-z0-9]*_[A-Za-z0-9]*' "$tmp/audit-sync.out" | head -1)"
 def_key="$(grep -o 'wdn_[a-z0-9]*_[A-Za-z0-9]*' "$tmp/def.out" | head -1)"
+plain_key="$(grep -o 'wdn_[a-z0-9]*_[A-Za-z0-9]*' "$tmp/plain.out" | head -1)"
 digits_body="$(python3 -c 'import json; print(json.dumps({"instances": [json.load(open("models/digits/fixtures.json"))["inputs"][0]]}))')"
 # PRADA's state grows with varied queries: fill it (600 random test-like rows per
 # model) so the measured queries pay for a realistic nearest-neighbour search.
@@ -192,7 +200,8 @@ run() { # name pid url [headers...]
     -m POST -H 'content-type: application/json' "${hdrs[@]}" -d "${RUN_BODY:-$body}" "$url" >/dev/null 2>&1 || true
   local idle; idle=$(rss_kib "$pid")
   local t0; t0=$(cpu_ticks "$pid")
-  "${load_cpu[@]}" oha -z "${SECONDS_PER_RUN}s" -c "$CONNECTIONS" --no-tui --output-format json --cacert "$tmp/tls/cert.pem" \
+  local rate=(); if [ -n "${RUN_RATE:-}" ]; then rate=(-q "$RUN_RATE" --latency-correction); fi
+  "${load_cpu[@]}" oha -z "${SECONDS_PER_RUN}s" -c "$CONNECTIONS" "${rate[@]}" --no-tui --output-format json --cacert "$tmp/tls/cert.pem" \
     -m POST -H 'content-type: application/json' "${hdrs[@]}" -d "${RUN_BODY:-$body}" "$url" > "$tmp/$name.json"
   local t1; t1=$(cpu_ticks "$pid")
   local loaded; loaded=$(rss_kib "$pid")
@@ -213,6 +222,8 @@ for round in $(seq 1 "$ROUNDS"); do
   run warden_audit_off "$audit_off_pid" "https://127.0.0.1:$port_audit_off/v1/models/iris:predict" "X-API-Key: $audit_off_key"
   run warden_audit_sync "$audit_sync_pid" "https://127.0.0.1:$port_audit_sync/v1/models/iris:predict" "X-API-Key: $audit_sync_key"
   run reference "$ref_pid" "https://127.0.0.1:$port_ref/v1/models/iris:predict" "X-API-Key: reference-key"
+  run warden_plain "$plain_pid" "http://127.0.0.1:$port_plain/v1/models/iris:predict" "X-API-Key: $plain_key"
+  RUN_RATE=20000 run warden_open_loop "$warden_pid" "https://127.0.0.1:$port_warden/v1/models/iris:predict" "X-API-Key: $key"
   for v in iris-none iris-ood iris-prada; do
     run "def_${v/-/_}" "$def_pid" "https://127.0.0.1:$port_def/v1/models/$v:predict" "X-API-Key: $def_key"
   done
@@ -263,6 +274,7 @@ def measure(r):
         "rps": ok / secs,
         "p50_ms": o["latencyPercentiles"]["p50"] * 1000,
         "p99_ms": o["latencyPercentiles"]["p99"] * 1000,
+        "p999_ms": o["latencyPercentiles"]["p99.9"] * 1000,
         "errors": sum(codes.values()) - ok + sum(errs.values()),
         "aborted_at_end": aborted,
         "cpu_us_per_req": r["cpu_ticks"] / r["hz"] * 1e6 / max(ok, 1),
@@ -277,7 +289,7 @@ def summary(name):
     out["aborted_at_end"] = sum(m["aborted_at_end"] for m in ms)
     return out
 NAMES = ("floor", "warden", "warden_eddsa", "warden_rs256", "warden_nocache", "warden_redis",
-         "warden_audit_off", "warden_audit_sync", "reference")
+         "warden_audit_off", "warden_audit_sync", "reference", "warden_plain", "warden_open_loop")
 DEFENSES = ("def_iris_none", "def_iris_ood", "def_iris_prada",
             "def_digits_none", "def_digits_ood", "def_digits_squeeze", "def_digits_prada")
 summaries = {n: summary(n) for n in NAMES + DEFENSES}
@@ -293,6 +305,8 @@ def diff(key, a, b="warden"):
     return statistics.median(per[(r, a)][key] - per[(r, b)][key] for r in rounds_seen)
 ratios = {"rps_vs_floor": ratio("rps"), "cpu_per_req_vs_floor": ratio("cpu_us_per_req"), "p99_vs_floor": ratio("p99_ms"),
           "rps_vs_reference": ratio("rps", "warden", "reference"),
+          "tls_cpu_per_req_vs_plain": ratio("cpu_us_per_req", "warden", "warden_plain"),
+          "tls_rps_vs_plain": ratio("rps", "warden", "warden_plain"),
           "cpu_per_req_vs_reference": ratio("cpu_us_per_req", "warden", "reference")}
 auth = {n: {"rps_vs_api_key": ratio("rps", n, "warden"), "cpu_per_req_vs_api_key": ratio("cpu_us_per_req", n, "warden"),
             "added_cpu_us_per_req": diff("cpu_us_per_req", n), "added_p50_ms": diff("p50_ms", n)}
@@ -316,7 +330,10 @@ for name in NAMES:
     s = summaries[name]
     idle = f"{s['idle_rss_mib']:>12.1f}" if "idle_rss_mib" in s else f"{'':>12}"
     print(f"{name:15} {s['rps']:>9.0f} {s['p50_ms']:>7.2f} {s['p99_ms']:>7.2f} {s['errors']:>6} {s['cpu_us_per_req']:>10.1f} {idle} {s['loaded_rss_mib']:>14.1f}")
-print(f"\nwarden / reference stack: {ratios['rps_vs_reference']:.0f}x its requests/s at {ratios['cpu_per_req_vs_reference']:.3f}x its CPU per request")
+print(f"\nwarden over TLS / over plain HTTP: {ratios['tls_rps_vs_plain']:.1%} of requests/s, {ratios['tls_cpu_per_req_vs_plain']:.2f}x CPU per request")
+o = summaries["warden_open_loop"]
+print(f"open loop at 20000 req/s (latency corrected): p50 {o['p50_ms']:.2f} ms, p99 {o['p99_ms']:.2f} ms, p99.9 {o['p999_ms']:.2f} ms, {o['rps']:.0f} req/s served")
+print(f"warden / reference stack: {ratios['rps_vs_reference']:.0f}x its requests/s at {ratios['cpu_per_req_vs_reference']:.3f}x its CPU per request")
 print(f"warden / floor (median of per-round ratios): {ratios['rps_vs_floor']:.1%} of requests/s, "
       f"{ratios['cpu_per_req_vs_floor']:.2f}x CPU per request, {ratios['p99_vs_floor']:.2f}x p99")
 for n, a in auth.items():
