@@ -23,6 +23,9 @@
 #   reference      the seeds' reference stack: FastAPI + slowapi + an API-key header +
 #                  the same scikit-learn RandomForest, under uvicorn over TLS
 #                  (bench/reference/, installed with pip into bench/reference/.venv)
+#   mlserver       Seldon MLServer (bench/mlserver/, pip into bench/mlserver/.venv, uvloop
+#                  pinned) serving the same RandomForest over the v2 protocol, plain HTTP,
+#                  one process
 #   def_<model>_<defense>  one more server whose models are iris and digits with no
 #                  defense (none) or exactly one (ood, squeeze, prada): each defense's
 #                  latency and CPU against the undefended path of the same model
@@ -45,6 +48,11 @@ cd "$root"
 command -v oha >/dev/null || { echo "installing oha (load generator) from crates.io ..." >&2; cargo install oha --locked >&2; }
 ./scripts/setup.sh
 cargo build --release -p warden -p warden-bench-floor >&2
+if [ ! -x bench/mlserver/.venv/bin/mlserver ]; then
+  echo "installing MLServer (bench/mlserver/requirements.txt) ..." >&2
+  python3 -m venv bench/mlserver/.venv
+  bench/mlserver/.venv/bin/pip install --quiet --disable-pip-version-check -r bench/mlserver/requirements.txt >&2
+fi
 if [ ! -x bench/reference/.venv/bin/uvicorn ]; then
   echo "installing the reference stack (bench/reference/requirements.txt) ..." >&2
   python3 -m venv bench/reference/.venv
@@ -122,7 +130,8 @@ defvariant() { # model defense|none
   esac
 }
 for v in iris-none iris-ood iris-prada digits-none digits-ood digits-squeeze digits-prada; do defvariant "${v%%-*}" "${v#*-}"; done
-port_def=$((port_floor + 12)); port_ref=$((port_floor + 14)); port_plain=$((port_floor + 15))
+port_def=$((port_floor + 12)); port_ref=$((port_floor + 14)); port_plain=$((port_floor + 15)); port_mls=$((port_floor + 17))
+bench/mlserver/.venv/bin/python bench/mlserver/train.py "$tmp/mlserver"
 config "$port_plain" "$tmp/data-plain" $((port_floor + 16)) > "$tmp/plain.toml"
 sed -i -e '/^cert = /d' -e '/^key = { file/d' -e 's/^\[tls\]$/[tls]\nenabled = false/' "$tmp/plain.toml"
 config "$port_def" "$tmp/data-def" $((port_floor + 13)) "" "" "" "$tmp/defmodels" > "$tmp/def.toml"
@@ -145,6 +154,9 @@ pids+=($!); audit_sync_pid=$!
 pids+=($!); def_pid=$!
 "${server_cpu[@]}" ./target/release/warden serve --config "$tmp/plain.toml" >"$tmp/plain.out" 2>"$tmp/plain.log" &
 pids+=($!); plain_pid=$!
+(cd "$tmp/mlserver" && MLSERVER_HTTP_PORT=$port_mls MLSERVER_GRPC_PORT=$((port_floor + 18)) \
+  exec "${server_cpu[@]}" "$root/bench/mlserver/.venv/bin/mlserver" start .) >"$tmp/mls.log" 2>&1 &
+pids+=($!); mls_pid=$!
 (cd bench/reference && exec "${server_cpu[@]}" .venv/bin/uvicorn app:app --host 127.0.0.1 --port "$port_ref" \
   --ssl-keyfile "$tmp/tls/key.pem" --ssl-certfile "$tmp/tls/cert.pem" --log-level warning) >"$tmp/ref.log" 2>&1 &
 pids+=($!); ref_pid=$!
@@ -154,6 +166,7 @@ for _ in $(seq 1 100); do
     && grep -q '"listening"' "$tmp/redis.log" 2>/dev/null \
     && grep -q '"listening"' "$tmp/audit-off.log" 2>/dev/null && grep -q '"listening"' "$tmp/audit-sync.log" 2>/dev/null \
     && grep -q '"listening"' "$tmp/def.log" 2>/dev/null && grep -q '"listening"' "$tmp/plain.log" 2>/dev/null \
+    && curl -sf -o /dev/null "http://127.0.0.1:$port_mls/v2/models/iris/ready" \
     && curl -sf --cacert "$tmp/tls/cert.pem" -o /dev/null -H 'x-api-key: reference-key' -H 'content-type: application/json' \
          -d '{"instances": [[5.1, 3.5, 1.4, 0.2]]}' "https://127.0.0.1:$port_ref/v1/models/iris:predict" \
     && grep -q 'floor listening' "$tmp/floor.log" 2>/dev/null && break
@@ -222,6 +235,8 @@ for round in $(seq 1 "$ROUNDS"); do
   run warden_audit_off "$audit_off_pid" "https://127.0.0.1:$port_audit_off/v1/models/iris:predict" "X-API-Key: $audit_off_key"
   run warden_audit_sync "$audit_sync_pid" "https://127.0.0.1:$port_audit_sync/v1/models/iris:predict" "X-API-Key: $audit_sync_key"
   run reference "$ref_pid" "https://127.0.0.1:$port_ref/v1/models/iris:predict" "X-API-Key: reference-key"
+  RUN_BODY='{"inputs":[{"name":"input-0","shape":[1,4],"datatype":"FP32","data":[5.1,3.5,1.4,0.2]}]}' \
+    run mlserver "$mls_pid" "http://127.0.0.1:$port_mls/v2/models/iris/infer"
   run warden_plain "$plain_pid" "http://127.0.0.1:$port_plain/v1/models/iris:predict" "X-API-Key: $plain_key"
   RUN_RATE=20000 run warden_open_loop "$warden_pid" "https://127.0.0.1:$port_warden/v1/models/iris:predict" "X-API-Key: $key"
   for v in iris-none iris-ood iris-prada; do
@@ -289,7 +304,7 @@ def summary(name):
     out["aborted_at_end"] = sum(m["aborted_at_end"] for m in ms)
     return out
 NAMES = ("floor", "warden", "warden_eddsa", "warden_rs256", "warden_nocache", "warden_redis",
-         "warden_audit_off", "warden_audit_sync", "reference", "warden_plain", "warden_open_loop")
+         "warden_audit_off", "warden_audit_sync", "reference", "mlserver", "warden_plain", "warden_open_loop")
 DEFENSES = ("def_iris_none", "def_iris_ood", "def_iris_prada",
             "def_digits_none", "def_digits_ood", "def_digits_squeeze", "def_digits_prada")
 summaries = {n: summary(n) for n in NAMES + DEFENSES}
@@ -305,6 +320,7 @@ def diff(key, a, b="warden"):
     return statistics.median(per[(r, a)][key] - per[(r, b)][key] for r in rounds_seen)
 ratios = {"rps_vs_floor": ratio("rps"), "cpu_per_req_vs_floor": ratio("cpu_us_per_req"), "p99_vs_floor": ratio("p99_ms"),
           "rps_vs_reference": ratio("rps", "warden", "reference"),
+          "rps_vs_mlserver": ratio("rps", "warden", "mlserver"),
           "tls_cpu_per_req_vs_plain": ratio("cpu_us_per_req", "warden", "warden_plain"),
           "tls_rps_vs_plain": ratio("rps", "warden", "warden_plain"),
           "cpu_per_req_vs_reference": ratio("cpu_us_per_req", "warden", "reference")}
@@ -333,6 +349,7 @@ for name in NAMES:
 print(f"\nwarden over TLS / over plain HTTP: {ratios['tls_rps_vs_plain']:.1%} of requests/s, {ratios['tls_cpu_per_req_vs_plain']:.2f}x CPU per request")
 o = summaries["warden_open_loop"]
 print(f"open loop at 20000 req/s (latency corrected): p50 {o['p50_ms']:.2f} ms, p99 {o['p99_ms']:.2f} ms, p99.9 {o['p999_ms']:.2f} ms, {o['rps']:.0f} req/s served")
+print(f"warden / MLServer: {ratios['rps_vs_mlserver']:.0f}x its requests/s")
 print(f"warden / reference stack: {ratios['rps_vs_reference']:.0f}x its requests/s at {ratios['cpu_per_req_vs_reference']:.3f}x its CPU per request")
 print(f"warden / floor (median of per-round ratios): {ratios['rps_vs_floor']:.1%} of requests/s, "
       f"{ratios['cpu_per_req_vs_floor']:.2f}x CPU per request, {ratios['p99_vs_floor']:.2f}x p99")
