@@ -75,19 +75,73 @@ pub fn plane_label(plane: Plane) -> &'static str {
     }
 }
 
+/// Interned label values: route templates and model names are a fixed,
+/// small set (unknown models are never a label), so each is leaked once and
+/// the per-request path neither allocates nor builds metric keys.
+fn intern(value: &str) -> &'static str {
+    static SEEN: std::sync::RwLock<std::collections::BTreeSet<&'static str>> =
+        std::sync::RwLock::new(std::collections::BTreeSet::new());
+    if let Some(v) = SEEN
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .get(value)
+    {
+        return v;
+    }
+    let mut set = SEEN
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(v) = set.get(value) {
+        return v;
+    }
+    let v: &'static str = Box::leak(value.to_owned().into_boxed_str());
+    set.insert(v);
+    v
+}
+
+type RequestKey = (&'static str, &'static str, &'static str, &'static str);
+
+/// The request counter and latency histogram of each (plane, route, model,
+/// code), registered once.
+static REQUEST_HANDLES: std::sync::LazyLock<
+    std::sync::RwLock<
+        std::collections::HashMap<RequestKey, (metrics::Counter, metrics::Histogram)>,
+    >,
+> = std::sync::LazyLock::new(Default::default);
+
 /// One answered request.
-pub fn request(plane: Plane, route: &str, model: Option<&str>, code: &str, elapsed: Duration) {
-    let plane = plane_label(plane);
-    counter!(
-        names::REQUESTS,
-        "plane" => plane,
-        "route" => route.to_owned(),
-        "model" => model.unwrap_or("").to_owned(),
-        "code" => code.to_owned(),
-    )
-    .increment(1);
-    histogram!(names::REQUEST_DURATION, "plane" => plane, "route" => route.to_owned())
-        .record(elapsed.as_secs_f64());
+pub fn request(
+    plane: Plane,
+    route: &str,
+    model: Option<&str>,
+    code: &'static str,
+    elapsed: Duration,
+) {
+    let key = (
+        plane_label(plane),
+        intern(route),
+        model.map_or("", intern),
+        code,
+    );
+    let cached = REQUEST_HANDLES
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .get(&key)
+        .cloned();
+    let (count, latency) = cached.unwrap_or_else(|| {
+        let (plane, route, model, code) = key;
+        let handles = (
+            counter!(names::REQUESTS, "plane" => plane, "route" => route, "model" => model, "code" => code),
+            histogram!(names::REQUEST_DURATION, "plane" => plane, "route" => route),
+        );
+        REQUEST_HANDLES
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(key, handles.clone());
+        handles
+    });
+    count.increment(1);
+    latency.record(elapsed.as_secs_f64());
 }
 
 /// One inference call's latency.
