@@ -198,15 +198,17 @@ mod tests {
     }
 
     fn card(output: &str) -> ModelCard {
-        let text = card_text(output);
+        parse(&card_text(output)).unwrap()
+    }
+
+    fn parse(text: &str) -> Result<ModelCard, crate::card::CardError> {
         ModelCard::parse(
-            &text,
+            text,
             CardDefaults {
                 max_batch: 8,
                 range_tolerance: 0.0,
             },
         )
-        .unwrap()
     }
 
     fn principal() -> Principal {
@@ -252,14 +254,7 @@ mod tests {
             "{}\n[policy.roles.analyst]\noutput = \"probabilities\"\ndecimals = 3\n[policy.roles.app]\ndecimals = 1\n",
             card_text("label")
         );
-        let c = ModelCard::parse(
-            &text,
-            CardDefaults {
-                max_batch: 8,
-                range_tolerance: 0.0,
-            },
-        )
-        .unwrap();
+        let c = parse(&text).unwrap();
         let mut roles = Roles::builtin();
         roles
             .define("analyst", String::new(), &["predict:*".into()])
@@ -321,14 +316,7 @@ mod tests {
             "{}\n[policy.roles.app]\ntop_k = 1\nconfidence_threshold = 0.7\n[policy.roles.noisy]\nnoise = 0.05\ndecimals = 6\n",
             card_text("probabilities")
         );
-        let c = ModelCard::parse(
-            &text,
-            CardDefaults {
-                max_batch: 8,
-                range_tolerance: 0.0,
-            },
-        )
-        .unwrap();
+        let c = parse(&text).unwrap();
         let mut roles = Roles::builtin();
         for r in ["app", "noisy"] {
             roles
@@ -365,14 +353,7 @@ mod tests {
         // A bad card is refused naming the key.
         for bad in ["top_k = 3", "confidence_threshold = 1.5", "noise = -1"] {
             let text = format!("{}{bad}\n", card_text("probabilities"));
-            let e = ModelCard::parse(
-                &text,
-                CardDefaults {
-                    max_batch: 8,
-                    range_tolerance: 0.0,
-                },
-            )
-            .unwrap_err();
+            let e = parse(&text).unwrap_err();
             assert!(e.0.starts_with("policy."), "{e}");
         }
     }

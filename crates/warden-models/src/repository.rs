@@ -130,8 +130,9 @@ pub static UNSIGNED: ModelSecurity = ModelSecurity {
 pub struct ModelSecurity {
     /// Trusted signing keys, and whether signatures are required.
     pub trust: Trust,
-    /// The key of `model.onnx.enc` files.
-    pub seal_key: Option<SealKey>,
+    /// The key of `model.onnx.enc` files (shared with the audit step's
+    /// raw-input snapshots).
+    pub seal_key: Option<Arc<SealKey>>,
 }
 
 /// A version folder's model, read (and decrypted) into memory and checked:

@@ -221,7 +221,7 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
         let audit_log = audit.clone();
         let services = Services {
             audit,
-            seal_key: seal_key(&config)?.map(Arc::new),
+            seal_key: security.seal_key.clone(),
             limiter,
             repository: Arc::new(repository),
             authenticator: authenticator.clone(),
@@ -718,7 +718,7 @@ pub(crate) fn model_security(
             keys: config.model_trusted_keys.clone(),
             require_signature: config.require_model_signature,
         },
-        seal_key: seal_key(config)?,
+        seal_key: seal_key(config)?.map(Arc::new),
     })
 }
 

@@ -227,6 +227,32 @@ impl Drop for Warden {
     }
 }
 
+/// Runs a Python test peer from tests/e2e with the packages scripts/setup.sh
+/// installs into .runtime/py; `needs` is one of them, checked first.
+fn python_peer(script: &str, needs: &str, args: &[&str]) -> String {
+    let py = repo().join(".runtime/py");
+    assert!(
+        py.join(needs).is_dir(),
+        "{needs} is missing: run ./scripts/setup.sh (it installs the test peers)"
+    );
+    let out = Command::new("python3")
+        .arg(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/e2e")
+                .join(script),
+        )
+        .args(args)
+        .env("PYTHONPATH", &py)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{script} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
 /// Copies a folder tree.
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();

@@ -32,16 +32,7 @@ async fn out_of_distribution_inputs_are_flagged_or_rejected_per_card() {
         .post("/v1/models/iris:predict", &key, odd_flower().to_string())
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    let metrics = w
-        .client
-        .get(w.admin_url("/metrics"))
-        .header("x-api-key", &key)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = w.metrics_text(&key).await;
     assert!(
         metrics
             .contains("warden_defense_flags_total{model=\"iris\",kind=\"out_of_distribution\"} 1"),

@@ -27,23 +27,7 @@ fn now() -> i64 {
 
 /// Runs the PyJWT peer (installed by scripts/setup.sh into .runtime/py).
 fn pyjwt(args: &[&str]) -> String {
-    let py = repo().join(".runtime/py");
-    assert!(
-        py.join("jwt").is_dir(),
-        "PyJWT is missing: run ./scripts/setup.sh (it installs the test peers)"
-    );
-    let out = Command::new("python3")
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e/jwt_peer.py"))
-        .args(args)
-        .env("PYTHONPATH", &py)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "jwt_peer.py {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    super::python_peer("jwt_peer.py", "jwt", args)
 }
 
 fn private_file(path: &Path, content: &str) {

@@ -162,16 +162,7 @@ async fn signed_and_encrypted_models_serve_and_tampered_ones_do_not() {
     assert_eq!(meta["versions"], serde_json::json!(["1"]), "{meta}");
     let (status, _) = w.get("/v2/models/iris/versions/2/ready", Some(&key)).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
-    let metrics = w
-        .client
-        .get(w.admin_url("/metrics"))
-        .header("x-api-key", &key)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = w.metrics_text(&key).await;
     assert!(
         metrics.contains("warden_alerts_total{kind=\"model_integrity_failed\"} 1"),
         "{metrics}"

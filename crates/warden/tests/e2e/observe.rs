@@ -10,6 +10,21 @@ use serde_json::{Value, json};
 
 use super::{Warden, iris, repo};
 
+impl Warden {
+    /// `GET /metrics` on the management listener with `key`, as text.
+    pub(super) async fn metrics_text(&self, key: &str) -> String {
+        self.client
+            .get(self.admin_url("/metrics"))
+            .header("x-api-key", key)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+}
+
 /// The value of the sample `name` whose labels include all of `labels`
 /// (summed when several match).
 fn sample(samples: &[Value], name: &str, labels: &[(&str, &str)]) -> f64 {

@@ -12,23 +12,7 @@ use serde_json::Value;
 use super::{BIN, Warden, repo};
 
 fn tls_peer(args: &[&str]) -> String {
-    let py = repo().join(".runtime/py");
-    assert!(
-        py.join("cryptography").is_dir(),
-        "the Python test peers are missing: run ./scripts/setup.sh"
-    );
-    let out = Command::new("python3")
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e/tls_peer.py"))
-        .args(args)
-        .env("PYTHONPATH", &py)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "tls_peer.py {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    super::python_peer("tls_peer.py", "cryptography", args)
 }
 
 fn generate(dir: &Path, days: &str) {
