@@ -404,7 +404,10 @@ async fn bad_input_gets_the_spec_code_and_the_server_carries_on() {
     let deep = format!(r#"{{"instances": {}{}}}"#, "[".repeat(200), "]".repeat(200));
     let huge = format!(r#"{{"instances": [[{}]]}}"#, "1,".repeat(1024 * 1024));
     let batch = json!({"instances": vec![[5.1, 3.5, 1.4, 0.2]; 10_000]}).to_string();
-    let wrong_key = format!("{}x", &admin[..admin.len() - 1]);
+    // The real key with its last character changed (never to itself: a key
+    // that already ends in 'x' gets a 'y').
+    let last = if admin.ends_with('x') { 'y' } else { 'x' };
+    let wrong_key = format!("{}{last}", &admin[..admin.len() - 1]);
     let cases: Vec<(&str, String, &str, &str, StatusCode, &str)> = vec![
         (
             "malformed JSON",
