@@ -267,11 +267,15 @@ impl Limiter {
         now_us: u64,
     ) -> Vec<QuotaWindow> {
         let mut windows: Vec<QuotaWindow> = Vec::new();
+        let applies = |q: &&warden_core::config::Quota| {
+            principal.has_role(&q.role) && q.model.as_deref().is_none_or(|m| m == model)
+        };
+        if !self.settings.quotas.iter().any(|q| applies(&q)) {
+            // The common case needs no window names: skip formatting them.
+            return windows;
+        }
         let (day, day_ends, month, month_ends) = calendar(now_us);
-        for q in &self.settings.quotas {
-            if !principal.has_role(&q.role) || q.model.as_deref().is_some_and(|m| m != model) {
-                continue;
-            }
+        for q in self.settings.quotas.iter().filter(applies) {
             let mut push = |name: &'static str, id: &str, limit: u64, ends_us: u64| {
                 let key = format!("q:{}:{model}:{id}", principal.id);
                 match windows.iter_mut().find(|w| w.key == key) {

@@ -18,6 +18,8 @@ struct RawCard {
     description: String,
     /// Most rows one request may carry. Default: `models.default_max_batch` (64).
     max_batch: Option<usize>,
+    /// Group concurrent requests into one inference call (default true).
+    dynamic_batching: Option<bool>,
     /// Serve this version instead of the highest one present.
     version: Option<u64>,
     /// Overrides `validation.range_tolerance` for this model.
@@ -307,8 +309,11 @@ impl PolicyDefaults {
 pub struct ModelCard {
     /// Model description.
     pub description: String,
-    /// Most rows per request.
+    /// Most rows per request (and per batched inference call).
     pub max_batch: usize,
+    /// Whether concurrent requests are grouped into one inference call
+    /// (`dynamic_batching`, default true); off, each request runs alone.
+    pub dynamic_batching: bool,
     /// Pinned version, if any.
     pub pinned_version: Option<u64>,
     /// Input tensor name.
@@ -498,6 +503,7 @@ impl ModelCard {
         Ok(Self {
             description: raw.description,
             max_batch,
+            dynamic_batching: raw.dynamic_batching.unwrap_or(true),
             pinned_version: raw.version,
             input_name: raw.input.name,
             features,
@@ -747,6 +753,9 @@ classes = ["x", "y"]
         assert_eq!(c.feature_index["colour"], 1);
         assert_eq!(c.policy, PolicyDefaults::DEFAULT);
         assert_eq!(c.max_batch, 64);
+        assert!(c.dynamic_batching);
+        let off = ModelCard::parse(&format!("dynamic_batching = false\n{CARD}"), DEFAULTS).unwrap();
+        assert!(!off.dynamic_batching);
         let f = &c.features[0];
         assert_eq!(f.check_number(12.0), Ok(12.0));
         assert!(f.check_number(13.0).is_err());

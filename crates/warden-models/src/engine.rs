@@ -116,6 +116,9 @@ struct Inner {
     io: Arc<Io>,
     /// Most rows in one batch.
     batch_rows: usize,
+    /// Whether concurrent requests share a call (the card's `dynamic_batching`);
+    /// off, every request is its own call.
+    batching: bool,
     /// Most requests waiting.
     queue_limit: usize,
     queue_timeout: std::time::Duration,
@@ -174,6 +177,7 @@ impl OnnxBackend {
                 pool,
                 io,
                 batch_rows: card.max_batch,
+                batching: card.dynamic_batching,
                 queue_limit: settings.queue,
                 queue_timeout: settings.queue_timeout,
                 queue: Mutex::new(VecDeque::new()),
@@ -392,7 +396,7 @@ impl Inner {
     }
 
     /// Takes queued requests in order, up to `batch_rows` rows (always at
-    /// least one request).
+    /// least one request; exactly one when batching is off).
     fn take_batch(&self) -> (Vec<Job>, bool) {
         let mut queue = self.lock_queue();
         let mut jobs = Vec::new();
@@ -411,6 +415,9 @@ impl Inner {
             }
             rows += job.rows;
             jobs.extend(queue.pop_front());
+            if !self.batching {
+                break;
+            }
         }
         (jobs, !queue.is_empty())
     }
@@ -427,15 +434,19 @@ impl Inner {
             done: false,
         };
         // Let requests that are already readable on other connections queue up first.
-        tokio::task::yield_now().await;
+        if self.batching {
+            tokio::task::yield_now().await;
+        }
         loop {
             let (jobs, more) = self.take_batch();
             if jobs.is_empty() {
                 guard.done = true;
                 return;
             }
-            if more {
-                // A full batch was taken and more wait: let another session start on them.
+            if more && self.pool.permits.available_permits() > 0 {
+                // More wait and a session is free: let another drain start on
+                // them. (When every session is busy, each is held by a drain
+                // loop that comes back for more, so nothing is stranded.)
                 tokio::spawn(Arc::clone(&self).drain_task());
             }
             let result = self.run_batch(&jobs).await;

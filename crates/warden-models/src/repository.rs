@@ -558,16 +558,18 @@ mod batching_tests {
     use crate::engine::EngineError;
 
     fn iris(queue: usize) -> (Arc<dyn Backend>, serde_json::Value) {
-        iris_with(queue, std::time::Duration::from_secs(2))
+        iris_with(queue, std::time::Duration::from_secs(2), true)
     }
 
     fn iris_with(
         queue: usize,
         queue_timeout: std::time::Duration,
+        batching: bool,
     ) -> (Arc<dyn Backend>, serde_json::Value) {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/iris");
-        let card = ModelCard::load(
-            &dir.join("model.toml"),
+        let text = std::fs::read_to_string(dir.join("model.toml")).unwrap();
+        let card = ModelCard::parse(
+            &format!("dynamic_batching = {batching}\n{text}"),
             CardDefaults {
                 max_batch: 64,
                 range_tolerance: 0.25,
@@ -587,10 +589,17 @@ mod batching_tests {
     }
 
     /// Concurrent requests of different sizes are batched together and each
-    /// gets exactly its own rows back.
+    /// gets exactly its own rows back; with batching off, each runs alone
+    /// and the answers are the same.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_requests_each_get_their_own_rows() {
-        let (backend, fixture) = iris(1024);
+        for batching in [true, false] {
+            each_gets_its_own_rows(batching).await;
+        }
+    }
+
+    async fn each_gets_its_own_rows(batching: bool) {
+        let (backend, fixture) = iris_with(1024, std::time::Duration::from_secs(2), batching);
         let inputs: Vec<Vec<f32>> = fixture["inputs"]
             .as_array()
             .unwrap()
@@ -649,7 +658,7 @@ mod batching_tests {
     /// A request that waited past the queue timeout is shed, not run.
     #[tokio::test(flavor = "current_thread")]
     async fn requests_past_the_queue_timeout_are_shed() {
-        let (backend, _) = iris_with(16, std::time::Duration::ZERO);
+        let (backend, _) = iris_with(16, std::time::Duration::ZERO, true);
         let futures: Vec<_> = (0..3)
             .map(|_| backend.infer(1, vec![5.1, 3.5, 1.4, 0.2]))
             .collect();
