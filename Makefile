@@ -1,5 +1,5 @@
 # Shortcuts for the README's two commands (they need only bash, cargo and pip).
-.PHONY: setup serve test bench lint
+.PHONY: setup serve test bench bench-stages lint
 
 setup:
 	./scripts/setup.sh
@@ -12,6 +12,10 @@ test: setup
 
 bench: setup
 	bench/run.sh
+
+# One Criterion micro-benchmark per pipeline stage (docs/benchmarks.md).
+bench-stages: setup
+	cargo bench -p warden-server --bench stages
 
 lint:
 	cargo fmt --all -- --check

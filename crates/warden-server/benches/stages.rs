@@ -1,0 +1,289 @@
+//! One Criterion benchmark per pipeline stage (SPEC §2), each calling the
+//! same step function the server runs, on the demo models with real ONNX
+//! Runtime, so a regression in one stage shows up by name:
+//!
+//! ```text
+//! cargo bench -p warden-server --bench stages            # all stages
+//! cargo bench -p warden-server --bench stages -- infer   # one group
+//! ```
+//!
+//! Stages: `auth` (a cached API key, the hot path; JWTs and cache misses
+//! are measured end to end in docs/benchmarks.md),
+//! `limit` (ban check + `default` policy, memory backend), `validate` (v1
+//! and v2 bodies against the card), `infer` (one row through the batching
+//! engine, alone and as 64 concurrent requests), `policy` (output policy + response serialization), `audit`
+//! (building the record and handing it to the batched writer). Needs the
+//! ONNX Runtime library: `./scripts/setup.sh`.
+
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::hint::black_box;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::http::{HeaderMap, HeaderValue, Request};
+use axum::response::IntoResponse;
+use criterion::{Criterion, criterion_group, criterion_main};
+use warden_audit::{AuditKey, AuditLog, WriterSettings};
+use warden_auth::{Authenticator, KeyAdmin, NewKey};
+use warden_core::Roles;
+use warden_models::card::CardDefaults;
+use warden_models::engine::PoolSettings;
+use warden_models::policy::OutputPolicy;
+use warden_models::repository::LoadSettings;
+use warden_models::runtime::Runtime;
+use warden_models::{Protocol, Repository, protocol, request};
+use warden_server::client_addr::{ClientAddr, PeerAddr};
+use warden_server::state::{AppState, Identity, RequestLimits, Shared};
+use warden_server::steps::{self, AccessLine, ModelNote, Plane, PrincipalNote};
+use warden_store::SqliteStore;
+
+const IRIS_V1: &[u8] = br#"{"instances": [[5.1, 3.5, 1.4, 0.2]]}"#;
+
+fn state(runtime: &tokio::runtime::Runtime) -> (AppState, String) {
+    let onnx = Runtime::init(None).expect("ONNX Runtime: run ./scripts/setup.sh");
+    let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models");
+    let repository = Repository::load(
+        &models,
+        LoadSettings {
+            runtime: onnx,
+            pool: PoolSettings {
+                sessions: 1,
+                queue: 1024,
+                queue_timeout: Duration::from_secs(2),
+            },
+            card: CardDefaults {
+                max_batch: 64,
+                range_tolerance: 0.25,
+            },
+            security: &warden_models::repository::UNSIGNED,
+        },
+    )
+    .unwrap();
+    let store = Arc::new(SqliteStore::in_memory().unwrap());
+    let roles = Arc::new(Roles::builtin());
+    let key = KeyAdmin::new(store.as_ref(), &roles)
+        .create(&NewKey {
+            name: "bench".into(),
+            role: "predict".into(),
+            models: None,
+            expires_in: None,
+        })
+        .unwrap()
+        .key
+        .to_string();
+    let audit_store = Arc::new(SqliteStore::in_memory().unwrap());
+    let audit = runtime.block_on(async {
+        AuditLog::start(
+            audit_store,
+            AuditKey::new(&[7; 32]),
+            WriterSettings {
+                replica: "bench".into(),
+                sync: false,
+                window: Duration::from_millis(50),
+                queue: 10_000,
+                checkpoint_every: Duration::from_secs(60),
+            },
+        )
+        .unwrap()
+    });
+    let mut config = warden_core::config::Config::default_with(&Default::default()).unwrap();
+    // Never refuse during the measurement: the check itself is the cost.
+    for rate in config.limits.rates.values_mut() {
+        rate.quota = 1_000_000_000;
+        rate.window = Duration::from_secs(1);
+        rate.burst = 1_000_000_000;
+    }
+    let state = AppState(Arc::new(Shared {
+        repository: Arc::new(repository),
+        authenticator: Arc::new(Authenticator::new(store.clone(), roles.clone())),
+        limits: RequestLimits {
+            body_limit: 1024 * 1024,
+            json_max_depth: 32,
+            request_timeout: Duration::from_secs(5),
+        },
+        trusted_proxies: Vec::new(),
+        tls: true,
+        access_log: None,
+        openapi: Default::default(),
+        identity: Arc::new(Identity {
+            store,
+            roles,
+            key_rotation_grace: Duration::from_secs(60),
+            oauth: None,
+        }),
+        limiter: Arc::new(warden_limits::Limiter::in_memory(
+            config.limits,
+            Arc::new(warden_limits::SystemClock),
+        )),
+        in_flight: tokio::sync::Semaphore::new(1024),
+        admin_in_flight: tokio::sync::Semaphore::new(16),
+        audit: Some(audit),
+        seal_key: None,
+        max_in_flight: 1024,
+        metrics: warden_server::metrics::install(),
+        certificates: Vec::new(),
+        rate_watch: None,
+    }));
+    (state, key)
+}
+
+fn digits_v2() -> Vec<u8> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/digits/fixtures.json");
+    let fixtures: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    let row = &fixtures["inputs"][0];
+    serde_json::to_vec(&serde_json::json!({
+        "inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": row}]
+    }))
+    .unwrap()
+}
+
+fn stages(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (state, key) = state(&rt);
+    let client = ClientAddr(IpAddr::V4(Ipv4Addr::LOCALHOST));
+    let mut headers = HeaderMap::new();
+    headers.insert("x-api-key", HeaderValue::from_str(&key).unwrap());
+    let principal = rt
+        .block_on(steps::authenticate(
+            &state,
+            &headers,
+            None,
+            Plane::Data,
+            Some(client),
+        ))
+        .unwrap();
+    let iris = state.repository.get("iris").unwrap().clone();
+    let digits = state.repository.get("digits").unwrap().clone();
+
+    let mut g = c.benchmark_group("auth");
+    g.bench_function("api_key_cached", |b| {
+        b.to_async(&rt).iter(|| async {
+            steps::authenticate(&state, black_box(&headers), None, Plane::Data, Some(client))
+                .await
+                .unwrap()
+        })
+    });
+    g.finish();
+
+    let mut g = c.benchmark_group("limit");
+    g.bench_function("ban_check_and_default_policy", |b| {
+        b.to_async(&rt).iter(|| async {
+            steps::ban_check(&state, Plane::Data, Some(client))
+                .await
+                .unwrap();
+            steps::rate_limit(&state, black_box(&principal))
+                .await
+                .unwrap()
+        })
+    });
+    g.finish();
+
+    let digits_body = digits_v2();
+    let mut g = c.benchmark_group("validate");
+    g.bench_function("v1_iris_1_row", |b| {
+        b.iter(|| request::parse(Protocol::V1, &iris.card, black_box(IRIS_V1), 32).unwrap())
+    });
+    g.bench_function("v2_digits_1_row", |b| {
+        b.iter(|| request::parse(Protocol::V2, &digits.card, black_box(&digits_body), 32).unwrap())
+    });
+    g.finish();
+
+    let iris_values = request::parse(Protocol::V1, &iris.card, IRIS_V1, 32)
+        .unwrap()
+        .values;
+    let digits_values = request::parse(Protocol::V2, &digits.card, &digits_body, 32)
+        .unwrap()
+        .values;
+    let mut g = c.benchmark_group("infer");
+    for (name, model, values) in [
+        ("iris_1_row", &iris, &iris_values),
+        ("digits_1_row", &digits, &digits_values),
+    ] {
+        let version = model.version(None).unwrap().clone();
+        g.bench_function(name, |b| {
+            b.to_async(&rt).iter(|| async {
+                version
+                    .backend
+                    .infer(1, black_box(values.to_vec()))
+                    .await
+                    .unwrap()
+            })
+        });
+    }
+    // 64 one-row requests at once, as 64 connections would send them: the
+    // batching engine runs them as one call (`dynamic_batching`), so this is
+    // the cost of a batch, not of 64 calls.
+    let version = iris.version(None).unwrap().clone();
+    g.bench_function("iris_64_concurrent_requests", |b| {
+        b.to_async(&rt).iter(|| {
+            futures_util::future::join_all(
+                (0..64).map(|_| version.backend.infer(1, black_box(iris_values.to_vec()))),
+            )
+        })
+    });
+    g.finish();
+
+    let prediction = rt
+        .block_on(
+            iris.version(None)
+                .unwrap()
+                .backend
+                .infer(1, iris_values.to_vec()),
+        )
+        .unwrap();
+    let mut g = c.benchmark_group("policy");
+    g.bench_function("iris_v1_response", |b| {
+        b.iter(|| {
+            let policy = OutputPolicy::for_caller(&iris.card, black_box(&principal));
+            let shown = policy.apply(&iris.card, &prediction, policy.default_outputs());
+            protocol::v1_response(&iris.card, &shown, 1)
+        })
+    });
+    g.finish();
+
+    let mut g = c.benchmark_group("audit");
+    let digest = steps::input_digest(&iris_values);
+    g.bench_function("record_and_enqueue", |b| {
+        b.to_async(&rt).iter(|| async {
+            let mut req = Request::post("/v1/models/iris:predict")
+                .body(Body::empty())
+                .unwrap();
+            req.extensions_mut()
+                .insert(PeerAddr(SocketAddr::from(([127, 0, 0, 1], 40000))));
+            let id = steps::assign_request_id(&mut req);
+            let line = AccessLine::start(&req, id, client, Instant::now());
+            let mut response = b"{}".into_response();
+            response.extensions_mut().insert(ModelNote {
+                model: "iris".into(),
+                version: 1,
+                rows: 1,
+                input_sha256: Some(digest),
+                inputs: None,
+                defense_flags: Vec::new(),
+            });
+            response
+                .extensions_mut()
+                .insert(PrincipalNote(principal.id.clone()));
+            steps::audit(&state, &line, response).await
+        })
+    });
+    g.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2));
+    targets = stages
+}
+criterion_main!(benches);
