@@ -118,7 +118,7 @@ config "$port_audit_sync" "$tmp/data-audit-sync" $((port_floor + 11)) "" "" 'dur
 section() { # card defense -> that [defenses.*] table, up to the next table or the end marker
   awk -v t="[defenses.$2]" '$0 == t {on = 1; print; next} on && (/^\[/ || /^# \[defenses\] end/) {on = 0} on' "$1"
 }
-defvariant() { # model defense|none
+defvariant() { # model defense|none|nobatch
   local d="$tmp/defmodels/$1-$2"
   mkdir -p "$d"
   cp -r "models/$1/1" "models/$1/ood_stats.json" "$d/"
@@ -127,9 +127,13 @@ defvariant() { # model defense|none
     ood) section "models/$1/model.toml" out_of_distribution >> "$d/model.toml" ;;
     squeeze) section "models/$1/model.toml" adversarial >> "$d/model.toml" ;;
     prada) section "models/$1/model.toml" extraction >> "$d/model.toml" ;;
+    nobatch) sed -i '1i dynamic_batching = false' "$d/model.toml" ;;
   esac
 }
-for v in iris-none iris-ood iris-prada digits-none digits-ood digits-squeeze digits-prada; do defvariant "${v%%-*}" "${v#*-}"; done
+for v in iris:none iris:ood iris:prada digits:none digits:ood digits:squeeze digits:prada digits:nobatch \
+         breast-cancer:none breast-cancer:nobatch; do
+  defvariant "${v%%:*}" "${v#*:}"
+done
 port_def=$((port_floor + 12)); port_ref=$((port_floor + 14)); port_plain=$((port_floor + 15)); port_mls=$((port_floor + 17))
 bench/mlserver/.venv/bin/python bench/mlserver/train.py "$tmp/mlserver"
 config "$port_plain" "$tmp/data-plain" $((port_floor + 16)) > "$tmp/plain.toml"
@@ -172,6 +176,10 @@ for _ in $(seq 1 100); do
     && grep -q 'floor listening' "$tmp/floor.log" 2>/dev/null && break
   sleep 0.1
 done
+rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+# Idle RSS of Warden right after start, before any request (the token
+# endpoint's first Argon2 check below leaves ~19 MiB with glibc: see docs).
+echo "{\"warden_start_rss_kib\": $(rss_kib "$warden_pid"), \"floor_start_rss_kib\": $(rss_kib "$floor_pid")}" > "$tmp/start.json"
 key="$(grep -o 'wdn_[a-z0-9]*_[A-Za-z0-9]*' "$tmp/warden.out" | head -1)"
 [ -n "$key" ] || { echo "warden did not start:" >&2; cat "$tmp/warden.log" >&2; exit 1; }
 nocache_key="$(grep -o 'wdn_[a-z0-9]*_[A-Za-z0-9]*' "$tmp/nocache.out" | head -1)"
@@ -180,7 +188,8 @@ audit_off_key="$(grep -o 'wdn_[a-z0-9]*_[A-Za-z0-9]*' "$tmp/audit-off.out" | hea
 audit_sync_key="$(grep -o 'wdn_[a-z0-9]*_[A-Za-z0-9]*' "$tmp/audit-sync.out" | head -1)"
 def_key="$(grep -o 'wdn_[a-z0-9]*_[A-Za-z0-9]*' "$tmp/def.out" | head -1)"
 plain_key="$(grep -o 'wdn_[a-z0-9]*_[A-Za-z0-9]*' "$tmp/plain.out" | head -1)"
-digits_body="$(python3 -c 'import json; print(json.dumps({"instances": [json.load(open("models/digits/fixtures.json"))["inputs"][0]]}))')"
+first_row() { python3 -c 'import json, sys; print(json.dumps({"instances": [json.load(open(sys.argv[1]))["inputs"][0]]}))' "models/$1/fixtures.json"; }
+digits_body="$(first_row digits)"; bc_body="$(first_row breast-cancer)"
 # PRADA's state grows with varied queries: fill it (600 random test-like rows per
 # model) so the measured queries pay for a realistic nearest-neighbour search.
 python3 - "$port_def" "$def_key" "$tmp/tls/cert.pem" <<'PY'
@@ -201,7 +210,6 @@ eddsa="$(curl -sf --cacert "$tmp/tls/cert.pem" -u "$client_id:$client_secret" -d
 now=$(date +%s)
 rs256="$(peer mint "$tmp/pk" RS256 rsa-1 "{\"iss\":\"https://bench.example\",\"aud\":\"warden\",\"sub\":\"bench\",\"iat\":$now,\"exp\":$((now + 86400)),\"scope\":\"predict:*\"}")"
 
-rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 body='{"instances": [[5.1, 3.5, 1.4, 0.2]]}'
 
@@ -214,20 +222,20 @@ run() { # name pid url [headers...]
   local idle; idle=$(rss_kib "$pid")
   local t0; t0=$(cpu_ticks "$pid")
   local rate=(); if [ -n "${RUN_RATE:-}" ]; then rate=(-q "$RUN_RATE" --latency-correction); fi
-  "${load_cpu[@]}" oha -z "${SECONDS_PER_RUN}s" -c "$CONNECTIONS" "${rate[@]}" --no-tui --output-format json --cacert "$tmp/tls/cert.pem" \
+  "${load_cpu[@]}" oha -z "${SECONDS_PER_RUN}s" -c "${RUN_CONNECTIONS:-$CONNECTIONS}" "${rate[@]}" --no-tui --output-format json --cacert "$tmp/tls/cert.pem" \
     -m POST -H 'content-type: application/json' "${hdrs[@]}" -d "${RUN_BODY:-$body}" "$url" > "$tmp/$name.json"
   local t1; t1=$(cpu_ticks "$pid")
   local loaded; loaded=$(rss_kib "$pid")
   echo "{\"round\": $round, \"name\": \"$name\", \"idle_rss_kib\": $idle, \"loaded_rss_kib\": $loaded, \"cpu_ticks\": $((t1 - t0)), \"hz\": $(getconf CLK_TCK), \"oha\": $(tr -d '\n' < "$tmp/$name.json")}" >> "$tmp/results.jsonl"
 }
 
-# Idle RSS of Warden right after start, before any request.
-echo "{\"warden_start_rss_kib\": $(rss_kib "$warden_pid"), \"floor_start_rss_kib\": $(rss_kib "$floor_pid")}" > "$tmp/start.json"
 
 for round in $(seq 1 "$ROUNDS"); do
   echo "round $round/$ROUNDS ..." >&2
   run floor "$floor_pid" "https://127.0.0.1:$port_floor/v1/models/iris:predict"
   run warden "$warden_pid" "https://127.0.0.1:$port_warden/v1/models/iris:predict" "X-API-Key: $key"
+  RUN_BODY="$bc_body" run warden_breast_cancer "$warden_pid" "https://127.0.0.1:$port_warden/v1/models/breast-cancer:predict" "X-API-Key: $key"
+  RUN_BODY="$digits_body" run warden_digits "$warden_pid" "https://127.0.0.1:$port_warden/v1/models/digits:predict" "X-API-Key: $key"
   run warden_eddsa "$warden_pid" "https://127.0.0.1:$port_warden/v1/models/iris:predict" "Authorization: Bearer $eddsa"
   run warden_rs256 "$warden_pid" "https://127.0.0.1:$port_warden/v1/models/iris:predict" "Authorization: Bearer $rs256"
   run warden_nocache "$nocache_pid" "https://127.0.0.1:$port_nocache/v1/models/iris:predict" "X-API-Key: $nocache_key"
@@ -242,8 +250,15 @@ for round in $(seq 1 "$ROUNDS"); do
   for v in iris-none iris-ood iris-prada; do
     run "def_${v/-/_}" "$def_pid" "https://127.0.0.1:$port_def/v1/models/$v:predict" "X-API-Key: $def_key"
   done
-  for v in digits-none digits-ood digits-squeeze digits-prada; do
+  for v in digits-none digits-ood digits-squeeze digits-prada digits-nobatch; do
     RUN_BODY="$digits_body" run "def_${v/-/_}" "$def_pid" "https://127.0.0.1:$port_def/v1/models/$v:predict" "X-API-Key: $def_key"
+  done
+  for v in breast-cancer-none breast-cancer-nobatch; do
+    RUN_BODY="$bc_body" run "def_${v//-/_}" "$def_pid" "https://127.0.0.1:$port_def/v1/models/$v:predict" "X-API-Key: $def_key"
+  done
+  # Batching at one connection: what a lone client pays for the batching wait.
+  for v in digits-none digits-nobatch; do
+    RUN_CONNECTIONS=1 RUN_BODY="$digits_body" run "def_${v/-/_}_c1" "$def_pid" "https://127.0.0.1:$port_def/v1/models/$v:predict" "X-API-Key: $def_key"
   done
 done
 
@@ -303,11 +318,14 @@ def summary(name):
     out["errors"] = sum(m["errors"] for m in ms)
     out["aborted_at_end"] = sum(m["aborted_at_end"] for m in ms)
     return out
-NAMES = ("floor", "warden", "warden_eddsa", "warden_rs256", "warden_nocache", "warden_redis",
+NAMES = ("floor", "warden", "warden_breast_cancer", "warden_digits", "warden_eddsa", "warden_rs256", "warden_nocache", "warden_redis",
          "warden_audit_off", "warden_audit_sync", "reference", "mlserver", "warden_plain", "warden_open_loop")
 DEFENSES = ("def_iris_none", "def_iris_ood", "def_iris_prada",
             "def_digits_none", "def_digits_ood", "def_digits_squeeze", "def_digits_prada")
-summaries = {n: summary(n) for n in NAMES + DEFENSES}
+BATCHING = (("digits", "def_digits_none", "def_digits_nobatch"),
+            ("breast-cancer", "def_breast_cancer_none", "def_breast_cancer_nobatch"),
+            ("digits, 1 connection", "def_digits_none_c1", "def_digits_nobatch_c1"))
+summaries = {n: summary(n) for n in NAMES + DEFENSES + tuple(x for _, on, off in BATCHING for x in (on, off))}
 floor, warden = summaries["floor"], summaries["warden"]
 warden["idle_rss_mib"] = start["warden_start_rss_kib"] / 1024
 floor["idle_rss_mib"] = start["floor_start_rss_kib"] / 1024
@@ -336,16 +354,31 @@ defense_cost = {n: {"rps_vs_none": ratio("rps", n, n.rsplit("_", 1)[0] + "_none"
                     "cpu_per_req_vs_none": ratio("cpu_us_per_req", n, n.rsplit("_", 1)[0] + "_none"),
                     "added_cpu_us_per_req": diff("cpu_us_per_req", n, n.rsplit("_", 1)[0] + "_none")}
                 for n in DEFENSES if not n.endswith("_none")}
+batching = {label: {"rps_batched_vs_off": ratio("rps", on, off), "cpu_per_req_batched_vs_off": ratio("cpu_us_per_req", on, off),
+                    "p99_batched_vs_off": ratio("p99_ms", on, off), "p50_batched_vs_off": ratio("p50_ms", on, off)}
+            for label, on, off in BATCHING}
+# Issue 8's targets, from this run's ratios (iris, 64 connections, everything on, TLS).
+errors_total = sum(summaries[n]["errors"] for n in NAMES if n not in ("reference", "mlserver"))
+targets = [
+    ("requests/s >= 60% of the floor's", ratios["rps_vs_floor"] >= 0.60, f"{ratios['rps_vs_floor']:.1%}"),
+    ("CPU per request <= 2.5x the floor's", ratios["cpu_per_req_vs_floor"] <= 2.5, f"{ratios['cpu_per_req_vs_floor']:.2f}x"),
+    ("p99 <= 2x the floor's", ratios["p99_vs_floor"] <= 2.0, f"{ratios['p99_vs_floor']:.2f}x"),
+    (">= 300x the reference stack's requests/s", ratios["rps_vs_reference"] >= 300, f"{ratios['rps_vs_reference']:.0f}x"),
+    ("idle RSS <= 64 MiB", warden["idle_rss_mib"] <= 64, f"{warden['idle_rss_mib']:.1f} MiB"),
+    ("loaded RSS <= 128 MiB", warden["loaded_rss_mib"] <= 128, f"{warden['loaded_rss_mib']:.1f} MiB"),
+    ("zero errors (every Warden run)", errors_total == 0, f"{errors_total}"),
+]
 result = {"seconds": secs, "rounds": rounds, "connections": conns, **summaries, "ratios": ratios, "auth_vs_api_key": auth,
           "limiter_accuracy": accuracy, "audit_vs_off": audit, "defense_cost": defense_cost,
+          "batching_vs_off": batching, "targets": [{"target": t, "met": ok, "measured": m} for t, ok, m in targets],
           "per_round": [{"round": r, **{n: per[(r, n)] for n in NAMES}} for r in rounds_seen]}
 json.dump(result, open("bench/results/latest.json", "w"), indent=1)
 print(f"\nv1 predict on iris over HTTPS, {conns} connections, {secs}s x {rounds} rounds (medians)\n")
-print(f"{'':15} {'req/s':>9} {'p50 ms':>7} {'p99 ms':>7} {'errors':>6} {'CPU us/req':>10} {'idle RSS MiB':>12} {'loaded RSS MiB':>14}")
+print(f"{'':20} {'req/s':>9} {'p50 ms':>7} {'p99 ms':>7} {'p99.9 ms':>8} {'errors':>6} {'CPU us/req':>10} {'idle RSS MiB':>12} {'loaded RSS MiB':>14}")
 for name in NAMES:
     s = summaries[name]
     idle = f"{s['idle_rss_mib']:>12.1f}" if "idle_rss_mib" in s else f"{'':>12}"
-    print(f"{name:15} {s['rps']:>9.0f} {s['p50_ms']:>7.2f} {s['p99_ms']:>7.2f} {s['errors']:>6} {s['cpu_us_per_req']:>10.1f} {idle} {s['loaded_rss_mib']:>14.1f}")
+    print(f"{name:20} {s['rps']:>9.0f} {s['p50_ms']:>7.2f} {s['p99_ms']:>7.2f} {s['p999_ms']:>8.2f} {s['errors']:>6} {s['cpu_us_per_req']:>10.1f} {idle} {s['loaded_rss_mib']:>14.1f}")
 print(f"\nwarden over TLS / over plain HTTP: {ratios['tls_rps_vs_plain']:.1%} of requests/s, {ratios['tls_cpu_per_req_vs_plain']:.2f}x CPU per request")
 o = summaries["warden_open_loop"]
 print(f"open loop at 20000 req/s (latency corrected): p50 {o['p50_ms']:.2f} ms, p99 {o['p99_ms']:.2f} ms, p99.9 {o['p999_ms']:.2f} ms, {o['rps']:.0f} req/s served")
@@ -367,6 +400,14 @@ for n in DEFENSES:
     rel = (f"{c['rps_vs_none']:.1%} req/s, {c['p99_vs_none']:.2f}x p99, {c['cpu_per_req_vs_none']:.2f}x CPU "
            f"({c['added_cpu_us_per_req']:+.1f} us)") if c else "(baseline)"
     print(f"{n:22} {s['rps']:>9.0f} {s['p50_ms']:>7.2f} {s['p99_ms']:>7.2f} {s['cpu_us_per_req']:>10.1f}   {rel}")
+print(f"\n{'batching':22} {'req/s on':>9} {'req/s off':>9} {'p99 on':>7} {'p99 off':>7}   batched vs off")
+for label, on, off in BATCHING:
+    b = batching[label]
+    print(f"{label:22} {summaries[on]['rps']:>9.0f} {summaries[off]['rps']:>9.0f} {summaries[on]['p99_ms']:>7.2f} {summaries[off]['p99_ms']:>7.2f}   "
+          f"{b['rps_batched_vs_off']:.2f}x req/s, {b['cpu_per_req_batched_vs_off']:.2f}x CPU, {b['p50_batched_vs_off']:.2f}x p50, {b['p99_batched_vs_off']:.2f}x p99")
+print("\nissue 8 targets (iris, 64 connections, everything on, TLS; ratios within this run):")
+for t, ok, m in targets:
+    print(f"  {'met   ' if ok else 'MISSED'} {t}: {m}")
 print(f"limiter accuracy, {accuracy['sent']} one-row requests against a limit of {accuracy['limit']} rows: "
       f"memory accepted {accuracy['memory']}, redis accepted {accuracy['redis']}")
 print(f"(requests cancelled by oha at the end of each run, not errors: floor {floor['aborted_at_end']}, warden {warden['aborted_at_end']})")
