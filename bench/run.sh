@@ -23,6 +23,10 @@
 #   reference      the seeds' reference stack: FastAPI + slowapi + an API-key header +
 #                  the same scikit-learn RandomForest, under uvicorn over TLS
 #                  (bench/reference/, installed with pip into bench/reference/.venv)
+#   reference_default_forest / warden_default_forest  the reference stack and Warden
+#                  both serving scikit-learn's default RandomForest (100 trees, no depth
+#                  limit; bench/reference/default-forest/model.onnx for Warden, everything
+#                  on as in warden): the seeds' heavier model on both sides
 #   mlserver       Seldon MLServer (bench/mlserver/, pip into bench/mlserver/.venv, uvloop
 #                  pinned) serving the same RandomForest over the v2 protocol, plain HTTP,
 #                  one process
@@ -134,6 +138,10 @@ for v in iris:none iris:ood iris:prada digits:none digits:ood digits:squeeze dig
          breast-cancer:none breast-cancer:nobatch; do
   defvariant "${v%%:*}" "${v#*:}"
 done
+# scikit-learn's default forest under the iris card, defenses included (everything on).
+mkdir -p "$tmp/defmodels/iris-default-forest/1"
+cp models/iris/model.toml models/iris/ood_stats.json "$tmp/defmodels/iris-default-forest/"
+cp bench/reference/default-forest/model.onnx "$tmp/defmodels/iris-default-forest/1/"
 port_def=$((port_floor + 12)); port_ref=$((port_floor + 14)); port_plain=$((port_floor + 15)); port_mls=$((port_floor + 17))
 bench/mlserver/.venv/bin/python bench/mlserver/train.py "$tmp/mlserver"
 config "$port_plain" "$tmp/data-plain" $((port_floor + 16)) > "$tmp/plain.toml"
@@ -164,6 +172,10 @@ pids+=($!); mls_pid=$!
 (cd bench/reference && exec "${server_cpu[@]}" .venv/bin/uvicorn app:app --host 127.0.0.1 --port "$port_ref" \
   --ssl-keyfile "$tmp/tls/key.pem" --ssl-certfile "$tmp/tls/cert.pem" --log-level warning) >"$tmp/ref.log" 2>&1 &
 pids+=($!); ref_pid=$!
+port_ref_default=$((port_floor + 19))
+(cd bench/reference && REFERENCE_FOREST=default exec "${server_cpu[@]}" .venv/bin/uvicorn app:app --host 127.0.0.1 --port "$port_ref_default" \
+  --ssl-keyfile "$tmp/tls/key.pem" --ssl-certfile "$tmp/tls/cert.pem" --log-level warning) >"$tmp/ref-default.log" 2>&1 &
+pids+=($!); ref_default_pid=$!
 
 for _ in $(seq 1 100); do
   grep -q '"listening"' "$tmp/warden.log" 2>/dev/null && grep -q '"listening"' "$tmp/nocache.log" 2>/dev/null \
@@ -173,6 +185,8 @@ for _ in $(seq 1 100); do
     && curl -sf -o /dev/null "http://127.0.0.1:$port_mls/v2/models/iris/ready" \
     && curl -sf --cacert "$tmp/tls/cert.pem" -o /dev/null -H 'x-api-key: reference-key' -H 'content-type: application/json' \
          -d '{"instances": [[5.1, 3.5, 1.4, 0.2]]}' "https://127.0.0.1:$port_ref/v1/models/iris:predict" \
+    && curl -sf --cacert "$tmp/tls/cert.pem" -o /dev/null -H 'x-api-key: reference-key' -H 'content-type: application/json' \
+         -d '{"instances": [[5.1, 3.5, 1.4, 0.2]]}' "https://127.0.0.1:$port_ref_default/v1/models/iris:predict" \
     && grep -q 'floor listening' "$tmp/floor.log" 2>/dev/null && break
   sleep 0.1
 done
@@ -243,6 +257,8 @@ for round in $(seq 1 "$ROUNDS"); do
   run warden_audit_off "$audit_off_pid" "https://127.0.0.1:$port_audit_off/v1/models/iris:predict" "X-API-Key: $audit_off_key"
   run warden_audit_sync "$audit_sync_pid" "https://127.0.0.1:$port_audit_sync/v1/models/iris:predict" "X-API-Key: $audit_sync_key"
   run reference "$ref_pid" "https://127.0.0.1:$port_ref/v1/models/iris:predict" "X-API-Key: reference-key"
+  run reference_default_forest "$ref_default_pid" "https://127.0.0.1:$port_ref_default/v1/models/iris:predict" "X-API-Key: reference-key"
+  run warden_default_forest "$def_pid" "https://127.0.0.1:$port_def/v1/models/iris-default-forest:predict" "X-API-Key: $def_key"
   RUN_BODY='{"inputs":[{"name":"input-0","shape":[1,4],"datatype":"FP32","data":[5.1,3.5,1.4,0.2]}]}' \
     run mlserver "$mls_pid" "http://127.0.0.1:$port_mls/v2/models/iris/infer"
   run warden_plain "$plain_pid" "http://127.0.0.1:$port_plain/v1/models/iris:predict" "X-API-Key: $plain_key"
@@ -319,7 +335,7 @@ def summary(name):
     out["aborted_at_end"] = sum(m["aborted_at_end"] for m in ms)
     return out
 NAMES = ("floor", "warden", "warden_breast_cancer", "warden_digits", "warden_eddsa", "warden_rs256", "warden_nocache", "warden_redis",
-         "warden_audit_off", "warden_audit_sync", "reference", "mlserver", "warden_plain", "warden_open_loop")
+         "warden_audit_off", "warden_audit_sync", "reference", "reference_default_forest", "warden_default_forest", "mlserver", "warden_plain", "warden_open_loop")
 DEFENSES = ("def_iris_none", "def_iris_ood", "def_iris_prada",
             "def_digits_none", "def_digits_ood", "def_digits_squeeze", "def_digits_prada")
 BATCHING = (("digits", "def_digits_none", "def_digits_nobatch"),
@@ -339,6 +355,8 @@ def diff(key, a, b="warden"):
 ratios = {"rps_vs_floor": ratio("rps"), "cpu_per_req_vs_floor": ratio("cpu_us_per_req"), "p99_vs_floor": ratio("p99_ms"),
           "rps_vs_reference": ratio("rps", "warden", "reference"),
           "rps_vs_mlserver": ratio("rps", "warden", "mlserver"),
+          "default_forest_rps_vs_reference": ratio("rps", "warden_default_forest", "reference_default_forest"),
+          "default_forest_cpu_per_req_vs_reference": ratio("cpu_us_per_req", "warden_default_forest", "reference_default_forest"),
           "tls_cpu_per_req_vs_plain": ratio("cpu_us_per_req", "warden", "warden_plain"),
           "tls_rps_vs_plain": ratio("rps", "warden", "warden_plain"),
           "cpu_per_req_vs_reference": ratio("cpu_us_per_req", "warden", "reference")}
@@ -358,12 +376,14 @@ batching = {label: {"rps_batched_vs_off": ratio("rps", on, off), "cpu_per_req_ba
                     "p99_batched_vs_off": ratio("p99_ms", on, off), "p50_batched_vs_off": ratio("p50_ms", on, off)}
             for label, on, off in BATCHING}
 # Issue 8's targets, from this run's ratios (iris, 64 connections, everything on, TLS).
-errors_total = sum(summaries[n]["errors"] for n in NAMES if n not in ("reference", "mlserver"))
+errors_total = sum(summaries[n]["errors"] for n in NAMES if n not in ("reference", "reference_default_forest", "mlserver"))
 targets = [
     ("requests/s >= 60% of the floor's", ratios["rps_vs_floor"] >= 0.60, f"{ratios['rps_vs_floor']:.1%}"),
     ("CPU per request <= 2.5x the floor's", ratios["cpu_per_req_vs_floor"] <= 2.5, f"{ratios['cpu_per_req_vs_floor']:.2f}x"),
     ("p99 <= 2x the floor's", ratios["p99_vs_floor"] <= 2.0, f"{ratios['p99_vs_floor']:.2f}x"),
-    (">= 300x the reference stack's requests/s", ratios["rps_vs_reference"] >= 300, f"{ratios['rps_vs_reference']:.0f}x"),
+    (">= 300x the reference stack's requests/s (same 50-tree forest)", ratios["rps_vs_reference"] >= 300, f"{ratios['rps_vs_reference']:.0f}x"),
+    (">= 300x the reference stack's requests/s (scikit-learn's default forest on both)",
+     ratios["default_forest_rps_vs_reference"] >= 300, f"{ratios['default_forest_rps_vs_reference']:.0f}x"),
     ("idle RSS <= 64 MiB", warden["idle_rss_mib"] <= 64, f"{warden['idle_rss_mib']:.1f} MiB"),
     ("loaded RSS <= 128 MiB", warden["loaded_rss_mib"] <= 128, f"{warden['loaded_rss_mib']:.1f} MiB"),
     ("zero errors (every Warden run)", errors_total == 0, f"{errors_total}"),
@@ -384,6 +404,8 @@ o = summaries["warden_open_loop"]
 print(f"open loop at 20000 req/s (latency corrected): p50 {o['p50_ms']:.2f} ms, p99 {o['p99_ms']:.2f} ms, p99.9 {o['p999_ms']:.2f} ms, {o['rps']:.0f} req/s served")
 print(f"warden / MLServer: {ratios['rps_vs_mlserver']:.0f}x its requests/s")
 print(f"warden / reference stack: {ratios['rps_vs_reference']:.0f}x its requests/s at {ratios['cpu_per_req_vs_reference']:.3f}x its CPU per request")
+print(f"with scikit-learn's default forest on both sides: {ratios['default_forest_rps_vs_reference']:.0f}x its requests/s "
+      f"at {ratios['default_forest_cpu_per_req_vs_reference']:.4f}x its CPU per request")
 print(f"warden / floor (median of per-round ratios): {ratios['rps_vs_floor']:.1%} of requests/s, "
       f"{ratios['cpu_per_req_vs_floor']:.2f}x CPU per request, {ratios['p99_vs_floor']:.2f}x p99")
 for n, a in auth.items():

@@ -1,7 +1,8 @@
 """The reference stack the seeds describe, as teams write it today: FastAPI +
 slowapi (rate limit) + an API-key header check + a pickled-in-memory
 scikit-learn RandomForest (the same iris model Warden serves, trained the same
-way), served by uvicorn over TLS. bench/run.sh measures it side by side with
+way; or, with REFERENCE_FOREST=default, scikit-learn's default forest, which
+Warden then serves from default-forest/model.onnx), served by uvicorn over TLS. bench/run.sh measures it side by side with
 Warden (docs/benchmarks.md).
 
     uvicorn app:app --ssl-keyfile key.pem --ssl-certfile cert.pem
@@ -25,8 +26,13 @@ API_KEY = os.environ.get("REFERENCE_API_KEY", "reference-key")
 iris = load_iris()
 x_train, _, y_train, _ = train_test_split(iris.data, iris.target, test_size=0.25, random_state=SEED,
                                           stratify=iris.target)
-model = RandomForestClassifier(n_estimators=50, max_depth=6, random_state=SEED).fit(
-    x_train.astype(np.float32), y_train)
+# REFERENCE_FOREST=default: scikit-learn's defaults (100 trees, no depth limit),
+# the model the seeds' stack would hold; otherwise the demo model's size.
+if os.environ.get("REFERENCE_FOREST") == "default":
+    model = RandomForestClassifier(random_state=SEED)
+else:
+    model = RandomForestClassifier(n_estimators=50, max_depth=6, random_state=SEED)
+model.fit(x_train.astype(np.float32), y_train)
 classes = list(iris.target_names)
 
 limiter = Limiter(key_func=get_remote_address)
