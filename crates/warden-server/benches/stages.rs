@@ -143,8 +143,11 @@ fn digits_v2() -> Vec<u8> {
 }
 
 fn stages(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
+    // One thread drives the measured future and every task it spawns (the
+    // model's drain task, the audit writer), as a connection's requests run
+    // on one executor thread in the server; a multi-thread runtime would add
+    // a cross-thread wake-up to every inference.
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
