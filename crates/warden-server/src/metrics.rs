@@ -144,10 +144,29 @@ pub fn request(
     latency.record(elapsed.as_secs_f64());
 }
 
+/// The inference-latency histogram handle per model (interned name), so the
+/// request path neither allocates the label nor looks the metric up.
+static INFERENCE_HANDLES: std::sync::LazyLock<
+    std::sync::RwLock<std::collections::HashMap<&'static str, metrics::Histogram>>,
+> = std::sync::LazyLock::new(Default::default);
+
 /// One inference call's latency.
 pub fn inference(model: &str, elapsed: Duration) {
-    histogram!(names::INFERENCE_DURATION, "model" => model.to_owned())
-        .record(elapsed.as_secs_f64());
+    let model = intern(model);
+    let cached = INFERENCE_HANDLES
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .get(model)
+        .cloned();
+    let histogram = cached.unwrap_or_else(|| {
+        let handle = histogram!(names::INFERENCE_DURATION, "model" => model);
+        INFERENCE_HANDLES
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(model, handle.clone());
+        handle
+    });
+    histogram.record(elapsed.as_secs_f64());
 }
 
 /// A failed authentication.

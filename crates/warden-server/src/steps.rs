@@ -504,19 +504,25 @@ static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 pub fn rate_limited(outcome: &RateOutcome) -> ApiError {
     let mut e = ApiError::new(ErrorCode::RateLimited).with_retry_after(outcome.retry_after());
     for (name, value) in rate_headers(outcome) {
-        e = e.with_header(name, value);
+        if let Some(value) = value {
+            e = e.with_header(name, value);
+        }
     }
     e
 }
 
-fn rate_headers(outcome: &RateOutcome) -> Vec<(HeaderName, HeaderValue)> {
+fn rate_headers(outcome: &RateOutcome) -> [(HeaderName, Option<HeaderValue>); 2] {
+    // `TryFrom<String>` takes the string's buffer instead of copying it.
     [
-        (RATELIMIT_POLICY.clone(), outcome.policy_header()),
-        (RATELIMIT.clone(), outcome.limit_header()),
+        (
+            RATELIMIT_POLICY.clone(),
+            HeaderValue::try_from(outcome.policy_header()).ok(),
+        ),
+        (
+            RATELIMIT.clone(),
+            HeaderValue::try_from(outcome.limit_header()).ok(),
+        ),
     ]
-    .into_iter()
-    .filter_map(|(n, v)| HeaderValue::from_str(&v).ok().map(|v| (n, v)))
-    .collect()
 }
 
 /// Puts a rate check's RateLimit headers on a response, unless a more
@@ -526,6 +532,8 @@ pub fn add_rate_headers(headers: &mut HeaderMap, outcome: &RateOutcome) {
         return;
     }
     for (name, value) in rate_headers(outcome) {
-        headers.insert(name, value);
+        if let Some(value) = value {
+            headers.insert(name, value);
+        }
     }
 }
