@@ -231,7 +231,7 @@ run() { # name pid url [headers...]
   local name=$1 pid=$2 url=$3; shift 3
   local hdrs=(); for h in "$@"; do hdrs+=(-H "$h"); done
   # warm-up
-  "${load_cpu[@]}" oha -z 2s -c "$CONNECTIONS" --no-tui --output-format quiet --cacert "$tmp/tls/cert.pem" \
+  "${load_cpu[@]}" oha -z 2s -c "${RUN_CONNECTIONS:-$CONNECTIONS}" --no-tui --output-format quiet --cacert "$tmp/tls/cert.pem" \
     -m POST -H 'content-type: application/json' "${hdrs[@]}" -d "${RUN_BODY:-$body}" "$url" >/dev/null 2>&1 || true
   local idle; idle=$(rss_kib "$pid")
   local t0; t0=$(cpu_ticks "$pid")

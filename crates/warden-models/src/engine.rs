@@ -12,16 +12,16 @@
 //! the answers each request would have had alone; one call amortizes ONNX
 //! Runtime's per-call cost, which under load is several times the cost of a
 //! row (docs/benchmarks.md). A card with `dynamic_batching = false` runs
-//! each request as its own call (measured: half the throughput at 64
-//! connections on the demo models, the same at one).
+//! each request as its own call (measured on digits and breast-cancer:
+//! 1.14–1.27× the requests/s batched at 64 connections, the same at one).
 //!
 //! Where a call runs depends on what it costs: a model whose calls average
 //! under [`INLINE_BELOW`] (50 µs) runs them on the executor thread that
 //! drains its queue; a slower one on tokio's blocking pool, so that it
 //! cannot stall other connections. Handing work to another thread costs a
 //! context switch each way, more than a demo model's whole call; batching
-//! pays it once per batch, and running cheap calls inline not at all (+9%
-//! requests/s, -9% CPU per request on iris, docs/benchmarks.md).
+//! pays it once per batch, and running cheap calls inline not at all (+12%
+//! requests/s, -11% CPU per request on iris, docs/benchmarks.md).
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -460,6 +460,11 @@ impl Inner {
             }
             let result = self.run_batch(&jobs).await;
             answer(jobs, result);
+            // Give the executor thread back between batches: a batch run
+            // inline does not await, and a busy queue would otherwise keep
+            // this loop on the thread for many calls in a row (and the
+            // next batch gathers the requests read meanwhile).
+            tokio::task::yield_now().await;
         }
     }
 
@@ -532,8 +537,9 @@ impl Inner {
 /// The hand-off to the blocking pool costs two context switches per batch,
 /// more than a demo model's whole call (5–25 µs); blocking an executor
 /// thread this briefly is within tokio's guidance (well under 100 µs
-/// between awaits). A model whose calls grow slower (a heavier model, full
-/// batches) moves to the pool after a few calls, so a slow model never
+/// between awaits; the drain loop yields after every batch). A model whose
+/// calls grow slower (a heavier model, full batches) moves to the pool after
+/// one call of ~0.4 ms or more, or a few slower ones, so a slow model never
 /// holds up other connections for long; the first call of every model goes
 /// to the pool, as the average starts unknown.
 pub const INLINE_BELOW: Duration = Duration::from_micros(50);

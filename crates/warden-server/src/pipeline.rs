@@ -306,7 +306,8 @@ async fn infer_steps(
     note_flags(note, &screen);
     checked?;
     let kept = defend::keeps_values(&model).then(|| request.values.clone());
-    // Inference, on the blocking pool, bounded per model. Rows that were not
+    // Inference, batched and bounded per model (inline for cheap models, on
+    // the blocking pool for slow ones: engine.rs). Rows that were not
     // predicted (shed under load, or failed) go back to the quota.
     let inference = Instant::now();
     let (prediction, squeezed) = match defend::infer(&model, &version, rows, request.values).await {
