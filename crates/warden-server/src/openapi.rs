@@ -116,6 +116,9 @@ pub struct ModelMetadata {
 
 /// KServe v1 request: instances as arrays of values (feature order) or objects of named features.
 #[derive(Debug, Serialize, ToSchema)]
+// The parser refuses unknown fields, so the document says so
+// (`additionalProperties: false`).
+#[serde(deny_unknown_fields)]
 #[schema(example = json!({"instances": [[5.1, 3.5, 1.4, 0.2], {"sepal_length_cm": 6.7, "sepal_width_cm": 3.0, "petal_length_cm": 5.2, "petal_width_cm": 2.3}]}))]
 pub struct V1Request {
     instances: Vec<serde_json::Value>,
@@ -137,6 +140,9 @@ pub struct V1Prediction {
 
 /// An input tensor. `data` may be flat or nested; its length must equal the product of `shape`.
 #[derive(Debug, Serialize, ToSchema)]
+// The parser refuses unknown fields, so the document says so
+// (`additionalProperties: false`).
+#[serde(deny_unknown_fields)]
 pub struct V2Input {
     name: String,
     /// `[rows, features]`
@@ -150,6 +156,9 @@ pub struct V2Input {
 
 /// A requested output.
 #[derive(Debug, Serialize, ToSchema)]
+// The parser refuses unknown fields, so the document says so
+// (`additionalProperties: false`).
+#[serde(deny_unknown_fields)]
 pub struct V2RequestedOutput {
     /// `label` or `probabilities`.
     name: String,
@@ -158,12 +167,17 @@ pub struct V2RequestedOutput {
 
 /// Open Inference Protocol inference request.
 #[derive(Debug, Serialize, ToSchema)]
+// The parser refuses unknown fields, so the document says so
+// (`additionalProperties: false`).
+#[serde(deny_unknown_fields)]
 #[schema(example = json!({"id": "req-1", "inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [5.1, 3.5, 1.4, 0.2]}]}))]
 pub struct V2InferRequest {
     /// Echoed in the response.
     id: Option<String>,
     /// Accepted and ignored.
     parameters: Option<serde_json::Value>,
+    /// The model's input tensor (Warden's models take exactly one).
+    #[schema(min_items = 1, max_items = 1)]
     inputs: Vec<V2Input>,
     outputs: Option<Vec<V2RequestedOutput>>,
 }

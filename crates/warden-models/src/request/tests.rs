@@ -143,6 +143,9 @@ fn v2_flat_and_nested_data() {
     assert_eq!(flat.values, nested.values);
     assert_eq!(flat.id.as_deref(), Some("r1"));
     assert_eq!(nested.outputs, Some(vec![OutputKind::Label]));
+    // `"outputs": null` is the same as no `outputs` (found by schemathesis).
+    let null = v2(r#"{"inputs": [{"name": "input", "shape": [1, 2], "datatype": "FP32", "data": [1, 0.5]}], "outputs": null}"#).unwrap();
+    assert_eq!(null.outputs, None);
     let ints = v2(
         r#"{"inputs": [{"name": "input", "shape": [1, 2], "datatype": "INT64", "data": [3, 1]}]}"#,
     )

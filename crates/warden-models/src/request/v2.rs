@@ -44,6 +44,7 @@ impl<'de> Visitor<'de> for V2Seed<'_, '_> {
         let mut parameters = false;
         let mut inputs: Option<Vec<RawTensor<'de>>> = None;
         let mut outputs: Option<Vec<Cow<'de, str>>> = None;
+        let mut outputs_seen = false;
         let limit = self
             .ctx
             .card
@@ -66,12 +67,15 @@ impl<'de> Visitor<'de> for V2Seed<'_, '_> {
                         limit,
                     })?)
                 }
-                "outputs" if outputs.is_some() => {
+                "outputs" if outputs_seen => {
                     return Err(de::Error::duplicate_field("outputs"));
                 }
                 "outputs" => {
-                    let requested: Vec<RequestedOutput<'de>> = map.next_value()?;
-                    outputs = Some(requested.into_iter().map(|o| o.name.0).collect());
+                    // `null` is the same as leaving it out (the schema allows
+                    // it, and OIP clients send it).
+                    let requested: Option<Vec<RequestedOutput<'de>>> = map.next_value()?;
+                    outputs = requested.map(|r| r.into_iter().map(|o| o.name.0).collect());
+                    outputs_seen = true;
                 }
                 other => return Err(de::Error::unknown_field(other, FIELDS)),
             }
