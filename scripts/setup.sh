@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Fetches the ONNX Runtime shared library Warden loads at start (SPEC §4),
 # and the Python test peers the test suite talks to (PyJWT, prometheus_client,
-# PyYAML: libraries no one here wrote) into .runtime/py, and the sslyze TLS
-# scanner into .runtime/sslyze.
+# PyYAML: libraries no one here wrote) into .runtime/py, the sslyze TLS
+# scanner into .runtime/sslyze, and schemathesis into .runtime/schemathesis.
 #
 # The library comes from the PyPI `onnxruntime` wheel: a wheel is a zip, and
 # libonnxruntime.so inside it is a plain C library that does not link Python.
@@ -58,6 +58,17 @@ if [ ! -f "$scanner/.sslyze-$SSLYZE_VERSION" ]; then
   rm -rf "$scanner"
   python3 -m pip install --quiet --disable-pip-version-check --target "$scanner" "sslyze==$SSLYZE_VERSION"
   touch "$scanner/.sslyze-$SSLYZE_VERSION"
+fi
+
+# schemathesis (generates requests from Warden's OpenAPI document and checks
+# the answers against it; the e2e suite runs it) in a folder of its own.
+api_fuzzer="$root/.runtime/schemathesis"
+SCHEMATHESIS_VERSION="4.32.5"
+if [ ! -f "$api_fuzzer/.schemathesis-$SCHEMATHESIS_VERSION" ]; then
+  echo "installing schemathesis $SCHEMATHESIS_VERSION into .runtime/schemathesis ..." >&2
+  rm -rf "$api_fuzzer"
+  python3 -m pip install --quiet --disable-pip-version-check --target "$api_fuzzer" "schemathesis==$SCHEMATHESIS_VERSION"
+  touch "$api_fuzzer/.schemathesis-$SCHEMATHESIS_VERSION"
 fi
 
 if [ -f "$lib" ]; then

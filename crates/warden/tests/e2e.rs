@@ -16,6 +16,8 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
+#[path = "e2e/api.rs"]
+mod api;
 #[path = "e2e/audit.rs"]
 mod audit;
 #[path = "e2e/defenses.rs"]
