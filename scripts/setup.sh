@@ -49,27 +49,22 @@ if [ ! -f "$stamp" ]; then
   touch "$stamp"
 fi
 
-# sslyze (the TLS scanner the e2e suite runs against Warden) in a folder of
-# its own: it pins a cryptography version of its own.
-scanner="$root/.runtime/sslyze"
-SSLYZE_VERSION="6.3.1"
-if [ ! -f "$scanner/.sslyze-$SSLYZE_VERSION" ]; then
-  echo "installing the TLS scanner (sslyze $SSLYZE_VERSION) into .runtime/sslyze ..." >&2
-  rm -rf "$scanner"
-  python3 -m pip install --quiet --disable-pip-version-check --target "$scanner" "sslyze==$SSLYZE_VERSION"
-  touch "$scanner/.sslyze-$SSLYZE_VERSION"
-fi
-
-# schemathesis (generates requests from Warden's OpenAPI document and checks
-# the answers against it; the e2e suite runs it) in a folder of its own.
-api_fuzzer="$root/.runtime/schemathesis"
-SCHEMATHESIS_VERSION="4.32.5"
-if [ ! -f "$api_fuzzer/.schemathesis-$SCHEMATHESIS_VERSION" ]; then
-  echo "installing schemathesis $SCHEMATHESIS_VERSION into .runtime/schemathesis ..." >&2
-  rm -rf "$api_fuzzer"
-  python3 -m pip install --quiet --disable-pip-version-check --target "$api_fuzzer" "schemathesis==$SCHEMATHESIS_VERSION"
-  touch "$api_fuzzer/.schemathesis-$SCHEMATHESIS_VERSION"
-fi
+# A Python tool in a folder of its own, .runtime/NAME (each pins dependency
+# versions of its own), reinstalled only when its version changes.
+tool() { # name version what-it-is
+  local dir="$root/.runtime/$1"
+  if [ ! -f "$dir/.$1-$2" ]; then
+    echo "installing $3 ($1 $2) into .runtime/$1 ..." >&2
+    rm -rf "$dir"
+    python3 -m pip install --quiet --disable-pip-version-check --target "$dir" "$1==$2"
+    touch "$dir/.$1-$2"
+  fi
+}
+# sslyze: the TLS scanner the e2e suite runs against Warden.
+tool sslyze 6.3.1 "the TLS scanner"
+# schemathesis: generates requests from Warden's OpenAPI document and checks
+# the answers against it (e2e).
+tool schemathesis 4.32.5 "the API contract checker"
 
 if [ -f "$lib" ]; then
   exit 0
