@@ -2,7 +2,8 @@
 # Fetches the ONNX Runtime shared library Warden loads at start (SPEC §4),
 # and the Python test peers the test suite talks to (PyJWT, prometheus_client,
 # PyYAML: libraries no one here wrote) into .runtime/py, the sslyze TLS
-# scanner into .runtime/sslyze, and schemathesis into .runtime/schemathesis.
+# scanner into .runtime/sslyze, schemathesis into .runtime/schemathesis, and
+# playwright-core (npm) into .runtime/node; Debian's chromium when it can.
 #
 # The library comes from the PyPI `onnxruntime` wheel: a wheel is a zip, and
 # libonnxruntime.so inside it is a plain C library that does not link Python.
@@ -34,6 +35,8 @@ apt_install() {
 }
 apt_install redis-server redis-server
 apt_install promtool prometheus
+# The docs page (/docs) is checked in a real headless browser.
+apt_install chromium chromium
 
 py="$root/.runtime/py"
 # Test peers, pinned: PyJWT (mints and verifies tokens), prometheus_client
@@ -65,6 +68,18 @@ tool sslyze 6.3.1 "the TLS scanner"
 # schemathesis: generates requests from Warden's OpenAPI document and checks
 # the answers against it (e2e).
 tool schemathesis 4.32.5 "the API contract checker"
+
+# playwright-core (npm, no bundled browser): drives Debian's chromium through
+# the /docs page in the e2e suite.
+node_tool() { # package version
+  local dir="$root/.runtime/node"
+  if [ ! -f "$dir/.$1-$2" ]; then
+    echo "installing $1 $2 (npm) into .runtime/node ..." >&2
+    npm install --silent --no-audit --no-fund --prefix "$dir" "$1@$2" >/dev/null
+    touch "$dir/.$1-$2"
+  fi
+}
+node_tool playwright-core 1.65.1
 
 if [ -f "$lib" ]; then
   exit 0

@@ -112,6 +112,8 @@ pub struct RawServer {
     /// plane, e.g. `"0.0.0.0:80"`. Default: none. Needs TLS; off loopback it
     /// needs `insecure.plaintext_http_on_public_address = true`.
     pub redirect_listen: Option<String>,
+    /// Serve the API docs page (Swagger UI, offline) at `/docs`. Default true.
+    pub docs: Option<bool>,
 }
 
 /// `[tls]`
@@ -476,6 +478,8 @@ pub struct Config {
     pub listen: SocketAddr,
     /// The plaintext redirect-to-HTTPS listener, if any.
     pub redirect_listen: Option<SocketAddr>,
+    /// Whether `/docs` is served.
+    pub docs: bool,
     /// TLS, or `None` for plaintext (loopback, or acknowledged).
     pub tls: Option<TlsSettings>,
     /// Whole-request deadline.
@@ -901,6 +905,7 @@ impl Config {
             require_model_signature: models.require_signature.unwrap_or(false),
             encryption_key,
             redirect_listen,
+            docs: server.docs.unwrap_or(true),
             audit,
             alerts,
             max_in_flight: positive("server.max_in_flight", server.max_in_flight, 4096)?,

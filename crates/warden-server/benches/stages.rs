@@ -109,6 +109,7 @@ fn state(runtime: &tokio::runtime::Runtime) -> (AppState, String) {
         tls: true,
         access_log: None,
         openapi: Default::default(),
+        docs: false,
         identity: Arc::new(Identity {
             store,
             roles,

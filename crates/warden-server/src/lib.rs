@@ -11,6 +11,7 @@ pub mod anomaly;
 pub mod certs;
 pub mod client_addr;
 pub mod defend;
+pub mod docs;
 pub mod extract;
 pub mod listener;
 pub mod metrics;
@@ -95,6 +96,7 @@ pub struct Server {
     trusted_proxies: Vec<ipnet::IpNet>,
     access_log: bool,
     max_in_flight: usize,
+    docs: bool,
     settings: ConnectionSettings,
     alerts: warden_core::config::AlertSettings,
 }
@@ -160,6 +162,7 @@ impl Server {
             trusted_proxies: config.trusted_proxies.clone(),
             access_log: config.access_log,
             max_in_flight: config.max_in_flight,
+            docs: config.docs,
             alerts: config.alerts,
             settings: ConnectionSettings {
                 max_connections: config.max_connections,
@@ -220,6 +223,7 @@ impl Server {
             tls: self.data.tls.is_some(),
             access_log: services.access_log.filter(|_| self.access_log),
             openapi: openapi::document().into(),
+            docs: self.docs,
             identity: services.identity,
             limiter: services.limiter,
             in_flight: tokio::sync::Semaphore::new(self.max_in_flight),

@@ -257,7 +257,7 @@ fn basic_credentials(
     Ok(Some((unescape(id), Zeroizing::new(unescape(secret)))))
 }
 
-/// `POST /oauth/token`
+/// The OAuth2 token endpoint (RFC 6749): client credentials or password grant.
 #[utoipa::path(post, path = "/oauth/token", tag = "oauth",
     request_body(content = String, content_type = "application/x-www-form-urlencoded",
         description = "grant_type=client_credentials (client_id/client_secret or HTTP Basic), or grant_type=password with username and password; optional scope"),
@@ -518,7 +518,7 @@ fn scoped(role: &Grants, scope: Option<&str>) -> Result<Grants, OAuthError> {
     Ok(Grants::of(&requested))
 }
 
-/// `GET /.well-known/jwks.json`: the public keys of the tokens Warden issues.
+/// The public keys of the tokens Warden issues (JWKS).
 #[utoipa::path(get, path = "/.well-known/jwks.json", tag = "oauth",
     responses((status = 200, description = "JSON Web Key Set (RFC 7517)", content_type = "application/json")))]
 pub async fn jwks(State(state): State<AppState>) -> Response {
@@ -528,7 +528,7 @@ pub async fn jwks(State(state): State<AppState>) -> Response {
     }
 }
 
-/// `GET /.well-known/oauth-authorization-server`: RFC 8414 metadata.
+/// Authorization server metadata (RFC 8414).
 #[utoipa::path(get, path = "/.well-known/oauth-authorization-server", tag = "oauth",
     responses((status = 200, description = "Authorization server metadata (RFC 8414)", content_type = "application/json")))]
 pub async fn metadata(State(state): State<AppState>) -> Response {

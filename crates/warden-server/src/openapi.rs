@@ -251,6 +251,8 @@ impl Modify for SecuritySchemes {
         crate::routes::live,
         crate::routes::ready,
         crate::routes::openapi,
+        crate::docs::index,
+        crate::docs::asset,
         crate::routes::server_metadata,
         crate::routes::model_metadata,
         crate::routes::model_version_metadata,
@@ -266,7 +268,7 @@ impl Modify for SecuritySchemes {
     modifiers(&SecuritySchemes),
     tags(
         (name = "health", description = "Open Inference Protocol health, no credential"),
-        (name = "meta", description = "Server metadata and this document"),
+        (name = "meta", description = "Server metadata, this document and its offline docs page"),
         (name = "models", description = "Model metadata and readiness"),
         (name = "inference", description = "Predictions, v1 and v2 protocols"),
         (name = "oauth", description = "OAuth2 token endpoint (RFC 6749), its JWKS and RFC 8414 metadata"),

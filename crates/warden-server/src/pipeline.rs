@@ -73,6 +73,13 @@ pub fn data_plane(state: AppState) -> Router {
         .route("/oauth/token", post(oauth::token))
         .route(JWKS, get(oauth::jwks))
         .route(OAUTH_METADATA, get(oauth::metadata));
+    let public = if state.docs {
+        public
+            .route(DOCS, get(crate::docs::index))
+            .route(DOCS_ASSET, get(crate::docs::asset))
+    } else {
+        public
+    };
     #[cfg(test)]
     let public = public.route("/__panic", get(tests::panic_route));
 
@@ -91,13 +98,16 @@ pub fn management_plane(state: AppState) -> Router {
 const LIVE: &str = "/v2/health/live";
 const READY: &str = "/v2/health/ready";
 const OPENAPI: &str = "/openapi.json";
+const DOCS: &str = "/docs";
+const DOCS_ASSET: &str = "/docs/{asset}";
 const JWKS: &str = "/.well-known/jwks.json";
 const OAUTH_METADATA: &str = "/.well-known/oauth-authorization-server";
 
 /// The routes that take no credential and so leave no audit record; every
 /// other matched route reaches authentication (admission, or the token
 /// endpoint's own) and is audited.
-pub(crate) const UNAUDITED: [&str; 5] = [LIVE, READY, OPENAPI, JWKS, OAUTH_METADATA];
+pub(crate) const UNAUDITED: [&str; 7] =
+    [LIVE, READY, OPENAPI, DOCS, DOCS_ASSET, JWKS, OAUTH_METADATA];
 
 fn with_edge(router: Router<AppState>, state: AppState, plane: steps::Plane) -> Router {
     router

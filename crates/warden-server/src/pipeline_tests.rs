@@ -87,6 +87,7 @@ fn fixture_with(in_flight: usize) -> Fixture {
         tls: true,
         access_log: None,
         openapi: crate::openapi::document().into(),
+        docs: true,
         identity: Arc::new(Identity {
             store,
             roles,

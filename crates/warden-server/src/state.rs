@@ -40,6 +40,8 @@ pub struct Shared {
     pub access_log: Option<Arc<dyn crate::access_log::LineSink>>,
     /// The OpenAPI document, serialized once.
     pub openapi: axum::body::Bytes,
+    /// Whether `/docs` (Swagger UI over the document) is served.
+    pub docs: bool,
     /// Accounts, roles and the token endpoint.
     pub identity: Arc<Identity>,
     /// Rate limits, quotas, bans.

@@ -380,10 +380,13 @@ fn security_headers(headers: &mut HeaderMap, id: &str, tls: bool) {
         header::REFERRER_POLICY,
         HeaderValue::from_static("no-referrer"),
     );
-    headers.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
-    );
+    // Nothing in an API response may load or run anything; the docs page
+    // sets its own self-only policy, which is kept.
+    headers
+        .entry(header::CONTENT_SECURITY_POLICY)
+        .or_insert(HeaderValue::from_static(
+            "default-src 'none'; frame-ancestors 'none'",
+        ));
     if tls {
         headers.insert(
             header::STRICT_TRANSPORT_SECURITY,
