@@ -77,11 +77,13 @@ pub enum Alert {
     /// A model version failed its integrity check (hash pin, signature,
     /// decryption) and is not served.
     ModelIntegrityFailed,
+    /// A model reload failed; the loaded model keeps serving.
+    ModelReloadFailed,
 }
 
 impl Alert {
     /// Every kind.
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 8] = [
         Self::AuthFailureSpike,
         Self::QueryRateAnomaly,
         Self::ExtractionSuspected,
@@ -89,6 +91,7 @@ impl Alert {
         Self::CertificateExpiry,
         Self::CertificateReloadFailed,
         Self::ModelIntegrityFailed,
+        Self::ModelReloadFailed,
     ];
 
     /// The `alert` field and label value.
@@ -101,6 +104,7 @@ impl Alert {
             Self::CertificateExpiry => "certificate_expiry",
             Self::CertificateReloadFailed => "certificate_reload_failed",
             Self::ModelIntegrityFailed => "model_integrity_failed",
+            Self::ModelReloadFailed => "model_reload_failed",
         }
     }
 

@@ -4,10 +4,18 @@
 //!
 //! Loading checks every card and every graph; any problem refuses the start
 //! with a message naming the file. Pickle files are never loaded.
+//!
+//! A model can be reloaded while serving ([`Repository::reload`], the
+//! management API's `POST /admin/models/{model}/reload`): its folder is
+//! loaded and checked again off to the side, and only a model that loads
+//! replaces the one serving; requests already holding the old one finish on
+//! it. A reload that fails changes nothing, alerts, and says why.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+use arc_swap::ArcSwap;
 
 use crate::card::{CardDefaults, ModelCard};
 use crate::engine::{Backend, OnnxBackend, PoolSettings};
@@ -82,7 +90,34 @@ impl Model {
 /// Every model Warden serves.
 #[derive(Debug, Default)]
 pub struct Repository {
-    models: BTreeMap<String, Arc<Model>>,
+    /// Swapped whole on a reload; readers take a snapshot (one atomic load).
+    models: ArcSwap<BTreeMap<String, Arc<Model>>>,
+    /// How the models were loaded, for reloads (`None`: built from models,
+    /// nothing to reload from).
+    source: Option<Source>,
+    /// Held while a reload runs.
+    reloading: std::sync::Mutex<()>,
+}
+
+/// Why a reload did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// No folder with a `model.toml` by that name.
+    #[error("no model folder by that name")]
+    NoSuchModel,
+    /// The folder did not load; the model loaded before keeps serving.
+    #[error(transparent)]
+    Load(RepositoryError),
+}
+
+/// Where the models came from and how they were loaded.
+#[derive(Debug)]
+struct Source {
+    dir: PathBuf,
+    runtime: &'static Runtime,
+    pool: PoolSettings,
+    card: CardDefaults,
+    security: ModelSecurity,
 }
 
 /// Why the repository could not be loaded. Names the file.
@@ -106,7 +141,7 @@ fn error(path: &Path, message: impl Into<String>) -> RepositoryError {
 #[derive(Debug, Clone, Copy)]
 pub struct LoadSettings<'r> {
     /// The ONNX Runtime.
-    pub runtime: &'r Runtime,
+    pub runtime: &'static Runtime,
     /// Session pool sizing.
     pub pool: PoolSettings,
     /// Defaults from the server config.
@@ -126,7 +161,7 @@ pub static UNSIGNED: ModelSecurity = ModelSecurity {
 };
 
 /// What model files are checked and decrypted with.
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct ModelSecurity {
     /// Trusted signing keys, and whether signatures are required.
     pub trust: Trust,
@@ -220,53 +255,128 @@ impl Repository {
                 tracing::warn!(folder = %path.display(), "skipping a folder without model.toml");
                 continue;
             }
-            if !warden_core::is_model_name(&name) {
-                return Err(error(
-                    &path,
-                    "model folder names are 1-64 letters, digits, '-', '_' or '.'",
-                ));
-            }
-            let model = load_model(&path, name.clone(), settings)?;
-            tracing::info!(
-                model = %name,
-                versions = ?model.versions.keys().collect::<Vec<_>>(),
-                serving = model.default_version,
-                "model loaded"
-            );
+            let model = load_named(dir, &name, settings)?;
             models.insert(name, Arc::new(model));
         }
-        Ok(Self { models })
+        Ok(Self {
+            models: ArcSwap::from_pointee(models),
+            source: Some(Source {
+                dir: dir.to_owned(),
+                runtime: settings.runtime,
+                pool: settings.pool,
+                card: settings.card,
+                security: settings.security.clone(),
+            }),
+            reloading: std::sync::Mutex::default(),
+        })
     }
 
     /// A repository from already-built models (tests, gateway mode).
     pub fn from_models(models: impl IntoIterator<Item = Model>) -> Self {
         Self {
-            models: models
-                .into_iter()
-                .map(|m| (m.name.clone(), Arc::new(m)))
-                .collect(),
+            models: ArcSwap::from_pointee(
+                models
+                    .into_iter()
+                    .map(|m| (m.name.clone(), Arc::new(m)))
+                    .collect(),
+            ),
+            source: None,
+            reloading: std::sync::Mutex::default(),
         }
     }
 
     /// A model by name.
-    pub fn get(&self, name: &str) -> Option<&Arc<Model>> {
-        self.models.get(name)
+    pub fn get(&self, name: &str) -> Option<Arc<Model>> {
+        self.models.load().get(name).cloned()
     }
 
-    /// Every model, by name.
-    pub fn models(&self) -> impl Iterator<Item = &Arc<Model>> {
-        self.models.values()
+    /// Every model, by name, as of now.
+    pub fn models(&self) -> Vec<Arc<Model>> {
+        self.models.load().values().cloned().collect()
     }
 
     /// Number of models.
     pub fn len(&self) -> usize {
-        self.models.len()
+        self.models.load().len()
     }
 
     /// Whether no model is loaded.
     pub fn is_empty(&self) -> bool {
-        self.models.is_empty()
+        self.models.load().is_empty()
     }
+
+    /// Loads model `name` from its folder again (card, versions, integrity,
+    /// defenses) and, only if that succeeds, serves it instead of the one
+    /// loaded now; a model new on disk is added. Blocking (it reads files
+    /// and builds ONNX Runtime sessions): call it off the async executor.
+    ///
+    /// On failure nothing changes, a `model_reload_failed` alert is raised
+    /// and the error names the file. A version that fails its integrity
+    /// check is skipped as at start (an older one that passes serves, with
+    /// a `model_integrity_failed` alert). Defense state kept per principal
+    /// (the extraction monitor) starts afresh with the reloaded model.
+    pub fn reload(&self, name: &str) -> Result<Arc<Model>, ReloadError> {
+        let Some(source) = &self.source else {
+            return Err(ReloadError::NoSuchModel);
+        };
+        if !warden_core::is_model_name(name) || !source.dir.join(name).join("model.toml").is_file()
+        {
+            return Err(ReloadError::NoSuchModel);
+        }
+        // One reload at a time: two at once would load the same files twice.
+        let _one = self
+            .reloading
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let settings = LoadSettings {
+            runtime: source.runtime,
+            pool: source.pool,
+            card: source.card,
+            security: &source.security,
+        };
+        let model = match load_named(&source.dir, name, settings) {
+            Ok(m) => Arc::new(m),
+            Err(e) => {
+                Alert::ModelReloadFailed.count();
+                tracing::error!(
+                    alert = Alert::ModelReloadFailed.as_str(),
+                    model = %name,
+                    error = %e,
+                    "model reload failed; the loaded model keeps serving"
+                );
+                return Err(ReloadError::Load(e));
+            }
+        };
+        self.models.rcu(|models| {
+            let mut next = BTreeMap::clone(models);
+            next.insert(name.to_owned(), Arc::clone(&model));
+            next
+        });
+        Ok(model)
+    }
+}
+
+/// Loads the model in folder `dir/name`, logging what it serves.
+fn load_named(
+    dir: &Path,
+    name: &str,
+    settings: LoadSettings<'_>,
+) -> Result<Model, RepositoryError> {
+    let path = dir.join(name);
+    if !warden_core::is_model_name(name) {
+        return Err(error(
+            &path,
+            "model folder names are 1-64 letters, digits, '-', '_' or '.'",
+        ));
+    }
+    let model = load_model(&path, name.to_owned(), settings)?;
+    tracing::info!(
+        model = %name,
+        versions = ?model.versions.keys().collect::<Vec<_>>(),
+        serving = model.default_version,
+        "model loaded"
+    );
+    Ok(model)
 }
 
 fn load_model(

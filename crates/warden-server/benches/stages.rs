@@ -165,8 +165,8 @@ fn stages(c: &mut Criterion) {
             Some(client),
         ))
         .unwrap();
-    let iris = state.repository.get("iris").unwrap().clone();
-    let digits = state.repository.get("digits").unwrap().clone();
+    let iris = state.repository.get("iris").unwrap();
+    let digits = state.repository.get("digits").unwrap();
 
     let mut g = c.benchmark_group("auth");
     g.bench_function("api_key_cached", |b| {

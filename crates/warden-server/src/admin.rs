@@ -1,5 +1,7 @@
 //! The management API (SPEC §3), served on the management listener only:
-//! keys, users, OAuth2 clients, token signing keys and roles. Every route
+//! keys, users, OAuth2 clients, token signing keys, roles, bans, quotas and
+//! models (list and reload); the audit trail and `/metrics` are in
+//! `observe`. Every route
 //! needs a credential (the admission stage) and an admin permission
 //! (checked here: a valid credential without it gets `forbidden`).
 //!
@@ -16,6 +18,7 @@ use serde_json::{Value, json};
 use warden_auth::keys::unix_now;
 use warden_auth::{AccountError, Accounts, KeyAdmin, KeyError, NewKey};
 use warden_core::{ApiError, ErrorCode, ModelScope, Permission, Principal};
+use warden_models::repository::ReloadError;
 use warden_store::{ApiKeyRecord, ClientRecord, Store, UserRecord};
 use zeroize::Zeroizing;
 
@@ -41,6 +44,8 @@ pub fn routes() -> Router<AppState> {
         .route("/admin/roles", get(list_roles))
         .route("/admin/bans", get(list_bans))
         .route("/admin/bans/{subject}/lift", post(lift_ban))
+        .route("/admin/models", get(list_models))
+        .route("/admin/models/{model}/reload", post(reload_model))
         .route("/admin/audit", get(crate::observe::audit_query))
         .route(
             "/admin/audit/checkpoint",
@@ -71,6 +76,7 @@ pub fn action(method: &axum::http::Method, route: &str) -> Option<&'static str> 
         "/admin/clients/{id}/rotate" => "client.rotate",
         "/admin/signing-keys/rotate" => "signing_key.rotate",
         "/admin/bans/{subject}/lift" => "ban.lift",
+        "/admin/models/{model}/reload" => "model.reload",
         _ => return None,
     })
 }
@@ -193,11 +199,20 @@ async fn blocking<T: Send + 'static>(
 
 /// `201 Created`, noting the new id (or name) for the audit record.
 fn created(value: Value) -> Response {
-    let target = ["id", "name"]
+    with_target(StatusCode::CREATED, value)
+}
+
+/// `200 OK` for a change, noting what it changed for the audit record.
+fn changed(value: Value) -> Response {
+    with_target(StatusCode::OK, value)
+}
+
+fn with_target(status: StatusCode, value: Value) -> Response {
+    let target = ["id", "client_id", "name", "subject"]
         .iter()
         .find_map(|k| value.get(k).and_then(Value::as_str))
         .map(|t| TargetNote(t.to_owned()));
-    let mut response = (StatusCode::CREATED, json(value.to_string())).into_response();
+    let mut response = (status, json(value.to_string())).into_response();
     if let Some(t) = target {
         response.extensions_mut().insert(t);
     }
@@ -328,7 +343,7 @@ async fn revoke_key(
     with_keys(&state, move |a| a.revoke(&key_id)).await?;
     state.authenticator.forget_key(&id);
     tracing::warn!(principal = %caller.id, key_id = %id, "API key revoked");
-    Ok(json(json!({"id": id, "status": "revoked"}).to_string()))
+    Ok(changed(json!({"id": id, "status": "revoked"})))
 }
 
 #[derive(Deserialize, Default)]
@@ -421,9 +436,7 @@ async fn disable_user(
     let user = name.clone();
     with_accounts(&state, move |a| a.disable_user(&user)).await?;
     tracing::warn!(principal = %caller.id, user = %name, "user disabled");
-    Ok(json(
-        json!({"name": name, "status": "disabled"}).to_string(),
-    ))
+    Ok(changed(json!({"name": name, "status": "disabled"})))
 }
 
 #[derive(Deserialize)]
@@ -444,9 +457,7 @@ async fn set_password(
     let user = name.clone();
     with_accounts(&state, move |a| a.set_password(&user, &req.password)).await?;
     tracing::warn!(principal = %caller.id, user = %name, "user password changed");
-    Ok(json(
-        json!({"name": name, "status": "password changed"}).to_string(),
-    ))
+    Ok(changed(json!({"name": name, "status": "password changed"})))
 }
 
 async fn list_clients(
@@ -492,9 +503,7 @@ async fn revoke_client(
     let client = id.clone();
     with_accounts(&state, move |a| a.revoke_client(&client)).await?;
     tracing::warn!(principal = %caller.id, client_id = %id, "OAuth2 client revoked");
-    Ok(json(
-        json!({"client_id": id, "status": "revoked"}).to_string(),
-    ))
+    Ok(changed(json!({"client_id": id, "status": "revoked"})))
 }
 
 async fn rotate_client(
@@ -509,7 +518,7 @@ async fn rotate_client(
     tracing::warn!(principal = %caller.id, client_id = %id, "OAuth2 client secret rotated");
     let mut value = client_json(&issued.record);
     value["client_secret"] = Value::String(issued.secret.to_string());
-    Ok(json(value.to_string()))
+    Ok(changed(value))
 }
 
 async fn list_signing_keys(
@@ -602,9 +611,7 @@ async fn lift_ban(
         return Err(ApiError::not_found());
     }
     tracing::warn!(principal = %caller.id, subject = ?subject, "ban lifted");
-    Ok(json(
-        json!({"subject": subject, "status": "lifted"}).to_string(),
-    ))
+    Ok(changed(json!({"subject": subject, "status": "lifted"})))
 }
 
 async fn key_quota(
@@ -660,6 +667,7 @@ async fn quota_of(
     let names: Vec<String> = state
         .repository
         .models()
+        .into_iter()
         .map(|m| m.name.clone())
         .filter(|m| principal.may_predict(m))
         .collect();
@@ -678,4 +686,73 @@ async fn quota_of(
     Ok(json(
         json!({"principal": principal_id, "quotas": list}).to_string(),
     ))
+}
+
+/// One model as the management API shows it.
+fn model_json(m: &warden_models::Model) -> Value {
+    let d = &m.card.defenses;
+    let defenses: Vec<&str> = [
+        d.out_of_distribution
+            .as_ref()
+            .map(|_| "out_of_distribution"),
+        d.adversarial.as_ref().map(|_| "adversarial"),
+        d.extraction.as_ref().map(|_| "extraction"),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    json!({
+        "name": m.name,
+        "versions": m.versions.keys().collect::<Vec<_>>(),
+        "serving": m.default_version,
+        "features": m.card.features.len(),
+        "classes": m.card.classes,
+        "max_batch": m.card.max_batch,
+        "defenses": defenses,
+    })
+}
+
+/// `GET /admin/models`: every model loaded, its versions and the one served.
+async fn list_models(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+) -> Result<Response, ApiError> {
+    require(&caller, Permission::AdminModels)?;
+    let list: Vec<Value> = state
+        .repository
+        .models()
+        .iter()
+        .map(|m| model_json(m))
+        .collect();
+    Ok(json(json!({ "models": list }).to_string()))
+}
+
+/// `POST /admin/models/{model}/reload`: loads the model's folder again and
+/// serves it if (and only if) it loads; a model new on disk is added.
+/// Requests in flight finish on the model they started with. A model that
+/// does not load changes nothing: `invalid_request`, a `model_reload_failed`
+/// alert, and the reason (naming the file) in the server log only.
+async fn reload_model(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Path(model): Path<String>,
+) -> Result<Response, ApiError> {
+    require(&caller, Permission::AdminModels)?;
+    let repository = state.repository.clone();
+    let name = model.clone();
+    let reloaded = blocking(move || Ok(repository.reload(&name))).await?;
+    let mut response = match reloaded {
+        Ok(m) => {
+            tracing::warn!(principal = %caller.id, model = %m.name, serving = m.default_version, "model reloaded");
+            json(model_json(&m).to_string())
+        }
+        Err(ReloadError::NoSuchModel) => ApiError::not_found().into_response(),
+        Err(ReloadError::Load(_)) => ApiError::new(ErrorCode::InvalidRequest)
+            .with_message(
+                "The model did not load (the server log says why); the model loaded before keeps serving.",
+            )
+            .into_response(),
+    };
+    response.extensions_mut().insert(TargetNote(model));
+    Ok(response)
 }

@@ -231,8 +231,8 @@ pub fn authorize(
         return Err(ApiError::not_found());
     }
     let model = state.repository.get(name).ok_or_else(ApiError::not_found)?;
-    let version = model.version(version).ok_or_else(ApiError::not_found)?;
-    Ok((Arc::clone(model), Arc::clone(version)))
+    let version = Arc::clone(model.version(version).ok_or_else(ApiError::not_found)?);
+    Ok((model, version))
 }
 
 /// One inference request as the handlers hand it to [`infer`].

@@ -137,7 +137,10 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
     .map_err(Failure::usage)?;
     // A raw-input snapshot is only ever stored encrypted.
     if config.encryption_key.is_none()
-        && let Some(m) = repository.models().find(|m| m.card.record_inputs)
+        && let Some(m) = repository
+            .models()
+            .into_iter()
+            .find(|m| m.card.record_inputs)
     {
         return Err(Failure::usage(format!(
             "model {}: [audit] record_inputs = true needs an [encryption] key (snapshots are stored encrypted)",

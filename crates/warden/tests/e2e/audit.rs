@@ -566,3 +566,122 @@ async fn a_failing_audit_store_fails_sync_requests_and_holds_back_batched_ones()
         "{text}"
     );
 }
+
+/// Every management action the API offers leaves a record naming the
+/// action and its target: key, user and client create / rotate / revoke /
+/// disable, a ban (from failed guesses) and its lift, a model reload; and
+/// the model loads at start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_management_action_is_an_audit_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("warden.toml");
+    std::fs::write(
+        &cfg,
+        "[audit]\ndurability = \"sync\"\n[limits.bans]\nfailures = 3\n",
+    )
+    .unwrap();
+    let w = Warden::start(
+        &dir.path().join("data"),
+        &["--config", cfg.to_str().unwrap()],
+    );
+    let key = w.printed_key.clone().unwrap();
+    let call = |method: &'static str, path: String, body: Option<Value>| {
+        let w = &w;
+        let key = key.clone();
+        async move {
+            let (status, out) = w.admin_call(method, &path, Some(&key), body).await;
+            assert!(status.is_success(), "{method} {path}: {status} {out}");
+            out
+        }
+    };
+    let k = call(
+        "POST",
+        "/admin/keys".into(),
+        Some(json!({"name": "k", "role": "predict"})),
+    )
+    .await;
+    let k = k["id"].as_str().unwrap().to_owned();
+    call("POST", format!("/admin/keys/{k}/rotate"), None).await;
+    call("POST", format!("/admin/keys/{k}/revoke"), None).await;
+    call(
+        "POST",
+        "/admin/users".into(),
+        Some(json!({"name": "ana", "role": "predict", "password": "a long enough passphrase 42"})),
+    )
+    .await;
+    call("POST", "/admin/users/ana/disable".into(), None).await;
+    let c = call(
+        "POST",
+        "/admin/clients".into(),
+        Some(json!({"name": "svc", "role": "predict"})),
+    )
+    .await;
+    let c = c["client_id"].as_str().unwrap().to_owned();
+    call("POST", format!("/admin/clients/{c}/rotate"), None).await;
+    call("POST", format!("/admin/clients/{c}/revoke"), None).await;
+    // Three wrong keys from this address: banned, then lifted.
+    for _ in 0..3 {
+        let (status, _, _) = w
+            .post("/v1/models/iris:predict", "wdn_guess", iris().to_string())
+            .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+    }
+    let bans = call("GET", "/admin/bans".into(), None).await;
+    let subject = bans["bans"][0]["subject"].as_str().unwrap().to_owned();
+    call("POST", format!("/admin/bans/{subject}/lift"), None).await;
+    call("POST", "/admin/models/iris/reload".into(), None).await;
+
+    let page = call("GET", "/admin/audit?limit=500".into(), None).await;
+    let records: Vec<&Value> = page["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| &r["record"])
+        .collect();
+    let named = |what: &str| -> Vec<&Value> {
+        records
+            .iter()
+            .copied()
+            .filter(|r| r["action"] == what || (what == "ban" && r["event"] == what))
+            .collect()
+    };
+    for action in [
+        "key.create",
+        "key.rotate",
+        "key.revoke",
+        "user.create",
+        "user.disable",
+        "client.create",
+        "client.rotate",
+        "client.revoke",
+        "ban",
+        "ban.lift",
+        "model.reload",
+    ] {
+        let found = named(action);
+        assert_eq!(found.len(), 1, "{action}: {records:?}");
+        let r = found[0];
+        if action != "ban" {
+            assert_eq!(r["outcome"], "ok", "{action}: {r}");
+            assert!(r["principal"].as_str().is_some(), "{action}: {r}");
+        }
+        let names_target = r["target"].is_string()
+            || r["route"]
+                .as_str()
+                .is_some_and(|p| p.len() > "/admin/xxxxx".len());
+        assert!(names_target, "{action} names no target: {r}");
+    }
+    assert_eq!(named("model.reload")[0]["target"], "iris");
+    assert_eq!(named("ban")[0]["target"], subject.as_str());
+    assert_eq!(named("key.revoke")[0]["target"], k.as_str());
+    assert_eq!(named("client.revoke")[0]["target"], c.as_str());
+    assert_eq!(named("ban.lift")[0]["target"], subject.as_str());
+    let loads = records
+        .iter()
+        .filter(|r| r["event"] == "model.load")
+        .count();
+    assert_eq!(loads, 3, "{records:?}");
+    // None of them holds a credential.
+    let text = page.to_string();
+    assert!(!text.contains(&key) && !text.contains("a long enough passphrase"));
+}

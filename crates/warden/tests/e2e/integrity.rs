@@ -264,3 +264,133 @@ async fn signed_and_encrypted_models_serve_and_tampered_ones_do_not() {
         std::fs::read(repo().join("models/iris/1/model.onnx")).unwrap()
     );
 }
+
+/// Models are listed and reloaded through the management API while the
+/// server serves: a new version folder is picked up by a reload; a reload
+/// whose files do not load (a broken card, a broken graph, a changed file
+/// under a hash pin) changes nothing, answers `invalid_request` without
+/// naming any file, and raises an alert; the model keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn models_reload_while_serving_and_a_bad_reload_keeps_the_old_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = dir.path().join("models");
+    copy_dir(&repo().join("models/iris"), &models.join("iris"));
+    let s = |p: &Path| p.to_str().unwrap().to_owned();
+    let w = Warden::start(&dir.path().join("data"), &["--models", &s(&models)]);
+    let key = w.printed_key.clone().unwrap();
+    let predicts = || async {
+        let (status, _, body) = w
+            .post("/v1/models/iris:predict", &key, iris().to_string())
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    };
+
+    let (status, list) = w.admin_call("GET", "/admin/models", Some(&key), None).await;
+    assert_eq!(status, StatusCode::OK, "{list}");
+    assert_eq!(list["models"][0]["name"], "iris");
+    assert_eq!(list["models"][0]["serving"], 1);
+
+    // A new version on disk: served after a reload.
+    copy_dir(&models.join("iris/1"), &models.join("iris/2"));
+    let (status, reloaded) = w
+        .admin_call("POST", "/admin/models/iris/reload", Some(&key), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{reloaded}");
+    assert_eq!(reloaded["serving"], 2);
+    assert_eq!(reloaded["versions"], serde_json::json!([1, 2]));
+    let (_, meta) = w.get("/v2/models/iris", Some(&key)).await;
+    assert_eq!(meta["versions"], serde_json::json!(["1", "2"]), "{meta}");
+    predicts().await;
+
+    // Each bad state of the folder: the reload is refused, version 2 serves on.
+    let card = models.join("iris/model.toml");
+    let good_card = std::fs::read_to_string(&card).unwrap();
+    let graph = models.join("iris/2/model.onnx");
+    let good_graph = std::fs::read(&graph).unwrap();
+    let digest = {
+        let out = Command::new("sha256sum").arg(&graph).output().unwrap();
+        String::from_utf8_lossy(&out.stdout)[..64].to_owned()
+    };
+    let mut changed = good_graph.clone();
+    let last = changed.len() - 1;
+    changed[last] ^= 0x01;
+    type Break<'a> = (&'a str, Box<dyn Fn() + 'a>);
+    let breaks: Vec<Break<'_>> = vec![
+        (
+            "broken card",
+            Box::new(|| std::fs::write(&card, "max_batch = \"many\"\n").unwrap()),
+        ),
+        (
+            "broken graph",
+            Box::new(|| std::fs::write(&graph, b"not onnx").unwrap()),
+        ),
+        (
+            "changed file under a pin",
+            Box::new(|| {
+                // Pin both versions; version 2's file then changes. Version 1
+                // passes, so the reload would serve 1: the operator asked for
+                // 2 by pinning it, so it is refused.
+                std::fs::write(
+                    &card,
+                    format!("version = 2\n{good_card}\n[integrity.sha256]\n\"2\" = \"{digest}\"\n"),
+                )
+                .unwrap();
+                std::fs::write(&graph, &changed).unwrap();
+            }),
+        ),
+    ];
+    let mut failures = 0;
+    for (what, apply) in &breaks {
+        apply();
+        let (status, body) = w
+            .admin_call("POST", "/admin/models/iris/reload", Some(&key), None)
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{what}: {body}");
+        assert_eq!(body["code"], "invalid_request", "{what}");
+        let text = body.to_string();
+        assert!(
+            !text.contains("model.toml") && !text.contains("model.onnx"),
+            "{what}: {text}"
+        );
+        failures += 1;
+        let (_, list) = w.admin_call("GET", "/admin/models", Some(&key), None).await;
+        assert_eq!(list["models"][0]["serving"], 2, "{what}");
+        predicts().await;
+        std::fs::write(&card, &good_card).unwrap();
+        std::fs::write(&graph, &good_graph).unwrap();
+    }
+    let metrics = w.metrics_text(&key).await;
+    assert!(
+        metrics.contains(&format!(
+            "warden_alerts_total{{kind=\"model_reload_failed\"}} {failures}"
+        )),
+        "{metrics}"
+    );
+
+    // Unknown models are 404; a caller without admin:models is refused.
+    let (status, _) = w
+        .admin_call("POST", "/admin/models/nope/reload", Some(&key), None)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (_, created) = w
+        .admin_call(
+            "POST",
+            "/admin/keys",
+            Some(&key),
+            Some(serde_json::json!({"name": "p", "role": "predict"})),
+        )
+        .await;
+    let predict_key = created["key"].as_str().unwrap().to_owned();
+    for (method, path) in [
+        ("GET", "/admin/models"),
+        ("POST", "/admin/models/iris/reload"),
+    ] {
+        let (status, _) = w.admin_call(method, path, Some(&predict_key), None).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{method} {path}");
+    }
+    let logs = w.stop_and_collect_logs();
+    assert!(
+        logs.iter()
+            .any(|l| l.contains("\"alert\":\"model_reload_failed\"") && l.contains("model.toml"))
+    );
+}
