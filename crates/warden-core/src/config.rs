@@ -796,7 +796,7 @@ impl Config {
             insecure.short_hs256_secret,
         )?;
 
-        let limits = limits::limits(limits, &roles)?;
+        let limits = limits::limits(limits, &roles, insecure.allow_readable_secret_files)?;
         let audit = if audit.enabled.unwrap_or(true) {
             let key = match audit.key {
                 Some(source) => {
@@ -1303,5 +1303,50 @@ mod tests {
         .unwrap();
         assert!(!c.summary().contains("PRIVATE"));
         assert!(!format!("{c:?}").contains("PRIVATE"));
+    }
+
+    #[test]
+    fn a_redis_password_is_a_secret() {
+        // Inline with a password: refused, and the error does not repeat it.
+        for url in [
+            "redis://:hunter2secret@127.0.0.1:6379",
+            "rediss://warden:hunter2secret@redis.internal/0",
+        ] {
+            let e = parse(&format!(
+                "[limits]\nbackend = \"redis\"\nredis_url = {url:?}\n"
+            ))
+            .unwrap_err()
+            .to_string();
+            assert!(e.starts_with("limits.redis_url:"), "{e}");
+            assert!(!e.contains("hunter2"), "{e}");
+        }
+        // Inline without one is fine; a '@' in the path is not a password.
+        parse("[limits]\nbackend = \"redis\"\nredis_url = \"redis://127.0.0.1:6379/0\"\n").unwrap();
+        // From a file: accepted, and neither Debug nor the summary shows it.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("redis-url");
+        std::fs::write(&file, "redis://:hunter2secret@127.0.0.1:6379\n").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let c = parse(&format!(
+            "[limits]\nbackend = \"redis\"\nredis_url = {{ file = {file:?} }}\n"
+        ))
+        .unwrap();
+        assert!(!format!("{c:?}").contains("hunter2"));
+        assert!(!c.summary().contains("hunter2"));
+        match &c.limits.backend {
+            crate::config::limits::LimitBackend::Redis { url, .. } => {
+                assert_eq!(url.expose(), b"redis://:hunter2secret@127.0.0.1:6379");
+            }
+            other => panic!("{other:?}"),
+        }
+        // A file others can read is refused like any secret file.
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = parse(&format!(
+            "[limits]\nbackend = \"redis\"\nredis_url = {{ file = {file:?} }}\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("limits.redis_url:"), "{e}");
     }
 }

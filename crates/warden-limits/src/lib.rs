@@ -177,7 +177,9 @@ impl Limiter {
             quota_fail_closed,
         } = backend
         {
-            limiter.shared = Some(Shared::connect(&url, prefix).await?);
+            let url = std::str::from_utf8(url.expose())
+                .map_err(|_| "limits.redis_url: not UTF-8".to_owned())?;
+            limiter.shared = Some(Shared::connect(url, prefix).await?);
             limiter.quota_fail_closed = quota_fail_closed;
         }
         Ok(limiter)

@@ -49,7 +49,7 @@ pub enum SealError {
     NotSealed,
     /// Wrong key, or the file was changed.
     #[error(
-        "cannot be decrypted with the configured encryption key (another key, or a modified file)"
+        "cannot be decrypted with the configured encryption key (another key, a modified file, or a file sealed for another model or version)"
     )]
     Open,
     /// The system random generator failed.

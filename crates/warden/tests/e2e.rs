@@ -855,6 +855,19 @@ fn cert_generate_writes_a_private_key_and_refuses_to_overwrite() {
         .permissions()
         .mode();
     assert_eq!(mode & 0o777, 0o600);
+    // Read by OpenSSL's peer (Python cryptography), not by Warden's code.
+    let sans: Value = serde_json::from_str(&python_peer(
+        "tls_peer.py",
+        "cryptography",
+        &["sans", out_dir.join("cert.pem").to_str().unwrap()],
+    ))
+    .unwrap();
+    assert_eq!(
+        sans["dns"],
+        json!(["localhost", "warden.internal"]),
+        "{sans}"
+    );
+    assert_eq!(sans["ip"], json!(["127.0.0.1", "::1"]), "{sans}");
     assert_eq!(run(false).status.code(), Some(2));
     assert!(run(true).status.success());
 }

@@ -8,6 +8,7 @@ use serde::Deserialize;
 
 use super::{ConfigError, duration, invalid};
 use crate::principal::Roles;
+use crate::secret::{Secret, SecretSource};
 
 /// `[limits]`
 #[derive(Debug, Default, Deserialize)]
@@ -15,8 +16,10 @@ use crate::principal::Roles;
 pub struct RawLimits {
     /// `"memory"` (default: this process only) or `"redis"` (shared by replicas).
     pub backend: Option<String>,
-    /// With `backend = "redis"`: e.g. `redis://127.0.0.1:6379/0`.
-    pub redis_url: Option<String>,
+    /// With `backend = "redis"`: e.g. `redis://127.0.0.1:6379/0`. A URL with
+    /// a password is a secret: `{ env = "…" }` or `{ file = "…" }` (written
+    /// inline it is refused).
+    pub redis_url: Option<RawRedisUrl>,
     /// Prefix of every Redis key. Default `warden:`.
     pub redis_prefix: Option<String>,
     /// When Redis is unreachable, quotas `"refuse"` (default: 503) or `"allow"`.
@@ -117,14 +120,14 @@ pub struct Bans {
 }
 
 /// Where limiter state lives.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum LimitBackend {
     /// In this process.
     Memory,
     /// In Redis.
     Redis {
-        /// The URL.
-        url: String,
+        /// The URL (a secret: it may carry a password).
+        url: Secret,
         /// Key prefix.
         prefix: String,
         /// Whether quotas refuse (true) or allow while Redis is down.
@@ -218,8 +221,32 @@ fn rate_map(
         .collect()
 }
 
+/// `limits.redis_url`: inline, or a secret when it carries a password.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawRedisUrl {
+    /// Written in the file: no password allowed.
+    Inline(String),
+    /// `{ env = … }` or `{ file = … }`.
+    Secret(SecretSource),
+}
+
+/// Whether a URL carries a password (`scheme://user:password@host` or
+/// `scheme://:password@host`).
+fn has_password(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    authority
+        .rsplit_once('@')
+        .is_some_and(|(userinfo, _)| userinfo.contains(':'))
+}
+
 /// Validates `[limits]`.
-pub(super) fn limits(raw: RawLimits, roles: &Roles) -> Result<LimitSettings, ConfigError> {
+pub(super) fn limits(
+    raw: RawLimits,
+    roles: &Roles,
+    allow_readable_secret_files: bool,
+) -> Result<LimitSettings, ConfigError> {
     let backend = match raw.backend.as_deref().unwrap_or("memory") {
         "memory" => {
             if raw.redis_url.is_some() {
@@ -228,13 +255,31 @@ pub(super) fn limits(raw: RawLimits, roles: &Roles) -> Result<LimitSettings, Con
             LimitBackend::Memory
         }
         "redis" => {
-            let url = raw.redis_url.ok_or_else(|| {
-                invalid(
-                    "limits.redis_url",
-                    "backend = \"redis\" needs redis_url, e.g. redis://127.0.0.1:6379",
-                )
-            })?;
-            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+            let url = match raw.redis_url {
+                None => {
+                    return Err(invalid(
+                        "limits.redis_url",
+                        "backend = \"redis\" needs redis_url, e.g. redis://127.0.0.1:6379",
+                    ));
+                }
+                Some(RawRedisUrl::Inline(url)) => {
+                    if has_password(&url) {
+                        return Err(invalid(
+                            "limits.redis_url",
+                            "a URL with a password is a secret: give it as { env = \"…\" } or { file = \"…\" }",
+                        ));
+                    }
+                    Secret::new(url.into_bytes())
+                }
+                Some(RawRedisUrl::Secret(source)) => source
+                    .read(allow_readable_secret_files)
+                    .map_err(|e| invalid("limits.redis_url", e.to_string()))?,
+            };
+            let Ok(url_text) = std::str::from_utf8(url.expose()) else {
+                return Err(invalid("limits.redis_url", "not UTF-8"));
+            };
+            let url_text = url_text.trim();
+            if !(url_text.starts_with("redis://") || url_text.starts_with("rediss://")) {
                 return Err(invalid(
                     "limits.redis_url",
                     "expected redis://host:port or rediss://host:port",
@@ -251,7 +296,7 @@ pub(super) fn limits(raw: RawLimits, roles: &Roles) -> Result<LimitSettings, Con
                 }
             };
             LimitBackend::Redis {
-                url,
+                url: Secret::new(url_text.as_bytes().to_vec()),
                 prefix: raw.redis_prefix.unwrap_or_else(|| "warden:".into()),
                 quota_fail_closed,
             }

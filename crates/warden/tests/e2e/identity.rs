@@ -1189,3 +1189,86 @@ async fn jwks_url_is_fetched_and_refreshed_on_an_unknown_kid() {
     let _ = server.kill();
     let _ = server.wait();
 }
+
+/// mTLS on the management listener (`admin.client_ca`, required): without
+/// a certificate from the admins' CA there is no handshake at all, even
+/// with a valid admin key; an operator's certificate maps to its principal
+/// and works without any key, with that principal's permissions. The data
+/// plane, with no client CA of its own, is unaffected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_management_listener_can_require_client_certificates() {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+    let dir = tempfile::tempdir().unwrap();
+    let ca = |cn: &str| {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, cn);
+        CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap()
+    };
+    let leaf = |issuer: &CertifiedIssuer<'_, KeyPair>, name: &str| {
+        let mut params = CertificateParams::new(vec![name.to_owned()]).unwrap();
+        params.distinguished_name.push(DnType::CommonName, name);
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, issuer).unwrap();
+        reqwest::Identity::from_pem(format!("{}{}", cert.pem(), key.serialize_pem()).as_bytes())
+            .unwrap()
+    };
+    let admins = ca("warden admins CA");
+    let stranger = ca("someone else");
+    let ca_file = dir.path().join("admins-ca.pem");
+    std::fs::write(&ca_file, admins.pem()).unwrap();
+    let config = dir.path().join("warden.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[admin]\nclient_ca = {ca_file:?}\nclient_auth = \"required\"\n\n\
+             [[auth.mtls]]\nname = \"ops-laptop\"\nrole = \"admin\"\n\n\
+             [[auth.mtls]]\nname = \"scraper\"\nrole = \"metrics\"\n"
+        ),
+    )
+    .unwrap();
+    let w = Warden::start(
+        &dir.path().join("data"),
+        &["--config", config.to_str().unwrap()],
+    );
+    let key = w.printed_key.clone().unwrap();
+    let server_ca = reqwest::Certificate::from_pem(
+        &std::fs::read(dir.path().join("data/tls/cert.pem")).unwrap(),
+    )
+    .unwrap();
+    let client = |identity: Option<reqwest::Identity>| {
+        let mut b = reqwest::Client::builder().tls_certs_only([server_ca.clone()]);
+        if let Some(i) = identity {
+            b = b.identity(i);
+        }
+        b.build().unwrap()
+    };
+    let keys = w.admin_url("/admin/keys");
+    // No certificate, or one from another CA: no handshake, admin key or not.
+    for c in [None, Some(leaf(&stranger, "ops-laptop"))] {
+        let r = client(c).get(&keys).header("x-api-key", &key).send().await;
+        assert!(r.is_err(), "{r:?}");
+    }
+    // The operator's certificate alone: admin.
+    let ops = client(Some(leaf(&admins, "ops-laptop")));
+    let r = ops.get(&keys).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    // A certificate mapped to the metrics role: /metrics yes, keys no.
+    let scraper = client(Some(leaf(&admins, "scraper")));
+    let r = scraper.get(w.admin_url("/metrics")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = scraper.get(&keys).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    // A trusted but unmapped certificate has a handshake and no principal.
+    let r = client(Some(leaf(&admins, "nobody")))
+        .get(&keys)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    // The data plane asks for no certificate.
+    let (status, _, _) = w
+        .post("/v1/models/iris:predict", &key, iris().to_string())
+        .await;
+    assert_eq!(status, StatusCode::OK);
+}

@@ -10,6 +10,9 @@
       disk (key first, each by rename), waits until a new handshake sees the
       new certificate, then sends a second request on the first connection;
       prints {"old": serial, "new": serial, "kept_alive": bool, "seconds": t}
+  tls_peer.py sans CERTFILE
+      prints {"dns": [...], "ip": [...]}: the certificate's subject
+      alternative names
 """
 
 import http.client
@@ -50,7 +53,20 @@ def fresh_serial(port, cafiles):
     raise error
 
 
+def sans(path):
+    with open(path, "rb") as f:
+        cert = x509.load_pem_x509_certificate(f.read())
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    return {
+        "dns": sorted(names.get_values_for_type(x509.DNSName)),
+        "ip": sorted(str(ip) for ip in names.get_values_for_type(x509.IPAddress)),
+    }
+
+
 def main():
+    if sys.argv[1] == "sans":
+        print(json.dumps(sans(sys.argv[2])))
+        return
     mode, port = sys.argv[1], int(sys.argv[2])
     if mode == "serial":
         print(fresh_serial(port, sys.argv[3:]))

@@ -286,3 +286,52 @@ fn a_secret_file_others_can_read_is_refused_unless_acknowledged() {
     );
     assert!(!String::from_utf8_lossy(&out.stdout).contains("PRIVATE KEY"));
 }
+
+/// A served certificate within 14 days of expiry raises a
+/// `certificate_expiry` alert at start (per listener serving it), naming the
+/// days left; one with a month left does not.
+#[test]
+fn a_certificate_near_expiry_is_warned_about() {
+    use rcgen::{CertificateParams, KeyPair};
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let alerts = |days: i64| -> Vec<Value> {
+        let mut params = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        params.not_before = time::OffsetDateTime::now_utc() - time::Duration::days(1);
+        params.not_after = time::OffsetDateTime::now_utc() + time::Duration::days(days);
+        let key = KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        // Where the test client looks for the certificate to trust.
+        let d = dir.path().join(format!("d{days}/data/tls"));
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("cert.pem"), cert.pem()).unwrap();
+        std::fs::write(d.join("key.pem"), key.serialize_pem()).unwrap();
+        std::fs::set_permissions(d.join("key.pem"), std::fs::Permissions::from_mode(0o600))
+            .unwrap();
+        let cfg = d.join("warden.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "[tls]\ncert = {:?}\nkey = {{ file = {:?} }}\n",
+                d.join("cert.pem"),
+                d.join("key.pem")
+            ),
+        )
+        .unwrap();
+        let data = dir.path().join(format!("d{days}/data"));
+        let w = Warden::start(&data, &["--config", cfg.to_str().unwrap()]);
+        std::thread::sleep(Duration::from_millis(500));
+        w.stop_and_collect_logs()
+            .iter()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v["alert"] == "certificate_expiry")
+            .collect()
+    };
+    let soon = alerts(5);
+    assert_eq!(soon.len(), 2, "data and management listeners: {soon:?}");
+    for a in &soon {
+        assert_eq!(a["level"], "WARN", "{a}");
+        assert!(matches!(a["days_left"].as_i64(), Some(4..=5)), "{a}");
+    }
+    assert_eq!(alerts(30), Vec::<Value>::new());
+}
