@@ -7,13 +7,20 @@ which starts Warden with the model copies this script expects:
   digits-hard   label-only, PRADA "reject", and a 300-row daily quota (role attacker)
   digits-adv    feature squeezing with action "reject" (nothing else)
   digits-ood    out-of-distribution with action "reject" (nothing else)
-  digits-bench  PRADA "flag" only, for benign traffic
+  digits-probs  no defense, probabilities with 6 decimals  } output hardening
+  digits-round  no defense, probabilities with 1 decimal   } against a
+  digits-label  no defense, label only                     } distilling attacker
+  iris-open     the iris card's defenses, PRADA "reject": benign iris traffic
 
 (a) extraction: an attacker sampling uniformly within the feature ranges, and one
     growing a synthetic set Papernot-style (Jacobian-based augmentation of a
     surrogate), train a surrogate on Warden's answers; agreement with the real
     model on the test set as queries grow; the query at which PRADA rejects.
-    Benign principals replay disjoint test rows: their false-positive rate.
+    Benign principals replay disjoint test rows: their false-positive rate
+    (digits, and iris). The Papernot attacker also runs against digits-hard.
+    Output hardening: an attacker with its own unlabelled natural digits (the
+    training split) distils a surrogate from Warden's answers, probabilities
+    or labels, as the query budget grows.
 (b) adversarial: FGSM and BIM on the digits MLP with gradients computed in numpy
     from the ONNX weights; detection rate (422 from digits-adv) of successful
     adversarial examples, and the false-positive rate on clean held-out rows.
@@ -34,9 +41,9 @@ import onnx
 import onnxruntime as ort
 import requests
 from onnx import numpy_helper
-from sklearn.datasets import load_digits
+from sklearn.datasets import load_digits, load_iris
 from sklearn.model_selection import train_test_split
-from sklearn.neural_network import MLPClassifier
+from sklearn.neural_network import MLPClassifier, MLPRegressor
 
 SEED = 20261123
 ROOT = Path(__file__).resolve().parent.parent
@@ -57,6 +64,8 @@ class Warden:
         if r.status_code != 200:
             return r.status_code, None, None
         preds = r.json()["predictions"]
+        if not str(preds[0]["label"]).isdigit():  # iris: only the status is used
+            return r.status_code, [p["label"] for p in preds], None
         labels = [int(p["label"]) for p in preds]
         probs = [[p["probabilities"][str(c)] for c in range(10)] for p in preds] if "probabilities" in preds[0] else None
         return 200, labels, probs
@@ -191,6 +200,58 @@ def extraction(warden, keys, x_test, truth_fn):
     return out
 
 
+def papernot_vs_hardened(warden, keys, x_test, truth_fn):
+    """The Papernot attacker against label-only + quota + PRADA reject."""
+    truth = truth_fn(x_test)
+    seeds = x_test[rng.choice(len(x_test), 10, replace=False)]
+    xs, ys, stop = papernot_queries(warden, "digits-hard", keys["attacker_hard_papernot"], seeds, 1500)
+    return {"queries_answered": len(xs), "rejected_at_query": stop,
+            "agreement": surrogate_agreement(xs, ys, x_test, truth)}
+
+
+def benign_iris(warden, keys):
+    """Five principals, each sending 120 of iris's 150 rows in its own order."""
+    x = load_iris().data.astype(np.float32)
+    flagged = []
+    for i in range(5):
+        rows = x[rng.permutation(len(x))[:120]]
+        at = None
+        for j, row in enumerate(rows):
+            if warden.predict("iris-open", keys[f"benign_{i}"], row[None, :])[0] == 422:
+                at = j + 1
+                break
+        flagged.append(at)
+    return {"principals": 5, "queries_each": 120, "flagged": sum(f is not None for f in flagged),
+            "flagged_at": flagged}
+
+
+# --- output hardening against a distilling attacker ---------------------------------------------
+
+def distill_agreement(xs, targets, x_test, truth):
+    """A surrogate fitted to Warden's answers as targets (probability vectors,
+    or one-hot labels): the same regressor for every kind of answer."""
+    r = MLPRegressor(hidden_layer_sizes=(64,), max_iter=1000, random_state=0)
+    r.fit(np.asarray(xs) / 16.0, np.asarray(targets))
+    return float((r.predict(x_test / 16.0).argmax(axis=1) == truth).mean())
+
+
+def hardening(warden, keys, x_train, x_test, truth_fn):
+    truth = truth_fn(x_test)
+    budgets = [20, 50, 100, 200, 400]
+    pool = x_train[rng.permutation(len(x_train))[:max(budgets)]]
+    out = {}
+    for name, model in [("probabilities, 6 decimals", "digits-probs"),
+                        ("probabilities, 1 decimal", "digits-round"),
+                        ("label only", "digits-label")]:
+        targets = []
+        for x in pool:
+            status, labels, probs = warden.predict(model, keys["distiller"], x[None, :])
+            assert status == 200, status
+            targets.append(probs[0] if probs else np.eye(10)[labels[0]])
+        out[name] = {n: distill_agreement(pool[:n], targets[:n], x_test, truth) for n in budgets}
+    return out
+
+
 # --- (b) adversarial ----------------------------------------------------------------------------
 
 def onnx_mlp():
@@ -270,6 +331,9 @@ def main():
     started = time.monotonic()
     results = {
         "extraction": extraction(warden, keys, x_test, truth_fn),
+        "papernot_vs_label_only_quota_prada": papernot_vs_hardened(warden, keys, x_test, truth_fn),
+        "benign_iris": benign_iris(warden, keys),
+        "output_hardening": hardening(warden, keys, x_train, x_test, truth_fn),
         "adversarial": adversarial(warden, keys, x_test, y_test, truth_fn),
         "out_of_distribution": ood(warden, keys, x_train, x_test),
     }

@@ -37,6 +37,14 @@ printf '\n[defenses.extraction]\naction = "reject"\nstandardize = false\n' >> "$
 variant digits-adv "$strip"
 grep -A8 '^\[defenses.adversarial\]' models/digits/model.toml | sed 's/^action = "flag"/action = "reject"/' \
   | sed '/^\[defenses.extraction\]/,$d' | sed '/^# \[defenses\] end/d' >> "$tmp/models/digits-adv/model.toml"
+variant digits-probs "$strip; s/^output = \"label\"/output = \"probabilities\"/; s/^decimals = 2/decimals = 6/"
+variant digits-round "$strip; s/^output = \"label\"/output = \"probabilities\"/; s/^decimals = 2/decimals = 1/"
+variant digits-label "$strip"
+# iris with its own card's defenses, PRADA set to reject: benign iris traffic.
+mkdir -p "$tmp/models/iris-open"
+cp -r models/iris/1 models/iris/ood_stats.json "$tmp/models/iris-open/"
+awk '/^\[defenses.extraction\]/{e=1} e && /^action = "flag"/{sub(/"flag"/, "\"reject\""); e=0} {print}' \
+  models/iris/model.toml > "$tmp/models/iris-open/model.toml"
 variant digits-ood "$strip"
 grep -A9 '^\[defenses.out_of_distribution\]' models/digits/model.toml | sed 's/^action = "flag"/action = "reject"/' \
   | sed '/^\[defenses.adversarial\]/,$d' >> "$tmp/models/digits-ood/model.toml"
@@ -67,9 +75,10 @@ grep -q '"listening"' "$tmp/log" || { cat "$tmp/log" >&2; exit 1; }
 key() { ./target/release/warden keys create --name "$1" --role "$2" --config "$tmp/warden.toml" 2>/dev/null; }
 {
   echo "{"
-  for k in attacker_uniform attacker_papernot attacker_watch adv ood benign_0 benign_1 benign_2 benign_3 benign_4; do
+  for k in attacker_uniform attacker_papernot attacker_watch adv ood distiller benign_0 benign_1 benign_2 benign_3 benign_4; do
     echo "\"$k\": \"$(key "$k" predict)\","
   done
+  echo "\"attacker_hard_papernot\": \"$(key attacker_hard_papernot attacker)\","
   echo "\"attacker_hard\": \"$(key attacker_hard attacker)\""
   echo "}"
 } > "$tmp/keys.json"

@@ -99,3 +99,83 @@ impl OodDetector {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::defenses::Action;
+
+    /// Two standardized features (mean 0, std 1) seen in training over
+    /// [-5, 5], strongly correlated: the precision matrix of
+    /// [[1, 0.9], [0.9, 1]].
+    fn card() -> ModelCard {
+        let features: String = (0..2)
+            .map(|i| format!("[[input.features]]\nname = \"f{i}\"\nmin = -5.0\nmax = 5.0\nmean = 0.0\nstd = 1.0\n"))
+            .collect();
+        ModelCard::parse(
+            &format!("[input]\nname = \"input\"\n{features}[output]\nlabel = \"l\"\nclasses = [\"a\", \"b\"]\n"),
+            crate::card::CardDefaults {
+                max_batch: 8,
+                range_tolerance: 1.0,
+            },
+        )
+        .unwrap()
+    }
+
+    fn detector(dir: &std::path::Path, stats: &str) -> Result<OodDetector, String> {
+        std::fs::write(dir.join("ood_stats.json"), stats).unwrap();
+        OodDetector::load(
+            &OodSettings {
+                action: Action::Flag,
+                z_threshold: 3.0,
+                mahalanobis_threshold: Some(9.0),
+                stats: Some("ood_stats.json".into()),
+            },
+            &card(),
+            dir,
+        )
+    }
+
+    const CORRELATED: &str =
+        r#"{"mean": [0.0, 0.0], "precision": [[5.263158, -4.736842], [-4.736842, 5.263158]]}"#;
+
+    #[test]
+    fn range_z_score_and_mahalanobis_each_flag_what_they_should() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = detector(dir.path(), CORRELATED).unwrap();
+        let c = card();
+        // Near the training data, and along the correlation: passes.
+        assert!(!d.flags(&c, &[0.0, 0.0]));
+        assert!(!d.flags(&c, &[2.0, 2.0]));
+        // Outside the training range (though within validation's tolerance).
+        assert!(d.flags(&c, &[5.5, 5.5]));
+        // |z| over 3 on one feature, inside the training range.
+        assert!(d.flags(&c, &[3.5, 3.4]));
+        // Each |z| small, but against the correlation: only Mahalanobis sees
+        // it (d² = 5.26·4 + 5.26·4 + 2·4.74·4 = 80 > 9).
+        assert!(d.flags(&c, &[2.0, -2.0]));
+        // Without the matrix the same row passes: the z-score alone is blind to it.
+        let z_only = OodDetector::load(
+            &OodSettings {
+                action: Action::Flag,
+                z_threshold: 3.0,
+                mahalanobis_threshold: None,
+                stats: None,
+            },
+            &c,
+            dir.path(),
+        )
+        .unwrap();
+        assert!(!z_only.flags(&c, &[2.0, -2.0]));
+        assert!(z_only.flags(&c, &[3.5, 3.4]));
+    }
+
+    #[test]
+    fn a_stats_file_that_does_not_fit_the_card_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = detector(dir.path(), r#"{"mean": [0.0], "precision": [[1.0]]}"#).unwrap_err();
+        assert!(e.contains("2 features"), "{e}");
+        let e = detector(dir.path(), "not json").unwrap_err();
+        assert!(e.contains("not a stats file"), "{e}");
+    }
+}
