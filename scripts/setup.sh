@@ -2,8 +2,9 @@
 # Fetches the ONNX Runtime shared library Warden loads at start (SPEC §4),
 # and the Python test peers the test suite talks to (PyJWT, prometheus_client,
 # PyYAML: libraries no one here wrote) into .runtime/py, the sslyze TLS
-# scanner into .runtime/sslyze, schemathesis into .runtime/schemathesis, and
-# playwright-core (npm) into .runtime/node; Debian's chromium when it can.
+# scanner into .runtime/sslyze, schemathesis into .runtime/schemathesis, the
+# Triton and KServe clients into .runtime/tritonclient and .runtime/kserve,
+# and playwright-core (npm) into .runtime/node; Debian's chromium when it can.
 #
 # The library comes from the PyPI `onnxruntime` wheel: a wheel is a zip, and
 # libonnxruntime.so inside it is a plain C library that does not link Python.
@@ -54,12 +55,12 @@ fi
 
 # A Python tool in a folder of its own, .runtime/NAME (each pins dependency
 # versions of its own), reinstalled only when its version changes.
-tool() { # name version what-it-is
+tool() { # name version what-it-is [extras, e.g. "[http]"]
   local dir="$root/.runtime/$1"
   if [ ! -f "$dir/.$1-$2" ]; then
-    echo "installing $3 ($1 $2) into .runtime/$1 ..." >&2
+    echo "installing $3 ($1${4:-} $2) into .runtime/$1 ..." >&2
     rm -rf "$dir"
-    python3 -m pip install --quiet --disable-pip-version-check --target "$dir" "$1==$2"
+    python3 -m pip install --quiet --disable-pip-version-check --target "$dir" "$1${4:-}==$2"
     touch "$dir/.$1-$2"
   fi
 }
@@ -68,6 +69,9 @@ tool sslyze 6.3.1 "the TLS scanner"
 # schemathesis: generates requests from Warden's OpenAPI document and checks
 # the answers against it (e2e).
 tool schemathesis 4.32.5 "the API contract checker"
+# Open Inference Protocol clients no one here wrote: Triton's and KServe's.
+tool tritonclient 2.73.0 "Triton's HTTP client" "[http]"
+tool kserve 0.21.0 "KServe's Python client"
 
 # playwright-core (npm, no bundled browser): drives Debian's chromium through
 # the /docs page in the e2e suite.

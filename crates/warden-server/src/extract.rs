@@ -3,6 +3,7 @@
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Path, Request};
+use axum::http::HeaderName;
 use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use axum::http::request::Parts;
 use warden_core::{ApiError, ErrorCode, Principal};
@@ -25,16 +26,77 @@ impl FromRequest<AppState> for JsonBody {
         {
             return Err(ErrorCode::UnsupportedMediaType.into());
         }
-        // A declared length over the limit was refused by the edge's body-limit
-        // step; here the limit holds for bodies that declared none.
-        match axum::body::to_bytes(req.into_body(), state.limits.body_limit).await {
-            Ok(bytes) => Ok(Self(bytes)),
-            Err(e) if is_length_limit(&e) => Err(ErrorCode::PayloadTooLarge.into()),
-            Err(_) => Err(ApiError::invalid_request(
-                "The request body could not be read.",
-            )),
-        }
+        read_body(req, state).await.map(Self)
     }
+}
+
+/// Reads the body up to the limit. A declared length over the limit was
+/// refused by the edge's body-limit step; here the limit holds for bodies
+/// that declared none.
+async fn read_body(req: Request, state: &AppState) -> Result<Bytes, ApiError> {
+    match axum::body::to_bytes(req.into_body(), state.limits.body_limit).await {
+        Ok(bytes) => Ok(bytes),
+        Err(e) if is_length_limit(&e) => Err(ErrorCode::PayloadTooLarge.into()),
+        Err(_) => Err(ApiError::invalid_request(
+            "The request body could not be read.",
+        )),
+    }
+}
+
+static INFERENCE_HEADER_CONTENT_LENGTH: HeaderName =
+    HeaderName::from_static("inference-header-content-length");
+
+/// A v2 inference body: JSON, or (with `Inference-Header-Content-Length`)
+/// the binary tensor data extension, a JSON header followed by raw tensor
+/// bytes, which tritonclient and KServe's client send by default. With the
+/// header, `application/octet-stream` (KServe's client) is accepted as well
+/// as a JSON type or none (tritonclient).
+#[derive(Debug)]
+pub struct V2Body {
+    /// The whole body.
+    pub bytes: Bytes,
+    /// The JSON header's length, with the binary extension.
+    pub binary_header: Option<usize>,
+}
+
+impl FromRequest<AppState> for V2Body {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        let binary_header = match req.headers().get(&INFERENCE_HEADER_CONTENT_LENGTH) {
+            None => None,
+            Some(v) => Some(
+                v.to_str()
+                    .ok()
+                    .and_then(|v| v.trim().parse::<usize>().ok())
+                    .ok_or_else(|| {
+                        ApiError::invalid_request(
+                            "Inference-Header-Content-Length must be a byte count.",
+                        )
+                    })?,
+            ),
+        };
+        if let Some(ct) = req.headers().get(CONTENT_TYPE) {
+            let ct = ct.to_str().unwrap_or_default();
+            let binary_type = binary_header.is_some() && is_octet_stream(ct);
+            if !is_json(ct) && !binary_type {
+                return Err(ErrorCode::UnsupportedMediaType.into());
+            }
+        }
+        Ok(Self {
+            bytes: read_body(req, state).await?,
+            binary_header,
+        })
+    }
+}
+
+fn is_octet_stream(content_type: &str) -> bool {
+    content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .eq_ignore_ascii_case("application/octet-stream")
 }
 
 /// The `Content-Length` the client declared, if any.

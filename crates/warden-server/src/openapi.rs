@@ -149,9 +149,13 @@ pub struct V2Input {
     shape: Vec<i64>,
     /// FP32, FP64, FP16, INT8..INT64 or UINT8..UINT64.
     datatype: String,
-    /// Accepted and ignored.
+    /// `binary_data_size`: the tensor's values are that many bytes of the
+    /// binary part (with `Inference-Header-Content-Length`); others are
+    /// accepted and ignored.
     parameters: Option<serde_json::Value>,
-    data: serde_json::Value,
+    /// The values, flat or nested, row-major; absent when they are in the
+    /// binary part.
+    data: Option<serde_json::Value>,
 }
 
 /// A requested output.
@@ -174,6 +178,8 @@ pub struct V2RequestedOutput {
 pub struct V2InferRequest {
     /// Echoed in the response.
     id: Option<String>,
+    /// Accepted and ignored (KServe's client sends it): the path names the model.
+    model_name: Option<String>,
     /// Accepted and ignored.
     parameters: Option<serde_json::Value>,
     /// The model's input tensor (Warden's models take exactly one).

@@ -246,6 +246,9 @@ pub struct ModelCall<'a> {
     pub protocol: Protocol,
     /// The body, already read within the limit.
     pub body: &'a [u8],
+    /// v2 binary tensor data extension: the JSON header's length
+    /// (`Inference-Header-Content-Length`); the rest of the body is tensor data.
+    pub binary_header: Option<usize>,
 }
 
 /// The model half of the pipeline, shared by v1 and v2.
@@ -271,6 +274,7 @@ async fn infer_steps(
         version,
         protocol,
         body,
+        binary_header,
     } = call;
     // Authorize: unknown OR forbidden model → the same 404.
     let (model, version) = authorize(state, caller, name, version, Access::Predict)?;
@@ -283,8 +287,12 @@ async fn infer_steps(
         defense_flags: Vec::new(),
     });
     // Parse + validate against the model's schema: the only way to get a ValidInferRequest.
-    let request = request::parse(protocol, &model.card, body, state.limits.json_max_depth)
-        .inspect_err(|e| crate::metrics::validation_failure(&model.name, e.code.as_str()))?;
+    let depth = state.limits.json_max_depth;
+    let request = match binary_header {
+        Some(header) => request::parse_v2_binary(&model.card, body, header, depth),
+        None => request::parse(protocol, &model.card, body, depth),
+    }
+    .inspect_err(|e| crate::metrics::validation_failure(&model.name, e.code.as_str()))?;
     let rows = request.rows;
     if let Some(n) = note.as_mut() {
         n.rows = rows;

@@ -11,7 +11,7 @@ use warden_core::{ApiError, ErrorCode, Principal};
 use warden_models::policy::OutputPolicy;
 use warden_models::{Model, Protocol, protocol};
 
-use crate::extract::{Caller, JsonBody, ModelRef};
+use crate::extract::{Caller, JsonBody, ModelRef, V2Body};
 use crate::openapi::{
     ErrorBody, InferErrors, LiveBody, ModelMetadata, ModelReady, ReadyBody, ServerMetadata,
     V1Request, V1Response, V2InferRequest, V2InferResponse,
@@ -147,7 +147,8 @@ pub async fn model_version_ready(
 
 /// Open Inference Protocol (KServe v2) inference.
 #[utoipa::path(post, path = "/v2/models/{model}/infer", tag = "inference",
-    params(("model" = String, Path, description = "Model name")),
+    params(("model" = String, Path, description = "Model name"),
+        ("Inference-Header-Content-Length" = Option<u64>, Header, description = "Binary tensor data extension: the length of the JSON header; the rest of the body is raw little-endian tensor data, claimed by inputs with parameters.binary_data_size (docs/api.md)")),
     request_body(content = V2InferRequest, content_type = "application/json"),
     responses(
         (status = 200, body = V2InferResponse),
@@ -158,20 +159,22 @@ pub async fn v2_infer(
     State(state): State<AppState>,
     Caller(caller): Caller,
     target: ModelRef,
-    JsonBody(body): JsonBody,
+    body: V2Body,
 ) -> Response {
     let call = ModelCall {
         name: &target.name,
         version: target.version.as_deref(),
         protocol: Protocol::V2,
-        body: &body,
+        body: &body.bytes,
+        binary_header: body.binary_header,
     };
     pipeline::infer(&state, &caller, call).await
 }
 
 /// Inference on one version.
 #[utoipa::path(post, path = "/v2/models/{model}/versions/{version}/infer", tag = "inference",
-    params(("model" = String, Path, description = "Model name"), ("version" = String, Path, description = "Version number")),
+    params(("model" = String, Path, description = "Model name"), ("version" = String, Path, description = "Version number"),
+        ("Inference-Header-Content-Length" = Option<u64>, Header, description = "Binary tensor data extension: the length of the JSON header; the rest of the body is raw little-endian tensor data, claimed by inputs with parameters.binary_data_size (docs/api.md)")),
     request_body(content = V2InferRequest, content_type = "application/json"),
     responses(
         (status = 200, body = V2InferResponse),
@@ -182,7 +185,7 @@ pub async fn v2_infer_version(
     state: State<AppState>,
     caller: Caller,
     target: ModelRef,
-    body: JsonBody,
+    body: V2Body,
 ) -> Response {
     v2_infer(state, caller, target, body).await
 }
@@ -210,6 +213,7 @@ pub async fn v1_predict(
                 version: None,
                 protocol: Protocol::V1,
                 body: &body,
+                binary_header: None,
             };
             pipeline::infer(&state, &caller, call).await
         }

@@ -6,6 +6,13 @@
 //! - v2 (Open Inference Protocol): `{"id"?, "parameters"?, "inputs": [{"name",
 //!   "shape", "datatype", "parameters"?, "data"}], "outputs"?: [{"name"}]}`.
 //!
+//! v2 also takes the binary tensor data extension (Triton's
+//! `binary_tensor_data`, which tritonclient and KServe's client use by
+//! default): the body is a JSON header of `Inference-Header-Content-Length`
+//! bytes followed by raw little-endian tensor data, and an input whose
+//! `parameters.binary_data_size` is set takes its values from there instead
+//! of `data` ([`parse_v2_binary`]). The same checks apply to the values.
+//!
 //! Bodies are read in one pass straight into a row-major `Vec<f32>` with
 //! serde's `DeserializeSeed`, checking each value against the model card as
 //! it goes, so no intermediate tree is built. Structure errors (not the
@@ -82,6 +89,34 @@ pub fn parse(
     body: &[u8],
     max_depth: usize,
 ) -> Result<ValidInferRequest, ApiError> {
+    parse_parts(protocol, card, body, None, max_depth)
+}
+
+/// Parses and validates a v2 body in the binary tensor data extension:
+/// `header_len` (from `Inference-Header-Content-Length`) bytes of JSON, then
+/// the binary tensor data.
+pub fn parse_v2_binary(
+    card: &ModelCard,
+    body: &[u8],
+    header_len: usize,
+    max_depth: usize,
+) -> Result<ValidInferRequest, ApiError> {
+    if header_len > body.len() {
+        return Err(ApiError::invalid_request(
+            "Inference-Header-Content-Length is longer than the body.",
+        ));
+    }
+    let (json, binary) = body.split_at(header_len);
+    parse_parts(Protocol::V2, card, json, Some(binary), max_depth)
+}
+
+fn parse_parts(
+    protocol: Protocol,
+    card: &ModelCard,
+    body: &[u8],
+    binary: Option<&[u8]>,
+    max_depth: usize,
+) -> Result<ValidInferRequest, ApiError> {
     let top = match protocol {
         Protocol::V1 => "instances",
         Protocol::V2 => "inputs[0].data",
@@ -99,6 +134,7 @@ pub fn parse(
         card,
         problems: Vec::new(),
         too_many_rows: false,
+        binary,
     };
     let mut de = serde_json::Deserializer::from_slice(body);
     let parsed = match protocol {
@@ -151,6 +187,8 @@ struct Ctx<'c> {
     card: &'c ModelCard,
     problems: Vec<FieldProblem>,
     too_many_rows: bool,
+    /// The binary tensor data after the JSON header, if the body has one.
+    binary: Option<&'c [u8]>,
 }
 
 impl Ctx<'_> {

@@ -203,6 +203,124 @@ fn v2_problems() {
     }
 }
 
+/// A v2 body in the binary tensor data extension: (body, header length).
+fn binary_body(header: serde_json::Value, data: &[u8]) -> (Vec<u8>, usize) {
+    let mut body = header.to_string().into_bytes();
+    let len = body.len();
+    body.extend_from_slice(data);
+    (body, len)
+}
+
+fn binary_input(shape: [i64; 2], datatype: &str, size: usize) -> serde_json::Value {
+    serde_json::json!({"inputs": [{"name": "input", "shape": shape, "datatype": datatype,
+        "parameters": {"binary_data_size": size}}],
+        "parameters": {"binary_data_output": true}})
+}
+
+#[test]
+fn v2_binary_tensor_data_of_every_numeric_datatype() {
+    let c = card();
+    let values = [1.0f64, 0.5, 2.0, 0.0];
+    let encodings: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "FP32",
+            values
+                .iter()
+                .flat_map(|v| (*v as f32).to_le_bytes())
+                .collect(),
+        ),
+        (
+            "FP64",
+            values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        ),
+        // 1.0, 0.5, 2.0, 0.0 in IEEE half precision.
+        (
+            "FP16",
+            [0x3c00u16, 0x3800, 0x4000, 0x0000]
+                .iter()
+                .flat_map(|h| h.to_le_bytes())
+                .collect(),
+        ),
+    ];
+    for (datatype, bytes) in encodings {
+        let (body, len) = binary_body(binary_input([2, 2], datatype, bytes.len()), &bytes);
+        let r = parse_v2_binary(&c, &body, len, 32).unwrap_or_else(|e| panic!("{datatype}: {e:?}"));
+        assert_eq!(r.rows, 2);
+        assert_eq!(r.values, [1.0, 0.5, 2.0, 0.0], "{datatype}");
+    }
+    let ints: [(&str, Vec<u8>); 4] = [
+        ("INT8", vec![1, 0, 2, 1]),
+        (
+            "UINT16",
+            [1u16, 0, 2, 1]
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect(),
+        ),
+        (
+            "INT32",
+            [1i32, 0, 2, 1]
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect(),
+        ),
+        (
+            "INT64",
+            [1i64, 0, 2, 1]
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect(),
+        ),
+    ];
+    for (datatype, bytes) in ints {
+        let (body, len) = binary_body(binary_input([2, 2], datatype, bytes.len()), &bytes);
+        let r = parse_v2_binary(&c, &body, len, 32).unwrap_or_else(|e| panic!("{datatype}: {e:?}"));
+        assert_eq!(r.values, [1.0, 0.0, 2.0, 1.0], "{datatype}");
+    }
+}
+
+#[test]
+fn v2_binary_tensor_data_is_checked_like_json_data() {
+    let c = card();
+    let f32s = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    let code = |header: serde_json::Value, data: &[u8]| {
+        let (body, len) = binary_body(header, data);
+        parse_v2_binary(&c, &body, len, 32).unwrap_err()
+    };
+    // NaN and out-of-range values: validation_failed naming the feature.
+    let e = code(binary_input([1, 2], "FP32", 8), &f32s(&[f32::NAN, 0.5]));
+    assert_eq!(e.code, ErrorCode::ValidationFailed);
+    assert_eq!(fields(&e), ["inputs[0].data[0].a"]);
+    let e = code(binary_input([1, 2], "FP32", 8), &f32s(&[1.0, 7.0]));
+    assert_eq!(fields(&e), ["inputs[0].data[0].b"]);
+    // Sizes that do not add up.
+    let e = code(binary_input([1, 2], "FP32", 8), &f32s(&[1.0]));
+    assert_eq!(fields(&e), ["inputs[0].parameters.binary_data_size"]);
+    let e = code(binary_input([2, 2], "FP32", 8), &f32s(&[1.0, 0.5]));
+    assert_eq!(fields(&e), ["inputs[0].parameters.binary_data_size"]);
+    // Too many rows: refused before any value is decoded.
+    let e = code(binary_input([4, 2], "FP32", 32), &f32s(&[0.0; 8]));
+    assert_eq!(fields(&e), ["inputs[0].shape"]);
+    // Data both ways, or binary bytes no input claims.
+    let both = serde_json::json!({"inputs": [{"name": "input", "shape": [1, 2], "datatype": "FP32",
+        "data": [1, 0.5], "parameters": {"binary_data_size": 8}}]});
+    assert_eq!(fields(&code(both, &f32s(&[1.0, 0.5]))), ["inputs[0]"]);
+    let json_only = serde_json::json!({"inputs": [{"name": "input", "shape": [1, 2], "datatype": "FP32", "data": [1, 0.5]}]});
+    let e = code(json_only.clone(), &f32s(&[1.0]));
+    assert_eq!(fields(&e), ["inputs[0].parameters.binary_data_size"]);
+    // Without binary bytes, a JSON-only body in this framing is fine.
+    let (body, len) = binary_body(json_only, &[]);
+    assert_eq!(
+        parse_v2_binary(&c, &body, len, 32).unwrap().values,
+        [1.0, 0.5]
+    );
+    // A header length past the body, and binary_data_size without the extension.
+    let e = parse_v2_binary(&c, b"{}", 3, 32).unwrap_err();
+    assert_eq!(e.code, ErrorCode::InvalidRequest);
+    let e = v2(&binary_input([1, 2], "FP32", 8).to_string()).unwrap_err();
+    assert_eq!(fields(&e), ["inputs[0].parameters.binary_data_size"]);
+}
+
 /// Properties over arbitrary input: parsing never panics, every refusal is
 /// `invalid_request` or `validation_failed`, and whatever is accepted holds
 /// exactly `rows × features` finite values within the batch limit.
@@ -298,6 +416,37 @@ mod properties {
         fn v2_shaped_bodies(rows in 0i64..5, cols in 0i64..4, data in prop::collection::vec(-5.0f64..15.0, 0..20)) {
             let body = json_v2(rows, cols, &data);
             check(Protocol::V2, body.as_bytes());
+        }
+
+        /// The binary extension: any header length, declared size, datatype
+        /// and tail bytes (NaN bit patterns included).
+        #[test]
+        fn v2_binary_bodies(
+            rows in 0i64..5,
+            cols in 0i64..4,
+            datatype in prop::sample::select(vec!["FP32", "FP64", "FP16", "INT8", "UINT64", "BYTES"]),
+            declared in 0usize..80,
+            tail in prop::collection::vec(any::<u8>(), 0..80),
+            cut in 0usize..400,
+        ) {
+            let header = serde_json::json!({"inputs": [{"name": "input", "shape": [rows, cols],
+                "datatype": datatype, "parameters": {"binary_data_size": declared}}]}).to_string();
+            let mut body = header.clone().into_bytes();
+            body.extend_from_slice(&tail);
+            let c = card();
+            for len in [header.len(), cut.min(body.len() + 1)] {
+                match parse_v2_binary(&c, &body, len, 32) {
+                    Ok(r) => {
+                        prop_assert!(r.rows >= 1 && r.rows <= c.max_batch);
+                        prop_assert_eq!(r.values.len(), r.rows * c.features.len());
+                        prop_assert!(r.values.iter().all(|v| v.is_finite()));
+                    }
+                    Err(e) => prop_assert!(matches!(
+                        e.code,
+                        ErrorCode::InvalidRequest | ErrorCode::ValidationFailed
+                    ), "{:?}", e),
+                }
+            }
         }
     }
 

@@ -28,9 +28,67 @@ struct RawTensor<'de> {
     name: Cow<'de, str>,
     shape: Vec<i64>,
     datatype: Cow<'de, str>,
-    data: Vec<f64>,
+    /// `None` when the values are in the binary part.
+    data: Option<Vec<f64>>,
+    /// `parameters.binary_data_size`: the tensor's bytes in the binary part.
+    binary_size: Option<u64>,
     all_integers: bool,
     non_numeric: bool,
+}
+
+/// Bytes per value of a numeric datatype in the binary part.
+fn datatype_size(datatype: &str) -> Option<usize> {
+    Some(match datatype {
+        "INT8" | "UINT8" => 1,
+        "FP16" | "INT16" | "UINT16" => 2,
+        "FP32" | "INT32" | "UINT32" => 4,
+        "FP64" | "INT64" | "UINT64" => 8,
+        _ => return None,
+    })
+}
+
+/// Little-endian values of `datatype` (whose size is `size`) as f64.
+fn decode(datatype: &str, bytes: &[u8], size: usize) -> Vec<f64> {
+    bytes
+        .chunks_exact(size)
+        .map(|c| {
+            let mut b = [0u8; 8];
+            b[..size].copy_from_slice(c);
+            match datatype {
+                "INT8" => f64::from(c[0] as i8),
+                "UINT8" => f64::from(c[0]),
+                "FP16" => f64::from(f16_to_f32(u16::from_le_bytes([b[0], b[1]]))),
+                "INT16" => f64::from(i16::from_le_bytes([b[0], b[1]])),
+                "UINT16" => f64::from(u16::from_le_bytes([b[0], b[1]])),
+                "FP32" => f64::from(f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+                "INT32" => f64::from(i32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+                "UINT32" => f64::from(u32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+                "FP64" => f64::from_le_bytes(b),
+                "INT64" => i64::from_le_bytes(b) as f64,
+                _ => u64::from_le_bytes(b) as f64,
+            }
+        })
+        .collect()
+}
+
+/// IEEE 754 half precision to single. Written out because it is the only
+/// half-float operation needed (a crate for one conversion is not worth it).
+fn f16_to_f32(h: u16) -> f32 {
+    let sign = u32::from(h >> 15) << 31;
+    let exp = u32::from((h >> 10) & 0x1f);
+    let frac = u32::from(h & 0x3ff);
+    let bits = match (exp, frac) {
+        (0, 0) => sign,
+        // Subnormal: value = frac × 2^-24.
+        (0, _) => {
+            let v = frac as f32 * 2f32.powi(-24);
+            return if sign == 0 { v } else { -v };
+        }
+        (0x1f, 0) => sign | 0x7f80_0000,
+        (0x1f, _) => sign | 0x7fc0_0000,
+        _ => sign | ((exp + 112) << 23) | (frac << 13),
+    };
+    f32::from_bits(bits)
 }
 
 impl<'de> Visitor<'de> for V2Seed<'_, '_> {
@@ -39,9 +97,10 @@ impl<'de> Visitor<'de> for V2Seed<'_, '_> {
         f.write_str("an inference request object")
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        const FIELDS: &[&str] = &["id", "parameters", "inputs", "outputs"];
+        const FIELDS: &[&str] = &["id", "model_name", "parameters", "inputs", "outputs"];
         let mut id: Option<String> = None;
         let mut parameters = false;
+        let mut model_name = false;
         let mut inputs: Option<Vec<RawTensor<'de>>> = None;
         let mut outputs: Option<Vec<Cow<'de, str>>> = None;
         let mut outputs_seen = false;
@@ -54,6 +113,13 @@ impl<'de> Visitor<'de> for V2Seed<'_, '_> {
             match &*key {
                 "id" if id.is_some() => return Err(de::Error::duplicate_field("id")),
                 "id" => id = Some(map.next_value()?),
+                "model_name" if model_name => return Err(de::Error::duplicate_field("model_name")),
+                "model_name" => {
+                    // KServe's client names the model in the body too; the
+                    // path decides which model runs.
+                    map.next_value::<Key<'de>>()?;
+                    model_name = true;
+                }
                 "parameters" if parameters => return Err(de::Error::duplicate_field("parameters")),
                 "parameters" => {
                     // Unknown OIP parameters are accepted and ignored (SPEC §3).
@@ -129,7 +195,8 @@ fn check_tensors(ctx: &mut Ctx<'_>, inputs: Vec<RawTensor<'_>>) -> (usize, Vec<f
             name: Cow::Borrowed(""),
             shape: vec![0, 0],
             datatype: Cow::Borrowed("FP32"),
-            data: Vec::new(),
+            data: Some(Vec::new()),
+            binary_size: None,
             all_integers: true,
             non_numeric: false,
         }]
@@ -176,8 +243,61 @@ fn check_tensors(ctx: &mut Ctx<'_>, inputs: Vec<RawTensor<'_>>) -> (usize, Vec<f
     } else if rows == 0 && ctx.problems.is_empty() {
         ctx.problem(|| "inputs[0].shape".into(), "must have at least one row");
     }
-    if ctx.problems.is_empty() && tensor.data.len() != rows * width {
-        let got = tensor.data.len();
+    let data = match (tensor.data, tensor.binary_size, ctx.binary) {
+        (Some(data), None, None | Some([])) => data,
+        (Some(_), None, Some(tail)) => {
+            let n = tail.len();
+            ctx.problem(
+                || "inputs[0].parameters.binary_data_size".into(),
+                format!("is missing, but the body holds {n} bytes of binary data"),
+            );
+            Vec::new()
+        }
+        (Some(_), Some(_), _) => {
+            ctx.problem(
+                || "inputs[0]".into(),
+                "has both data and parameters.binary_data_size; send one",
+            );
+            Vec::new()
+        }
+        (None, Some(_), None) => {
+            ctx.problem(
+                || "inputs[0].parameters.binary_data_size".into(),
+                "needs the binary data extension (an Inference-Header-Content-Length header)",
+            );
+            Vec::new()
+        }
+        (None, Some(size), Some(tail)) => {
+            let bytes = datatype_size(&tensor.datatype).unwrap_or(4);
+            let needed = rows * width * bytes;
+            if size != tail.len() as u64 {
+                let n = tail.len();
+                ctx.problem(
+                    || "inputs[0].parameters.binary_data_size".into(),
+                    format!("is {size}, but the body holds {n} bytes of binary data"),
+                );
+            } else if ctx.problems.is_empty() && size != needed as u64 {
+                ctx.problem(
+                    || "inputs[0].parameters.binary_data_size".into(),
+                    format!("is {size} bytes; shape and datatype need {needed}"),
+                );
+            }
+            if ctx.problems.is_empty() {
+                decode(&tensor.datatype, tail, bytes)
+            } else {
+                Vec::new()
+            }
+        }
+        (None, None, _) => {
+            ctx.problem(
+                || "inputs[0].data".into(),
+                "is missing (or set parameters.binary_data_size)",
+            );
+            Vec::new()
+        }
+    };
+    if ctx.problems.is_empty() && data.len() != rows * width {
+        let got = data.len();
         ctx.problem(
             || "inputs[0].data".into(),
             format!("has {got} values; shape needs {}", rows * width),
@@ -187,7 +307,7 @@ fn check_tensors(ctx: &mut Ctx<'_>, inputs: Vec<RawTensor<'_>>) -> (usize, Vec<f
         return (0, Vec::new());
     }
     let mut values = Vec::with_capacity(rows * width);
-    for (i, v) in tensor.data.into_iter().enumerate() {
+    for (i, v) in data.into_iter().enumerate() {
         values.push(ctx.check(i / width, i % width, "inputs[0].data", Scalar::Number(v)));
     }
     (rows, values)
@@ -246,7 +366,7 @@ impl<'de> Visitor<'de> for TensorSeed<'_, '_> {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         const FIELDS: &[&str] = &["name", "shape", "datatype", "parameters", "data"];
         let (mut name, mut shape, mut datatype, mut data, mut parameters) =
-            (None, None, None, None, false);
+            (None, None, None, None, None);
         while let Some(Key(key)) = map.next_key()? {
             match &*key {
                 "name" if name.is_none() => name = Some(map.next_value::<Key<'de>>()?.0),
@@ -254,9 +374,10 @@ impl<'de> Visitor<'de> for TensorSeed<'_, '_> {
                 "datatype" if datatype.is_none() => {
                     datatype = Some(map.next_value::<Key<'de>>()?.0)
                 }
-                "parameters" if !parameters => {
-                    map.next_value::<IgnoredAny>()?;
-                    parameters = true;
+                "parameters" if parameters.is_none() => {
+                    // Only binary_data_size means anything here; other
+                    // parameters are accepted and ignored (SPEC §3).
+                    parameters = Some(map.next_value::<TensorParameters>()?);
                 }
                 "data" if data.is_none() => {
                     let mut flat = Flat {
@@ -272,16 +393,31 @@ impl<'de> Visitor<'de> for TensorSeed<'_, '_> {
                 other => return Err(de::Error::unknown_field(other, FIELDS)),
             }
         }
-        let data = data.ok_or_else(|| de::Error::missing_field("data"))?;
+        let binary_size = parameters.and_then(|p| p.binary_data_size);
+        if data.is_none() && binary_size.is_none() {
+            return Err(de::Error::missing_field("data"));
+        }
+        let (all_integers, non_numeric) = data
+            .as_ref()
+            .map_or((true, false), |d: &Flat| (d.all_integers, d.non_numeric));
         Ok(RawTensor {
             name: name.ok_or_else(|| de::Error::missing_field("name"))?,
             shape: shape.ok_or_else(|| de::Error::missing_field("shape"))?,
             datatype: datatype.ok_or_else(|| de::Error::missing_field("datatype"))?,
-            data: data.values,
-            all_integers: data.all_integers,
-            non_numeric: data.non_numeric,
+            data: data.map(|d| d.values),
+            binary_size,
+            all_integers,
+            non_numeric,
         })
     }
+}
+
+/// An input tensor's `parameters`: `binary_data_size` is read, the rest
+/// ignored.
+#[derive(serde::Deserialize)]
+struct TensorParameters {
+    #[serde(default)]
+    binary_data_size: Option<u64>,
 }
 
 /// Tensor data, flat or nested, flattened in row-major order.

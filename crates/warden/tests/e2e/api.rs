@@ -135,3 +135,135 @@ async fn the_docs_page_renders_every_operation_offline_in_headless_chromium() {
         assert_eq!(r.status(), 404, "{path}");
     }
 }
+
+/// Real Open Inference Protocol clients, with their default settings
+/// (binary tensor data): Triton's `tritonclient[http]` and KServe's
+/// `InferenceRESTClient`, over HTTPS with an API key — server live and
+/// ready, model ready and metadata, and inference on every demo model,
+/// whose labels must match the fixtures (scikit-learn's own answers).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn triton_and_kserve_clients_work_unchanged() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let w = Warden::start(&data, &[]);
+    let key = w.printed_key.clone().unwrap();
+    let host = w.url("").trim_start_matches("https://").to_owned();
+    for client in ["triton", "kserve"] {
+        let package = if client == "triton" {
+            "tritonclient"
+        } else {
+            "kserve"
+        };
+        let path = repo().join(".runtime").join(package);
+        assert!(
+            path.join(package).is_dir(),
+            "{package} is missing: run ./scripts/setup.sh"
+        );
+        let out = Command::new("python3")
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e/oip_clients.py"))
+            .args([client, &host])
+            .arg(data.join("tls/cert.pem"))
+            .arg(&key)
+            .arg(repo().join("models"))
+            .env("PYTHONPATH", &path)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{client}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let seen: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(seen["live"], true, "{client}: {seen}");
+        assert_eq!(seen["ready"], true, "{client}: {seen}");
+        for (model, features) in [("iris", 4), ("breast-cancer", 30), ("digits", 64)] {
+            let m = &seen["models"][model];
+            assert_eq!(m["ready"], true, "{client} {model}: {m}");
+            assert_eq!(m["input"], "input", "{client} {model}");
+            assert_eq!(
+                m["shape"],
+                serde_json::json!([-1, features]),
+                "{client} {model}"
+            );
+            assert_eq!(m["datatype"], "FP32", "{client} {model}");
+            assert_eq!(m["labels"], m["expected"], "{client} {model}");
+            assert_eq!(m["labels"].as_array().map(Vec::len), Some(8));
+        }
+    }
+}
+
+/// The binary tensor data extension from the outside, as an attacker would
+/// try it: the framing is checked before anything is decoded, and the
+/// values meet the same validation as JSON ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_tensor_data_is_framed_and_validated() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = Warden::start(&dir.path().join("data"), &[]);
+    let key = w.printed_key.clone().unwrap();
+    let send = |header: Option<&str>, content_type: Option<&str>, body: Vec<u8>| {
+        let mut r = w
+            .client
+            .post(w.url("/v2/models/iris/infer"))
+            .header("x-api-key", &key)
+            .body(body);
+        if let Some(h) = header {
+            r = r.header("inference-header-content-length", h);
+        }
+        if let Some(t) = content_type {
+            r = r.header("content-type", t);
+        }
+        async move {
+            let r = r.send().await.unwrap();
+            let status = r.status().as_u16();
+            (
+                status,
+                r.json::<serde_json::Value>().await.unwrap_or_default(),
+            )
+        }
+    };
+    let framed = |values: [f32; 4]| {
+        let json =
+            serde_json::json!({"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32",
+            "parameters": {"binary_data_size": 16}}]})
+            .to_string();
+        let mut body = json.clone().into_bytes();
+        body.extend(values.iter().flat_map(|v| v.to_le_bytes()));
+        (json.len().to_string(), body)
+    };
+    let (len, body) = framed([5.1, 3.5, 1.4, 0.2]);
+    let (status, ok) = send(Some(&len), Some("application/octet-stream"), body.clone()).await;
+    assert_eq!(status, 200, "{ok}");
+    assert_eq!(ok["outputs"][0]["data"][0], "setosa", "{ok}");
+    // Octet-stream without the framing header: not a body Warden reads.
+    let (status, e) = send(None, Some("application/octet-stream"), body.clone()).await;
+    assert_eq!(
+        (status, e["code"].as_str()),
+        (415, Some("unsupported_media_type"))
+    );
+    // A header that is not a length, or longer than the body.
+    for bad in ["abc", "-1", "999999"] {
+        let (status, e) = send(Some(bad), None, body.clone()).await;
+        assert_eq!(
+            (status, e["code"].as_str()),
+            (400, Some("invalid_request")),
+            "{bad}"
+        );
+    }
+    // NaN and out-of-range values in the binary part.
+    for values in [[f32::NAN, 3.5, 1.4, 0.2], [5.1, 3.5, 1.4, 1e30]] {
+        let (len, body) = framed(values);
+        let (status, e) = send(Some(&len), None, body).await;
+        assert_eq!(
+            (status, e["code"].as_str()),
+            (422, Some("validation_failed")),
+            "{e}"
+        );
+    }
+    // Sizes that do not add up: a short tail.
+    let (status, e) = send(Some(&len), None, body[..body.len() - 3].to_vec()).await;
+    assert_eq!(
+        (status, e["code"].as_str()),
+        (422, Some("validation_failed")),
+        "{e}"
+    );
+}
