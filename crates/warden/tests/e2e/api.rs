@@ -267,3 +267,41 @@ async fn binary_tensor_data_is_framed_and_validated() {
         "{e}"
     );
 }
+
+/// examples/python_client.py runs as documented against a live server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_example_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let w = Warden::start(&data, &[]);
+    let key = w.printed_key.clone().unwrap();
+    // requests comes with kserve's folder, numpy and tritonclient with Triton's.
+    let path = std::env::join_paths([
+        repo().join(".runtime/tritonclient"),
+        repo().join(".runtime/kserve"),
+    ])
+    .unwrap();
+    let out = Command::new("python3")
+        .arg(repo().join("examples/python_client.py"))
+        .args(["--url", &w.url(""), "--key", &key, "--ca"])
+        .arg(data.join("tls/cert.pem"))
+        .env("PYTHONPATH", path)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for line in [
+        "v1 iris: ['setosa', 'virginica']",
+        "rate limit: \"predict\";q=6000;w=60",
+        "v2 digits: ['0']",
+        "refused: 422 validation_failed instances[0].sepal_length_cm",
+        "triton: live True ready True",
+        "triton iris: ['setosa', 'virginica']",
+    ] {
+        assert!(text.contains(line), "{line:?} not in:\n{text}");
+    }
+}
