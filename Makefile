@@ -1,5 +1,5 @@
 # Shortcuts for the README's two commands (they need only bash, cargo and pip).
-.PHONY: setup serve test bench bench-stages lint
+.PHONY: setup serve test bench bench-stages lint fuzz
 
 setup:
 	./scripts/setup.sh
@@ -16,6 +16,10 @@ bench: setup
 # One Criterion micro-benchmark per pipeline stage (docs/benchmarks.md).
 bench-stages: setup
 	cargo bench -p warden-server --bench stages
+
+# cargo fuzz over request parsing and config (60 s per target; scripts/fuzz.sh).
+fuzz:
+	scripts/fuzz.sh 60
 
 lint:
 	cargo fmt --all -- --check

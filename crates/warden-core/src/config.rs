@@ -1305,6 +1305,108 @@ mod tests {
         assert!(!format!("{c:?}").contains("PRIVATE"));
     }
 
+    /// Configuration text built from the sections, keys and values a
+    /// config is made of (and some that are wrong): parsing and validation
+    /// never panic, and a refusal always says something. The same entry
+    /// point is fuzzed by `scripts/fuzz.sh` (target `config`).
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::super::*;
+
+        fn config_text() -> impl Strategy<Value = String> {
+            let section = prop::sample::select(vec![
+                "[server]",
+                "[tls]",
+                "[admin]",
+                "[limits]",
+                "[limits.rates]",
+                "[limits.bans]",
+                "[[limits.quotas]]",
+                "[audit]",
+                "[auth]",
+                "[auth.tokens]",
+                "[roles.r]",
+                "[insecure]",
+                "[models]",
+                "[alerts]",
+                "[log]",
+                "[store]",
+            ]);
+            let key = prop::sample::select(vec![
+                "listen",
+                "enabled",
+                "min_version",
+                "body_limit_bytes",
+                "json_max_depth",
+                "request_timeout",
+                "max_in_flight",
+                "backend",
+                "redis_url",
+                "default",
+                "predict",
+                "rate",
+                "burst",
+                "failures",
+                "window",
+                "role",
+                "model",
+                "per_day",
+                "durability",
+                "replica",
+                "batch_window",
+                "permissions",
+                "trusted_proxies",
+                "docs",
+                "redirect_listen",
+                "plaintext_http_on_public_address",
+                "default_max_batch",
+            ]);
+            let value = prop::sample::select(vec![
+                "true",
+                "0",
+                "-1",
+                "18446744073709551615",
+                "1e308",
+                "\"\"",
+                "\"1.3\"",
+                "\"0.0.0.0:80\"",
+                "\"127.0.0.1:0\"",
+                "\"redis://:pw@h\"",
+                "\"30s\"",
+                "\"0s\"",
+                "\"sync\"",
+                "\"600/minute\"",
+                "\"1/0\"",
+                "[]",
+                "[\"predict:*\"]",
+                "[\"10.0.0.0/8\"]",
+                "{ rate = \"5/minute\", burst = 0 }",
+                "{ env = \"WARDEN_NOPE\" }",
+                "nan",
+                "inf",
+            ]);
+            let line = prop_oneof![
+                section.prop_map(str::to_owned),
+                (key, value).prop_map(|(k, v)| format!("{k} = {v}")),
+            ];
+            prop::collection::vec(line, 0..12).prop_map(|l| l.join("\n"))
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+            #[test]
+            fn any_config_text_is_accepted_or_refused_with_a_reason(text in config_text()) {
+                if let Ok(raw) = toml::from_str::<RawConfig>(&text)
+                    && let Err(e) = Config::from_raw(raw, &Overrides::default())
+                {
+                    prop_assert!(!e.to_string().is_empty());
+                }
+            }
+        }
+    }
+
     #[test]
     fn a_redis_password_is_a_secret() {
         // Inline with a password: refused, and the error does not repeat it.
