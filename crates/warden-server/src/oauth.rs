@@ -262,10 +262,13 @@ fn basic_credentials(
     request_body(content = String, content_type = "application/x-www-form-urlencoded",
         description = "grant_type=client_credentials (client_id/client_secret or HTTP Basic), or grant_type=password with username and password; optional scope"),
     responses(
-        (status = 200, description = "An access token (RFC 6749 §5.1)", content_type = "application/json"),
-        (status = 400, description = "RFC 6749 §5.2 error: invalid_request, invalid_grant, unsupported_grant_type, invalid_scope"),
-        (status = 401, description = "RFC 6749 §5.2 error: invalid_client"),
-        (status = 429, description = "Too many token requests from this address or for this account"),
+        (status = 200, description = "An access token (RFC 6749 §5.1)", body = crate::openapi::TokenBody),
+        (status = 400, description = "RFC 6749 §5.2 error: invalid_request, invalid_grant, unsupported_grant_type, invalid_scope", body = crate::openapi::OAuthErrorBody),
+        (status = 401, description = "RFC 6749 §5.2 error: invalid_client (with WWW-Authenticate: Basic when Basic was used)", body = crate::openapi::OAuthErrorBody),
+        (status = 403, description = "banned: too many failed attempts from this address or for this account (Retry-After)", body = crate::openapi::OAuthErrorBody),
+        (status = 429, description = "rate_limited: too many token requests from this address or for this account (Retry-After)", body = crate::openapi::OAuthErrorBody),
+        (status = 500, description = "server_error", body = crate::openapi::OAuthErrorBody),
+        (status = 503, description = "temporarily_unavailable: password checks are busy (Retry-After)", body = crate::openapi::OAuthErrorBody),
     ))]
 pub async fn token(State(state): State<AppState>, req: Request) -> Response {
     let id = req

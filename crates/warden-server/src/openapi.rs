@@ -28,6 +28,33 @@ pub struct ErrorBody {
     details: Option<Vec<FieldProblemBody>>,
 }
 
+/// An OAuth2 access token (RFC 6749 §5.1).
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"access_token": "eyJhbGciOiJFZERTQSIsImtpZCI6Ii4uLiJ9...", "token_type": "Bearer", "expires_in": 900, "scope": "predict:* models:read"}))]
+pub struct TokenBody {
+    /// A JWT signed by Warden (EdDSA), verifiable with `/.well-known/jwks.json`.
+    access_token: String,
+    /// Always `Bearer`.
+    token_type: String,
+    /// Seconds until it expires.
+    expires_in: u64,
+    /// The granted permissions, space-separated.
+    scope: String,
+}
+
+/// The token endpoint's error body (RFC 6749 §5.2), which OAuth2 clients parse.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"error": "invalid_client", "error_description": "Client authentication failed.", "request_id": "5f3a9c1e000000000009"}))]
+pub struct OAuthErrorBody {
+    /// invalid_request, invalid_client, invalid_grant, unsupported_grant_type,
+    /// invalid_scope, rate_limited, banned, temporarily_unavailable, server_error.
+    error: String,
+    /// A generic sentence.
+    error_description: String,
+    /// The request id, also in the `x-request-id` header.
+    request_id: String,
+}
+
 /// The errors every inference route can answer.
 #[derive(Debug, utoipa::IntoResponses)]
 pub enum InferErrors {
