@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Coverage-guided fuzzing with cargo fuzz (libFuzzer + AddressSanitizer) of
+# Coverage-guided fuzzing with cargo fuzz (libFuzzer + AddressSanitizer,
+# optimized but with debug assertions and overflow checks on) of
 # what clients and operators hand Warden: v1 and v2 request bodies (JSON and
 # the binary tensor extension), parsed and validated against the demo
 # models' cards, and configuration text. Each target runs for SECONDS
@@ -26,10 +27,10 @@ if ! command -v cargo-fuzz >/dev/null; then
   cargo install cargo-fuzz --version 0.13.2 --locked --quiet
 fi
 export RUSTC_BOOTSTRAP=1
-cargo fuzz build --fuzz-dir fuzz -O
+cargo fuzz build --fuzz-dir fuzz -O --debug-assertions
 for t in "${targets[@]}"; do
   log="$(mktemp)"
-  if ! cargo fuzz run --fuzz-dir fuzz -O "$t" -- -max_total_time="$seconds" -max_len=4096 -print_final_stats=1 >"$log" 2>&1; then
+  if ! cargo fuzz run --fuzz-dir fuzz -O --debug-assertions "$t" -- -max_total_time="$seconds" -max_len=4096 -print_final_stats=1 >"$log" 2>&1; then
     tail -40 "$log" >&2
     echo "fuzz: $t FAILED (input in fuzz/artifacts/$t/)" >&2
     exit 1

@@ -29,7 +29,8 @@ apt_install() {
     echo "installing $pkg (apt) for the tests ..." >&2
     export DEBIAN_FRONTEND=noninteractive
     $sudo apt-get install -y -qq --no-install-recommends "$pkg" >/dev/null 2>&1 \
-      || { $sudo apt-get update -qq && $sudo apt-get install -y -qq --no-install-recommends "$pkg" >/dev/null; }
+      || { $sudo apt-get update -qq && $sudo apt-get install -y -qq --no-install-recommends "$pkg" >/dev/null; } \
+      || echo "setup.sh: could not install $pkg; the tests that need $cmd will say so" >&2
   else
     echo "setup.sh: the tests need $cmd (e.g. apt-get install $pkg); serving does not" >&2
   fi
@@ -75,8 +76,13 @@ tool kserve 0.21.0 "KServe's Python client"
 
 # playwright-core (npm, no bundled browser): drives Debian's chromium through
 # the /docs page in the e2e suite.
+apt_install npm npm
 node_tool() { # package version
   local dir="$root/.runtime/node"
+  if ! command -v npm >/dev/null; then
+    echo "setup.sh: no npm, so no $1; the docs-page test will say so" >&2
+    return 0
+  fi
   if [ ! -f "$dir/.$1-$2" ]; then
     echo "installing $1 $2 (npm) into .runtime/node ..." >&2
     npm install --silent --no-audit --no-fund --prefix "$dir" "$1@$2" >/dev/null

@@ -1413,6 +1413,8 @@ mod tests {
         for url in [
             "redis://:hunter2secret@127.0.0.1:6379",
             "rediss://warden:hunter2secret@redis.internal/0",
+            // A password with an unencoded '/' still counts.
+            "redis://warden:hunter2/secret@redis.internal",
         ] {
             let e = parse(&format!(
                 "[limits]\nbackend = \"redis\"\nredis_url = {url:?}\n"

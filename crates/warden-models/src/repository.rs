@@ -54,8 +54,9 @@ pub struct Model {
 pub struct Guards {
     /// Out-of-distribution detector.
     pub ood: Option<crate::defenses::ood::OodDetector>,
-    /// Extraction monitor (per-principal state).
-    pub extraction: Option<crate::defenses::extraction::Monitor>,
+    /// Extraction monitor (per-principal state; shared with the model a
+    /// reload replaces when the feature space and settings are the same).
+    pub extraction: Option<Arc<crate::defenses::extraction::Monitor>>,
 }
 
 impl Guards {
@@ -72,7 +73,7 @@ impl Guards {
                 .defenses
                 .extraction
                 .clone()
-                .map(crate::defenses::extraction::Monitor::new),
+                .map(|s| Arc::new(crate::defenses::extraction::Monitor::new(s))),
         })
     }
 }
@@ -313,8 +314,9 @@ impl Repository {
     /// On failure nothing changes, a `model_reload_failed` alert is raised
     /// and the error names the file. A version that fails its integrity
     /// check is skipped as at start (an older one that passes serves, with
-    /// a `model_integrity_failed` alert). Defense state kept per principal
-    /// (the extraction monitor) starts afresh with the reloaded model.
+    /// a `model_integrity_failed` alert). The extraction monitor's
+    /// per-principal state carries over unless its settings or the features
+    /// changed.
     pub fn reload(&self, name: &str) -> Result<Arc<Model>, ReloadError> {
         let Some(source) = &self.source else {
             return Err(ReloadError::NoSuchModel);
@@ -335,7 +337,12 @@ impl Repository {
             security: &source.security,
         };
         let model = match load_named(&source.dir, name, settings) {
-            Ok(m) => Arc::new(m),
+            Ok(mut m) => {
+                if let Some(old) = self.get(name) {
+                    keep_extraction_state(&old, &mut m);
+                }
+                Arc::new(m)
+            }
             Err(e) => {
                 Alert::ModelReloadFailed.count();
                 tracing::error!(
@@ -353,6 +360,26 @@ impl Repository {
             next
         });
         Ok(model)
+    }
+}
+
+/// The extraction monitor's per-principal state survives a reload when it
+/// still means the same thing: the same settings over the same features
+/// (names and the training statistics distances are standardized with).
+/// Otherwise the reloaded model starts afresh.
+fn keep_extraction_state(old: &Model, new: &mut Model) {
+    let same_features = old.card.features.len() == new.card.features.len()
+        && old
+            .card
+            .features
+            .iter()
+            .zip(&new.card.features)
+            .all(|(a, b)| a.name == b.name && a.mean == b.mean && a.std == b.std);
+    if same_features
+        && old.card.defenses.extraction == new.card.defenses.extraction
+        && let Some(monitor) = &old.guards.extraction
+    {
+        new.guards.extraction = Some(Arc::clone(monitor));
     }
 }
 

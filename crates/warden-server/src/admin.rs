@@ -753,6 +753,8 @@ async fn reload_model(
             )
             .into_response(),
     };
-    response.extensions_mut().insert(TargetNote(model));
+    if warden_core::is_model_name(&model) {
+        response.extensions_mut().insert(TargetNote(model));
+    }
     Ok(response)
 }

@@ -63,7 +63,17 @@ impl FromRequest<AppState> for V2Body {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
-        let binary_header = match req.headers().get(&INFERENCE_HEADER_CONTENT_LENGTH) {
+        let mut declared = req
+            .headers()
+            .get_all(&INFERENCE_HEADER_CONTENT_LENGTH)
+            .iter();
+        let (first, second) = (declared.next(), declared.next());
+        if second.is_some() {
+            return Err(ApiError::invalid_request(
+                "Inference-Header-Content-Length is given more than once.",
+            ));
+        }
+        let binary_header = match first {
             None => None,
             Some(v) => Some(
                 v.to_str()

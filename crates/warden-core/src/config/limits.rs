@@ -231,13 +231,14 @@ pub enum RawRedisUrl {
     Secret(SecretSource),
 }
 
-/// Whether a URL carries a password (`scheme://user:password@host` or
-/// `scheme://:password@host`).
+/// Whether a URL may carry a password (`scheme://user:password@host`,
+/// `scheme://:password@host`). Cautious on purpose: everything before the
+/// last `@` counts, so a password holding an unencoded `/`, `?` or `#` is
+/// caught too (at the price of refusing inline the rare URL with both a `:`
+/// and an `@` in its path or query).
 fn has_password(url: &str) -> bool {
     let rest = url.split_once("://").map_or(url, |(_, r)| r);
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
-    authority
-        .rsplit_once('@')
+    rest.rsplit_once('@')
         .is_some_and(|(userinfo, _)| userinfo.contains(':'))
 }
 

@@ -314,6 +314,20 @@ fn v2_binary_tensor_data_is_checked_like_json_data() {
         parse_v2_binary(&c, &body, len, 32).unwrap().values,
         [1.0, 0.5]
     );
+    // A shape far past the batch limit, whose byte count would overflow:
+    // refused on the shape, nothing computed from it.
+    let huge = binary_input([4_611_686_018_427_387_904, 2], "FP64", 0);
+    let e = code(huge, &[]);
+    assert_eq!(fields(&e), ["inputs[0].shape"]);
+    // parameters: null is none; anything but an object or null is malformed.
+    let null_params = serde_json::json!({"inputs": [{"name": "input", "shape": [1, 2], "datatype": "FP32",
+        "data": [1, 0.5], "parameters": null}]});
+    assert_eq!(v2(&null_params.to_string()).unwrap().values, [1.0, 0.5]);
+    let array_params = serde_json::json!({"inputs": [{"name": "input", "shape": [1, 2], "datatype": "FP32",
+        "parameters": [8]}]});
+    let (body, len) = binary_body(array_params, &f32s(&[1.0, 0.5]));
+    let e = parse_v2_binary(&c, &body, len, 32).unwrap_err();
+    assert_eq!(e.code, ErrorCode::InvalidRequest);
     // A header length past the body, and binary_data_size without the extension.
     let e = parse_v2_binary(&c, b"{}", 3, 32).unwrap_err();
     assert_eq!(e.code, ErrorCode::InvalidRequest);

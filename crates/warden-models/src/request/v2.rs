@@ -269,18 +269,22 @@ fn check_tensors(ctx: &mut Ctx<'_>, inputs: Vec<RawTensor<'_>>) -> (usize, Vec<f
         }
         (None, Some(size), Some(tail)) => {
             let bytes = datatype_size(&tensor.datatype).unwrap_or(4);
-            let needed = rows * width * bytes;
             if size != tail.len() as u64 {
                 let n = tail.len();
                 ctx.problem(
                     || "inputs[0].parameters.binary_data_size".into(),
                     format!("is {size}, but the body holds {n} bytes of binary data"),
                 );
-            } else if ctx.problems.is_empty() && size != needed as u64 {
-                ctx.problem(
-                    || "inputs[0].parameters.binary_data_size".into(),
-                    format!("is {size} bytes; shape and datatype need {needed}"),
-                );
+            } else if ctx.problems.is_empty() {
+                // rows ≤ max_batch here (a larger shape is a problem above),
+                // so this cannot overflow; saturating all the same.
+                let needed = rows.saturating_mul(width).saturating_mul(bytes);
+                if size != needed as u64 {
+                    ctx.problem(
+                        || "inputs[0].parameters.binary_data_size".into(),
+                        format!("is {size} bytes; shape and datatype need {needed}"),
+                    );
+                }
             }
             if ctx.problems.is_empty() {
                 decode(&tensor.datatype, tail, bytes)
@@ -365,8 +369,8 @@ impl<'de> Visitor<'de> for TensorSeed<'_, '_> {
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         const FIELDS: &[&str] = &["name", "shape", "datatype", "parameters", "data"];
-        let (mut name, mut shape, mut datatype, mut data, mut parameters) =
-            (None, None, None, None, None);
+        let (mut name, mut shape, mut datatype, mut data) = (None, None, None, None);
+        let (mut binary_size, mut parameters_seen) = (None, false);
         while let Some(Key(key)) = map.next_key()? {
             match &*key {
                 "name" if name.is_none() => name = Some(map.next_value::<Key<'de>>()?.0),
@@ -374,10 +378,11 @@ impl<'de> Visitor<'de> for TensorSeed<'_, '_> {
                 "datatype" if datatype.is_none() => {
                     datatype = Some(map.next_value::<Key<'de>>()?.0)
                 }
-                "parameters" if parameters.is_none() => {
+                "parameters" if !parameters_seen => {
                     // Only binary_data_size means anything here; other
                     // parameters are accepted and ignored (SPEC §3).
-                    parameters = Some(map.next_value::<TensorParameters>()?);
+                    binary_size = map.next_value::<BinarySize>()?.0;
+                    parameters_seen = true;
                 }
                 "data" if data.is_none() => {
                     let mut flat = Flat {
@@ -393,7 +398,6 @@ impl<'de> Visitor<'de> for TensorSeed<'_, '_> {
                 other => return Err(de::Error::unknown_field(other, FIELDS)),
             }
         }
-        let binary_size = parameters.and_then(|p| p.binary_data_size);
         if data.is_none() && binary_size.is_none() {
             return Err(de::Error::missing_field("data"));
         }
@@ -412,12 +416,35 @@ impl<'de> Visitor<'de> for TensorSeed<'_, '_> {
     }
 }
 
-/// An input tensor's `parameters`: `binary_data_size` is read, the rest
-/// ignored.
-#[derive(serde::Deserialize)]
-struct TensorParameters {
-    #[serde(default)]
-    binary_data_size: Option<u64>,
+/// An input tensor's `parameters` (an object, or null): `binary_data_size`
+/// is read, anything else ignored.
+struct BinarySize(Option<u64>);
+
+impl<'de> de::Deserialize<'de> for BinarySize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = BinarySize;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a parameters object")
+            }
+            fn visit_unit<E>(self) -> Result<BinarySize, E> {
+                Ok(BinarySize(None))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<BinarySize, A::Error> {
+                let mut size = None;
+                while let Some(Key(key)) = map.next_key()? {
+                    if key == "binary_data_size" && size.is_none() {
+                        size = Some(map.next_value::<u64>()?);
+                    } else {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
+                Ok(BinarySize(size))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// Tensor data, flat or nested, flattened in row-major order.

@@ -259,6 +259,18 @@ async fn binary_tensor_data_is_framed_and_validated() {
             "{e}"
         );
     }
+    // The framing header twice: which one would a proxy believe?
+    let r = w
+        .client
+        .post(w.url("/v2/models/iris/infer"))
+        .header("x-api-key", &key)
+        .header("inference-header-content-length", &len)
+        .header("inference-header-content-length", "0")
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
     // Sizes that do not add up: a short tail.
     let (status, e) = send(Some(&len), None, body[..body.len() - 3].to_vec()).await;
     assert_eq!(

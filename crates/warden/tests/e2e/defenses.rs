@@ -210,6 +210,24 @@ async fn the_extraction_monitor_flags_a_probing_walk_and_applies_the_cards_actio
         )
         .await;
     assert_eq!(status, StatusCode::OK);
+    // A reload of the same card keeps the monitor's state: still refused.
+    let (status, _) = w
+        .admin_call(
+            "POST",
+            "/admin/models/iris-reject/reload",
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _, body) = w
+        .post(
+            "/v1/models/iris-reject:predict",
+            &attacker,
+            walk(3).to_string(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
 
     // throttle: the default `predict` budget is 600 rows at once; one-row
     // queries charged ten-fold once flagged run out within ~50 more.
