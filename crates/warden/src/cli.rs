@@ -50,6 +50,18 @@ pub(crate) enum Command {
     /// Model files: signing keys, signatures, integrity checks, encryption at rest.
     #[command(subcommand)]
     Model(ModelCommand),
+    /// Probe this configuration's data plane: GET /v2/health/live on the
+    /// listen address (loopback if unspecified), trusting only the
+    /// certificate it serves. Exit 0 if live, 1 if not (container health
+    /// checks; the runtime image has no shell).
+    Health {
+        /// Configuration and state.
+        #[command(flatten)]
+        location: Location,
+        /// Address to probe (overrides server.listen).
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<String>,
+    },
 }
 
 /// `warden model ...`

@@ -27,6 +27,7 @@ use crate::logging::{BufferedStderr, FlushGuard};
 pub(crate) fn run(command: Command) -> Result<(), Failure> {
     match command {
         Command::Serve(args) => serve(args),
+        Command::Health { location, listen } => crate::health::health(&location, listen),
         Command::Keys(cmd) => keys(cmd),
         Command::Config(ConfigCommand::Check { file }) => {
             let config = Config::load(&file, &Overrides::default()).map_err(Failure::usage)?;

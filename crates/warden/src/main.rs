@@ -10,6 +10,7 @@
 
 mod cli;
 mod commands;
+mod health;
 mod logging;
 mod model;
 

@@ -22,6 +22,8 @@ mod api;
 mod audit;
 #[path = "e2e/defenses.rs"]
 mod defenses;
+#[path = "e2e/deploy.rs"]
+mod deploy;
 #[path = "e2e/identity.rs"]
 mod identity;
 #[path = "e2e/integrity.rs"]

@@ -335,3 +335,43 @@ fn a_certificate_near_expiry_is_warned_about() {
     }
     assert_eq!(alerts(30), Vec::<Value>::new());
 }
+
+/// `warden health` (the container's health check): exit 0 against its own
+/// running server, trusting only the certificate its configuration serves;
+/// exit 1 when nothing listens, and when another server (with another
+/// certificate) answers on the address.
+#[test]
+fn warden_health_probes_its_own_data_plane() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    let wa = Warden::start(&a, &[]);
+    let wb = Warden::start(&b, &[]);
+    let probe = |data: &Path, addr: String| {
+        Command::new(BIN)
+            .args(["health", "--listen", &addr, "--data-dir"])
+            .arg(data)
+            .output()
+            .unwrap()
+    };
+    let addr = |w: &Warden| format!("127.0.0.1:{}", w.addr.port());
+    let ok = probe(&a, addr(&wa));
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(String::from_utf8_lossy(&ok.stdout).starts_with("live"));
+    // B's server does not serve A's certificate: not trusted, not live.
+    let other = probe(&a, addr(&wb));
+    assert_eq!(other.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&other.stderr).contains("TLS"),
+        "{}",
+        String::from_utf8_lossy(&other.stderr)
+    );
+    let port = wa.addr.port();
+    drop(wa);
+    let gone = probe(&a, format!("127.0.0.1:{port}"));
+    assert_eq!(gone.status.code(), Some(1));
+    drop(wb);
+}

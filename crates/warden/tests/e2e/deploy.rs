@@ -1,0 +1,42 @@
+//! The deployment files, checked offline (there is no container engine or
+//! cluster here): hadolint on the Dockerfile, the Kubernetes manifests
+//! against the Kubernetes JSON schemas and the security settings
+//! docs/deploy.md promises, and both shipped configurations through
+//! `warden config check` (scripts/check_deploy.py).
+
+use std::process::Command;
+
+use super::{BIN, repo};
+
+#[test]
+fn the_image_and_the_manifests_pass_their_offline_checks() {
+    let tools = [".runtime/kubernetes-validate", ".runtime/py"];
+    for t in tools {
+        assert!(
+            repo().join(t).is_dir(),
+            "{t} is missing: run ./scripts/setup.sh"
+        );
+    }
+    let path = std::env::join_paths(tools.iter().map(|t| repo().join(t))).unwrap();
+    let out = Command::new("python3")
+        .arg(repo().join("scripts/check_deploy.py"))
+        .arg(BIN)
+        .env("PYTHONPATH", path)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for line in [
+        "Dockerfile: hadolint clean",
+        "deploy/k8s: 12 objects valid",
+        "Deployment: non-root",
+        "deploy/k8s/configmap.yaml: warden config check passes",
+        "deploy/docker/warden.toml: warden config check passes",
+    ] {
+        assert!(text.contains(line), "{line:?} not in:\n{text}");
+    }
+}
