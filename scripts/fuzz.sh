@@ -30,7 +30,9 @@ export RUSTC_BOOTSTRAP=1
 cargo fuzz build --fuzz-dir fuzz -O --debug-assertions
 for t in "${targets[@]}"; do
   log="$(mktemp)"
-  if ! cargo fuzz run --fuzz-dir fuzz -O --debug-assertions "$t" -- -max_total_time="$seconds" -max_len=4096 -print_final_stats=1 >"$log" 2>&1; then
+  # FUZZ_SEED (CI sets one) makes the mutation sequence repeatable.
+  if ! cargo fuzz run --fuzz-dir fuzz -O --debug-assertions "$t" -- -max_total_time="$seconds" \
+      -max_len=4096 -print_final_stats=1 ${FUZZ_SEED:+-seed="$FUZZ_SEED"} >"$log" 2>&1; then
     tail -40 "$log" >&2
     echo "fuzz: $t FAILED (input in fuzz/artifacts/$t/)" >&2
     exit 1
