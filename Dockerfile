@@ -8,7 +8,7 @@
 #            but the state volume; health check by the binary itself.
 #
 #   docker build -t warden .
-#   docker run --read-only -p 8443:8443 -v warden-data:/var/lib/warden warden
+#   docker run --read-only --tmpfs /tmp -p 8443:8443 -v warden-data:/var/lib/warden warden
 #
 # Checked here without an engine: hadolint and more (scripts/check_deploy.py).
 
@@ -37,6 +37,8 @@ COPY deploy/docker/warden.toml /etc/warden/warden.toml
 # The state directory, owned by the runtime user (a new volume inherits it).
 COPY --from=build --chown=65532:65532 /out/state /var/lib/warden
 USER 65532:65532
+# SQLite's temporary files go to the state volume: the root is read-only.
+ENV SQLITE_TMPDIR=/var/lib/warden
 # Keys, users, the audit trail, the generated certificate: the only writable path.
 VOLUME ["/var/lib/warden"]
 EXPOSE 8443 9443

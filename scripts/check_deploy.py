@@ -11,7 +11,7 @@ suite (crates/warden/tests/e2e/deploy.rs) with the tools setup.sh installs:
    schemas (PyPI kubernetes-validate, bundled schemas, strict: no unknown
    fields); the Deployment's security settings and probes are what
    docs/deploy.md promises; every Secret it mounts has a shape in
-   secrets.example.yaml; every secret file the configuration names lives
+   examples/secrets.yaml; every secret file the configuration names lives
    under a mounted Secret.
 3. The configurations (the ConfigMap's warden.toml, deploy/docker/warden.toml)
    pass `warden config check`, with stand-in secret files at their paths.
@@ -67,7 +67,7 @@ def check_dockerfile():
 
 def k8s_objects():
     objects = []
-    for path in sorted(K8S.glob("*.yaml")):
+    for path in sorted(K8S.glob("*.yaml")) + sorted(K8S.glob("examples/*.yaml")):
         for doc in yaml.safe_load_all(path.read_text()):
             if doc:
                 objects.append((path.name, doc))
@@ -100,9 +100,12 @@ def check_k8s(objects):
         "readOnlyRootFilesystem": csc.get("readOnlyRootFilesystem") is True,
         "allowPrivilegeEscalation false": csc.get("allowPrivilegeEscalation") is False,
         "capabilities drop ALL": csc.get("capabilities", {}).get("drop") == ["ALL"],
-        "liveness on /v2/health/live over HTTPS":
+        "liveness on /v2/health/live over HTTPS, on the management listener":
             c["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
-            and c["livenessProbe"]["httpGet"]["scheme"] == "HTTPS",
+            and c["livenessProbe"]["httpGet"]["scheme"] == "HTTPS"
+            and c["livenessProbe"]["httpGet"]["port"] == "admin",
+        "Recreate (one SQLite writer)": dep["spec"].get("strategy", {}).get("type") == "Recreate",
+        "replicas left to the HPA": "replicas" not in dep["spec"],
         "readiness on /v2/health/ready over HTTPS":
             c["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
             and c["readinessProbe"]["httpGet"]["scheme"] == "HTTPS",
@@ -117,7 +120,7 @@ def check_k8s(objects):
     for v in pod["volumes"]:
         if "secret" in v:
             if v["secret"]["secretName"] not in secrets:
-                fail(f"Deployment mounts Secret {v['secret']['secretName']}, not in secrets.example.yaml")
+                fail(f"Deployment mounts Secret {v['secret']['secretName']}, not in examples/secrets.yaml")
             if v["secret"].get("defaultMode") not in (0o400, 0o440):
                 fail(f"Secret volume {v['name']} is not mode 0400/0440")
             secret_dirs.append(mounts[v["name"]])

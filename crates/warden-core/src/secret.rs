@@ -73,10 +73,10 @@ impl SecretSource {
                 };
                 #[cfg(unix)]
                 {
-                    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+                    use std::os::unix::fs::PermissionsExt;
                     let meta = std::fs::metadata(file).map_err(io)?;
                     let mode = meta.permissions().mode();
-                    if mode & 0o077 != 0 && !own_group_only(mode, meta.gid(), own_gid()) {
+                    if mode & 0o077 != 0 && !own_group_only(file, &meta) {
                         if !allow_readable {
                             return Err(SecretError::Readable(file.clone()));
                         }
@@ -101,21 +101,40 @@ impl SecretSource {
 }
 
 /// Whether a file readable beyond its owner is readable only by this
-/// process's own primary group, and by nobody else: mode at most 0440/0640
-/// (group may read, not write; others nothing) and the file's group is the
-/// process's. That is how Kubernetes mounts Secrets for a non-root pod
-/// (`defaultMode: 0440`, `runAsGroup` = `fsGroup`): the files belong to root
-/// and the pod's group. Any other group- or world-readable file is refused.
-fn own_group_only(mode: u32, file_gid: u32, own_gid: Option<u32>) -> bool {
-    mode & 0o037 == 0 && own_gid == Some(file_gid)
+/// process's own group, and by nobody else. That is how Kubernetes mounts
+/// Secrets for a non-root pod (`defaultMode: 0440`, `runAsGroup` =
+/// `fsGroup`): the files belong to root and the pod's group. All of:
+/// - group may read, not write; others nothing (mode at most 0640);
+/// - the file's group is this process's effective group;
+/// - the file's owner is root or this process's user (no third user);
+/// - no POSIX ACL, whose mask would otherwise pass for the group bits while
+///   granting named users access.
+#[cfg(unix)]
+fn own_group_only(file: &std::path::Path, meta: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let ids = Ids {
+        gid: rustix::process::getegid().as_raw(),
+        uid: rustix::process::geteuid().as_raw(),
+    };
+    group_rule(meta.permissions().mode(), meta.uid(), meta.gid(), ids) && !has_acl(file)
 }
 
-/// This process's effective group id: the group of its own `/proc/self`
-/// (proc(5)), which needs no `unsafe` call to `getegid`.
+/// This process's effective ids.
+#[derive(Debug, Clone, Copy)]
+struct Ids {
+    uid: u32,
+    gid: u32,
+}
+
+fn group_rule(mode: u32, file_uid: u32, file_gid: u32, own: Ids) -> bool {
+    mode & 0o037 == 0 && file_gid == own.gid && (file_uid == 0 || file_uid == own.uid)
+}
+
+/// Whether the file carries a POSIX access ACL.
 #[cfg(unix)]
-fn own_gid() -> Option<u32> {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata("/proc/self").ok().map(|m| m.gid())
+fn has_acl(file: &std::path::Path) -> bool {
+    let mut none: [u8; 0] = [];
+    rustix::fs::getxattr(file, "system.posix_acl_access", &mut none[..]).is_ok()
 }
 
 /// Warnings about acknowledged insecure secrets, gathered while the
@@ -169,14 +188,19 @@ mod tests {
 
     #[test]
     fn only_the_processes_own_group_may_read_besides_the_owner() {
-        // Kubernetes' Secret volume for a non-root pod: 0440, group = ours.
-        assert!(own_group_only(0o440, 65532, Some(65532)));
-        assert!(own_group_only(0o640, 65532, Some(65532)));
-        // Another group, group-writable, or readable by others: refused.
-        assert!(!own_group_only(0o440, 100, Some(65532)));
-        assert!(!own_group_only(0o460, 65532, Some(65532)));
-        assert!(!own_group_only(0o444, 65532, Some(65532)));
-        assert!(!own_group_only(0o440, 65532, None));
+        let own = Ids {
+            uid: 65532,
+            gid: 65532,
+        };
+        // Kubernetes' Secret volume for a non-root pod: root's, 0440, group = ours.
+        assert!(group_rule(0o440, 0, 65532, own));
+        assert!(group_rule(0o640, 65532, 65532, own));
+        // Another group, group-writable, readable by others, or a third
+        // user's file: refused.
+        assert!(!group_rule(0o440, 0, 100, own));
+        assert!(!group_rule(0o460, 0, 65532, own));
+        assert!(!group_rule(0o444, 0, 65532, own));
+        assert!(!group_rule(0o440, 1000, 65532, own));
         // A file of our own group, read through the real check.
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("s");

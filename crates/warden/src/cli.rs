@@ -52,8 +52,8 @@ pub(crate) enum Command {
     Model(ModelCommand),
     /// Probe this configuration's data plane: GET /v2/health/live on the
     /// listen address (loopback if unspecified), trusting only the
-    /// certificate it serves. Exit 0 if live, 1 if not (container health
-    /// checks; the runtime image has no shell).
+    /// certificate it serves. Exit 0 if live, 1 if not, configuration
+    /// errors included (container health checks; the image has no shell).
     Health {
         /// Configuration and state.
         #[command(flatten)]

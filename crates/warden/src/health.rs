@@ -2,7 +2,8 @@
 //!
 //! For container health checks (the runtime image has no shell and no curl):
 //! one `GET /v2/health/live` to the configured listen address (an
-//! unspecified address means loopback), exit 0 on `200`, 1 otherwise.
+//! unspecified address means loopback), exit 0 on `200`, 1 otherwise
+//! (configuration errors included: container runtimes reserve other codes).
 //!
 //! Over TLS the probe trusts exactly one certificate, the one this
 //! configuration serves (`tls.cert`, or the generated
@@ -36,13 +37,19 @@ const REQUEST: &[u8] =
 
 /// Runs the probe; `listen` overrides `server.listen`.
 pub(crate) fn health(location: &Location, listen: Option<String>) -> Result<(), Failure> {
+    // Exit 1 for anything that is not "live", configuration errors included:
+    // container runtimes reserve other codes.
     let config = load_config(
         location,
         Overrides {
             listen,
             ..Overrides::default()
         },
-    )?;
+    )
+    .map_err(|e| match e {
+        Failure::Usage(m) => Failure::Runtime(m),
+        other => other,
+    })?;
     let addr = probe_address(config.listen);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
