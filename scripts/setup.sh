@@ -45,6 +45,8 @@ apt_install redis-server redis-server
 apt_install promtool prometheus
 # The docs page (/docs) is checked in a real headless browser.
 apt_install chromium chromium
+# setfacl: a secret file with a POSIX ACL must be refused (unit test).
+apt_install setfacl acl
 
 py="$root/.runtime/py"
 # Test peers, pinned: PyJWT (mints and verifies tokens), prometheus_client

@@ -213,6 +213,28 @@ mod tests {
         assert!(matches!(source.read(false), Err(SecretError::Readable(_))));
     }
 
+    /// An ACL naming another user: the group bits show the ACL's mask
+    /// (r--), which alone would pass for "our group may read". Refused.
+    /// Needs `setfacl` (Debian package `acl`, installed by setup.sh).
+    #[test]
+    fn a_file_with_an_acl_is_refused_even_with_group_only_bits() {
+        let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
+        let file = dir.path().join("s");
+        std::fs::write(&file, "secret").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o440)).unwrap();
+        let source = SecretSource::File { file: file.clone() };
+        assert!(source.read(false).is_ok(), "0440, our group, no ACL");
+        let status = std::process::Command::new("setfacl")
+            .args(["-m", "u:nobody:r"])
+            .arg(&file)
+            .status()
+            .expect("setfacl is missing: run ./scripts/setup.sh (Debian package acl)");
+        assert!(status.success(), "setfacl failed");
+        assert!(has_acl(&file));
+        assert!(matches!(source.read(false), Err(SecretError::Readable(_))));
+    }
+
     #[test]
     fn debug_is_redacted() {
         let s = Secret::new(b"hunter2".to_vec());
