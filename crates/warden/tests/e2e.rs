@@ -257,6 +257,21 @@ fn python_peer(script: &str, needs: &str, args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
+/// `python3 SCRIPT` with the tools scripts/setup.sh installs into
+/// `.runtime/<dir>` (one folder per tool) on its path, each checked first.
+fn python_with(dirs: &[&str], script: &Path) -> Command {
+    for d in dirs {
+        assert!(
+            repo().join(".runtime").join(d).is_dir(),
+            ".runtime/{d} is missing: run ./scripts/setup.sh"
+        );
+    }
+    let path = std::env::join_paths(dirs.iter().map(|d| repo().join(".runtime").join(d))).unwrap();
+    let mut c = Command::new("python3");
+    c.arg(script).env("PYTHONPATH", path);
+    c
+}
+
 /// Copies a folder tree.
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();

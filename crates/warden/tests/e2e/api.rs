@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use super::{Warden, repo};
+use super::{Warden, python_with, repo};
 
 /// Every operation, on each demo model (path parameters pinned, so requests
 /// reach the model's validation instead of a 404): no 5xx, and every status,
@@ -154,18 +154,12 @@ async fn triton_and_kserve_clients_work_unchanged() {
         } else {
             "kserve"
         };
-        let path = repo().join(".runtime").join(package);
-        assert!(
-            path.join(package).is_dir(),
-            "{package} is missing: run ./scripts/setup.sh"
-        );
-        let out = Command::new("python3")
-            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e/oip_clients.py"))
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e/oip_clients.py");
+        let out = python_with(&[package], &script)
             .args([client, &host])
             .arg(data.join("tls/cert.pem"))
             .arg(&key)
             .arg(repo().join("models"))
-            .env("PYTHONPATH", &path)
             .output()
             .unwrap();
         assert!(
@@ -288,18 +282,14 @@ async fn the_python_example_runs() {
     let w = Warden::start(&data, &[]);
     let key = w.printed_key.clone().unwrap();
     // requests comes with kserve's folder, numpy and tritonclient with Triton's.
-    let path = std::env::join_paths([
-        repo().join(".runtime/tritonclient"),
-        repo().join(".runtime/kserve"),
-    ])
+    let out = python_with(
+        &["tritonclient", "kserve"],
+        &repo().join("examples/python_client.py"),
+    )
+    .args(["--url", &w.url(""), "--key", &key, "--ca"])
+    .arg(data.join("tls/cert.pem"))
+    .output()
     .unwrap();
-    let out = Command::new("python3")
-        .arg(repo().join("examples/python_client.py"))
-        .args(["--url", &w.url(""), "--key", &key, "--ca"])
-        .arg(data.join("tls/cert.pem"))
-        .env("PYTHONPATH", path)
-        .output()
-        .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),

@@ -83,15 +83,20 @@ async fn out_of_distribution_inputs_are_flagged_or_rejected_per_card() {
     assert_eq!(status, StatusCode::OK);
 }
 
+/// Sets the action of one `[defenses.<section>]` in a card (the demo
+/// cards say `action = "flag"`).
+fn set_defense_action(card: &std::path::Path, section: &str, action: &str) {
+    let text = std::fs::read_to_string(card).unwrap();
+    let at = text.find(&format!("[defenses.{section}]")).unwrap();
+    let (head, tail) = text.split_at(at);
+    let tail = tail.replacen("action = \"flag\"", &format!("action = \"{action}\""), 1);
+    std::fs::write(card, format!("{head}{tail}")).unwrap();
+}
+
 /// Copies models/iris to `name` with the extraction monitor's action set.
 fn iris_with_extraction_action(models: &std::path::Path, name: &str, action: &str) {
     copy_dir(&repo().join("models/iris"), &models.join(name));
-    let card = models.join(name).join("model.toml");
-    let text = std::fs::read_to_string(&card).unwrap();
-    let at = text.find("[defenses.extraction]").unwrap();
-    let (head, tail) = text.split_at(at);
-    let tail = tail.replacen("action = \"flag\"", &format!("action = \"{action}\""), 1);
-    std::fs::write(&card, format!("{head}{tail}")).unwrap();
+    set_defense_action(&models.join(name).join("model.toml"), "extraction", action);
 }
 
 /// One step of a Papernot-style probing walk through iris's feature space:
@@ -271,12 +276,7 @@ async fn feature_squeezing_refuses_adversarial_digits_and_passes_clean_ones() {
     let dir = tempfile::tempdir().unwrap();
     let models = dir.path().join("models");
     copy_dir(&repo().join("models/digits"), &models.join("digits"));
-    let card = models.join("digits/model.toml");
-    let text = std::fs::read_to_string(&card).unwrap();
-    let at = text.find("[defenses.adversarial]").unwrap();
-    let (head, tail) = text.split_at(at);
-    let tail = tail.replacen("action = \"flag\"", "action = \"reject\"", 1);
-    std::fs::write(&card, format!("{head}{tail}")).unwrap();
+    set_defense_action(&models.join("digits/model.toml"), "adversarial", "reject");
     let w = Warden::start(
         &dir.path().join("data"),
         &["--models", models.to_str().unwrap()],

@@ -4,26 +4,17 @@
 //! docs/deploy.md promises, and both shipped configurations through
 //! `warden config check` (scripts/check_deploy.py).
 
-use std::process::Command;
-
-use super::{BIN, repo};
+use super::{BIN, python_with, repo};
 
 #[test]
 fn the_image_and_the_manifests_pass_their_offline_checks() {
-    let tools = [".runtime/kubernetes-validate", ".runtime/py"];
-    for t in tools {
-        assert!(
-            repo().join(t).is_dir(),
-            "{t} is missing: run ./scripts/setup.sh"
-        );
-    }
-    let path = std::env::join_paths(tools.iter().map(|t| repo().join(t))).unwrap();
-    let out = Command::new("python3")
-        .arg(repo().join("scripts/check_deploy.py"))
-        .arg(BIN)
-        .env("PYTHONPATH", path)
-        .output()
-        .unwrap();
+    let out = python_with(
+        &["kubernetes-validate", "py"],
+        &repo().join("scripts/check_deploy.py"),
+    )
+    .arg(BIN)
+    .output()
+    .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),

@@ -1036,24 +1036,29 @@ async fn management_api_runs_the_key_lifecycle() {
     assert!(roles.to_string().contains("analyst"));
 }
 
+/// A client-certificate CA for the mTLS tests.
+fn ca(cn: &str) -> rcgen::CertifiedIssuer<'static, rcgen::KeyPair> {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.distinguished_name.push(DnType::CommonName, cn);
+    CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap()
+}
+
+/// A client certificate for `name` (DNS SAN and CN), issued by `issuer`.
+fn leaf(issuer: &rcgen::CertifiedIssuer<'_, rcgen::KeyPair>, name: &str) -> reqwest::Identity {
+    use rcgen::{CertificateParams, DnType, KeyPair};
+    let mut params = CertificateParams::new(vec![name.to_owned()]).unwrap();
+    params.distinguished_name.push(DnType::CommonName, name);
+    let key = KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, issuer).unwrap();
+    reqwest::Identity::from_pem(format!("{}{}", cert.pem(), key.serialize_pem()).as_bytes())
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mtls_certificates_map_to_principals() {
-    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
     let dir = tempfile::tempdir().unwrap();
-    let ca = |cn: &str| {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, cn);
-        CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap()
-    };
-    let leaf = |issuer: &CertifiedIssuer<'_, KeyPair>, name: &str| {
-        let mut params = CertificateParams::new(vec![name.to_owned()]).unwrap();
-        params.distinguished_name.push(DnType::CommonName, name);
-        let key = KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, issuer).unwrap();
-        reqwest::Identity::from_pem(format!("{}{}", cert.pem(), key.serialize_pem()).as_bytes())
-            .unwrap()
-    };
     let trusted = ca("warden test client CA");
     let stranger = ca("someone else");
     std::fs::write(dir.path().join("client-ca.pem"), trusted.pem()).unwrap();
@@ -1197,22 +1202,7 @@ async fn jwks_url_is_fetched_and_refreshed_on_an_unknown_kid() {
 /// plane, with no client CA of its own, is unaffected.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_management_listener_can_require_client_certificates() {
-    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
     let dir = tempfile::tempdir().unwrap();
-    let ca = |cn: &str| {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, cn);
-        CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap()
-    };
-    let leaf = |issuer: &CertifiedIssuer<'_, KeyPair>, name: &str| {
-        let mut params = CertificateParams::new(vec![name.to_owned()]).unwrap();
-        params.distinguished_name.push(DnType::CommonName, name);
-        let key = KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, issuer).unwrap();
-        reqwest::Identity::from_pem(format!("{}{}", cert.pem(), key.serialize_pem()).as_bytes())
-            .unwrap()
-    };
     let admins = ca("warden admins CA");
     let stranger = ca("someone else");
     let ca_file = dir.path().join("admins-ca.pem");
