@@ -27,7 +27,7 @@
 #                  both serving scikit-learn's default RandomForest (100 trees, no depth
 #                  limit; bench/reference/default-forest/model.onnx for Warden, everything
 #                  on as in warden): the seeds' heavier model on both sides
-#   mlserver       Seldon MLServer (bench/mlserver/, pip into bench/mlserver/.venv, uvloop
+#   mlserver       Seldon MLServer (bench/mlserver/, installed by scripts/setup.sh into .runtime/mlserver, uvloop
 #                  pinned) serving the same RandomForest over the v2 protocol, plain HTTP,
 #                  one process
 #   def_<model>_<defense>  one more server whose models are iris and digits with no
@@ -52,11 +52,6 @@ cd "$root"
 command -v oha >/dev/null || { echo "installing oha (load generator) from crates.io ..." >&2; cargo install oha --locked >&2; }
 ./scripts/setup.sh
 cargo build --release -p warden -p warden-bench-floor >&2
-if [ ! -x bench/mlserver/.venv/bin/mlserver ]; then
-  echo "installing MLServer (bench/mlserver/requirements.txt) ..." >&2
-  python3 -m venv bench/mlserver/.venv
-  bench/mlserver/.venv/bin/pip install --quiet --disable-pip-version-check -r bench/mlserver/requirements.txt >&2
-fi
 if [ ! -x bench/reference/.venv/bin/uvicorn ]; then
   echo "installing the reference stack (bench/reference/requirements.txt) ..." >&2
   python3 -m venv bench/reference/.venv
@@ -143,7 +138,7 @@ mkdir -p "$tmp/defmodels/iris-default-forest/1"
 cp models/iris/model.toml models/iris/ood_stats.json "$tmp/defmodels/iris-default-forest/"
 cp bench/reference/default-forest/model.onnx "$tmp/defmodels/iris-default-forest/1/"
 port_def=$((port_floor + 12)); port_ref=$((port_floor + 14)); port_plain=$((port_floor + 15)); port_mls=$((port_floor + 17))
-bench/mlserver/.venv/bin/python bench/mlserver/train.py "$tmp/mlserver"
+.runtime/mlserver/bin/python bench/mlserver/train.py "$tmp/mlserver"
 config "$port_plain" "$tmp/data-plain" $((port_floor + 16)) > "$tmp/plain.toml"
 sed -i -e '/^cert = /d' -e '/^key = { file/d' -e 's/^\[tls\]$/[tls]\nenabled = false/' "$tmp/plain.toml"
 config "$port_def" "$tmp/data-def" $((port_floor + 13)) "" "" "" "$tmp/defmodels" > "$tmp/def.toml"
@@ -167,7 +162,7 @@ pids+=($!); def_pid=$!
 "${server_cpu[@]}" ./target/release/warden serve --config "$tmp/plain.toml" >"$tmp/plain.out" 2>"$tmp/plain.log" &
 pids+=($!); plain_pid=$!
 (cd "$tmp/mlserver" && MLSERVER_HTTP_PORT=$port_mls MLSERVER_GRPC_PORT=$((port_floor + 18)) \
-  exec "${server_cpu[@]}" "$root/bench/mlserver/.venv/bin/mlserver" start .) >"$tmp/mls.log" 2>&1 &
+  exec "${server_cpu[@]}" "$root/.runtime/mlserver/bin/mlserver" start .) >"$tmp/mls.log" 2>&1 &
 pids+=($!); mls_pid=$!
 (cd bench/reference && exec "${server_cpu[@]}" .venv/bin/uvicorn app:app --host 127.0.0.1 --port "$port_ref" \
   --ssl-keyfile "$tmp/tls/key.pem" --ssl-certfile "$tmp/tls/cert.pem" --log-level warning) >"$tmp/ref.log" 2>&1 &

@@ -4,7 +4,8 @@
 # PyYAML: libraries no one here wrote) into .runtime/py, the sslyze TLS
 # scanner into .runtime/sslyze, schemathesis into .runtime/schemathesis, the
 # Triton and KServe clients into .runtime/tritonclient and .runtime/kserve,
-# and playwright-core (npm) into .runtime/node; Debian's chromium when it can.
+# playwright-core (npm) into .runtime/node, Seldon MLServer into
+# .runtime/mlserver; Debian's chromium, postgresql and nginx when it can.
 #
 # The library comes from the PyPI `onnxruntime` wheel: a wheel is a zip, and
 # libonnxruntime.so inside it is a plain C library that does not link Python.
@@ -47,6 +48,11 @@ apt_install promtool prometheus
 apt_install chromium chromium
 # setfacl: a secret file with a POSIX ACL must be refused (unit test).
 apt_install setfacl acl
+# Scale-out (SPEC §6): the store tests and the two-replica test start a real
+# PostgreSQL server (initdb, pg_ctl), and the replicas sit behind nginx.
+pg_bin="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1 || true)"
+[ -n "$pg_bin" ] && [ -x "$pg_bin/initdb" ] || apt_install initdb postgresql
+apt_install nginx nginx
 
 py="$root/.runtime/py"
 # Test peers, pinned: PyJWT (mints and verifies tokens), prometheus_client
@@ -102,6 +108,20 @@ node_tool() { # package version
   fi
 }
 node_tool playwright-core 1.65.1
+
+# Seldon MLServer, the upstream of the gateway-mode test and of the
+# benchmark: a virtualenv of its own (it is started as a program), versions
+# pinned in bench/mlserver/requirements.txt (uvloop pinned: newer versions
+# crash its workers).
+mls="$root/.runtime/mlserver"
+mls_stamp="$mls/.req-$(sha256sum "$root/bench/mlserver/requirements.txt" | cut -c1-16)"
+if [ ! -f "$mls_stamp" ]; then
+  echo "installing MLServer (bench/mlserver/requirements.txt) into .runtime/mlserver ..." >&2
+  rm -rf "$mls"
+  python3 -m venv "$mls"
+  "$mls/bin/pip" install --quiet --disable-pip-version-check -r "$root/bench/mlserver/requirements.txt"
+  touch "$mls_stamp"
+fi
 
 fi
 

@@ -339,7 +339,9 @@ pub struct RawInsecure {
     pub admin_plaintext_on_public_address: bool,
 }
 
-fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+/// Reads an optional duration written for humans (`"50ms"`, `"5s"`, `"1h"`);
+/// for `#[serde(deserialize_with)]`, also in model cards.
+pub fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
     let text = Option::<String>::deserialize(d)?;
     text.map(|t| {
         humantime::parse_duration(&t)

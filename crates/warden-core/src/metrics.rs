@@ -49,6 +49,11 @@ pub const AUDIT_WRITE_FAILURES: &str = "warden_audit_write_failures_total";
 pub const ALERTS: &str = "warden_alerts_total";
 /// Shared-state (Redis) operations that fell back to local counters.
 pub const SHARED_STATE_FALLBACKS: &str = "warden_shared_state_fallbacks_total";
+/// Calls to gateway-mode upstream servers, by model and outcome (`ok`,
+/// `connect`, `timeout`, `status`, `invalid`, `breaker_open`).
+pub const UPSTREAM_REQUESTS: &str = "warden_upstream_requests_total";
+/// 1 while a gateway-mode model's upstream is taking calls (breaker closed), else 0.
+pub const UPSTREAM_UP: &str = "warden_upstream_up";
 /// 1, labelled with the running version.
 pub const BUILD_INFO: &str = "warden_build_info";
 
@@ -79,11 +84,13 @@ pub enum Alert {
     ModelIntegrityFailed,
     /// A model reload failed; the loaded model keeps serving.
     ModelReloadFailed,
+    /// A gateway-mode upstream stopped answering: its circuit breaker opened.
+    UpstreamDown,
 }
 
 impl Alert {
     /// Every kind.
-    pub const ALL: [Self; 8] = [
+    pub const ALL: [Self; 9] = [
         Self::AuthFailureSpike,
         Self::QueryRateAnomaly,
         Self::ExtractionSuspected,
@@ -92,6 +99,7 @@ impl Alert {
         Self::CertificateReloadFailed,
         Self::ModelIntegrityFailed,
         Self::ModelReloadFailed,
+        Self::UpstreamDown,
     ];
 
     /// The `alert` field and label value.
@@ -105,6 +113,7 @@ impl Alert {
             Self::CertificateReloadFailed => "certificate_reload_failed",
             Self::ModelIntegrityFailed => "model_integrity_failed",
             Self::ModelReloadFailed => "model_reload_failed",
+            Self::UpstreamDown => "upstream_down",
         }
     }
 
@@ -170,6 +179,14 @@ pub fn describe() {
     describe_counter!(
         SHARED_STATE_FALLBACKS,
         "Shared-state operations served by local counters."
+    );
+    describe_counter!(
+        UPSTREAM_REQUESTS,
+        "Calls to gateway-mode upstream servers, by model and outcome."
+    );
+    describe_gauge!(
+        UPSTREAM_UP,
+        "1 while a gateway-mode upstream takes calls (breaker closed), by model."
     );
     describe_gauge!(BUILD_INFO, "1, labelled with the running version.");
     for alert in Alert::ALL {

@@ -1,6 +1,6 @@
-//! Inference engines behind one trait, [`Backend`]: local ONNX Runtime today
-//! ([`OnnxBackend`]); an upstream model server in gateway mode is another
-//! implementation.
+//! Inference engines behind one trait, [`Backend`]: local ONNX Runtime
+//! ([`OnnxBackend`]), and an upstream model server in gateway mode
+//! ([`crate::gateway::GatewayBackend`]).
 //!
 //! `ort::Session::run` needs `&mut`, so each model version owns a small pool
 //! of sessions (one intra-op thread each). Requests join a bounded queue
@@ -49,7 +49,7 @@ pub struct Prediction {
 }
 
 /// Why inference failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum EngineError {
     /// Every session busy and the queue full.
     #[error("all sessions busy and the queue is full")]
@@ -57,6 +57,13 @@ pub enum EngineError {
     /// The engine failed; the message is for the log only.
     #[error("inference failed: {0}")]
     Failed(String),
+    /// Gateway mode: the upstream server failed, refused or gave an answer
+    /// that does not fit the card (logged by the backend).
+    #[error("the upstream model server is unavailable")]
+    Unavailable,
+    /// Gateway mode: the upstream server did not answer in time.
+    #[error("the upstream model server did not answer in time")]
+    TimedOut,
 }
 
 /// A boxed future, so that `Backend` stays object-safe.
@@ -74,6 +81,12 @@ pub trait Backend: Send + Sync + fmt::Debug {
     /// Requests waiting for inference (for the queue-depth metric).
     fn queued(&self) -> usize {
         0
+    }
+
+    /// Whether the engine can take calls now (model readiness); a gateway
+    /// backend whose upstream is down is not ready.
+    fn ready(&self) -> bool {
+        true
     }
 }
 
@@ -559,12 +572,8 @@ fn moving_average(old: u64, took: Duration) -> u64 {
 fn answer(jobs: Vec<Job>, result: Result<Prediction, EngineError>) {
     match result {
         Err(e) => {
-            let message = e.to_string();
             for job in jobs {
-                let _ = job.reply.send(Err(match &e {
-                    EngineError::Overloaded => EngineError::Overloaded,
-                    EngineError::Failed(_) => EngineError::Failed(message.clone()),
-                }));
+                let _ = job.reply.send(Err(e.clone()));
             }
         }
         Ok(prediction) => {

@@ -6,6 +6,8 @@
 //!   the ONNX graphs at start.
 //! - [`engine`]: the [`Backend`](engine::Backend) trait and its ONNX Runtime
 //!   implementation (a bounded pool of sessions per model version).
+//! - [`gateway`]: gateway mode, the same trait answered by an upstream Open
+//!   Inference Protocol server.
 //! - [`request`]: the one place a request body becomes a
 //!   [`ValidInferRequest`](request::ValidInferRequest) (v1 and v2 protocols).
 //! - [`policy`]: what of a prediction the caller may see.
@@ -16,6 +18,7 @@
 pub mod card;
 pub mod defenses;
 pub mod engine;
+pub mod gateway;
 pub mod integrity;
 pub mod json;
 pub mod policy;

@@ -413,6 +413,9 @@ fn load_model(
 ) -> Result<Model, RepositoryError> {
     let card_path = dir.join("model.toml");
     let card = ModelCard::load(&card_path, settings.card).map_err(|e| error(&card_path, e.0))?;
+    if card.upstream.is_some() {
+        return load_gateway(dir, name, card, settings);
+    }
     let mut versions = BTreeMap::new();
     let mut refused = Vec::new();
     let entries = std::fs::read_dir(dir).map_err(|e| error(dir, e.to_string()))?;
@@ -491,6 +494,47 @@ fn load_model(
         card,
         versions,
         default_version,
+        guards,
+    })
+}
+
+/// A model whose card names an `[upstream]`: one version (1, or the
+/// card's `version`), answered by the upstream server. Version folders
+/// would be ambiguous, so they are refused.
+fn load_gateway(
+    dir: &Path,
+    name: String,
+    card: ModelCard,
+    settings: LoadSettings<'_>,
+) -> Result<Model, RepositoryError> {
+    let card_path = dir.join("model.toml");
+    let entries = std::fs::read_dir(dir).map_err(|e| error(dir, e.to_string()))?;
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        if file_name.to_str().is_some_and(|n| n.parse::<u64>().is_ok()) {
+            return Err(error(
+                &entry.path(),
+                "the card names an [upstream], so this model has no local versions: remove the folder or the [upstream] table",
+            ));
+        }
+    }
+    let version = card.pinned_version.unwrap_or(1);
+    let backend =
+        crate::gateway::GatewayBackend::load(&name, &card, dir, settings.pool.queue_timeout)
+            .map_err(|m| error(&card_path, m))?;
+    tracing::info!(model = %name, version, upstream = ?backend, "model served by an upstream server");
+    let guards = Guards::load(&card, dir).map_err(|m| error(&card_path, m))?;
+    Ok(Model {
+        name,
+        card,
+        versions: BTreeMap::from([(
+            version,
+            Arc::new(ModelVersion {
+                version,
+                backend: Arc::new(backend),
+            }),
+        )]),
+        default_version: version,
         guards,
     })
 }

@@ -349,6 +349,10 @@ async fn infer_steps(
                     tracing::error!(model = %model.name, version = version.version, error = %message, "inference failed");
                     ApiError::internal()
                 }
+                // Logged with the upstream's detail by the gateway backend;
+                // the client learns only that the model server failed.
+                EngineError::Unavailable => ApiError::new(ErrorCode::UpstreamUnavailable),
+                EngineError::TimedOut => ApiError::new(ErrorCode::UpstreamTimeout),
             });
         }
     };

@@ -128,7 +128,12 @@ pub async fn model_ready(
     target: ModelRef,
 ) -> Result<Response, ApiError> {
     let (model, note) = readable_model(&state, &caller, &target)?;
-    let body = serde_json::json!({"name": model.name, "ready": true});
+    // A local model is ready once loaded; a gateway model while its
+    // upstream takes calls (breaker closed).
+    let ready = model
+        .version(target.version.as_deref())
+        .is_some_and(|v| v.backend.ready());
+    let body = serde_json::json!({"name": model.name, "ready": ready});
     Ok(noted(json(body.to_string()), note))
 }
 

@@ -119,6 +119,14 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
     let security = model_security(&config)?;
     // Metrics before the models: loading counts integrity alerts.
     let _ = warden_server::metrics::install();
+    let tokio = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("warden")
+        .build()
+        .map_err(|e| Failure::runtime(format!("cannot start the async runtime: {e}")))?;
+    // Loaded inside the runtime: gateway-mode models start their upstream
+    // health checks as tasks.
+    let entered = tokio.enter();
     let repository = Repository::load(
         &config.models_dir,
         LoadSettings {
@@ -136,6 +144,7 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
         },
     )
     .map_err(Failure::usage)?;
+    drop(entered);
     // A raw-input snapshot is only ever stored encrypted.
     if config.encryption_key.is_none()
         && let Some(m) = repository
@@ -152,11 +161,6 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
         tracing::warn!(dir = %config.models_dir.display(), "the model repository holds no models");
     }
 
-    let tokio = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("warden")
-        .build()
-        .map_err(|e| Failure::runtime(format!("cannot start the async runtime: {e}")))?;
     tokio.block_on(async {
         let server = Server::bind(&config).await.map_err(Failure::runtime)?;
         let addr = server.local_addr().map_err(Failure::runtime)?;

@@ -1037,7 +1037,7 @@ async fn management_api_runs_the_key_lifecycle() {
 }
 
 /// A client-certificate CA for the mTLS tests.
-fn ca(cn: &str) -> rcgen::CertifiedIssuer<'static, rcgen::KeyPair> {
+pub(super) fn ca(cn: &str) -> rcgen::CertifiedIssuer<'static, rcgen::KeyPair> {
     use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
     let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -1045,15 +1045,24 @@ fn ca(cn: &str) -> rcgen::CertifiedIssuer<'static, rcgen::KeyPair> {
     CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap()
 }
 
-/// A client certificate for `name` (DNS SAN and CN), issued by `issuer`.
-fn leaf(issuer: &rcgen::CertifiedIssuer<'_, rcgen::KeyPair>, name: &str) -> reqwest::Identity {
+/// A client certificate for `name` (DNS SAN and CN), issued by `issuer`:
+/// the certificate and key PEM.
+pub(super) fn leaf_pem(
+    issuer: &rcgen::CertifiedIssuer<'_, rcgen::KeyPair>,
+    name: &str,
+) -> (String, String) {
     use rcgen::{CertificateParams, DnType, KeyPair};
     let mut params = CertificateParams::new(vec![name.to_owned()]).unwrap();
     params.distinguished_name.push(DnType::CommonName, name);
     let key = KeyPair::generate().unwrap();
     let cert = params.signed_by(&key, issuer).unwrap();
-    reqwest::Identity::from_pem(format!("{}{}", cert.pem(), key.serialize_pem()).as_bytes())
-        .unwrap()
+    (cert.pem(), key.serialize_pem())
+}
+
+/// [`leaf_pem`] as a client identity.
+fn leaf(issuer: &rcgen::CertifiedIssuer<'_, rcgen::KeyPair>, name: &str) -> reqwest::Identity {
+    let (cert, key) = leaf_pem(issuer, name);
+    reqwest::Identity::from_pem(format!("{cert}{key}").as_bytes()).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

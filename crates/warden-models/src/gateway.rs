@@ -1,0 +1,809 @@
+//! Gateway mode: a model whose card has an `[upstream]` table is answered by
+//! an Open Inference Protocol server (Triton, KServe, MLServer, ...) instead
+//! of a local ONNX file. Everything before and after inference — the whole
+//! pipeline, the defenses and the output policy — is the same; this backend
+//! only turns a checked batch into one `POST /v2/models/{m}/infer` and the
+//! answer back into a [`Prediction`], after checking it against the card.
+//!
+//! What guards the call:
+//! - one pooled client per model (HTTP/1.1, and HTTP/2 where TLS ALPN
+//!   offers it), no redirects followed, no proxy from the environment;
+//! - a connect timeout, and a deadline over the whole call, retries included;
+//! - retries only when the connection could not be made (nothing was sent,
+//!   so nothing can run twice), with a short doubling back-off;
+//! - at most `max_in_flight` calls at once; beyond it requests wait up to
+//!   the runtime's queue timeout, then get `overloaded`;
+//! - a circuit breaker ([`Breaker`]) that opens after `breaker_failures`
+//!   failed calls in a row and lets one trial call through after
+//!   `breaker_open_for`, and an active health check that polls the model's
+//!   readiness every `health_interval`, opening the breaker when the server
+//!   says it is not ready and closing it when it is again;
+//! - the answer is read up to a size bound derived from the batch, and its
+//!   label and probability tensors must have the card's shape, classes and
+//!   ranges; anything else is an upstream failure.
+//!
+//! A failure never shows the client anything of the upstream: the client
+//! gets `upstream_unavailable` (502, or 504 when the deadline passed), and
+//! the log and `warden_upstream_requests_total` say what happened.
+//!
+//! The breaker is written here: the crates that offer one (failsafe and
+//! similar) bring their own futures wrappers and back-off policies for a
+//! state machine of twenty lines.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::Semaphore;
+use warden_core::metrics::{Alert, UPSTREAM_REQUESTS, UPSTREAM_UP};
+
+use crate::card::{ModelCard, Upstream};
+use crate::engine::{Backend, BoxFuture, EngineError, Prediction};
+
+/// Most bytes of an answer read per predicted value (a JSON number with
+/// its separator, generously), plus a fixed allowance for the envelope.
+const BYTES_PER_VALUE: usize = 64;
+const ENVELOPE_BYTES: usize = 64 * 1024;
+
+/// A model served by an upstream Open Inference Protocol server.
+pub struct GatewayBackend {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// The Warden model name (logs, metrics).
+    model: String,
+    client: reqwest::Client,
+    infer_url: String,
+    ready_url: String,
+    input: String,
+    width: usize,
+    label: String,
+    probabilities: Option<String>,
+    classes: Vec<String>,
+    settings: Upstream,
+    permits: Semaphore,
+    queue_timeout: Duration,
+    breaker: Breaker,
+}
+
+impl std::fmt::Debug for GatewayBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GatewayBackend")
+            .field("model", &self.inner.model)
+            .field("infer_url", &self.inner.infer_url)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a call failed, for the log and the metric's `outcome` label.
+#[derive(Debug)]
+enum CallError {
+    Connect(String),
+    Timeout,
+    Status(u16),
+    Invalid(String),
+    Transport(String),
+}
+
+impl CallError {
+    fn outcome(&self) -> &'static str {
+        match self {
+            Self::Connect(_) => "connect",
+            Self::Timeout => "timeout",
+            Self::Status(_) => "status",
+            Self::Invalid(_) => "invalid",
+            Self::Transport(_) => "transport",
+        }
+    }
+}
+
+impl std::fmt::Display for CallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Connect(e) => write!(f, "cannot connect: {e}"),
+            Self::Timeout => f.write_str("no answer within the timeout"),
+            Self::Status(s) => write!(f, "answered HTTP {s}"),
+            Self::Invalid(e) => write!(f, "answer does not match the model card: {e}"),
+            Self::Transport(e) => write!(f, "transport error: {e}"),
+        }
+    }
+}
+
+impl GatewayBackend {
+    /// Builds the client for `card`'s upstream (files relative to the model
+    /// folder `dir`) and, inside a tokio runtime, starts the health check.
+    /// Nothing is sent yet: an upstream that is down at start makes the
+    /// model not ready, not the start fail. Errors are sentences for the
+    /// operator.
+    pub fn load(
+        model: &str,
+        card: &ModelCard,
+        dir: &Path,
+        queue_timeout: Duration,
+    ) -> Result<Self, String> {
+        let settings = card
+            .upstream
+            .clone()
+            .ok_or("the card has no [upstream] table")?;
+        let client = client(&settings, dir)?;
+        let remote = settings.model.as_deref().unwrap_or(model);
+        let base = match &settings.version {
+            Some(v) => format!("{}/v2/models/{remote}/versions/{v}", settings.url),
+            None => format!("{}/v2/models/{remote}", settings.url),
+        };
+        let inner = Arc::new(Inner {
+            model: model.to_owned(),
+            client,
+            infer_url: format!("{base}/infer"),
+            ready_url: format!("{base}/ready"),
+            input: card.input_name.clone(),
+            width: card.features.len(),
+            label: card.label_output.clone(),
+            probabilities: card.probabilities_output.clone(),
+            classes: card.classes.clone(),
+            permits: Semaphore::new(settings.max_in_flight),
+            queue_timeout,
+            breaker: Breaker::new(settings.breaker_failures, settings.breaker_open_for),
+            settings,
+        });
+        metrics::gauge!(UPSTREAM_UP, "model" => inner.model.clone()).set(1.0);
+        if tokio::runtime::Handle::try_current().is_ok() {
+            tokio::spawn(health_checks(Arc::downgrade(&inner)));
+        }
+        Ok(Self { inner })
+    }
+}
+
+fn client(settings: &Upstream, dir: &Path) -> Result<reqwest::Client, String> {
+    let read = |file: &PathBuf| {
+        let path = dir.join(file);
+        std::fs::read(&path).map_err(|e| format!("upstream: cannot read {}: {e}", path.display()))
+    };
+    let mut builder = reqwest::Client::builder()
+        .connect_timeout(settings.connect_timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .tcp_nodelay(true)
+        .pool_max_idle_per_host(settings.max_in_flight)
+        .pool_idle_timeout(Duration::from_secs(60))
+        .user_agent(concat!("warden/", env!("CARGO_PKG_VERSION")));
+    if let Some(ca) = &settings.ca {
+        let certs = reqwest::Certificate::from_pem_bundle(&read(ca)?)
+            .map_err(|e| format!("upstream.ca: not a PEM certificate bundle: {e}"))?;
+        if certs.is_empty() {
+            return Err("upstream.ca: no certificate in the file".into());
+        }
+        builder = builder.tls_certs_only(certs);
+    }
+    if let Some((cert, key)) = &settings.client_identity {
+        // The key is a secret: read with the same permission check as
+        // every secret file (not readable by group or others).
+        let key = warden_core::SecretSource::File {
+            file: dir.join(key),
+        }
+        .read(false)
+        .map_err(|e| format!("upstream.client_key: {e}"))?;
+        let mut pem = zeroize::Zeroizing::new(read(cert)?);
+        pem.push(b'\n');
+        pem.extend_from_slice(key.expose());
+        let identity = reqwest::Identity::from_pem(&pem)
+            .map_err(|e| format!("upstream.client_cert: not a PEM certificate and key: {e}"))?;
+        builder = builder.identity(identity);
+    }
+    builder
+        .build()
+        .map_err(|e| format!("upstream: cannot build the HTTP client: {e}"))
+}
+
+/// The request body of `POST .../infer`.
+#[derive(Serialize)]
+struct InferRequest<'a> {
+    inputs: [InputTensor<'a>; 1],
+    outputs: Vec<RequestedOutput<'a>>,
+}
+
+#[derive(Serialize)]
+struct InputTensor<'a> {
+    name: &'a str,
+    shape: [usize; 2],
+    datatype: &'static str,
+    data: &'a [f32],
+}
+
+#[derive(Serialize)]
+struct RequestedOutput<'a> {
+    name: &'a str,
+}
+
+/// The parts of the answer Warden reads; anything else is ignored.
+#[derive(Deserialize)]
+struct InferResponse {
+    outputs: Vec<OutputTensor>,
+}
+
+#[derive(Deserialize)]
+struct OutputTensor {
+    name: String,
+    #[serde(default)]
+    shape: Vec<u64>,
+    data: serde_json::Value,
+}
+
+impl Backend for GatewayBackend {
+    fn infer(
+        &self,
+        rows: usize,
+        values: Vec<f32>,
+    ) -> BoxFuture<'_, Result<Prediction, EngineError>> {
+        Box::pin(self.inner.infer(rows, values))
+    }
+
+    fn ready(&self) -> bool {
+        !self.inner.breaker.is_open()
+    }
+}
+
+impl Inner {
+    async fn infer(&self, rows: usize, values: Vec<f32>) -> Result<Prediction, EngineError> {
+        if !self.breaker.admit() {
+            self.count("breaker_open");
+            return Err(EngineError::Unavailable);
+        }
+        let Ok(Ok(_permit)) =
+            tokio::time::timeout(self.queue_timeout, self.permits.acquire()).await
+        else {
+            self.breaker.release_trial();
+            return Err(EngineError::Overloaded);
+        };
+        let call = self.call(rows, &values);
+        let result = match tokio::time::timeout(self.settings.timeout, call).await {
+            Ok(r) => r,
+            Err(_) => Err(CallError::Timeout),
+        };
+        match result {
+            Ok(prediction) => {
+                self.count("ok");
+                if self.breaker.success() {
+                    self.opened_or_closed(false, "a call succeeded");
+                }
+                Ok(prediction)
+            }
+            Err(e) => {
+                self.count(e.outcome());
+                tracing::warn!(model = %self.model, upstream = %self.infer_url, error = %e, "upstream call failed");
+                if self.breaker.failure() {
+                    self.opened_or_closed(true, &e.to_string());
+                }
+                Err(match e {
+                    CallError::Timeout => EngineError::TimedOut,
+                    _ => EngineError::Unavailable,
+                })
+            }
+        }
+    }
+
+    async fn call(&self, rows: usize, values: &[f32]) -> Result<Prediction, CallError> {
+        let mut outputs = vec![RequestedOutput { name: &self.label }];
+        if let Some(p) = &self.probabilities {
+            outputs.push(RequestedOutput { name: p });
+        }
+        let body = serde_json::to_vec(&InferRequest {
+            inputs: [InputTensor {
+                name: &self.input,
+                shape: [rows, self.width],
+                datatype: "FP32",
+                data: values,
+            }],
+            outputs,
+        })
+        .map_err(|e| CallError::Transport(e.to_string()))?;
+        let mut attempt = 0;
+        let response = loop {
+            let sent = self
+                .client
+                .post(&self.infer_url)
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .header(reqwest::header::ACCEPT, "application/json")
+                .body(body.clone())
+                .send()
+                .await;
+            match sent {
+                Ok(r) => break r,
+                Err(e) if e.is_connect() && attempt < self.settings.retries => {
+                    tracing::debug!(model = %self.model, attempt, error = %e, "upstream connect failed, retrying");
+                    tokio::time::sleep(Duration::from_millis(20 << attempt)).await;
+                    attempt += 1;
+                }
+                Err(e) if e.is_connect() => return Err(CallError::Connect(source_chain(&e))),
+                Err(e) if e.is_timeout() => return Err(CallError::Timeout),
+                Err(e) => return Err(CallError::Transport(source_chain(&e))),
+            }
+        };
+        if !response.status().is_success() {
+            return Err(CallError::Status(response.status().as_u16()));
+        }
+        let classes = self.classes.len();
+        let limit = ENVELOPE_BYTES.saturating_add(
+            rows.saturating_mul(classes + 1)
+                .saturating_mul(BYTES_PER_VALUE),
+        );
+        let bytes = read_bounded(response, limit).await?;
+        self.check(rows, &bytes).map_err(CallError::Invalid)
+    }
+
+    /// Checks an answer against the card: the label tensor holds one class
+    /// (index or name) per row; the probability tensor, if the card has
+    /// one, `rows × classes` finite values in [0, 1] whose rows sum to 1.
+    fn check(&self, rows: usize, body: &[u8]) -> Result<Prediction, String> {
+        let answer: InferResponse =
+            serde_json::from_slice(body).map_err(|e| format!("not an inference response: {e}"))?;
+        let find = |name: &str| {
+            answer
+                .outputs
+                .iter()
+                .find(|o| o.name == name)
+                .ok_or_else(|| format!("no output {name:?}"))
+        };
+        let label = find(&self.label)?;
+        let values = flatten(&label.data, rows)?;
+        if values.len() != rows || !shape_is(&label.shape, rows, 1) {
+            return Err(format!(
+                "output {:?} has shape {:?}, expected [{rows}]",
+                self.label, label.shape
+            ));
+        }
+        let classes = self.classes.len();
+        let labels = values
+            .iter()
+            .map(|v| match v {
+                serde_json::Value::Number(n) => n
+                    .as_u64()
+                    .or_else(|| {
+                        n.as_f64()
+                            .filter(|f| f.fract() == 0.0 && *f >= 0.0)
+                            .map(|f| f as u64)
+                    })
+                    .and_then(|i| usize::try_from(i).ok())
+                    .filter(|i| *i < classes)
+                    .ok_or_else(|| format!("label {n} is not a class index below {classes}")),
+                serde_json::Value::String(s) => self
+                    .classes
+                    .iter()
+                    .position(|c| c == s)
+                    .ok_or_else(|| "a label is not one of the card's classes".to_owned()),
+                _ => Err("a label is neither a number nor a string".to_owned()),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let probabilities = match &self.probabilities {
+            None => None,
+            Some(name) => {
+                let p = find(name)?;
+                let values = flatten(&p.data, rows * classes)?;
+                if values.len() != rows * classes || !shape_is(&p.shape, rows, classes) {
+                    return Err(format!(
+                        "output {name:?} has shape {:?}, expected [{rows}, {classes}]",
+                        p.shape
+                    ));
+                }
+                let probs = values
+                    .iter()
+                    .map(|v| {
+                        v.as_f64()
+                            .filter(|f| f.is_finite() && (-1e-6..=1.0 + 1e-6).contains(f))
+                            .map(|f| f.clamp(0.0, 1.0) as f32)
+                            .ok_or_else(|| "a probability is not a number in [0, 1]".to_owned())
+                    })
+                    .collect::<Result<Vec<f32>, _>>()?;
+                for row in probs.chunks(classes.max(1)) {
+                    let sum: f32 = row.iter().sum();
+                    if (sum - 1.0).abs() > 1e-3 {
+                        return Err(format!("probabilities of a row sum to {sum}, not 1"));
+                    }
+                }
+                Some(probs)
+            }
+        };
+        Ok(Prediction {
+            labels,
+            probabilities,
+        })
+    }
+
+    fn count(&self, outcome: &'static str) {
+        metrics::counter!(UPSTREAM_REQUESTS, "model" => self.model.clone(), "outcome" => outcome)
+            .increment(1);
+    }
+
+    /// Logs a breaker transition (with the alert when it opens) and sets the gauge.
+    fn opened_or_closed(&self, opened: bool, why: &str) {
+        metrics::gauge!(UPSTREAM_UP, "model" => self.model.clone()).set(if opened {
+            0.0
+        } else {
+            1.0
+        });
+        if opened {
+            Alert::UpstreamDown.count();
+            tracing::error!(
+                alert = Alert::UpstreamDown.as_str(),
+                model = %self.model,
+                upstream = %self.settings.url,
+                reason = %why,
+                "upstream unavailable: calls refused until it recovers"
+            );
+        } else {
+            tracing::info!(model = %self.model, upstream = %self.settings.url, reason = %why, "upstream available again");
+        }
+    }
+}
+
+/// Whether a tensor's declared shape fits `rows × cols` (`[rows]` or
+/// `[rows, 1]` for one column; an absent shape is judged by the data alone).
+fn shape_is(shape: &[u64], rows: usize, cols: usize) -> bool {
+    let (r, c) = (rows as u64, cols as u64);
+    match shape {
+        [] => true,
+        [n] => *n == r && cols == 1,
+        [n, m] => *n == r && *m == c,
+        _ => false,
+    }
+}
+
+/// The values of a tensor's `data`, flat (OIP allows nested arrays), at
+/// most `expected + 1` of them so that a huge answer is not copied.
+fn flatten(data: &serde_json::Value, expected: usize) -> Result<Vec<&serde_json::Value>, String> {
+    fn walk<'v>(
+        v: &'v serde_json::Value,
+        depth: usize,
+        out: &mut Vec<&'v serde_json::Value>,
+        cap: usize,
+    ) -> Result<(), String> {
+        match v {
+            serde_json::Value::Array(items) if depth < 4 => {
+                for item in items {
+                    if out.len() > cap {
+                        break;
+                    }
+                    walk(item, depth + 1, out, cap)?;
+                }
+                Ok(())
+            }
+            serde_json::Value::Array(_) | serde_json::Value::Object(_) => {
+                Err("tensor data nested too deep".into())
+            }
+            _ if depth == 0 => Err("tensor data is not an array".into()),
+            scalar => {
+                out.push(scalar);
+                Ok(())
+            }
+        }
+    }
+    let mut out = Vec::with_capacity(expected.min(1 << 16));
+    walk(data, 0, &mut out, expected)?;
+    Ok(out)
+}
+
+/// The response body, refused beyond `limit` bytes.
+async fn read_bounded(mut response: reqwest::Response, limit: usize) -> Result<Vec<u8>, CallError> {
+    if response.content_length().is_some_and(|n| n > limit as u64) {
+        return Err(CallError::Invalid(format!(
+            "answer larger than {limit} bytes"
+        )));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(|e| {
+        if e.is_timeout() {
+            CallError::Timeout
+        } else {
+            CallError::Transport(source_chain(&e))
+        }
+    })? {
+        if body.len() + chunk.len() > limit {
+            return Err(CallError::Invalid(format!(
+                "answer larger than {limit} bytes"
+            )));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// An error with its causes (reqwest's own message is only the outermost).
+fn source_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// Polls the upstream's readiness while the backend lives: not ready (or
+/// no answer) opens the breaker at once; ready closes it.
+async fn health_checks(inner: Weak<Inner>) {
+    let period = match inner.upgrade() {
+        Some(i) => i.settings.health_interval,
+        None => return,
+    };
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(inner) = inner.upgrade() else { break };
+        let probe = inner
+            .client
+            .get(&inner.ready_url)
+            .timeout(inner.settings.timeout.min(period))
+            .send()
+            .await;
+        let verdict = match probe {
+            Ok(r) if r.status().is_success() => Ok(()),
+            Ok(r) => Err(format!("readiness answered HTTP {}", r.status().as_u16())),
+            Err(e) => Err(format!("readiness check failed: {}", source_chain(&e))),
+        };
+        match verdict {
+            Ok(()) if inner.breaker.close() => {
+                inner.opened_or_closed(false, "readiness check passed")
+            }
+            Err(why) if inner.breaker.trip() => inner.opened_or_closed(true, &why),
+            _ => {}
+        }
+    }
+}
+
+/// A circuit breaker: closed (calls pass; failures in a row are counted),
+/// open (calls are refused until a time), half-open (one trial call is in
+/// flight; its outcome closes or re-opens the breaker).
+#[derive(Debug)]
+struct Breaker {
+    threshold: u32,
+    open_for: Duration,
+    state: Mutex<State>,
+    open: AtomicBool,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum State {
+    Closed { failures: u32 },
+    Open { until: Instant },
+    HalfOpen,
+}
+
+impl Breaker {
+    fn new(threshold: u32, open_for: Duration) -> Self {
+        Self {
+            threshold,
+            open_for,
+            state: Mutex::new(State::Closed { failures: 0 }),
+            open: AtomicBool::new(false),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Whether calls are being refused (for readiness).
+    fn is_open(&self) -> bool {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    /// Whether a call may go out now; an open breaker past its time lets
+    /// exactly one through.
+    fn admit(&self) -> bool {
+        let mut state = self.state();
+        match *state {
+            State::Closed { .. } => true,
+            State::Open { until } if Instant::now() >= until => {
+                *state = State::HalfOpen;
+                true
+            }
+            State::Open { .. } | State::HalfOpen => false,
+        }
+    }
+
+    /// A trial admitted but never sent (the caller gave up waiting): let
+    /// the next caller try.
+    fn release_trial(&self) {
+        let mut state = self.state();
+        if matches!(*state, State::HalfOpen) {
+            *state = State::Open {
+                until: Instant::now(),
+            };
+        }
+    }
+
+    /// A call succeeded. Returns true if that closed the breaker.
+    fn success(&self) -> bool {
+        self.close()
+    }
+
+    /// A call failed. Returns true if that opened the breaker.
+    fn failure(&self) -> bool {
+        let mut state = self.state();
+        match *state {
+            State::Closed { failures } if failures + 1 < self.threshold => {
+                *state = State::Closed {
+                    failures: failures + 1,
+                };
+                false
+            }
+            State::Closed { .. } | State::HalfOpen => {
+                *state = State::Open {
+                    until: Instant::now() + self.open_for,
+                };
+                !self.open.swap(true, Ordering::Relaxed)
+            }
+            State::Open { .. } => false,
+        }
+    }
+
+    /// Opens the breaker now (the server says it is not ready). Returns
+    /// true if it was not open.
+    fn trip(&self) -> bool {
+        *self.state() = State::Open {
+            until: Instant::now() + self.open_for,
+        };
+        !self.open.swap(true, Ordering::Relaxed)
+    }
+
+    /// Closes the breaker. Returns true if it was open.
+    fn close(&self) -> bool {
+        *self.state() = State::Closed { failures: 0 };
+        self.open.swap(false, Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_breaker_opens_after_failures_in_a_row_and_lets_one_trial_through() {
+        let b = Breaker::new(3, Duration::from_millis(30));
+        assert!(!b.failure() && !b.failure());
+        assert!(
+            !b.success(),
+            "a success while closed changes nothing"
+        );
+        assert!(!b.failure() && !b.failure(), "the count restarted");
+        assert!(b.failure(), "the third failure in a row opens it");
+        assert!(b.is_open() && !b.admit());
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(b.admit(), "one trial after open_for");
+        assert!(!b.admit(), "only one");
+        assert!(
+            !b.failure(),
+            "a failed trial re-opens (already open: no new alert)"
+        );
+        assert!(!b.admit());
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(b.admit());
+        assert!(b.success(), "a good trial closes it");
+        assert!(!b.is_open() && b.admit());
+        assert!(b.trip() && !b.trip(), "a failed health check opens it once");
+        assert!(b.close() && !b.is_open());
+    }
+
+    fn backend(card: &str) -> Inner {
+        let card = ModelCard::parse(
+            card,
+            crate::card::CardDefaults {
+                max_batch: 64,
+                range_tolerance: 0.25,
+            },
+        )
+        .unwrap();
+        let settings = card.upstream.clone().unwrap();
+        Inner {
+            model: "m".into(),
+            client: reqwest::Client::new(),
+            infer_url: String::new(),
+            ready_url: String::new(),
+            input: card.input_name.clone(),
+            width: card.features.len(),
+            label: card.label_output.clone(),
+            probabilities: card.probabilities_output.clone(),
+            classes: card.classes.clone(),
+            permits: Semaphore::new(1),
+            queue_timeout: Duration::from_secs(1),
+            breaker: Breaker::new(1, Duration::from_secs(1)),
+            settings,
+        }
+    }
+
+    const CARD: &str = r#"
+        [input]
+        name = "x"
+        features = [{ name = "a" }, { name = "b" }]
+        [output]
+        label = "predict"
+        probabilities = "predict_proba"
+        classes = ["no", "yes"]
+        [upstream]
+        url = "http://127.0.0.1:1/"
+    "#;
+
+    #[test]
+    fn answers_are_checked_against_the_card() {
+        let b = backend(CARD);
+        let good = br#"{"model_name":"m","outputs":[
+            {"name":"predict","shape":[2],"datatype":"INT64","data":[1,0]},
+            {"name":"predict_proba","shape":[2,2],"datatype":"FP64","data":[[0.25,0.75],[0.9,0.1]]}]}"#;
+        let p = b.check(2, good).unwrap();
+        assert_eq!(p.labels, [1, 0]);
+        assert_eq!(p.probabilities.unwrap(), [0.25, 0.75, 0.9, 0.1]);
+        let names = br#"{"outputs":[{"name":"predict","shape":[1,1],"data":["yes"]},
+            {"name":"predict_proba","shape":[1,2],"data":[0.5,0.5]}]}"#;
+        assert_eq!(b.check(1, names).unwrap().labels, [1]);
+
+        for (bad, why) in [
+            (&br#"nonsense"#[..], "not an inference response"),
+            (br#"{"outputs":[]}"#, "no output"),
+            (br#"{"outputs":[{"name":"predict","data":[2]},{"name":"predict_proba","data":[0.5,0.5]}]}"#, "class index"),
+            (br#"{"outputs":[{"name":"predict","data":[-1]},{"name":"predict_proba","data":[0.5,0.5]}]}"#, "class index"),
+            (br#"{"outputs":[{"name":"predict","data":[0.5]},{"name":"predict_proba","data":[0.5,0.5]}]}"#, "class index"),
+            (br#"{"outputs":[{"name":"predict","data":["maybe"]},{"name":"predict_proba","data":[0.5,0.5]}]}"#, "classes"),
+            (br#"{"outputs":[{"name":"predict","data":[0,1]},{"name":"predict_proba","data":[0.5,0.5]}]}"#, "shape"),
+            (br#"{"outputs":[{"name":"predict","shape":[3],"data":[0]},{"name":"predict_proba","data":[0.5,0.5]}]}"#, "shape"),
+            (br#"{"outputs":[{"name":"predict","data":[0]},{"name":"predict_proba","data":[0.5,0.6]}]}"#, "sum"),
+            (br#"{"outputs":[{"name":"predict","data":[0]},{"name":"predict_proba","data":[1.5,-0.5]}]}"#, "[0, 1]"),
+            (br#"{"outputs":[{"name":"predict","data":[0]},{"name":"predict_proba","data":[0.5]}]}"#, "shape"),
+            (br#"{"outputs":[{"name":"predict","data":[0]},{"name":"predict_proba","data":[[[[[0.5,0.5]]]]]}]}"#, "deep"),
+            (br#"{"outputs":[{"name":"predict","data":0}]}"#, "not an array"),
+        ] {
+            let e = b.check(1, bad).unwrap_err();
+            assert!(e.contains(why), "{e} (wanted {why})");
+        }
+    }
+
+    #[test]
+    fn upstream_tables_are_checked() {
+        let defaults = crate::card::CardDefaults {
+            max_batch: 64,
+            range_tolerance: 0.25,
+        };
+        let with = |table: &str| {
+            ModelCard::parse(
+                &CARD.replace("url = \"http://127.0.0.1:1/\"", table),
+                defaults,
+            )
+            .map(|c| c.upstream.unwrap())
+        };
+        let u = with("url = \"https://triton:8000/base/\"\ntimeout = \"250ms\"").unwrap();
+        assert_eq!(u.url, "https://triton:8000/base");
+        assert_eq!(u.timeout, Duration::from_millis(250));
+        assert_eq!((u.retries, u.breaker_failures), (2, 5));
+        for (table, key) in [
+            ("url = \"ftp://x\"", "upstream.url"),
+            ("url = \"http://user:pw@x\"", "upstream.url"),
+            ("url = \"http://x?a=b\"", "upstream.url"),
+            ("url = \"http://x\"\nca = \"ca.pem\"", "upstream.ca"),
+            (
+                "url = \"https://x\"\nclient_cert = \"c.pem\"",
+                "upstream.client_cert",
+            ),
+            ("url = \"http://x\"\ntimeout = \"0s\"", "upstream.timeout"),
+            ("url = \"http://x\"\nretries = 11", "upstream.retries"),
+            ("url = \"http://x\"\nmodel = \"../etc\"", "upstream.model"),
+            (
+                "url = \"http://x\"\nbreaker_failures = 0",
+                "upstream.breaker_failures",
+            ),
+            (
+                "url = \"http://x\"\nmax_in_flight = 0",
+                "upstream.max_in_flight",
+            ),
+        ] {
+            let e = with(table).unwrap_err().0;
+            assert!(e.starts_with(key), "{table}: {e}");
+        }
+        let pinned = CARD.to_owned() + "\n[integrity]\nrequire_signature = true\n";
+        let e = ModelCard::parse(&pinned, defaults).unwrap_err().0;
+        assert!(e.starts_with("integrity"), "{e}");
+    }
+}

@@ -1,0 +1,504 @@
+//! Gateway mode: Warden in front of a real Seldon MLServer (installed by
+//! scripts/setup.sh into .runtime/mlserver) serving the iris RandomForest,
+//! and in front of another Warden over HTTPS with a client certificate.
+
+use super::*;
+
+/// A free TCP port on 127.0.0.1 (bound, then released).
+pub(super) fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `mlserver start` on a folder written by bench/mlserver/train.py.
+struct MlServer {
+    child: Child,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl MlServer {
+    /// Trains the iris model into `dir` (once) and starts MLServer on `port`.
+    fn start(dir: &Path, port: u16) -> Self {
+        let bin = repo().join(".runtime/mlserver/bin");
+        assert!(
+            bin.join("mlserver").is_file(),
+            ".runtime/mlserver is missing: run ./scripts/setup.sh (it installs MLServer)"
+        );
+        if !dir.join("iris/model.joblib").is_file() {
+            let out = Command::new(bin.join("python"))
+                .arg(repo().join("bench/mlserver/train.py"))
+                .arg(dir)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "train.py: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let child = Command::new(bin.join("mlserver"))
+            .args(["start", "."])
+            .current_dir(dir)
+            .env("MLSERVER_HTTP_PORT", port.to_string())
+            .env("MLSERVER_GRPC_PORT", free_port().to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let server = Self {
+            child,
+            port,
+            dir: dir.to_owned(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let ready = format!("http://127.0.0.1:{port}/v2/models/iris/ready");
+        loop {
+            if http_get_ok(&ready) {
+                return server;
+            }
+            assert!(Instant::now() < deadline, "MLServer did not become ready");
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// What MLServer itself answers for `rows` (labels, probabilities).
+    async fn predict(&self, rows: &[Vec<f64>]) -> (Vec<i64>, Vec<Vec<f64>>) {
+        let body = json!({
+            "inputs": [{"name": "input", "shape": [rows.len(), 4], "datatype": "FP32", "data": rows}],
+            "outputs": [{"name": "predict"}, {"name": "predict_proba"}],
+        });
+        let r: Value = reqwest::Client::new()
+            .post(format!("{}/v2/models/iris/infer", self.url()))
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let out = |name: &str| {
+            r["outputs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|o| o["name"] == name)
+                .unwrap()["data"]
+                .clone()
+        };
+        let labels = out("predict")
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_i64().unwrap())
+            .collect();
+        let flat: Vec<f64> = out("predict_proba")
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        (labels, flat.chunks(3).map(<[f64]>::to_vec).collect())
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for MlServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Whether a plain-HTTP GET answers 200 (a readiness probe with std only,
+/// usable from a blocking start-up loop).
+fn http_get_ok(url: &str) -> bool {
+    let Some(rest) = url.strip_prefix("http://") else {
+        return false;
+    };
+    let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let Ok(mut s) = std::net::TcpStream::connect(host) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    let req = format!("GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    if s.write_all(req.as_bytes()).is_err() {
+        return false;
+    }
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    answer.starts_with("HTTP/1.1 200")
+}
+
+/// A copy of the iris card whose `[upstream]` is `table`, with the output
+/// names and classes given.
+fn gateway_card(models: &Path, name: &str, outputs: (&str, &str), classes: &str, table: &str) {
+    let dir = models.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let card = std::fs::read_to_string(repo().join("models/iris/model.toml"))
+        .unwrap()
+        .replace("label = \"label\"", &format!("label = {:?}", outputs.0))
+        .replace(
+            "probabilities = \"probabilities\"",
+            &format!("probabilities = {:?}", outputs.1),
+        )
+        .replace(
+            "classes = [\"setosa\", \"versicolor\", \"virginica\"]",
+            &format!("classes = {classes}"),
+        );
+    std::fs::write(
+        dir.join("model.toml"),
+        format!("{card}\n[upstream]\n{table}\n"),
+    )
+    .unwrap();
+    std::fs::copy(
+        repo().join("models/iris/ood_stats.json"),
+        dir.join("ood_stats.json"),
+    )
+    .unwrap();
+}
+
+const IRIS_CLASSES: &str = "[\"setosa\", \"versicolor\", \"virginica\"]";
+
+fn fixture_rows() -> (Vec<Vec<f64>>, Vec<String>) {
+    let f: Value = serde_json::from_str(
+        &std::fs::read_to_string(repo().join("models/iris/fixtures.json")).unwrap(),
+    )
+    .unwrap();
+    let rows: Vec<Vec<f64>> = f["inputs"].as_array().unwrap()[..8]
+        .iter()
+        .map(|r| {
+            r.as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap())
+                .collect()
+        })
+        .collect();
+    let labels = f["labels"].as_array().unwrap()[..8]
+        .iter()
+        .map(|l| l.as_str().unwrap().to_owned())
+        .collect();
+    (rows, labels)
+}
+
+fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(series))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+async fn model_ready(w: &Warden, key: &str, model: &str) -> bool {
+    w.get(&format!("/v2/models/{model}/ready"), Some(key))
+        .await
+        .1["ready"]
+        == true
+}
+
+const UNAVAILABLE: &str = "The model server is unavailable.";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_mlserver_behind_the_gateway_gets_the_whole_pipeline() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut mls = MlServer::start(&dir.path().join("mlserver"), port);
+    let models = dir.path().join("models");
+    let url = mls.url();
+    let base = format!(
+        "url = \"{url}\"\nmodel = \"iris\"\nconnect_timeout = \"200ms\"\nretries = 1\nhealth_interval = \"200ms\"\nbreaker_failures = 2\nbreaker_open_for = \"500ms\""
+    );
+    gateway_card(
+        &models,
+        "iris",
+        ("predict", "predict_proba"),
+        IRIS_CLASSES,
+        &base,
+    );
+    // Two classes where the upstream has three: its answers do not fit.
+    gateway_card(
+        &models,
+        "iris_narrow",
+        ("predict", "predict_proba"),
+        "[\"setosa\", \"versicolor\"]",
+        &format!("url = \"{url}\"\nmodel = \"iris\""),
+    );
+    // No upstream answers within a millisecond.
+    gateway_card(
+        &models,
+        "iris_hurried",
+        ("predict", "predict_proba"),
+        IRIS_CLASSES,
+        &format!("url = \"{url}\"\nmodel = \"iris\"\ntimeout = \"1ms\""),
+    );
+    let w = Warden::start(
+        &dir.path().join("data"),
+        &["--models", models.to_str().unwrap()],
+    );
+    let key = w.printed_key.clone().unwrap();
+
+    // The same answers as MLServer itself (and as the demo model's
+    // fixtures: the same forest), through v2 and v1, under the card's
+    // output policy (probabilities rounded to 2 decimals).
+    let (rows, expected) = fixture_rows();
+    let (labels, probabilities) = mls.predict(&rows).await;
+    let names = ["setosa", "versicolor", "virginica"];
+    let direct: Vec<&str> = labels.iter().map(|l| names[*l as usize]).collect();
+    assert_eq!(direct, expected, "MLServer serves the demo forest");
+    let v2 =
+        json!({"inputs": [{"name": "input", "shape": [8, 4], "datatype": "FP32", "data": rows}]});
+    let (status, headers, body) = w.post("/v2/models/iris/infer", &key, v2.to_string()).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(headers.contains_key("x-request-id"));
+    let out = body["outputs"].as_array().unwrap();
+    let got_labels: Vec<&str> = out[0]["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(got_labels, expected);
+    let got_probs: Vec<f64> = out[1]["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    for (got, want) in got_probs.iter().zip(probabilities.iter().flatten()) {
+        assert!(
+            (got - (want * 100.0).round() / 100.0).abs() < 1e-9,
+            "{got} vs {want}"
+        );
+    }
+    let (status, _, body) = w
+        .post(
+            "/v1/models/iris:predict",
+            &key,
+            json!({"instances": rows}).to_string(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["predictions"][0]["label"], expected[0].as_str());
+
+    // Validation happens before the upstream is called: NaN, out of range,
+    // a wrong width and an oversize batch never reach it.
+    let before = metric(
+        &w.metrics_text(&key).await,
+        "warden_upstream_requests_total{model=\"iris\",outcome=\"ok\"}",
+    )
+    .unwrap();
+    for bad in [
+        r#"{"instances": [[5.1, NaN, 1.4, 0.2]]}"#.to_owned(),
+        json!({"instances": [[5.1, 3.5, 1.4, 900.0]]}).to_string(),
+        json!({"instances": [[5.1, 3.5, 1.4]]}).to_string(),
+        json!({"instances": vec![[5.1, 3.5, 1.4, 0.2]; 65]}).to_string(),
+    ] {
+        let (status, _, body) = w.post("/v1/models/iris:predict", &key, bad.clone()).await;
+        assert!(status.is_client_error(), "{bad}: {status} {body}");
+    }
+    let after = metric(
+        &w.metrics_text(&key).await,
+        "warden_upstream_requests_total{model=\"iris\",outcome=\"ok\"}",
+    )
+    .unwrap();
+    assert_eq!(before, after, "refused inputs never reach the upstream");
+
+    // An answer that does not fit the card, and a timeout: the SPEC's code,
+    // nothing of the upstream in the body.
+    let (status, _, body) = w
+        .post("/v1/models/iris_narrow:predict", &key, iris().to_string())
+        .await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+    assert_eq!(body["code"], "upstream_unavailable");
+    assert_eq!(body["error"], UNAVAILABLE);
+    let (status, _, body) = w
+        .post("/v1/models/iris_hurried:predict", &key, iris().to_string())
+        .await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{body}");
+    assert_eq!(body["code"], "upstream_unavailable");
+    assert!(
+        !body.to_string().contains("127.0.0.1") && !body.to_string().contains(&port.to_string())
+    );
+    assert!(model_ready(&w, &key, "iris").await);
+
+    // The upstream dies: 502 at once (connection refused, one retry), the
+    // breaker opens (the model is not ready, the gauge is 0, an alert), and
+    // calls are refused without waiting.
+    mls.kill();
+    let (status, _, body) = w
+        .post("/v1/models/iris:predict", &key, iris().to_string())
+        .await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+    assert_eq!(body["error"], UNAVAILABLE);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while model_ready(&w, &key, "iris").await {
+        assert!(Instant::now() < deadline, "the breaker did not open");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let started = Instant::now();
+    let (status, _, _) = w
+        .post("/v1/models/iris:predict", &key, iris().to_string())
+        .await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    assert!(
+        started.elapsed() < Duration::from_millis(150),
+        "an open breaker fails fast"
+    );
+    let metrics = w.metrics_text(&key).await;
+    assert_eq!(
+        metric(&metrics, "warden_upstream_up{model=\"iris\"}"),
+        Some(0.0)
+    );
+    assert!(metric(&metrics, "warden_alerts_total{kind=\"upstream_down\"}").unwrap() >= 1.0);
+    assert!(
+        metric(
+            &metrics,
+            "warden_upstream_requests_total{model=\"iris\",outcome=\"breaker_open\"}"
+        )
+        .unwrap()
+            >= 1.0
+    );
+
+    // It comes back on the same port: the health check closes the breaker.
+    let mls = MlServer::start(&mls.dir.clone(), port);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !model_ready(&w, &key, "iris").await {
+        assert!(
+            Instant::now() < deadline,
+            "the health check did not close the breaker"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (status, _, body) = w
+        .post("/v1/models/iris:predict", &key, iris().to_string())
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["predictions"][0]["label"], "setosa");
+    drop(mls);
+
+    let logs = w.stop_and_collect_logs();
+    let alert = logs
+        .iter()
+        .find(|l| l.contains("\"alert\":\"upstream_down\""))
+        .expect("an upstream_down alert in the log");
+    assert!(alert.contains("\"model\":\"iris\""), "{alert}");
+    assert!(logs.iter().any(|l| l.contains("upstream available again")));
+    assert!(
+        logs.iter().any(
+            |l| l.contains("answer does not match the model card") && l.contains("iris_narrow")
+        ),
+        "the log says why an answer was refused"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_reaches_an_https_upstream_with_its_ca_and_a_client_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    // The upstream: another Warden that requires a client certificate and
+    // maps the gateway's to the predict role.
+    let client_ca = identity::ca("gateway client CA");
+    let (cert, key) = identity::leaf_pem(&client_ca, "gateway");
+    std::fs::write(dir.path().join("client-ca.pem"), client_ca.pem()).unwrap();
+    std::fs::write(dir.path().join("gateway.pem"), cert).unwrap();
+    std::fs::write(dir.path().join("gateway.key"), key).unwrap();
+    std::fs::set_permissions(
+        dir.path().join("gateway.key"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let upstream_config = dir.path().join("upstream.toml");
+    std::fs::write(
+        &upstream_config,
+        format!(
+            "[tls]\nclient_ca = \"{}\"\nclient_auth = \"required\"\n\n[[auth.mtls]]\nname = \"gateway\"\nrole = \"predict\"\n",
+            dir.path().join("client-ca.pem").display()
+        ),
+    )
+    .unwrap();
+    let upstream = Warden::start(
+        &dir.path().join("upstream"),
+        &["--config", upstream_config.to_str().unwrap()],
+    );
+    let server_ca = dir.path().join("upstream/tls/cert.pem");
+    let url = format!("https://localhost:{}", upstream.addr.port());
+    let models = dir.path().join("models");
+    let tls = format!(
+        "url = \"{url}\"\nmodel = \"iris\"\nca = \"{}\"",
+        server_ca.display()
+    );
+    let with_cert = format!(
+        "{tls}\nclient_cert = \"{}\"\nclient_key = \"{}\"",
+        dir.path().join("gateway.pem").display(),
+        dir.path().join("gateway.key").display()
+    );
+    gateway_card(
+        &models,
+        "iris",
+        ("label", "probabilities"),
+        IRIS_CLASSES,
+        &with_cert,
+    );
+    gateway_card(
+        &models,
+        "iris_nocert",
+        ("label", "probabilities"),
+        IRIS_CLASSES,
+        &tls,
+    );
+    // The system roots do not know the upstream's self-signed certificate.
+    gateway_card(
+        &models,
+        "iris_noca",
+        ("label", "probabilities"),
+        IRIS_CLASSES,
+        &format!("url = \"{url}\"\nmodel = \"iris\""),
+    );
+    let w = Warden::start(
+        &dir.path().join("gateway"),
+        &["--models", models.to_str().unwrap()],
+    );
+    let key = w.printed_key.clone().unwrap();
+    let (rows, expected) = fixture_rows();
+    let (status, _, body) = w
+        .post(
+            "/v1/models/iris:predict",
+            &key,
+            json!({"instances": rows}).to_string(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let labels: Vec<&str> = body["predictions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["label"].as_str().unwrap())
+        .collect();
+    assert_eq!(labels, expected);
+    for model in ["iris_nocert", "iris_noca"] {
+        let (status, _, body) = w
+            .post(
+                &format!("/v1/models/{model}:predict"),
+                &key,
+                iris().to_string(),
+            )
+            .await;
+        assert_eq!(status, StatusCode::BAD_GATEWAY, "{model}: {body}");
+        assert_eq!(body["error"], UNAVAILABLE);
+    }
+    // The upstream's audit trail names the gateway's certificate.
+    let logs = upstream.stop_and_collect_logs();
+    assert!(
+        logs.iter().any(|l| l.contains("mtls:gateway")),
+        "the upstream saw the gateway's certificate identity"
+    );
+}
