@@ -802,6 +802,12 @@ mod tests {
             let e = with(table).unwrap_err().0;
             assert!(e.starts_with(key), "{table}: {e}");
         }
+        let example = ModelCard::parse(
+            include_str!("../../../examples/gateway/iris/model.toml"),
+            defaults,
+        )
+        .unwrap();
+        assert_eq!(example.upstream.unwrap().url, "http://127.0.0.1:8080");
         let pinned = CARD.to_owned() + "\n[integrity]\nrequire_signature = true\n";
         let e = ModelCard::parse(&pinned, defaults).unwrap_err().0;
         assert!(e.starts_with("integrity"), "{e}");
