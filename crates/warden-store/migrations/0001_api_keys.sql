@@ -4,10 +4,10 @@ CREATE TABLE api_keys (
     name         TEXT NOT NULL,
     role         TEXT NOT NULL,
     models       TEXT,                        -- comma-separated allowlist; NULL = every model
-    secret_hash  BLOB NOT NULL,               -- SHA-256 of the secret, 32 bytes
-    created_at   INTEGER NOT NULL,            -- Unix seconds
-    expires_at   INTEGER,                     -- Unix seconds; NULL = never
-    revoked_at   INTEGER,                     -- Unix seconds; NULL = active
+    secret_hash  {blob} NOT NULL,               -- SHA-256 of the secret, 32 bytes
+    created_at   {int} NOT NULL,            -- Unix seconds
+    expires_at   {int},                     -- Unix seconds; NULL = never
+    revoked_at   {int},                     -- Unix seconds; NULL = active
     rotated_from TEXT REFERENCES api_keys(id)
-) STRICT;
+){strict};
 CREATE INDEX api_keys_role ON api_keys(role);

@@ -3,9 +3,9 @@
 -- the database never sees; prev is the previous row's mac.
 CREATE TABLE audit (
     replica TEXT NOT NULL,
-    seq     INTEGER NOT NULL,     -- 1, 2, 3, ... per replica
+    seq     {int} NOT NULL,     -- 1, 2, 3, ... per replica
     record  TEXT NOT NULL,        -- canonical JSON of the record
-    prev    BLOB NOT NULL,        -- the previous row's mac (32 zero bytes for seq 1)
-    mac     BLOB NOT NULL,
+    prev    {blob} NOT NULL,        -- the previous row's mac (32 zero bytes for seq 1)
+    mac     {blob} NOT NULL,
     PRIMARY KEY (replica, seq)
-) STRICT;
+){strict};

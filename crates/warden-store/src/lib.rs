@@ -1,13 +1,26 @@
 //! Warden's persistent state behind the [`Store`] trait.
 //!
-//! The embedded default is SQLite ([`SqliteStore`]) in the data dir, with
-//! versioned migrations from the first release; a PostgreSQL implementation
-//! of the same trait is planned for scale-out. Records here are plain data:
-//! hashing and verification belong to `warden-auth`.
+//! The embedded default is SQLite ([`SqliteStore`]) in the data dir; for
+//! scale-out (several replicas sharing state) the same trait is implemented
+//! on PostgreSQL ([`PostgresStore`], opened with [`open_url`]). Both apply
+//! the same versioned migrations, written once (`migrations.rs`). Records
+//! here are plain data: hashing and verification belong to `warden-auth`.
 
+mod migrations;
+mod postgres;
 mod sqlite;
 
+use std::sync::Arc;
+
+pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
+
+/// Opens the shared store a URL names: `postgres://` or `postgresql://`
+/// (see [`PostgresStore::connect`] for the URL's options), connecting and
+/// migrating it. Any other URL is refused.
+pub fn open_url(url: &str) -> Result<Arc<dyn Store>, StoreError> {
+    Ok(Arc::new(PostgresStore::connect(url)?))
+}
 
 /// An API key as stored. The secret itself is never stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -171,6 +184,52 @@ pub struct AuditPage {
     pub next: Option<i64>,
 }
 
+impl AuditQuery {
+    /// The last `seq` the scan may examine (`max_scan` rows after
+    /// `after_seq`, or the whole chain).
+    pub(crate) fn scan_end(&self) -> i64 {
+        match self.max_scan {
+            0 => i64::MAX,
+            n => self.after_seq.saturating_add(n as i64),
+        }
+    }
+
+    /// `limit` as an SQL `LIMIT` (a bound past `i64::MAX` is no bound).
+    pub(crate) fn sql_limit(&self) -> i64 {
+        sql_limit(self.limit)
+    }
+
+    /// The page made of the rows a scan up to [`Self::scan_end`] matched.
+    /// `head` reads the chain's last `seq`; it is only needed when the page
+    /// is not full, to tell whether the chain goes on past the scan.
+    pub(crate) fn page<E>(
+        &self,
+        rows: Vec<AuditRow>,
+        head: impl FnOnce() -> Result<Option<i64>, E>,
+    ) -> Result<AuditPage, E> {
+        let next = match rows.last() {
+            Some(last) if rows.len() == self.limit => Some(last.seq),
+            _ => {
+                let end = self.scan_end();
+                head()?.filter(|h| *h > end).map(|_| end)
+            }
+        };
+        Ok(AuditPage { rows, next })
+    }
+}
+
+/// A row count as an SQL `LIMIT` (a bound past `i64::MAX` is no bound).
+pub(crate) fn sql_limit(limit: usize) -> i64 {
+    i64::try_from(limit).unwrap_or(i64::MAX)
+}
+
+/// The columns of each table, in the order the row readers expect.
+pub(crate) const KEY_COLUMNS: &str = "id, name, role, models, secret_hash, created_at, expires_at, revoked_at, rotated_from, last_used_at";
+pub(crate) const USER_COLUMNS: &str = "name, role, password_hash, created_at, disabled_at";
+pub(crate) const CLIENT_COLUMNS: &str = "id, name, role, secret_hash, created_at, revoked_at";
+pub(crate) const SIGNING_COLUMNS: &str = "kid, private_pkcs8, public_key, created_at, retired_at";
+pub(crate) const AUDIT_COLUMNS: &str = "replica, seq, record, prev, mac";
+
 /// A storage failure. The message is for logs and operators, never clients.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -180,6 +239,10 @@ pub enum StoreError {
     /// Migrations failed.
     #[error("database migration failed: {0}")]
     Migration(#[from] rusqlite_migration::Error),
+    /// PostgreSQL refused or failed, could not be reached, or its URL is
+    /// not usable. The text never holds the URL's password.
+    #[error("PostgreSQL: {0}")]
+    Postgres(String),
     /// The data directory could not be prepared.
     #[error("cannot prepare {path}: {source}")]
     Io {

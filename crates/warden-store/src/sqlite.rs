@@ -7,19 +7,22 @@ use std::sync::Mutex;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use rusqlite_migration::{M, Migrations};
 
+use crate::migrations::{self, Dialect};
 use crate::{
-    ApiKeyRecord, AuditPage, AuditQuery, AuditRow, ClientRecord, SigningKeyRecord, Store,
-    StoreError, UserRecord,
+    AUDIT_COLUMNS, ApiKeyRecord, AuditPage, AuditQuery, AuditRow, CLIENT_COLUMNS, ClientRecord,
+    KEY_COLUMNS, SIGNING_COLUMNS, SigningKeyRecord, Store, StoreError, USER_COLUMNS, UserRecord,
+    sql_limit,
 };
 
-/// Schema migrations, applied in order and recorded in `PRAGMA user_version`.
-/// Append only: never edit a released migration.
+/// The schema migrations ([`crate::migrations`]), applied in order and
+/// recorded in `PRAGMA user_version`.
 fn migrations() -> Migrations<'static> {
-    Migrations::new(vec![
-        M::up(include_str!("../migrations/0001_api_keys.sql")),
-        M::up(include_str!("../migrations/0002_identities.sql")),
-        M::up(include_str!("../migrations/0003_audit.sql")),
-    ])
+    Migrations::new(
+        migrations::all(Dialect::Sqlite)
+            .iter()
+            .map(|sql| M::up(sql))
+            .collect(),
+    )
 }
 
 /// State in one SQLite file.
@@ -91,11 +94,6 @@ fn create_private_dir(dir: &Path) -> Result<(), StoreError> {
         std::fs::create_dir_all(dir).map_err(io)
     }
 }
-
-const KEY_COLUMNS: &str = "id, name, role, models, secret_hash, created_at, expires_at, revoked_at, rotated_from, last_used_at";
-const USER_COLUMNS: &str = "name, role, password_hash, created_at, disabled_at";
-const CLIENT_COLUMNS: &str = "id, name, role, secret_hash, created_at, revoked_at";
-const SIGNING_COLUMNS: &str = "kid, private_pkcs8, public_key, created_at, retired_at";
 
 fn user_from_row(row: &Row<'_>) -> rusqlite::Result<UserRecord> {
     Ok(UserRecord {
@@ -397,9 +395,9 @@ impl Store for SqliteStore {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         {
-            let mut stmt = tx.prepare_cached(
-                "INSERT INTO audit (replica, seq, record, prev, mac) VALUES (?1, ?2, ?3, ?4, ?5)",
-            )?;
+            let mut stmt = tx.prepare_cached(&format!(
+                "INSERT INTO audit ({AUDIT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5)"
+            ))?;
             for r in rows {
                 let result = stmt.execute(params![r.replica, r.seq, r.record, r.prev, r.mac]);
                 conflict(result, || format!("audit row {}:{}", r.replica, r.seq))?;
@@ -417,19 +415,17 @@ impl Store for SqliteStore {
     ) -> Result<Vec<AuditRow>, StoreError> {
         let conn = self.conn();
         let mut stmt = conn.prepare_cached(
-            "SELECT replica, seq, record, prev, mac FROM audit
-             WHERE replica = ?1 AND seq >= ?2 ORDER BY seq LIMIT ?3",
+            &format!("SELECT {AUDIT_COLUMNS} FROM audit WHERE replica = ?1 AND seq >= ?2 ORDER BY seq LIMIT ?3"),
         )?;
-        let rows = stmt.query_map(params![replica, from_seq, limit as i64], audit_from_row)?;
+        let rows = stmt.query_map(params![replica, from_seq, sql_limit(limit)], audit_from_row)?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
     fn audit_head(&self, replica: &str) -> Result<Option<AuditRow>, StoreError> {
         let conn = self.conn();
-        let mut stmt = conn.prepare_cached(
-            "SELECT replica, seq, record, prev, mac FROM audit
-             WHERE replica = ?1 ORDER BY seq DESC LIMIT 1",
-        )?;
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {AUDIT_COLUMNS} FROM audit WHERE replica = ?1 ORDER BY seq DESC LIMIT 1"
+        ))?;
         Ok(stmt.query_row([replica], audit_from_row).optional()?)
     }
 
@@ -444,21 +440,17 @@ impl Store for SqliteStore {
     fn audit_query(&self, q: &AuditQuery) -> Result<AuditPage, StoreError> {
         // A scan in `seq` order that stops at `limit` matches or `max_scan`
         // rows: no index on the record's fields, so writes stay cheap.
-        let end = match q.max_scan {
-            0 => i64::MAX,
-            n => q.after_seq.saturating_add(n as i64),
-        };
         let conn = self.conn();
-        let mut stmt = conn.prepare_cached(
-            "SELECT replica, seq, record, prev, mac FROM audit
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {AUDIT_COLUMNS} FROM audit
              WHERE replica = ?1 AND seq > ?2 AND seq <= ?9
                AND (?3 IS NULL OR json_extract(record, '$.principal') = ?3)
                AND (?4 IS NULL OR json_extract(record, '$.model') = ?4)
                AND (?5 IS NULL OR json_extract(record, '$.outcome') = ?5)
                AND (?6 IS NULL OR json_extract(record, '$.time_us') >= ?6)
                AND (?7 IS NULL OR json_extract(record, '$.time_us') < ?7)
-             ORDER BY seq LIMIT ?8",
-        )?;
+             ORDER BY seq LIMIT ?8"
+        ))?;
         let rows = stmt
             .query_map(
                 params![
@@ -469,24 +461,20 @@ impl Store for SqliteStore {
                     q.outcome,
                     q.since_us,
                     q.until_us,
-                    q.limit as i64,
-                    end
+                    q.sql_limit(),
+                    q.scan_end()
                 ],
                 audit_from_row,
             )?
             .collect::<rusqlite::Result<Vec<_>>>()?;
-        let next = match rows.last() {
-            Some(last) if rows.len() == q.limit => Some(last.seq),
-            _ => {
-                let head: Option<i64> = conn.query_row(
-                    "SELECT MAX(seq) FROM audit WHERE replica = ?1",
-                    [&q.replica],
-                    |r| r.get(0),
-                )?;
-                head.filter(|h| *h > end).map(|_| end)
-            }
-        };
-        Ok(AuditPage { rows, next })
+        q.page(rows, || {
+            conn.query_row(
+                "SELECT MAX(seq) FROM audit WHERE replica = ?1",
+                [&q.replica],
+                |r| r.get(0),
+            )
+        })
+        .map_err(StoreError::from)
     }
 }
 
@@ -502,133 +490,14 @@ fn audit_from_row(row: &Row<'_>) -> rusqlite::Result<AuditRow> {
 
 #[cfg(test)]
 mod tests {
+    // The behaviour of every `Store` method is tested against both backends
+    // in `tests/postgres.rs` (the conformance suite); here only what is
+    // SQLite's own.
     use super::*;
-
-    fn key(id: &str, role: &str) -> ApiKeyRecord {
-        ApiKeyRecord {
-            id: id.into(),
-            name: format!("{id}-name"),
-            role: role.into(),
-            models: Some(vec!["iris".into(), "digits".into()]),
-            secret_hash: [7; 32],
-            created_at: 100,
-            expires_at: None,
-            revoked_at: None,
-            rotated_from: None,
-            last_used_at: None,
-        }
-    }
 
     #[test]
     fn migrations_are_valid() {
         migrations().validate().unwrap();
-    }
-
-    #[test]
-    fn keys_round_trip_revoke_and_rotate() {
-        let s = SqliteStore::in_memory().unwrap();
-        s.insert_key(&key("a", "admin")).unwrap();
-        assert!(matches!(
-            s.insert_key(&key("a", "admin")),
-            Err(StoreError::Conflict(_))
-        ));
-        assert_eq!(s.get_key("a").unwrap().unwrap(), key("a", "admin"));
-        assert!(s.get_key("zz").unwrap().is_none());
-        assert!(s.has_active_key_with_role("admin", 200).unwrap());
-
-        assert!(s.revoke_key("a", 150).unwrap());
-        assert!(
-            !s.revoke_key("a", 160).unwrap(),
-            "second revoke changes nothing"
-        );
-        assert_eq!(s.get_key("a").unwrap().unwrap().revoked_at, Some(150));
-        assert!(!s.has_active_key_with_role("admin", 200).unwrap());
-
-        s.insert_key(&key("b", "predict")).unwrap();
-        let mut c = key("c", "predict");
-        c.rotated_from = Some("b".into());
-        assert!(s.rotate_key("b", &c, 300, 360).unwrap());
-        assert_eq!(s.get_key("b").unwrap().unwrap().expires_at, Some(360));
-        assert!(!s.rotate_key("b", &key("d", "predict"), 400, 460).unwrap());
-        assert!(
-            s.get_key("d").unwrap().is_none(),
-            "failed rotation inserts nothing"
-        );
-        let ids: Vec<_> = s.list_keys().unwrap().into_iter().map(|k| k.id).collect();
-        assert_eq!(ids, ["a", "b", "c"]);
-    }
-
-    #[test]
-    fn expiry_counts_for_active() {
-        let s = SqliteStore::in_memory().unwrap();
-        let mut k = key("e", "admin");
-        k.expires_at = Some(200);
-        s.insert_key(&k).unwrap();
-        assert!(s.has_active_key_with_role("admin", 199).unwrap());
-        assert!(!s.has_active_key_with_role("admin", 200).unwrap());
-        assert!(k.is_active(199) && !k.is_active(200));
-    }
-
-    #[test]
-    fn last_use_keeps_the_latest_time() {
-        let s = SqliteStore::in_memory().unwrap();
-        s.insert_key(&key("a", "admin")).unwrap();
-        s.touch_keys(&[("a".into(), 500), ("a".into(), 400), ("zz".into(), 1)])
-            .unwrap();
-        assert_eq!(s.get_key("a").unwrap().unwrap().last_used_at, Some(500));
-    }
-
-    #[test]
-    fn users_clients_and_signing_keys() {
-        let s = SqliteStore::in_memory().unwrap();
-        let user = UserRecord {
-            name: "alice".into(),
-            role: "predict".into(),
-            password_hash: "$argon2id$x".into(),
-            created_at: 1,
-            disabled_at: None,
-        };
-        s.insert_user(&user).unwrap();
-        assert!(matches!(s.insert_user(&user), Err(StoreError::Conflict(_))));
-        assert!(s.set_user_password("alice", "$argon2id$y").unwrap());
-        assert!(s.disable_user("alice", 5).unwrap());
-        assert!(!s.disable_user("alice", 6).unwrap());
-        let got = s.get_user("alice").unwrap().unwrap();
-        assert_eq!(
-            (got.password_hash.as_str(), got.disabled_at),
-            ("$argon2id$y", Some(5))
-        );
-        assert!(
-            !format!("{got:?}").contains("argon2"),
-            "Debug hides the hash"
-        );
-
-        let client = ClientRecord {
-            id: "c1".into(),
-            name: "svc".into(),
-            role: "predict".into(),
-            secret_hash: "$argon2id$s".into(),
-            created_at: 1,
-            revoked_at: None,
-        };
-        s.insert_client(&client).unwrap();
-        assert!(s.set_client_secret("c1", "$argon2id$t").unwrap());
-        assert!(s.revoke_client("c1", 9).unwrap());
-        assert!(!s.set_client_secret("c1", "$argon2id$u").unwrap());
-        assert_eq!(s.list_clients().unwrap().len(), 1);
-
-        let k = |kid: &str, at| SigningKeyRecord {
-            kid: kid.into(),
-            private_pkcs8: vec![1],
-            public_key: vec![2],
-            created_at: at,
-            retired_at: None,
-        };
-        s.rotate_signing_key(&k("k1", 10), 10).unwrap();
-        s.rotate_signing_key(&k("k2", 20), 20).unwrap();
-        let keys = s.list_signing_keys().unwrap();
-        assert_eq!(keys[0].kid, "k2");
-        assert_eq!((keys[0].retired_at, keys[1].retired_at), (None, Some(20)));
     }
 
     #[test]
@@ -637,61 +506,43 @@ mod tests {
         let path = dir.path().join("sub").join("w.db");
         SqliteStore::open(&path)
             .unwrap()
-            .insert_key(&key("a", "admin"))
+            .insert_user(&UserRecord {
+                name: "alice".into(),
+                role: "admin".into(),
+                password_hash: "$argon2id$x".into(),
+                created_at: 1,
+                disabled_at: None,
+            })
             .unwrap();
         let s = SqliteStore::open(&path).unwrap();
-        assert!(s.get_key("a").unwrap().is_some());
+        assert!(s.get_user("alice").unwrap().is_some());
     }
 
     #[test]
-    fn audit_queries_filter_page_and_bound_their_scan() {
+    fn the_schema_is_the_released_one() {
+        // Databases created before the migrations were shared with
+        // PostgreSQL must keep working: same tables, same declared types.
         let s = SqliteStore::in_memory().unwrap();
-        let rows: Vec<AuditRow> = (1..=50)
-            .map(|seq| AuditRow {
-                replica: "r".into(),
-                seq,
-                record: format!(
-                    r#"{{"principal":"{}","time_us":{seq},"outcome":"ok"}}"#,
-                    if seq % 10 == 0 { "rare" } else { "common" }
-                ),
-                prev: vec![0; 32],
-                mac: vec![0; 32],
-            })
-            .collect();
-        s.append_audit(&rows).unwrap();
-        assert_eq!(s.audit_replicas().unwrap(), ["r"]);
-        let mut q = AuditQuery {
-            replica: "r".into(),
-            principal: Some("rare".into()),
-            limit: 100,
-            max_scan: 15,
-            ..AuditQuery::default()
-        };
-        // Pages of at most 15 examined rows: [10] [20, 30] [40] [50].
-        let mut seen = Vec::new();
-        let mut pages = 0;
-        loop {
-            let page = s.audit_query(&q).unwrap();
-            pages += 1;
-            seen.extend(page.rows.iter().map(|r| r.seq));
-            match page.next {
-                Some(n) => q.after_seq = n,
-                None => break,
-            }
-        }
-        assert_eq!(seen, [10, 20, 30, 40, 50]);
-        assert_eq!(pages, 4);
-        // A full page ends at its last row; time bounds are half-open.
-        let page = s
-            .audit_query(&AuditQuery {
-                replica: "r".into(),
-                since_us: Some(5),
-                until_us: Some(8),
-                limit: 2,
-                ..AuditQuery::default()
-            })
+        let conn = s.conn();
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
             .unwrap();
-        assert_eq!(page.rows.iter().map(|r| r.seq).collect::<Vec<_>>(), [5, 6]);
-        assert_eq!(page.next, Some(6));
+        assert_eq!(version, 3);
+        let strict: i64 = conn
+            .query_row("SELECT COUNT(*) FROM pragma_table_list WHERE strict = 1 AND name IN ('api_keys', 'users', 'oauth_clients', 'signing_keys', 'audit')", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(strict, 5, "every table is STRICT");
+        let types: String = conn
+            .query_row(
+                "SELECT group_concat(name || ' ' || type, ', ') FROM pragma_table_info('api_keys')",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(
+            types,
+            "id TEXT, name TEXT, role TEXT, models TEXT, secret_hash BLOB, created_at INTEGER, \
+             expires_at INTEGER, revoked_at INTEGER, rotated_from TEXT, last_used_at INTEGER"
+        );
     }
 }
