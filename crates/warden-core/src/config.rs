@@ -226,6 +226,95 @@ pub struct RawValidation {
 pub struct RawStore {
     /// SQLite database file. Default `<data_dir>/warden.db`.
     pub sqlite: Option<PathBuf>,
+    /// A PostgreSQL URL (`postgres://user@host:5432/db`) instead of SQLite:
+    /// replicas share keys, users, clients, signing keys and their audit
+    /// chains through it. With a password it is a secret (`{ env = "…" }`
+    /// or `{ file = "…" }`); written inline it is refused.
+    pub url: Option<RawUrl>,
+}
+
+/// A URL that is a secret when it carries a password (`limits.redis_url`,
+/// `store.url`).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawUrl {
+    /// Written in the file: no password allowed.
+    Inline(String),
+    /// `{ env = … }` or `{ file = … }`.
+    Secret(SecretSource),
+}
+
+impl RawUrl {
+    /// The URL, trimmed, as a secret; `key` names the option in errors
+    /// (which never repeat the URL).
+    fn read(self, key: &'static str, allow_readable: bool) -> Result<Secret, ConfigError> {
+        let secret = match self {
+            Self::Inline(url) => {
+                if has_password(&url) {
+                    return Err(invalid(
+                        key,
+                        "a URL with a password is a secret: give it as { env = \"…\" } or { file = \"…\" }",
+                    ));
+                }
+                Secret::new(url.into_bytes())
+            }
+            Self::Secret(source) => source
+                .read(allow_readable)
+                .map_err(|e| invalid(key, e.to_string()))?,
+        };
+        let Ok(text) = std::str::from_utf8(secret.expose()) else {
+            return Err(invalid(key, "not UTF-8"));
+        };
+        Ok(Secret::new(text.trim().as_bytes().to_vec()))
+    }
+}
+
+/// Whether a URL may carry a password (`scheme://user:password@host`,
+/// `scheme://:password@host`). Cautious on purpose: everything before the
+/// last `@` counts, so a password holding an unencoded `/`, `?` or `#` is
+/// caught too (at the price of refusing inline the rare URL with both a `:`
+/// and an `@` in its path or query).
+fn has_password(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    rest.rsplit_once('@')
+        .is_some_and(|(userinfo, _)| userinfo.contains(':'))
+}
+
+/// Where Warden's persistent state lives.
+#[derive(Debug, Clone)]
+pub enum StoreLocation {
+    /// A SQLite file (the embedded single-node default).
+    Sqlite(PathBuf),
+    /// A PostgreSQL database shared by replicas; the URL is a secret.
+    Postgres(Secret),
+}
+
+fn store_location(
+    raw: RawStore,
+    data_dir: &Path,
+    allow_readable: bool,
+) -> Result<StoreLocation, ConfigError> {
+    match (raw.sqlite, raw.url) {
+        (Some(_), Some(_)) => Err(invalid(
+            "store.url",
+            "set store.sqlite or store.url, not both",
+        )),
+        (sqlite, None) => Ok(StoreLocation::Sqlite(
+            sqlite.unwrap_or_else(|| data_dir.join("warden.db")),
+        )),
+        (None, Some(url)) => {
+            let url = url.read("store.url", allow_readable)?;
+            let scheme_ok = std::str::from_utf8(url.expose())
+                .is_ok_and(|u| u.starts_with("postgres://") || u.starts_with("postgresql://"));
+            if !scheme_ok {
+                return Err(invalid(
+                    "store.url",
+                    "expected postgres://user@host:5432/database (SQLite is store.sqlite)",
+                ));
+            }
+            Ok(StoreLocation::Postgres(url))
+        }
+    }
 }
 
 /// `[log]`
@@ -520,8 +609,8 @@ pub struct Config {
     pub queue_timeout: Duration,
     /// Range tolerance (fraction of the training range).
     pub range_tolerance: f64,
-    /// SQLite file.
-    pub sqlite_path: PathBuf,
+    /// Where keys, users, clients, signing keys and the audit trail live.
+    pub store: StoreLocation,
     /// Log filter.
     pub log_level: String,
     /// Log format.
@@ -915,7 +1004,7 @@ impl Config {
             admin,
             roles,
             auth,
-            sqlite_path: store.sqlite.unwrap_or_else(|| data_dir.join("warden.db")),
+            store: store_location(store, &data_dir, insecure.allow_readable_secret_files)?,
             data_dir,
             listen,
             tls,
@@ -1000,11 +1089,14 @@ impl Config {
             .map(|i| format!("{} ({})", i.name, i.issuer))
             .collect();
         format!(
-            "listen: {}\ntls: {tls}\nadmin: {admin}\ndata_dir: {}\nmodels: {}\nstore: sqlite {}\nbody limit: {} bytes, JSON depth {}\nroles: {}\ntoken endpoint: {tokens}\njwt issuers: {}\n",
+            "listen: {}\ntls: {tls}\nadmin: {admin}\ndata_dir: {}\nmodels: {}\nstore: {}\nbody limit: {} bytes, JSON depth {}\nroles: {}\ntoken endpoint: {tokens}\njwt issuers: {}\n",
             self.listen,
             self.data_dir.display(),
             self.models_dir.display(),
-            self.sqlite_path.display(),
+            match &self.store {
+                StoreLocation::Sqlite(path) => format!("sqlite {}", path.display()),
+                StoreLocation::Postgres(_) => "postgresql (URL not shown)".to_owned(),
+            },
             self.body_limit,
             self.json_max_depth,
             self.roles.names(),
@@ -1076,7 +1168,9 @@ mod tests {
             })
         ));
         assert_eq!(c.body_limit, 1024 * 1024);
-        assert_eq!(c.sqlite_path, Path::new(DEFAULT_DATA_DIR).join("warden.db"));
+        assert!(
+            matches!(&c.store, StoreLocation::Sqlite(p) if p == &Path::new(DEFAULT_DATA_DIR).join("warden.db"))
+        );
     }
 
     #[test]
@@ -1155,7 +1249,9 @@ mod tests {
         let c = Config::default_with(&o).unwrap();
         assert_eq!(c.listen.port(), 0);
         assert_eq!(c.models_dir, Path::new("m"));
-        assert_eq!(c.sqlite_path, Path::new("d").join("warden.db"));
+        assert!(
+            matches!(&c.store, StoreLocation::Sqlite(p) if p == &Path::new("d").join("warden.db"))
+        );
     }
 
     #[test]

@@ -185,6 +185,26 @@ impl Limiter {
         Ok(limiter)
     }
 
+    /// Announces to the other replicas (through Redis, when limits are
+    /// shared) that the API key `id` was revoked or rotated, so they drop it
+    /// from their key caches at once. Best effort: without Redis, or when
+    /// it is down, the caches' TTL bounds the delay.
+    pub async fn announce_key_change(&self, id: &str) {
+        if let Some(s) = &self.shared
+            && let Err(e) = s.announce_key_change(id).await
+        {
+            tracing::warn!(error = %e.0, "cannot announce a key change to other replicas; they see it within the key cache TTL");
+        }
+    }
+
+    /// Calls `forget` with every key id another replica announces (see
+    /// [`Self::announce_key_change`]); nothing without Redis.
+    pub fn on_key_change(&self, forget: impl Fn(&str) + Send + Sync + 'static) {
+        if let Some(s) = &self.shared {
+            s.on_key_change(Box::new(forget));
+        }
+    }
+
     /// Checks made against the local limiter because Redis was unreachable.
     pub fn fallbacks(&self) -> u64 {
         self.fallbacks.load(Ordering::Relaxed)

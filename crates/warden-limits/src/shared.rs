@@ -326,4 +326,63 @@ impl Shared {
             .map_err(|e| Down(e.to_string()))?;
         Ok(removed > 0)
     }
+
+    /// The channel replicas announce changed API keys on.
+    fn key_channel(&self) -> String {
+        self.key("keys:changed")
+    }
+
+    /// Tells every replica that the key `id` changed (revoked, rotated).
+    pub(crate) async fn announce_key_change(&self, id: &str) -> Result<(), Down> {
+        let mut conn = self.conn()?;
+        let _: i64 = conn
+            .publish(self.key_channel(), id)
+            .await
+            .map_err(|e| Down(e.to_string()))?;
+        Ok(())
+    }
+
+    /// Calls `forget` with each key id announced by any replica, for as long
+    /// as `self` lives; reconnects after a second when the subscription
+    /// drops (announcements made meanwhile are missed: the key cache's TTL
+    /// bounds how long a missed revocation is honoured).
+    pub(crate) fn on_key_change(
+        self: &std::sync::Arc<Self>,
+        forget: Box<dyn Fn(&str) + Send + Sync>,
+    ) {
+        use futures_util::StreamExt;
+        let weak = std::sync::Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut warned = false;
+            loop {
+                let Some(this) = weak.upgrade() else { break };
+                let channel = this.key_channel();
+                let subscribed = match this.client.get_async_pubsub().await {
+                    Ok(mut pubsub) => pubsub.subscribe(&channel).await.map(|()| pubsub),
+                    Err(e) => Err(e),
+                };
+                drop(this);
+                match subscribed {
+                    Ok(pubsub) => {
+                        if warned {
+                            tracing::info!("key-change announcements received again");
+                            warned = false;
+                        }
+                        let mut messages = pubsub.into_on_message();
+                        while let Some(message) = messages.next().await {
+                            if let Ok(id) = message.get_payload::<String>() {
+                                forget(&id);
+                            }
+                        }
+                    }
+                    Err(e) if !warned => {
+                        tracing::warn!(error = %e, "cannot subscribe to key-change announcements; other replicas' revocations take effect within the key cache TTL");
+                        warned = true;
+                    }
+                    Err(_) => {}
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+    }
 }

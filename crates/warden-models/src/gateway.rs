@@ -666,10 +666,7 @@ mod tests {
     fn the_breaker_opens_after_failures_in_a_row_and_lets_one_trial_through() {
         let b = Breaker::new(3, Duration::from_millis(30));
         assert!(!b.failure() && !b.failure());
-        assert!(
-            !b.success(),
-            "a success while closed changes nothing"
-        );
+        assert!(!b.success(), "a success while closed changes nothing");
         assert!(!b.failure() && !b.failure(), "the count restarted");
         assert!(b.failure(), "the third failure in a row opens it");
         assert!(b.is_open() && !b.admit());

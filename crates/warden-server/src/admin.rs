@@ -342,6 +342,7 @@ async fn revoke_key(
     let key_id = id.clone();
     with_keys(&state, move |a| a.revoke(&key_id)).await?;
     state.authenticator.forget_key(&id);
+    state.limiter.announce_key_change(&id).await;
     tracing::warn!(principal = %caller.id, key_id = %id, "API key revoked");
     Ok(changed(json!({"id": id, "status": "revoked"})))
 }
@@ -377,6 +378,7 @@ async fn rotate_key(
     let key_id = id.clone();
     let issued = with_keys(&state, move |a| a.rotate(&key_id, grace)).await?;
     state.authenticator.forget_key(&id);
+    state.limiter.announce_key_change(&id).await;
     tracing::warn!(principal = %caller.id, old_key_id = %id, key_id = %issued.record.id, grace = ?grace, "API key rotated");
     let store = state.identity.store.clone();
     let old_id = id.clone();

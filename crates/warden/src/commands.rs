@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use warden_auth::keys::unix_now;
 use warden_auth::{Accounts, Authenticator, JwtVerifier, KeyAdmin, NewKey, TokenService};
-use warden_core::config::{CertSource, Config, LogFormat, Overrides};
+use warden_core::config::{CertSource, Config, LogFormat, Overrides, StoreLocation};
 use warden_models::Repository;
 use warden_models::card::CardDefaults;
 use warden_models::engine::PoolSettings;
@@ -15,7 +15,7 @@ use warden_models::runtime::Runtime;
 use warden_server::oauth::OAuth;
 use warden_server::state::Identity;
 use warden_server::{Server, Services};
-use warden_store::{ApiKeyRecord, SqliteStore, Store};
+use warden_store::{ApiKeyRecord, PostgresStore, SqliteStore, Store};
 
 use crate::Failure;
 use crate::cli::{
@@ -71,8 +71,26 @@ pub(crate) fn load_config(location: &Location, overrides: Overrides) -> Result<C
     .map_err(Failure::usage)
 }
 
-fn open_store(config: &Config) -> Result<SqliteStore, Failure> {
-    SqliteStore::open(&config.sqlite_path).map_err(Failure::runtime)
+/// Opens (and migrates) the store the configuration names. With
+/// `audit.durability = "sync"`, a SQLite commit also waits for the disk
+/// (PostgreSQL commits are durable with its default `synchronous_commit`).
+fn open_store(config: &Config) -> Result<Arc<dyn Store>, Failure> {
+    match &config.store {
+        StoreLocation::Sqlite(path) => {
+            let store = SqliteStore::open(path).map_err(Failure::runtime)?;
+            if config.audit.as_ref().is_some_and(|a| a.sync) {
+                store.sync_to_disk().map_err(Failure::runtime)?;
+            }
+            Ok(Arc::new(store))
+        }
+        StoreLocation::Postgres(url) => {
+            let url = std::str::from_utf8(url.expose())
+                .map_err(|_| Failure::usage("store.url: not UTF-8"))?;
+            Ok(Arc::new(
+                PostgresStore::connect(url).map_err(Failure::runtime)?,
+            ))
+        }
+    }
 }
 
 /// Logs go to stderr, buffered (see `logging`); the guard flushes on drop.
@@ -110,10 +128,7 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
         tracing::warn!(warning = %w, "insecure setting acknowledged");
     }
 
-    let store: Arc<SqliteStore> = Arc::new(open_store(&config)?);
-    if config.audit.as_ref().is_some_and(|a| a.sync) {
-        store.sync_to_disk().map_err(Failure::runtime)?;
-    }
+    let store = open_store(&config)?;
     let runtime = Runtime::init(config.onnxruntime.as_deref()).map_err(Failure::runtime)?;
     tracing::info!(library = %runtime.path().display(), "ONNX Runtime loaded");
     let security = model_security(&config)?;
@@ -205,6 +220,15 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
                 .await
                 .map_err(Failure::usage)?,
         );
+        // Revocations and rotations made through another replica reach
+        // this one's key cache at once (Redis pub/sub), not only after
+        // auth.key_cache_ttl.
+        let cache = Arc::downgrade(&authenticator);
+        limiter.on_key_change(move |id| {
+            if let Some(a) = cache.upgrade() {
+                a.forget_key(id);
+            }
+        });
         let audit = match &config.audit {
             None => None,
             Some(a) => Some(
@@ -276,7 +300,7 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
 /// Creates and prints the first admin key if no active one exists; returns
 /// its id.
 fn bootstrap_admin_key(
-    store: &SqliteStore,
+    store: &dyn Store,
     config: &Config,
     addr: std::net::SocketAddr,
 ) -> Result<Option<String>, Failure> {
@@ -361,7 +385,7 @@ fn keys(cmd: KeysCommand) -> Result<(), Failure> {
                 })
                 .transpose()?;
             let store = open_store(&config)?;
-            let issued = KeyAdmin::new(&store, &config.roles)
+            let issued = KeyAdmin::new(&*store, &config.roles)
                 .create(&NewKey {
                     name,
                     role,
@@ -369,7 +393,7 @@ fn keys(cmd: KeysCommand) -> Result<(), Failure> {
                     expires_in,
                 })
                 .map_err(key_failure)?;
-            cli_audit(audit.as_ref(), &store, "key.create", &issued.record.id)?;
+            cli_audit(audit.as_ref(), &*store, "key.create", &issued.record.id)?;
             println!("{}", issued.key.as_str());
             eprintln!(
                 "created key {} ({}); it is shown only this once",
@@ -411,10 +435,10 @@ fn keys(cmd: KeysCommand) -> Result<(), Failure> {
             let config = load_config(&location, Overrides::default())?;
             let audit = CliAudit::prepare(&config)?;
             let store = open_store(&config)?;
-            KeyAdmin::new(&store, &config.roles)
+            KeyAdmin::new(&*store, &config.roles)
                 .revoke(&id)
                 .map_err(key_failure)?;
-            cli_audit(audit.as_ref(), &store, "key.revoke", &id)?;
+            cli_audit(audit.as_ref(), &*store, "key.revoke", &id)?;
             eprintln!("revoked key {id}");
             Ok(())
         }
@@ -431,10 +455,10 @@ fn keys(cmd: KeysCommand) -> Result<(), Failure> {
                     .map_err(|e| Failure::usage(format!("--grace {g:?}: {e}")))?,
             };
             let store = open_store(&config)?;
-            let issued = KeyAdmin::new(&store, &config.roles)
+            let issued = KeyAdmin::new(&*store, &config.roles)
                 .rotate(&id, grace)
                 .map_err(key_failure)?;
-            cli_audit(audit.as_ref(), &store, "key.rotate", &id)?;
+            cli_audit(audit.as_ref(), &*store, "key.rotate", &id)?;
             println!("{}", issued.key.as_str());
             eprintln!(
                 "new key {} ({}); it is shown only this once. The old key {id} works for {} more",
@@ -582,10 +606,10 @@ fn users(cmd: UsersCommand) -> Result<(), Failure> {
             let audit = CliAudit::prepare(&config)?;
             let password = read_password()?;
             let store = open_store(&config)?;
-            let user = Accounts::new(&store, &config.roles)
+            let user = Accounts::new(&*store, &config.roles)
                 .add_user(&name, &role, &password)
                 .map_err(account_failure)?;
-            cli_audit(audit.as_ref(), &store, "user.create", &user.name)?;
+            cli_audit(audit.as_ref(), &*store, "user.create", &user.name)?;
             eprintln!("added user {} with role {}", user.name, user.role);
             Ok(())
         }
@@ -614,10 +638,10 @@ fn users(cmd: UsersCommand) -> Result<(), Failure> {
             let config = load_config(&location, Overrides::default())?;
             let audit = CliAudit::prepare(&config)?;
             let store = open_store(&config)?;
-            Accounts::new(&store, &config.roles)
+            Accounts::new(&*store, &config.roles)
                 .disable_user(&name)
                 .map_err(account_failure)?;
-            cli_audit(audit.as_ref(), &store, "user.disable", &name)?;
+            cli_audit(audit.as_ref(), &*store, "user.disable", &name)?;
             eprintln!("disabled user {name}");
             Ok(())
         }
@@ -634,10 +658,10 @@ fn clients(cmd: ClientsCommand) -> Result<(), Failure> {
             let config = load_config(&location, Overrides::default())?;
             let audit = CliAudit::prepare(&config)?;
             let store = open_store(&config)?;
-            let issued = Accounts::new(&store, &config.roles)
+            let issued = Accounts::new(&*store, &config.roles)
                 .add_client(&name, &role)
                 .map_err(account_failure)?;
-            cli_audit(audit.as_ref(), &store, "client.create", &issued.record.id)?;
+            cli_audit(audit.as_ref(), &*store, "client.create", &issued.record.id)?;
             println!("client_id={}", issued.record.id);
             println!("client_secret={}", issued.secret.as_str());
             eprintln!(
@@ -675,10 +699,10 @@ fn clients(cmd: ClientsCommand) -> Result<(), Failure> {
             let config = load_config(&location, Overrides::default())?;
             let audit = CliAudit::prepare(&config)?;
             let store = open_store(&config)?;
-            Accounts::new(&store, &config.roles)
+            Accounts::new(&*store, &config.roles)
                 .revoke_client(&id)
                 .map_err(account_failure)?;
-            cli_audit(audit.as_ref(), &store, "client.revoke", &id)?;
+            cli_audit(audit.as_ref(), &*store, "client.revoke", &id)?;
             eprintln!("revoked client {id}");
             Ok(())
         }
@@ -811,7 +835,7 @@ impl CliAudit {
 /// happened; if its record cannot be written the command fails loudly.
 fn cli_audit(
     audit: Option<&CliAudit>,
-    store: &SqliteStore,
+    store: &dyn Store,
     action: &str,
     target: &str,
 ) -> Result<(), Failure> {

@@ -34,6 +34,8 @@ mod integrity;
 mod limits;
 #[path = "e2e/observe.rs"]
 mod observe;
+#[path = "e2e/replicas.rs"]
+mod replicas;
 #[path = "e2e/transport.rs"]
 mod transport;
 

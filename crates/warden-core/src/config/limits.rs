@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{ConfigError, duration, invalid};
+use super::{ConfigError, RawUrl, duration, invalid};
 use crate::principal::Roles;
-use crate::secret::{Secret, SecretSource};
+use crate::secret::Secret;
 
 /// `[limits]`
 #[derive(Debug, Default, Deserialize)]
@@ -19,7 +19,7 @@ pub struct RawLimits {
     /// With `backend = "redis"`: e.g. `redis://127.0.0.1:6379/0`. A URL with
     /// a password is a secret: `{ env = "…" }` or `{ file = "…" }` (written
     /// inline it is refused).
-    pub redis_url: Option<RawRedisUrl>,
+    pub redis_url: Option<RawUrl>,
     /// Prefix of every Redis key. Default `warden:`.
     pub redis_prefix: Option<String>,
     /// When Redis is unreachable, quotas `"refuse"` (default: 503) or `"allow"`.
@@ -221,27 +221,6 @@ fn rate_map(
         .collect()
 }
 
-/// `limits.redis_url`: inline, or a secret when it carries a password.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-pub enum RawRedisUrl {
-    /// Written in the file: no password allowed.
-    Inline(String),
-    /// `{ env = … }` or `{ file = … }`.
-    Secret(SecretSource),
-}
-
-/// Whether a URL may carry a password (`scheme://user:password@host`,
-/// `scheme://:password@host`). Cautious on purpose: everything before the
-/// last `@` counts, so a password holding an unencoded `/`, `?` or `#` is
-/// caught too (at the price of refusing inline the rare URL with both a `:`
-/// and an `@` in its path or query).
-fn has_password(url: &str) -> bool {
-    let rest = url.split_once("://").map_or(url, |(_, r)| r);
-    rest.rsplit_once('@')
-        .is_some_and(|(userinfo, _)| userinfo.contains(':'))
-}
-
 /// Validates `[limits]`.
 pub(super) fn limits(
     raw: RawLimits,
@@ -263,18 +242,7 @@ pub(super) fn limits(
                         "backend = \"redis\" needs redis_url, e.g. redis://127.0.0.1:6379",
                     ));
                 }
-                Some(RawRedisUrl::Inline(url)) => {
-                    if has_password(&url) {
-                        return Err(invalid(
-                            "limits.redis_url",
-                            "a URL with a password is a secret: give it as { env = \"…\" } or { file = \"…\" }",
-                        ));
-                    }
-                    Secret::new(url.into_bytes())
-                }
-                Some(RawRedisUrl::Secret(source)) => source
-                    .read(allow_readable_secret_files)
-                    .map_err(|e| invalid("limits.redis_url", e.to_string()))?,
+                Some(raw) => raw.read("limits.redis_url", allow_readable_secret_files)?,
             };
             let Ok(url_text) = std::str::from_utf8(url.expose()) else {
                 return Err(invalid("limits.redis_url", "not UTF-8"));

@@ -242,13 +242,13 @@ async fn rows_quotas_bans_and_spoofed_forwarding_headers() {
 }
 
 /// A redis-server on a free port, started and stopped by the test.
-struct Redis {
+pub(super) struct Redis {
     child: Child,
-    port: u16,
+    pub(super) port: u16,
 }
 
 impl Redis {
-    fn start(port: Option<u16>) -> Self {
+    pub(super) fn start(port: Option<u16>) -> Self {
         let port = port.unwrap_or_else(|| {
             TcpListener::bind("127.0.0.1:0")
                 .unwrap()
