@@ -104,7 +104,12 @@ def check_k8s(objects):
             c["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
             and c["livenessProbe"]["httpGet"]["scheme"] == "HTTPS"
             and c["livenessProbe"]["httpGet"]["port"] == "admin",
-        "Recreate (one SQLite writer)": dep["spec"].get("strategy", {}).get("type") == "Recreate",
+        "RollingUpdate (replicas share PostgreSQL and Redis)":
+            dep["spec"].get("strategy", {}).get("type") == "RollingUpdate",
+        "each pod's audit chain id is its name (WARDEN_REPLICA)": any(
+            e.get("name") == "WARDEN_REPLICA"
+            and e.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "metadata.name"
+            for e in c.get("env", [])),
         "replicas left to the HPA": "replicas" not in dep["spec"],
         "readiness on /v2/health/ready over HTTPS":
             c["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
@@ -129,10 +134,19 @@ def check_k8s(objects):
     for path in re.findall(r'file = "([^"]+)"', config):
         if not any(path.startswith(d + "/") for d in secret_dirs):
             fail(f"configuration reads secret {path}, which no Secret volume provides")
+    if "[store]" not in config or 'url = { file = "/etc/warden/postgres/' not in config:
+        fail("the configuration does not put the store in PostgreSQL (a URL from a Secret file)")
+    hpa = next(doc for _, doc in objects if doc["kind"] == "HorizontalPodAutoscaler")
+    if hpa["spec"]["minReplicas"] < 2 or hpa["spec"]["maxReplicas"] < hpa["spec"]["minReplicas"]:
+        fail("the HPA does not keep at least two replicas")
+    pdb = next(doc for _, doc in objects if doc["kind"] == "PodDisruptionBudget")
+    if pdb["spec"].get("minAvailable") != 1:
+        fail("the PodDisruptionBudget does not keep one pod available")
     policy = next(doc for _, doc in objects if doc["kind"] == "NetworkPolicy")
     if sorted(policy["spec"]["policyTypes"]) != ["Egress", "Ingress"]:
         fail("the NetworkPolicy does not restrict both directions")
     print("Deployment: non-root, read-only root, no capabilities, RuntimeDefault seccomp, OIP probes, "
+          f"rolling updates, HPA {hpa['spec']['minReplicas']}-{hpa['spec']['maxReplicas']} replicas, PDB minAvailable 1, "
           f"{len(secret_dirs)} Secrets as files (0440), each secret path of the configuration mounted")
     return config
 
@@ -161,6 +175,8 @@ def stand_ins(config, work, binary):
             target.write_bytes(signing)
         elif "redis" in path:
             target.write_text("redis://:stand-in-password@127.0.0.1:6379/0\n")
+        elif "postgres" in path:
+            target.write_text("postgres://warden:stand-in-password@127.0.0.1:5432/warden\n")
         else:
             target.write_text(os.urandom(32).hex() + "\n")
         target.chmod(0o600)

@@ -486,6 +486,8 @@ pub struct Overrides {
     pub data_dir: Option<PathBuf>,
     /// `--admin-listen`
     pub admin_listen: Option<String>,
+    /// `--replica` (or `WARDEN_REPLICA`): this replica's audit chain id.
+    pub replica: Option<String>,
 }
 
 /// Where the data-plane certificate comes from.
@@ -901,7 +903,11 @@ impl Config {
                 }
                 None => AuditKeySource::File(data_dir.join("audit.key")),
             };
-            let replica = audit.replica.unwrap_or_else(|| "local".into());
+            let replica = overrides
+                .replica
+                .clone()
+                .or(audit.replica)
+                .unwrap_or_else(|| "local".into());
             if !crate::is_model_name(&replica) {
                 return Err(invalid(
                     "audit.replica",
@@ -1245,8 +1251,10 @@ mod tests {
             models_dir: Some("m".into()),
             data_dir: Some("d".into()),
             admin_listen: Some("127.0.0.1:0".into()),
+            replica: Some("pod-7f9c".into()),
         };
         let c = Config::default_with(&o).unwrap();
+        assert_eq!(c.audit.as_ref().unwrap().replica, "pod-7f9c");
         assert_eq!(c.listen.port(), 0);
         assert_eq!(c.models_dir, Path::new("m"));
         assert!(
@@ -1550,5 +1558,44 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.starts_with("limits.redis_url:"), "{e}");
+    }
+
+    #[test]
+    fn the_store_url_picks_postgresql_and_a_password_is_a_secret() {
+        let c = parse("[store]\nurl = \"postgres://warden@db:5432/warden\"\n").unwrap();
+        assert!(
+            matches!(&c.store, StoreLocation::Postgres(u) if u.expose() == b"postgres://warden@db:5432/warden")
+        );
+        assert!(c.summary().contains("store: postgresql (URL not shown)"));
+        for (text, why) in [
+            (
+                "[store]\nurl = \"postgres://warden:hunter2@db/w\"\n",
+                "a secret",
+            ),
+            ("[store]\nurl = \"mysql://db/w\"\n", "expected postgres://"),
+            (
+                "[store]\nurl = \"postgres://db/w\"\nsqlite = \"x.db\"\n",
+                "not both",
+            ),
+        ] {
+            let e = parse(text).unwrap_err().to_string();
+            assert!(
+                e.starts_with("store.url:") && e.contains(why),
+                "{text}: {e}"
+            );
+            assert!(!e.contains("hunter2"), "{e}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pg-url");
+        std::fs::write(&file, "postgresql://warden:hunter2@db/w\n").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let c = parse(&format!("[store]\nurl = {{ file = {file:?} }}\n")).unwrap();
+        assert!(!format!("{c:?}").contains("hunter2") && !c.summary().contains("hunter2"));
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = parse(&format!("[store]\nurl = {{ file = {file:?} }}\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("store.url:"), "{e}");
     }
 }

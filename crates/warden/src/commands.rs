@@ -121,6 +121,7 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
             listen: args.listen,
             admin_listen: args.admin_listen,
             data_dir: None,
+            replica: args.replica,
         },
     )?;
     let (log, _log_guard) = init_logging(&config)?;

@@ -23,8 +23,9 @@ fn the_image_and_the_manifests_pass_their_offline_checks() {
     );
     for line in [
         "Dockerfile: hadolint clean",
-        "deploy/k8s: 12 objects valid",
+        "deploy/k8s: 13 objects valid",
         "Deployment: non-root",
+        "rolling updates, HPA 2-10 replicas, PDB minAvailable 1",
         "deploy/k8s/configmap.yaml: warden config check passes",
         "deploy/docker/warden.toml: warden config check passes",
     ] {
