@@ -537,7 +537,10 @@ async fn health_checks(inner: Weak<Inner>) {
         let probe = inner
             .client
             .get(&inner.ready_url)
-            .timeout(inner.settings.timeout.min(period))
+            // Bounded by the period (checks never pile up), not by the
+            // call timeout: a card may give inference a tighter deadline
+            // than a readiness answer needs.
+            .timeout(period)
             .send()
             .await;
         let verdict = match probe {
