@@ -15,7 +15,7 @@
 //! second.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -163,6 +163,9 @@ pub struct Authenticator {
     roles: Arc<Roles>,
     cache_ttl: Duration,
     cache: RwLock<HashMap<String, Cached>>,
+    /// Bumped by every forget: a lookup that read the store before a
+    /// revocation must not put the old record back afterwards.
+    forgets: AtomicU64,
     used: Mutex<HashMap<String, i64>>,
     jwt: Option<JwtVerifier>,
     mtls: HashMap<String, Principal>,
@@ -184,6 +187,7 @@ impl Authenticator {
             roles,
             cache_ttl: CACHE_TTL,
             cache: RwLock::new(HashMap::new()),
+            forgets: AtomicU64::new(0),
             used: Mutex::new(HashMap::new()),
             jwt: None,
             mtls: HashMap::new(),
@@ -274,10 +278,23 @@ impl Authenticator {
     /// Drops a key from the cache, so a revocation or rotation made through
     /// this process takes effect at once.
     pub fn forget_key(&self, id: &str) {
-        self.cache
+        let mut cache = self
+            .cache
             .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(id);
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.forgets.fetch_add(1, Ordering::SeqCst);
+        cache.remove(id);
+    }
+
+    /// Empties the cache (after announcements of changes may have been
+    /// missed, e.g. while the subscription to them was down).
+    pub fn forget_all(&self) {
+        let mut cache = self
+            .cache
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.forgets.fetch_add(1, Ordering::SeqCst);
+        cache.clear();
     }
 
     /// Writes pending last-use times to the store. Blocking.
@@ -314,6 +331,7 @@ impl Authenticator {
         if let Some(hit) = self.read_cache(id) {
             return Ok(hit);
         }
+        let forgets = self.forgets.load(Ordering::SeqCst);
         let store = Arc::clone(&self.store);
         let owned = id.to_owned();
         let record = tokio::task::spawn_blocking(move || store.get_key(&owned))
@@ -334,6 +352,11 @@ impl Authenticator {
             .cache
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if self.forgets.load(Ordering::SeqCst) != forgets {
+            // A key was revoked or rotated while this record was read: it
+            // may be the stale one, so answer from it once, keep nothing.
+            return Ok(record);
+        }
         if cache.len() >= CACHE_CAPACITY {
             cache.clear();
         }

@@ -136,6 +136,18 @@ impl<'s, S: Store + ?Sized> KeyAdmin<'s, S> {
         })
     }
 
+    /// Creates and stores a key only if no key of its role is active (one
+    /// atomic step in the store); `None` if one is. The bootstrap admin key.
+    pub fn create_first(&self, new: &NewKey) -> Result<Option<IssuedKey>, KeyError> {
+        match self.issue(new, None, |record| {
+            self.store.insert_key_if_role_unused(record, unix_now())
+        }) {
+            Ok(issued) => Ok(Some(issued)),
+            Err(KeyError::NotFound(id)) if id.is_empty() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Issues a replacement for `id` with the same name, role, models and
     /// lifetime; the old key keeps working for `grace` (zero: it stops at
     /// once), in one transaction.

@@ -276,8 +276,19 @@ impl RawUrl {
 /// and an `@` in its path or query).
 fn has_password(url: &str) -> bool {
     let rest = url.split_once("://").map_or(url, |(_, r)| r);
-    rest.rsplit_once('@')
-        .is_some_and(|(userinfo, _)| userinfo.contains(':'))
+    let in_userinfo = rest
+        .rsplit_once('@')
+        .is_some_and(|(userinfo, _)| userinfo.contains(':'));
+    // libpq's `?password=` and redis-rs's `?pass=` (either case; a key
+    // with a '%' escape counts too, whatever it encodes).
+    let in_query = rest.split_once('?').is_some_and(|(_, query)| {
+        query.split('&').any(|pair| {
+            let key = pair.split_once('=').map_or(pair, |(k, _)| k);
+            let key = key.to_ascii_lowercase();
+            key == "password" || key == "pass" || key.contains('%')
+        })
+    });
+    in_userinfo || in_query
 }
 
 /// Where Warden's persistent state lives.
@@ -1570,6 +1581,14 @@ mod tests {
         for (text, why) in [
             (
                 "[store]\nurl = \"postgres://warden:hunter2@db/w\"\n",
+                "a secret",
+            ),
+            (
+                "[store]\nurl = \"postgres://warden@db/w?sslmode=require&password=hunter2\"\n",
+                "a secret",
+            ),
+            (
+                "[store]\nurl = \"postgres://warden@db/w?PassWord=hunter2\"\n",
                 "a secret",
             ),
             ("[store]\nurl = \"mysql://db/w\"\n", "expected postgres://"),

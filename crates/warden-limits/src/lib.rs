@@ -198,8 +198,10 @@ impl Limiter {
     }
 
     /// Calls `forget` with every key id another replica announces (see
-    /// [`Self::announce_key_change`]); nothing without Redis.
-    pub fn on_key_change(&self, forget: impl Fn(&str) + Send + Sync + 'static) {
+    /// [`Self::announce_key_change`]), and with `None` whenever the
+    /// subscription is (re)established (forget every key: announcements may
+    /// have been missed); nothing without Redis.
+    pub fn on_key_change(&self, forget: impl Fn(Option<&str>) + Send + Sync + 'static) {
         if let Some(s) = &self.shared {
             s.on_key_change(Box::new(forget));
         }

@@ -71,6 +71,9 @@ redis.call('SET', KEYS[2], level, 'PX', math.floor(d))
 return math.floor(d)
 ";
 
+/// Called with a changed key's id, or `None` for "forget every key".
+pub(crate) type ForgetKey = dyn Fn(Option<&str>) + Send + Sync;
+
 /// The Redis side of the limiter.
 pub(crate) struct Shared {
     client: redis::Client,
@@ -343,12 +346,13 @@ impl Shared {
     }
 
     /// Calls `forget` with each key id announced by any replica, for as long
-    /// as `self` lives; reconnects after a second when the subscription
-    /// drops (announcements made meanwhile are missed: the key cache's TTL
-    /// bounds how long a missed revocation is honoured).
+    /// as `self` lives, and with `None` each time the subscription is
+    /// (re)established: announcements made while it was down are missed,
+    /// so the caller forgets everything then. Resubscribes after a second
+    /// when the subscription drops.
     pub(crate) fn on_key_change(
         self: &std::sync::Arc<Self>,
-        forget: Box<dyn Fn(&str) + Send + Sync>,
+        forget: Box<ForgetKey>,
     ) {
         use futures_util::StreamExt;
         let weak = std::sync::Arc::downgrade(self);
@@ -364,6 +368,7 @@ impl Shared {
                 drop(this);
                 match subscribed {
                     Ok(pubsub) => {
+                        forget(None);
                         if warned {
                             tracing::info!("key-change announcements received again");
                             warned = false;
@@ -371,7 +376,7 @@ impl Shared {
                         let mut messages = pubsub.into_on_message();
                         while let Some(message) = messages.next().await {
                             if let Ok(id) = message.get_payload::<String>() {
-                                forget(&id);
+                                forget(Some(&id));
                             }
                         }
                     }

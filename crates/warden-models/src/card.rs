@@ -80,6 +80,10 @@ struct RawUpstream {
     /// How long an open breaker refuses calls before one trial. Default 10s.
     #[serde(default, deserialize_with = "warden_core::config::duration")]
     breaker_open_for: Option<std::time::Duration>,
+    /// Acknowledges `http://` to a host that is not loopback: the validated
+    /// inputs and the answers then cross the network in clear.
+    #[serde(default)]
+    allow_plaintext: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -427,9 +431,23 @@ fn upstream(raw: RawUpstream) -> Result<Upstream, CardError> {
             "must be a base URL: scheme, host, optional port and path; no credentials, query or fragment",
         ));
     }
-    let https = url.starts_with("https://");
+    let parsed = reqwest::Url::parse(&url).map_err(|e| bad("url", &format!("not a URL: {e}")))?;
+    let host = parsed.host_str().ok_or_else(|| bad("url", "no host"))?;
+    let https = parsed.scheme() == "https";
     if !https && (raw.ca.is_some() || raw.client_cert.is_some()) {
         return Err(bad("ca", "ca and client_cert need an https:// url"));
+    }
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if !https && !loopback && !raw.allow_plaintext {
+        return Err(bad(
+            "url",
+            "plaintext http:// to a host that is not loopback sends inputs and answers in clear: use https:// or set upstream.allow_plaintext = true",
+        ));
     }
     for (key, v) in [("model", &raw.model), ("version", &raw.version)] {
         if let Some(v) = v

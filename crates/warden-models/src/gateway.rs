@@ -89,6 +89,12 @@ enum CallError {
 }
 
 impl CallError {
+    /// A 4xx other than 408 and 429: the server is up and refused this
+    /// request (e.g. a batch above its own limit).
+    fn upstream_is_alive(&self) -> bool {
+        matches!(self, Self::Status(s) if (400..500).contains(s) && *s != 408 && *s != 429)
+    }
+
     fn outcome(&self) -> &'static str {
         match self {
             Self::Connect(_) => "connect",
@@ -168,7 +174,10 @@ fn client(settings: &Upstream, dir: &Path) -> Result<reqwest::Client, String> {
         .no_proxy()
         .tcp_nodelay(true)
         .pool_max_idle_per_host(settings.max_in_flight)
-        .pool_idle_timeout(Duration::from_secs(60))
+        // Under the 5 s after which uvicorn-based servers (MLServer, KServe)
+        // close an idle connection, so a request is not sent on one they
+        // are closing.
+        .pool_idle_timeout(Duration::from_secs(4))
         .user_agent(concat!("warden/", env!("CARGO_PKG_VERSION")));
     if let Some(ca) = &settings.ca {
         let certs = reqwest::Certificate::from_pem_bundle(&read(ca)?)
@@ -252,9 +261,17 @@ impl Inner {
             self.count("breaker_open");
             return Err(EngineError::Unavailable);
         }
+        // From here the breaker hears how the call ended, even when the
+        // request is dropped half-way (client gone, server.request_timeout):
+        // a call that never finished counts as a failure.
+        let mut attempt = Attempt {
+            inner: self,
+            settled: false,
+        };
         let Ok(Ok(_permit)) =
             tokio::time::timeout(self.queue_timeout, self.permits.acquire()).await
         else {
+            attempt.settled = true;
             self.breaker.release_trial();
             return Err(EngineError::Overloaded);
         };
@@ -263,6 +280,7 @@ impl Inner {
             Ok(r) => r,
             Err(_) => Err(CallError::Timeout),
         };
+        attempt.settled = true;
         match result {
             Ok(prediction) => {
                 self.count("ok");
@@ -274,7 +292,14 @@ impl Inner {
             Err(e) => {
                 self.count(e.outcome());
                 tracing::warn!(model = %self.model, upstream = %self.infer_url, error = %e, "upstream call failed");
-                if self.breaker.failure() {
+                if e.upstream_is_alive() {
+                    // It answered: a refusal of this request (4xx) says
+                    // nothing about the server's health, so one caller's
+                    // bad batches cannot open the breaker for everyone.
+                    if self.breaker.success() {
+                        self.opened_or_closed(false, "the upstream answered");
+                    }
+                } else if self.breaker.failure() {
                     self.opened_or_closed(true, &e.to_string());
                 }
                 Err(match e {
@@ -439,6 +464,25 @@ impl Inner {
     }
 }
 
+/// A call admitted by the breaker; dropped unsettled (the request went
+/// away mid-call), it counts as a failed call.
+struct Attempt<'a> {
+    inner: &'a Inner,
+    settled: bool,
+}
+
+impl Drop for Attempt<'_> {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.inner.count("cancelled");
+            if self.inner.breaker.failure() {
+                self.inner
+                    .opened_or_closed(true, "calls were abandoned before the upstream answered");
+            }
+        }
+    }
+}
+
 /// Whether a tensor's declared shape fits `rows × cols` (`[rows]` or
 /// `[rows, 1]` for one column; an absent shape is judged by the data alone).
 fn shape_is(shape: &[u64], rows: usize, cols: usize) -> bool {
@@ -549,7 +593,7 @@ async fn health_checks(inner: Weak<Inner>) {
             Err(e) => Err(format!("readiness check failed: {}", source_chain(&e))),
         };
         match verdict {
-            Ok(()) if inner.breaker.close() => {
+            Ok(()) if inner.breaker.healthy() => {
                 inner.opened_or_closed(false, "readiness check passed")
             }
             Err(why) if inner.breaker.trip() => inner.opened_or_closed(true, &why),
@@ -561,18 +605,26 @@ async fn health_checks(inner: Weak<Inner>) {
 /// A circuit breaker: closed (calls pass; failures in a row are counted),
 /// open (calls are refused until a time), half-open (one trial call is in
 /// flight; its outcome closes or re-opens the breaker).
+///
+/// The health check and the calls share it without undoing each other: a
+/// failed readiness check opens it; a passing one closes it only if a
+/// readiness check opened it, and otherwise, when calls opened it, only
+/// lets the next call be the trial at once (a server that says it is ready
+/// but fails inference stays open).
 #[derive(Debug)]
 struct Breaker {
     threshold: u32,
     open_for: Duration,
     state: Mutex<State>,
+    /// Mirrors "state is not Closed", for lock-free readiness reads;
+    /// written only under the state lock.
     open: AtomicBool,
 }
 
 #[derive(Debug, Clone, Copy)]
 enum State {
     Closed { failures: u32 },
-    Open { until: Instant },
+    Open { until: Instant, by_health: bool },
     HalfOpen,
 }
 
@@ -584,6 +636,13 @@ impl Breaker {
             state: Mutex::new(State::Closed { failures: 0 }),
             open: AtomicBool::new(false),
         }
+    }
+
+    /// Sets the state; returns whether the open flag changed.
+    fn set(&self, state: &mut State, new: State) -> bool {
+        *state = new;
+        let open = !matches!(new, State::Closed { .. });
+        self.open.swap(open, Ordering::Relaxed) != open
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -601,63 +660,78 @@ impl Breaker {
         let mut state = self.state();
         match *state {
             State::Closed { .. } => true,
-            State::Open { until } if Instant::now() >= until => {
-                *state = State::HalfOpen;
+            State::Open { until, .. } if Instant::now() >= until => {
+                self.set(&mut state, State::HalfOpen);
                 true
             }
             State::Open { .. } | State::HalfOpen => false,
         }
     }
 
-    /// A trial admitted but never sent (the caller gave up waiting): let
-    /// the next caller try.
+    /// A trial admitted but never sent (no room within the queue timeout):
+    /// let the next caller try.
     fn release_trial(&self) {
         let mut state = self.state();
         if matches!(*state, State::HalfOpen) {
-            *state = State::Open {
+            let reopened = State::Open {
                 until: Instant::now(),
+                by_health: false,
             };
+            self.set(&mut state, reopened);
         }
     }
 
-    /// A call succeeded. Returns true if that closed the breaker.
+    /// A call succeeded (or the server answered). Returns true if that
+    /// closed the breaker.
     fn success(&self) -> bool {
-        self.close()
+        let mut state = self.state();
+        self.set(&mut state, State::Closed { failures: 0 })
     }
 
     /// A call failed. Returns true if that opened the breaker.
     fn failure(&self) -> bool {
         let mut state = self.state();
-        match *state {
-            State::Closed { failures } if failures + 1 < self.threshold => {
-                *state = State::Closed {
-                    failures: failures + 1,
-                };
-                false
-            }
-            State::Closed { .. } | State::HalfOpen => {
-                *state = State::Open {
-                    until: Instant::now() + self.open_for,
-                };
-                !self.open.swap(true, Ordering::Relaxed)
-            }
-            State::Open { .. } => false,
-        }
-    }
-
-    /// Opens the breaker now (the server says it is not ready). Returns
-    /// true if it was not open.
-    fn trip(&self) -> bool {
-        *self.state() = State::Open {
-            until: Instant::now() + self.open_for,
+        let next = match *state {
+            State::Closed { failures } if failures + 1 < self.threshold => State::Closed {
+                failures: failures + 1,
+            },
+            State::Closed { .. } | State::HalfOpen => State::Open {
+                until: Instant::now() + self.open_for,
+                by_health: false,
+            },
+            open @ State::Open { .. } => open,
         };
-        !self.open.swap(true, Ordering::Relaxed)
+        self.set(&mut state, next)
     }
 
-    /// Closes the breaker. Returns true if it was open.
-    fn close(&self) -> bool {
-        *self.state() = State::Closed { failures: 0 };
-        self.open.swap(false, Ordering::Relaxed)
+    /// A readiness check failed: open now. Returns true if it was not open.
+    fn trip(&self) -> bool {
+        let mut state = self.state();
+        let open = State::Open {
+            until: Instant::now() + self.open_for,
+            by_health: true,
+        };
+        self.set(&mut state, open)
+    }
+
+    /// A readiness check passed. Returns true if that closed the breaker.
+    fn healthy(&self) -> bool {
+        let mut state = self.state();
+        match *state {
+            State::Open {
+                by_health: true, ..
+            } => self.set(&mut state, State::Closed { failures: 0 }),
+            State::Open {
+                by_health: false, ..
+            } => {
+                let trial_now = State::Open {
+                    until: Instant::now(),
+                    by_health: false,
+                };
+                self.set(&mut state, trial_now)
+            }
+            State::Closed { .. } | State::HalfOpen => false,
+        }
     }
 }
 
@@ -685,8 +759,32 @@ mod tests {
         assert!(b.admit());
         assert!(b.success(), "a good trial closes it");
         assert!(!b.is_open() && b.admit());
-        assert!(b.trip() && !b.trip(), "a failed health check opens it once");
-        assert!(b.close() && !b.is_open());
+    }
+
+    #[test]
+    fn health_checks_and_calls_do_not_undo_each_other() {
+        let b = Breaker::new(2, Duration::from_secs(60));
+        // A readiness failure opens it; a readiness pass closes it.
+        assert!(b.trip() && !b.trip());
+        assert!(b.healthy() && !b.is_open());
+        // Passing checks do not reset the failure count while closed.
+        assert!(!b.failure());
+        assert!(!b.healthy());
+        assert!(b.failure(), "the second failure in a row still opens it");
+        // Opened by calls: a passing check does not close it, it only
+        // makes the next call the trial, without waiting a minute.
+        assert!(!b.healthy());
+        assert!(b.is_open());
+        assert!(b.admit(), "the trial goes at once");
+        assert!(!b.admit());
+        assert!(!b.failure(), "the trial failed: open again, for open_for");
+        assert!(b.is_open() && !b.admit());
+        // A trial that could not be sent hands the turn to the next caller.
+        assert!(!b.healthy());
+        assert!(b.admit());
+        b.release_trial();
+        assert!(b.admit());
+        assert!(b.success() && !b.is_open());
     }
 
     fn backend(card: &str) -> Inner {
@@ -774,28 +872,47 @@ mod tests {
             )
             .map(|c| c.upstream.unwrap())
         };
+        for ok in [
+            "url = \"http://localhost:8080\"",
+            "url = \"http://[::1]:8080\"",
+            "url = \"http://127.0.0.2\"",
+            "url = \"http://models.internal\"\nallow_plaintext = true",
+        ] {
+            with(ok).unwrap();
+        }
         let u = with("url = \"https://triton:8000/base/\"\ntimeout = \"250ms\"").unwrap();
         assert_eq!(u.url, "https://triton:8000/base");
         assert_eq!(u.timeout, Duration::from_millis(250));
         assert_eq!((u.retries, u.breaker_failures), (2, 5));
         for (table, key) in [
             ("url = \"ftp://x\"", "upstream.url"),
+            ("url = \"http://models.internal:8080\"", "upstream.url"),
+            ("url = \"https://x:99999\"", "upstream.url"),
             ("url = \"http://user:pw@x\"", "upstream.url"),
             ("url = \"http://x?a=b\"", "upstream.url"),
-            ("url = \"http://x\"\nca = \"ca.pem\"", "upstream.ca"),
+            ("url = \"http://localhost\"\nca = \"ca.pem\"", "upstream.ca"),
             (
                 "url = \"https://x\"\nclient_cert = \"c.pem\"",
                 "upstream.client_cert",
             ),
-            ("url = \"http://x\"\ntimeout = \"0s\"", "upstream.timeout"),
-            ("url = \"http://x\"\nretries = 11", "upstream.retries"),
-            ("url = \"http://x\"\nmodel = \"../etc\"", "upstream.model"),
             (
-                "url = \"http://x\"\nbreaker_failures = 0",
+                "url = \"http://localhost\"\ntimeout = \"0s\"",
+                "upstream.timeout",
+            ),
+            (
+                "url = \"http://localhost\"\nretries = 11",
+                "upstream.retries",
+            ),
+            (
+                "url = \"http://localhost\"\nmodel = \"../etc\"",
+                "upstream.model",
+            ),
+            (
+                "url = \"http://localhost\"\nbreaker_failures = 0",
                 "upstream.breaker_failures",
             ),
             (
-                "url = \"http://x\"\nmax_in_flight = 0",
+                "url = \"http://localhost\"\nmax_in_flight = 0",
                 "upstream.max_in_flight",
             ),
         ] {

@@ -286,6 +286,10 @@ pub trait Store: Send + Sync + 'static {
         now: i64,
         old_ends: i64,
     ) -> Result<bool, StoreError>;
+    /// Adds `key` only if no key with its role is active at `now`, as one
+    /// atomic step (replicas starting together create one bootstrap admin
+    /// key, not one each). Returns whether it was added.
+    fn insert_key_if_role_unused(&self, key: &ApiKeyRecord, now: i64) -> Result<bool, StoreError>;
     /// Whether any active key carries `role` at `now`.
     fn has_active_key_with_role(&self, role: &str, now: i64) -> Result<bool, StoreError>;
     /// Records last-use times (id, Unix seconds), keeping the later time.

@@ -240,6 +240,25 @@ impl Store for SqliteStore {
         Ok(true)
     }
 
+    fn insert_key_if_role_unused(&self, key: &ApiKeyRecord, now: i64) -> Result<bool, StoreError> {
+        let mut conn = self.conn();
+        // IMMEDIATE: the write lock is taken before the check, so another
+        // process on the same file cannot insert in between.
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let taken: bool = tx.query_row(
+            "SELECT EXISTS(SELECT 1 FROM api_keys WHERE role = ?1 AND revoked_at IS NULL
+             AND (expires_at IS NULL OR expires_at > ?2))",
+            params![key.role, now],
+            |r| r.get(0),
+        )?;
+        if taken {
+            return Ok(false);
+        }
+        insert(&tx, key)?;
+        tx.commit()?;
+        Ok(true)
+    }
+
     fn has_active_key_with_role(&self, role: &str, now: i64) -> Result<bool, StoreError> {
         let conn = self.conn();
         let mut stmt = conn.prepare_cached(

@@ -95,6 +95,49 @@ fn replicas_starting_together_migrate_once() {
 }
 
 #[test]
+fn replicas_starting_together_create_one_first_admin_key() {
+    let server = TestPostgres::start();
+    let url = server.create_database("bootstrap", false);
+    let barrier = Arc::new(std::sync::Barrier::new(4));
+    let starts: Vec<_> = (0..4)
+        .map(|i| {
+            let (url, barrier) = (url.clone(), Arc::clone(&barrier));
+            std::thread::spawn(move || {
+                let store = PostgresStore::connect(&url).unwrap();
+                let mut record = warden_store::ApiKeyRecord {
+                    id: format!("admin{i}"),
+                    name: "bootstrap-admin".into(),
+                    role: "admin".into(),
+                    models: None,
+                    secret_hash: [1; 32],
+                    created_at: 100,
+                    expires_at: None,
+                    revoked_at: None,
+                    rotated_from: None,
+                    last_used_at: None,
+                };
+                record.created_at += i;
+                barrier.wait();
+                store.insert_key_if_role_unused(&record, 200).unwrap()
+            })
+        })
+        .collect();
+    let created = starts
+        .into_iter()
+        .map(|t| t.join().unwrap())
+        .filter(|c| *c)
+        .count();
+    assert_eq!(created, 1);
+    assert_eq!(
+        server.psql(
+            "bootstrap",
+            "SELECT count(*) FROM api_keys WHERE role = 'admin'"
+        ),
+        "1"
+    );
+}
+
+#[test]
 fn the_schema_matches_sqlite_types() {
     let server = TestPostgres::start();
     let store = PostgresStore::connect(&server.url).unwrap();

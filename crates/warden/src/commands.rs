@@ -225,10 +225,10 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
         // this one's key cache at once (Redis pub/sub), not only after
         // auth.key_cache_ttl.
         let cache = Arc::downgrade(&authenticator);
-        limiter.on_key_change(move |id| {
-            if let Some(a) = cache.upgrade() {
-                a.forget_key(id);
-            }
+        limiter.on_key_change(move |id| match (cache.upgrade(), id) {
+            (Some(a), Some(id)) => a.forget_key(id),
+            (Some(a), None) => a.forget_all(),
+            (None, _) => {}
         });
         let audit = match &config.audit {
             None => None,
@@ -311,14 +311,19 @@ fn bootstrap_admin_key(
     {
         return Ok(None);
     }
-    let issued = KeyAdmin::new(store, &config.roles)
-        .create(&NewKey {
+    // Checked again inside the store's transaction: of replicas starting
+    // together on an empty shared store, one creates the key.
+    let Some(issued) = KeyAdmin::new(store, &config.roles)
+        .create_first(&NewKey {
             name: "bootstrap-admin".into(),
             role: "admin".into(),
             models: None,
             expires_in: None,
         })
-        .map_err(Failure::runtime)?;
+        .map_err(Failure::runtime)?
+    else {
+        return Ok(None);
+    };
     let host = if addr.ip().is_unspecified() {
         "127.0.0.1".to_string()
     } else {

@@ -40,6 +40,8 @@ const CALL_MARGIN: Duration = Duration::from_secs(65);
 /// The advisory lock held while migrating, so that replicas starting
 /// together against one database migrate one after the other.
 const MIGRATION_LOCK: i64 = 0x7761_7264_656e_0001; // "warden" 1
+/// The advisory lock held while creating the first key of a role.
+const FIRST_KEY_LOCK: i64 = 0x7761_7264_656e_0002; // "warden" 2
 
 /// Warden's state in a PostgreSQL database.
 ///
@@ -321,6 +323,28 @@ impl Store for PostgresStore {
     fn insert_key(&self, key: &ApiKeyRecord) -> Result<(), StoreError> {
         let key = key.clone();
         self.call(move |c| insert_key(c, &key))
+    }
+
+    fn insert_key_if_role_unused(&self, key: &ApiKeyRecord, now: i64) -> Result<bool, StoreError> {
+        let key = key.clone();
+        self.call(move |c| {
+            let mut tx = c.transaction()?;
+            // Serializes replicas starting together on an empty database.
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&FIRST_KEY_LOCK])?;
+            let taken: bool = tx
+                .query_one(
+                    "SELECT EXISTS(SELECT 1 FROM api_keys WHERE role = $1 AND revoked_at IS NULL
+                     AND (expires_at IS NULL OR expires_at > $2))",
+                    &[&key.role, &now],
+                )?
+                .try_get(0)?;
+            if taken {
+                return Ok(false);
+            }
+            insert_key(&mut tx, &key)?;
+            tx.commit()?;
+            Ok(true)
+        })
     }
 
     fn get_key(&self, id: &str) -> Result<Option<ApiKeyRecord>, StoreError> {

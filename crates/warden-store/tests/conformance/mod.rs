@@ -15,6 +15,7 @@ macro_rules! conformance_suite {
     ($open:expr) => {
         $crate::conformance::conformance_suite!(@cases $open;
             keys_round_trip_revoke_and_rotate,
+            the_first_key_of_a_role_is_inserted_once,
             rotation_changes_nothing_when_it_fails,
             expiry_counts_for_active,
             last_use_keeps_the_latest_time,
@@ -97,6 +98,29 @@ fn audit(replica: &str, seq: i64, record: String) -> AuditRow {
 
 fn seqs(rows: &[AuditRow]) -> Vec<i64> {
     rows.iter().map(|r| r.seq).collect()
+}
+
+pub(crate) fn the_first_key_of_a_role_is_inserted_once(s: &dyn Store) {
+    assert!(
+        s.insert_key_if_role_unused(&key("a1", "admin"), 200)
+            .unwrap()
+    );
+    assert!(
+        !s.insert_key_if_role_unused(&key("a2", "admin"), 200)
+            .unwrap(),
+        "an active admin key exists"
+    );
+    assert!(s.get_key("a2").unwrap().is_none(), "nothing was inserted");
+    assert!(
+        s.insert_key_if_role_unused(&key("p1", "predict"), 200)
+            .unwrap()
+    );
+    // Once the admin key is revoked the role is free again.
+    assert!(s.revoke_key("a1", 300).unwrap());
+    assert!(
+        s.insert_key_if_role_unused(&key("a3", "admin"), 400)
+            .unwrap()
+    );
 }
 
 pub(crate) fn keys_round_trip_revoke_and_rotate(s: &dyn Store) {

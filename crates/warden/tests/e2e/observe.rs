@@ -8,7 +8,7 @@ use std::process::Command;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use super::{Warden, iris, repo};
+use super::{Warden, copy_dir, iris, repo};
 
 impl Warden {
     /// `GET /metrics` on the management listener with `key`, as text.
@@ -38,8 +38,25 @@ fn sample(samples: &[Value], name: &str, labels: &[(&str, &str)]) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_what_was_sent_and_back_the_dashboard_and_alerts() {
     let dir = tempfile::tempdir().unwrap();
-    let w = Warden::start(dir.path(), &[]);
+    // The demo models, and one gateway-mode model whose upstream is not
+    // there, so that the upstream series are in the scrape too.
+    let models = dir.path().join("models");
+    copy_dir(&repo().join("models"), &models);
+    let port = super::gateway::free_port();
+    gateway_card_for_port(&models, port);
+    let w = Warden::start(
+        &dir.path().join("data"),
+        &["--models", models.to_str().unwrap()],
+    );
     let admin = w.printed_key.clone().unwrap();
+    let (status, _, _) = w
+        .post(
+            "/v1/models/iris-upstream:predict",
+            &admin,
+            iris().to_string(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
 
     let v1 = "/v1/models/iris:predict";
     for _ in 0..5 {
@@ -181,7 +198,7 @@ async fn metrics_count_what_was_sent_and_back_the_dashboard_and_alerts() {
             "warden_request_duration_seconds_count",
             &[data, route]
         ),
-        12.0
+        13.0, // twelve to iris, one to iris-upstream
     );
     // Management calls are counted on their own plane.
     assert_eq!(
@@ -200,6 +217,28 @@ async fn metrics_count_what_was_sent_and_back_the_dashboard_and_alerts() {
         sample(&samples, "warden_model_loaded", &[("model", "digits")]),
         1.0
     );
+    // The gateway model's upstream is not there: the breaker is open (gauge
+    // 0), and the one call was refused by it or failed to connect (whichever
+    // came first, the call or the first readiness check).
+    assert_eq!(
+        sample(
+            &samples,
+            "warden_upstream_up",
+            &[("model", "iris-upstream")]
+        ),
+        0.0
+    );
+    let refused: f64 = ["connect", "breaker_open"]
+        .iter()
+        .map(|o| {
+            sample(
+                &samples,
+                "warden_upstream_requests_total",
+                &[("model", "iris-upstream"), ("outcome", o)],
+            )
+        })
+        .sum();
+    assert_eq!(refused, 1.0);
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -212,4 +251,22 @@ async fn metrics_count_what_was_sent_and_back_the_dashboard_and_alerts() {
     assert!(expiry > now + 300.0 * 86_400.0, "{expiry}");
     assert!(text.contains("# HELP warden_requests_total"));
     assert!(!text.contains(&admin[17..]), "no credential in the metrics");
+}
+
+/// A copy of the iris card answered by an upstream on `port` of loopback,
+/// where nothing listens.
+fn gateway_card_for_port(models: &std::path::Path, port: u16) {
+    let dir = models.join("iris-upstream");
+    std::fs::create_dir_all(&dir).unwrap();
+    let card = std::fs::read_to_string(models.join("iris/model.toml")).unwrap();
+    std::fs::write(
+        dir.join("model.toml"),
+        format!("{card}\n[upstream]\nurl = \"http://127.0.0.1:{port}\"\nmodel = \"iris\"\nretries = 0\nbreaker_failures = 1\nhealth_interval = \"100ms\"\n"),
+    )
+    .unwrap();
+    std::fs::copy(
+        models.join("iris/ood_stats.json"),
+        dir.join("ood_stats.json"),
+    )
+    .unwrap();
 }
