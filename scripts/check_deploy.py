@@ -111,6 +111,9 @@ def check_k8s(objects):
             and e.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "metadata.name"
             for e in c.get("env", [])),
         "replicas left to the HPA": "replicas" not in dep["spec"],
+        "termination grace covers the drain (30 s) and the audit flush":
+            pod.get("terminationGracePeriodSeconds", 30) >= 65,
+        "preStop pause before SIGTERM": c.get("lifecycle", {}).get("preStop", {}).get("sleep", {}).get("seconds", 0) > 0,
         "readiness on /v2/health/ready over HTTPS":
             c["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
             and c["readinessProbe"]["httpGet"]["scheme"] == "HTTPS",

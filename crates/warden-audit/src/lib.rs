@@ -69,7 +69,7 @@ impl AuditKey {
 }
 
 /// The writer's position in one replica's chain.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Chain {
     replica: String,
     seq: i64,

@@ -179,3 +179,87 @@ async fn two_writers_on_one_chain_interleave_without_forking_it() {
         0
     );
 }
+
+/// A SQLite store whose next `append_audit` commits and then reports a
+/// failure, as a PostgreSQL connection lost after COMMIT does.
+struct CommitsThenFails {
+    inner: SqliteStore,
+    lie: std::sync::atomic::AtomicBool,
+}
+
+macro_rules! delegate {
+    ($($name:ident(&self $(, $arg:ident: $ty:ty)*) -> $ret:ty;)*) => {
+        $(fn $name(&self $(, $arg: $ty)*) -> $ret { self.inner.$name($($arg),*) })*
+    };
+}
+
+impl Store for CommitsThenFails {
+    fn append_audit(&self, rows: &[AuditRow]) -> Result<(), warden_store::StoreError> {
+        self.inner.append_audit(rows)?;
+        if self.lie.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            return Err(warden_store::StoreError::Conflict("connection lost".into()));
+        }
+        Ok(())
+    }
+    delegate! {
+        insert_key(&self, key: &warden_store::ApiKeyRecord) -> Result<(), warden_store::StoreError>;
+        insert_key_if_role_unused(&self, key: &warden_store::ApiKeyRecord, now: i64) -> Result<bool, warden_store::StoreError>;
+        get_key(&self, id: &str) -> Result<Option<warden_store::ApiKeyRecord>, warden_store::StoreError>;
+        list_keys(&self) -> Result<Vec<warden_store::ApiKeyRecord>, warden_store::StoreError>;
+        revoke_key(&self, id: &str, now: i64) -> Result<bool, warden_store::StoreError>;
+        rotate_key(&self, old_id: &str, new: &warden_store::ApiKeyRecord, now: i64, old_ends: i64) -> Result<bool, warden_store::StoreError>;
+        has_active_key_with_role(&self, role: &str, now: i64) -> Result<bool, warden_store::StoreError>;
+        touch_keys(&self, used: &[(String, i64)]) -> Result<(), warden_store::StoreError>;
+        insert_user(&self, user: &warden_store::UserRecord) -> Result<(), warden_store::StoreError>;
+        get_user(&self, name: &str) -> Result<Option<warden_store::UserRecord>, warden_store::StoreError>;
+        list_users(&self) -> Result<Vec<warden_store::UserRecord>, warden_store::StoreError>;
+        set_user_password(&self, name: &str, hash: &str) -> Result<bool, warden_store::StoreError>;
+        disable_user(&self, name: &str, now: i64) -> Result<bool, warden_store::StoreError>;
+        insert_client(&self, client: &warden_store::ClientRecord) -> Result<(), warden_store::StoreError>;
+        get_client(&self, id: &str) -> Result<Option<warden_store::ClientRecord>, warden_store::StoreError>;
+        list_clients(&self) -> Result<Vec<warden_store::ClientRecord>, warden_store::StoreError>;
+        set_client_secret(&self, id: &str, hash: &str) -> Result<bool, warden_store::StoreError>;
+        revoke_client(&self, id: &str, now: i64) -> Result<bool, warden_store::StoreError>;
+        list_signing_keys(&self) -> Result<Vec<warden_store::SigningKeyRecord>, warden_store::StoreError>;
+        rotate_signing_key(&self, new: &warden_store::SigningKeyRecord, now: i64) -> Result<(), warden_store::StoreError>;
+        audit_rows(&self, replica: &str, from_seq: i64, limit: usize) -> Result<Vec<AuditRow>, warden_store::StoreError>;
+        audit_head(&self, replica: &str) -> Result<Option<AuditRow>, warden_store::StoreError>;
+        audit_replicas(&self) -> Result<Vec<String>, warden_store::StoreError>;
+        audit_query(&self, query: &warden_store::AuditQuery) -> Result<warden_store::AuditPage, warden_store::StoreError>;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_committed_despite_a_reported_failure_is_not_written_twice() {
+    let store = std::sync::Arc::new(CommitsThenFails {
+        inner: SqliteStore::in_memory().unwrap(),
+        lie: std::sync::atomic::AtomicBool::new(true),
+    });
+    let key = || AuditKey::new(b"an audit key of at least 32 bytes!!");
+    let log = AuditLog::start(
+        store.clone(),
+        key(),
+        WriterSettings {
+            replica: REPLICA.into(),
+            sync: true,
+            window: std::time::Duration::from_millis(5),
+            queue: 16,
+            checkpoint_every: std::time::Duration::from_secs(60),
+        },
+    )
+    .unwrap();
+    for i in 0..3 {
+        log.record(format!(r#"{{"request_id":"r{i}","outcome":"ok"}}"#))
+            .await
+            .unwrap();
+    }
+    let rows = store.audit_rows(REPLICA, 1, 100).unwrap();
+    assert_eq!(rows.len(), 3, "each record once: {rows:?}");
+    assert_eq!(
+        verify(&key(), REPLICA, rows, 1, None),
+        Ok(Verified {
+            rows: 3,
+            last_seq: 3
+        })
+    );
+}

@@ -298,10 +298,25 @@ impl Writer {
                 Err(e) => e.to_string(),
             };
             records = rows.into_iter().map(|r| r.record).collect();
-            // Another process appended to this chain (a second server with
-            // the same `audit.replica` on the same database): continue after
-            // the stored head, so the chain stays one line, and retry.
             match self.stored_head().await {
+                // The store said it failed, but the rows are there (a
+                // PostgreSQL connection lost after COMMIT was sent, a call
+                // that outlived its deadline): the batch is committed, and
+                // writing it again would record each request twice.
+                Some(stored) if stored == self.chain => {
+                    tracing::warn!(error = %error, records = n, "audit write reported failure but was committed");
+                    self.stats.committed.fetch_add(n, Ordering::Relaxed);
+                    *self
+                        .checkpoint
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) =
+                        Some(self.chain.checkpoint(key));
+                    return true;
+                }
+                // Another process appended to this chain (a second server
+                // with the same `audit.replica` on the same database):
+                // continue after the stored head, so the chain stays one
+                // line, and retry.
                 Some(stored) if stored.seq != before.seq => {
                     self.chain = stored;
                     if conflicts < 3 {

@@ -350,10 +350,7 @@ impl Shared {
     /// (re)established: announcements made while it was down are missed,
     /// so the caller forgets everything then. Resubscribes after a second
     /// when the subscription drops.
-    pub(crate) fn on_key_change(
-        self: &std::sync::Arc<Self>,
-        forget: Box<ForgetKey>,
-    ) {
+    pub(crate) fn on_key_change(self: &std::sync::Arc<Self>, forget: Box<ForgetKey>) {
         use futures_util::StreamExt;
         let weak = std::sync::Arc::downgrade(self);
         tokio::spawn(async move {

@@ -33,12 +33,20 @@ const DEFAULT_KEEPALIVES_RETRIES: u32 = 3;
 /// A connection idle for longer is checked (one round trip) before use.
 const PROBE_WHEN_IDLE: Duration = Duration::from_millis(250);
 
+/// After a failed connection attempt, calls fail at once for this long
+/// instead of each waiting out its own connect timeout in the queue: a
+/// server that drops packets would otherwise hold every caller (key
+/// lookups behind audit retries) for `connect_timeout` each.
+const FAIL_FAST_AFTER_CONNECT_FAILURE: Duration = Duration::from_secs(1);
+
 /// The worker's state: how to connect, and the connection if there is one.
 pub(super) struct Session {
     settings: Settings,
     client: Option<Client>,
     /// When the connection last answered.
     last_used: Instant,
+    /// The last failed connection attempt: when, and why.
+    failed_connect: Option<(Instant, String)>,
 }
 
 impl Session {
@@ -47,6 +55,7 @@ impl Session {
             settings,
             client: None,
             last_used: Instant::now(),
+            failed_connect: None,
         }
     }
 
@@ -80,7 +89,26 @@ impl Session {
         }
         let client = match self.client.take() {
             Some(client) => client,
-            None => self.settings.connect()?,
+            None => {
+                if let Some((at, why)) = &self.failed_connect
+                    && at.elapsed() < FAIL_FAST_AFTER_CONNECT_FAILURE
+                {
+                    return Err(StoreError::Postgres(format!(
+                        "not connected (the last attempt, under {} s ago, failed: {why})",
+                        FAIL_FAST_AFTER_CONNECT_FAILURE.as_secs()
+                    )));
+                }
+                match self.settings.connect() {
+                    Ok(client) => {
+                        self.failed_connect = None;
+                        client
+                    }
+                    Err(e) => {
+                        self.failed_connect = Some((Instant::now(), e.to_string()));
+                        return Err(e);
+                    }
+                }
+            }
         };
         let client = self.client.insert(client);
         let result = op(client);
