@@ -50,7 +50,8 @@ pub const ALERTS: &str = "warden_alerts_total";
 /// Shared-state (Redis) operations that fell back to local counters.
 pub const SHARED_STATE_FALLBACKS: &str = "warden_shared_state_fallbacks_total";
 /// Calls to gateway-mode upstream servers, by model and outcome (`ok`,
-/// `connect`, `timeout`, `status`, `invalid`, `breaker_open`).
+/// `connect`, `timeout`, `status`, `invalid`, `transport`, `cancelled`,
+/// `breaker_open`).
 pub const UPSTREAM_REQUESTS: &str = "warden_upstream_requests_total";
 /// 1 while a gateway-mode model's upstream is taking calls (breaker closed), else 0.
 pub const UPSTREAM_UP: &str = "warden_upstream_up";

@@ -192,6 +192,15 @@ fn fixture_rows() -> (Vec<Vec<f64>>, Vec<String>) {
     (rows, labels)
 }
 
+/// Every upstream call outcome of `model`, summed.
+fn upstream_calls(text: &str, model: &str) -> f64 {
+    let prefix = format!("warden_upstream_requests_total{{model=\"{model}\"");
+    text.lines()
+        .filter(|l| l.starts_with(&prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 fn metric(text: &str, series: &str) -> Option<f64> {
     text.lines()
         .find(|l| l.starts_with(series))
@@ -292,11 +301,7 @@ async fn a_real_mlserver_behind_the_gateway_gets_the_whole_pipeline() {
 
     // Validation happens before the upstream is called: NaN, out of range,
     // a wrong width and an oversize batch never reach it.
-    let before = metric(
-        &w.metrics_text(&key).await,
-        "warden_upstream_requests_total{model=\"iris\",outcome=\"ok\"}",
-    )
-    .unwrap();
+    let before = upstream_calls(&w.metrics_text(&key).await, "iris");
     for bad in [
         r#"{"instances": [[5.1, NaN, 1.4, 0.2]]}"#.to_owned(),
         json!({"instances": [[5.1, 3.5, 1.4, 900.0]]}).to_string(),
@@ -306,11 +311,7 @@ async fn a_real_mlserver_behind_the_gateway_gets_the_whole_pipeline() {
         let (status, _, body) = w.post("/v1/models/iris:predict", &key, bad.clone()).await;
         assert!(status.is_client_error(), "{bad}: {status} {body}");
     }
-    let after = metric(
-        &w.metrics_text(&key).await,
-        "warden_upstream_requests_total{model=\"iris\",outcome=\"ok\"}",
-    )
-    .unwrap();
+    let after = upstream_calls(&w.metrics_text(&key).await, "iris");
     assert_eq!(before, after, "refused inputs never reach the upstream");
 
     // An answer that does not fit the card, and a timeout: the SPEC's code,
@@ -345,14 +346,27 @@ async fn a_real_mlserver_behind_the_gateway_gets_the_whole_pipeline() {
         assert!(Instant::now() < deadline, "the breaker did not open");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let started = Instant::now();
+    let refused = |text: &str| {
+        metric(
+            text,
+            "warden_upstream_requests_total{model=\"iris\",outcome=\"breaker_open\"}",
+        )
+        .unwrap_or(0.0)
+    };
+    let text = w.metrics_text(&key).await;
+    let (calls, refusals) = (upstream_calls(&text, "iris"), refused(&text));
     let (status, _, _) = w
         .post("/v1/models/iris:predict", &key, iris().to_string())
         .await;
     assert_eq!(status, StatusCode::BAD_GATEWAY);
-    assert!(
-        started.elapsed() < Duration::from_millis(150),
-        "an open breaker fails fast"
+    let text = w.metrics_text(&key).await;
+    assert_eq!(
+        (
+            upstream_calls(&text, "iris") - calls,
+            refused(&text) - refusals
+        ),
+        (1.0, 1.0),
+        "an open breaker refuses without calling"
     );
     let metrics = w.metrics_text(&key).await;
     assert_eq!(
