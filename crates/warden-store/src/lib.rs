@@ -2,7 +2,7 @@
 //!
 //! The embedded default is SQLite ([`SqliteStore`]) in the data dir; for
 //! scale-out (several replicas sharing state) the same trait is implemented
-//! on PostgreSQL ([`PostgresStore`], opened with [`open_url`]). Both apply
+//! on PostgreSQL ([`PostgresStore`], chosen by `store.url`). Both apply
 //! the same versioned migrations, written once (`migrations.rs`). Records
 //! here are plain data: hashing and verification belong to `warden-auth`.
 
@@ -10,17 +10,8 @@ mod migrations;
 mod postgres;
 mod sqlite;
 
-use std::sync::Arc;
-
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
-
-/// Opens the shared store a URL names: `postgres://` or `postgresql://`
-/// (see [`PostgresStore::connect`] for the URL's options), connecting and
-/// migrating it. Any other URL is refused.
-pub fn open_url(url: &str) -> Result<Arc<dyn Store>, StoreError> {
-    Ok(Arc::new(PostgresStore::connect(url)?))
-}
 
 /// An API key as stored. The secret itself is never stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
