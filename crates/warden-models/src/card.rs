@@ -61,6 +61,10 @@ struct RawUpstream {
     client_cert: Option<std::path::PathBuf>,
     /// PEM private key of `client_cert`.
     client_key: Option<std::path::PathBuf>,
+    /// Sent as `Authorization: Bearer <token>` on every call and readiness
+    /// check: `{ env = "…" }` or `{ file = "…" }` (relative to the model
+    /// folder), never inline.
+    bearer_token: Option<warden_core::SecretSource>,
     /// Default 1s.
     #[serde(default, deserialize_with = "warden_core::config::duration")]
     connect_timeout: Option<std::time::Duration>,
@@ -402,6 +406,8 @@ pub struct Upstream {
     pub ca: Option<std::path::PathBuf>,
     /// Client certificate and key files, for mTLS to the server.
     pub client_identity: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    /// Where the bearer token sent to the server comes from.
+    pub bearer_token: Option<warden_core::SecretSource>,
     /// Connect timeout.
     pub connect_timeout: std::time::Duration,
     /// Whole-call timeout.
@@ -436,6 +442,12 @@ fn upstream(raw: RawUpstream) -> Result<Upstream, CardError> {
     let https = parsed.scheme() == "https";
     if !https && (raw.ca.is_some() || raw.client_cert.is_some()) {
         return Err(bad("ca", "ca and client_cert need an https:// url"));
+    }
+    if !https && raw.bearer_token.is_some() && !raw.allow_plaintext {
+        return Err(bad(
+            "bearer_token",
+            "a token is sent over https:// only (or set upstream.allow_plaintext = true)",
+        ));
     }
     let loopback = host.eq_ignore_ascii_case("localhost")
         || host
@@ -487,6 +499,7 @@ fn upstream(raw: RawUpstream) -> Result<Upstream, CardError> {
         version: raw.version,
         ca: raw.ca,
         client_identity,
+        bearer_token: raw.bearer_token,
         connect_timeout: positive("connect_timeout", raw.connect_timeout, 1000)?,
         timeout: positive("timeout", raw.timeout, 10_000)?,
         retries,

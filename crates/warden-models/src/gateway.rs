@@ -67,6 +67,8 @@ struct Inner {
     permits: Semaphore,
     queue_timeout: Duration,
     breaker: Breaker,
+    /// `Authorization: Bearer …` for the upstream, marked sensitive.
+    authorization: Option<reqwest::header::HeaderValue>,
 }
 
 impl std::fmt::Debug for GatewayBackend {
@@ -135,6 +137,11 @@ impl GatewayBackend {
             .clone()
             .ok_or("the card has no [upstream] table")?;
         let client = client(&settings, dir)?;
+        let authorization = settings
+            .bearer_token
+            .as_ref()
+            .map(|source| bearer(source, dir))
+            .transpose()?;
         let remote = settings.model.as_deref().unwrap_or(model);
         let base = match &settings.version {
             Some(v) => format!("{}/v2/models/{remote}/versions/{v}", settings.url),
@@ -153,6 +160,7 @@ impl GatewayBackend {
             permits: Semaphore::new(settings.max_in_flight),
             queue_timeout,
             breaker: Breaker::new(settings.breaker_failures, settings.breaker_open_for),
+            authorization,
             settings,
         });
         metrics::gauge!(UPSTREAM_UP, "model" => inner.model.clone()).set(1.0);
@@ -161,6 +169,30 @@ impl GatewayBackend {
         }
         Ok(Self { inner })
     }
+}
+
+/// The `Authorization` value for `[upstream] bearer_token`, read with the
+/// secret-file permission check (a relative file is in the model folder).
+fn bearer(
+    source: &warden_core::SecretSource,
+    dir: &Path,
+) -> Result<reqwest::header::HeaderValue, String> {
+    let source = match source {
+        warden_core::SecretSource::File { file } => warden_core::SecretSource::File {
+            file: dir.join(file),
+        },
+        other => other.clone(),
+    };
+    let token = source
+        .read(false)
+        .map_err(|e| format!("upstream.bearer_token: {e}"))?;
+    let mut value = b"Bearer ".to_vec();
+    value.extend_from_slice(token.expose());
+    let mut header = reqwest::header::HeaderValue::from_bytes(&value)
+        .map_err(|_| "upstream.bearer_token: not a valid header value".to_owned())?;
+    value.fill(0);
+    header.set_sensitive(true);
+    Ok(header)
 }
 
 fn client(settings: &Upstream, dir: &Path) -> Result<reqwest::Client, String> {
@@ -328,8 +360,7 @@ impl Inner {
         let mut attempt = 0;
         let response = loop {
             let sent = self
-                .client
-                .post(&self.infer_url)
+                .authorized(self.client.post(&self.infer_url))
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
                 .header(reqwest::header::ACCEPT, "application/json")
                 .body(body.clone())
@@ -435,6 +466,14 @@ impl Inner {
             labels,
             probabilities,
         })
+    }
+
+    /// Adds the upstream's bearer token, if the card gives one.
+    fn authorized(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.authorization {
+            Some(value) => request.header(reqwest::header::AUTHORIZATION, value.clone()),
+            None => request,
+        }
     }
 
     fn count(&self, outcome: &'static str) {
@@ -579,8 +618,7 @@ async fn health_checks(inner: Weak<Inner>) {
         tick.tick().await;
         let Some(inner) = inner.upgrade() else { break };
         let probe = inner
-            .client
-            .get(&inner.ready_url)
+            .authorized(inner.client.get(&inner.ready_url))
             // Bounded by the period (checks never pile up), not by the
             // call timeout: a card may give inference a tighter deadline
             // than a readiness answer needs.
@@ -810,6 +848,7 @@ mod tests {
             permits: Semaphore::new(1),
             queue_timeout: Duration::from_secs(1),
             breaker: Breaker::new(1, Duration::from_secs(1)),
+            authorization: None,
             settings,
         }
     }
@@ -891,6 +930,14 @@ mod tests {
             ("url = \"http://user:pw@x\"", "upstream.url"),
             ("url = \"http://x?a=b\"", "upstream.url"),
             ("url = \"http://localhost\"\nca = \"ca.pem\"", "upstream.ca"),
+            (
+                "url = \"http://localhost\"\nbearer_token = { env = \"T\" }",
+                "upstream.bearer_token",
+            ),
+            (
+                "url = \"https://x\"\nbearer_token = \"inline\"",
+                "TOML parse error",
+            ),
             (
                 "url = \"https://x\"\nclient_cert = \"c.pem\"",
                 "upstream.client_cert",

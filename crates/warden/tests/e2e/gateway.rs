@@ -434,7 +434,7 @@ async fn a_gateway_reaches_an_https_upstream_with_its_ca_and_a_client_certificat
     std::fs::write(
         &upstream_config,
         format!(
-            "[tls]\nclient_ca = \"{}\"\nclient_auth = \"required\"\n\n[[auth.mtls]]\nname = \"gateway\"\nrole = \"predict\"\n",
+            "[tls]\nclient_ca = \"{}\"\nclient_auth = \"optional\"\n\n[[auth.mtls]]\nname = \"gateway\"\nrole = \"predict\"\n",
             dir.path().join("client-ca.pem").display()
         ),
     )
@@ -469,6 +469,22 @@ async fn a_gateway_reaches_an_https_upstream_with_its_ca_and_a_client_certificat
         IRIS_CLASSES,
         &tls,
     );
+    // A bearer token instead of a certificate: the upstream's API key, from
+    // a secret file next to the card.
+    let token_file = models.join("upstream-token");
+    std::fs::write(&token_file, upstream.printed_key.clone().unwrap()).unwrap();
+    std::fs::set_permissions(
+        &token_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    gateway_card(
+        &models,
+        "iris_token",
+        ("label", "probabilities"),
+        IRIS_CLASSES,
+        &format!("{tls}\nbearer_token = {{ file = \"../upstream-token\" }}"),
+    );
     // The system roots do not know the upstream's self-signed certificate.
     gateway_card(
         &models,
@@ -483,21 +499,25 @@ async fn a_gateway_reaches_an_https_upstream_with_its_ca_and_a_client_certificat
     );
     let key = w.printed_key.clone().unwrap();
     let (rows, expected) = fixture_rows();
-    let (status, _, body) = w
-        .post(
-            "/v1/models/iris:predict",
-            &key,
-            json!({"instances": rows}).to_string(),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    let labels: Vec<&str> = body["predictions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["label"].as_str().unwrap())
-        .collect();
-    assert_eq!(labels, expected);
+    for model in ["iris", "iris_token"] {
+        let (status, _, body) = w
+            .post(
+                &format!("/v1/models/{model}:predict"),
+                &key,
+                json!({"instances": rows}).to_string(),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{model}: {body}");
+        let labels: Vec<&str> = body["predictions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["label"].as_str().unwrap())
+            .collect();
+        assert_eq!(labels, expected, "{model}");
+    }
+    // Neither certificate nor token: the upstream answers 401, the client
+    // gets 502. No CA: the handshake fails, 502 too.
     for model in ["iris_nocert", "iris_noca"] {
         let (status, _, body) = w
             .post(
@@ -509,10 +529,19 @@ async fn a_gateway_reaches_an_https_upstream_with_its_ca_and_a_client_certificat
         assert_eq!(status, StatusCode::BAD_GATEWAY, "{model}: {body}");
         assert_eq!(body["error"], UNAVAILABLE);
     }
-    // The upstream's audit trail names the gateway's certificate.
+    // The upstream's log names the gateway's certificate and its key, and
+    // the token never reaches the gateway's own log.
+    let token = upstream.printed_key.clone().unwrap();
+    let key_id = token.split('_').nth(1).unwrap().to_owned();
     let logs = upstream.stop_and_collect_logs();
     assert!(
         logs.iter().any(|l| l.contains("mtls:gateway")),
         "the upstream saw the gateway's certificate identity"
     );
+    assert!(
+        logs.iter().any(|l| l.contains(&format!("key:{key_id}"))),
+        "the upstream saw the gateway's bearer token"
+    );
+    let gateway_logs = w.stop_and_collect_logs();
+    assert!(!gateway_logs.iter().any(|l| l.contains(&token)));
 }
