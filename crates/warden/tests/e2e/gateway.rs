@@ -545,3 +545,130 @@ async fn a_gateway_reaches_an_https_upstream_with_its_ca_and_a_client_certificat
     let gateway_logs = w.stop_and_collect_logs();
     assert!(!gateway_logs.iter().any(|l| l.contains(&token)));
 }
+
+/// tests/e2e/misbehaving_upstream.py, started on a free port.
+struct Misbehaving {
+    child: Child,
+    port: u16,
+}
+
+impl Misbehaving {
+    fn start() -> Self {
+        let mut child = Command::new("python3")
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e/misbehaving_upstream.py"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port = line.trim().parse().unwrap();
+        Self { child, port }
+    }
+
+    async fn seen(&self, model: &str) -> Value {
+        reqwest::get(format!("http://127.0.0.1:{}/hits/{model}", self.port))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for Misbehaving {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_misbehaving_upstream_is_contained() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = Misbehaving::start();
+    let models = dir.path().join("models");
+    for name in ["ok", "huge", "redirect", "busy"] {
+        gateway_card(
+            &models,
+            &format!("m-{name}"),
+            ("label", "probabilities"),
+            IRIS_CLASSES,
+            &format!(
+                "url = \"http://127.0.0.1:{}\"\nmodel = \"{name}\"\nbreaker_failures = 100",
+                upstream.port
+            ),
+        );
+    }
+    let w = Warden::start(
+        &dir.path().join("data"),
+        &["--models", models.to_str().unwrap()],
+    );
+    let key = w.printed_key.clone().unwrap();
+    let predict = |model: &'static str| {
+        let (w, key) = (&w, key.clone());
+        async move {
+            w.post(
+                &format!("/v1/models/m-{model}:predict"),
+                &key,
+                iris().to_string(),
+            )
+            .await
+        }
+    };
+
+    // A well-behaved answer passes, and the client's credential is not
+    // what reaches the upstream.
+    let (status, _, body) = predict("ok").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let seen = upstream.seen("ok").await;
+    assert_eq!(seen["hits"], 1);
+    assert_eq!(seen["authorization"], Value::Null);
+    assert_eq!(seen["x_api_key"], Value::Null);
+
+    // 64 MiB instead of a few hundred bytes: read only up to the bound,
+    // then refused; Warden's memory is not the upstream's to fill.
+    let (status, _, body) = predict("huge").await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+    assert_eq!(body["error"], UNAVAILABLE);
+
+    // A redirect is not followed: the target is never called.
+    let (status, _, _) = predict("redirect").await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    assert_eq!(upstream.seen("redirect").await["hits"], 1);
+    assert_eq!(
+        upstream.seen("ok").await["hits"],
+        1,
+        "the redirect target was not called"
+    );
+
+    // A 503 reached the server: no retry (retries are for connection
+    // failures only, when nothing was sent).
+    for _ in 0..3 {
+        let (status, _, _) = predict("busy").await;
+        assert_eq!(status, StatusCode::BAD_GATEWAY);
+    }
+    assert_eq!(upstream.seen("busy").await["hits"], 3);
+
+    let metrics = w.metrics_text(&key).await;
+    for (model, outcome) in [
+        ("m-huge", "invalid"),
+        ("m-redirect", "status"),
+        ("m-busy", "status"),
+    ] {
+        let series =
+            format!("warden_upstream_requests_total{{model=\"{model}\",outcome=\"{outcome}\"}}");
+        assert!(
+            metric(&metrics, &series).unwrap_or(0.0) >= 1.0,
+            "{series} in\n{metrics}"
+        );
+    }
+    let logs = w.stop_and_collect_logs();
+    assert!(
+        logs.iter()
+            .any(|l| l.contains("m-huge") && l.contains("answer larger than")),
+        "the log says why the huge answer was refused"
+    );
+}
