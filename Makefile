@@ -1,5 +1,5 @@
 # Shortcuts for the README's two commands (they need only bash, cargo and pip).
-.PHONY: setup serve test bench bench-stages lint fuzz
+.PHONY: setup serve test bench bench-scaleout bench-stages lint fuzz
 
 setup:
 	./scripts/setup.sh
@@ -12,6 +12,10 @@ test: setup
 
 bench: setup
 	bench/run.sh
+
+# One replica with shared state (PostgreSQL + Redis) against a single node (docs/scaling.md).
+bench-scaleout: setup
+	bench/scaleout.sh
 
 # One Criterion micro-benchmark per pipeline stage (docs/benchmarks.md).
 bench-stages: setup
