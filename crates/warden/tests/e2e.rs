@@ -276,6 +276,13 @@ fn python_with(dirs: &[&str], script: &Path) -> Command {
     c
 }
 
+/// Writes a secret file with mode 0600 (what Warden accepts for secrets).
+fn private_file(path: &Path, content: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, content).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
 /// Copies a folder tree.
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();

@@ -18,7 +18,7 @@ use super::{BIN, Warden, copy_dir, iris};
 /// demo model, and the `key.create` of the bootstrap admin key.
 const START_RECORDS: i64 = 5;
 
-fn verify(cfg: &Path, data: &Path, extra: &[&str]) -> (Option<i32>, String) {
+pub(super) fn verify(cfg: &Path, data: &Path, extra: &[&str]) -> (Option<i32>, String) {
     let out = Command::new(BIN)
         .args(["audit", "verify", "--config"])
         .arg(cfg)
@@ -39,7 +39,7 @@ fn export(cfg: &Path, data: &Path) -> Vec<Value> {
     export_with(cfg, data, &[])
 }
 
-fn export_with(cfg: &Path, data: &Path, extra: &[&str]) -> Vec<Value> {
+pub(super) fn export_with(cfg: &Path, data: &Path, extra: &[&str]) -> Vec<Value> {
     let out = Command::new(BIN)
         .args(["audit", "export", "--since", "1h", "--config"])
         .arg(cfg)
@@ -450,13 +450,18 @@ async fn sync_mode_keeps_every_acknowledged_request_across_kill_9() {
     assert_eq!(status, StatusCode::OK);
     let (code, text) = verify(&cfg, &data, &[]);
     assert_eq!(code, Some(0), "{text}");
-    let recorded: std::collections::HashSet<String> = export(&cfg, &data)
+    assert_all_recorded(&acknowledged, &export(&cfg, &data));
+}
+
+/// Every acknowledged request id has a record among the exported lines.
+pub(super) fn assert_all_recorded(acknowledged: &[String], exported: &[Value]) {
+    let recorded: std::collections::HashSet<&str> = exported
         .iter()
-        .filter_map(|l| l["record"]["request_id"].as_str().map(str::to_owned))
+        .filter_map(|l| l["record"]["request_id"].as_str())
         .collect();
     let missing: Vec<_> = acknowledged
         .iter()
-        .filter(|id| !recorded.contains(*id))
+        .filter(|id| !recorded.contains(id.as_str()))
         .collect();
     assert!(
         missing.is_empty(),

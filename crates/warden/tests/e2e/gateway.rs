@@ -424,12 +424,7 @@ async fn a_gateway_reaches_an_https_upstream_with_its_ca_and_a_client_certificat
     let (cert, key) = identity::leaf_pem(&client_ca, "gateway");
     std::fs::write(dir.path().join("client-ca.pem"), client_ca.pem()).unwrap();
     std::fs::write(dir.path().join("gateway.pem"), cert).unwrap();
-    std::fs::write(dir.path().join("gateway.key"), key).unwrap();
-    std::fs::set_permissions(
-        dir.path().join("gateway.key"),
-        std::os::unix::fs::PermissionsExt::from_mode(0o600),
-    )
-    .unwrap();
+    private_file(&dir.path().join("gateway.key"), &key);
     let upstream_config = dir.path().join("upstream.toml");
     std::fs::write(
         &upstream_config,
@@ -472,12 +467,7 @@ async fn a_gateway_reaches_an_https_upstream_with_its_ca_and_a_client_certificat
     // A bearer token instead of a certificate: the upstream's API key, from
     // a secret file next to the card.
     let token_file = models.join("upstream-token");
-    std::fs::write(&token_file, upstream.printed_key.clone().unwrap()).unwrap();
-    std::fs::set_permissions(
-        &token_file,
-        std::os::unix::fs::PermissionsExt::from_mode(0o600),
-    )
-    .unwrap();
+    private_file(&token_file, &upstream.printed_key.clone().unwrap());
     gateway_card(
         &models,
         "iris_token",

@@ -13,7 +13,7 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use super::{BIN, Warden, iris, repo};
+use super::{BIN, Warden, iris, private_file, repo};
 
 const HS_SECRET: &str = "an-hs256-secret-of-at-least-32-bytes!";
 const AUD: &str = "warden-test";
@@ -28,12 +28,6 @@ fn now() -> i64 {
 /// Runs the PyJWT peer (installed by scripts/setup.sh into .runtime/py).
 fn pyjwt(args: &[&str]) -> String {
     super::python_peer("jwt_peer.py", "jwt", args)
-}
-
-fn private_file(path: &Path, content: &str) {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::write(path, content).unwrap();
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
 }
 
 /// A copy of the iris model whose card gives the role `app` labels only.

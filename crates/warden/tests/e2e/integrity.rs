@@ -9,7 +9,7 @@ use std::process::Command;
 
 use reqwest::StatusCode;
 
-use super::{BIN, Warden, copy_dir, iris, repo};
+use super::{BIN, Warden, copy_dir, iris, private_file, repo};
 
 fn warden(args: &[&str]) -> std::process::Output {
     Command::new(BIN).args(args).output().unwrap()
@@ -23,12 +23,6 @@ fn ok(out: &std::process::Output) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn private_file(path: &Path, content: &str) {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::write(path, content).unwrap();
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
 }
 
 /// A signing key: (private key file, public key base64).

@@ -2,9 +2,9 @@
 //! Redis and a real PostgreSQL, behind nginx doing round-robin, both started
 //! and configured by the test.
 
-use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
+use super::audit;
 use super::gateway::free_port;
 use super::limits::Redis;
 use super::*;
@@ -150,24 +150,6 @@ per_day = 7
     path
 }
 
-fn secret_file(path: &Path, content: &str) {
-    std::fs::write(path, content).unwrap();
-    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-}
-
-/// `warden audit <args>` against the shared store.
-fn audit_cli(cfg: &Path, data: &Path, args: &[&str]) -> std::process::Output {
-    Command::new(BIN)
-        .arg("audit")
-        .args(args)
-        .arg("--config")
-        .arg(cfg)
-        .arg("--data-dir")
-        .arg(data)
-        .output()
-        .unwrap()
-}
-
 async fn predict_via(
     client: &reqwest::Client,
     url: &str,
@@ -194,8 +176,8 @@ async fn two_replicas_behind_nginx_share_keys_limits_quotas_and_keep_their_audit
     let dir = tempfile::tempdir().unwrap();
     let redis = Redis::start(None);
     let postgres = pg::TestPostgres::start();
-    secret_file(&dir.path().join("store-url"), &postgres.url);
-    secret_file(&dir.path().join("audit-key"), &"ab".repeat(32));
+    private_file(&dir.path().join("store-url"), &postgres.url);
+    private_file(&dir.path().join("audit-key"), &"ab".repeat(32));
     let cfg_a = replica_config(dir.path(), "a", redis.port);
     let cfg_b = replica_config(dir.path(), "b", redis.port);
     // One after the other: the first creates the schema and prints the
@@ -495,60 +477,24 @@ async fn two_replicas_behind_nginx_share_keys_limits_quotas_and_keep_their_audit
 
     // Each replica's chain verifies, and B's holds every acknowledged request.
     let data_a = dir.path().join("data-a");
-    let out = audit_cli(&cfg_a, &data_a, &["verify"]);
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{text}");
+    let (code, text) = audit::verify(&cfg_a, &data_a, &[]);
+    assert_eq!(code, Some(0), "{text}");
     for chain in ["a", "b"] {
         assert!(
             text.contains(&format!("audit chain {chain}: ")) && text.contains("records verified"),
             "{text}"
         );
     }
-    let out = audit_cli(
-        &cfg_a,
-        &data_a,
-        &["export", "--since", "1h", "--replica", "b"],
+    audit::assert_all_recorded(
+        &acknowledged,
+        &audit::export_with(&cfg_a, &data_a, &["--replica", "b"]),
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let recorded: HashSet<String> = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter_map(|l| l["record"]["request_id"].as_str().map(str::to_owned))
-        .collect();
-    let missing: Vec<_> = acknowledged
-        .iter()
-        .filter(|id| !recorded.contains(*id))
-        .collect();
-    assert!(
-        missing.is_empty(),
-        "{} of {} acknowledged requests have no record",
-        missing.len(),
-        acknowledged.len()
-    );
-    let out = audit_cli(&cfg_a, &data_a, &["export", "--since", "1h"]);
-    let everything = String::from_utf8_lossy(&out.stdout).into_owned();
-    for id in &during_outage {
-        assert!(
-            everything.contains(id.as_str()),
-            "request {id}, answered during the outage, has no record"
-        );
-    }
+    audit::assert_all_recorded(&during_outage, &audit::export_with(&cfg_a, &data_a, &[]));
     // Both replicas served the balanced traffic: each chain has predictions.
     for replica in ["a", "b"] {
-        let out = audit_cli(
-            &cfg_a,
-            &data_a,
-            &["export", "--since", "1h", "--replica", replica],
-        );
-        let predictions = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter(|l| l.contains("\"model\":\"iris\""))
+        let predictions = audit::export_with(&cfg_a, &data_a, &["--replica", replica])
+            .iter()
+            .filter(|l| l["record"]["model"] == "iris")
             .count();
         assert!(
             predictions >= 10,
