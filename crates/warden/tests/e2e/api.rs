@@ -62,6 +62,13 @@ async fn schemathesis_finds_no_server_error_and_every_answer_conforms() {
                 "--tls-verify",
             ])
             .arg(data.join("tls/cert.pem"))
+            // One retry of a network-level failure only (never of an
+            // answer). Twice, on the loaded 2-core machine, one request got
+            // a TLS EOF; the likely cause is that Warden closes a keep-alive
+            // connection idle for server.header_timeout (10 s, checked by
+            // hand) and the client reused it at that moment, a race every
+            // HTTP/1.1 client has. It did not reproduce in 20 runs alone.
+            .args(["--request-retries", "1"])
             .env("PYTHONPATH", &fuzzer)
             // Its cache of found failures goes with the temporary folder.
             .current_dir(dir.path())
