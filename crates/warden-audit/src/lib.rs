@@ -11,11 +11,13 @@
 
 mod writer;
 
-pub use writer::{AuditLog, NotRecorded, WriterSettings, WriterStats, append_one, key_file};
+pub use writer::{
+    AuditLog, NotRecorded, Retention, WriterSettings, WriterStats, append_one, key_file, prune,
+};
 
 use aws_lc_rs::hmac;
 use serde::{Deserialize, Serialize};
-use warden_store::AuditRow;
+use warden_store::{AuditAnchor, AuditRow};
 
 /// The `prev` of the first row.
 pub const GENESIS: [u8; 32] = [0; 32];
@@ -150,6 +152,8 @@ pub enum Problem {
     Rewritten,
     /// The checkpoint itself does not verify with this key.
     BadCheckpoint,
+    /// The anchor a pruned chain starts after does not verify with this key.
+    BadAnchor,
 }
 
 /// The first bad row found.
@@ -181,6 +185,57 @@ pub fn verify(
     from_seq: i64,
     checkpoint: Option<&Checkpoint>,
 ) -> Result<Verified, Finding> {
+    let prev = (from_seq <= 1).then(|| GENESIS.to_vec());
+    verify_rows(key, replica, rows, from_seq.max(1), prev, checkpoint)
+}
+
+/// Verifies a pruned chain (docs/audit.md, "Retention"): the anchor's
+/// signature, then every remaining row from the one after the anchor, the
+/// first of which must link to the anchor's head. Rows removed before the
+/// anchor cannot be checked any more, but no row after it can be removed,
+/// edited or inserted unseen, and nor can the anchor be moved without the key.
+pub fn verify_anchored(
+    key: &AuditKey,
+    anchor: &AuditAnchor,
+    rows: impl IntoIterator<Item = AuditRow>,
+    checkpoint: Option<&Checkpoint>,
+) -> Result<Verified, Finding> {
+    let expected = key.checkpoint_mac(&anchor.replica, anchor.seq, &anchor.head);
+    if !constant_eq(&anchor.sig, &expected) {
+        return Err(Finding {
+            seq: anchor.seq,
+            problem: Problem::BadAnchor,
+        });
+    }
+    verify_rows(
+        key,
+        &anchor.replica,
+        rows,
+        anchor.seq + 1,
+        Some(anchor.head.clone()),
+        checkpoint,
+    )
+}
+
+/// The anchor that lets rows up to and including `row` be removed: a
+/// checkpoint of the chain at `row`, signed with the key.
+pub fn anchor_at(key: &AuditKey, row: &AuditRow) -> AuditAnchor {
+    AuditAnchor {
+        replica: row.replica.clone(),
+        seq: row.seq,
+        head: row.mac.clone(),
+        sig: key.checkpoint_mac(&row.replica, row.seq, &row.mac).to_vec(),
+    }
+}
+
+fn verify_rows(
+    key: &AuditKey,
+    replica: &str,
+    rows: impl IntoIterator<Item = AuditRow>,
+    first_seq: i64,
+    mut prev: Option<Vec<u8>>,
+    checkpoint: Option<&Checkpoint>,
+) -> Result<Verified, Finding> {
     if let Some(c) = checkpoint {
         let head = hex::decode(&c.head).unwrap_or_default();
         let sig = hex::decode(&c.sig).unwrap_or_default();
@@ -192,10 +247,9 @@ pub fn verify(
             });
         }
     }
-    let mut prev: Option<Vec<u8>> = (from_seq <= 1).then(|| GENESIS.to_vec());
     let mut count = 0u64;
-    let mut last_seq = 0;
-    for (expected_seq, row) in (from_seq.max(1)..).zip(rows) {
+    let mut last_seq = first_seq - 1;
+    for (expected_seq, row) in (first_seq..).zip(rows) {
         if row.seq != expected_seq {
             return Err(Finding {
                 seq: expected_seq,

@@ -161,6 +161,7 @@ async fn two_writers_on_one_chain_interleave_without_forking_it() {
         window: std::time::Duration::from_millis(5),
         queue: 100,
         checkpoint_every: std::time::Duration::from_secs(60),
+        retention: Default::default(),
     };
     let a = AuditLog::start(store.clone(), key(), settings(true)).unwrap();
     let b = AuditLog::start(store.clone(), key(), settings(false)).unwrap();
@@ -226,6 +227,8 @@ impl Store for CommitsThenFails {
         audit_head(&self, replica: &str) -> Result<Option<AuditRow>, warden_store::StoreError>;
         audit_replicas(&self) -> Result<Vec<String>, warden_store::StoreError>;
         audit_query(&self, query: &warden_store::AuditQuery) -> Result<warden_store::AuditPage, warden_store::StoreError>;
+        prune_audit(&self, anchor: &warden_store::AuditAnchor) -> Result<u64, warden_store::StoreError>;
+        audit_anchor(&self, replica: &str) -> Result<Option<warden_store::AuditAnchor>, warden_store::StoreError>;
     }
 }
 
@@ -245,6 +248,7 @@ async fn a_batch_committed_despite_a_reported_failure_is_not_written_twice() {
             window: std::time::Duration::from_millis(5),
             queue: 16,
             checkpoint_every: std::time::Duration::from_secs(60),
+            retention: Default::default(),
         },
     )
     .unwrap();
@@ -262,4 +266,110 @@ async fn a_batch_committed_despite_a_reported_failure_is_not_written_twice() {
             last_seq: 3
         })
     );
+}
+
+/// Records with times 1_000 µs apart, for the retention policy.
+fn timed_chain(store: &SqliteStore, key: &AuditKey, n: i64) {
+    let mut chain = Chain::resume(REPLICA, store.audit_head(REPLICA).unwrap().as_ref());
+    let rows: Vec<AuditRow> = (1..=n)
+        .map(|i| chain.append(key, format!(r#"{{"time_us":{},"outcome":"ok"}}"#, i * 1000)))
+        .collect();
+    store.append_audit(&rows).unwrap();
+}
+
+fn check_pruned(store: &SqliteStore, key: &AuditKey) -> Result<Verified, Finding> {
+    let anchor = store.audit_anchor(REPLICA).unwrap().expect("an anchor");
+    verify_anchored(
+        key,
+        &anchor,
+        store.audit_rows(REPLICA, 0, 100_000).unwrap(),
+        None,
+    )
+}
+
+#[test]
+fn retention_prunes_by_count_and_age_behind_an_anchor_that_verifies() {
+    let (_d, path, key, _) = fixture();
+    let store = SqliteStore::open(&path).unwrap();
+    // 10 untimed records from the fixture, then 90 timed ones (seq 11..=100).
+    timed_chain(&store, &key, 90);
+    let by_count = Retention {
+        max_age: None,
+        max_records: Some(60),
+    };
+    assert_eq!(prune(&store, &key, REPLICA, by_count, 0).unwrap(), 40);
+    assert_eq!(
+        check_pruned(&store, &key),
+        Ok(Verified {
+            rows: 60,
+            last_seq: 100
+        })
+    );
+    // Older than 50 ms at 80 ms: times below 30 ms, seq 11..=39, already gone.
+    let by_age = Retention {
+        max_age: Some(std::time::Duration::from_millis(50)),
+        max_records: None,
+    };
+    let removed = prune(&store, &key, REPLICA, by_age, 80_000).unwrap();
+    assert_eq!(removed, 0);
+    // Older than 50 ms at 120 ms: times below 70 ms, seq up to 79.
+    let removed = prune(&store, &key, REPLICA, by_age, 120_000).unwrap();
+    assert_eq!(removed, 39);
+    assert_eq!(
+        check_pruned(&store, &key),
+        Ok(Verified {
+            rows: 21,
+            last_seq: 100
+        })
+    );
+    // The head is always kept, however old.
+    let all = Retention {
+        max_age: Some(std::time::Duration::from_micros(1)),
+        max_records: Some(1),
+    };
+    prune(&store, &key, REPLICA, all, i64::MAX).unwrap();
+    assert_eq!(
+        check_pruned(&store, &key),
+        Ok(Verified {
+            rows: 1,
+            last_seq: 100
+        })
+    );
+    // Writing continues after the kept head.
+    timed_chain(&store, &key, 5);
+    assert_eq!(
+        check_pruned(&store, &key),
+        Ok(Verified {
+            rows: 6,
+            last_seq: 105
+        })
+    );
+}
+
+#[test]
+fn a_pruned_chain_still_names_tampering() {
+    let (_d, path, key, _) = fixture();
+    let store = SqliteStore::open(&path).unwrap();
+    timed_chain(&store, &key, 20);
+    let keep_ten = Retention {
+        max_age: None,
+        max_records: Some(10),
+    };
+    assert_eq!(prune(&store, &key, REPLICA, keep_ten, 0).unwrap(), 20);
+    assert!(check_pruned(&store, &key).is_ok());
+    // Deleting the first rows left is seen: the next one does not link to the anchor.
+    sql(&path, "DELETE FROM audit WHERE seq = 21");
+    let err = check_pruned(&store, &key).unwrap_err();
+    assert_eq!((err.seq, err.problem), (21, Problem::Missing));
+    // Moving the anchor forward to hide that needs the key.
+    sql(
+        &path,
+        "UPDATE audit_anchor SET seq = 21, head = (SELECT prev FROM audit WHERE seq = 22)",
+    );
+    let err = check_pruned(&store, &key).unwrap_err();
+    assert_eq!((err.seq, err.problem), (21, Problem::BadAnchor));
+    // Deleting the anchor leaves a chain that starts in the middle.
+    sql(&path, "DELETE FROM audit_anchor");
+    let err = check(&path, &key, None).unwrap_err();
+    assert_eq!((err.seq, err.problem), (1, Problem::Missing));
 }

@@ -32,8 +32,98 @@ pub struct WriterSettings {
     pub window: Duration,
     /// Records that may wait; past it, callers wait (backpressure).
     pub queue: usize,
-    /// How often a signed checkpoint is written to the log (when the chain moved).
+    /// How often a signed checkpoint is written to the log (when the chain
+    /// moved), and the retention policy applied.
     pub checkpoint_every: Duration,
+    /// What is kept of the chain.
+    pub retention: Retention,
+}
+
+/// What is kept of a chain (docs/audit.md, "Retention"): older records are
+/// removed behind a signed anchor. The chain's last record is always kept.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Retention {
+    /// Records older than this are removed.
+    pub max_age: Option<Duration>,
+    /// At most this many records are kept.
+    pub max_records: Option<u64>,
+}
+
+/// Rows removed per transaction, so that pruning a large backlog never
+/// holds the store for long.
+const PRUNE_CHUNK: i64 = 20_000;
+
+/// Applies `retention` to `replica`'s chain now: removes the records it
+/// does not keep, oldest first, each chunk behind a signed anchor. Returns
+/// the records removed.
+pub fn prune(
+    store: &dyn Store,
+    key: &AuditKey,
+    replica: &str,
+    retention: Retention,
+    now_us: i64,
+) -> Result<u64, warden_store::StoreError> {
+    if retention == Retention::default() {
+        return Ok(0);
+    }
+    let Some(head) = store.audit_head(replica)? else {
+        return Ok(0);
+    };
+    let Some(mut first) = store.audit_rows(replica, 0, 1)?.first().map(|r| r.seq) else {
+        return Ok(0);
+    };
+    let mut through = first - 1;
+    if let Some(max) = retention.max_records {
+        through = through.max(head.seq - i64::try_from(max).unwrap_or(i64::MAX));
+    }
+    if let Some(age) = retention.max_age {
+        let cutoff = now_us.saturating_sub(i64::try_from(age.as_micros()).unwrap_or(i64::MAX));
+        through = through.max(last_before(store, replica, first, head.seq, cutoff)?);
+    }
+    // The head is always kept: the writer continues the chain from it.
+    let through = through.min(head.seq - 1);
+    let mut removed = 0;
+    while first <= through {
+        let upto = through.min(first + PRUNE_CHUNK - 1);
+        let Some(row) = store.audit_rows(replica, upto, 1)?.into_iter().next() else {
+            break;
+        };
+        removed += store.prune_audit(&crate::anchor_at(key, &row))?;
+        first = row.seq + 1;
+    }
+    Ok(removed)
+}
+
+/// The last sequence number in `[first, last]` whose record is older than
+/// `cutoff_us` (`first - 1` if none), by binary search: records are
+/// appended in time order (to within a batch window).
+fn last_before(
+    store: &dyn Store,
+    replica: &str,
+    first: i64,
+    last: i64,
+    cutoff_us: i64,
+) -> Result<i64, warden_store::StoreError> {
+    let time_of = |seq: i64| -> Result<Option<i64>, warden_store::StoreError> {
+        Ok(store
+            .audit_rows(replica, seq, 1)?
+            .first()
+            .and_then(|r| serde_json::from_str::<serde_json::Value>(&r.record).ok())
+            .and_then(|v| v.get("time_us").and_then(serde_json::Value::as_i64)))
+    };
+    let (mut lo, mut hi) = (first, last);
+    let mut found = first - 1;
+    while lo <= hi {
+        let mid = lo + (hi - lo) / 2;
+        match time_of(mid)? {
+            Some(t) if t < cutoff_us => {
+                found = mid;
+                lo = mid + 1;
+            }
+            _ => hi = mid - 1,
+        }
+    }
+    Ok(found)
 }
 
 struct Job {
@@ -204,6 +294,7 @@ impl Writer {
                 },
                 _ = ticker.tick() => {
                     self.log_checkpoint();
+                    self.prune(&key).await;
                     continue;
                 }
             };
@@ -341,6 +432,37 @@ impl Writer {
                 return false;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Applies the retention policy (on the blocking pool: it may remove
+    /// many rows). A failure is logged and tried again at the next tick.
+    async fn prune(&self, key: &Arc<AuditKey>) {
+        let retention = self.settings.retention;
+        if retention == Retention::default() {
+            return;
+        }
+        let store = Arc::clone(&self.store);
+        let key = Arc::clone(key);
+        let replica = self.settings.replica.clone();
+        let now_us = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX));
+        let done =
+            tokio::task::spawn_blocking(move || prune(&*store, &key, &replica, retention, now_us))
+                .await;
+        match done {
+            Ok(Ok(0)) => {}
+            Ok(Ok(removed)) => tracing::info!(
+                event = "audit_pruned",
+                replica = %self.settings.replica,
+                removed,
+                "audit records past the retention policy removed behind a signed anchor"
+            ),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "audit retention could not be applied; retrying later")
+            }
+            Err(e) => tracing::warn!(error = %e, "audit retention task failed"),
         }
     }
 

@@ -108,9 +108,12 @@ impl Credential {
         }
     }
 
-    /// Whether this failure counts as a guess (for brute-force bans).
-    pub fn is_guess(self) -> bool {
-        !matches!(self, Self::Missing | Self::Ambiguous | Self::StoreFailed)
+    /// Whether this failure counts toward a ban of the client address:
+    /// every failure the client caused (a missing or malformed credential
+    /// too, so that unauthenticated floods are limited per address), but
+    /// not the store failing.
+    pub fn counts_toward_ban(self) -> bool {
+        !matches!(self, Self::StoreFailed)
     }
 
     /// The client-facing error.

@@ -108,6 +108,28 @@ pub struct RawServer {
     pub trusted_proxies: Option<Vec<IpNet>>,
     /// Most requests in flight at once; beyond: 503 overloaded. Default 4096.
     pub max_in_flight: Option<usize>,
+    /// Most connections open at once from one client address (IPv6: one
+    /// /64); more are closed at once. The trusted proxies are not capped.
+    /// Default 5% of `max_connections` (500).
+    pub max_connections_per_address: Option<usize>,
+    /// Most requests in flight at once for one principal; beyond: 429
+    /// rate_limited. Default 1/8 of `max_in_flight` (512).
+    pub max_in_flight_per_principal: Option<usize>,
+    /// A connection with no request in progress is closed after this
+    /// (HTTP/2: GOAWAY, then close). Default `30s`.
+    #[serde(deserialize_with = "duration")]
+    pub idle_timeout: Option<Duration>,
+    /// Least rate, in bytes per second, at which a request body must arrive
+    /// while Warden waits for it, measured over `transfer_window`; 0 turns
+    /// it off. Default 1024.
+    pub min_body_rate: Option<u64>,
+    /// Least rate, in bytes per second, at which a client must read its
+    /// response while Warden waits to write, measured over
+    /// `transfer_window`; 0 turns it off. Default 1024.
+    pub min_send_rate: Option<u64>,
+    /// The window the minimum rates are measured over. Default `10s`.
+    #[serde(deserialize_with = "duration")]
+    pub transfer_window: Option<Duration>,
     /// A plaintext HTTP listener that only redirects (308) to the HTTPS data
     /// plane, e.g. `"0.0.0.0:80"`. Default: none. Needs TLS; off loopback it
     /// needs `insecure.plaintext_http_on_public_address = true`.
@@ -360,9 +382,21 @@ pub struct RawAudit {
     /// Records waiting to be written; when full, requests wait (backpressure). Default 10000.
     pub queue: Option<usize>,
     /// How often a signed checkpoint is written to the log when the chain
-    /// moved. Default `1m`.
+    /// moved, and the retention policy applied. Default `1m`.
     #[serde(deserialize_with = "duration")]
     pub checkpoint_interval: Option<Duration>,
+    /// Records older than this are removed behind a signed anchor (export
+    /// them first). Default: kept forever.
+    #[serde(deserialize_with = "duration")]
+    pub max_age: Option<Duration>,
+    /// At most this many records are kept per chain; older ones are removed
+    /// behind a signed anchor. Default: no limit.
+    pub max_records: Option<u64>,
+    /// Refusals made before any work (unauthenticated, banned,
+    /// rate_limited) are written as one record per client, outcome and
+    /// window, with a count. Default `1m`.
+    #[serde(deserialize_with = "duration")]
+    pub refusal_window: Option<Duration>,
 }
 
 /// `[alerts]`: anomaly alerts (structured log events with an `alert` field,
@@ -423,6 +457,12 @@ pub struct AuditSettings {
     pub queue: usize,
     /// Checkpoint log interval.
     pub checkpoint_interval: Duration,
+    /// Records older than this are removed.
+    pub max_age: Option<Duration>,
+    /// Most records kept per chain.
+    pub max_records: Option<u64>,
+    /// Window of the refusal tallies.
+    pub refusal_window: Duration,
 }
 
 /// `[insecure]`: each flag acknowledges one setting Warden refuses otherwise.
@@ -600,6 +640,18 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Connection cap.
     pub max_connections: usize,
+    /// Connection cap per client address (IPv6: /64).
+    pub max_connections_per_address: usize,
+    /// In-flight cap per principal.
+    pub max_in_flight_per_principal: usize,
+    /// Idle connection deadline.
+    pub idle_timeout: Duration,
+    /// Minimum request-body rate in bytes per second (0: off).
+    pub min_body_rate: u64,
+    /// Minimum response-reading rate in bytes per second (0: off).
+    pub min_send_rate: u64,
+    /// Window of the minimum rates.
+    pub transfer_window: Duration,
     /// Trusted proxy networks.
     pub trusted_proxies: Vec<IpNet>,
     /// Model repository.
@@ -827,6 +879,8 @@ impl Config {
             ));
         }
         let json_max_depth = positive("server.json_max_depth", server.json_max_depth, 32)?;
+        let max_in_flight = positive("server.max_in_flight", server.max_in_flight, 4096)?;
+        let max_connections = positive("server.max_connections", server.max_connections, 10_000)?;
         if json_max_depth > 128 {
             return Err(invalid("server.json_max_depth", "at most 128"));
         }
@@ -946,6 +1000,17 @@ impl Config {
                     audit.checkpoint_interval,
                     60,
                 )?,
+                max_age: match audit.max_age {
+                    Some(d) if d.is_zero() => {
+                        return Err(invalid("audit.max_age", "must be longer than 0s"));
+                    }
+                    other => other,
+                },
+                max_records: match audit.max_records {
+                    Some(0) => return Err(invalid("audit.max_records", "must be greater than 0")),
+                    other => other,
+                },
+                refusal_window: nonzero("audit.refusal_window", audit.refusal_window, 60)?,
             })
         } else {
             None
@@ -1016,7 +1081,21 @@ impl Config {
             docs: server.docs.unwrap_or(true),
             audit,
             alerts,
-            max_in_flight: positive("server.max_in_flight", server.max_in_flight, 4096)?,
+            max_in_flight,
+            max_in_flight_per_principal: positive(
+                "server.max_in_flight_per_principal",
+                server.max_in_flight_per_principal,
+                (max_in_flight / 8).max(1),
+            )?,
+            max_connections_per_address: positive(
+                "server.max_connections_per_address",
+                server.max_connections_per_address,
+                (max_connections / 20).max(1),
+            )?,
+            idle_timeout: nonzero("server.idle_timeout", server.idle_timeout, 30)?,
+            min_body_rate: server.min_body_rate.unwrap_or(1024),
+            min_send_rate: server.min_send_rate.unwrap_or(1024),
+            transfer_window: nonzero("server.transfer_window", server.transfer_window, 10)?,
             limits,
             admin,
             roles,
@@ -1031,7 +1110,7 @@ impl Config {
             body_limit,
             json_max_depth,
             shutdown_grace: nonzero("server.shutdown_grace", server.shutdown_grace, 30)?,
-            max_connections: positive("server.max_connections", server.max_connections, 10_000)?,
+            max_connections,
             trusted_proxies: server.trusted_proxies.unwrap_or_default(),
             models_dir: overrides
                 .models_dir

@@ -17,7 +17,11 @@ pub const REQUEST_DURATION: &str = "warden_request_duration_seconds";
 pub const INFERENCE_DURATION: &str = "warden_inference_duration_seconds";
 /// Failed authentications, by plane and reason.
 pub const AUTH_FAILURES: &str = "warden_auth_failures_total";
-/// Requests refused by a rate limit, by policy.
+/// Connections refused when accepted, by listener and reason (`per_address`: the client address had its share).
+pub const CONNECTIONS_REFUSED: &str = "warden_connections_refused_total";
+/// Connections Warden closed, by listener and reason (`idle`, `handshake_timeout`, `shutdown`).
+pub const CONNECTIONS_CLOSED: &str = "warden_connections_closed_total";
+/// Requests refused by a rate limit, by policy (`in_flight`: the principal's share of requests in flight).
 pub const RATE_LIMITED: &str = "warden_rate_limited_total";
 /// Requests refused by a quota, by model.
 pub const QUOTA_EXCEEDED: &str = "warden_quota_exceeded_total";
@@ -146,6 +150,14 @@ pub fn describe() {
         "Failed authentications, by plane and reason."
     );
     describe_counter!(RATE_LIMITED, "Requests refused by a rate limit, by policy.");
+    describe_counter!(
+        CONNECTIONS_REFUSED,
+        "Connections refused when accepted, by listener and reason."
+    );
+    describe_counter!(
+        CONNECTIONS_CLOSED,
+        "Connections Warden closed, by listener and reason."
+    );
     describe_counter!(QUOTA_EXCEEDED, "Requests refused by a quota, by model.");
     describe_counter!(
         BANNED_REQUESTS,

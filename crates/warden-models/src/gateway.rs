@@ -293,9 +293,11 @@ impl Inner {
             self.count("breaker_open");
             return Err(EngineError::Unavailable);
         }
-        // From here the breaker hears how the call ended, even when the
-        // request is dropped half-way (client gone, server.request_timeout):
-        // a call that never finished counts as a failure.
+        // From here the breaker hears how the call ended. A request dropped
+        // half-way (its client gone, server.request_timeout spent waiting
+        // elsewhere) cancels the call without counting it: a client going
+        // away says nothing about the upstream's health, and counting it
+        // would let any caller open the breaker for everyone.
         let mut attempt = Attempt {
             inner: self,
             settled: false,
@@ -503,8 +505,10 @@ impl Inner {
     }
 }
 
-/// A call admitted by the breaker; dropped unsettled (the request went
-/// away mid-call), it counts as a failed call.
+/// A call admitted by the breaker. Dropped unsettled (the request went
+/// away mid-call), the call is cancelled and counted only in the metrics
+/// (`cancelled`), never as a failure; a trial call gives its turn to the
+/// next caller.
 struct Attempt<'a> {
     inner: &'a Inner,
     settled: bool,
@@ -514,10 +518,7 @@ impl Drop for Attempt<'_> {
     fn drop(&mut self) {
         if !self.settled {
             self.inner.count("cancelled");
-            if self.inner.breaker.failure() {
-                self.inner
-                    .opened_or_closed(true, "calls were abandoned before the upstream answered");
-            }
+            self.inner.breaker.release_trial();
         }
     }
 }
@@ -823,6 +824,89 @@ mod tests {
         b.release_trial();
         assert!(b.admit());
         assert!(b.success() && !b.is_open());
+    }
+
+    /// An upstream on loopback that answers every call with one good
+    /// prediction after `delay` (HTTP/1.1, one request per connection).
+    async fn slow_upstream(delay: Duration) -> std::net::SocketAddr {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut socket, _)) = listener.accept().await else {
+                    return;
+                };
+                tokio::spawn(async move {
+                    let mut request = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    // Headers, then the body its Content-Length announces.
+                    loop {
+                        let Ok(n) = socket.read(&mut buf).await else {
+                            return;
+                        };
+                        if n == 0 {
+                            return;
+                        }
+                        request.extend_from_slice(&buf[..n]);
+                        let text = String::from_utf8_lossy(&request);
+                        if let Some(end) = text.find("\r\n\r\n") {
+                            let length = text[..end]
+                                .lines()
+                                .find_map(|l| {
+                                    l.to_ascii_lowercase()
+                                        .strip_prefix("content-length:")
+                                        .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                                })
+                                .unwrap_or(0);
+                            if request.len() >= end + 4 + length {
+                                break;
+                            }
+                        }
+                    }
+                    tokio::time::sleep(delay).await;
+                    let body = r#"{"outputs":[{"name":"predict","shape":[1],"datatype":"INT64","data":[1]},{"name":"predict_proba","shape":[1,2],"datatype":"FP32","data":[0.25,0.75]}]}"#;
+                    let answer = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = socket.write_all(answer.as_bytes()).await;
+                });
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn calls_cancelled_by_their_clients_leave_the_breaker_closed() {
+        let addr = slow_upstream(Duration::from_millis(300)).await;
+        let mut b = backend(CARD);
+        b.infer_url = format!("http://{addr}/v2/models/m/infer");
+        b.permits = Semaphore::new(2000);
+        b.breaker = Breaker::new(5, Duration::from_secs(60));
+        // 1,000 callers that give up mid-call, as clients that disconnect do.
+        let mut callers = tokio::task::JoinSet::new();
+        let b = Arc::new(b);
+        for _ in 0..1000 {
+            let b = Arc::clone(&b);
+            callers.spawn(async move {
+                tokio::time::timeout(Duration::from_millis(50), b.infer(1, vec![0.5, 0.5]))
+                    .await
+                    .is_err()
+            });
+        }
+        let cancelled = callers.join_all().await;
+        assert!(
+            cancelled.iter().all(|c| *c),
+            "every call was cancelled mid-call"
+        );
+        assert!(
+            !b.breaker.is_open(),
+            "cancelled calls are not upstream failures"
+        );
+        // The next request is served.
+        let served = b.infer(1, vec![0.5, 0.5]).await.unwrap();
+        assert_eq!(served.labels, [1]);
     }
 
     fn backend(card: &str) -> Inner {

@@ -86,6 +86,7 @@ fn state(runtime: &tokio::runtime::Runtime) -> (AppState, String) {
                 window: Duration::from_millis(50),
                 queue: 10_000,
                 checkpoint_every: Duration::from_secs(60),
+                retention: Default::default(),
             },
         )
         .unwrap()

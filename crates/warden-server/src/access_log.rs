@@ -70,6 +70,75 @@ impl AccessRecord<'_> {
     }
 }
 
+/// Access-log lines of cheap refusals (`refusals::COUNTED`) per outcome
+/// and second; past it they are counted, not written, and
+/// [`RefusalLines::spawn_reporter`] logs the count every 10 s. A flood of
+/// unauthenticated requests would otherwise write one line each.
+pub const REFUSAL_LINES_PER_SECOND: u64 = 20;
+
+/// The budget of refusal lines.
+#[derive(Debug, Default)]
+pub struct RefusalLines {
+    /// Per counted outcome: (second, lines written in it, lines suppressed).
+    slots: [std::sync::Mutex<(u64, u64, u64)>; crate::refusals::COUNTED.len()],
+}
+
+impl RefusalLines {
+    /// Whether a line of `outcome` may be written now.
+    pub fn allow(&self, outcome: &str, now_s: u64) -> bool {
+        let Some(i) = crate::refusals::COUNTED.iter().position(|c| *c == outcome) else {
+            return true;
+        };
+        let mut slot = self.slots[i]
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if slot.0 != now_s {
+            slot.0 = now_s;
+            slot.1 = 0;
+        }
+        if slot.1 < REFUSAL_LINES_PER_SECOND {
+            slot.1 += 1;
+            true
+        } else {
+            slot.2 += 1;
+            false
+        }
+    }
+
+    /// The suppressed counts since the last call, per outcome.
+    pub fn take_suppressed(&self) -> Vec<(&'static str, u64)> {
+        crate::refusals::COUNTED
+            .iter()
+            .zip(&self.slots)
+            .filter_map(|(outcome, slot)| {
+                let mut slot = slot
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                let n = std::mem::take(&mut slot.2);
+                (n > 0).then_some((*outcome, n))
+            })
+            .collect()
+    }
+
+    /// Logs the suppressed counts every 10 s.
+    pub fn spawn_reporter(self: std::sync::Arc<Self>) {
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(10));
+            loop {
+                every.tick().await;
+                for (outcome, suppressed) in self.take_suppressed() {
+                    tracing::info!(
+                        target: "warden::access",
+                        outcome,
+                        suppressed,
+                        "access-log lines of refused requests suppressed (over {REFUSAL_LINES_PER_SECOND} a second); they are counted in warden_requests_total"
+                    );
+                }
+            }
+        });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -109,5 +178,24 @@ mod tests {
             (v["principal"].as_str(), v["model"].as_str()),
             (Some("-"), Some("-"))
         );
+    }
+
+    #[test]
+    fn refusal_lines_are_budgeted_per_second() {
+        let budget = RefusalLines::default();
+        let written = (0..1000)
+            .filter(|_| budget.allow("unauthenticated", 7))
+            .count();
+        assert_eq!(written as u64, REFUSAL_LINES_PER_SECOND);
+        assert!(budget.allow("ok", 7), "other outcomes are never budgeted");
+        assert!(
+            budget.allow("unauthenticated", 8),
+            "a new second has a new budget"
+        );
+        assert_eq!(
+            budget.take_suppressed(),
+            [("unauthenticated", 1000 - REFUSAL_LINES_PER_SECOND)]
+        );
+        assert!(budget.take_suppressed().is_empty());
     }
 }

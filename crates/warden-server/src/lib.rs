@@ -13,6 +13,7 @@ pub mod client_addr;
 pub mod defend;
 pub mod docs;
 pub mod extract;
+pub mod fair;
 pub mod listener;
 pub mod metrics;
 pub mod oauth;
@@ -20,6 +21,7 @@ pub mod observe;
 pub mod openapi;
 pub mod pipeline;
 pub mod redirect;
+pub mod refusals;
 pub mod routes;
 pub mod state;
 pub mod steps;
@@ -36,6 +38,7 @@ use warden_core::config::{Config, TlsSettings};
 use warden_models::Repository;
 
 use crate::listener::ConnectionSettings;
+use crate::listener::pacing::MinRate;
 use crate::state::{AppState, Identity, RequestLimits, Shared};
 
 /// Why the server could not start.
@@ -96,9 +99,11 @@ pub struct Server {
     trusted_proxies: Vec<ipnet::IpNet>,
     access_log: bool,
     max_in_flight: usize,
+    max_in_flight_per_principal: usize,
     docs: bool,
     settings: ConnectionSettings,
     alerts: warden_core::config::AlertSettings,
+    refusal_window: std::time::Duration,
 }
 
 impl std::fmt::Debug for Server {
@@ -164,10 +169,26 @@ impl Server {
             max_in_flight: config.max_in_flight,
             docs: config.docs,
             alerts: config.alerts,
+            refusal_window: config
+                .audit
+                .as_ref()
+                .map_or(std::time::Duration::from_secs(60), |a| a.refusal_window),
+            max_in_flight_per_principal: config.max_in_flight_per_principal,
             settings: ConnectionSettings {
                 max_connections: config.max_connections,
+                max_connections_per_address: config.max_connections_per_address,
+                uncapped: config.trusted_proxies.clone().into(),
                 handshake_timeout: config.handshake_timeout,
                 header_timeout: config.header_timeout,
+                idle_timeout: config.idle_timeout,
+                body_rate: MinRate {
+                    bytes_per_second: config.min_body_rate,
+                    window: config.transfer_window,
+                },
+                send_rate: MinRate {
+                    bytes_per_second: config.min_send_rate,
+                    window: config.transfer_window,
+                },
                 shutdown_grace: config.shutdown_grace,
             },
         })
@@ -227,8 +248,11 @@ impl Server {
             identity: services.identity,
             limiter: services.limiter,
             in_flight: tokio::sync::Semaphore::new(self.max_in_flight),
+            principal_in_flight: fair::PrincipalSlots::new(self.max_in_flight_per_principal),
             admin_in_flight: tokio::sync::Semaphore::new(ADMIN_IN_FLIGHT),
             audit: services.audit,
+            refusals: Arc::default(),
+            refusal_lines: Arc::default(),
             seal_key: services.seal_key,
             max_in_flight: self.max_in_flight,
             metrics: metrics::install(),
@@ -236,6 +260,16 @@ impl Server {
             rate_watch: Some(anomaly::RateWatch::start(self.alerts)),
         }));
         metrics::register_series(&state);
+        if let Some(log) = &state.audit {
+            refusals::spawn_flusher(
+                Arc::clone(&state.refusals),
+                Arc::clone(log),
+                self.refusal_window,
+            );
+        }
+        if state.access_log.is_some() {
+            Arc::clone(&state.refusal_lines).spawn_reporter();
+        }
         if let Some(handle) = &state.metrics {
             metrics::spawn_upkeep(handle.clone());
         }
@@ -248,7 +282,8 @@ impl Server {
             self.data.listener,
             self.data.tls,
             pipeline::data_plane(state.clone()),
-            self.settings,
+            self.settings.clone(),
+            "data",
             until_stopped(stopped.clone()),
         );
         let admin = async {
@@ -257,7 +292,8 @@ impl Server {
                     admin.listener,
                     admin.tls,
                     pipeline::management_plane(state.clone()),
-                    self.settings,
+                    self.settings.clone(),
+                    "management",
                     until_stopped(stopped.clone()),
                 )
                 .await;
@@ -269,7 +305,8 @@ impl Server {
                     listener,
                     None,
                     redirect::router(https_port),
-                    self.settings,
+                    self.settings.clone(),
+                    "redirect",
                     until_stopped(stopped.clone()),
                 )
                 .await;
@@ -280,5 +317,10 @@ impl Server {
             let _ = stop.send(true);
         };
         tokio::join!(data, admin, redirect, signal);
+        // The last window's refusal tallies, before the caller flushes the
+        // audit trail.
+        if let Some(log) = &state.audit {
+            refusals::flush(&state.refusals, log, self.refusal_window).await;
+        }
     }
 }

@@ -62,7 +62,7 @@ pub fn register_series(state: &AppState) {
             counter!(names::DEFENSE_FLAGS, "model" => name.clone(), "kind" => kind).absolute(0);
         }
     }
-    for policy in ["default", "predict", "token"] {
+    for policy in ["default", "predict", "token", "in_flight"] {
         counter!(names::RATE_LIMITED, "policy" => policy).absolute(0);
     }
 }
@@ -194,6 +194,17 @@ pub fn banned(plane: Plane) {
 /// A request refused by a rate limit.
 pub fn rate_limited(policy: &'static str) {
     counter!(names::RATE_LIMITED, "policy" => policy).increment(1);
+}
+
+/// A connection refused at accept (`reason`: `per_address`).
+pub fn connection_refused(listener: &'static str, reason: &'static str) {
+    counter!(names::CONNECTIONS_REFUSED, "listener" => listener, "reason" => reason).increment(1);
+}
+
+/// A connection closed by Warden (`reason`: `idle`, `handshake_timeout`,
+/// `shutdown`).
+pub fn connection_closed(listener: &'static str, reason: &'static str) {
+    counter!(names::CONNECTIONS_CLOSED, "listener" => listener, "reason" => reason).increment(1);
 }
 
 /// A request refused by a quota.

@@ -189,6 +189,16 @@ async fn admission(State(state): State<AppState>, mut req: Request, next: Next) 
             Err(e) => return e.into_response(),
         };
     let id = PrincipalNote(principal.id.clone());
+    // Fair share: one principal's requests in flight are capped, so a key
+    // holding slow requests cannot take every slot of the listener.
+    let _slot = match steps::principal_slot(&state, &principal) {
+        Ok(slot) => slot,
+        Err(e) => {
+            let mut response = e.into_response();
+            response.extensions_mut().insert(id);
+            return response;
+        }
+    };
     // Rate limit after authentication, so limits are per principal and an
     // unauthenticated burst gets 401s, not 429s.
     let mut response = match steps::rate_limit(&state, &principal).await {

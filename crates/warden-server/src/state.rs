@@ -48,10 +48,16 @@ pub struct Shared {
     pub limiter: Arc<warden_limits::Limiter>,
     /// The data plane's in-flight cap.
     pub in_flight: tokio::sync::Semaphore,
+    /// The in-flight cap per principal (both planes).
+    pub principal_in_flight: crate::fair::PrincipalSlots,
     /// The management plane's in-flight cap.
     pub admin_in_flight: tokio::sync::Semaphore,
     /// The audit trail, unless disabled.
     pub audit: Option<Arc<warden_audit::AuditLog>>,
+    /// Cheap refusals waiting to be written to the audit trail as tallies.
+    pub refusals: Arc<crate::refusals::Refusals>,
+    /// The access log's budget of refusal lines.
+    pub refusal_lines: Arc<crate::access_log::RefusalLines>,
     /// The encryption-at-rest key (raw-input snapshots), if configured.
     pub seal_key: Option<Arc<warden_models::sealed::SealKey>>,
     /// The data plane's in-flight limit (for the in-flight gauge).

@@ -101,6 +101,17 @@ pub async fn audit(state: &AppState, line: &AccessLine, response: Response) -> R
     };
     let outcome = outcome_code(&response);
     let ext = response.extensions();
+    // Cheap refusals are tallied, not recorded one by one (refusals.rs).
+    if crate::refusals::is_counted(outcome) {
+        state.refusals.add(crate::refusals::Refusal {
+            plane: line.plane,
+            client: line.client.0,
+            principal: ext.get::<PrincipalNote>().map(|p| &p.0),
+            outcome,
+            route: &line.path,
+        });
+        return response;
+    }
     let model = ext.get::<ModelNote>();
     let action = match (line.plane, &line.template) {
         (Plane::Management, Some(t)) => crate::admin::action(&line.method, t.as_str()),
@@ -329,13 +340,14 @@ pub async fn guarded(state: &AppState, inner: impl Future<Output = Response>) ->
 /// the flat envelope with the request id, adds the security headers every
 /// response carries, and writes the access-log line.
 pub fn respond(state: &AppState, mut response: Response, line: AccessLine) -> Response {
+    let outcome = outcome_code(&response);
     crate::metrics::request(
         line.plane,
         line.template
             .as_ref()
             .map_or("unmatched", MatchedPath::as_str),
         response.extensions().get::<ModelNote>().map(|m| &*m.model),
-        outcome_code(&response),
+        outcome,
         line.started.elapsed(),
     );
     if let Some(PendingError(error)) = response.extensions_mut().remove::<PendingError>() {
@@ -346,7 +358,11 @@ pub fn respond(state: &AppState, mut response: Response, line: AccessLine) -> Re
         );
     }
     security_headers(response.headers_mut(), &line.id, state.tls);
-    if let Some(sink) = &state.access_log {
+    if let Some(sink) = &state.access_log
+        && state
+            .refusal_lines
+            .allow(outcome, unix_micros() / 1_000_000)
+    {
         let ext = response.extensions();
         let record = AccessRecord {
             request_id: &line.id,
@@ -398,7 +414,7 @@ fn security_headers(headers: &mut HeaderMap, id: &str, tls: bool) {
 /// Which listener a request came in on. Bans are kept apart per plane, so
 /// that abuse of the data plane from an address (a NAT, a proxy) cannot lock
 /// operators out of the management API, and guessing there is banned there.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub enum Plane {
     /// The data plane.
     #[default]
@@ -460,9 +476,13 @@ pub async fn authenticate(
     match result {
         Ok(p) => Ok(p),
         Err(reason) => {
-            // A wrong, forged, revoked or expired credential counts towards
-            // a ban of the client address; a missing one does not.
-            if reason.is_guess()
+            // Every failure the client caused — a missing or malformed
+            // credential as much as a wrong, forged, revoked or expired one —
+            // counts towards a ban of the client address: that is the
+            // per-address limit on unauthenticated requests, applied before
+            // anything is written to disk (docs/limits.md). Only the store
+            // failing is not the client's doing.
+            if reason.counts_toward_ban()
                 && let Some(c) = client
             {
                 let subject = ban_subject(plane, c);
@@ -484,6 +504,25 @@ pub async fn banned_now(state: &AppState, plane: Plane, subject: &str, seconds: 
         "seconds": seconds,
     });
     audit_event(state, "ban", fields).await;
+}
+
+/// Step: fair share. A principal with `server.max_in_flight_per_principal`
+/// requests in flight is refused at once with `429 rate_limited` and
+/// `Retry-After: 1` (its own requests hold the slots, so waiting for one of
+/// them to end is the remedy); the slot is held until the response is made.
+pub fn principal_slot(
+    state: &AppState,
+    principal: &Principal,
+) -> Result<crate::fair::PrincipalSlot, ApiError> {
+    state
+        .principal_in_flight
+        .try_acquire(&principal.id)
+        .ok_or_else(|| {
+            crate::metrics::rate_limited("in_flight");
+            ApiError::new(ErrorCode::RateLimited)
+                .with_message("Too many requests of this credential are in progress; retry when one has finished.")
+                .with_retry_after(1)
+        })
 }
 
 /// Step: rate limit, per principal, one unit per request of the `default`

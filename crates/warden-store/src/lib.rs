@@ -139,6 +139,20 @@ pub struct AuditRow {
     pub mac: Vec<u8>,
 }
 
+/// Where a pruned audit chain starts: the signed checkpoint of the last
+/// row removed (docs/audit.md, "Retention").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditAnchor {
+    /// The chain.
+    pub replica: String,
+    /// The last sequence number removed.
+    pub seq: i64,
+    /// That row's MAC.
+    pub head: Vec<u8>,
+    /// The checkpoint signature over (replica, seq, head).
+    pub sig: Vec<u8>,
+}
+
 /// A filtered page of one replica's audit chain: records after `after_seq`
 /// whose fields match every filter given, in `seq` order.
 #[derive(Debug, Clone, Default)]
@@ -315,6 +329,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// Appends audit rows in one transaction (all or none).
     fn append_audit(&self, rows: &[AuditRow]) -> Result<(), StoreError>;
+    /// Removes `anchor.replica`'s rows up to and including `anchor.seq` and
+    /// keeps `anchor` as the chain's start, in one transaction; returns the
+    /// rows removed.
+    fn prune_audit(&self, anchor: &AuditAnchor) -> Result<u64, StoreError>;
+    /// The anchor of `replica`'s chain, if it was ever pruned.
+    fn audit_anchor(&self, replica: &str) -> Result<Option<AuditAnchor>, StoreError>;
     /// Up to `limit` rows of `replica`'s chain from `from_seq`, in stored
     /// order of `seq`.
     fn audit_rows(

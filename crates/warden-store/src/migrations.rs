@@ -30,6 +30,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0001_api_keys.sql"),
     include_str!("../migrations/0002_identities.sql"),
     include_str!("../migrations/0003_audit.sql"),
+    include_str!("../migrations/0004_audit_anchor.sql"),
 ];
 
 /// The SQL dialect a migration is rendered for.
@@ -115,6 +116,10 @@ mod tests {
         (
             "0b6583fd7b61f79e3592bc5d88bc17e7f0e8fcb993ce959815ecb81aa334fd4d",
             "0a295bb7c1f19398e47201b2b12c6a95f1046d50d118f96abe6d16f0050d547b",
+        ),
+        (
+            "58af688776c1b996c5f72dd27fde770ef563c5e05aba6cc4d53b81bafb0b1acd",
+            "9a09006f01f001dd35170d7c4d950c5dc568e45af90d589902dfda356e61e1c5",
         ),
     ];
 

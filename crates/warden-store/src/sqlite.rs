@@ -9,9 +9,9 @@ use rusqlite_migration::{M, Migrations};
 
 use crate::migrations::{self, Dialect};
 use crate::{
-    AUDIT_COLUMNS, ApiKeyRecord, AuditPage, AuditQuery, AuditRow, CLIENT_COLUMNS, ClientRecord,
-    KEY_COLUMNS, SIGNING_COLUMNS, SigningKeyRecord, Store, StoreError, USER_COLUMNS, UserRecord,
-    sql_limit,
+    AUDIT_COLUMNS, ApiKeyRecord, AuditAnchor, AuditPage, AuditQuery, AuditRow, CLIENT_COLUMNS,
+    ClientRecord, KEY_COLUMNS, SIGNING_COLUMNS, SigningKeyRecord, Store, StoreError, USER_COLUMNS,
+    UserRecord, sql_limit,
 };
 
 /// The schema migrations ([`crate::migrations`]), applied in order and
@@ -424,6 +424,39 @@ impl Store for SqliteStore {
         }
         tx.commit()?;
         Ok(())
+    }
+
+    fn prune_audit(&self, anchor: &AuditAnchor) -> Result<u64, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute(
+            "INSERT INTO audit_anchor (replica, seq, head, sig) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (replica) DO UPDATE SET seq = excluded.seq, head = excluded.head, sig = excluded.sig",
+            params![anchor.replica, anchor.seq, anchor.head, anchor.sig],
+        )?;
+        let removed = tx.execute(
+            "DELETE FROM audit WHERE replica = ?1 AND seq <= ?2",
+            params![anchor.replica, anchor.seq],
+        )?;
+        tx.commit()?;
+        Ok(removed as u64)
+    }
+
+    fn audit_anchor(&self, replica: &str) -> Result<Option<AuditAnchor>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT replica, seq, head, sig FROM audit_anchor WHERE replica = ?1",
+        )?;
+        Ok(stmt
+            .query_row([replica], |r| {
+                Ok(AuditAnchor {
+                    replica: r.get(0)?,
+                    seq: r.get(1)?,
+                    head: r.get(2)?,
+                    sig: r.get(3)?,
+                })
+            })
+            .optional()?)
     }
 
     fn audit_rows(

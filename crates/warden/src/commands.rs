@@ -242,6 +242,10 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
                         window: a.batch_window,
                         queue: a.queue,
                         checkpoint_every: a.checkpoint_interval,
+                        retention: warden_audit::Retention {
+                            max_age: a.max_age,
+                            max_records: a.max_records,
+                        },
                     },
                 )
                 .map_err(Failure::runtime)?,
@@ -917,9 +921,15 @@ fn audit_verify(
     if chains.is_empty() {
         println!("no audit records yet");
     }
-    let from = from.max(1);
     let mut bad = Vec::new();
     for chain in &chains {
+        // A pruned chain starts after its signed anchor (docs/audit.md,
+        // "Retention"): verification starts there unless asked to start later.
+        let anchor = store
+            .audit_anchor(chain)
+            .map_err(Failure::runtime)?
+            .filter(|a| from <= a.seq + 1);
+        let from = anchor.as_ref().map_or(from.max(1), |a| a.seq + 1);
         let mut rows = Vec::new();
         let mut next = from;
         loop {
@@ -935,9 +945,19 @@ fn audit_verify(
             }
         }
         let kept = checkpoint.as_ref().filter(|c| &c.replica == chain);
-        match warden_audit::verify(&key, chain, rows, from, kept) {
+        let verified = match &anchor {
+            Some(a) => warden_audit::verify_anchored(&key, a, rows, kept),
+            None => warden_audit::verify(&key, chain, rows, from, kept),
+        };
+        let pruned = anchor.as_ref().map_or(String::new(), |a| {
+            format!(
+                "; records 1 to {} were removed by the retention policy behind a verified anchor",
+                a.seq
+            )
+        });
+        match verified {
             Ok(v) => println!(
-                "audit chain {chain}: {} records verified (sequence {from} to {})",
+                "audit chain {chain}: {} records verified (sequence {from} to {}){pruned}",
                 v.rows, v.last_seq
             ),
             Err(f) => bad.push(format!(

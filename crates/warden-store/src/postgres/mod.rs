@@ -29,9 +29,9 @@ use self::connection::{Session, Settings};
 
 use crate::migrations::{self, Dialect};
 use crate::{
-    AUDIT_COLUMNS, ApiKeyRecord, AuditPage, AuditQuery, AuditRow, CLIENT_COLUMNS, ClientRecord,
-    KEY_COLUMNS, SIGNING_COLUMNS, SigningKeyRecord, Store, StoreError, USER_COLUMNS, UserRecord,
-    sql_limit,
+    AUDIT_COLUMNS, ApiKeyRecord, AuditAnchor, AuditPage, AuditQuery, AuditRow, CLIENT_COLUMNS,
+    ClientRecord, KEY_COLUMNS, SIGNING_COLUMNS, SigningKeyRecord, Store, StoreError, USER_COLUMNS,
+    UserRecord, sql_limit,
 };
 
 /// Budget of a call on top of its connect timeouts: two statement timeouts
@@ -640,6 +640,43 @@ impl Store for PostgresStore {
                 &[replicas, seqs, records, prevs, macs],
             );
             conflict(result, || what).map(drop)
+        })
+    }
+
+    fn prune_audit(&self, anchor: &AuditAnchor) -> Result<u64, StoreError> {
+        let anchor = anchor.clone();
+        self.call(move |c| {
+            let mut tx = c.transaction()?;
+            tx.execute(
+                "INSERT INTO audit_anchor (replica, seq, head, sig) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (replica) DO UPDATE SET seq = excluded.seq, head = excluded.head, sig = excluded.sig",
+                &[&anchor.replica, &anchor.seq, &anchor.head, &anchor.sig],
+            )?;
+            let removed = tx.execute(
+                "DELETE FROM audit WHERE replica = $1 AND seq <= $2",
+                &[&anchor.replica, &anchor.seq],
+            )?;
+            tx.commit()?;
+            Ok(removed)
+        })
+    }
+
+    fn audit_anchor(&self, replica: &str) -> Result<Option<AuditAnchor>, StoreError> {
+        let replica = replica.to_owned();
+        self.call(move |c| {
+            Ok(c.query_opt(
+                "SELECT replica, seq, head, sig FROM audit_anchor WHERE replica = $1",
+                &[&replica],
+            )?
+            .map(|r| {
+                Ok::<_, StoreError>(AuditAnchor {
+                    replica: r.try_get(0)?,
+                    seq: r.try_get(1)?,
+                    head: r.try_get(2)?,
+                    sig: r.try_get(3)?,
+                })
+            })
+            .transpose()?)
         })
     }
 

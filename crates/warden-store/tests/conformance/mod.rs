@@ -4,8 +4,8 @@
 //! transactions that change nothing on failure, ordering, audit paging).
 
 use warden_store::{
-    ApiKeyRecord, AuditQuery, AuditRow, ClientRecord, SigningKeyRecord, Store, StoreError,
-    UserRecord,
+    ApiKeyRecord, AuditAnchor, AuditQuery, AuditRow, ClientRecord, SigningKeyRecord, Store,
+    StoreError, UserRecord,
 };
 
 /// Defines one `#[test]` per case, each on a fresh, empty store made by
@@ -26,6 +26,7 @@ macro_rules! conformance_suite {
             audit_rows_head_and_replicas,
             audit_queries_filter_page_and_bound_their_scan,
             audit_filters_compare_json_types,
+            audit_prune_removes_the_head_of_the_chain_behind_an_anchor,
         );
     };
     (@cases $open:expr; $($case:ident),* $(,)?) => {
@@ -378,6 +379,33 @@ pub(crate) fn audit_rows_head_and_replicas(s: &dyn Store) {
     assert!(s.audit_rows("r", 1, 0).unwrap().is_empty());
     assert_eq!(s.audit_rows("r", 1, usize::MAX).unwrap().len(), 10);
     assert_eq!(s.audit_head("r").unwrap().unwrap(), rows[9]);
+}
+
+pub(crate) fn audit_prune_removes_the_head_of_the_chain_behind_an_anchor(s: &dyn Store) {
+    assert!(s.audit_anchor("r").unwrap().is_none());
+    let rows: Vec<_> = (1..=10).map(|i| audit("r", i, rec(i))).collect();
+    s.append_audit(&rows).unwrap();
+    s.append_audit(&[audit("other", 1, rec(1))]).unwrap();
+    let anchor = |seq: i64| AuditAnchor {
+        replica: "r".into(),
+        seq,
+        head: rows[seq as usize - 1].mac.clone(),
+        sig: vec![seq as u8; 32],
+    };
+    assert_eq!(s.prune_audit(&anchor(4)).unwrap(), 4);
+    assert_eq!(s.audit_anchor("r").unwrap(), Some(anchor(4)));
+    assert_eq!(
+        seqs(&s.audit_rows("r", 1, 100).unwrap()),
+        [5, 6, 7, 8, 9, 10]
+    );
+    // Pruning again moves the anchor; other chains are untouched.
+    assert_eq!(s.prune_audit(&anchor(7)).unwrap(), 3);
+    assert_eq!(s.audit_anchor("r").unwrap(), Some(anchor(7)));
+    assert_eq!(seqs(&s.audit_rows("r", 0, 100).unwrap()), [8, 9, 10]);
+    assert_eq!(s.audit_head("r").unwrap().unwrap().seq, 10);
+    assert_eq!(s.audit_rows("other", 1, 10).unwrap().len(), 1);
+    assert!(s.audit_anchor("other").unwrap().is_none());
+    assert_eq!(s.audit_replicas().unwrap(), ["other", "r"]);
 }
 
 pub(crate) fn audit_queries_filter_page_and_bound_their_scan(s: &dyn Store) {
