@@ -40,7 +40,7 @@ Attacks, in this order (each a function below; --only/--skip pick some):
                 when the battery started the server; always last)
 
 Full counts: 10,500 / 10,000 / 5,000 / 2,000 / 500,000 / 200 / 200, holding
-each attack 40 s. --quick divides counts by ~20 and holds 8 s (CI).
+each attack 40 s. --quick divides counts by ~20 and holds 12 s (CI).
 
 Targets (the issue's): during idle_tls, idle_h2, slow_body and slow_read the
 legitimate client gets every answer (200) with p99 <= 100 ms; the flood adds
@@ -103,7 +103,7 @@ FULL = {
 QUICK = {
     "idle_tls": 525, "idle_h2": 500, "slow_body": 250, "slow_read": 100,
     "unauth_flood": 25_000, "unauth_flood_python": 5_000, "auth_fail_ban": 30, "h2_shutdown": 10,
-    "hold": 8.0, "settle": 10.0, "ramp": 20.0, "flood_seconds": 30.0, "shutdown_wait": 10.0,
+    "hold": 12.0, "settle": 10.0, "ramp": 20.0, "flood_seconds": 30.0, "shutdown_wait": 10.0,
     "warmup": 2.0, "cooldown": 1.5,
 }
 ATTACKS = ["idle_tls", "idle_h2", "slow_body", "slow_read", "unauth_flood", "auth_fail_ban", "recovery", "h2_shutdown"]
@@ -309,7 +309,7 @@ class OpenError(Exception):
 
 class Conn:
     __slots__ = ("sock", "obj", "inc", "out", "t_open", "t_closed", "how", "alpn", "port", "rx", "plain",
-                 "status", "t_status", "next_send", "sent", "reader")
+                 "status", "t_status", "next_send", "sent", "t_released")
 
     def __init__(self, sock, obj, inc, out, alpn):
         self.sock, self.obj, self.inc, self.out, self.alpn = sock, obj, inc, out, alpn
@@ -323,7 +323,7 @@ class Conn:
         self.t_status: float | None = None
         self.next_send = 0.0
         self.sent = 0
-        self.reader = False
+        self.t_released: float | None = None  # when the server side was first seen closed (/proc/net/tcp)
 
     def mark_closed(self, how: str) -> None:
         if self.t_closed is None:
@@ -639,6 +639,15 @@ def attach(args, target: Target) -> None:
     if not args.attacker_key:
         log("no --attacker-key: slow_body uses the legitimate client's key (their limits are then shared)")
     target.pid = args.pid
+    if args.pid:
+        try:
+            for line in Path(f"/proc/{args.pid}/limits").read_text().splitlines():
+                if line.startswith("Max open files"):
+                    soft = line.split()[3]
+                    if soft.isdigit() and int(soft) < FULL["idle_tls"] + 100:
+                        log(f"the server's open-file limit is {soft}: it cannot hold the full battery's connections")
+        except OSError:
+            log(f"no process {args.pid} (--pid)")
     target.data_dir = Path(args.data_dir) if args.data_dir else None
     target.log_file = Path(args.log_file) if args.log_file else None
     cacert = args.cacert or (str(Path(args.data_dir) / "tls" / "cert.pem") if args.data_dir else None)
@@ -668,10 +677,12 @@ def file_bytes(path: Path | None) -> int | None:
         return None
 
 
-def server_side(port: int, client_ports: set[int]) -> dict | None:
-    """The server's side of the battery's connections, from /proc/net/tcp:
-    held (established, owned by the server process), backlog (established but
-    not yet accepted), closing (any other state), gone (no socket left)."""
+def server_side(port: int, client_ports: set[int]) -> dict[int, str] | None:
+    """The server's side of the battery's connections, from /proc/net/tcp
+    (port -> state): held (established and accepted: owned by the server
+    process), backlog (established, not yet accepted), closing (any other
+    state, e.g. FIN_WAIT1 with unsent data after the server closed it), gone
+    (no socket left). None if the listener is not in this network namespace."""
     found: dict[int, str] = {}
     listener = False
     for path in ("/proc/net/tcp", "/proc/net/tcp6"):
@@ -701,9 +712,16 @@ def server_side(port: int, client_ports: set[int]) -> dict | None:
                     found[rport] = "closing"
     if not listener:
         return None
-    c = Counter(found.values())
-    return {"held": c["held"], "backlog": c["backlog"], "closing": c["closing"],
-            "gone": len(client_ports) - len(found)}
+    for p in client_ports:
+        found.setdefault(p, "gone")
+    return found
+
+
+def side_counts(states: dict[int, str] | None) -> dict | None:
+    if states is None:
+        return None
+    c = Counter(states.values())
+    return {k: c[k] for k in ("held", "backlog", "closing", "gone")}
 
 
 # ---------------------------------------------------------------------------
@@ -725,24 +743,32 @@ class Battery:
             return self.fd_budget
         return n
 
-    async def hold(self, seconds: float, tick: float, on_tick) -> str | None:
-        """Calls on_tick() every tick for `seconds`; stops early if the server dies."""
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
-            on_tick()
-            if not self.target.alive():
-                return self.target.exit_note()
-            await asyncio.sleep(min(tick, max(0.0, end - time.monotonic())))
-        on_tick()
-        return None
+    def sample_server(self, conns: list[Conn]) -> dict[int, str] | None:
+        states = server_side(self.target.port, {c.port for c in conns})
+        if states is not None:
+            now = time.monotonic()
+            for c in conns:
+                if c.t_released is None and states.get(c.port) in ("closing", "gone"):
+                    c.t_released = now
+        return states
 
-    async def ramp_and_hold(self, n: int, alpn: str, payload: bytes, *, keep_tls: bool = False,
-                            rcvbuf: int | None = None, tick: float = 0.5, on_tick=None) -> dict:
+    async def ramp_and_hold(self, n: int, alpn: str, payload: bytes, tick_fn, *, keep_tls: bool = False,
+                            rcvbuf: int | None = None, tick: float = 0.5) -> dict:
+        """Opens n TLS connections in batches (bounded by the ramp time), then
+        holds them for the hold time; tick_fn(conns) runs every tick
+        throughout, and the server's side is sampled every second."""
         ctx = attacker_context([alpn])
         conns: list[Conn] = []
         errors: Counter = Counter()
         t0 = time.monotonic()
         timeout = self.args.connect_timeout
+        last_sample = [0.0]
+
+        def on_tick():
+            tick_fn(conns)
+            if time.monotonic() - last_sample[0] >= 1.0:
+                last_sample[0] = time.monotonic()
+                self.sample_server(conns)
 
         async def opener(i: int) -> Conn:
             return await tls_open(self.target.addr, ctx, timeout, payload=payload, rcvbuf=rcvbuf, keep_tls=keep_tls)
@@ -751,25 +777,42 @@ class Battery:
 
         async def poll_during_ramp():
             while not stop.is_set():
-                (on_tick or (lambda: [c.drain() for c in conns]))()
+                on_tick()
                 await asyncio.sleep(tick)
 
         poller = asyncio.create_task(poll_during_ramp())
-        attempted = await open_many(n, opener, conns, errors, t0 + self.plan["ramp"])
-        stop.set()
-        await poller
+        try:
+            attempted = await open_many(n, opener, conns, errors, t0 + self.plan["ramp"])
+        finally:
+            stop.set()
+            await poller
         t_ramp = time.monotonic() - t0
         log(f"  opened {len(conns)}/{n} in {t_ramp:.1f} s" + (f"; failed: {dict(errors)}" if errors else ""))
-        died = await self.hold(self.plan["hold"], tick, on_tick or (lambda: [c.drain() for c in conns]))
-        side = server_side(self.target.port, {c.port for c in conns})
+        died = None
+        end = time.monotonic() + self.plan["hold"]
+        while time.monotonic() < end:
+            on_tick()
+            if not self.target.alive():
+                died = self.target.exit_note()
+                break
+            await asyncio.sleep(min(tick, max(0.0, end - time.monotonic())))
+        tick_fn(conns)
+        states = self.sample_server(conns)
         return {"conns": conns, "errors": errors, "attempted": attempted, "ramp_s": t_ramp, "died": died,
-                "server_side": side}
+                "server_side": side_counts(states)}
 
     @staticmethod
     def closed_summary(conns: list[Conn]) -> dict:
-        closed = [c for c in conns if c.t_closed is not None]
-        ages = sorted(c.t_closed - c.t_open for c in closed)
-        return {"closed": len(closed), "how": dict(Counter(c.how for c in closed)),
+        """Connections the server closed, seen either way: by the client (EOF,
+        reset, TCP state) or on the server's side (its socket gone or closing)."""
+        def first(c: Conn) -> float | None:
+            ts = [t for t in (c.t_closed, c.t_released) if t is not None]
+            return min(ts) if ts else None
+        ages = sorted(first(c) - c.t_open for c in conns if first(c) is not None)
+        return {"closed": len(ages),
+                "seen_by_client": sum(1 for c in conns if c.t_closed is not None),
+                "released_server_side": sum(1 for c in conns if c.t_released is not None),
+                "how_client_saw_it": dict(Counter(c.how for c in conns if c.how)),
                 "median_s": round(statistics.median(ages), 1) if ages else None,
                 "max_s": round(ages[-1], 1) if ages else None}
 
@@ -786,28 +829,36 @@ class Battery:
             text += " (" + ", ".join(f"{v} {k}" for k, v in r["errors"].most_common(3)) + ")"
         return text
 
-    def held_text(self, side: dict | None) -> str:
-        if side is None:
-            return ""
-        return f"; at end server held {side['held']}" + (f", {side['backlog']} in backlog" if side["backlog"] else "")
+    def closed_text(self, r: dict, closed: dict) -> str:
+        text = f"server closed {closed['closed']}"
+        if closed["closed"]:
+            text += f" (median {closed['median_s']:.0f} s, max {closed['max_s']:.0f} s after open)"
+        text += f" within {self.plan['hold']:.0f} s hold"
+        side = r["server_side"]
+        if side is not None:
+            text += f"; at end server held {side['held']}" + (f", {side['backlog']} in backlog" if side["backlog"] else "")
+        if r["died"]:
+            text += f"; {r['died']}"
+        return text
+
+    def conn_detail(self, r: dict, n: int, closed: dict) -> dict:
+        return {"count": n, "attempted": r["attempted"], "opened": len(r["conns"]), "open_errors": dict(r["errors"]),
+                "ramp_s": round(r["ramp_s"], 1), "hold_s": self.plan["hold"],
+                "alpn": dict(Counter(c.alpn for c in r["conns"])), "closed_by_server": closed,
+                "server_side_at_end": r["server_side"]}
 
     async def idle(self, name: str, n: int, alpn: str, payload: bytes) -> dict:
         n = self.cap(name, n)
-        r = await self.ramp_and_hold(n, alpn, payload)
-        conns = r["conns"]
-        closed = self.closed_summary(conns)
-        alpns = dict(Counter(c.alpn for c in conns))
-        self.close_all(conns)
-        text = f"{self.opened_text(r, n)}; server closed {closed['closed']}"
-        if closed["closed"]:
-            text += f" (median {closed['median_s']:.0f} s, max {closed['max_s']:.0f} s after open)"
-        text += f" within {self.plan['hold']:.0f} s hold" + self.held_text(r["server_side"])
-        if r["died"]:
-            text += f"; {r['died']}"
-        return {"behaviour": text, "died": r["died"],
-                "detail": {"count": n, "attempted": r["attempted"], "opened": len(conns), "open_errors": dict(r["errors"]),
-                           "ramp_s": round(r["ramp_s"], 1), "hold_s": self.plan["hold"], "alpn": alpns,
-                           "closed_by_server": closed, "server_side_at_end": r["server_side"]}}
+
+        def tick(conns):
+            for c in conns:
+                c.drain()
+
+        r = await self.ramp_and_hold(n, alpn, payload, tick)
+        closed = self.closed_summary(r["conns"])
+        self.close_all(r["conns"])
+        return {"behaviour": f"{self.opened_text(r, n)}; {self.closed_text(r, closed)}", "died": r["died"],
+                "detail": self.conn_detail(r, n, closed)}
 
     async def idle_tls(self) -> dict:
         """N TLS connections (ALPN http/1.1) that complete the handshake and then send nothing."""
@@ -822,12 +873,11 @@ class Battery:
         n = self.cap("slow_body", self.plan["slow_body"])
         head = (f"POST /v2/models/iris/infer HTTP/1.1\r\nHost: localhost\r\nX-API-Key: {self.target.attacker_key}\r\n"
                 "Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n").encode()
-        conns_ref: list[Conn] = []
         interval = 2.0
 
-        def tick():
+        def tick(conns):
             now = time.monotonic()
-            for c in conns_ref:
+            for c in conns:
                 c.drain(decrypt=True)
                 if c.t_closed is None and c.status is None:
                     if c.next_send == 0.0:
@@ -836,59 +886,37 @@ class Battery:
                         c.send_plain(b" ")  # JSON allows leading whitespace
                         c.next_send += interval
 
-        ctx = attacker_context(["http/1.1"])
-        errors: Counter = Counter()
-        t0 = time.monotonic()
-
-        async def opener(i: int) -> Conn:
-            return await tls_open(self.target.addr, ctx, self.args.connect_timeout, payload=head, keep_tls=True)
-
-        stop = asyncio.Event()
-
-        async def poll():
-            while not stop.is_set():
-                tick()
-                await asyncio.sleep(0.2)
-
-        poller = asyncio.create_task(poll())
-        attempted = await open_many(n, opener, conns_ref, errors, t0 + self.plan["ramp"])
-        stop.set()
-        await poller
-        log(f"  opened {len(conns_ref)}/{n} in {time.monotonic() - t0:.1f} s" + (f"; failed: {dict(errors)}" if errors else ""))
-        died = await self.hold(self.plan["hold"], 0.2, tick)
-        side = server_side(self.target.port, {c.port for c in conns_ref})
-        r = {"conns": conns_ref, "errors": errors, "attempted": attempted}
-        answered = [c for c in conns_ref if c.status is not None]
+        r = await self.ramp_and_hold(n, "http/1.1", head, tick, keep_tls=True, tick=0.2)
+        conns = r["conns"]
+        answered = [c for c in conns if c.status is not None]
         statuses = Counter(c.status for c in answered)
         t_answer = sorted(c.t_status - c.t_open for c in answered)
-        closed = self.closed_summary(conns_ref)
-        bytes_sent = sum(c.sent for c in conns_ref)
-        self.close_all(conns_ref)
+        closed = self.closed_summary(conns)
+        bytes_sent = sum(c.sent for c in conns)
+        self.close_all(conns)
         text = f"{self.opened_text(r, n)}; answered {len(answered)}"
         if statuses:
-            text += " (" + ", ".join(f"{v}x{k}" for k, v in statuses.most_common(3)) + f", median {statistics.median(t_answer):.0f} s)"
-        text += f"; closed {closed['closed']} within {self.plan['hold']:.0f} s" + self.held_text(side)
-        if died:
-            text += f"; {died}"
-        return {"behaviour": text, "died": died,
-                "detail": {"count": n, "attempted": attempted, "opened": len(conns_ref), "open_errors": dict(errors),
-                           "answers": {str(k): v for k, v in statuses.items()},
-                           "answer_median_s": round(statistics.median(t_answer), 1) if t_answer else None,
-                           "body_bytes_sent": bytes_sent, "closed_by_server": closed, "server_side_at_end": side}}
+            text += (" (" + ", ".join(f"{v}x{k}" for k, v in statuses.most_common(3))
+                     + f", median {statistics.median(t_answer):.0f} s)")
+        text += f"; {self.closed_text(r, closed)}"
+        detail = self.conn_detail(r, n, closed)
+        detail.update({"answers": {str(k): v for k, v in statuses.items()},
+                       "answer_median_s": round(statistics.median(t_answer), 1) if t_answer else None,
+                       "body_bytes_sent": bytes_sent})
+        return {"behaviour": text, "died": r["died"], "detail": detail}
 
     async def slow_read(self) -> dict:
         """N GETs of the docs bundle with a small receive buffer; half read one raw byte a second, half never."""
         n = self.cap("slow_read", self.plan["slow_read"])
         req = f"GET {DOCS_ASSET} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode()
-        conns_ref: list[Conn] = []
         last_read = [0.0]
 
-        def tick():
+        def tick(conns):
             now = time.monotonic()
             read_now = now - last_read[0] >= 1.0
             if read_now:
                 last_read[0] = now
-            for i, c in enumerate(conns_ref):
+            for i, c in enumerate(conns):
                 if c.t_closed is not None:
                     continue
                 if i % 2 == 0 and read_now:
@@ -906,43 +934,17 @@ class Battery:
                     except OSError:
                         c.mark_closed("error")
                         continue
+                # A full receive window hides the server's FIN; a reset still shows.
                 state = c.tcp_state()
                 if state != "ESTABLISHED":
                     c.mark_closed(state.lower())
 
-        ctx = attacker_context(["http/1.1"])
-        errors: Counter = Counter()
-        t0 = time.monotonic()
-
-        async def opener(i: int) -> Conn:
-            return await tls_open(self.target.addr, ctx, self.args.connect_timeout, payload=req, rcvbuf=4096)
-
-        stop = asyncio.Event()
-
-        async def poll():
-            while not stop.is_set():
-                tick()
-                await asyncio.sleep(0.5)
-
-        poller = asyncio.create_task(poll())
-        attempted = await open_many(n, opener, conns_ref, errors, t0 + self.plan["ramp"])
-        stop.set()
-        await poller
-        log(f"  opened {len(conns_ref)}/{n} in {time.monotonic() - t0:.1f} s" + (f"; failed: {dict(errors)}" if errors else ""))
-        died = await self.hold(self.plan["hold"], 0.5, tick)
-        side = server_side(self.target.port, {c.port for c in conns_ref})
-        # What is still queued in the kernel for each socket shows how much the server pushed.
-        closed = self.closed_summary(conns_ref)
-        self.close_all(conns_ref)
-        r = {"conns": conns_ref, "errors": errors, "attempted": attempted}
-        text = f"{self.opened_text(r, n)}; closed (seen by client) {closed['closed']} within {self.plan['hold']:.0f} s"
-        if side is not None:
-            text += f"; at end server held {side['held']}, released {side['closing'] + side['gone']}"
-        if died:
-            text += f"; {died}"
-        return {"behaviour": text, "died": died,
-                "detail": {"count": n, "attempted": attempted, "opened": len(conns_ref), "open_errors": dict(errors),
-                           "closed_seen_by_client": closed, "server_side_at_end": side}}
+        r = await self.ramp_and_hold(n, "http/1.1", req, tick, rcvbuf=4096, tick=0.5)
+        conns = r["conns"]
+        closed = self.closed_summary(conns)
+        self.close_all(conns)
+        return {"behaviour": f"{self.opened_text(r, n)}; {self.closed_text(r, closed)}", "died": r["died"],
+                "detail": self.conn_detail(r, n, closed)}
 
     async def unauth_flood(self) -> dict:
         """N credential-less POSTs as fast as possible with keep-alive; data-dir and log growth."""
@@ -1092,7 +1094,8 @@ def run_oha(url: str, n: int, seconds: float) -> dict:
                 continue
             statuses = {int(k): v for k, v in o.get("statusCodeDistribution", {}).items()}
             errors = sum(o.get("errorDistribution", {}).values())
-            return {"statuses": statuses, "errors": errors, "raw": o.get("summary")}
+            summary = o.get("summary") or {}
+            return {"statuses": statuses, "errors": errors, "raw": summary, "seconds": summary.get("total")}
     return {"statuses": {}, "errors": 0, "note": f"oha failed: {r.stderr.strip()[-200:]}"}
 
 
@@ -1440,7 +1443,7 @@ def main() -> int:
     p.add_argument("--cacert", help="with --url: CA certificate the legitimate client verifies the server with")
     p.add_argument("--only", type=lambda s: s.split(","), help=f"comma-separated subset of: {','.join(ATTACKS)}")
     p.add_argument("--skip", type=lambda s: s.split(","), help="comma-separated attacks to leave out")
-    p.add_argument("--hold", type=float, help="seconds each connection attack is held (default 40, quick 8)")
+    p.add_argument("--hold", type=float, help="seconds each connection attack is held (default 40, quick 12)")
     p.add_argument("--settle", type=float, help="seconds to wait for RSS to recover at the end (default 60, quick 10)")
     p.add_argument("--scale", type=float, help="multiply every count by this (after --quick)")
     p.add_argument("--connect-timeout", type=float, default=5.0, help="per-connection connect + handshake bound, s (default 5)")

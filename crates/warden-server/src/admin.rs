@@ -9,7 +9,7 @@
 //! create or rotate call that made them.
 
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -22,7 +22,7 @@ use warden_models::repository::ReloadError;
 use warden_store::{ApiKeyRecord, ClientRecord, Store, UserRecord};
 use zeroize::Zeroizing;
 
-use crate::extract::{Caller, JsonBody};
+use crate::extract::{Caller, JsonBody, PathParam};
 use crate::routes::json;
 use crate::state::AppState;
 use crate::steps::TargetNote;
@@ -335,7 +335,7 @@ async fn create_key(
 async fn revoke_key(
     State(state): State<AppState>,
     Caller(caller): Caller,
-    Path(id): Path<String>,
+    PathParam(id): PathParam,
 ) -> Result<Response, ApiError> {
     require(&caller, Permission::AdminKeys)?;
     may_manage_existing(&state, &caller, Kind::Key, &id).await?;
@@ -358,7 +358,7 @@ struct RotateKey {
 async fn rotate_key(
     State(state): State<AppState>,
     Caller(caller): Caller,
-    Path(id): Path<String>,
+    PathParam(id): PathParam,
     JsonBody(bytes): JsonBody,
 ) -> Result<Response, ApiError> {
     require(&caller, Permission::AdminKeys)?;
@@ -431,7 +431,7 @@ async fn create_user(
 async fn disable_user(
     State(state): State<AppState>,
     Caller(caller): Caller,
-    Path(name): Path<String>,
+    PathParam(name): PathParam,
 ) -> Result<Response, ApiError> {
     require(&caller, Permission::AdminUsers)?;
     may_manage_existing(&state, &caller, Kind::User, &name).await?;
@@ -450,7 +450,7 @@ struct SetPassword {
 async fn set_password(
     State(state): State<AppState>,
     Caller(caller): Caller,
-    Path(name): Path<String>,
+    PathParam(name): PathParam,
     JsonBody(bytes): JsonBody,
 ) -> Result<Response, ApiError> {
     require(&caller, Permission::AdminUsers)?;
@@ -498,7 +498,7 @@ async fn create_client(
 async fn revoke_client(
     State(state): State<AppState>,
     Caller(caller): Caller,
-    Path(id): Path<String>,
+    PathParam(id): PathParam,
 ) -> Result<Response, ApiError> {
     require(&caller, Permission::AdminUsers)?;
     may_manage_existing(&state, &caller, Kind::Client, &id).await?;
@@ -511,7 +511,7 @@ async fn revoke_client(
 async fn rotate_client(
     State(state): State<AppState>,
     Caller(caller): Caller,
-    Path(id): Path<String>,
+    PathParam(id): PathParam,
 ) -> Result<Response, ApiError> {
     require(&caller, Permission::AdminUsers)?;
     may_manage_existing(&state, &caller, Kind::Client, &id).await?;
@@ -601,7 +601,7 @@ async fn list_bans(
 async fn lift_ban(
     State(state): State<AppState>,
     Caller(caller): Caller,
-    Path(subject): Path<String>,
+    PathParam(subject): PathParam,
 ) -> Result<Response, ApiError> {
     require(&caller, Permission::AdminKeys)?;
     let lifted = state
@@ -619,7 +619,7 @@ async fn lift_ban(
 async fn key_quota(
     state: State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    PathParam(id): PathParam,
 ) -> Result<Response, ApiError> {
     quota_of(state, caller, Kind::Key, id).await
 }
@@ -627,7 +627,7 @@ async fn key_quota(
 async fn user_quota(
     state: State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    PathParam(id): PathParam,
 ) -> Result<Response, ApiError> {
     quota_of(state, caller, Kind::User, id).await
 }
@@ -635,7 +635,7 @@ async fn user_quota(
 async fn client_quota(
     state: State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    PathParam(id): PathParam,
 ) -> Result<Response, ApiError> {
     quota_of(state, caller, Kind::Client, id).await
 }
@@ -737,7 +737,7 @@ async fn list_models(
 async fn reload_model(
     State(state): State<AppState>,
     Caller(caller): Caller,
-    Path(model): Path<String>,
+    PathParam(model): PathParam,
 ) -> Result<Response, ApiError> {
     require(&caller, Permission::AdminModels)?;
     let repository = state.repository.clone();

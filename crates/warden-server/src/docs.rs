@@ -8,7 +8,6 @@
 //! than inline, so the Content-Security-Policy can allow scripts, styles and
 //! connections from this origin only.
 
-use axum::extract::Path;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 
@@ -73,7 +72,7 @@ pub async fn index() -> Response {
     responses(
         (status = 200, description = "The asset", content_type = "application/javascript"),
         (status = 404, body = crate::openapi::ErrorBody)))]
-pub async fn asset(Path(asset): Path<String>) -> Response {
+pub async fn asset(crate::extract::PathParam(asset): crate::extract::PathParam) -> Response {
     let (body, content_type): (&'static [u8], _) = match asset.as_str() {
         "swagger-ui-bundle.js" => (BUNDLE, "application/javascript; charset=utf-8"),
         "swagger-ui.css" => (CSS, "text/css; charset=utf-8"),

@@ -37,6 +37,9 @@ async fn read_body(req: Request, state: &AppState) -> Result<Bytes, ApiError> {
     match axum::body::to_bytes(req.into_body(), state.limits.body_limit).await {
         Ok(bytes) => Ok(bytes),
         Err(e) if is_length_limit(&e) => Err(ErrorCode::PayloadTooLarge.into()),
+        Err(e) if caused_by::<crate::listener::pacing::BodyTooSlow>(&e) => Err(
+            ApiError::invalid_request("The request body arrived too slowly."),
+        ),
         Err(_) => Err(ApiError::invalid_request(
             "The request body could not be read.",
         )),
@@ -120,9 +123,14 @@ pub(crate) fn declared_length(req: &Request) -> Option<usize> {
 }
 
 fn is_length_limit(e: &axum::Error) -> bool {
+    caused_by::<http_body_util::LengthLimitError>(e)
+}
+
+/// Whether `E` is in `e`'s chain of sources.
+fn caused_by<E: std::error::Error + 'static>(e: &axum::Error) -> bool {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(s) = source {
-        if s.is::<http_body_util::LengthLimitError>() {
+        if s.is::<E>() {
             return true;
         }
         source = s.source();
@@ -169,6 +177,24 @@ impl<S: Send + Sync> FromRequestParts<S> for ModelRef {
             name: name.ok_or_else(ApiError::not_found)?,
             version,
         })
+    }
+}
+
+/// One path parameter (a key id, user name, ban subject, asset name). A
+/// segment that does not decode (invalid UTF-8 such as an overlong `%c0%ae`)
+/// names nothing that exists: the same `not_found` envelope as an unknown
+/// name, never axum's plain-text rejection.
+#[derive(Debug)]
+pub struct PathParam(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for PathParam {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        Path::<String>::from_request_parts(parts, state)
+            .await
+            .map(|Path(p)| Self(p))
+            .map_err(|_| ApiError::not_found())
     }
 }
 

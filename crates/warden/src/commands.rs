@@ -97,17 +97,20 @@ fn open_store(config: &Config) -> Result<Arc<dyn Store>, Failure> {
 fn init_logging(config: &Config) -> Result<(BufferedStderr, FlushGuard), Failure> {
     let filter = tracing_subscriber::EnvFilter::try_new(&config.log_level)
         .map_err(|e| Failure::usage(format!("log.level: {e}")))?;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     let (writer, guard) = BufferedStderr::start();
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(writer.clone());
+    // Filter by level first, then the per-callsite budget (logging.rs), so
+    // that only lines that would be written count against it.
+    let subscriber = tracing_subscriber::registry()
+        .with(filter)
+        .with(crate::logging::LogBudget::start());
+    let lines = tracing_subscriber::fmt::layer().with_writer(writer.clone());
     let result = match config.log_format {
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
+        LogFormat::Json => subscriber
+            .with(lines.json().flatten_event(true).with_current_span(false))
             .try_init(),
-        LogFormat::Text => builder.try_init(),
+        LogFormat::Text => subscriber.with(lines).try_init(),
     };
     result.map_err(|e| Failure::runtime(format!("cannot start logging: {e}")))?;
     Ok((writer, guard))

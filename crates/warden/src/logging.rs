@@ -13,8 +13,12 @@ use std::io::{BufWriter, Stderr, Write};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use tracing::{Level, Metadata};
+use std::collections::HashMap;
+
+use tracing::callsite::Identifier;
+use tracing::{Event, Level, Metadata, Subscriber};
 use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::layer::{Context, Layer};
 
 /// How often buffered lines are written out at the latest.
 const FLUSH_EVERY: Duration = Duration::from_millis(100);
@@ -107,5 +111,137 @@ impl warden_server::access_log::LineSink for BufferedStderr {
         let mut out = self.lock();
         let _ = out.write_all(line);
         let _ = out.write_all(b"\n");
+    }
+}
+
+/// Lines one callsite may write per [`BUDGET_WINDOW`]; past it they are
+/// counted and dropped, and a summary line says how many.
+pub(crate) const LINES_PER_WINDOW: u32 = 20;
+
+/// The window of the per-callsite budget.
+pub(crate) const BUDGET_WINDOW: Duration = Duration::from_secs(10);
+
+/// A per-callsite budget on log lines: a message a client can cause over and
+/// over (an HTTP/2 GOAWAY for a rapid reset, a TLS failure, a refused
+/// connection, a failed authentication) writes at most [`LINES_PER_WINDOW`]
+/// lines per window; the rest are counted, and every window a `warn` line
+/// (`log lines suppressed`) names each callsite and its count. Written here
+/// because tracing-subscriber filters by level and target, not by rate.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct LogBudget(Arc<Mutex<HashMap<Identifier, Slot>>>);
+
+#[derive(Debug)]
+struct Slot {
+    meta: &'static Metadata<'static>,
+    window: u64,
+    lines: u32,
+    suppressed: u64,
+}
+
+impl LogBudget {
+    /// A budget, and the thread that reports what it suppressed.
+    pub(crate) fn start() -> Self {
+        let budget = Self::default();
+        let weak = Arc::downgrade(&budget.0);
+        let _ = std::thread::Builder::new()
+            .name("warden-log-budget".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(BUDGET_WINDOW);
+                    let Some(slots) = weak.upgrade() else { return };
+                    let report = Self(slots).take_suppressed();
+                    if !report.is_empty() {
+                        tracing::warn!(
+                            target: "warden::log",
+                            suppressed = %report,
+                            window_s = BUDGET_WINDOW.as_secs(),
+                            "log lines suppressed: these messages repeated more than {LINES_PER_WINDOW} times in the window"
+                        );
+                    }
+                }
+            });
+        budget
+    }
+
+    /// Whether a line of `meta`'s callsite may be written in `window`.
+    fn allow(&self, meta: &'static Metadata<'static>, window: u64) -> bool {
+        let mut slots = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let slot = slots.entry(meta.callsite()).or_insert(Slot {
+            meta,
+            window,
+            lines: 0,
+            suppressed: 0,
+        });
+        if slot.window != window {
+            slot.window = window;
+            slot.lines = 0;
+        }
+        if slot.lines < LINES_PER_WINDOW {
+            slot.lines += 1;
+            true
+        } else {
+            slot.suppressed += 1;
+            false
+        }
+    }
+
+    /// "target (file:line): count" for each callsite with suppressed lines
+    /// since the last call.
+    fn take_suppressed(&self) -> String {
+        let mut slots = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut parts: Vec<String> = slots
+            .values_mut()
+            .filter(|s| s.suppressed > 0)
+            .map(|s| {
+                let n = std::mem::take(&mut s.suppressed);
+                format!(
+                    "{} ({}:{}): {n}",
+                    s.meta.target(),
+                    s.meta.file().unwrap_or("?"),
+                    s.meta.line().unwrap_or(0)
+                )
+            })
+            .collect();
+        parts.sort();
+        parts.join(", ")
+    }
+}
+
+fn current_window() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() / BUDGET_WINDOW.as_secs())
+}
+
+impl<S: Subscriber> Layer<S> for LogBudget {
+    fn event_enabled(&self, event: &Event<'_>, _: Context<'_, S>) -> bool {
+        self.allow(event.metadata(), current_window())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_callsite_writes_its_budget_and_the_rest_is_counted() {
+        let budget = LogBudget::default();
+        static CALLSITE: tracing::callsite::DefaultCallsite =
+            tracing::callsite::DefaultCallsite::new(&META);
+        static META: Metadata<'static> = tracing::metadata!(
+            name: "event",
+            target: "h2::proto",
+            level: Level::WARN,
+            fields: &[],
+            callsite: &CALLSITE,
+            kind: tracing::metadata::Kind::EVENT
+        );
+        let written = (0..3000).filter(|_| budget.allow(&META, 1)).count();
+        assert_eq!(written, LINES_PER_WINDOW as usize);
+        assert!(budget.allow(&META, 2), "a new window has a new budget");
+        let report = budget.take_suppressed();
+        assert!(report.starts_with("h2::proto"), "{report}");
+        assert!(report.ends_with(": 2980"), "{report}");
+        assert!(budget.take_suppressed().is_empty());
     }
 }

@@ -24,6 +24,8 @@ mod audit;
 mod defenses;
 #[path = "e2e/deploy.rs"]
 mod deploy;
+#[path = "e2e/exhaustion.rs"]
+mod exhaustion;
 #[path = "e2e/gateway.rs"]
 mod gateway;
 #[path = "e2e/identity.rs"]

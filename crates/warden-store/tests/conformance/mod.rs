@@ -382,6 +382,7 @@ pub(crate) fn audit_rows_head_and_replicas(s: &dyn Store) {
 }
 
 pub(crate) fn audit_prune_removes_the_head_of_the_chain_behind_an_anchor(s: &dyn Store) {
+    let rec = |seq| format!(r#"{{"seq":{seq}}}"#);
     assert!(s.audit_anchor("r").unwrap().is_none());
     let rows: Vec<_> = (1..=10).map(|i| audit("r", i, rec(i))).collect();
     s.append_audit(&rows).unwrap();
