@@ -975,8 +975,8 @@ class Battery:
         text = (f"{done} answers ({n} asked) by {tool} in {elapsed:.1f} s ("
                 + ", ".join(f"{v}x{k}" for k, v in Counter(res["statuses"]).most_common(3))
                 + (f", {res['errors']} errors" if res["errors"] else "") + ")")
-        text += "; disk " + (f"+{disk / MB:.2f} MB" if disk is not None else "n/a")
-        text += ", logs " + (f"+{logs / MB:.1f} MB" if logs is not None else "n/a")
+        text += "; disk " + (f"{disk / MB:+.2f} MB" if disk is not None else "n/a")
+        text += ", logs " + (f"{logs / MB:+.1f} MB" if logs is not None else "n/a")
         extra = None
         if disk is None:
             extra = "n/a"

@@ -579,11 +579,11 @@ mod tests {
         let version: i64 = conn
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .unwrap();
-        assert_eq!(version, 3);
+        assert_eq!(version, 4);
         let strict: i64 = conn
-            .query_row("SELECT COUNT(*) FROM pragma_table_list WHERE strict = 1 AND name IN ('api_keys', 'users', 'oauth_clients', 'signing_keys', 'audit')", [], |r| r.get(0))
+            .query_row("SELECT COUNT(*) FROM pragma_table_list WHERE strict = 1 AND name IN ('api_keys', 'users', 'oauth_clients', 'signing_keys', 'audit', 'audit_anchor')", [], |r| r.get(0))
             .unwrap();
-        assert_eq!(strict, 5, "every table is STRICT");
+        assert_eq!(strict, 6, "every table is STRICT");
         let types: String = conn
             .query_row(
                 "SELECT group_concat(name || ' ' || type, ', ') FROM pragma_table_info('api_keys')",

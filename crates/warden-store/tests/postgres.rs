@@ -79,7 +79,7 @@ fn replicas_starting_together_migrate_once() {
             "fresh",
             "SELECT string_agg(version::text, ',' ORDER BY version) FROM warden_schema_migrations"
         ),
-        "1,2,3"
+        "1,2,3,4"
     );
     // They share one database.
     stores[0].insert_user(&user("alice")).unwrap();

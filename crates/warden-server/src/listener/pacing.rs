@@ -57,8 +57,13 @@ impl Window {
         }
     }
 
+    /// `n` bytes moved; they count only while a window is being measured
+    /// (what moved before the transfer first waited on its peer is not
+    /// progress made while waiting).
     fn moved(&mut self, n: usize) {
-        self.moved = self.moved.saturating_add(n as u64);
+        if self.timer.is_some() {
+            self.moved = self.moved.saturating_add(n as u64);
+        }
     }
 
     /// The transfer is waiting on the peer: arms the window if needed and

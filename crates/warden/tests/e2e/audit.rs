@@ -83,7 +83,11 @@ impl Warden {
 async fn requests_and_management_actions_leave_a_chain_that_names_any_tampering() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("warden.toml");
-    std::fs::write(&cfg, "[audit]\ndurability = \"sync\"\nreplica = \"e2e\"\n").unwrap();
+    std::fs::write(
+        &cfg,
+        "[audit]\ndurability = \"sync\"\nreplica = \"e2e\"\nrefusal_window = \"200ms\"\n",
+    )
+    .unwrap();
     let data = dir.path().join("data");
     let w = Warden::start(&data, &["--config", cfg.to_str().unwrap()]);
     let key = w.printed_key.clone().unwrap();
@@ -97,6 +101,9 @@ async fn requests_and_management_actions_leave_a_chain_that_names_any_tampering(
         .post("/v1/models/iris:predict", "wdn_nope", iris().to_string())
         .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
+    // A refusal before any work is tallied: its record (with a count) is
+    // written when the refusal window ends.
+    tokio::time::sleep(Duration::from_secs(1)).await;
 
     // A management action through the API, with the id it created.
     let (status, created) = w
@@ -143,6 +150,8 @@ async fn requests_and_management_actions_leave_a_chain_that_names_any_tampering(
     assert_eq!(refused["record"]["route"], "/v1/models/iris:predict");
     assert_eq!(refused["record"]["client"], "127.0.0.1");
     assert_eq!(refused["record"]["principal"], Value::Null);
+    assert_eq!(refused["record"]["event"], "refusals");
+    assert_eq!(refused["record"]["count"], 1);
     assert_eq!(page["next"], Value::Null);
     // Query by model, in pages.
     let (_, first) = w
