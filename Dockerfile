@@ -16,10 +16,10 @@ ARG RUST_VERSION=1.95
 
 FROM rust:${RUST_VERSION}-slim-bookworm AS build
 # python3 + pip only to download the onnxruntime wheel (nothing Python runs
-# at run time); perl for aws-lc-rs's build.
+# at run time); perl for aws-lc-rs's build; make for jemalloc's.
 # hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends python3 python3-pip perl \
+    && apt-get install -y --no-install-recommends python3 python3-pip perl make \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .

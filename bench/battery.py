@@ -532,11 +532,16 @@ class Target:
         return "server gone"
 
 
-def write_config(path: Path, data_dir: Path, models: Path, ort: str | None, legit_id: str | None) -> None:
+def write_config(path: Path, data_dir: Path, models: Path, ort: str | None, legit_id: str | None,
+                 server_settings: list[str] | None = None) -> None:
     lines = [
         f'data_dir = "{data_dir}"',
         "[server]",
         'listen = "127.0.0.1:0"',
+        # --server KEY=VALUE: e.g. max_connections_per_address=20000 to see
+        # what many attacking addresses would do (the memory measurement of
+        # docs/benchmarks.md, "Exhaustion battery").
+        *(server_settings or []),
         "[admin]",
         'listen = "127.0.0.1:0"',
         "[models]",
@@ -576,10 +581,10 @@ def start_server(args, target: Target, server_cpus: list[int] | None) -> None:
     data_dir = tmp / "data"
     config = tmp / "warden.toml"
     ort = args.onnxruntime or os.environ.get("ORT_DYLIB_PATH")
-    write_config(config, data_dir, Path(args.models).resolve(), ort, None)
+    write_config(config, data_dir, Path(args.models).resolve(), ort, None, args.server)
     target.key = create_key(binary, config, "battery-legit")
     target.attacker_key = create_key(binary, config, "battery-attacker")
-    write_config(config, data_dir, Path(args.models).resolve(), ort, key_id(target.key))
+    write_config(config, data_dir, Path(args.models).resolve(), ort, key_id(target.key), args.server)
     target.log_file = tmp / "warden.stderr"
     out = open(tmp / "warden.stdout", "wb")
     err = open(target.log_file, "wb")
@@ -1456,6 +1461,9 @@ def main() -> int:
     p.add_argument("--json", default=str(ROOT / "bench/results/battery.json"), help="JSON results (default %(default)s)")
     p.add_argument("--report-only", action="store_true", help="exit 0 even when a target is not met")
     p.add_argument("--keep", action="store_true", help="keep the temporary data dir and logs of a started server")
+    p.add_argument("--server", action="append", default=[], metavar="KEY=VALUE",
+                   help="a [server] setting for the started server, TOML (repeatable), e.g. "
+                        "max_connections_per_address=20000 to stand for many attacking addresses")
     args = p.parse_args()
 
     if args.legit_worker:

@@ -128,15 +128,31 @@ async fn bind(
         }
         None => (None, None),
     };
-    let tcp = TcpListener::bind(addr)
-        .await
-        .map_err(|source| ServeError::Bind { addr, source })?;
+    let tcp = listen(addr).map_err(|source| ServeError::Bind { addr, source })?;
     Ok(Bound {
         listener: tcp,
         tls: acceptor,
         served,
         reload_interval: tls.map_or(std::time::Duration::from_secs(10), |t| t.reload_interval),
     })
+}
+
+/// Connections the kernel queues before Warden accepts them. Larger than
+/// tokio's 1024: a burst of connections from one address (which are then
+/// refused at once, listener/mod.rs) must not fill the queue so that a
+/// legitimate client's SYN is dropped and retried a second later. The kernel
+/// caps it at `net.core.somaxconn`.
+const BACKLOG: u32 = 4096;
+
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    // As std's and tokio's `bind` do: a restarted server can bind at once.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
 }
 
 impl Server {
@@ -148,11 +164,7 @@ impl Server {
             None => None,
         };
         let redirect = match config.redirect_listen {
-            Some(addr) => Some(
-                TcpListener::bind(addr)
-                    .await
-                    .map_err(|source| ServeError::Bind { addr, source })?,
-            ),
+            Some(addr) => Some(listen(addr).map_err(|source| ServeError::Bind { addr, source })?),
             None => None,
         };
         Ok(Self {

@@ -36,6 +36,13 @@ impl Failure {
     }
 }
 
+/// jemalloc, with its background purging thread on, rather than glibc's
+/// malloc: after an attack glibc kept 6.5x the idle RSS a minute later,
+/// jemalloc came back to idle (measured with bench/battery.py; the figures
+/// and the alternatives tried are in docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     let cli = cli::Cli::parse(); // clap exits 2 on bad usage
     match commands::run(cli.command) {

@@ -664,7 +664,7 @@ impl Store for PostgresStore {
     fn audit_anchor(&self, replica: &str) -> Result<Option<AuditAnchor>, StoreError> {
         let replica = replica.to_owned();
         self.call(move |c| {
-            Ok(c.query_opt(
+            c.query_opt(
                 "SELECT replica, seq, head, sig FROM audit_anchor WHERE replica = $1",
                 &[&replica],
             )?
@@ -676,7 +676,7 @@ impl Store for PostgresStore {
                     sig: r.try_get(3)?,
                 })
             })
-            .transpose()?)
+            .transpose()
         })
     }
 
