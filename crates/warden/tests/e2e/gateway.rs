@@ -662,3 +662,93 @@ async fn a_misbehaving_upstream_is_contained() {
         "the log says why the huge answer was refused"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_go_away_mid_call_do_not_open_the_breaker() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = Misbehaving::start();
+    let models = dir.path().join("models");
+    gateway_card(
+        &models,
+        "m-slow",
+        ("label", "probabilities"),
+        IRIS_CLASSES,
+        &format!(
+            "url = \"http://127.0.0.1:{}\"\nmodel = \"slow\"\nbreaker_failures = 5\nmax_in_flight = 32",
+            upstream.port
+        ),
+    );
+    let cfg = dir.path().join("warden.toml");
+    std::fs::write(
+        &cfg,
+        "[limits.rates]\ndefault = { rate = \"100000/minute\", burst = 100000 }\npredict = { rate = \"100000/minute\", burst = 100000 }\n",
+    )
+    .unwrap();
+    let w = Warden::start(
+        &dir.path().join("data"),
+        &[
+            "--models",
+            models.to_str().unwrap(),
+            "--config",
+            cfg.to_str().unwrap(),
+        ],
+    );
+    let key = w.printed_key.clone().unwrap();
+    // 1,000 requests whose clients give up after 100 ms, while the upstream
+    // takes 500 ms: every call is abandoned mid-way, on purpose.
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(100))
+        .tls_certs_only([reqwest::Certificate::from_pem(
+            &std::fs::read(w.data_dir.join("tls/cert.pem")).unwrap(),
+        )
+        .unwrap()])
+        .build()
+        .unwrap();
+    for _ in 0..10 {
+        let wave = (0..100).map(|_| {
+            impatient
+                .post(w.url("/v1/models/m-slow:predict"))
+                .header("x-api-key", &key)
+                .json(&iris())
+                .send()
+        });
+        let gave_up = futures_join_all(wave).await;
+        assert!(gave_up.iter().all(Result::is_err), "every client gave up");
+    }
+    // A client going away says nothing about the upstream: still ready, and
+    // the next request is served.
+    assert!(model_ready(&w, &key, "m-slow").await);
+    let (status, _, body) = w
+        .post("/v1/models/m-slow:predict", &key, iris().to_string())
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let metrics = w.metrics_text(&key).await;
+    let cancelled = metric(
+        &metrics,
+        "warden_upstream_requests_total{model=\"m-slow\",outcome=\"cancelled\"}",
+    )
+    .unwrap_or(0.0);
+    assert!(
+        cancelled >= 100.0,
+        "cancelled calls are counted: {cancelled}"
+    );
+    assert_eq!(
+        metric(&metrics, "warden_upstream_up{model=\"m-slow\"}"),
+        Some(1.0)
+    );
+}
+
+/// Awaits every future (a wave of concurrent requests).
+async fn futures_join_all<F: std::future::Future + Send + 'static>(
+    futures: impl Iterator<Item = F>,
+) -> Vec<F::Output>
+where
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = futures.map(tokio::spawn).collect();
+    let mut out = Vec::new();
+    for h in handles {
+        out.push(h.await.unwrap());
+    }
+    out
+}

@@ -8,10 +8,12 @@ headers the last one carried (Warden must not forward the client's).
   huge       a correct answer padded to 64 MiB, streamed without a length
   redirect   307 to /v2/models/ok/infer (which must never be followed)
   busy       503, every time (no retry may follow: the call reached it)
+  slow       a correct iris answer after 0.5 s (callers that give up first)
 """
 
 import json
 import sys
+import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -66,6 +68,12 @@ class Handler(BaseHTTPRequestHandler):
         rows = request.get("inputs", [{}])[0].get("shape", [1])[0]
         if model == "ok":
             self.send(200, answer(rows))
+        elif model == "slow":
+            time.sleep(0.5)
+            try:
+                self.send(200, answer(rows))
+            except (BrokenPipeError, ConnectionResetError):
+                pass
         elif model == "huge":
             self.send_response(200)
             self.send_header("content-type", "application/json")
