@@ -12,7 +12,8 @@
 mod writer;
 
 pub use writer::{
-    AuditLog, NotRecorded, Retention, WriterSettings, WriterStats, append_one, key_file, prune,
+    AuditLog, NotRecorded, PruneError, Retention, WriterSettings, WriterStats, append_one,
+    key_file, prune,
 };
 
 use aws_lc_rs::hmac;
@@ -57,6 +58,18 @@ impl AuditKey {
             &seq.to_be_bytes(),
             prev,
             record.as_bytes(),
+        ])
+    }
+
+    /// The signature of a retention anchor: its own domain tag, so that a
+    /// checkpoint (logged every minute, served by the API) can never pass
+    /// for an anchor and justify deleting the chain up to it.
+    fn anchor_mac(&self, replica: &str, seq: i64, head: &[u8]) -> [u8; 32] {
+        self.mac(&[
+            b"warden-audit-anchor-v1",
+            replica.as_bytes(),
+            &seq.to_be_bytes(),
+            head,
         ])
     }
 
@@ -200,8 +213,7 @@ pub fn verify_anchored(
     rows: impl IntoIterator<Item = AuditRow>,
     checkpoint: Option<&Checkpoint>,
 ) -> Result<Verified, Finding> {
-    let expected = key.checkpoint_mac(&anchor.replica, anchor.seq, &anchor.head);
-    if !constant_eq(&anchor.sig, &expected) {
+    if !anchor_is_valid(key, anchor) {
         return Err(Finding {
             seq: anchor.seq,
             problem: Problem::BadAnchor,
@@ -217,18 +229,26 @@ pub fn verify_anchored(
     )
 }
 
-/// The anchor that lets rows up to and including `row` be removed: a
-/// checkpoint of the chain at `row`, signed with the key.
+/// Whether `anchor` was signed with `key` (by the retention policy).
+pub(crate) fn anchor_is_valid(key: &AuditKey, anchor: &AuditAnchor) -> bool {
+    let expected = key.anchor_mac(&anchor.replica, anchor.seq, &anchor.head);
+    constant_eq(&anchor.sig, &expected)
+}
+
+/// The anchor that lets rows up to and including `row` be removed: the
+/// chain's position at `row`, signed with the key under the anchor's own
+/// domain tag. Only the retention policy makes one, after verifying every
+/// row it removes (`prune`).
 pub fn anchor_at(key: &AuditKey, row: &AuditRow) -> AuditAnchor {
     AuditAnchor {
         replica: row.replica.clone(),
         seq: row.seq,
         head: row.mac.clone(),
-        sig: key.checkpoint_mac(&row.replica, row.seq, &row.mac).to_vec(),
+        sig: key.anchor_mac(&row.replica, row.seq, &row.mac).to_vec(),
     }
 }
 
-fn verify_rows(
+pub(crate) fn verify_rows(
     key: &AuditKey,
     replica: &str,
     rows: impl IntoIterator<Item = AuditRow>,

@@ -373,3 +373,63 @@ fn a_pruned_chain_still_names_tampering() {
     let err = check(&path, &key, None).unwrap_err();
     assert_eq!((err.seq, err.problem), (1, Problem::Missing));
 }
+
+#[test]
+fn a_checkpoint_cannot_pass_for_an_anchor() {
+    let (_d, path, key, cp) = fixture();
+    let store = SqliteStore::open(&path).unwrap();
+    // Whoever can write the database takes a logged checkpoint, stores it as
+    // the anchor and deletes everything up to it.
+    store
+        .prune_audit(&warden_store::AuditAnchor {
+            replica: REPLICA.into(),
+            seq: cp.seq - 1,
+            head: store.audit_rows(REPLICA, cp.seq - 1, 1).unwrap()[0]
+                .mac
+                .clone(),
+            sig: hex::decode(&cp.sig).unwrap(),
+        })
+        .unwrap();
+    let err = check_pruned(&store, &key).unwrap_err();
+    assert_eq!(err.problem, Problem::BadAnchor);
+}
+
+#[test]
+fn retention_refuses_to_sign_over_rows_that_do_not_verify() {
+    let (_d, path, key, _) = fixture();
+    let store = SqliteStore::open(&path).unwrap();
+    timed_chain(&store, &key, 20);
+    // Rows edited to look old, so that retention would remove them.
+    sql(
+        &path,
+        "UPDATE audit SET record = replace(record, '\"time_us\":15000', '\"time_us\":1') WHERE seq = 25",
+    );
+    let by_age = Retention {
+        max_age: Some(std::time::Duration::from_millis(1)),
+        max_records: None,
+    };
+    let err = prune(&store, &key, REPLICA, by_age, 1_000_000).unwrap_err();
+    match err {
+        PruneError::Tampered(f) => assert_eq!((f.seq, f.problem), (25, Problem::Modified)),
+        other => panic!("{other}"),
+    }
+    assert!(
+        store.audit_anchor(REPLICA).unwrap().is_none(),
+        "nothing was removed"
+    );
+    assert_eq!(store.audit_rows(REPLICA, 1, 100).unwrap().len(), 30);
+    // A gap in the rows to remove stops it too.
+    let (_d2, path2, key2, _) = fixture();
+    let store2 = SqliteStore::open(&path2).unwrap();
+    timed_chain(&store2, &key2, 20);
+    sql(&path2, "DELETE FROM audit WHERE seq = 12");
+    let keep_five = Retention {
+        max_age: None,
+        max_records: Some(5),
+    };
+    let err = prune(&store2, &key2, REPLICA, keep_five, 0).unwrap_err();
+    assert!(
+        matches!(&err, PruneError::Tampered(f) if f.seq == 12),
+        "{err}"
+    );
+}

@@ -53,8 +53,23 @@ pub struct Retention {
 /// holds the store for long.
 const PRUNE_CHUNK: i64 = 20_000;
 
+/// Why the retention policy removed nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum PruneError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] warden_store::StoreError),
+    /// The rows to be removed do not verify: nothing is removed, so that
+    /// pruning can never be used to destroy evidence of tampering.
+    #[error("the audit chain does not verify at sequence {}: {:?}; nothing was removed", .0.seq, .0.problem)]
+    Tampered(crate::Finding),
+}
+
 /// Applies `retention` to `replica`'s chain now: removes the records it
-/// does not keep, oldest first, each chunk behind a signed anchor. Returns
+/// does not keep, oldest first, each chunk behind a signed anchor. Every
+/// row removed is verified first (MAC and link, from the previous anchor or
+/// the chain's start, through the first row kept), so rows edited to look
+/// old, or a gap, stop the pruning instead of being signed over. Returns
 /// the records removed.
 pub fn prune(
     store: &dyn Store,
@@ -62,7 +77,7 @@ pub fn prune(
     replica: &str,
     retention: Retention,
     now_us: i64,
-) -> Result<u64, warden_store::StoreError> {
+) -> Result<u64, PruneError> {
     if retention == Retention::default() {
         return Ok(0);
     }
@@ -82,14 +97,32 @@ pub fn prune(
     }
     // The head is always kept: the writer continues the chain from it.
     let through = through.min(head.seq - 1);
+    if first > through {
+        return Ok(0);
+    }
+    // Where the stored chain starts: after a valid anchor, or at 1.
+    let tampered = |seq, problem| PruneError::Tampered(crate::Finding { seq, problem });
+    let mut prev = match store.audit_anchor(replica)? {
+        Some(a) if a.seq == first - 1 && crate::anchor_is_valid(key, &a) => a.head,
+        Some(a) => return Err(tampered(a.seq, crate::Problem::BadAnchor)),
+        None if first == 1 => crate::GENESIS.to_vec(),
+        None => return Err(tampered(1, crate::Problem::Missing)),
+    };
     let mut removed = 0;
     while first <= through {
         let upto = through.min(first + PRUNE_CHUNK - 1);
-        let Some(row) = store.audit_rows(replica, upto, 1)?.into_iter().next() else {
-            break;
-        };
-        removed += store.prune_audit(&crate::anchor_at(key, &row))?;
-        first = row.seq + 1;
+        // The chunk and the first row after it (which must link to it).
+        let wanted = usize::try_from(upto - first + 2).unwrap_or(usize::MAX);
+        let rows = store.audit_rows(replica, first, wanted)?;
+        if rows.len() < wanted {
+            return Err(tampered(first + rows.len() as i64, crate::Problem::Missing));
+        }
+        crate::verify_rows(key, replica, rows.iter().cloned(), first, Some(prev), None)
+            .map_err(PruneError::Tampered)?;
+        let last = &rows[wanted - 2];
+        removed += store.prune_audit(&crate::anchor_at(key, last))?;
+        prev = last.mac.clone();
+        first = upto + 1;
     }
     Ok(removed)
 }
@@ -194,6 +227,7 @@ impl AuditLog {
             checkpoint: Arc::clone(&log.checkpoint),
             stats: Arc::clone(&log.stats),
             logged_seq: 0,
+            pruning: Arc::default(),
         };
         tokio::spawn(writer.run(rx));
         Ok(log)
@@ -277,6 +311,8 @@ struct Writer {
     stats: Arc<WriterStats>,
     /// The sequence number of the last checkpoint written to the log.
     logged_seq: i64,
+    /// Whether a retention run is under way.
+    pruning: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Writer {
@@ -294,7 +330,7 @@ impl Writer {
                 },
                 _ = ticker.tick() => {
                     self.log_checkpoint();
-                    self.prune(&key).await;
+                    self.prune(&key);
                     continue;
                 }
             };
@@ -435,35 +471,48 @@ impl Writer {
         }
     }
 
-    /// Applies the retention policy (on the blocking pool: it may remove
-    /// many rows). A failure is logged and tried again at the next tick.
-    async fn prune(&self, key: &Arc<AuditKey>) {
+    /// Applies the retention policy on the blocking pool, in a task of its
+    /// own so that the writer goes on committing meanwhile (a large backlog
+    /// takes a while to verify and remove); one run at a time. A failure is
+    /// logged and tried again at the next tick.
+    fn prune(&self, key: &Arc<AuditKey>) {
         let retention = self.settings.retention;
-        if retention == Retention::default() {
+        if retention == Retention::default() || self.pruning.swap(true, Ordering::AcqRel) {
             return;
         }
+        let pruning = Arc::clone(&self.pruning);
         let store = Arc::clone(&self.store);
         let key = Arc::clone(key);
         let replica = self.settings.replica.clone();
         let now_us = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX));
-        let done =
-            tokio::task::spawn_blocking(move || prune(&*store, &key, &replica, retention, now_us))
-                .await;
-        match done {
-            Ok(Ok(0)) => {}
-            Ok(Ok(removed)) => tracing::info!(
-                event = "audit_pruned",
-                replica = %self.settings.replica,
-                removed,
-                "audit records past the retention policy removed behind a signed anchor"
-            ),
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "audit retention could not be applied; retrying later")
+        tokio::spawn(async move {
+            let chain = replica.clone();
+            let done = tokio::task::spawn_blocking(move || {
+                prune(&*store, &key, &chain, retention, now_us)
+            })
+            .await;
+            match done {
+                Ok(Ok(0)) => {}
+                Ok(Ok(removed)) => tracing::info!(
+                    event = "audit_pruned",
+                    %replica,
+                    removed,
+                    "audit records past the retention policy removed behind a signed anchor"
+                ),
+                Ok(Err(e @ PruneError::Tampered(_))) => tracing::error!(
+                    %replica,
+                    error = %e,
+                    "audit retention refused: run `warden audit verify`"
+                ),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "audit retention could not be applied; retrying later");
+                }
+                Err(e) => tracing::warn!(error = %e, "audit retention task failed"),
             }
-            Err(e) => tracing::warn!(error = %e, "audit retention task failed"),
-        }
+            pruning.store(false, Ordering::Release);
+        });
     }
 
     /// The chain as stored (`None` if the store cannot say).
