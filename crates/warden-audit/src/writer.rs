@@ -259,6 +259,20 @@ impl AuditLog {
         }
     }
 
+    /// Hands a record to the writer without waiting for its commit, in
+    /// either mode (records nobody's answer waits for, such as refusal
+    /// tallies); [`AuditLog::flush`] waits for them.
+    pub async fn record_unacknowledged(&self, record: String) -> Result<(), NotRecorded> {
+        self.tx
+            .send(Job {
+                record: Some(record),
+                ack: None,
+                queued: Instant::now(),
+            })
+            .await
+            .map_err(|_| NotRecorded)
+    }
+
     /// Waits until every record handed over so far is committed (graceful
     /// shutdown: nothing accepted is left in the queue), and logs a checkpoint.
     pub async fn flush(&self) -> Result<(), NotRecorded> {

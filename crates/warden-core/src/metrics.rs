@@ -19,7 +19,7 @@ pub const INFERENCE_DURATION: &str = "warden_inference_duration_seconds";
 pub const AUTH_FAILURES: &str = "warden_auth_failures_total";
 /// Connections refused when accepted, by listener and reason (`per_address`: the client address had its share).
 pub const CONNECTIONS_REFUSED: &str = "warden_connections_refused_total";
-/// Connections Warden closed, by listener and reason (`idle`, `handshake_timeout`, `shutdown`).
+/// Connections Warden closed, by listener and reason (`idle`, `handshake_timeout`, `too_slow`, `shutdown`).
 pub const CONNECTIONS_CLOSED: &str = "warden_connections_closed_total";
 /// Requests refused by a rate limit, by policy (`in_flight`: the principal's share of requests in flight).
 pub const RATE_LIMITED: &str = "warden_rate_limited_total";

@@ -67,6 +67,12 @@ impl AddressSlots {
     /// A slot for a connection from `ip`, or `None` when the address has
     /// its share.
     pub fn try_acquire(&self, ip: IpAddr) -> Option<AddressSlot> {
+        // As the client address is judged (client_addr.rs): an IPv4 peer on
+        // a dual-stack listener arrives as ::ffff:a.b.c.d.
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
         if self.exempt.iter().any(|net| net.contains(&ip)) {
             return Some(AddressSlot {
                 key: None,
@@ -202,9 +208,11 @@ mod tests {
     fn trusted_proxies_are_not_capped_and_slots_are_forgotten() {
         let proxies: Arc<[IpNet]> = Arc::from(["10.1.0.0/16".parse::<IpNet>().unwrap()]);
         let slots = AddressSlots::new(1, proxies);
-        let held: Vec<_> = (0..5)
+        let mut held: Vec<_> = (0..5)
             .map(|_| slots.try_acquire(ip("10.1.2.3")).unwrap())
             .collect();
+        // The same proxy seen through a dual-stack listener.
+        held.extend((0..5).map(|_| slots.try_acquire(ip("::ffff:10.1.2.3")).unwrap()));
         assert_eq!(slots.open(ip("10.1.2.3")), 0);
         drop(held);
         let a = slots.try_acquire(ip("10.0.0.1")).unwrap();

@@ -202,7 +202,7 @@ pub fn connection_refused(listener: &'static str, reason: &'static str) {
 }
 
 /// A connection closed by Warden (`reason`: `idle`, `handshake_timeout`,
-/// `shutdown`).
+/// `too_slow`, `shutdown`).
 pub fn connection_closed(listener: &'static str, reason: &'static str) {
     counter!(names::CONNECTIONS_CLOSED, "listener" => listener, "reason" => reason).increment(1);
 }

@@ -31,6 +31,8 @@ struct Key {
     /// `None`: the overflow tally.
     client: Option<AddressKey>,
     principal: Option<Arc<str>>,
+    /// The model, for a rate limit counted in rows (after validation).
+    model: Option<Arc<str>>,
     outcome: &'static str,
 }
 
@@ -58,6 +60,9 @@ pub struct Refusal<'a> {
     pub client: IpAddr,
     /// The principal, when known (rate limits).
     pub principal: Option<&'a Arc<str>>,
+    /// The model, when the refusal came after the model was known (the
+    /// `predict` rate limit in rows).
+    pub model: Option<&'a Arc<str>>,
     /// The outcome code.
     pub outcome: &'static str,
     /// The request's path (the first one seen is kept).
@@ -73,12 +78,14 @@ impl Refusals {
             plane: refusal.plane,
             client: Some(AddressKey::of(refusal.client)),
             principal: refusal.principal.cloned(),
+            model: refusal.model.cloned(),
             outcome: refusal.outcome,
         };
         let mut client = Some(refusal.client);
         if !tallies.contains_key(&key) && tallies.len() >= MAX_TALLIES {
             key.client = None;
             key.principal = None;
+            key.model = None;
             client = None;
         }
         let tally = tallies.entry(key).or_insert_with(|| Tally {
@@ -105,6 +112,7 @@ impl Refusals {
                     "plane": crate::metrics::plane_label(key.plane),
                     "client": tally.client.map_or_else(|| "*".to_owned(), |c| c.to_string()),
                     "principal": key.principal.as_deref(),
+                    "model": key.model.as_deref(),
                     "outcome": key.outcome,
                     "route": tally.route,
                     "count": tally.count,
@@ -146,11 +154,13 @@ pub fn spawn_flusher(refusals: Arc<Refusals>, log: Arc<warden_audit::AuditLog>, 
     });
 }
 
-/// Writes the current tallies to the audit trail (also at shutdown).
+/// Hands the current tallies to the audit trail (also at shutdown), without
+/// waiting for each commit: the writer batches them, and at shutdown the
+/// trail's own flush waits for them.
 pub async fn flush(refusals: &Refusals, log: &warden_audit::AuditLog, window: Duration) {
     for record in refusals.take_records(window) {
-        if log.record(record).await.is_err() {
-            tracing::error!("refusal tally not committed to the audit trail");
+        if log.record_unacknowledged(record).await.is_err() {
+            tracing::error!("refusal tally not handed to the audit trail");
         }
     }
 }
@@ -168,6 +178,7 @@ mod tests {
             plane: Plane::Data,
             client: client.parse().unwrap(),
             principal,
+            model: None,
             outcome,
             route: "/v1/models/iris:predict",
         }

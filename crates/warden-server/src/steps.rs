@@ -107,6 +107,7 @@ pub async fn audit(state: &AppState, line: &AccessLine, response: Response) -> R
             plane: line.plane,
             client: line.client.0,
             principal: ext.get::<PrincipalNote>().map(|p| &p.0),
+            model: ext.get::<ModelNote>().map(|m| &m.model),
             outcome,
             route: &line.path,
         });

@@ -215,6 +215,14 @@ fn current_window() -> u64 {
 
 impl<S: Subscriber> Layer<S> for LogBudget {
     fn event_enabled(&self, event: &Event<'_>, _: Context<'_, S>) -> bool {
+        // Alerts (a ban, suspected extraction, ...) and audit checkpoints are
+        // never held back: an attacker must not be able to hide the next
+        // alert by triggering twenty of the same kind first. Each is bounded
+        // at its source (bans by the ban length, checkpoints by their interval).
+        let fields = event.metadata().fields();
+        if fields.field("alert").is_some() || fields.field("event").is_some() {
+            return true;
+        }
         self.allow(event.metadata(), current_window())
     }
 }

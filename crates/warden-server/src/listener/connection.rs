@@ -16,7 +16,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -35,10 +35,19 @@ use crate::client_addr::{ClientCertificate, PeerAddr};
 /// its GOAWAY or close before it is dropped.
 const LINGER: Duration = Duration::from_millis(250);
 
-/// The requests open on one connection.
+/// What is going on on one connection: its open requests, the responses
+/// being sent, and whether written data waits in Warden because the
+/// client is not reading.
 #[derive(Debug, Default)]
 pub(super) struct Activity {
+    /// Requests from hyper's hand-over until their response body is done.
     open: AtomicUsize,
+    /// Responses whose head is out and whose body is not done.
+    responding: AtomicUsize,
+    /// The socket refused a write and nothing has been flushed since.
+    writing: AtomicBool,
+    /// Bytes written to the socket.
+    sent: AtomicU64,
     changed: Notify,
 }
 
@@ -50,8 +59,33 @@ impl Activity {
         RequestGuard(Arc::clone(self))
     }
 
+    fn responding(self: &Arc<Self>) -> ResponseGuard {
+        if self.responding.fetch_add(1, Ordering::AcqRel) == 0 {
+            self.changed.notify_one();
+        }
+        ResponseGuard(Arc::clone(self))
+    }
+
+    /// Bytes the socket took (pacing.rs).
+    pub(super) fn sent(&self, n: usize) {
+        self.sent.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// Whether data waits in Warden for the client to read (pacing.rs).
+    pub(super) fn set_writing(&self, writing: bool) {
+        if self.writing.swap(writing, Ordering::AcqRel) != writing {
+            self.changed.notify_one();
+        }
+    }
+
+    /// Nothing in progress: no request, and nothing waiting to be written.
     fn idle(&self) -> bool {
-        self.open.load(Ordering::Acquire) == 0
+        self.open.load(Ordering::Acquire) == 0 && !self.writing.load(Ordering::Acquire)
+    }
+
+    /// Waiting on the client to take a response.
+    fn sending(&self) -> bool {
+        self.responding.load(Ordering::Acquire) > 0 || self.writing.load(Ordering::Acquire)
     }
 }
 
@@ -67,14 +101,28 @@ impl Drop for RequestGuard {
     }
 }
 
+/// One response being sent; dropped when its body is done.
+#[derive(Debug)]
+struct ResponseGuard(Arc<Activity>);
+
+impl Drop for ResponseGuard {
+    fn drop(&mut self) {
+        if self.0.responding.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.changed.notify_one();
+        }
+    }
+}
+
 /// The deadlines of an established connection.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Deadlines {
     /// From the end of the TLS handshake (or the accept) to the first
     /// request.
     pub(super) first_request: Duration,
-    /// With no request open, after the last one ended.
+    /// With nothing in progress, after the last request ended.
     pub(super) idle: Duration,
+    /// While a response is being sent, the client must take at least this.
+    pub(super) send_rate: MinRate,
 }
 
 /// Why a connection was closed by Warden rather than by its client.
@@ -84,13 +132,21 @@ pub(super) enum Closed {
     ByPeer,
     /// No request for the idle (or first-request) deadline.
     Idle,
+    /// Responses were waiting and the client took less than the minimum
+    /// send rate (an HTTP/2 client that keeps its flow-control window shut,
+    /// a reader that stopped).
+    TooSlow,
     /// The server is shutting down.
     Shutdown,
 }
 
-/// Serves `conn` until it ends, closing it when it has been idle past its
-/// deadline or when `stop` turns true (then as soon as its open requests
-/// are done).
+/// Serves `conn` until it ends. Closes it gracefully (GOAWAY on HTTP/2,
+/// close after the current response on HTTP/1.1) when nothing has been in
+/// progress for its deadline, or when `stop` turns true; then drops it
+/// [`LINGER`] after its last request is done, whether or not the client
+/// answers the GOAWAY. Drops it at once when responses are waiting and the
+/// client takes them below the minimum send rate: the kernel still
+/// delivers what it holds, but nothing more is waited for.
 pub(super) async fn drive<C>(
     conn: Pin<&mut C>,
     activity: &Activity,
@@ -102,31 +158,51 @@ where
 {
     let mut conn = conn;
     let mut deadline = Instant::now() + deadlines.first_request;
-    let reason = loop {
-        let changed = activity.changed.notified();
-        let idle = activity.idle();
-        tokio::select! {
-            _ = conn.as_mut() => return Closed::ByPeer,
-            () = changed => {
-                if activity.idle() {
-                    deadline = Instant::now() + deadlines.idle;
-                }
-            }
-            () = tokio::time::sleep_until(deadline), if idle => break Closed::Idle,
-            _ = stop.wait_for(|stopping| *stopping) => break Closed::Shutdown,
-        }
-    };
-    // GOAWAY (HTTP/2) or close after the current response (HTTP/1.1); the
-    // open requests finish, then the connection is dropped even if its
-    // client does not answer the GOAWAY.
-    conn.as_mut().graceful_shutdown();
+    let mut closing = None;
+    // The send-rate window: (when it ends, bytes sent when it began).
+    let mut window: Option<(Instant, u64)> = None;
+    let per_window = deadlines.send_rate.bytes_per_window();
     loop {
         let changed = activity.changed.notified();
         let idle = activity.idle();
+        if deadlines.send_rate.enabled() && activity.sending() {
+            window.get_or_insert_with(|| {
+                let sent = activity.sent.load(Ordering::Relaxed);
+                (Instant::now() + deadlines.send_rate.window, sent)
+            });
+        } else {
+            window = None;
+        }
+        let window_end = window.map_or(deadline, |(end, _)| end);
         tokio::select! {
-            _ = conn.as_mut() => return reason,
-            () = changed => {}
-            () = tokio::time::sleep(LINGER), if idle => return reason,
+            _ = conn.as_mut() => return closing.unwrap_or(Closed::ByPeer),
+            () = changed => {
+                if activity.idle() {
+                    let wait = if closing.is_some() { LINGER } else { deadlines.idle };
+                    deadline = Instant::now() + wait;
+                }
+            }
+            () = tokio::time::sleep_until(deadline), if idle => {
+                if let Some(reason) = closing {
+                    return reason;
+                }
+                closing = Some(Closed::Idle);
+                conn.as_mut().graceful_shutdown();
+                deadline = Instant::now() + LINGER;
+            }
+            () = tokio::time::sleep_until(window_end), if window.is_some() => {
+                let sent = activity.sent.load(Ordering::Relaxed);
+                let began = window.map_or(sent, |(_, began)| began);
+                if sent.saturating_sub(began) < per_window {
+                    return Closed::TooSlow;
+                }
+                window = Some((Instant::now() + deadlines.send_rate.window, sent));
+            }
+            _ = stop.wait_for(|stopping| *stopping), if closing.is_none() => {
+                closing = Some(Closed::Shutdown);
+                conn.as_mut().graceful_shutdown();
+                deadline = Instant::now() + LINGER;
+            }
         }
     }
 }
@@ -193,8 +269,10 @@ impl Future for TrackedFuture {
         match this.inner.poll(cx) {
             Poll::Ready(Ok(response)) => {
                 let guard = this.guard.take();
+                let sending = guard.as_ref().map(|g| g.0.responding());
                 Poll::Ready(Ok(response.map(|inner| TrackedBody {
                     inner,
+                    _sending: sending,
                     _guard: guard,
                 })))
             }
@@ -208,6 +286,8 @@ impl Future for TrackedFuture {
 #[derive(Debug)]
 pub(super) struct TrackedBody {
     inner: Body,
+    // Dropped before the request guard: the response is done first.
+    _sending: Option<ResponseGuard>,
     _guard: Option<RequestGuard>,
 }
 

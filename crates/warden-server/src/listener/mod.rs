@@ -170,9 +170,11 @@ struct Connection {
 
 impl Connection {
     async fn run(self, stream: TcpStream) {
-        let stream = PacedIo::new(stream, self.settings.send_rate);
+        let activity = Arc::new(Activity::default());
+        let stream =
+            PacedIo::new(stream, self.settings.send_rate).reporting_to(Arc::clone(&activity));
         let Some(tls) = self.tls.clone() else {
-            return self.http(stream, None).await;
+            return self.http(stream, None, activity).await;
         };
         let Some(stream) = self.handshake(&tls, stream).await else {
             return;
@@ -185,7 +187,7 @@ impl Connection {
             .peer_certificates()
             .and_then(|chain| chain.first())
             .map(|leaf| ClientCertificate(crate::tls::certificate_names(leaf).into()));
-        self.http(stream, certificate).await;
+        self.http(stream, certificate, activity).await;
     }
 
     async fn handshake(
@@ -211,11 +213,10 @@ impl Connection {
         }
     }
 
-    async fn http<I>(self, io: I, certificate: Option<ClientCertificate>)
+    async fn http<I>(self, io: I, certificate: Option<ClientCertificate>, activity: Arc<Activity>)
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
-        let activity = Arc::new(Activity::default());
         let service = ConnectionService {
             app: self.app.clone(),
             peer: self.peer,
@@ -228,10 +229,12 @@ impl Connection {
         let deadlines = Deadlines {
             first_request: self.settings.header_timeout,
             idle: self.settings.idle_timeout,
+            send_rate: self.settings.send_rate,
         };
         match connection::drive(conn, &activity, deadlines, self.stopping.clone()).await {
             Closed::Idle => crate::metrics::connection_closed(self.label, "idle"),
             Closed::Shutdown => crate::metrics::connection_closed(self.label, "shutdown"),
+            Closed::TooSlow => crate::metrics::connection_closed(self.label, "too_slow"),
             Closed::ByPeer => {}
         }
     }

@@ -10,6 +10,7 @@
 //! window must move at least `rate × window` bytes.
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -17,6 +18,8 @@ use axum::body::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
+
+use super::connection::Activity;
 
 /// A minimum rate: `bytes_per_window` bytes in every `window` spent waiting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,13 +31,13 @@ pub struct MinRate {
 }
 
 impl MinRate {
-    fn bytes_per_window(self) -> u64 {
+    pub(super) fn bytes_per_window(self) -> u64 {
         let millis = u64::try_from(self.window.as_millis()).unwrap_or(u64::MAX);
         self.bytes_per_second.saturating_mul(millis) / 1000
     }
 
     /// Off when the rate is 0.
-    fn enabled(self) -> bool {
+    pub(super) fn enabled(self) -> bool {
         self.bytes_per_second > 0 && !self.window.is_zero()
     }
 }
@@ -101,6 +104,8 @@ impl Window {
 pub struct PacedIo<T> {
     inner: T,
     send: Window,
+    /// Told what the socket took and whether data waits (connection.rs).
+    activity: Option<Arc<Activity>>,
 }
 
 impl<T> PacedIo<T> {
@@ -109,6 +114,26 @@ impl<T> PacedIo<T> {
         Self {
             inner,
             send: Window::new(send),
+            activity: None,
+        }
+    }
+
+    /// Reports writes to the connection's [`Activity`].
+    pub(super) fn reporting_to(mut self, activity: Arc<Activity>) -> Self {
+        self.activity = Some(activity);
+        self
+    }
+
+    fn wrote(&mut self, result: &Poll<std::io::Result<usize>>) {
+        if let Some(a) = &self.activity {
+            match result {
+                Poll::Ready(Ok(n)) => a.sent(*n),
+                Poll::Pending => a.set_writing(true),
+                Poll::Ready(Err(_)) => {}
+            }
+        }
+        if let Poll::Ready(Ok(n)) = result {
+            self.send.moved(*n);
         }
     }
 
@@ -153,9 +178,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for PacedIo<T> {
     ) -> Poll<std::io::Result<usize>> {
         let this = &mut *self;
         let result = Pin::new(&mut this.inner).poll_write(cx, buf);
-        if let Poll::Ready(Ok(n)) = &result {
-            this.send.moved(*n);
-        }
+        this.wrote(&result);
         this.too_slow(cx, result)
     }
 
@@ -166,9 +189,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for PacedIo<T> {
     ) -> Poll<std::io::Result<usize>> {
         let this = &mut *self;
         let result = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
-        if let Poll::Ready(Ok(n)) = &result {
-            this.send.moved(*n);
-        }
+        this.wrote(&result);
         this.too_slow(cx, result)
     }
 
@@ -179,9 +200,20 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for PacedIo<T> {
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         let this = &mut *self;
         let result = Pin::new(&mut this.inner).poll_flush(cx);
-        if let Poll::Ready(Ok(())) = result {
-            // Everything handed over has left: nothing waits on the client.
-            this.send.settle();
+        match result {
+            Poll::Ready(Ok(())) => {
+                // Everything handed over has left: nothing waits on the client.
+                this.send.settle();
+                if let Some(a) = &this.activity {
+                    a.set_writing(false);
+                }
+            }
+            Poll::Pending => {
+                if let Some(a) = &this.activity {
+                    a.set_writing(true);
+                }
+            }
+            Poll::Ready(Err(_)) => {}
         }
         this.too_slow(cx, result)
     }
