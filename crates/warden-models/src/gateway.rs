@@ -279,7 +279,26 @@ impl Backend for GatewayBackend {
         rows: usize,
         values: Vec<f32>,
     ) -> BoxFuture<'_, Result<Prediction, EngineError>> {
-        Box::pin(self.inner.infer(rows, values))
+        let inner = Arc::clone(&self.inner);
+        Box::pin(async move {
+            match inner.breaker.admit() {
+                Admission::Refused => {
+                    inner.count("breaker_open");
+                    Err(EngineError::Unavailable)
+                }
+                Admission::Call => inner.infer(rows, values).await,
+                // The trial call runs to its end even if its caller leaves:
+                // its outcome is the breaker's only news of the upstream,
+                // and a caller that cancelled trials over and over would
+                // otherwise keep an open breaker open for everyone.
+                Admission::Trial => tokio::spawn(async move { inner.infer(rows, values).await })
+                    .await
+                    .unwrap_or_else(|e| {
+                        tracing::error!(error = %e, "upstream trial call failed");
+                        Err(EngineError::Unavailable)
+                    }),
+            }
+        })
     }
 
     fn ready(&self) -> bool {
@@ -288,11 +307,8 @@ impl Backend for GatewayBackend {
 }
 
 impl Inner {
+    /// One call the breaker admitted.
     async fn infer(&self, rows: usize, values: Vec<f32>) -> Result<Prediction, EngineError> {
-        if !self.breaker.admit() {
-            self.count("breaker_open");
-            return Err(EngineError::Unavailable);
-        }
         // From here the breaker hears how the call ended. A request dropped
         // half-way (its client gone, server.request_timeout spent waiting
         // elsewhere) cancels the call without counting it: a client going
@@ -507,8 +523,9 @@ impl Inner {
 
 /// A call admitted by the breaker. Dropped unsettled (the request went
 /// away mid-call), the call is cancelled and counted only in the metrics
-/// (`cancelled`), never as a failure; a trial call gives its turn to the
-/// next caller.
+/// (`cancelled`), never as a failure. (A trial call runs in a task of its
+/// own and is not dropped so; should it be, at shutdown, its turn goes to
+/// the next caller.)
 struct Attempt<'a> {
     inner: &'a Inner,
     settled: bool,
@@ -660,6 +677,17 @@ struct Breaker {
     open: AtomicBool,
 }
 
+/// What the breaker says to a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Admission {
+    /// Closed: go.
+    Call,
+    /// Open past its time: this call is the one trial.
+    Trial,
+    /// Open: refused at once.
+    Refused,
+}
+
 #[derive(Debug, Clone, Copy)]
 enum State {
     Closed { failures: u32 },
@@ -694,16 +722,16 @@ impl Breaker {
     }
 
     /// Whether a call may go out now; an open breaker past its time lets
-    /// exactly one through.
-    fn admit(&self) -> bool {
+    /// exactly one through, as the trial.
+    fn admit(&self) -> Admission {
         let mut state = self.state();
         match *state {
-            State::Closed { .. } => true,
+            State::Closed { .. } => Admission::Call,
             State::Open { until, .. } if Instant::now() >= until => {
                 self.set(&mut state, State::HalfOpen);
-                true
+                Admission::Trial
             }
-            State::Open { .. } | State::HalfOpen => false,
+            State::Open { .. } | State::HalfOpen => Admission::Refused,
         }
     }
 
@@ -778,6 +806,10 @@ impl Breaker {
 mod tests {
     use super::*;
 
+    fn admits(b: &Breaker) -> bool {
+        b.admit() != Admission::Refused
+    }
+
     #[test]
     fn the_breaker_opens_after_failures_in_a_row_and_lets_one_trial_through() {
         let b = Breaker::new(3, Duration::from_millis(30));
@@ -785,19 +817,19 @@ mod tests {
         assert!(!b.success(), "a success while closed changes nothing");
         assert!(!b.failure() && !b.failure(), "the count restarted");
         assert!(b.failure(), "the third failure in a row opens it");
-        assert!(b.is_open() && !b.admit());
+        assert!(b.is_open() && !admits(&b));
         std::thread::sleep(Duration::from_millis(40));
-        assert!(b.admit(), "one trial after open_for");
-        assert!(!b.admit(), "only one");
+        assert!(admits(&b), "one trial after open_for");
+        assert!(!admits(&b), "only one");
         assert!(
             !b.failure(),
             "a failed trial re-opens (already open: no new alert)"
         );
-        assert!(!b.admit());
+        assert!(!admits(&b));
         std::thread::sleep(Duration::from_millis(40));
-        assert!(b.admit());
+        assert!(admits(&b));
         assert!(b.success(), "a good trial closes it");
-        assert!(!b.is_open() && b.admit());
+        assert!(!b.is_open() && admits(&b));
     }
 
     #[test]
@@ -814,15 +846,15 @@ mod tests {
         // makes the next call the trial, without waiting a minute.
         assert!(!b.healthy());
         assert!(b.is_open());
-        assert!(b.admit(), "the trial goes at once");
-        assert!(!b.admit());
+        assert!(admits(&b), "the trial goes at once");
+        assert!(!admits(&b));
         assert!(!b.failure(), "the trial failed: open again, for open_for");
-        assert!(b.is_open() && !b.admit());
+        assert!(b.is_open() && !admits(&b));
         // A trial that could not be sent hands the turn to the next caller.
         assert!(!b.healthy());
-        assert!(b.admit());
+        assert!(admits(&b));
         b.release_trial();
-        assert!(b.admit());
+        assert!(admits(&b));
         assert!(b.success() && !b.is_open());
     }
 
@@ -907,6 +939,27 @@ mod tests {
         // The next request is served.
         let served = b.infer(1, vec![0.5, 0.5]).await.unwrap();
         assert_eq!(served.labels, [1]);
+    }
+
+    #[tokio::test]
+    async fn a_trial_call_whose_caller_leaves_still_settles_the_breaker() {
+        let addr = slow_upstream(Duration::from_millis(200)).await;
+        let mut b = backend(CARD);
+        b.infer_url = format!("http://{addr}/v2/models/m/infer");
+        b.breaker = Breaker::new(1, Duration::from_millis(10));
+        assert!(b.breaker.failure(), "open");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let g = GatewayBackend { inner: Arc::new(b) };
+        // The trial's caller gives up at once; the trial goes on.
+        let gave_up =
+            tokio::time::timeout(Duration::from_millis(20), g.infer(1, vec![0.5, 0.5])).await;
+        assert!(gave_up.is_err());
+        assert!(g.inner.breaker.is_open(), "the trial is still out");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(
+            !g.inner.breaker.is_open(),
+            "the trial's success closed the breaker"
+        );
     }
 
     fn backend(card: &str) -> Inner {
