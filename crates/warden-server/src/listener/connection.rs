@@ -60,9 +60,8 @@ impl Activity {
     }
 
     fn responding(self: &Arc<Self>) -> ResponseGuard {
-        if self.responding.fetch_add(1, Ordering::AcqRel) == 0 {
-            self.changed.notify_one();
-        }
+        // Read at the send-rate checks only: no wake-up needed.
+        self.responding.fetch_add(1, Ordering::AcqRel);
         ResponseGuard(Arc::clone(self))
     }
 
@@ -107,9 +106,7 @@ struct ResponseGuard(Arc<Activity>);
 
 impl Drop for ResponseGuard {
     fn drop(&mut self) {
-        if self.0.responding.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.changed.notify_one();
-        }
+        self.0.responding.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -144,9 +141,13 @@ pub(super) enum Closed {
 /// close after the current response on HTTP/1.1) when nothing has been in
 /// progress for its deadline, or when `stop` turns true; then drops it
 /// [`LINGER`] after its last request is done, whether or not the client
-/// answers the GOAWAY. Drops it at once when responses are waiting and the
-/// client takes them below the minimum send rate: the kernel still
-/// delivers what it holds, but nothing more is waited for.
+/// answers the GOAWAY. Drops it at once when a response was waiting for the
+/// client at two checks a send-rate window apart and less than
+/// `rate × window` was sent in between: the kernel still delivers what it
+/// holds, but nothing more is waited for.
+///
+/// The two timers are made once and reset, not made per wake-up: this task
+/// also drives the connection, so it is woken for every read and write.
 pub(super) async fn drive<C>(
     conn: Pin<&mut C>,
     activity: &Activity,
@@ -157,51 +158,55 @@ where
     C: GracefulConnection,
 {
     let mut conn = conn;
-    let mut deadline = Instant::now() + deadlines.first_request;
     let mut closing = None;
-    // The send-rate window: (when it ends, bytes sent when it began).
-    let mut window: Option<(Instant, u64)> = None;
-    let per_window = deadlines.send_rate.bytes_per_window();
+    let idle_timer = tokio::time::sleep(deadlines.first_request);
+    tokio::pin!(idle_timer);
+    let rate = deadlines.send_rate;
+    let window = if rate.enabled() {
+        rate.window
+    } else {
+        Duration::from_secs(86_400)
+    };
+    let rate_check = tokio::time::sleep(window);
+    tokio::pin!(rate_check);
+    // At the last check: bytes sent so far, and whether a response waited.
+    let mut last = (activity.sent.load(Ordering::Relaxed), false);
     loop {
         let changed = activity.changed.notified();
         let idle = activity.idle();
-        if deadlines.send_rate.enabled() && activity.sending() {
-            window.get_or_insert_with(|| {
-                let sent = activity.sent.load(Ordering::Relaxed);
-                (Instant::now() + deadlines.send_rate.window, sent)
-            });
-        } else {
-            window = None;
-        }
-        let window_end = window.map_or(deadline, |(end, _)| end);
         tokio::select! {
             _ = conn.as_mut() => return closing.unwrap_or(Closed::ByPeer),
             () = changed => {
                 if activity.idle() {
                     let wait = if closing.is_some() { LINGER } else { deadlines.idle };
-                    deadline = Instant::now() + wait;
+                    idle_timer.as_mut().reset(Instant::now() + wait);
+                } else if idle {
+                    // Busy again: the send-rate windows start afresh.
+                    last = (activity.sent.load(Ordering::Relaxed), false);
+                    rate_check.as_mut().reset(Instant::now() + window);
                 }
             }
-            () = tokio::time::sleep_until(deadline), if idle => {
+            () = idle_timer.as_mut(), if idle => {
                 if let Some(reason) = closing {
                     return reason;
                 }
                 closing = Some(Closed::Idle);
                 conn.as_mut().graceful_shutdown();
-                deadline = Instant::now() + LINGER;
+                idle_timer.as_mut().reset(Instant::now() + LINGER);
             }
-            () = tokio::time::sleep_until(window_end), if window.is_some() => {
+            () = rate_check.as_mut(), if rate.enabled() && !idle => {
                 let sent = activity.sent.load(Ordering::Relaxed);
-                let began = window.map_or(sent, |(_, began)| began);
-                if sent.saturating_sub(began) < per_window {
+                let sending = activity.sending();
+                if sending && last.1 && sent.saturating_sub(last.0) < rate.bytes_per_window() {
                     return Closed::TooSlow;
                 }
-                window = Some((Instant::now() + deadlines.send_rate.window, sent));
+                last = (sent, sending);
+                rate_check.as_mut().reset(Instant::now() + window);
             }
             _ = stop.wait_for(|stopping| *stopping), if closing.is_none() => {
                 closing = Some(Closed::Shutdown);
                 conn.as_mut().graceful_shutdown();
-                deadline = Instant::now() + LINGER;
+                idle_timer.as_mut().reset(Instant::now() + LINGER);
             }
         }
     }
