@@ -281,6 +281,18 @@ impl Warden {
     }
 }
 
+/// The status code of a raw HTTP/1.1 answer (0 if there is none), and the
+/// answer as text.
+fn status_and_text(answer: &[u8]) -> (u16, String) {
+    let text = String::from_utf8_lossy(answer).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, text)
+}
+
 /// Sends the head of a request whose body never (or slowly) follows.
 fn start_request(stream: &mut Tls, key: &str, length: usize) {
     write!(
@@ -304,13 +316,7 @@ fn read_status(stream: &mut Tls) -> (u16, String) {
     if let Ok(n) = stream.read(&mut buf) {
         answer.extend_from_slice(&buf[..n]);
     }
-    let text = String::from_utf8_lossy(&answer).into_owned();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    (status, text)
+    status_and_text(&answer)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -600,13 +606,7 @@ fn raw(w: &Warden, to: SocketAddr, method: &str, path: &str, key: &str) -> (u16,
     s.flush().unwrap();
     let mut answer = Vec::new();
     let _ = s.read_to_end(&mut answer);
-    let text = String::from_utf8_lossy(&answer).into_owned();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    (status, text)
+    status_and_text(&answer)
 }
 
 #[tokio::test(flavor = "multi_thread")]
