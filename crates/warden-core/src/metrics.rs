@@ -91,11 +91,15 @@ pub enum Alert {
     ModelReloadFailed,
     /// A gateway-mode upstream stopped answering: its circuit breaker opened.
     UpstreamDown,
+    /// Inference failed on a validated request (ONNX Runtime refused it, or
+    /// the model's answer does not fit its card): a bug in the model or card,
+    /// never the client's mistake.
+    InferenceFailed,
 }
 
 impl Alert {
     /// Every kind.
-    pub const ALL: [Self; 9] = [
+    pub const ALL: [Self; 10] = [
         Self::AuthFailureSpike,
         Self::QueryRateAnomaly,
         Self::ExtractionSuspected,
@@ -105,6 +109,7 @@ impl Alert {
         Self::ModelIntegrityFailed,
         Self::ModelReloadFailed,
         Self::UpstreamDown,
+        Self::InferenceFailed,
     ];
 
     /// The `alert` field and label value.
@@ -119,6 +124,7 @@ impl Alert {
             Self::ModelIntegrityFailed => "model_integrity_failed",
             Self::ModelReloadFailed => "model_reload_failed",
             Self::UpstreamDown => "upstream_down",
+            Self::InferenceFailed => "inference_failed",
         }
     }
 

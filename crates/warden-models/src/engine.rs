@@ -3,13 +3,18 @@
 //! ([`crate::gateway::GatewayBackend`]).
 //!
 //! `ort::Session::run` needs `&mut`, so each model version owns a small pool
-//! of sessions (one intra-op thread each). Requests join a bounded queue
+//! of sessions (`runtime.sessions_per_model`, or the card's
+//! `[runtime] sessions`; one intra-op thread each unless the card says
+//! otherwise). Requests join a bounded queue
 //! (`runtime.queue_per_model`; beyond it the answer is `overloaded`), and a
 //! drain task takes what has queued — after yielding once, so that requests
 //! already readable on other connections can join — and runs it as one
-//! batch of at most the card's `max_batch` rows (dynamic batching). Rows are
-//! independent in the classifiers Warden serves, so a batch's answers are
-//! the answers each request would have had alone; one call amortizes ONNX
+//! batch of at most the card's `max_batch` rows (dynamic batching), joined
+//! along the batch dimension of every input. Only requests whose other
+//! dimensions agree are joined (a text of 12 tokens and one of 40 are not:
+//! padding would change what a model without a mask computes). Rows are
+//! independent in a batched model, so a batch's answers are the answers
+//! each request would have had alone; one call amortizes ONNX
 //! Runtime's per-call cost, which under load is several times the cost of a
 //! row (docs/benchmarks.md). A card with `dynamic_batching = false` runs
 //! each request as its own call (measured on digits and breast-cancer:
@@ -33,20 +38,25 @@ use std::time::{Duration, Instant};
 
 use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;
-use ort::value::{Tensor, TensorElementType, ValueType};
+use ort::value::{DynValue, TensorElementType, ValueType};
 use tokio::sync::{Semaphore, oneshot};
+use warden_tensor::{DataType, Tensor, TensorData};
 
-use crate::card::ModelCard;
+use crate::card::{InputSpec, ModelCard, OutputSpec, Valid};
 use crate::runtime::Runtime;
 
-/// What a model predicted for a batch.
+/// A checked batch for inference: the card's inputs, in card order, each
+/// with `rows` entries in its batch dimension (when the model has one).
 #[derive(Debug, Clone, PartialEq)]
-pub struct Prediction {
-    /// Predicted class index per row (each `< classes`).
-    pub labels: Vec<usize>,
-    /// `rows × classes` probabilities, if the model has them.
-    pub probabilities: Option<Vec<f32>>,
+pub struct Batch {
+    /// Entries of the batch dimension (1 for a model without one).
+    pub rows: usize,
+    /// The inputs, in card order.
+    pub inputs: Vec<Tensor>,
 }
+
+/// What a model answered: the card's outputs, in card order.
+pub type Outputs = Vec<Tensor>;
 
 /// Why inference failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -71,12 +81,8 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// An inference engine for one model version.
 pub trait Backend: Send + Sync + fmt::Debug {
-    /// Runs a checked, row-major batch of `rows` rows.
-    fn infer(
-        &self,
-        rows: usize,
-        values: Vec<f32>,
-    ) -> BoxFuture<'_, Result<Prediction, EngineError>>;
+    /// Runs a checked batch; answers the card's outputs.
+    fn infer(&self, batch: Batch) -> BoxFuture<'_, Result<Outputs, EngineError>>;
 
     /// Requests waiting for inference (for the queue-depth metric).
     fn queued(&self) -> usize {
@@ -110,19 +116,29 @@ struct Pool {
 /// One request waiting for its rows to be predicted.
 struct Job {
     enqueued: std::time::Instant,
-    rows: usize,
-    values: Vec<f32>,
-    reply: oneshot::Sender<Result<Prediction, EngineError>>,
+    batch: Batch,
+    reply: oneshot::Sender<Result<Outputs, EngineError>>,
 }
 
-/// The ONNX graph's names, as the card maps them.
+impl Job {
+    /// Whether two requests can share a call: every input's dimensions
+    /// after the batch one agree (a text batch of length 12 and one of
+    /// length 40 are not merged; the card declares no padding).
+    fn joins(&self, other: &Self) -> bool {
+        self.batch
+            .inputs
+            .iter()
+            .zip(&other.batch.inputs)
+            .all(|(a, b)| a.shape.get(1..) == b.shape.get(1..))
+    }
+}
+
+/// The card's tensors, as the graph must have them.
 #[derive(Debug, Clone)]
 struct Io {
-    input: String,
-    width: usize,
-    label: String,
-    probabilities: Option<String>,
-    classes: usize,
+    inputs: Vec<InputSpec>,
+    outputs: Vec<OutputSpec>,
+    batched: bool,
 }
 
 /// A model version served by ONNX Runtime.
@@ -156,8 +172,8 @@ impl fmt::Debug for OnnxBackend {
 
 impl OnnxBackend {
     /// Builds the session pool from ONNX bytes, checks the graph against the
-    /// card, and runs one warm-up inference on the training means. Every
-    /// error is a sentence for the operator.
+    /// card, and runs one warm-up inference on a full batch of typical
+    /// values. Every error is a sentence for the operator.
     pub fn load(
         runtime: &Runtime,
         onnx: &[u8],
@@ -165,18 +181,17 @@ impl OnnxBackend {
         settings: PoolSettings,
     ) -> Result<Self, String> {
         let io = Io {
-            input: card.input_name.clone(),
-            width: card.features.len(),
-            label: card.label_output.clone(),
-            probabilities: card.probabilities_output.clone(),
-            classes: card.classes.len(),
+            inputs: card.inputs.clone(),
+            outputs: card.outputs.clone(),
+            batched: card.batched,
         };
-        let mut sessions = Vec::with_capacity(settings.sessions);
-        for _ in 0..settings.sessions {
+        let count = card.runtime.sessions.unwrap_or(settings.sessions).max(1);
+        let mut sessions = Vec::with_capacity(count);
+        for _ in 0..count {
             let session = Session::builder(runtime.environment())
                 .and_then(|b| Ok(b.with_optimization_level(GraphOptimizationLevel::Level3)?))
-                .and_then(|b| Ok(b.with_intra_threads(1)?))
-                .and_then(|b| Ok(b.with_inter_threads(1)?))
+                .and_then(|b| Ok(b.with_intra_threads(card.runtime.intra_op_threads)?))
+                .and_then(|b| Ok(b.with_inter_threads(card.runtime.inter_op_threads)?))
                 .and_then(|mut b| b.commit_from_memory(onnx))
                 .map_err(|e| format!("ONNX Runtime cannot load the graph: {e}"))?;
             if sessions.is_empty() {
@@ -191,7 +206,9 @@ impl OnnxBackend {
         let io = Arc::new(io);
         {
             let mut sessions = pool.sessions.lock().unwrap_or_else(PoisonError::into_inner);
-            warm_up(&mut sessions[0], &io, card)?;
+            let batch = warm_up_batch(card);
+            run(&mut sessions[0], &io, batch)
+                .map_err(|e| format!("warm-up inference failed: {e}"))?;
         }
         Ok(Self {
             inner: Arc::new(Inner {
@@ -208,98 +225,158 @@ impl OnnxBackend {
     }
 }
 
-/// One inference on a full batch of the training means: the graph must run
-/// and give outputs of the right shape before the model is served.
-fn warm_up(session: &mut Session, io: &Io, card: &ModelCard) -> Result<(), String> {
-    let means: Vec<f32> = card
-        .features
+/// A full batch of typical values (training means, the lowest id or
+/// category, empty strings), with each dynamic dimension after the batch
+/// at 1: the graph must run and answer the declared outputs before the
+/// model is served.
+pub fn warm_up_batch(card: &ModelCard) -> Batch {
+    let rows = if card.batched { card.max_batch } else { 1 };
+    let inputs = card
+        .inputs
         .iter()
-        .map(|f| f.mean.unwrap_or(0.0) as f32)
+        .map(|spec| {
+            let shape: Vec<usize> = spec
+                .shape
+                .iter()
+                .enumerate()
+                .map(|(i, &d)| match d {
+                    -1 if i == 0 && card.batched => rows,
+                    -1 => 1,
+                    d => d as usize,
+                })
+                .collect();
+            let n: usize = shape.iter().product();
+            let data = match spec.datatype {
+                DataType::Bool => TensorData::Bool(vec![false; n]),
+                DataType::Bytes => TensorData::Bytes(vec![
+                    match &spec.valid {
+                        Valid::Categories(c) => c.first().cloned().unwrap_or_default().into_bytes(),
+                        _ => Vec::new(),
+                    };
+                    n
+                ]),
+                d => {
+                    let values: Vec<f64> = (0..n)
+                        .map(|i| typical(spec, i % spec.fixed_row_len().unwrap_or(1).max(1)))
+                        .collect();
+                    TensorData::from_f64(d, &values).unwrap_or(TensorData::F32(vec![0.0; n]))
+                }
+            };
+            Tensor {
+                name: spec.name.clone(),
+                shape,
+                data,
+            }
+        })
         .collect();
-    let rows = card.max_batch;
-    let values: Vec<f32> = means
-        .iter()
-        .copied()
-        .cycle()
-        .take(rows * means.len())
-        .collect();
-    run(session, io, rows, values)
-        .map(drop)
-        .map_err(|e| format!("warm-up inference failed: {e}"))
+    Batch { rows, inputs }
 }
 
+/// A value element `column` of a row of `spec` typically holds.
+fn typical(spec: &InputSpec, column: usize) -> f64 {
+    let (mean, _) = spec.element_stats(column);
+    let (lo, hi) = spec.bounds(column).unwrap_or((0.0, 0.0));
+    let v = mean.unwrap_or(if lo <= 0.0 && hi >= 0.0 { 0.0 } else { lo });
+    let v = v.clamp(lo.min(hi), hi.max(lo));
+    if spec.datatype.is_integer() {
+        v.round()
+    } else {
+        v
+    }
+}
+
+fn element_type(d: DataType) -> TensorElementType {
+    match d {
+        DataType::Bool => TensorElementType::Bool,
+        DataType::U8 => TensorElementType::Uint8,
+        DataType::U16 => TensorElementType::Uint16,
+        DataType::U32 => TensorElementType::Uint32,
+        DataType::U64 => TensorElementType::Uint64,
+        DataType::I8 => TensorElementType::Int8,
+        DataType::I16 => TensorElementType::Int16,
+        DataType::I32 => TensorElementType::Int32,
+        DataType::I64 => TensorElementType::Int64,
+        DataType::F16 => TensorElementType::Float16,
+        DataType::F32 => TensorElementType::Float32,
+        DataType::F64 => TensorElementType::Float64,
+        DataType::Bytes => TensorElementType::String,
+    }
+}
+
+/// The OIP datatype of an ONNX element type, if Warden serves it.
+pub fn datatype_of(t: TensorElementType) -> Option<DataType> {
+    DataType::ALL.into_iter().find(|d| element_type(*d) == t)
+}
+
+/// The card against the graph: every graph input declared (and no more),
+/// every declared output present, with the same datatypes and ranks, and
+/// the card's fixed dimensions where the graph fixes them.
 fn check_graph(session: &Session, io: &Io) -> Result<(), String> {
-    let inputs = session.inputs();
-    let [input] = inputs else {
-        return Err(format!(
-            "the graph has {} inputs; Warden serves graphs with one",
-            inputs.len()
-        ));
-    };
-    if input.name() != io.input {
-        return Err(format!(
-            "the card's input.name is {:?} but the graph's input is {:?}",
-            io.input,
-            input.name()
-        ));
-    }
-    match input.dtype() {
-        ValueType::Tensor {
-            ty: TensorElementType::Float32,
-            shape,
-            ..
-        } if shape.len() == 2 && (shape[1] == io.width as i64) => {}
-        ValueType::Tensor { ty, shape, .. } => {
+    let shape_fits = |what: &str, name: &str, card: &[i64], graph: &[i64]| {
+        if card.len() != graph.len() {
             return Err(format!(
-                "the graph's input is {ty:?} with shape {:?}; the card declares FP32 [N, {}] ({} features)",
-                &shape[..],
-                io.width,
-                io.width
+                "{what} {name:?}: the card declares {} dimensions, the graph has {} ({graph:?})",
+                card.len(),
+                graph.len()
             ));
         }
-        other => return Err(format!("the graph's input is {other:?}, not a tensor")),
-    }
-    let output = |name: &str| {
-        session
-            .outputs()
-            .iter()
-            .find(|o| o.name() == name)
-            .map(|o| o.dtype().clone())
-    };
-    match output(&io.label) {
-        Some(ValueType::Tensor {
-            ty: TensorElementType::Int64,
-            ..
-        }) => {}
-        Some(other) => {
-            return Err(format!(
-                "graph output {:?} is {other:?}, expected int64 class indices",
-                io.label
-            ));
-        }
-        None => {
-            return Err(format!(
-                "the graph has no output {:?} (card output.label)",
-                io.label
-            ));
-        }
-    }
-    if let Some(name) = &io.probabilities {
-        match output(name) {
-            Some(ValueType::Tensor {
-                ty: TensorElementType::Float32,
-                shape,
-                ..
-            }) if shape.len() == 2 && (shape[1] == -1 || shape[1] == io.classes as i64) => {}
-            Some(other) => {
+        for (i, (&c, &g)) in card.iter().zip(graph).enumerate() {
+            if g > 0 && c != g {
                 return Err(format!(
-                    "graph output {name:?} is {other:?}, expected float [N, {}] ({} classes in the card)",
-                    io.classes, io.classes
+                    "{what} {name:?}: dimension {i} is {g} in the graph, the card says {c} (shape {graph:?})"
                 ));
             }
-            None => {
+        }
+        Ok(())
+    };
+    for graph_input in session.inputs() {
+        let Some(spec) = io.inputs.iter().find(|s| s.name == graph_input.name()) else {
+            return Err(format!(
+                "the graph needs input {:?}, which the card does not declare",
+                graph_input.name()
+            ));
+        };
+        match graph_input.dtype() {
+            ValueType::Tensor { ty, shape, .. } => {
+                if *ty != element_type(spec.datatype) {
+                    return Err(format!(
+                        "input {:?} is {ty:?} in the graph; the card declares {}",
+                        spec.name, spec.datatype
+                    ));
+                }
+                shape_fits("input", &spec.name, &spec.shape, shape)?;
+            }
+            other => {
                 return Err(format!(
-                    "the graph has no output {name:?} (card output.probabilities)"
+                    "input {:?} is {other:?} in the graph, not a tensor",
+                    spec.name
+                ));
+            }
+        }
+    }
+    for spec in &io.inputs {
+        if !session.inputs().iter().any(|i| i.name() == spec.name) {
+            return Err(format!("the graph has no input {:?} (card)", spec.name));
+        }
+    }
+    for spec in &io.outputs {
+        let Some(graph_output) = session.outputs().iter().find(|o| o.name() == spec.name) else {
+            return Err(format!("the graph has no output {:?} (card)", spec.name));
+        };
+        match graph_output.dtype() {
+            ValueType::Tensor { ty, shape, .. } => {
+                if *ty != element_type(spec.datatype) {
+                    return Err(format!(
+                        "output {:?} is {ty:?} in the graph; the card declares {}",
+                        spec.name, spec.datatype
+                    ));
+                }
+                shape_fits("output", &spec.name, &spec.shape, shape)?;
+            }
+            other => {
+                return Err(format!(
+                    "output {:?} is {other:?} in the graph, not a tensor (scikit-learn classifiers: export with zipmap off)",
+                    spec.name
                 ));
             }
         }
@@ -307,49 +384,106 @@ fn check_graph(session: &Session, io: &Io) -> Result<(), String> {
     Ok(())
 }
 
-fn run(
-    session: &mut Session,
-    io: &Io,
-    rows: usize,
-    values: Vec<f32>,
-) -> Result<Prediction, String> {
-    let tensor = Tensor::from_array(([rows, io.width], values)).map_err(|e| e.to_string())?;
-    let outputs = session
-        .run(ort::inputs![io.input.as_str() => tensor])
-        .map_err(|e| e.to_string())?;
-    let labels_value = outputs.get(&io.label).ok_or("label output missing")?;
-    let (_, raw_labels) = labels_value
-        .try_extract_tensor::<i64>()
-        .map_err(|e| e.to_string())?;
-    if raw_labels.len() != rows {
-        return Err(format!("{} labels for {rows} rows", raw_labels.len()));
+/// A tensor as an ONNX Runtime value.
+fn to_value(t: Tensor) -> Result<DynValue, String> {
+    use ort::value::Tensor as T;
+    let shape = t.shape;
+    let e = |e: ort::Error| e.to_string();
+    Ok(match t.data {
+        TensorData::Bool(v) => T::from_array((shape, v)).map_err(e)?.into_dyn(),
+        TensorData::U8(v) => T::from_array((shape, v)).map_err(e)?.into_dyn(),
+        TensorData::U16(v) => T::from_array((shape, v)).map_err(e)?.into_dyn(),
+        TensorData::U32(v) => T::from_array((shape, v)).map_err(e)?.into_dyn(),
+        TensorData::U64(v) => T::from_array((shape, v)).map_err(e)?.into_dyn(),
+        TensorData::I8(v) => T::from_array((shape, v)).map_err(e)?.into_dyn(),
+        TensorData::I16(v) => T::from_array((shape, v)).map_err(e)?.into_dyn(),
+        TensorData::I32(v) => T::from_array((shape, v)).map_err(e)?.into_dyn(),
+        TensorData::I64(v) => T::from_array((shape, v)).map_err(e)?.into_dyn(),
+        TensorData::F16(v) => {
+            let v: Vec<half::f16> = v.into_iter().map(half::f16::from_bits).collect();
+            T::from_array((shape, v)).map_err(e)?.into_dyn()
+        }
+        TensorData::F32(v) => T::from_array((shape, v)).map_err(e)?.into_dyn(),
+        TensorData::F64(v) => T::from_array((shape, v)).map_err(e)?.into_dyn(),
+        TensorData::Bytes(v) => {
+            // Validation let through only UTF-8 without NUL (ONNX strings).
+            let strings = v
+                .into_iter()
+                .map(String::from_utf8)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|_| "a BYTES element is not UTF-8".to_owned())?;
+            T::from_string_array((shape, &strings[..]))
+                .map_err(e)?
+                .into_dyn()
+        }
+    })
+}
+
+/// An ONNX Runtime output as a tensor of `spec`'s datatype.
+fn from_value(spec: &OutputSpec, value: &DynValue) -> Result<Tensor, String> {
+    fn take<T: ort::value::PrimitiveTensorElementType + Copy + fmt::Debug>(
+        value: &DynValue,
+    ) -> Result<(Vec<usize>, Vec<T>), String> {
+        let (shape, data) = value.try_extract_tensor::<T>().map_err(|e| e.to_string())?;
+        let shape = shape.iter().map(|&d| usize::try_from(d).unwrap_or(0)).collect();
+        Ok((shape, data.to_vec()))
     }
-    let labels = raw_labels
-        .iter()
-        .map(|&l| usize::try_from(l).ok().filter(|&l| l < io.classes))
-        .collect::<Option<Vec<_>>>()
-        .ok_or("label index outside the card's classes")?;
-    let probabilities = match &io.probabilities {
-        None => None,
-        Some(name) => {
-            let value = outputs.get(name).ok_or("probabilities output missing")?;
-            let (_, p) = value
-                .try_extract_tensor::<f32>()
-                .map_err(|e| e.to_string())?;
-            if p.len() != rows * io.classes {
-                return Err(format!(
-                    "{} probabilities for {rows} rows × {} classes",
-                    p.len(),
-                    io.classes
-                ));
-            }
-            Some(p.to_vec())
+    let (shape, data) = match spec.datatype {
+        DataType::Bool => take::<bool>(value).map(|(s, d)| (s, TensorData::Bool(d)))?,
+        DataType::U8 => take::<u8>(value).map(|(s, d)| (s, TensorData::U8(d)))?,
+        DataType::U16 => take::<u16>(value).map(|(s, d)| (s, TensorData::U16(d)))?,
+        DataType::U32 => take::<u32>(value).map(|(s, d)| (s, TensorData::U32(d)))?,
+        DataType::U64 => take::<u64>(value).map(|(s, d)| (s, TensorData::U64(d)))?,
+        DataType::I8 => take::<i8>(value).map(|(s, d)| (s, TensorData::I8(d)))?,
+        DataType::I16 => take::<i16>(value).map(|(s, d)| (s, TensorData::I16(d)))?,
+        DataType::I32 => take::<i32>(value).map(|(s, d)| (s, TensorData::I32(d)))?,
+        DataType::I64 => take::<i64>(value).map(|(s, d)| (s, TensorData::I64(d)))?,
+        DataType::F16 => take::<half::f16>(value)
+            .map(|(s, d)| (s, TensorData::F16(d.into_iter().map(half::f16::to_bits).collect())))?,
+        DataType::F32 => take::<f32>(value).map(|(s, d)| (s, TensorData::F32(d)))?,
+        DataType::F64 => take::<f64>(value).map(|(s, d)| (s, TensorData::F64(d)))?,
+        DataType::Bytes => {
+            let (shape, strings) = value.try_extract_strings().map_err(|e| e.to_string())?;
+            let shape = shape.iter().map(|&d| usize::try_from(d).unwrap_or(0)).collect();
+            (
+                shape,
+                TensorData::Bytes(strings.into_iter().map(String::into_bytes).collect()),
+            )
         }
     };
-    Ok(Prediction {
-        labels,
-        probabilities,
+    Ok(Tensor {
+        name: spec.name.clone(),
+        shape,
+        data,
     })
+}
+
+fn run(session: &mut Session, io: &Io, batch: Batch) -> Result<Outputs, String> {
+    let rows = batch.rows;
+    let mut inputs = Vec::with_capacity(batch.inputs.len());
+    for t in batch.inputs {
+        let name = t.name.clone();
+        inputs.push((name, to_value(t)?));
+    }
+    let outputs = session.run(inputs).map_err(|e| e.to_string())?;
+    let mut answer = Vec::with_capacity(io.outputs.len());
+    for spec in &io.outputs {
+        let value = outputs
+            .get(&spec.name)
+            .ok_or_else(|| format!("output {:?} missing", spec.name))?;
+        let t = from_value(spec, value)?;
+        if t.shape.len() != spec.shape.len()
+            || t.shape.iter().product::<usize>() != t.data.len()
+            || (io.batched && t.shape.first() != Some(&rows))
+        {
+            return Err(format!(
+                "output {:?} has shape {:?} for {rows} rows; the card declares {:?}",
+                spec.name, t.shape, spec.shape
+            ));
+        }
+        answer.push(t);
+    }
+    Ok(answer)
 }
 
 /// Holds a session out of the pool; gives it back on drop, even if
@@ -372,11 +506,7 @@ impl Drop for Lease {
 }
 
 impl Backend for OnnxBackend {
-    fn infer(
-        &self,
-        rows: usize,
-        values: Vec<f32>,
-    ) -> BoxFuture<'_, Result<Prediction, EngineError>> {
+    fn infer(&self, batch: Batch) -> BoxFuture<'_, Result<Outputs, EngineError>> {
         Box::pin(async move {
             let (reply, answer) = oneshot::channel();
             let first = {
@@ -386,8 +516,7 @@ impl Backend for OnnxBackend {
                 }
                 queue.push_back(Job {
                     enqueued: std::time::Instant::now(),
-                    rows,
-                    values,
+                    batch,
                     reply,
                 });
                 queue.len() == 1
@@ -421,7 +550,7 @@ impl Inner {
     /// least one request; exactly one when batching is off).
     fn take_batch(&self) -> (Vec<Job>, bool) {
         let mut queue = self.lock_queue();
-        let mut jobs = Vec::new();
+        let mut jobs: Vec<Job> = Vec::new();
         let mut rows = 0;
         while let Some(job) = queue.front() {
             // A request that waited past the queue timeout is shed, not run:
@@ -432,10 +561,12 @@ impl Inner {
                 }
                 continue;
             }
-            if !jobs.is_empty() && rows + job.rows > self.batch_rows {
+            if let Some(first) = jobs.first()
+                && (rows + job.batch.rows > self.batch_rows || !first.joins(job))
+            {
                 break;
             }
-            rows += job.rows;
+            rows += job.batch.rows;
             jobs.extend(queue.pop_front());
             if !self.batching {
                 break;
@@ -481,12 +612,22 @@ impl Inner {
         }
     }
 
-    async fn run_batch(&self, jobs: &[Job]) -> Result<Prediction, EngineError> {
-        let rows: usize = jobs.iter().map(|j| j.rows).sum();
-        let mut values = Vec::with_capacity(rows * self.io.width);
-        for job in jobs {
-            values.extend_from_slice(&job.values);
-        }
+    async fn run_batch(&self, jobs: &[Job]) -> Result<Outputs, EngineError> {
+        let batch = match jobs {
+            [one] => one.batch.clone(),
+            _ => {
+                let rows = jobs.iter().map(|j| j.batch.rows).sum();
+                let mut inputs = Vec::with_capacity(self.io.inputs.len());
+                for i in 0..self.io.inputs.len() {
+                    let parts: Vec<&Tensor> =
+                        jobs.iter().filter_map(|j| j.batch.inputs.get(i)).collect();
+                    inputs.push(Tensor::concat(&parts).ok_or_else(|| {
+                        EngineError::Failed("batched requests do not join".into())
+                    })?);
+                }
+                Batch { rows, inputs }
+            }
+        };
         let permit = Arc::clone(&self.pool.permits)
             .acquire_owned()
             .await
@@ -511,7 +652,7 @@ impl Inner {
         let call = move || {
             let started = Instant::now();
             let out = match lease.session.as_mut() {
-                Some(session) => run(session, &io, rows, values),
+                Some(session) => run(session, &io, batch),
                 None => Err("lease without session".into()),
             };
             let took = started.elapsed();
@@ -568,30 +709,26 @@ fn moving_average(old: u64, took: Duration) -> u64 {
     }
 }
 
-/// Sends each request its own rows of a batch's prediction.
-fn answer(jobs: Vec<Job>, result: Result<Prediction, EngineError>) {
+/// Sends each request its own rows of a batch's outputs.
+fn answer(jobs: Vec<Job>, result: Result<Outputs, EngineError>) {
     match result {
         Err(e) => {
             for job in jobs {
                 let _ = job.reply.send(Err(e.clone()));
             }
         }
-        Ok(prediction) => {
-            let classes = prediction
-                .probabilities
-                .as_ref()
-                .map(|p| p.len() / prediction.labels.len().max(1));
+        Ok(outputs) if jobs.len() == 1 => {
+            if let Some(job) = jobs.into_iter().next() {
+                let _ = job.reply.send(Ok(outputs));
+            }
+        }
+        Ok(outputs) => {
             let mut offset = 0;
             for job in jobs {
-                let end = offset + job.rows;
-                let mine = Prediction {
-                    labels: prediction.labels[offset..end].to_vec(),
-                    probabilities: prediction
-                        .probabilities
-                        .as_ref()
-                        .zip(classes)
-                        .map(|(p, c)| p[offset * c..end * c].to_vec()),
-                };
+                let end = offset + job.batch.rows;
+                // `run` checked that every output's first dimension is the
+                // batch's row count, so these ranges are in bounds.
+                let mine = outputs.iter().map(|o| o.rows(offset..end)).collect();
                 offset = end;
                 let _ = job.reply.send(Ok(mine));
             }

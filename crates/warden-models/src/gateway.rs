@@ -2,8 +2,9 @@
 //! an Open Inference Protocol server (Triton, KServe, MLServer, ...) instead
 //! of a local ONNX file. Everything before and after inference — the whole
 //! pipeline, the defenses and the output policy — is the same; this backend
-//! only turns a checked batch into one `POST /v2/models/{m}/infer` and the
-//! answer back into a [`Prediction`], after checking it against the card.
+//! only turns a checked batch (typed tensors) into one
+//! `POST /v2/models/{m}/infer` and the answer back into the card's output
+//! tensors, after checking it against the card.
 //!
 //! What guards the call:
 //! - one pooled client per model (HTTP/1.1, and HTTP/2 where TLS ALPN
@@ -18,9 +19,11 @@
 //!   `breaker_open_for`, and an active health check that polls the model's
 //!   readiness every `health_interval`, opening the breaker when the server
 //!   says it is not ready and closing it when it is again;
-//! - the answer is read up to a size bound derived from the batch, and its
-//!   label and probability tensors must have the card's shape, classes and
-//!   ranges; anything else is an upstream failure.
+//! - the answer is read up to a size bound derived from the batch, and
+//!   every output the card declares must be there with the card's rank,
+//!   fixed dimensions and the batch's rows, values of its datatype (a
+//!   classifier's labels among its classes, its probabilities in [0, 1]
+//!   summing to 1); anything else is an upstream failure.
 //!
 //! A failure never shows the client anything of the upstream: the client
 //! gets `upstream_unavailable` (502, or 504 when the deadline passed), and
@@ -39,13 +42,20 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 use warden_core::metrics::{Alert, UPSTREAM_REQUESTS, UPSTREAM_UP};
 
-use crate::card::{ModelCard, Upstream};
-use crate::engine::{Backend, BoxFuture, EngineError, Prediction};
+use warden_tensor::{DataType, Tensor, TensorData};
+
+use crate::card::{ModelCard, Task, Upstream};
+use crate::engine::{Backend, Batch, BoxFuture, EngineError, Outputs};
 
 /// Most bytes of an answer read per predicted value (a JSON number with
 /// its separator, generously), plus a fixed allowance for the envelope.
 const BYTES_PER_VALUE: usize = 64;
 const ENVELOPE_BYTES: usize = 64 * 1024;
+/// A dynamic output dimension (after the batch) counts this many values
+/// towards the answer's size bound.
+const DYNAMIC_DIM: usize = 1024;
+/// The largest answer read, whatever the card says.
+const MAX_ANSWER_BYTES: usize = 64 * 1024 * 1024;
 
 /// A model served by an upstream Open Inference Protocol server.
 pub struct GatewayBackend {
@@ -58,11 +68,8 @@ struct Inner {
     client: reqwest::Client,
     infer_url: String,
     ready_url: String,
-    input: String,
-    width: usize,
-    label: String,
-    probabilities: Option<String>,
-    classes: Vec<String>,
+    /// The card: its outputs and task decide what an answer must hold.
+    card: ModelCard,
     settings: Upstream,
     permits: Semaphore,
     queue_timeout: Duration,
@@ -152,11 +159,7 @@ impl GatewayBackend {
             client,
             infer_url: format!("{base}/infer"),
             ready_url: format!("{base}/ready"),
-            input: card.input_name.clone(),
-            width: card.features.len(),
-            label: card.label_output.clone(),
-            probabilities: card.probabilities_output.clone(),
-            classes: card.classes.clone(),
+            card: card.clone(),
             permits: Semaphore::new(settings.max_in_flight),
             queue_timeout,
             breaker: Breaker::new(settings.breaker_failures, settings.breaker_open_for),
@@ -242,16 +245,8 @@ fn client(settings: &Upstream, dir: &Path) -> Result<reqwest::Client, String> {
 /// The request body of `POST .../infer`.
 #[derive(Serialize)]
 struct InferRequest<'a> {
-    inputs: [InputTensor<'a>; 1],
+    inputs: &'a [Tensor],
     outputs: Vec<RequestedOutput<'a>>,
-}
-
-#[derive(Serialize)]
-struct InputTensor<'a> {
-    name: &'a str,
-    shape: [usize; 2],
-    datatype: &'static str,
-    data: &'a [f32],
 }
 
 #[derive(Serialize)]
@@ -274,11 +269,7 @@ struct OutputTensor {
 }
 
 impl Backend for GatewayBackend {
-    fn infer(
-        &self,
-        rows: usize,
-        values: Vec<f32>,
-    ) -> BoxFuture<'_, Result<Prediction, EngineError>> {
+    fn infer(&self, batch: Batch) -> BoxFuture<'_, Result<Outputs, EngineError>> {
         let inner = Arc::clone(&self.inner);
         Box::pin(async move {
             match inner.breaker.admit() {
@@ -286,12 +277,12 @@ impl Backend for GatewayBackend {
                     inner.count("breaker_open");
                     Err(EngineError::Unavailable)
                 }
-                Admission::Call => inner.infer(rows, values).await,
+                Admission::Call => inner.infer(batch).await,
                 // The trial call runs to its end even if its caller leaves:
                 // its outcome is the breaker's only news of the upstream,
                 // and a caller that cancelled trials over and over would
                 // otherwise keep an open breaker open for everyone.
-                Admission::Trial => tokio::spawn(async move { inner.infer(rows, values).await })
+                Admission::Trial => tokio::spawn(async move { inner.infer(batch).await })
                     .await
                     .unwrap_or_else(|e| {
                         tracing::error!(error = %e, "upstream trial call failed");
@@ -308,7 +299,7 @@ impl Backend for GatewayBackend {
 
 impl Inner {
     /// One call the breaker admitted.
-    async fn infer(&self, rows: usize, values: Vec<f32>) -> Result<Prediction, EngineError> {
+    async fn infer(&self, batch: Batch) -> Result<Outputs, EngineError> {
         // From here the breaker hears how the call ended. A request dropped
         // half-way (its client gone, server.request_timeout spent waiting
         // elsewhere) cancels the call without counting it: a client going
@@ -325,7 +316,7 @@ impl Inner {
             self.breaker.release_trial();
             return Err(EngineError::Overloaded);
         };
-        let call = self.call(rows, &values);
+        let call = self.call(&batch);
         let result = match tokio::time::timeout(self.settings.timeout, call).await {
             Ok(r) => r,
             Err(_) => Err(CallError::Timeout),
@@ -360,21 +351,19 @@ impl Inner {
         }
     }
 
-    async fn call(&self, rows: usize, values: &[f32]) -> Result<Prediction, CallError> {
-        let mut outputs = vec![RequestedOutput { name: &self.label }];
-        if let Some(p) = &self.probabilities {
-            outputs.push(RequestedOutput { name: p });
-        }
+    async fn call(&self, batch: &Batch) -> Result<Outputs, CallError> {
+        let outputs = self
+            .card
+            .outputs
+            .iter()
+            .map(|o| RequestedOutput { name: &o.name })
+            .collect();
         let body = serde_json::to_vec(&InferRequest {
-            inputs: [InputTensor {
-                name: &self.input,
-                shape: [rows, self.width],
-                datatype: "FP32",
-                data: values,
-            }],
+            inputs: &batch.inputs,
             outputs,
         })
-        .map_err(|e| CallError::Transport(e.to_string()))?;
+            .map_err(|e| CallError::Transport(e.to_string()))?;
+        let rows = batch.rows;
         let mut attempt = 0;
         let response = loop {
             let sent = self
@@ -399,38 +388,120 @@ impl Inner {
         if !response.status().is_success() {
             return Err(CallError::Status(response.status().as_u16()));
         }
-        let classes = self.classes.len();
         let limit = ENVELOPE_BYTES.saturating_add(
-            rows.saturating_mul(classes + 1)
-                .saturating_mul(BYTES_PER_VALUE),
+            self.answer_values(rows)
+                .saturating_mul(BYTES_PER_VALUE)
+                .min(MAX_ANSWER_BYTES),
         );
         let bytes = read_bounded(response, limit).await?;
         self.check(rows, &bytes).map_err(CallError::Invalid)
     }
 
-    /// Checks an answer against the card: the label tensor holds one class
-    /// (index or name) per row; the probability tensor, if the card has
-    /// one, `rows × classes` finite values in [0, 1] whose rows sum to 1.
-    fn check(&self, rows: usize, body: &[u8]) -> Result<Prediction, String> {
+    /// Most values an answer for `rows` rows may hold: each output's fixed
+    /// dimensions, a dynamic one counted as [`DYNAMIC_DIM`].
+    fn answer_values(&self, rows: usize) -> usize {
+        self.card
+            .outputs
+            .iter()
+            .map(|o| {
+                o.shape
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &d)| match d {
+                        -1 if i == 0 && self.card.batched => rows,
+                        -1 => DYNAMIC_DIM,
+                        d => d as usize,
+                    })
+                    .fold(1usize, usize::saturating_mul)
+            })
+            .fold(0usize, usize::saturating_add)
+    }
+
+    /// Checks an answer against the card: every declared output, with the
+    /// card's rank and fixed dimensions and `rows` rows, its values of the
+    /// card's datatype (numbers may come in another number type: JSON does
+    /// not keep them apart); a classifier's labels (indices, or class
+    /// names) among its classes, its probabilities finite in [0, 1] with
+    /// rows summing to 1.
+    fn check(&self, rows: usize, body: &[u8]) -> Result<Outputs, String> {
         let answer: InferResponse =
             serde_json::from_slice(body).map_err(|e| format!("not an inference response: {e}"))?;
-        let find = |name: &str| {
-            answer
+        let card = &self.card;
+        let mut outputs = Vec::with_capacity(card.outputs.len());
+        for (i, spec) in card.outputs.iter().enumerate() {
+            let o = answer
                 .outputs
                 .iter()
-                .find(|o| o.name == name)
-                .ok_or_else(|| format!("no output {name:?}"))
-        };
-        let label = find(&self.label)?;
-        let values = flatten(&label.data, rows)?;
-        if values.len() != rows || !shape_is(&label.shape, rows, 1) {
-            return Err(format!(
-                "output {:?} has shape {:?}, expected [{rows}]",
-                self.label, label.shape
-            ));
+                .find(|o| o.name == spec.name)
+                .ok_or_else(|| format!("no output {:?}", spec.name))?;
+            let label = matches!(&card.task, Task::Classification { label, .. } if *label == i);
+            // The shape: the declared one if given (a one-column [N] / [N, 1]
+            // label either way), else judged by the data alone.
+            let mut shape: Vec<usize> = o.shape.iter().map(|&d| d as usize).collect();
+            if label && (shape.len() == 2 && shape[1] == 1) && spec.shape.len() == 1 {
+                shape.truncate(1);
+            }
+            let expected: Vec<Option<usize>> = spec
+                .shape
+                .iter()
+                .enumerate()
+                .map(|(k, &d)| match d {
+                    -1 if k == 0 && card.batched => Some(rows),
+                    -1 => None,
+                    d => Some(d as usize),
+                })
+                .collect();
+            if shape.is_empty() && expected.iter().all(Option::is_some) {
+                shape = expected.iter().flatten().copied().collect();
+            }
+            let fits = shape.len() == expected.len()
+                && shape.iter().zip(&expected).all(|(g, e)| e.is_none_or(|e| e == *g));
+            let count: usize = shape.iter().product();
+            let values = flatten(&o.data, count)?;
+            if !fits || values.len() != count {
+                return Err(format!(
+                    "output {:?} has shape {:?} and {} values, expected {:?} for {rows} rows",
+                    spec.name,
+                    o.shape,
+                    values.len(),
+                    spec.shape
+                ));
+            }
+            let data = if label {
+                self.labels(&values)?
+            } else {
+                json_values(spec.datatype, &values)
+                    .map_err(|e| format!("output {:?}: {e}", spec.name))?
+            };
+            outputs.push(Tensor {
+                name: spec.name.clone(),
+                shape,
+                data,
+            });
         }
-        let classes = self.classes.len();
-        let labels = values
+        if let Some(probs) = crate::task::probabilities(card, &outputs) {
+            let classes = card.classes().len().max(1);
+            if probs
+                .iter()
+                .any(|f| !(f.is_finite() && (-1e-6..=1.0 + 1e-6).contains(f)))
+            {
+                return Err("a probability is not a number in [0, 1]".into());
+            }
+            for row in probs.chunks(classes) {
+                let sum: f32 = row.iter().sum();
+                if (sum - 1.0).abs() > 1e-3 {
+                    return Err(format!("probabilities of a row sum to {sum}, not 1"));
+                }
+            }
+        }
+        Ok(outputs)
+    }
+
+    /// A classifier's labels as the card's label datatype: indices below
+    /// the number of classes, or class names.
+    fn labels(&self, values: &[&serde_json::Value]) -> Result<TensorData, String> {
+        let classes = self.card.classes();
+        let indices = values
             .iter()
             .map(|v| match v {
                 serde_json::Value::Number(n) => n
@@ -441,48 +512,29 @@ impl Inner {
                             .map(|f| f as u64)
                     })
                     .and_then(|i| usize::try_from(i).ok())
-                    .filter(|i| *i < classes)
-                    .ok_or_else(|| format!("label {n} is not a class index below {classes}")),
-                serde_json::Value::String(s) => self
-                    .classes
+                    .filter(|i| *i < classes.len())
+                    .ok_or_else(|| {
+                        format!("label {n} is not a class index below {}", classes.len())
+                    }),
+                serde_json::Value::String(s) => classes
                     .iter()
                     .position(|c| c == s)
                     .ok_or_else(|| "a label is not one of the card's classes".to_owned()),
                 _ => Err("a label is neither a number nor a string".to_owned()),
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let probabilities = match &self.probabilities {
-            None => None,
-            Some(name) => {
-                let p = find(name)?;
-                let values = flatten(&p.data, rows * classes)?;
-                if values.len() != rows * classes || !shape_is(&p.shape, rows, classes) {
-                    return Err(format!(
-                        "output {name:?} has shape {:?}, expected [{rows}, {classes}]",
-                        p.shape
-                    ));
-                }
-                let probs = values
-                    .iter()
-                    .map(|v| {
-                        v.as_f64()
-                            .filter(|f| f.is_finite() && (-1e-6..=1.0 + 1e-6).contains(f))
-                            .map(|f| f.clamp(0.0, 1.0) as f32)
-                            .ok_or_else(|| "a probability is not a number in [0, 1]".to_owned())
-                    })
-                    .collect::<Result<Vec<f32>, _>>()?;
-                for row in probs.chunks(classes.max(1)) {
-                    let sum: f32 = row.iter().sum();
-                    if (sum - 1.0).abs() > 1e-3 {
-                        return Err(format!("probabilities of a row sum to {sum}, not 1"));
-                    }
-                }
-                Some(probs)
-            }
+        let label = match &self.card.task {
+            Task::Classification { label, .. } => &self.card.outputs[*label],
+            _ => return Err("not a classifier".into()),
         };
-        Ok(Prediction {
-            labels,
-            probabilities,
+        Ok(match label.datatype {
+            DataType::Bytes => TensorData::Bytes(
+                indices
+                    .into_iter()
+                    .map(|i| classes[i].clone().into_bytes())
+                    .collect(),
+            ),
+            _ => TensorData::I64(indices.into_iter().map(|i| i as i64).collect()),
         })
     }
 
@@ -540,15 +592,57 @@ impl Drop for Attempt<'_> {
     }
 }
 
-/// Whether a tensor's declared shape fits `rows × cols` (`[rows]` or
-/// `[rows, 1]` for one column; an absent shape is judged by the data alone).
-fn shape_is(shape: &[u64], rows: usize, cols: usize) -> bool {
-    let (r, c) = (rows as u64, cols as u64);
-    match shape {
-        [] => true,
-        [n] => *n == r && cols == 1,
-        [n, m] => *n == r && *m == c,
-        _ => false,
+/// JSON values as `datatype`: numbers of any spelling for a number type
+/// (an integer type takes whole numbers in its range only; floats must be
+/// finite), booleans, strings.
+fn json_values(datatype: DataType, values: &[&serde_json::Value]) -> Result<TensorData, String> {
+    use serde_json::Value;
+    match datatype {
+        DataType::Bool => values
+            .iter()
+            .map(|v| v.as_bool().ok_or("a value is not a boolean"))
+            .collect::<Result<Vec<_>, _>>()
+            .map(TensorData::Bool)
+            .map_err(Into::into),
+        DataType::Bytes => values
+            .iter()
+            .map(|v| match v {
+                Value::String(s) => Ok(s.clone().into_bytes()),
+                _ => Err("a value is not a string"),
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(TensorData::Bytes)
+            .map_err(Into::into),
+        d if d.is_float() => {
+            let f = values
+                .iter()
+                .map(|v| v.as_f64().filter(|f| f.is_finite()))
+                .collect::<Option<Vec<f64>>>()
+                .ok_or("a value is not a finite number")?;
+            TensorData::from_f64(d, &f).ok_or_else(|| "not a number type".into())
+        }
+        d => {
+            let (lo, hi) = d.integer_bounds().ok_or("not an integer type")?;
+            let ints = values
+                .iter()
+                .map(|v| match v {
+                    Value::Number(n) => n
+                        .as_i64()
+                        .map(i128::from)
+                        .or_else(|| n.as_u64().map(i128::from))
+                        .filter(|i| (lo..=hi).contains(i)),
+                    _ => None,
+                })
+                .collect::<Option<Vec<i128>>>()
+                .ok_or_else(|| format!("a value is not a whole number within {d}"))?;
+            let f: Vec<f64> = ints.iter().map(|&i| i as f64).collect();
+            match d {
+                // Past 2^53 an f64 would round: keep 64-bit integers exact.
+                DataType::I64 => Ok(TensorData::I64(ints.iter().map(|&i| i as i64).collect())),
+                DataType::U64 => Ok(TensorData::U64(ints.iter().map(|&i| i as u64).collect())),
+                _ => TensorData::from_f64(d, &f).ok_or_else(|| "not a number type".into()),
+            }
+        }
     }
 }
 
@@ -977,11 +1071,7 @@ mod tests {
             client: reqwest::Client::new(),
             infer_url: String::new(),
             ready_url: String::new(),
-            input: card.input_name.clone(),
-            width: card.features.len(),
-            label: card.label_output.clone(),
-            probabilities: card.probabilities_output.clone(),
-            classes: card.classes.clone(),
+            card: card.clone(),
             permits: Semaphore::new(1),
             queue_timeout: Duration::from_secs(1),
             breaker: Breaker::new(1, Duration::from_secs(1)),

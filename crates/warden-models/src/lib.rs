@@ -1,7 +1,8 @@
 //! Warden's model side.
 //!
-//! - [`card`]: the model card (`model.toml`): input schema with training
-//!   statistics, classes, output policy.
+//! - [`card`]: the model card (`model.toml`): input and output tensors,
+//!   task, training statistics, output policy.
+//! - [`task`]: what a classifier's outputs mean (classes, probabilities).
 //! - [`repository`]: the model repository folder, loaded and checked against
 //!   the ONNX graphs at start.
 //! - [`engine`]: the [`Backend`](engine::Backend) trait and its ONNX Runtime
@@ -27,8 +28,9 @@ pub mod repository;
 pub mod request;
 pub mod runtime;
 pub mod sealed;
+pub mod task;
 
-pub use card::{Feature, FeatureKind, ModelCard};
-pub use engine::{Backend, EngineError, Prediction};
+pub use card::{Feature, FeatureKind, InputSpec, ModelCard, OutputSpec, Task};
+pub use engine::{Backend, Batch, EngineError, Outputs};
 pub use repository::{Model, ModelVersion, Repository, RepositoryError};
 pub use request::{Protocol, ValidInferRequest};

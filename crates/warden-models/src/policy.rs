@@ -1,80 +1,105 @@
-//! The output policy: what of a prediction the caller may see.
+//! The output policy: what of a model's answer the caller may see, by task
+//! (docs/models.md, "Output policy").
 //!
-//! Label-only, or labels with probabilities rounded to the card's decimals
-//! (SPEC §7: label-only unless the card or the caller's role allows more),
+//! - Classification: label-only, or labels with probabilities rounded to
+//!   the card's decimals (label-only unless the card or the caller's role
+//!   allows more: docs/defenses.md),
 //! and the output hardening of SPEC §2: top-k (only the k most probable
 //! classes' probabilities, the others shown as 0), a confidence threshold
 //! (below it the label is `uncertain` and the row's probabilities are all
 //! shown as 0), and Laplace noise on probabilities
 //! (renormalized, before rounding). A card may set a policy per role
 //! (`[policy.roles.<role>]`); a caller with several such roles gets the
-//! most revealing of them. docs/defenses.md says what each does and does
+//! most revealing of them.
+//! - Regression: the value, rounded (default 2 decimals), optionally
+//!   clamped to a declared range and noised.
+//! - Any task: further outputs (logits, embeddings, a tensor model's
+//!   outputs) only where the policy lists them, floats rounded. A tensor
+//!   model shows nothing by default: raw logits and embeddings give an
+//!   extraction or inversion attack far more than a label does.
+//!
+//! docs/defenses.md says what each does and does
 //! not protect: rounding and label-only slow model extraction and blunt
 //! confidence-based membership inference, but label-only membership
 //! inference works nearly as well (Choquette-Choo et al. 2021), so none of
 //! this is a privacy guarantee.
 
 use warden_core::{ApiError, FieldProblem, Principal};
+use warden_tensor::{DataType, Tensor, TensorData};
 
-use crate::card::ModelCard;
-use crate::engine::Prediction;
-use crate::request::OutputKind;
-
-/// The policy in force for one caller on one model.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct OutputPolicy {
-    /// Probabilities may be returned.
-    pub probabilities: bool,
-    /// Decimals probabilities are rounded to.
-    pub decimals: u32,
-    /// Only the k most probable classes' probabilities are shown.
-    pub top_k: Option<u32>,
-    /// Below this top probability the label is `uncertain`.
-    pub confidence_threshold: Option<f64>,
-    /// Laplace noise scale on probabilities.
-    pub noise: f64,
-}
+use crate::card::{ModelCard, Task};
+pub use crate::card::PolicyDefaults as OutputPolicy;
+use crate::task;
 
 /// The label shown when the top probability is under the threshold.
 pub const UNCERTAIN: &str = "uncertain";
 
-/// A prediction cut down to what the caller may see.
+/// What of a model's answer the caller may see.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Shown<'c> {
-    /// Class names, one per row, if the label is shown.
-    pub labels: Option<Vec<&'c str>>,
-    /// Rounded `rows × classes` probabilities, if shown.
-    pub probabilities: Option<Vec<f64>>,
+    /// Entries of the batch dimension.
+    pub rows: usize,
+    /// The outputs shown, in the order asked for (or card order).
+    pub tensors: Vec<ShownTensor<'c>>,
+}
+
+/// One output as shown.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShownTensor<'c> {
+    /// The output's name.
+    pub name: &'c str,
+    /// The datatype it is shown as (class labels are BYTES).
+    pub datatype: DataType,
+    /// Its dimensions.
+    pub shape: Vec<usize>,
+    /// Its values.
+    pub data: ShownData<'c>,
+}
+
+/// An output's values as shown.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ShownData<'c> {
+    /// Class names (or `uncertain`), one per row.
+    Labels(Vec<&'c str>),
+    /// Floats, rounded (and noised or clamped where the policy says).
+    Floats(Vec<f64>),
+    /// Integers, booleans or strings, as the model gave them.
+    Raw(TensorData),
 }
 
 impl OutputPolicy {
     /// The policy for `principal` on `card`.
     pub fn for_caller(card: &ModelCard, principal: &Principal) -> Self {
-        let p = card.policy_for(principal.roles.iter().map(|r| &**r));
-        Self {
-            probabilities: p.probabilities,
-            decimals: p.decimals,
-            top_k: p.top_k,
-            confidence_threshold: p.confidence_threshold,
-            noise: p.noise,
+        card.policy_for(principal.roles.iter().map(|r| &**r))
+    }
+
+    /// Whether output `i` of `card` may be shown to this caller.
+    pub fn may_see(&self, card: &ModelCard, i: usize) -> bool {
+        match &card.task {
+            Task::Classification {
+                label,
+                probabilities,
+                ..
+            } => i == *label || (Some(i) == *probabilities && self.probabilities) || self.shows(i),
+            Task::Regression { output } => i == *output || self.shows(i),
+            Task::Tensor => self.shows(i),
         }
     }
 
-    /// The outputs shown when the caller names none.
-    pub fn default_outputs(&self) -> &'static [OutputKind] {
-        if self.probabilities {
-            &[OutputKind::Label, OutputKind::Probabilities]
-        } else {
-            &[OutputKind::Label]
-        }
+    /// The outputs shown when the caller names none: every one it may see,
+    /// in card order.
+    pub fn default_outputs(&self, card: &ModelCard) -> Vec<usize> {
+        (0..card.outputs.len())
+            .filter(|&i| self.may_see(card, i))
+            .collect()
     }
 
     /// Checks the outputs a v2 caller asked for against the policy.
-    pub fn check_requested(&self, requested: &[OutputKind]) -> Result<(), ApiError> {
+    pub fn check_requested(&self, card: &ModelCard, requested: &[usize]) -> Result<(), ApiError> {
         let problems: Vec<_> = requested
             .iter()
             .enumerate()
-            .filter(|(_, k)| **k == OutputKind::Probabilities && !self.probabilities)
+            .filter(|(_, o)| !self.may_see(card, **o))
             .map(|(i, _)| {
                 FieldProblem::new(
                     format!("outputs[{i}].name"),
@@ -89,80 +114,139 @@ impl OutputPolicy {
         }
     }
 
-    /// Applies the policy to a prediction.
+    /// Applies the policy to a model's outputs (card order), showing
+    /// `outputs` (indices the caller may see). An answer that does not fit
+    /// the card (a class index past the classes) is an error for the log.
     pub fn apply<'c>(
         &self,
         card: &'c ModelCard,
-        prediction: &Prediction,
-        outputs: &[OutputKind],
-    ) -> Shown<'c> {
-        let classes = card.classes.len();
-        let row_probs = |r: usize| {
-            prediction
-                .probabilities
-                .as_ref()
-                .map(|p| &p[r * classes..(r + 1) * classes])
-        };
-        let labels = outputs.contains(&OutputKind::Label).then(|| {
-            prediction
-                .labels
-                .iter()
-                .enumerate()
-                .map(|(r, &l)| {
-                    let top = row_probs(r)
-                        .map_or(1.0, |p| p.iter().copied().fold(0.0f32, f32::max).into());
-                    match self.confidence_threshold {
-                        Some(t) if top < t => UNCERTAIN,
-                        _ => card.classes[l].as_str(),
-                    }
-                })
-                .collect()
-        });
+        answer: &[Tensor],
+        rows: usize,
+        outputs: &[usize],
+    ) -> Result<Shown<'c>, String> {
         let scale = 10f64.powi(self.decimals as i32);
-        let probabilities = (self.probabilities && outputs.contains(&OutputKind::Probabilities))
-            .then_some(prediction.probabilities.as_ref())
-            .flatten()
-            .map(|p| {
-                let mut out = Vec::with_capacity(p.len());
-                let mut row = Vec::with_capacity(classes);
-                for chunk in p.chunks(classes.max(1)) {
-                    row.clear();
-                    // An uncertain answer shows no probabilities either: they
-                    // would name the class the label withholds.
-                    let top = chunk.iter().copied().fold(0.0f32, f32::max);
-                    if self
-                        .confidence_threshold
-                        .is_some_and(|t| f64::from(top) < t)
-                    {
-                        out.extend(std::iter::repeat_n(0.0, chunk.len()));
-                        continue;
+        let round = |v: f64| (v * scale).round() / scale;
+        let classes = card.classes();
+        let mut tensors = Vec::with_capacity(outputs.len());
+        // Classification: the rows whose top probability is under the
+        // threshold show `uncertain` and no probabilities.
+        let probabilities = task::probabilities(card, answer);
+        let uncertain: Vec<bool> = match (&probabilities, self.confidence_threshold) {
+            (Some(p), Some(t)) => p
+                .chunks(classes.len().max(1))
+                .map(|row| f64::from(row.iter().copied().fold(0.0f32, f32::max)) < t)
+                .collect(),
+            _ => vec![false; rows],
+        };
+        for &i in outputs {
+            let spec = &card.outputs[i];
+            let tensor = answer
+                .get(i)
+                .ok_or_else(|| format!("output {:?} missing", spec.name))?;
+            let shown = match &card.task {
+                Task::Classification { label, .. } if i == *label => {
+                    let indices = task::class_indices(card, answer)?;
+                    let labels = indices
+                        .iter()
+                        .zip(uncertain.iter().chain(std::iter::repeat(&false)))
+                        .map(|(&l, &u)| if u { UNCERTAIN } else { classes[l].as_str() })
+                        .collect::<Vec<_>>();
+                    ShownTensor {
+                        name: &spec.name,
+                        datatype: DataType::Bytes,
+                        shape: vec![labels.len()],
+                        data: ShownData::Labels(labels),
                     }
-                    row.extend(chunk.iter().map(|&v| f64::from(v)));
-                    if self.noise > 0.0 {
-                        add_laplace(&mut row, self.noise);
-                    }
-                    if let Some(k) = self.top_k {
-                        keep_top_k(&mut row, k as usize);
-                    }
-                    out.extend(row.iter().map(|v| (v * scale).round() / scale));
                 }
-                out
-            });
-        Shown {
-            labels,
-            probabilities,
+                Task::Classification {
+                    probabilities: Some(p),
+                    ..
+                } if i == *p => {
+                    let probs = probabilities
+                        .as_deref()
+                        .ok_or("probabilities output missing")?;
+                    let n = classes.len().max(1);
+                    let mut out = Vec::with_capacity(probs.len());
+                    let mut row = Vec::with_capacity(n);
+                    for (r, chunk) in probs.chunks(n).enumerate() {
+                        if uncertain.get(r).copied().unwrap_or(false) {
+                            // An uncertain answer shows no probabilities either:
+                            // they would name the class the label withholds.
+                            out.extend(std::iter::repeat_n(0.0, chunk.len()));
+                            continue;
+                        }
+                        row.clear();
+                        row.extend(chunk.iter().map(|&v| f64::from(v)));
+                        if self.noise > 0.0 {
+                            add_laplace(&mut row, self.noise);
+                        }
+                        if let Some(k) = self.top_k {
+                            keep_top_k(&mut row, k as usize);
+                        }
+                        out.extend(row.iter().map(|&v| round(v)));
+                    }
+                    ShownTensor {
+                        name: &spec.name,
+                        datatype: spec.datatype,
+                        shape: tensor.shape.clone(),
+                        data: ShownData::Floats(out),
+                    }
+                }
+                Task::Regression { output } if i == *output => {
+                    let values = (0..tensor.data.len())
+                        .map(|k| {
+                            let mut v = tensor.data.number(k).unwrap_or(f64::NAN);
+                            if self.noise > 0.0 {
+                                v += laplace(self.noise);
+                            }
+                            if let Some((lo, hi)) = self.clamp {
+                                v = v.clamp(lo, hi);
+                            }
+                            round(v)
+                        })
+                        .collect();
+                    ShownTensor {
+                        name: &spec.name,
+                        datatype: spec.datatype,
+                        shape: tensor.shape.clone(),
+                        data: ShownData::Floats(values),
+                    }
+                }
+                _ if spec.datatype.is_float() => ShownTensor {
+                    name: &spec.name,
+                    datatype: spec.datatype,
+                    shape: tensor.shape.clone(),
+                    data: ShownData::Floats(
+                        (0..tensor.data.len())
+                            .map(|k| round(tensor.data.number(k).unwrap_or(f64::NAN)))
+                            .collect(),
+                    ),
+                },
+                _ => ShownTensor {
+                    name: &spec.name,
+                    datatype: spec.datatype,
+                    shape: tensor.shape.clone(),
+                    data: ShownData::Raw(tensor.data.clone()),
+                },
+            };
+            tensors.push(shown);
         }
+        Ok(Shown { rows, tensors })
     }
+}
+
+/// One draw of Laplace(0, b) noise.
+fn laplace(b: f64) -> f64 {
+    // Inverse CDF of Laplace(0, b) at a uniform u in (-1/2, 1/2).
+    let u: f64 = rand::random::<f64>() - 0.5;
+    -b * u.signum() * (1.0 - 2.0 * u.abs()).max(f64::MIN_POSITIVE).ln()
 }
 
 /// Adds Laplace(0, b) noise to each probability, clips at 0 and
 /// renormalizes (uniform if everything was clipped).
 fn add_laplace(row: &mut [f64], b: f64) {
     for v in row.iter_mut() {
-        // Inverse CDF of Laplace(0, b) at a uniform u in (-1/2, 1/2).
-        let u: f64 = rand::random::<f64>() - 0.5;
-        let noise = -b * u.signum() * (1.0 - 2.0 * u.abs()).max(f64::MIN_POSITIVE).ln();
-        *v = (*v + noise).max(0.0);
+        *v = (*v + laplace(b)).max(0.0);
     }
     let sum: f64 = row.iter().sum();
     if sum > 0.0 {

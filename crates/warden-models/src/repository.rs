@@ -67,7 +67,8 @@ impl Guards {
                 .defenses
                 .out_of_distribution
                 .as_ref()
-                .map(|o| crate::defenses::ood::OodDetector::load(o, card, dir))
+                .zip(card.defended())
+                .map(|(o, input)| crate::defenses::ood::OodDetector::load(o, input, dir))
                 .transpose()?,
             extraction: card
                 .defenses
@@ -364,18 +365,12 @@ impl Repository {
 }
 
 /// The extraction monitor's per-principal state survives a reload when it
-/// still means the same thing: the same settings over the same features
-/// (names and the training statistics distances are standardized with).
+/// still means the same thing: the same settings over the same watched
+/// input (shape, features and the training statistics distances are
+/// standardized with).
 /// Otherwise the reloaded model starts afresh.
 fn keep_extraction_state(old: &Model, new: &mut Model) {
-    let same_features = old.card.features.len() == new.card.features.len()
-        && old
-            .card
-            .features
-            .iter()
-            .zip(&new.card.features)
-            .all(|(a, b)| a.name == b.name && a.mean == b.mean && a.std == b.std);
-    if same_features
+    if old.card.defended() == new.card.defended()
         && old.card.defenses.extraction == new.card.defenses.extraction
         && let Some(monitor) = &old.guards.extraction
     {

@@ -707,8 +707,11 @@ fn model_json(m: &warden_models::Model) -> Value {
         "name": m.name,
         "versions": m.versions.keys().collect::<Vec<_>>(),
         "serving": m.default_version,
-        "features": m.card.features.len(),
-        "classes": m.card.classes,
+        "task": m.card.task.as_str(),
+        "inputs": m.card.inputs.iter().map(|i| json!({"name": i.name, "datatype": i.datatype.as_str(), "shape": i.shape})).collect::<Vec<_>>(),
+        "outputs": m.card.outputs.iter().map(|o| json!({"name": o.name, "datatype": o.datatype.as_str(), "shape": o.shape})).collect::<Vec<_>>(),
+        "features": m.card.tabular().map_or(0, |t| t.features.len()),
+        "classes": m.card.classes(),
         "max_batch": m.card.max_batch,
         "defenses": defenses,
     })

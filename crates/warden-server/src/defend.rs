@@ -18,8 +18,9 @@ use std::sync::Arc;
 use warden_core::metrics::{self as names, Alert};
 use warden_core::{ApiError, ErrorCode, Principal};
 use warden_models::defenses::{self, Action, squeeze};
-use warden_models::engine::{EngineError, Prediction};
-use warden_models::{Model, ModelVersion};
+use warden_models::engine::{Batch, EngineError, Outputs};
+use warden_models::{Model, ModelVersion, task};
+use warden_tensor::Tensor;
 
 /// What the defenses concluded for one request.
 #[derive(Debug, Default)]
@@ -46,6 +47,12 @@ impl Screen {
     }
 }
 
+/// The watched input's values as numbers (row-major), when a defense
+/// watches one (card `[defenses]`, docs/defenses.md).
+pub fn watched(model: &Model, batch: &Batch) -> Option<Vec<f32>> {
+    batch.inputs.get(model.card.defended_input?)?.data.to_f32()
+}
+
 /// Whether the defenses need the input values after inference.
 pub fn keeps_values(model: &Model) -> bool {
     model.guards.extraction.is_some()
@@ -56,15 +63,18 @@ pub fn keeps_values(model: &Model) -> bool {
 pub fn before(
     model: &Model,
     caller: &Principal,
-    values: &[f32],
+    values: Option<&[f32]>,
     screen: &mut Screen,
 ) -> Result<(), ApiError> {
     let card = &model.card;
-    if let (Some(detector), Some(settings)) =
-        (&model.guards.ood, &card.defenses.out_of_distribution)
-        && values
-            .chunks(card.features.len())
-            .any(|row| detector.flags(card, row))
+    if let (Some(detector), Some(settings), Some(input), Some(values)) = (
+        &model.guards.ood,
+        &card.defenses.out_of_distribution,
+        card.defended(),
+        values,
+    ) && values
+        .chunks(input.fixed_row_len().unwrap_or(values.len()).max(1))
+        .any(|row| detector.flags(input, row))
     {
         screen.flag(model, defenses::OUT_OF_DISTRIBUTION, settings.action)?;
     }
@@ -77,31 +87,65 @@ pub fn before(
 }
 
 /// Inference, with the squeezed copies in the same batch when the card
-/// asks for feature squeezing. Returns the input's prediction and, per
-/// row, the squeezing score.
+/// asks for feature squeezing (the watched input squeezed, the others
+/// repeated). Returns the input's own outputs and, per row, the squeezing
+/// score.
 pub async fn infer(
     model: &Model,
     version: &ModelVersion,
-    rows: usize,
-    values: Vec<f32>,
-) -> Result<(Prediction, Option<Vec<f64>>), EngineError> {
-    let Some(settings) = &model.card.defenses.adversarial else {
-        return version.backend.infer(rows, values).await.map(|p| (p, None));
+    batch: Batch,
+    values: Option<&[f32]>,
+) -> Result<(Outputs, Option<Vec<f64>>), EngineError> {
+    let card = &model.card;
+    let (Some(settings), Some(input), Some(watched), Some(values)) = (
+        &card.defenses.adversarial,
+        card.defended(),
+        card.defended_input,
+        values,
+    ) else {
+        return version.backend.infer(batch).await.map(|p| (p, None));
     };
-    let classes = model.card.classes.len();
+    let rows = batch.rows;
     let copies = squeeze::squeezers(settings);
-    let mut all = values;
-    let squeezed = squeeze::squeezed(settings, &model.card, &all);
-    all.extend_from_slice(&squeezed);
-    let mut p = version.backend.infer(rows * (1 + copies), all).await?;
-    let Some(probs) = p.probabilities.take() else {
-        return Ok((p, None));
+    let squeezed = squeeze::squeezed(settings, input, values);
+    let mut inputs = Vec::with_capacity(batch.inputs.len());
+    for (i, t) in batch.inputs.iter().enumerate() {
+        let mut parts: Vec<Tensor> = vec![t.clone()];
+        for c in 0..copies {
+            let mut copy = t.clone();
+            if i == watched {
+                let n = values.len();
+                let own = &squeezed[c * n..(c + 1) * n];
+                let Some(data) = warden_tensor::TensorData::from_f64(
+                    t.datatype(),
+                    &own.iter().map(|&v| f64::from(v)).collect::<Vec<_>>(),
+                ) else {
+                    return version.backend.infer(batch).await.map(|p| (p, None));
+                };
+                copy.data = data;
+            }
+            parts.push(copy);
+        }
+        let refs: Vec<&Tensor> = parts.iter().collect();
+        let Some(joined) = Tensor::concat(&refs) else {
+            return version.backend.infer(batch).await.map(|p| (p, None));
+        };
+        inputs.push(joined);
+    }
+    let all = version
+        .backend
+        .infer(Batch {
+            rows: rows * (1 + copies),
+            inputs,
+        })
+        .await?;
+    let Some(probs) = task::probabilities(card, &all) else {
+        return Ok((all.iter().map(|o| o.rows(0..rows)).collect(), None));
     };
+    let classes = card.classes().len();
     let (own, copied) = probs.split_at(rows * classes);
     let scores = squeeze::scores(classes, own, copied, rows);
-    p.labels.truncate(rows);
-    p.probabilities = Some(own.to_vec());
-    Ok((p, Some(scores)))
+    Ok((all.iter().map(|o| o.rows(0..rows)).collect(), Some(scores)))
 }
 
 /// Nearest-neighbour work (rows × stored points × features) above which the
@@ -114,31 +158,33 @@ pub async fn after(
     model: &Arc<Model>,
     caller: &Principal,
     values: Option<Vec<f32>>,
-    prediction: &Prediction,
+    answer: &Outputs,
+    rows: usize,
     squeeze_scores: Option<&[f64]>,
     screen: &mut Screen,
 ) -> Result<(), ApiError> {
     let card = &model.card;
-    if let (Some(settings), Some(values)) = (&card.defenses.extraction, values) {
+    if let (Some(settings), Some(values), Some(input)) =
+        (&card.defenses.extraction, values, card.defended())
+    {
         let work = values.len() * settings.max_points;
+        let labels = task::monitor_classes(card, answer, rows);
+        let classes = card.classes().len();
         let verdict = if work <= INLINE_WORK {
             model
                 .guards
                 .extraction
                 .as_ref()
-                .map(|m| m.observe(card, &caller.id, &values, &prediction.labels))
+                .map(|m| m.observe(input, classes, &caller.id, &values, &labels))
         } else {
-            let (model, id, labels) = (
-                Arc::clone(model),
-                caller.id.clone(),
-                prediction.labels.clone(),
-            );
+            let (model, id) = (Arc::clone(model), caller.id.clone());
             tokio::task::spawn_blocking(move || {
+                let input = model.card.defended()?;
                 model
                     .guards
                     .extraction
                     .as_ref()
-                    .map(|m| m.observe(&model.card, &id, &values, &labels))
+                    .map(|m| m.observe(input, classes, &id, &values, &labels))
             })
             .await
             .ok()

@@ -27,6 +27,7 @@ use axum::middleware::{Next, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
+use warden_core::metrics::Alert;
 use warden_core::{ApiError, ErrorCode, Principal};
 use warden_models::engine::EngineError;
 use warden_models::policy::OutputPolicy;
@@ -303,12 +304,12 @@ async fn infer_steps(
         None => request::parse(protocol, &model.card, body, depth),
     }
     .inspect_err(|e| crate::metrics::validation_failure(&model.name, e.code.as_str()))?;
-    let rows = request.rows;
+    let rows = request.rows();
     if let Some(n) = note.as_mut() {
         n.rows = rows;
-        n.input_sha256 = Some(steps::input_digest(&request.values));
+        n.input_sha256 = Some(steps::input_digest(&request.batch.inputs));
         if model.card.record_inputs {
-            n.inputs = Some(request.values.as_slice().into());
+            n.inputs = Some(request.batch.inputs.as_slice().into());
         }
     }
     // The caller's output policy; asking for an output it withholds fails
@@ -316,10 +317,10 @@ async fn infer_steps(
     let policy = OutputPolicy::for_caller(&model.card, caller);
     let outputs = match &request.outputs {
         Some(asked) => {
-            policy.check_requested(asked)?;
+            policy.check_requested(&model.card, asked)?;
             asked.clone()
         }
-        None => policy.default_outputs().to_vec(),
+        None => policy.default_outputs(&model.card),
     };
     // Rate limit and quota, counted in rows: this is the first point where
     // the row count is known, and before any model work (the admission
@@ -330,15 +331,16 @@ async fn infer_steps(
     // before inference, feature squeezing in the inference batch (see
     // defend.rs). An input a defense rejects has cost its rows.
     let mut screen = defend::Screen::default();
-    let checked = defend::before(&model, caller, &request.values, &mut screen);
+    let watched = defend::watched(&model, &request.batch);
+    let checked = defend::before(&model, caller, watched.as_deref(), &mut screen);
     note_flags(note, &screen);
     checked?;
-    let kept = defend::keeps_values(&model).then(|| request.values.clone());
     // Inference, batched and bounded per model (inline for cheap models, on
     // the blocking pool for slow ones: engine.rs). Rows that were not
     // predicted (shed under load, or failed) go back to the quota.
     let inference = Instant::now();
-    let (prediction, squeezed) = match defend::infer(&model, &version, rows, request.values).await {
+    let inferred = defend::infer(&model, &version, request.batch, watched.as_deref()).await;
+    let (answer, squeezed) = match inferred {
         Ok(p) => {
             crate::metrics::inference(&model.name, inference.elapsed());
             if let Some(watch) = &state.rate_watch {
@@ -356,7 +358,10 @@ async fn infer_steps(
             return Err(match e {
                 EngineError::Overloaded => ApiError::new(ErrorCode::Overloaded).with_retry_after(1),
                 EngineError::Failed(message) => {
-                    tracing::error!(model = %model.name, version = version.version, error = %message, "inference failed");
+                    // The request was validated, so this is the model's (or
+                    // Warden's) fault, never the client's: counted and alerted.
+                    Alert::InferenceFailed.count();
+                    tracing::error!(alert = Alert::InferenceFailed.as_str(), model = %model.name, version = version.version, error = %message, "inference failed");
                     ApiError::internal()
                 }
                 // Logged with the upstream's detail by the gateway backend;
@@ -366,11 +371,17 @@ async fn infer_steps(
             });
         }
     };
+    let kept = if defend::keeps_values(&model) {
+        watched
+    } else {
+        None
+    };
     let checked = defend::after(
         &model,
         caller,
         kept,
-        &prediction,
+        &answer,
+        rows,
         squeezed.as_deref(),
         &mut screen,
     )
@@ -391,12 +402,18 @@ async fn infer_steps(
                 .await;
         }
     }
-    // Output policy: label-only / rounding.
-    let shown = policy.apply(&model.card, &prediction, &outputs);
+    // Output policy: what of the answer this caller may see, by task.
+    let shown = policy
+        .apply(&model.card, &answer, rows, &outputs)
+        .map_err(|message| {
+            Alert::InferenceFailed.count();
+            tracing::error!(alert = Alert::InferenceFailed.as_str(), model = %model.name, version = version.version, error = %message, "the model's answer does not fit its card");
+            ApiError::internal()
+        })?;
     let body = match protocol {
-        Protocol::V1 => protocol::v1_response(&model.card, &shown, rows),
+        Protocol::V1 => protocol::v1_response(&model.card, &shown),
         Protocol::V2 => {
-            protocol::v2_response(&model, version.version, request.id.as_deref(), &shown, rows)
+            protocol::v2_response(&model, version.version, request.id.as_deref(), &shown)
         }
     };
     // Audit record, metrics and access log follow in `admission` and `edge`,

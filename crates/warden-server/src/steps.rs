@@ -62,22 +62,38 @@ pub struct ModelNote {
     pub version: u64,
     /// Rows predicted (0 for metadata).
     pub rows: usize,
-    /// SHA-256 of the validated input values (little-endian f32s), for audit.
+    /// SHA-256 of the validated inputs (every input: name, datatype,
+    /// shape, little-endian values), for audit.
     pub input_sha256: Option<[u8; 32]>,
-    /// The validated input values, only when the model card opts in
+    /// The validated inputs, only when the model card opts in
     /// (`[audit] record_inputs = true`).
-    pub inputs: Option<Arc<[f32]>>,
+    pub inputs: Option<Arc<[warden_tensor::Tensor]>>,
     /// Defense flags raised by this request.
     pub defense_flags: Vec<&'static str>,
 }
 
-/// The SHA-256 of a request's validated values: the canonical input, the
-/// same whatever JSON spelling the client used. Raw inputs are never recorded.
-pub fn input_digest(values: &[f32]) -> [u8; 32] {
+/// The SHA-256 of a request's validated inputs: the canonical input, the
+/// same whatever wire format or JSON spelling the client used. Every input
+/// counts, each as its name, datatype and shape (lengths first, so that no
+/// two requests share an encoding) and its binary encoding. Raw inputs are
+/// never recorded. (A single FP32 input hashes differently from the first
+/// card format's digest of its values alone: docs/audit.md.)
+pub fn input_digest(inputs: &[warden_tensor::Tensor]) -> [u8; 32] {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
-    for v in values {
-        h.update(v.to_le_bytes());
+    let mut bytes = Vec::new();
+    for t in inputs {
+        h.update((t.name.len() as u64).to_le_bytes());
+        h.update(t.name.as_bytes());
+        h.update(t.datatype().as_str().as_bytes());
+        h.update((t.shape.len() as u64).to_le_bytes());
+        for d in &t.shape {
+            h.update((*d as u64).to_le_bytes());
+        }
+        bytes.clear();
+        t.data.write_le_bytes(&mut bytes);
+        h.update((bytes.len() as u64).to_le_bytes());
+        h.update(&bytes);
     }
     h.finalize().into()
 }
@@ -181,10 +197,11 @@ struct RequestRecord<'a> {
 }
 
 /// A raw-input snapshot (card opt-in), sealed with the encryption-at-rest
-/// key: base64 of the WDNENC file format around the JSON array of values.
+/// key: base64 of the WDNENC file format around the JSON array of input
+/// tensors (`[{"name", "datatype", "shape", "data"}]`).
 /// Start-up refuses an opt-in without a key, so `None` here means the
 /// sealing itself failed (logged).
-fn seal_inputs(state: &AppState, values: &[f32]) -> Option<String> {
+fn seal_inputs(state: &AppState, values: &[warden_tensor::Tensor]) -> Option<String> {
     use base64::Engine as _;
     let key = state.seal_key.as_ref()?;
     let json = serde_json::to_vec(values).ok()?;

@@ -527,6 +527,42 @@ impl Tensor {
     }
 }
 
+/// The elements as JSON values: numbers (FP16 widened), booleans, and
+/// BYTES as strings (lossy where an element is not UTF-8).
+impl serde::Serialize for TensorData {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::Bool(v) => v.serialize(s),
+            Self::U8(v) => v.serialize(s),
+            Self::U16(v) => v.serialize(s),
+            Self::U32(v) => v.serialize(s),
+            Self::U64(v) => v.serialize(s),
+            Self::I8(v) => v.serialize(s),
+            Self::I16(v) => v.serialize(s),
+            Self::I32(v) => v.serialize(s),
+            Self::I64(v) => v.serialize(s),
+            Self::F16(v) => s.collect_seq(v.iter().map(|&h| f16_to_f32(h))),
+            Self::F32(v) => v.serialize(s),
+            Self::F64(v) => v.serialize(s),
+            Self::Bytes(v) => s.collect_seq(v.iter().map(|b| String::from_utf8_lossy(b))),
+        }
+    }
+}
+
+/// `{"name", "datatype", "shape", "data"}`: an Open Inference Protocol
+/// tensor in JSON.
+impl serde::Serialize for Tensor {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = s.serialize_map(Some(4))?;
+        map.serialize_entry("name", &self.name)?;
+        map.serialize_entry("datatype", self.datatype().as_str())?;
+        map.serialize_entry("shape", &self.shape)?;
+        map.serialize_entry("data", &self.data)?;
+        map.end()
+    }
+}
+
 /// IEEE 754 half precision (its bits) to single.
 pub fn f16_to_f32(h: u16) -> f32 {
     half::f16::from_bits(h).to_f32()

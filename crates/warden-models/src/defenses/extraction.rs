@@ -23,7 +23,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use super::{ExtractionSettings, shapiro::shapiro_wilk_w, standardize};
-use crate::ModelCard;
+use crate::card::InputSpec;
 
 /// Principals with state, per model.
 pub const MAX_PRINCIPALS: usize = 256;
@@ -110,12 +110,13 @@ impl Monitor {
     /// classes, and tests when due.
     pub fn observe(
         &self,
-        card: &ModelCard,
+        input: &InputSpec,
+        classes: usize,
         principal: &Arc<str>,
         values: &[f32],
         labels: &[usize],
     ) -> Verdict {
-        let width = card.features.len();
+        let width = input.fixed_row_len().unwrap_or(values.len()).max(1);
         let s = &self.settings;
         let mut guard = self.lock();
         let states = &mut *guard;
@@ -136,17 +137,17 @@ impl Monitor {
             .entry(Arc::clone(principal))
             .or_default();
         state.last_seen = states.clock;
-        if state.classes.len() < card.classes.len() {
+        if state.classes.len() < classes.max(1) {
             state
                 .classes
-                .resize_with(card.classes.len(), ClassSet::default);
+                .resize_with(classes.max(1), ClassSet::default);
         }
         let mut newly = false;
         for (row, &label) in values.chunks(width).zip(labels) {
             let x: Vec<f32> = if s.standardize {
                 row.iter()
                     .enumerate()
-                    .map(|(i, &v)| standardize(card, i, v) as f32)
+                    .map(|(i, &v)| standardize(input, i, v) as f32)
                     .collect()
             } else {
                 row.to_vec()

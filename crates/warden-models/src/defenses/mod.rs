@@ -49,8 +49,8 @@ pub struct DefenseSettings {
 pub struct OodSettings {
     /// What a flag does.
     pub action: Action,
-    /// Largest |z| over features.
-    pub z_threshold: f64,
+    /// Largest |z| over features (when the input has statistics).
+    pub z_threshold: Option<f64>,
     /// Largest squared Mahalanobis distance, with `stats`.
     pub mahalanobis_threshold: Option<f64>,
     /// The stats file (mean and precision matrix), relative to the model folder.
@@ -87,11 +87,11 @@ pub struct ExtractionSettings {
     pub standardize: bool,
 }
 
-/// Standardizes a value with a feature's training mean and std (std 0 or
-/// unknown counts as 1).
-pub fn standardize(card: &crate::ModelCard, column: usize, value: f32) -> f64 {
-    let f = &card.features[column];
-    let mean = f.mean.unwrap_or(0.0);
-    let std = f.std.filter(|s| *s > 1e-12).unwrap_or(1.0);
+/// Standardizes element `column` of a row of the watched input with its
+/// training mean and std (std 0 or unknown counts as 1).
+pub fn standardize(input: &crate::card::InputSpec, column: usize, value: f32) -> f64 {
+    let (mean, std) = input.element_stats(column);
+    let mean = mean.unwrap_or(0.0);
+    let std = std.filter(|s| *s > 1e-12).unwrap_or(1.0);
     (f64::from(value) - mean) / std
 }

@@ -7,12 +7,12 @@
 use serde::Deserialize;
 
 use super::{OodSettings, standardize};
-use crate::ModelCard;
+use crate::card::InputSpec;
 
 /// The detector of one model.
 #[derive(Debug)]
 pub struct OodDetector {
-    z_threshold: f64,
+    z_threshold: Option<f64>,
     mahalanobis: Option<Mahalanobis>,
 }
 
@@ -35,10 +35,10 @@ impl OodDetector {
     /// Builds the detector; `model_dir` holds the stats file.
     pub fn load(
         settings: &OodSettings,
-        card: &ModelCard,
+        input: &InputSpec,
         model_dir: &std::path::Path,
     ) -> Result<Self, String> {
-        let n = card.features.len();
+        let n = input.fixed_row_len().unwrap_or(0);
         let mahalanobis = match (&settings.stats, settings.mahalanobis_threshold) {
             (Some(file), Some(threshold)) => {
                 let path = model_dir.join(file);
@@ -70,19 +70,23 @@ impl OodDetector {
     }
 
     /// Whether a row is out of distribution.
-    pub fn flags(&self, card: &ModelCard, row: &[f32]) -> bool {
+    pub fn flags(&self, input: &InputSpec, row: &[f32]) -> bool {
         let mut z = Vec::with_capacity(row.len());
         for (i, &v) in row.iter().enumerate() {
-            let f = &card.features[i];
-            if let Some((lo, hi)) = f.train_range
+            if let Some((lo, hi)) = input.features.get(i).and_then(|f| f.train_range)
                 && (f64::from(v) < lo || f64::from(v) > hi)
                 && hi > lo
             {
                 return true;
             }
-            let s = standardize(card, i, v);
-            // A z-score needs the feature's training mean and std.
-            if f.mean.is_some() && f.std.is_some() && s.abs() > self.z_threshold {
+            let s = standardize(input, i, v);
+            // A z-score needs the element's training mean and std.
+            let (mean, std) = input.element_stats(i);
+            if let Some(t) = self.z_threshold
+                && mean.is_some()
+                && std.is_some()
+                && s.abs() > t
+            {
                 return true;
             }
             z.push(s);

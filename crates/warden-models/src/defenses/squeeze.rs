@@ -7,8 +7,7 @@
 //! of inference per squeezer (run in the same batch as the input).
 
 use super::SqueezeSettings;
-use crate::ModelCard;
-use crate::card::FeatureKind;
+use crate::card::InputSpec;
 
 /// How many squeezed copies each row gets.
 pub fn squeezers(settings: &SqueezeSettings) -> usize {
@@ -17,14 +16,14 @@ pub fn squeezers(settings: &SqueezeSettings) -> usize {
 
 /// The squeezed copies of `values` (`rows` rows): all bit-depth rows, then
 /// (for images) all median-smoothed rows.
-pub fn squeezed(settings: &SqueezeSettings, card: &ModelCard, values: &[f32]) -> Vec<f32> {
-    let width = card.features.len();
+pub fn squeezed(settings: &SqueezeSettings, input: &InputSpec, values: &[f32]) -> Vec<f32> {
+    let width = input.fixed_row_len().unwrap_or(values.len()).max(1);
     let levels = f64::from((1u32 << settings.bit_depth) - 1);
     let mut out = Vec::with_capacity(values.len() * squeezers(settings));
     for row in values.chunks(width) {
         for (i, &v) in row.iter().enumerate() {
-            out.push(match card.features[i].kind {
-                FeatureKind::Numeric { lo, hi } if hi > lo => {
+            out.push(match input.bounds(i) {
+                Some((lo, hi)) if hi > lo => {
                     let s = ((f64::from(v) - lo) / (hi - lo)).clamp(0.0, 1.0);
                     (lo + (s * levels).round() / levels * (hi - lo)) as f32
                 }

@@ -1,25 +1,30 @@
-//! Parse, don't validate: the one place a request body becomes a
-//! [`ValidInferRequest`], for both wire protocols.
+//! Parse, don't validate: the one place a request becomes a
+//! [`ValidInferRequest`], whatever its wire format.
 //!
-//! - v1 (KServe v1 / TF-Serving): `{"instances": [[...], ...]}` or
-//!   `{"instances": [{"feature": value, ...}, ...]}`.
+//! - v1 (KServe v1 / TF-Serving): `{"instances": [...]}` in row format (an
+//!   instance is the single input's value, an object of named features for
+//!   a tabular model, or an object keyed by input name), or `{"inputs":
+//!   ...}` in columnar format ([`v1`]).
 //! - v2 (Open Inference Protocol): `{"id"?, "parameters"?, "inputs": [{"name",
-//!   "shape", "datatype", "parameters"?, "data"}], "outputs"?: [{"name"}]}`.
+//!   "shape", "datatype", "parameters"?, "data"}], "outputs"?: [{"name"}]}`,
+//!   and the binary tensor data extension: a JSON header of
+//!   `Inference-Header-Content-Length` bytes followed by raw little-endian
+//!   tensor data claimed by inputs with `parameters.binary_data_size`
+//!   ([`v2`]).
 //!
-//! v2 also takes the binary tensor data extension (Triton's
-//! `binary_tensor_data`, which tritonclient and KServe's client use by
-//! default): the body is a JSON header of `Inference-Header-Content-Length`
-//! bytes followed by raw little-endian tensor data, and an input whose
-//! `parameters.binary_data_size` is set takes its values from there instead
-//! of `data` ([`parse_v2_binary`]). The same checks apply to the values.
+//! Every format first becomes a list of [`WireTensor`]s — names, datatypes,
+//! shapes and values as the client sent them — read in one pass with
+//! serde's `DeserializeSeed` and never more values than the card allows
+//! (the cap is checked while reading, before the body is decoded whole).
+//! [`check`] then holds them against the card: names, datatypes, ranks,
+//! fixed and capped dimensions, value counts, and every value (finite and
+//! in range, a whole number in an integer's range, an id within its table,
+//! a string within its length and categories). A transport without JSON
+//! (gRPC) builds the wire tensors itself and calls [`check`].
 //!
-//! Bodies are read in one pass straight into a row-major `Vec<f32>` with
-//! serde's `DeserializeSeed`, checking each value against the model card as
-//! it goes, so no intermediate tree is built. Structure errors (not the
-//! expected shape) are `invalid_request`; problems with the caller's values
-//! (type, count, range, NaN/Inf, batch size) are `validation_failed` with
-//! the offending fields named. Error sentences are Warden's own; serde's
-//! messages go to no one.
+//! Structure errors are `invalid_request`; problems with the caller's
+//! values are `validation_failed` with the offending fields named. Error
+//! sentences are Warden's own; serde's messages go to no one.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -28,55 +33,93 @@ use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqA
 use warden_core::{ApiError, ErrorCode, FieldProblem};
 
 use crate::card::ModelCard;
+use crate::engine::Batch;
 use crate::json::{ScanError, is_number_out_of_range, prescan};
 
+mod check;
 #[cfg(test)]
 mod tests;
 mod v1;
 mod v2;
 
-use v1::V1Seed;
-use v2::V2Seed;
+pub use check::check;
 
 /// Which wire protocol a body uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Protocol {
-    /// KServe v1 / TF-Serving `instances`.
+    /// KServe v1 / TF-Serving `instances` or `inputs`.
     V1,
     /// Open Inference Protocol (KServe v2).
     V2,
 }
 
-/// An output a v2 caller may ask for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OutputKind {
-    /// Class names.
-    Label,
-    /// Class probabilities.
-    Probabilities,
-}
-
-impl OutputKind {
-    /// The output's name on the wire.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::Label => "label",
-            Self::Probabilities => "probabilities",
-        }
-    }
-}
-
 /// A request that passed validation: the only input inference accepts.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ValidInferRequest {
-    /// Rows in the batch (at least 1, at most the card's `max_batch`).
-    pub rows: usize,
-    /// `rows × features` values, row-major, each finite and within range.
-    pub values: Vec<f32>,
+    /// The checked inputs, in card order.
+    pub batch: Batch,
     /// The v2 request id, echoed in the response.
     pub id: Option<String>,
-    /// Outputs the v2 caller asked for; `None` = all the policy allows.
-    pub outputs: Option<Vec<OutputKind>>,
+    /// Outputs the v2 caller asked for (indices into the card's outputs);
+    /// `None` = all the policy shows.
+    pub outputs: Option<Vec<usize>>,
+}
+
+impl ValidInferRequest {
+    /// Entries of the batch dimension: what limits and quotas count.
+    pub const fn rows(&self) -> usize {
+        self.batch.rows
+    }
+}
+
+/// One input tensor as the client sent it, before any check against the card.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WireTensor<'a> {
+    /// The input's name.
+    pub name: Cow<'a, str>,
+    /// The datatype the client named (`None` in v1: the card's).
+    pub datatype: Option<Cow<'a, str>>,
+    /// The dimensions the client named (v1: as the nesting showed them).
+    pub shape: Vec<i64>,
+    /// The values.
+    pub data: WireData<'a>,
+    /// Where in the request it came from, for error details
+    /// (`inputs[0]`, `instances`).
+    pub field: String,
+    /// Whether the data is named per row (`instances[2]`) rather than per
+    /// element (`inputs[0].data[7]`) in error details.
+    pub rows_first: bool,
+}
+
+/// A wire tensor's values.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WireData<'a> {
+    /// JSON values, flattened in row-major order.
+    Values(Vec<Scalar<'a>>),
+    /// Binary tensor data (`binary_data_size` bytes, or gRPC raw contents).
+    Binary(&'a [u8]),
+    /// `binary_data_size` was given but the body has no binary part that
+    /// matches: the problem is already reported.
+    Unusable,
+}
+
+/// One value as the client sent it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Scalar<'a> {
+    /// A whole number that fits an i64.
+    Int(i64),
+    /// A whole number past i64::MAX.
+    UInt(u64),
+    /// A number with a fraction or exponent.
+    Float(f64),
+    /// A string.
+    Str(Cow<'a, str>),
+    /// Raw bytes (BYTES from binary data).
+    Bytes(Cow<'a, [u8]>),
+    /// true or false.
+    Bool(bool),
+    /// null, an object, or anything else that is no value.
+    Other,
 }
 
 /// Most field problems reported in one response.
@@ -110,6 +153,13 @@ pub fn parse_v2_binary(
     parse_parts(Protocol::V2, card, json, Some(binary), max_depth)
 }
 
+/// What a body parsed to, before the check against the card.
+struct Parsed<'a> {
+    id: Option<String>,
+    inputs: Vec<WireTensor<'a>>,
+    outputs: Option<Vec<Cow<'a, str>>>,
+}
+
 fn parse_parts(
     protocol: Protocol,
     card: &ModelCard,
@@ -119,7 +169,7 @@ fn parse_parts(
 ) -> Result<ValidInferRequest, ApiError> {
     let top = match protocol {
         Protocol::V1 => "instances",
-        Protocol::V2 => "inputs[0].data",
+        Protocol::V2 => "inputs",
     };
     match prescan(body, max_depth) {
         Ok(()) => {}
@@ -133,31 +183,31 @@ fn parse_parts(
     let mut ctx = Ctx {
         card,
         problems: Vec::new(),
-        too_many_rows: false,
+        too_many: None,
         binary,
+        limit: card
+            .inputs
+            .iter()
+            .map(|i| i.max_elements)
+            .fold(0usize, usize::saturating_add),
+        taken: 0,
     };
     let mut de = serde_json::Deserializer::from_slice(body);
     let parsed = match protocol {
-        Protocol::V1 => V1Seed { ctx: &mut ctx }.deserialize(&mut de),
-        Protocol::V2 => V2Seed { ctx: &mut ctx }.deserialize(&mut de),
+        Protocol::V1 => v1::V1Seed { ctx: &mut ctx }.deserialize(&mut de),
+        Protocol::V2 => v2::V2Seed { ctx: &mut ctx }.deserialize(&mut de),
     }
     .and_then(|r| de.end().map(|()| r));
-    if ctx.too_many_rows {
-        return Err(ApiError::validation(vec![FieldProblem::new(
-            top,
-            format!(
-                "more than {} rows; this model accepts at most {} per request",
-                card.max_batch, card.max_batch
-            ),
-        )]));
+    if let Some(problem) = ctx.too_many.take() {
+        return Err(ApiError::validation(vec![problem]));
     }
-    let request = match parsed {
+    let parsed = match parsed {
         Ok(r) => r,
         Err(e) if is_number_out_of_range(&e) => return Err(non_finite(top)),
         Err(e) if e.is_data() => {
             return Err(ApiError::new(ErrorCode::InvalidRequest).with_message(match protocol {
                 Protocol::V1 => {
-                    "The body must be a JSON object {\"instances\": [...]} whose instances are arrays of values or objects of named features."
+                    "The body must be a JSON object {\"instances\": [...]} (rows: values, arrays, or objects of named features or inputs) or {\"inputs\": ...} (columns)."
                 }
                 Protocol::V2 => {
                     "The body must be an Open Inference Protocol request: {\"inputs\": [{\"name\", \"shape\", \"datatype\", \"data\"}]}."
@@ -173,7 +223,37 @@ fn parse_parts(
     if !ctx.problems.is_empty() {
         return Err(ApiError::validation(ctx.problems));
     }
-    Ok(request)
+    let outputs = parsed
+        .outputs
+        .map(|names| check_outputs(&mut ctx, &names));
+    let batch = check(card, parsed.inputs, &mut ctx.problems);
+    match batch {
+        Some(batch) if ctx.problems.is_empty() => Ok(ValidInferRequest {
+            batch,
+            id: parsed.id,
+            outputs,
+        }),
+        _ => Err(ApiError::validation(ctx.problems)),
+    }
+}
+
+/// The card outputs a v2 caller asked for, by index.
+fn check_outputs(ctx: &mut Ctx<'_>, names: &[Cow<'_, str>]) -> Vec<usize> {
+    let mut picked = Vec::with_capacity(names.len());
+    for (i, name) in names.iter().enumerate() {
+        match ctx.card.output_index(name) {
+            Some(o) if !picked.contains(&o) => picked.push(o),
+            Some(_) => ctx.problem(|| format!("outputs[{i}].name"), "is asked for twice"),
+            None => {
+                let known: Vec<&str> = ctx.card.outputs.iter().map(|o| o.name.as_str()).collect();
+                ctx.problem(
+                    || format!("outputs[{i}].name"),
+                    format!("is not an output of this model ({})", known.join(", ")),
+                );
+            }
+        }
+    }
+    picked
 }
 
 fn non_finite(field: &str) -> ApiError {
@@ -183,12 +263,19 @@ fn non_finite(field: &str) -> ApiError {
     )])
 }
 
+/// Parsing state shared by the seeds.
 struct Ctx<'c> {
     card: &'c ModelCard,
     problems: Vec<FieldProblem>,
-    too_many_rows: bool,
+    /// Set when the body holds more values (or rows) than the card allows;
+    /// parsing stops at once.
+    too_many: Option<FieldProblem>,
     /// The binary tensor data after the JSON header, if the body has one.
     binary: Option<&'c [u8]>,
+    /// Most values the whole body may hold.
+    limit: usize,
+    /// Values read so far.
+    taken: usize,
 }
 
 impl Ctx<'_> {
@@ -198,75 +285,137 @@ impl Ctx<'_> {
         }
     }
 
-    fn check(&mut self, row: usize, col: usize, field_base: &str, value: Scalar<'_>) -> f32 {
-        let feature = &self.card.features[col];
-        let checked = match value {
-            Scalar::Number(v) => feature.check_number(v),
-            Scalar::Str(s) => feature.check_str(&s),
-            Scalar::Other => Err("must be a number"),
-        };
-        match checked {
-            Ok(v) => v,
-            Err(problem) => {
-                let name = &feature.name;
-                self.problem(|| format!("{field_base}[{row}].{name}"), problem);
-                f32::NAN // never inferred: the request fails with the problem
-            }
+    /// Counts one more value; false (and the problem noted) past the cap.
+    fn take_one(&mut self, field: &str) -> bool {
+        if self.taken >= self.limit {
+            self.too_many = Some(FieldProblem::new(
+                field,
+                format!(
+                    "holds more values than this model accepts in one request ({})",
+                    self.limit
+                ),
+            ));
+            return false;
+        }
+        self.taken += 1;
+        true
+    }
+}
+
+/// Values, flat or nested, flattened in row-major order; the nesting's
+/// dimensions are recorded (all arrays at one depth must agree).
+struct Flat<'a> {
+    values: Vec<Scalar<'a>>,
+    /// Length of the arrays at each depth, as first seen.
+    dims: Vec<usize>,
+    /// Depth of the first value seen (every value must be at it).
+    leaf_depth: Option<usize>,
+    ragged: bool,
+}
+
+impl Flat<'_> {
+    fn new() -> Self {
+        Self {
+            values: Vec::new(),
+            dims: Vec::new(),
+            leaf_depth: None,
+            ragged: false,
         }
     }
-}
 
-/// One JSON scalar, before it is checked against a feature.
-enum Scalar<'de> {
-    Number(f64),
-    Str(Cow<'de, str>),
-    Other,
-}
-
-struct ScalarSeed;
-
-impl<'de> DeserializeSeed<'de> for ScalarSeed {
-    type Value = Scalar<'de>;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        d.deserialize_any(ScalarVisitor)
+    /// The nesting's dimensions, unless it was ragged.
+    fn shape(&self) -> Option<Vec<i64>> {
+        (!self.ragged).then(|| self.dims.iter().map(|&d| d as i64).collect())
     }
 }
 
-struct ScalarVisitor;
+struct FlatSeed<'a, 'c, 'de> {
+    flat: &'a mut Flat<'de>,
+    ctx: &'a mut Ctx<'c>,
+    depth: usize,
+    field: &'a str,
+}
 
-impl<'de> Visitor<'de> for ScalarVisitor {
-    type Value = Scalar<'de>;
+impl<'de> DeserializeSeed<'de> for FlatSeed<'_, '_, 'de> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> FlatSeed<'_, '_, 'de> {
+    fn push<E: de::Error>(self, v: Scalar<'de>) -> Result<(), E> {
+        if !self.ctx.take_one(self.field) {
+            return Err(E::custom("value limit"));
+        }
+        match self.flat.leaf_depth {
+            None => self.flat.leaf_depth = Some(self.depth),
+            Some(d) if d != self.depth => self.flat.ragged = true,
+            Some(_) => {}
+        }
+        self.flat.values.push(v);
+        Ok(())
+    }
+}
+
+impl<'de> Visitor<'de> for FlatSeed<'_, '_, 'de> {
+    type Value = ();
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a number")
+        f.write_str("tensor data")
     }
-    fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
-        Ok(Scalar::Number(v))
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<(), E> {
+        self.push(Scalar::Float(v))
     }
-    fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
-        Ok(Scalar::Number(v as f64))
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<(), E> {
+        self.push(Scalar::Int(v))
     }
-    fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
-        Ok(Scalar::Number(v as f64))
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<(), E> {
+        self.push(match i64::try_from(v) {
+            Ok(i) => Scalar::Int(i),
+            Err(_) => Scalar::UInt(v),
+        })
     }
-    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
-        Ok(Scalar::Str(Cow::Borrowed(v)))
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<(), E> {
+        self.push(Scalar::Str(Cow::Borrowed(v)))
     }
-    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
-        Ok(Scalar::Str(Cow::Owned(v.to_owned())))
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<(), E> {
+        self.push(Scalar::Str(Cow::Owned(v.to_owned())))
     }
-    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
-        Ok(Scalar::Other)
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<(), E> {
+        self.push(Scalar::Bool(v))
     }
-    fn visit_unit<E>(self) -> Result<Self::Value, E> {
-        Ok(Scalar::Other)
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        self.push(Scalar::Other)
     }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-        while seq.next_element::<IgnoredAny>()?.is_some() {}
-        Ok(Scalar::Other)
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let mut n = 0;
+        while seq
+            .next_element_seed(FlatSeed {
+                flat: &mut *self.flat,
+                ctx: &mut *self.ctx,
+                depth: self.depth + 1,
+                field: self.field,
+            })?
+            .is_some()
+        {
+            n += 1;
+        }
+        let flat = self.flat;
+        match flat.dims.get(self.depth) {
+            Some(&d) if d != n => flat.ragged = true,
+            Some(_) => {}
+            None if flat.dims.len() == self.depth => flat.dims.push(n),
+            None => flat.ragged = true,
+        }
+        if n == 0 && flat.leaf_depth.is_none() {
+            // An empty array: its depth stands for the leaves'.
+            flat.leaf_depth = Some(self.depth + 1);
+        }
+        Ok(())
     }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-        Ok(Scalar::Other)
+        self.push(Scalar::Other)
     }
 }
 
