@@ -425,7 +425,10 @@ fn from_value(spec: &OutputSpec, value: &DynValue) -> Result<Tensor, String> {
         value: &DynValue,
     ) -> Result<(Vec<usize>, Vec<T>), String> {
         let (shape, data) = value.try_extract_tensor::<T>().map_err(|e| e.to_string())?;
-        let shape = shape.iter().map(|&d| usize::try_from(d).unwrap_or(0)).collect();
+        let shape = shape
+            .iter()
+            .map(|&d| usize::try_from(d).unwrap_or(0))
+            .collect();
         Ok((shape, data.to_vec()))
     }
     let (shape, data) = match spec.datatype {
@@ -438,13 +441,20 @@ fn from_value(spec: &OutputSpec, value: &DynValue) -> Result<Tensor, String> {
         DataType::I16 => take::<i16>(value).map(|(s, d)| (s, TensorData::I16(d)))?,
         DataType::I32 => take::<i32>(value).map(|(s, d)| (s, TensorData::I32(d)))?,
         DataType::I64 => take::<i64>(value).map(|(s, d)| (s, TensorData::I64(d)))?,
-        DataType::F16 => take::<half::f16>(value)
-            .map(|(s, d)| (s, TensorData::F16(d.into_iter().map(half::f16::to_bits).collect())))?,
+        DataType::F16 => take::<half::f16>(value).map(|(s, d)| {
+            (
+                s,
+                TensorData::F16(d.into_iter().map(half::f16::to_bits).collect()),
+            )
+        })?,
         DataType::F32 => take::<f32>(value).map(|(s, d)| (s, TensorData::F32(d)))?,
         DataType::F64 => take::<f64>(value).map(|(s, d)| (s, TensorData::F64(d)))?,
         DataType::Bytes => {
             let (shape, strings) = value.try_extract_strings().map_err(|e| e.to_string())?;
-            let shape = shape.iter().map(|&d| usize::try_from(d).unwrap_or(0)).collect();
+            let shape = shape
+                .iter()
+                .map(|&d| usize::try_from(d).unwrap_or(0))
+                .collect();
             (
                 shape,
                 TensorData::Bytes(strings.into_iter().map(String::into_bytes).collect()),
@@ -475,6 +485,10 @@ fn run(session: &mut Session, io: &Io, batch: Batch) -> Result<Outputs, String> 
         if t.shape.len() != spec.shape.len()
             || t.shape.iter().product::<usize>() != t.data.len()
             || (io.batched && t.shape.first() != Some(&rows))
+            || t.shape
+                .iter()
+                .zip(&spec.shape)
+                .any(|(&got, &want)| want > 0 && got != want as usize)
         {
             return Err(format!(
                 "output {:?} has shape {:?} for {rows} rows; the card declares {:?}",

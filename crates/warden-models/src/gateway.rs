@@ -362,7 +362,7 @@ impl Inner {
             inputs: &batch.inputs,
             outputs,
         })
-            .map_err(|e| CallError::Transport(e.to_string()))?;
+        .map_err(|e| CallError::Transport(e.to_string()))?;
         let rows = batch.rows;
         let mut attempt = 0;
         let response = loop {
@@ -455,7 +455,10 @@ impl Inner {
                 shape = expected.iter().flatten().copied().collect();
             }
             let fits = shape.len() == expected.len()
-                && shape.iter().zip(&expected).all(|(g, e)| e.is_none_or(|e| e == *g));
+                && shape
+                    .iter()
+                    .zip(&expected)
+                    .all(|(g, e)| e.is_none_or(|e| e == *g));
             let count: usize = shape.iter().product();
             let values = flatten(&o.data, count)?;
             if !fits || values.len() != count {
@@ -1016,7 +1019,7 @@ mod tests {
         for _ in 0..1000 {
             let b = Arc::clone(&b);
             callers.spawn(async move {
-                tokio::time::timeout(Duration::from_millis(50), b.infer(1, vec![0.5, 0.5]))
+                tokio::time::timeout(Duration::from_millis(50), b.infer(two(0.5, 0.5)))
                     .await
                     .is_err()
             });
@@ -1031,8 +1034,8 @@ mod tests {
             "cancelled calls are not upstream failures"
         );
         // The next request is served.
-        let served = b.infer(1, vec![0.5, 0.5]).await.unwrap();
-        assert_eq!(served.labels, [1]);
+        let served = b.infer(two(0.5, 0.5)).await.unwrap();
+        assert_eq!(served[0].data, TensorData::I64(vec![1]));
     }
 
     #[tokio::test]
@@ -1045,8 +1048,7 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(20)).await;
         let g = GatewayBackend { inner: Arc::new(b) };
         // The trial's caller gives up at once; the trial goes on.
-        let gave_up =
-            tokio::time::timeout(Duration::from_millis(20), g.infer(1, vec![0.5, 0.5])).await;
+        let gave_up = tokio::time::timeout(Duration::from_millis(20), g.infer(two(0.5, 0.5))).await;
         assert!(gave_up.is_err());
         assert!(g.inner.breaker.is_open(), "the trial is still out");
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -1054,6 +1056,18 @@ mod tests {
             !g.inner.breaker.is_open(),
             "the trial's success closed the breaker"
         );
+    }
+
+    /// One row of the test card's two features.
+    fn two(a: f32, b: f32) -> Batch {
+        Batch {
+            rows: 1,
+            inputs: vec![Tensor {
+                name: "x".into(),
+                shape: vec![1, 2],
+                data: TensorData::F32(vec![a, b]),
+            }],
+        }
     }
 
     fn backend(card: &str) -> Inner {
@@ -1099,11 +1113,11 @@ mod tests {
             {"name":"predict","shape":[2],"datatype":"INT64","data":[1,0]},
             {"name":"predict_proba","shape":[2,2],"datatype":"FP64","data":[[0.25,0.75],[0.9,0.1]]}]}"#;
         let p = b.check(2, good).unwrap();
-        assert_eq!(p.labels, [1, 0]);
-        assert_eq!(p.probabilities.unwrap(), [0.25, 0.75, 0.9, 0.1]);
+        assert_eq!(p[0].data, TensorData::I64(vec![1, 0]));
+        assert_eq!(p[1].data, TensorData::F32(vec![0.25, 0.75, 0.9, 0.1]));
         let names = br#"{"outputs":[{"name":"predict","shape":[1,1],"data":["yes"]},
             {"name":"predict_proba","shape":[1,2],"data":[0.5,0.5]}]}"#;
-        assert_eq!(b.check(1, names).unwrap().labels, [1]);
+        assert_eq!(b.check(1, names).unwrap()[0].data, TensorData::I64(vec![1]));
 
         for (bad, why) in [
             (&br#"nonsense"#[..], "not an inference response"),

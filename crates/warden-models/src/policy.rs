@@ -27,8 +27,8 @@
 use warden_core::{ApiError, FieldProblem, Principal};
 use warden_tensor::{DataType, Tensor, TensorData};
 
-use crate::card::{ModelCard, Task};
 pub use crate::card::PolicyDefaults as OutputPolicy;
+use crate::card::{ModelCard, Task};
 use crate::task;
 
 /// The label shown when the top probability is under the threshold.
@@ -275,6 +275,37 @@ mod tests {
     use crate::card::CardDefaults;
     use warden_core::{ModelScope, Roles};
 
+    /// A classifier's answer: labels and probabilities.
+    fn answer(labels: &[i64], probabilities: &[f32]) -> Vec<Tensor> {
+        let rows = labels.len();
+        vec![
+            Tensor {
+                name: "l".into(),
+                shape: vec![rows],
+                data: TensorData::I64(labels.to_vec()),
+            },
+            Tensor {
+                name: "p".into(),
+                shape: vec![rows, probabilities.len() / rows.max(1)],
+                data: TensorData::F32(probabilities.to_vec()),
+            },
+        ]
+    }
+
+    fn labels<'c>(shown: &Shown<'c>) -> Option<Vec<&'c str>> {
+        shown.tensors.iter().find_map(|t| match &t.data {
+            ShownData::Labels(l) => Some(l.clone()),
+            _ => None,
+        })
+    }
+
+    fn probs(shown: &Shown<'_>) -> Option<Vec<f64>> {
+        shown.tensors.iter().find_map(|t| match &t.data {
+            ShownData::Floats(v) => Some(v.clone()),
+            _ => None,
+        })
+    }
+
     fn card_text(output: &str) -> String {
         format!(
             "[input]\nname = \"input\"\n[[input.features]]\nname = \"a\"\n[output]\nlabel = \"l\"\nprobabilities = \"p\"\nclasses = [\"x\", \"y\"]\n[policy]\noutput = \"{output}\"\ndecimals = 2\n"
@@ -307,29 +338,23 @@ mod tests {
     fn label_only_hides_probabilities() {
         let c = card("label");
         let p = OutputPolicy::for_caller(&c, &principal());
-        let pred = Prediction {
-            labels: vec![1, 0],
-            probabilities: Some(vec![0.123, 0.877, 0.9, 0.1]),
-        };
-        let shown = p.apply(&c, &pred, &[OutputKind::Label, OutputKind::Probabilities]);
-        assert_eq!(shown.labels, Some(vec!["y", "x"]));
-        assert_eq!(shown.probabilities, None);
-        assert!(p.check_requested(&[OutputKind::Probabilities]).is_err());
-        assert_eq!(p.default_outputs(), &[OutputKind::Label]);
+        let pred = answer(&[1, 0], &[0.123, 0.877, 0.9, 0.1]);
+        let shown = p.apply(&c, &pred, 2, &p.default_outputs(&c)).unwrap();
+        assert_eq!(labels(&shown), Some(vec!["y", "x"]));
+        assert_eq!(probs(&shown), None);
+        assert!(p.check_requested(&c, &[1]).is_err());
+        assert_eq!(p.default_outputs(&c), [0]);
     }
 
     #[test]
     fn probabilities_are_rounded() {
         let c = card("probabilities");
         let p = OutputPolicy::for_caller(&c, &principal());
-        let pred = Prediction {
-            labels: vec![1],
-            probabilities: Some(vec![0.123_456, 0.876_544]),
-        };
-        let shown = p.apply(&c, &pred, p.default_outputs());
-        assert_eq!(shown.probabilities, Some(vec![0.12, 0.88]));
-        let only_probs = p.apply(&c, &pred, &[OutputKind::Probabilities]);
-        assert_eq!(only_probs.labels, None);
+        let pred = answer(&[1], &[0.123_456, 0.876_544]);
+        let shown = p.apply(&c, &pred, 1, &p.default_outputs(&c)).unwrap();
+        assert_eq!(probs(&shown), Some(vec![0.12, 0.88]));
+        let only_probs = p.apply(&c, &pred, 1, &[1]).unwrap();
+        assert_eq!(labels(&only_probs), None);
     }
 
     #[test]
@@ -356,39 +381,23 @@ mod tests {
             OutputPolicy {
                 probabilities: true,
                 decimals: 3,
-                top_k: None,
-                confidence_threshold: None,
-                noise: 0.0,
+                ..OutputPolicy::DEFAULT
             }
         );
         assert_eq!(
             as_role(&["app"]),
             OutputPolicy {
-                probabilities: false,
                 decimals: 1,
-                top_k: None,
-                confidence_threshold: None,
-                noise: 0.0,
+                ..OutputPolicy::DEFAULT
             }
         );
-        assert_eq!(
-            as_role(&["predict"]),
-            OutputPolicy {
-                probabilities: false,
-                decimals: 2,
-                top_k: None,
-                confidence_threshold: None,
-                noise: 0.0,
-            }
-        );
+        assert_eq!(as_role(&["predict"]), OutputPolicy::DEFAULT);
         assert_eq!(
             as_role(&["app", "analyst"]),
             OutputPolicy {
                 probabilities: true,
                 decimals: 3,
-                top_k: None,
-                confidence_threshold: None,
-                noise: 0.0,
+                ..OutputPolicy::DEFAULT
             },
             "the most revealing of the caller's roles"
         );
@@ -412,27 +421,32 @@ mod tests {
             p.roles = vec![std::sync::Arc::from(name)].into();
             OutputPolicy::for_caller(&c, &p)
         };
-        let pred = Prediction {
-            labels: vec![1, 0],
-            probabilities: Some(vec![0.35, 0.65, 0.9, 0.1]),
-        };
+        let pred = answer(&[1, 0], &[0.35, 0.65, 0.9, 0.1]);
         let app = as_role("app");
-        let shown = app.apply(&c, &pred, app.default_outputs());
+        let shown = app.apply(&c, &pred, 2, &app.default_outputs(&c)).unwrap();
         // Row 0: 0.65 < 0.7 -> uncertain, and no probabilities; row 1: top-1
         // keeps only the larger class.
-        assert_eq!(shown.labels, Some(vec![UNCERTAIN, "x"]));
-        assert_eq!(shown.probabilities, Some(vec![0.0, 0.0, 0.9, 0.0]));
+        assert_eq!(labels(&shown), Some(vec![UNCERTAIN, "x"]));
+        assert_eq!(probs(&shown), Some(vec![0.0, 0.0, 0.9, 0.0]));
 
         let noisy = as_role("noisy");
-        let a = noisy.apply(&c, &pred, noisy.default_outputs());
-        let b = noisy.apply(&c, &pred, noisy.default_outputs());
-        let p = a.probabilities.unwrap();
-        assert_ne!(Some(p.clone()), b.probabilities, "fresh noise per answer");
+        let a = noisy
+            .apply(&c, &pred, 2, &noisy.default_outputs(&c))
+            .unwrap();
+        let b = noisy
+            .apply(&c, &pred, 2, &noisy.default_outputs(&c))
+            .unwrap();
+        let p = probs(&a).unwrap();
+        assert_ne!(Some(p.clone()), probs(&b), "fresh noise per answer");
         for row in p.chunks(2) {
             assert!(row.iter().all(|v| (0.0..=1.0).contains(v)));
             assert!((row.iter().sum::<f64>() - 1.0).abs() < 1e-5, "{row:?}");
         }
-        assert_eq!(a.labels, Some(vec!["y", "x"]), "labels come from the model");
+        assert_eq!(
+            labels(&a),
+            Some(vec!["y", "x"]),
+            "labels come from the model"
+        );
 
         // A bad card is refused naming the key.
         for bad in ["top_k = 3", "confidence_threshold = 1.5", "noise = -1"] {
@@ -440,5 +454,49 @@ mod tests {
             let e = parse(&text).unwrap_err();
             assert!(e.0.starts_with("policy."), "{e}");
         }
+    }
+
+    /// A regressor shows its value rounded and clamped; further outputs
+    /// only where listed; a tensor model nothing unless listed.
+    #[test]
+    fn regression_and_tensor_outputs_follow_the_card() {
+        let text = "task = \"regression\"\n[[inputs]]\nname = \"x\"\ndatatype = \"FP32\"\nshape = [-1, 2]\n[[outputs]]\nname = \"v\"\ndatatype = \"FP32\"\nshape = [-1]\n[[outputs]]\nname = \"e\"\ndatatype = \"FP32\"\nshape = [-1, 2]\n[regression]\noutput = \"v\"\n[policy]\nclamp = [0.0, 10.0]\n[policy.roles.admin]\noutputs = [\"e\"]\ndecimals = 3\n";
+        let c = parse(text).unwrap();
+        let out = vec![
+            Tensor {
+                name: "v".into(),
+                shape: vec![2],
+                data: TensorData::F32(vec![3.14159, 42.0]),
+            },
+            Tensor {
+                name: "e".into(),
+                shape: vec![2, 2],
+                data: TensorData::F32(vec![0.12345, 1.0, 2.0, 3.0]),
+            },
+        ];
+        let p = c.policy;
+        let shown = p.apply(&c, &out, 2, &p.default_outputs(&c)).unwrap();
+        assert_eq!(shown.tensors.len(), 1);
+        assert_eq!(shown.tensors[0].data, ShownData::Floats(vec![3.14, 10.0]));
+        assert!(p.check_requested(&c, &[1]).is_err());
+        let admin = c.policy_for(["admin"]);
+        let shown = admin
+            .apply(&c, &out, 2, &admin.default_outputs(&c))
+            .unwrap();
+        assert_eq!(
+            shown.tensors[1].data,
+            ShownData::Floats(vec![0.123, 1.0, 2.0, 3.0])
+        );
+
+        let tensor = text
+            .replace("task = \"regression\"", "task = \"tensor\"")
+            .replace("[regression]\noutput = \"v\"\n", "")
+            .replace("clamp = [0.0, 10.0]", "");
+        let c = parse(&tensor).unwrap();
+        assert!(
+            c.policy.default_outputs(&c).is_empty(),
+            "nothing by default"
+        );
+        assert_eq!(c.policy_for(["admin"]).default_outputs(&c), [1]);
     }
 }

@@ -552,7 +552,7 @@ fn has_pickle(dir: &Path) -> bool {
 pub(crate) mod tests {
     use super::*;
     use crate::policy::OutputPolicy;
-    use crate::request::{OutputKind, Protocol, parse};
+    use crate::request::{Protocol, parse};
 
     /// The repo's ONNX Runtime, fetched by scripts/setup.sh. Tests fail (never
     /// skip) without it.
@@ -594,80 +594,125 @@ pub(crate) mod tests {
         Repository::load(&dir, settings).unwrap()
     }
 
+    /// Fixtures of the first demo models: rows of features, labels and
+    /// probabilities (scripts/train_demo_models.py).
     #[derive(serde::Deserialize)]
-    struct Fixture {
+    struct RowFixture {
         inputs: Vec<Vec<f64>>,
         labels: Vec<String>,
         probabilities: Vec<Vec<f64>>,
     }
 
-    /// Every fixture row, through the v1 parser and the engine, agrees with
-    /// Python onnxruntime: labels equal, probabilities within 1e-5.
+    /// Fixtures of the tensor demo models: cases of input and output
+    /// tensors (scripts/train_tensor_models.py).
+    #[derive(serde::Deserialize)]
+    struct TensorFixture {
+        cases: Vec<Case>,
+    }
+
+    #[derive(serde::Deserialize)]
+    struct Case {
+        inputs: Vec<serde_json::Value>,
+        outputs: Vec<FixtureOutput>,
+    }
+
+    #[derive(serde::Deserialize)]
+    struct FixtureOutput {
+        name: String,
+        shape: Vec<usize>,
+        data: Vec<serde_json::Value>,
+    }
+
+    /// Every demo model agrees with Python onnxruntime on every output of
+    /// every fixture, through the request parser (v1 rows for the tabular
+    /// models, v2 tensors for the others) and the engine: integers equal,
+    /// floats within 1e-5 (relative to the value for large ones).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn demo_models_agree_with_python_onnxruntime() {
         let repo = demo_repository();
-        assert_eq!(repo.len(), 3);
+        assert_eq!(repo.len(), 7);
         for model in repo.models() {
             let path = Path::new(env!("CARGO_MANIFEST_DIR"))
                 .join("../../models")
                 .join(&model.name)
                 .join("fixtures.json");
-            let fixture: Fixture = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-            let body =
-                serde_json::to_vec(&serde_json::json!({ "instances": fixture.inputs })).unwrap();
-            let request = parse(Protocol::V1, &model.card, &body, 32).unwrap();
+            let text = std::fs::read(&path).unwrap();
             let version = model.version(None).unwrap();
-            let prediction = version
-                .backend
-                .infer(request.rows, request.values)
-                .await
-                .unwrap();
-            let labels: Vec<&str> = prediction
-                .labels
-                .iter()
-                .map(|&l| model.card.classes[l].as_str())
-                .collect();
-            assert_eq!(labels, fixture.labels, "{}", model.name);
-            let probs = prediction.probabilities.unwrap();
-            let expected: Vec<f64> = fixture.probabilities.concat();
-            assert_eq!(probs.len(), expected.len());
-            for (i, (got, want)) in probs.iter().zip(&expected).enumerate() {
-                assert!(
-                    (f64::from(*got) - want).abs() <= 1e-5,
-                    "{} value {i}: {got} vs {want}",
-                    model.name
-                );
-            }
-            // The output policy keeps labels and only rounds probabilities.
-            let policy = OutputPolicy {
-                probabilities: true,
-                decimals: 2,
-                top_k: None,
-                confidence_threshold: None,
-                noise: 0.0,
-            };
-            let p2 = version
-                .backend
-                .infer(
-                    1,
-                    parse(
-                        Protocol::V1,
-                        &model.card,
-                        &serde_json::to_vec(&serde_json::json!({"instances": [fixture.inputs[0]]}))
-                            .unwrap(),
-                        32,
-                    )
+            if let Ok(fixture) = serde_json::from_slice::<RowFixture>(&text) {
+                let body = serde_json::to_vec(&serde_json::json!({ "instances": fixture.inputs }))
+                    .unwrap();
+                let request = parse(Protocol::V1, &model.card, &body, 32).unwrap();
+                let rows = request.rows();
+                let answer = version.backend.infer(request.batch).await.unwrap();
+                let labels: Vec<&str> = crate::task::class_indices(&model.card, &answer)
                     .unwrap()
-                    .values,
-                )
-                .await
-                .unwrap();
-            let shown = policy.apply(
-                &model.card,
-                &p2,
-                &[OutputKind::Label, OutputKind::Probabilities],
+                    .iter()
+                    .map(|&l| model.card.classes()[l].as_str())
+                    .collect();
+                assert_eq!(labels, fixture.labels, "{}", model.name);
+                let probs = crate::task::probabilities(&model.card, &answer).unwrap();
+                close(
+                    &model.name,
+                    &probs.iter().map(|&v| f64::from(v)).collect::<Vec<_>>(),
+                    &fixture.probabilities.concat(),
+                );
+                // The output policy keeps labels and only rounds probabilities.
+                let policy = OutputPolicy {
+                    probabilities: true,
+                    ..OutputPolicy::DEFAULT
+                };
+                let shown = policy
+                    .apply(
+                        &model.card,
+                        &answer,
+                        rows,
+                        &policy.default_outputs(&model.card),
+                    )
+                    .unwrap();
+                assert_eq!(
+                    shown.tensors[0].data,
+                    crate::policy::ShownData::Labels(
+                        fixture.labels.iter().map(String::as_str).collect()
+                    ),
+                );
+                continue;
+            }
+            let fixture: TensorFixture = serde_json::from_slice(&text).unwrap();
+            assert!(!fixture.cases.is_empty());
+            for (k, case) in fixture.cases.into_iter().enumerate() {
+                let body =
+                    serde_json::to_vec(&serde_json::json!({ "inputs": case.inputs })).unwrap();
+                let request = parse(Protocol::V2, &model.card, &body, 32)
+                    .unwrap_or_else(|e| panic!("{} case {k}: {e:?}", model.name));
+                let answer = version.backend.infer(request.batch).await.unwrap();
+                for want in &case.outputs {
+                    let Some(i) = model.card.output_index(&want.name) else {
+                        continue;
+                    };
+                    let got = &answer[i];
+                    assert_eq!(got.shape, want.shape, "{} {}", model.name, want.name);
+                    let expected: Vec<f64> =
+                        want.data.iter().map(|v| v.as_f64().unwrap()).collect();
+                    let values: Vec<f64> = (0..got.data.len())
+                        .map(|j| got.data.number(j).unwrap())
+                        .collect();
+                    close(
+                        &format!("{} case {k} {}", model.name, want.name),
+                        &values,
+                        &expected,
+                    );
+                }
+            }
+        }
+    }
+
+    fn close(what: &str, got: &[f64], want: &[f64]) {
+        assert_eq!(got.len(), want.len(), "{what}");
+        for (i, (g, w)) in got.iter().zip(want).enumerate() {
+            assert!(
+                (g - w).abs() <= 1e-5 * w.abs().max(1.0),
+                "{what} value {i}: {g} vs {w}"
             );
-            assert_eq!(shown.labels.unwrap()[0], fixture.labels[0]);
         }
     }
 
@@ -701,7 +746,7 @@ pub(crate) mod tests {
         )
         .unwrap();
         let e = Repository::load(&tmp, settings).unwrap_err();
-        assert!(e.message.contains("3 features"), "{e}");
+        assert!(e.message.contains("dimension 1 is 4 in the graph"), "{e}");
         // Wrong input name.
         std::fs::write(
             model_dir.join("model.toml"),
@@ -709,7 +754,7 @@ pub(crate) mod tests {
         )
         .unwrap();
         let e = Repository::load(&tmp, settings).unwrap_err();
-        assert!(e.message.contains("input.name"), "{e}");
+        assert!(e.message.contains("does not declare"), "{e}");
         // Wrong number of classes.
         std::fs::write(
             model_dir.join("model.toml"),
@@ -731,7 +776,21 @@ pub(crate) mod tests {
 mod batching_tests {
     use super::tests::runtime;
     use super::*;
-    use crate::engine::EngineError;
+    use crate::engine::{Batch, EngineError};
+    use warden_tensor::{Tensor, TensorData};
+
+    /// Rows of iris features as a batch.
+    fn rows(values: Vec<f32>) -> Batch {
+        let n = values.len() / 4;
+        Batch {
+            rows: n,
+            inputs: vec![Tensor {
+                name: "input".into(),
+                shape: vec![n, 4],
+                data: TensorData::F32(values),
+            }],
+        }
+    }
 
     fn iris(queue: usize) -> (Arc<dyn Backend>, serde_json::Value) {
         iris_with(queue, std::time::Duration::from_secs(2), true)
@@ -798,19 +857,17 @@ mod batching_tests {
                 let values: Vec<f32> = rows.iter().flat_map(|&i| inputs[i].clone()).collect();
                 let backend = Arc::clone(&backend);
                 tasks.push(tokio::spawn(async move {
-                    (rows.clone(), backend.infer(rows.len(), values).await)
+                    let batch = super::batching_tests::rows(values);
+                    (rows.clone(), backend.infer(batch).await)
                 }));
             }
         }
         for task in tasks {
             let (rows, result) = task.await.unwrap();
-            let prediction = result.unwrap();
-            let expected: Vec<usize> = rows
-                .iter()
-                .map(|&i| labels[i].as_u64().unwrap() as usize)
-                .collect();
-            assert_eq!(prediction.labels, expected);
-            assert_eq!(prediction.probabilities.unwrap().len(), rows.len() * 3);
+            let answer = result.unwrap();
+            let expected: Vec<i64> = rows.iter().map(|&i| labels[i].as_i64().unwrap()).collect();
+            assert_eq!(answer[0].data, TensorData::I64(expected));
+            assert_eq!(answer[1].data.len(), rows.len() * 3);
         }
     }
 
@@ -820,7 +877,7 @@ mod batching_tests {
         let (backend, _) = iris(4);
         // On one thread nothing drains until this task yields, so the queue fills.
         let futures: Vec<_> = (0..10)
-            .map(|_| backend.infer(1, vec![5.1, 3.5, 1.4, 0.2]))
+            .map(|_| backend.infer(rows(vec![5.1, 3.5, 1.4, 0.2])))
             .collect();
         let results = futures_join(futures).await;
         let overloaded = results
@@ -836,7 +893,7 @@ mod batching_tests {
     async fn requests_past_the_queue_timeout_are_shed() {
         let (backend, _) = iris_with(16, std::time::Duration::ZERO, true);
         let futures: Vec<_> = (0..3)
-            .map(|_| backend.infer(1, vec![5.1, 3.5, 1.4, 0.2]))
+            .map(|_| backend.infer(rows(vec![5.1, 3.5, 1.4, 0.2])))
             .collect();
         for r in futures_join(futures).await {
             assert!(matches!(r, Err(EngineError::Overloaded)), "{r:?}");

@@ -105,7 +105,14 @@ impl DataType {
     pub const fn is_integer(self) -> bool {
         matches!(
             self,
-            Self::U8 | Self::U16 | Self::U32 | Self::U64 | Self::I8 | Self::I16 | Self::I32 | Self::I64
+            Self::U8
+                | Self::U16
+                | Self::U32
+                | Self::U64
+                | Self::I8
+                | Self::I16
+                | Self::I32
+                | Self::I64
         )
     }
 
@@ -427,9 +434,7 @@ impl TensorData {
                     };
                     let len = u32::from_le_bytes(*len) as usize;
                     if len > tail.len() {
-                        return Err(DecodeError::PastTheEnd {
-                            element: out.len(),
-                        });
+                        return Err(DecodeError::PastTheEnd { element: out.len() });
                     }
                     let (s, tail) = tail.split_at(len);
                     out.push(s.to_vec());
@@ -616,7 +621,14 @@ mod tests {
 
     #[test]
     fn half_floats_convert_both_ways() {
-        for v in [0.0f32, 1.0, -2.5, 65504.0, 0.000_061_035_156, 5.960_464_5e-8] {
+        for v in [
+            0.0f32,
+            1.0,
+            -2.5,
+            65504.0,
+            0.000_061_035_156,
+            5.960_464_5e-8,
+        ] {
             assert_eq!(f16_to_f32(f32_to_f16(v)), v, "{v}");
         }
         assert_eq!(f32_to_f16(1e6), 0x7c00);

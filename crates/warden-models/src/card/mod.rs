@@ -464,61 +464,64 @@ impl ModelCard {
         };
 
         // The first card format becomes the tensor form.
-        let (raw_inputs, raw_outputs, classification, input_key) =
-            match (raw.input, raw.output) {
-                (Some(input), Some(output)) => {
-                    if !raw.inputs.is_empty() || !raw.outputs.is_empty() || raw.classification.is_some() {
-                        return Err(bad(
-                            "input",
-                            "[input]/[output] (first card format) and [[inputs]]/[[outputs]] do not mix",
-                        ));
-                    }
-                    if input.datatype != "FP32" {
-                        return Err(bad("input.datatype", "only \"FP32\" in this card format"));
-                    }
-                    if input.features.is_empty() {
-                        return Err(bad("input.features", "at least one feature is required"));
-                    }
-                    let mut outputs = vec![RawOutputSpec {
-                        name: output.label.clone(),
-                        datatype: "INT64".into(),
-                        shape: if batched { vec![-1] } else { vec![1] },
-                    }];
-                    if let Some(p) = &output.probabilities {
-                        let c = output.classes.len().max(1) as i64;
-                        outputs.push(RawOutputSpec {
-                            name: p.clone(),
-                            datatype: "FP32".into(),
-                            shape: if batched { vec![-1, c] } else { vec![1, c] },
-                        });
-                    }
-                    let inputs = vec![RawInputSpec {
-                        name: input.name,
-                        datatype: input.datatype,
-                        shape: None,
-                        features: input.features,
-                        range: None,
-                        min: None,
-                        max: None,
-                        mean: None,
-                        std: None,
-                        ids: None,
-                        categories: None,
-                        max_length: None,
-                        max_shape: None,
-                        max_elements: None,
-                        image: false,
-                    }];
-                    let classification = RawClassification {
-                        label: output.label,
-                        probabilities: output.probabilities,
-                        classes: output.classes,
-                    };
-                    (inputs, outputs, Some(classification), "input")
+        let (raw_inputs, raw_outputs, classification, input_key) = match (raw.input, raw.output) {
+            (Some(input), Some(output)) => {
+                if !raw.inputs.is_empty() || !raw.outputs.is_empty() || raw.classification.is_some()
+                {
+                    return Err(bad(
+                        "input",
+                        "[input]/[output] (first card format) and [[inputs]]/[[outputs]] do not mix",
+                    ));
                 }
-                (None, None) => (raw.inputs, raw.outputs, raw.classification, "inputs"),
-                _ => return Err(bad("input", "[input] and [output] go together")),
-            };
+                if input.datatype != "FP32" {
+                    return Err(bad("input.datatype", "only \"FP32\" in this card format"));
+                }
+                if input.features.is_empty() {
+                    return Err(bad("input.features", "at least one feature is required"));
+                }
+                if output.classes.is_empty() {
+                    return Err(bad("output.classes", "at least one class is required"));
+                }
+                let mut outputs = vec![RawOutputSpec {
+                    name: output.label.clone(),
+                    datatype: "INT64".into(),
+                    shape: if batched { vec![-1] } else { vec![1] },
+                }];
+                if let Some(p) = &output.probabilities {
+                    let c = output.classes.len().max(1) as i64;
+                    outputs.push(RawOutputSpec {
+                        name: p.clone(),
+                        datatype: "FP32".into(),
+                        shape: if batched { vec![-1, c] } else { vec![1, c] },
+                    });
+                }
+                let inputs = vec![RawInputSpec {
+                    name: input.name,
+                    datatype: input.datatype,
+                    shape: None,
+                    features: input.features,
+                    range: None,
+                    min: None,
+                    max: None,
+                    mean: None,
+                    std: None,
+                    ids: None,
+                    categories: None,
+                    max_length: None,
+                    max_shape: None,
+                    max_elements: None,
+                    image: false,
+                }];
+                let classification = RawClassification {
+                    label: output.label,
+                    probabilities: output.probabilities,
+                    classes: output.classes,
+                };
+                (inputs, outputs, Some(classification), "input")
+            }
+            (None, None) => (raw.inputs, raw.outputs, raw.classification, "inputs"),
+            _ => return Err(bad("input", "[input] and [output] go together")),
+        };
         if raw_inputs.is_empty() {
             return Err(bad("inputs", "at least one [[inputs]] table is required"));
         }
@@ -537,7 +540,10 @@ impl ModelCard {
             };
             let spec = spec::input(&key, r, &cx)?;
             if inputs.iter().any(|o| o.name == spec.name) {
-                return Err(CardError(format!("{key}.name: {:?} is repeated", spec.name)));
+                return Err(CardError(format!(
+                    "{key}.name: {:?} is repeated",
+                    spec.name
+                )));
             }
             inputs.push(spec);
         }
@@ -546,7 +552,10 @@ impl ModelCard {
             let key = format!("outputs[{i}]");
             let spec = spec::output(&key, r)?;
             if outputs.iter().any(|o| o.name == spec.name) {
-                return Err(CardError(format!("{key}.name: {:?} is repeated", spec.name)));
+                return Err(CardError(format!(
+                    "{key}.name: {:?} is repeated",
+                    spec.name
+                )));
             }
             if batched && spec.shape.first() != Some(&-1) {
                 return Err(CardError(format!(
@@ -556,7 +565,12 @@ impl ModelCard {
             outputs.push(spec);
         }
 
-        let task = task(raw.task.as_deref(), classification, raw.regression, &outputs)?;
+        let task = task(
+            raw.task.as_deref(),
+            classification,
+            raw.regression,
+            &outputs,
+        )?;
         let policy_key = |k: &str| k.to_owned();
         let default_policy = policy(
             &policy_key("policy"),
@@ -679,13 +693,17 @@ fn task(
     };
     let find = |key: &str, name: &str| {
         outputs.iter().position(|o| o.name == name).ok_or_else(|| {
-            CardError(format!("{key}: {name:?} is not one of the card's [[outputs]]"))
+            CardError(format!(
+                "{key}: {name:?} is not one of the card's [[outputs]]"
+            ))
         })
     };
     match (named, classification, regression) {
         ("classification", Some(c), None) => {
             if c.classes.is_empty() {
-                return Err(CardError("classification.classes: at least one class is required".into()));
+                return Err(CardError(
+                    "classification.classes: at least one class is required".into(),
+                ));
             }
             let label = find("classification.label", &c.label)?;
             let l = &outputs[label];
@@ -760,7 +778,12 @@ fn policy(
             probabilities,
             classes,
             label,
-        } => (true, probabilities.is_some(), classes.len(), vec![Some(*label), *probabilities]),
+        } => (
+            true,
+            probabilities.is_some(),
+            classes.len(),
+            vec![Some(*label), *probabilities],
+        ),
         Task::Regression { output } => (false, false, 0, vec![Some(*output)]),
         Task::Tensor => (false, false, 0, Vec::new()),
     };
@@ -875,9 +898,8 @@ fn defense_settings(
     inputs: &[InputSpec],
     task: &Task,
 ) -> Result<(Option<usize>, crate::defenses::DefenseSettings), CardError> {
-    let any = raw.out_of_distribution.is_some()
-        || raw.adversarial.is_some()
-        || raw.extraction.is_some();
+    let any =
+        raw.out_of_distribution.is_some() || raw.adversarial.is_some() || raw.extraction.is_some();
     if !any {
         if raw.input.is_some() {
             return Err(CardError("defenses.input: no defense is configured".into()));
@@ -891,7 +913,9 @@ fn defense_settings(
         .collect();
     let watched = match &raw.input {
         Some(name) => inputs.iter().position(|i| &i.name == name).ok_or_else(|| {
-            CardError(format!("defenses.input: {name:?} is not one of the card's inputs"))
+            CardError(format!(
+                "defenses.input: {name:?} is not one of the card's inputs"
+            ))
         })?,
         None => match numeric.as_slice() {
             [only] => *only,
@@ -1090,26 +1114,39 @@ classes = ["x", "y"]
     #[test]
     fn parses_and_widens_ranges() {
         let c = ModelCard::parse(CARD, DEFAULTS).unwrap();
+        let input = &c.inputs[0];
         assert_eq!(
-            c.features[0].kind,
+            input.features[0].kind,
             FeatureKind::Numeric { lo: -2.5, hi: 12.5 }
         );
-        assert_eq!(c.feature_index["colour"], 1);
+        assert_eq!(input.feature_index["colour"], 1);
+        assert_eq!(input.shape, [-1, 3]);
+        assert_eq!(input.datatype, DataType::F32);
+        assert_eq!(c.outputs[0].datatype, DataType::I64);
+        assert_eq!(c.outputs[1].shape, [-1, 2]);
+        assert!(matches!(
+            c.task,
+            Task::Classification {
+                label: 0,
+                probabilities: Some(1),
+                ..
+            }
+        ));
         assert_eq!(c.policy, PolicyDefaults::DEFAULT);
         assert_eq!(c.max_batch, 64);
         assert!(c.dynamic_batching);
         let off = ModelCard::parse(&format!("dynamic_batching = false\n{CARD}"), DEFAULTS).unwrap();
         assert!(!off.dynamic_batching);
-        let f = &c.features[0];
+        let f = &c.inputs[0].features[0];
         assert_eq!(f.check_number(12.0), Ok(12.0));
         assert!(f.check_number(13.0).is_err());
         assert!(f.check_number(f64::NAN).is_err());
         assert!(f.check_str("x").is_err());
         assert_eq!(
-            c.features[2].kind,
+            c.inputs[0].features[2].kind,
             FeatureKind::Numeric { lo: 0.0, hi: 16.0 }
         );
-        let colour = &c.features[1];
+        let colour = &c.inputs[0].features[1];
         assert_eq!(colour.check_str("green"), Ok(1.0));
         assert_eq!(colour.check_number(0.0), Ok(0.0));
         assert!(colour.check_number(2.0).is_err() && colour.check_number(0.5).is_err());
@@ -1161,7 +1198,164 @@ classes = ["x", "y"]
         let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models");
         for name in ["iris", "breast-cancer", "digits"] {
             let card = ModelCard::load(&models.join(name).join("model.toml"), DEFAULTS).unwrap();
-            assert!(!card.features.is_empty() && !card.classes.is_empty());
+            assert!(
+                card.tabular().is_some() && !card.classes().is_empty(),
+                "{name}"
+            );
         }
+        for (name, task) in [
+            ("diabetes", "regression"),
+            ("recommender", "regression"),
+            ("digits-cnn", "classification"),
+            ("sentiment", "classification"),
+        ] {
+            let card = ModelCard::load(&models.join(name).join("model.toml"), DEFAULTS).unwrap();
+            assert_eq!(card.task.as_str(), task, "{name}");
+        }
+    }
+
+    const TENSOR_CARD: &str = r#"
+task = "classification"
+[[inputs]]
+name = "ids"
+datatype = "INT64"
+shape = [-1, -1]
+ids = 100
+max_shape = [8, 32]
+[[inputs]]
+name = "mask"
+datatype = "BOOL"
+shape = [-1, -1]
+max_shape = [8, 32]
+[[outputs]]
+name = "label"
+datatype = "INT64"
+shape = [-1]
+[[outputs]]
+name = "probabilities"
+datatype = "FP32"
+shape = [-1, 2]
+[[outputs]]
+name = "logits"
+datatype = "FP32"
+shape = [-1, 2]
+[classification]
+label = "label"
+probabilities = "probabilities"
+classes = ["no", "yes"]
+[policy.roles.admin]
+output = "probabilities"
+outputs = ["logits"]
+"#;
+
+    #[test]
+    fn tensor_cards_declare_every_input_and_output() {
+        let c = ModelCard::parse(TENSOR_CARD, DEFAULTS).unwrap();
+        assert_eq!(c.inputs.len(), 2);
+        assert_eq!(c.inputs[0].valid, Valid::Ids(100));
+        assert_eq!(c.inputs[0].max_shape, [8, 32]);
+        assert_eq!(c.inputs[0].max_elements, 256);
+        assert_eq!(c.inputs[1].datatype, DataType::Bool);
+        let admin = c.policy_for(["admin"]);
+        assert!(admin.probabilities && admin.shows(2));
+        assert!(
+            !c.policy.probabilities && !c.policy.shows(2),
+            "secure default"
+        );
+    }
+
+    #[test]
+    fn tensor_cards_are_refused_naming_the_key() {
+        let cases = [
+            (
+                TENSOR_CARD.replace("max_shape = [8, 32]\n[[inputs]]", "[[inputs]]"),
+                "inputs[0].max_shape",
+            ),
+            (
+                TENSOR_CARD.replace(
+                    "\"INT64\"\nshape = [-1, -1]\nids",
+                    "\"FP32\"\nshape = [-1, -1]\nids",
+                ),
+                "inputs[0].ids",
+            ),
+            (
+                TENSOR_CARD.replace("\"BOOL\"", "\"STRING\""),
+                "inputs[1].datatype",
+            ),
+            (
+                TENSOR_CARD.replace(
+                    "shape = [-1, 2]\n[[outputs]]",
+                    "shape = [-1, 3]\n[[outputs]]",
+                ),
+                "classification.probabilities",
+            ),
+            (
+                TENSOR_CARD.replace("outputs = [\"logits\"]", "outputs = [\"nope\"]"),
+                "policy.roles.admin.outputs",
+            ),
+            (
+                TENSOR_CARD.replace("label = \"label\"", "label = \"logits\""),
+                "classification.label",
+            ),
+            (
+                TENSOR_CARD.replace("task = \"classification\"", "task = \"ranking\""),
+                "task",
+            ),
+            (
+                TENSOR_CARD.replace("shape = [-1, -1]\nids", "shape = [4, -1]\nids"),
+                "inputs[0].shape",
+            ),
+            (
+                format!("{TENSOR_CARD}\n[defenses.extraction]\n"),
+                "defenses",
+            ),
+        ];
+        for (text, key) in cases {
+            let e = ModelCard::parse(&text, DEFAULTS).unwrap_err().to_string();
+            assert!(e.starts_with(key), "{key}: {e}");
+        }
+    }
+
+    /// A first-format card and the same card written as tensors are the
+    /// same checked card.
+    #[test]
+    fn the_first_card_format_is_the_same_card() {
+        let tensor = r#"
+description = "t"
+[[inputs]]
+name = "input"
+datatype = "FP32"
+shape = [-1, 3]
+[[inputs.features]]
+name = "a"
+min = 0.0
+max = 10.0
+[[inputs.features]]
+name = "colour"
+categories = ["red", "green"]
+[[inputs.features]]
+name = "pixel"
+min = 0.0
+max = 0.0
+range = [0.0, 16.0]
+[[outputs]]
+name = "label"
+datatype = "INT64"
+shape = [-1]
+[[outputs]]
+name = "probabilities"
+datatype = "FP32"
+shape = [-1, 2]
+[classification]
+label = "label"
+probabilities = "probabilities"
+classes = ["x", "y"]
+"#;
+        let a = ModelCard::parse(CARD, DEFAULTS).unwrap();
+        let b = ModelCard::parse(tensor, DEFAULTS).unwrap();
+        assert_eq!(a.inputs, b.inputs);
+        assert_eq!(a.outputs, b.outputs);
+        assert_eq!(a.task, b.task);
+        assert_eq!(a.policy, b.policy);
     }
 }

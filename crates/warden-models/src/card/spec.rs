@@ -319,7 +319,10 @@ pub(super) fn input(
 ) -> Result<InputSpec, CardError> {
     let bad = |k: &str, msg: String| CardError(format!("{key}{k}: {msg}"));
     if !warden_core::is_model_name(&raw.name) && !is_tensor_name(&raw.name) {
-        return Err(bad(".name", "1-128 letters, digits, '_', '-', '.', ':' or '/'".into()));
+        return Err(bad(
+            ".name",
+            "1-128 letters, digits, '_', '-', '.', ':' or '/'".into(),
+        ));
     }
     let datatype = DataType::parse(&raw.datatype).ok_or_else(|| {
         bad(
@@ -344,7 +347,12 @@ pub(super) fn input(
     }
     let shape = match (raw.shape, features.len()) {
         (Some(s), _) => s,
-        (None, 0) => return Err(bad(".shape", "is required (use -1 for a dynamic dimension)".into())),
+        (None, 0) => {
+            return Err(bad(
+                ".shape",
+                "is required (use -1 for a dynamic dimension)".into(),
+            ));
+        }
         (None, n) if cx.batched => vec![-1, n as i64],
         (None, n) => vec![n as i64],
     };
@@ -397,7 +405,9 @@ pub(super) fn input(
                 if cap == 0 || (dim > 0 && cap != dim as usize) {
                     return Err(bad(
                         ".max_shape",
-                        format!("dimension {i}: a fixed dimension's cap is its size; caps are at least 1"),
+                        format!(
+                            "dimension {i}: a fixed dimension's cap is its size; caps are at least 1"
+                        ),
                     ));
                 }
             }
@@ -444,30 +454,55 @@ pub(super) fn input(
             "only for a BYTES input (a tabular column takes categories per feature)".into(),
         ));
     }
-    let valid = match (datatype, raw.range, raw.ids, raw.categories, raw.min.zip(raw.max)) {
+    let valid = match (
+        datatype,
+        raw.range,
+        raw.ids,
+        raw.categories,
+        raw.min.zip(raw.max),
+    ) {
         (DataType::Bytes, None, None, Some(c), None) if !c.is_empty() => Valid::Categories(c),
         (DataType::Bytes, None, None, None, None) => Valid::Any,
         (DataType::Bytes, ..) => {
-            return Err(bad("", "a BYTES input takes categories or max_length, not range, ids, min or max".into()));
+            return Err(bad(
+                "",
+                "a BYTES input takes categories or max_length, not range, ids, min or max".into(),
+            ));
         }
         (DataType::Bool, None, None, None, None) => Valid::Any,
-        (DataType::Bool, ..) => return Err(bad("", "a BOOL input takes no range, ids, min or max".into())),
+        (DataType::Bool, ..) => {
+            return Err(bad(
+                "",
+                "a BOOL input takes no range, ids, min or max".into(),
+            ));
+        }
         (d, None, Some(n), None, None) if d.is_integer() && n > 0 => Valid::Ids(n),
         (_, None, Some(_), ..) => {
-            return Err(bad(".ids", "needs an integer datatype, a count of at least 1, and no range, min or max".into()));
+            return Err(bad(
+                ".ids",
+                "needs an integer datatype, a count of at least 1, and no range, min or max".into(),
+            ));
         }
         (_, Some([lo, hi]), None, None, _) if lo.is_finite() && hi.is_finite() && lo <= hi => {
             Valid::Range { lo, hi }
         }
         (_, Some(_), ..) | (_, None, None, Some(_), _) => {
-            return Err(bad(".range", "must be [lo, hi], finite, with lo <= hi, without ids".into()));
+            return Err(bad(
+                ".range",
+                "must be [lo, hi], finite, with lo <= hi, without ids".into(),
+            ));
         }
-        (_, None, None, None, Some((min, max))) if min.is_finite() && max.is_finite() && min <= max => {
+        (_, None, None, None, Some((min, max)))
+            if min.is_finite() && max.is_finite() && min <= max =>
+        {
             let (lo, hi) = widened(min, max, cx.tolerance);
             Valid::Range { lo, hi }
         }
         (_, None, None, None, Some(_)) => {
-            return Err(bad("", "min and max must both be finite with min <= max".into()));
+            return Err(bad(
+                "",
+                "min and max must both be finite with min <= max".into(),
+            ));
         }
         (d, None, None, None, None) => match d.integer_bounds() {
             Some((lo, hi)) => Valid::Range {

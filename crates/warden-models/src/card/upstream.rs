@@ -165,4 +165,3 @@ pub(super) fn upstream(raw: RawUpstream) -> Result<Upstream, CardError> {
         breaker_open_for: positive("breaker_open_for", raw.breaker_open_for, 10_000)?,
     })
 }
-

@@ -138,9 +138,7 @@ impl Monitor {
             .or_default();
         state.last_seen = states.clock;
         if state.classes.len() < classes.max(1) {
-            state
-                .classes
-                .resize_with(classes.max(1), ClassSet::default);
+            state.classes.resize_with(classes.max(1), ClassSet::default);
         }
         let mut newly = false;
         for (row, &label) in values.chunks(width).zip(labels) {
@@ -260,11 +258,11 @@ mod tests {
     use super::*;
     use crate::defenses::Action;
 
-    fn card() -> ModelCard {
+    fn card() -> crate::ModelCard {
         let features: String = (0..2)
             .map(|i| format!("[[input.features]]\nname = \"f{i}\"\nmin = -10.0\nmax = 10.0\nmean = 0.0\nstd = 1.0\n"))
             .collect();
-        ModelCard::parse(
+        crate::ModelCard::parse(
             &format!("[input]\nname = \"input\"\n{features}[output]\nlabel = \"l\"\nclasses = [\"a\", \"b\"]\n"),
             crate::card::CardDefaults {
                 max_batch: 8,
@@ -309,7 +307,7 @@ mod tests {
                 (centre + r * (std::f64::consts::TAU * v).cos()) as f32,
                 (r * (std::f64::consts::TAU * v).sin()) as f32,
             ];
-            let verdict = m.observe(&c, &benign, &x, &[class]);
+            let verdict = m.observe(&c.inputs[0], c.classes().len(), &benign, &x, &[class]);
             assert_eq!(verdict.flagged, None, "benign traffic flagged");
         }
         // Attack: a Papernot-style walk, each query a small step from the last.
@@ -319,7 +317,13 @@ mod tests {
         for q in 0..600 {
             x[0] += 0.01 * (lcg(&mut seed) as f32 - 0.5);
             x[1] += 0.01;
-            let verdict = m.observe(&c, &attacker, &x, &[usize::from(x[0] > 0.0)]);
+            let verdict = m.observe(
+                &c.inputs[0],
+                c.classes().len(),
+                &attacker,
+                &x,
+                &[usize::from(x[0] > 0.0)],
+            );
             if verdict.newly {
                 flagged_at = Some(q);
                 break;
@@ -338,7 +342,7 @@ mod tests {
             let id: Arc<str> = format!("key:{p}").into();
             for _ in 0..400 {
                 let x = [lcg(&mut seed) as f32 * 10.0, lcg(&mut seed) as f32 * 10.0];
-                m.observe(&c, &id, &x, &[0]);
+                m.observe(&c.inputs[0], c.classes().len(), &id, &x, &[0]);
             }
         }
         assert!(m.tracked() <= MAX_PRINCIPALS);
@@ -359,7 +363,9 @@ mod tests {
         let mut flagged = false;
         for q in 0..200 {
             let x = [-9.0 + q as f32 * 0.05, 0.0];
-            flagged |= m.observe(&c, &walker, &x, &[0]).newly;
+            flagged |= m
+                .observe(&c.inputs[0], c.classes().len(), &walker, &x, &[0])
+                .newly;
         }
         assert!(flagged && m.is_flagged("key:walker"));
     }

@@ -112,11 +112,11 @@ mod tests {
     /// Two standardized features (mean 0, std 1) seen in training over
     /// [-5, 5], strongly correlated: the precision matrix of
     /// [[1, 0.9], [0.9, 1]].
-    fn card() -> ModelCard {
+    fn card() -> crate::ModelCard {
         let features: String = (0..2)
             .map(|i| format!("[[input.features]]\nname = \"f{i}\"\nmin = -5.0\nmax = 5.0\nmean = 0.0\nstd = 1.0\n"))
             .collect();
-        ModelCard::parse(
+        crate::ModelCard::parse(
             &format!("[input]\nname = \"input\"\n{features}[output]\nlabel = \"l\"\nclasses = [\"a\", \"b\"]\n"),
             crate::card::CardDefaults {
                 max_batch: 8,
@@ -131,11 +131,11 @@ mod tests {
         OodDetector::load(
             &OodSettings {
                 action: Action::Flag,
-                z_threshold: 3.0,
+                z_threshold: Some(3.0),
                 mahalanobis_threshold: Some(9.0),
                 stats: Some("ood_stats.json".into()),
             },
-            &card(),
+            &card().inputs[0],
             dir,
         )
     }
@@ -149,29 +149,29 @@ mod tests {
         let d = detector(dir.path(), CORRELATED).unwrap();
         let c = card();
         // Near the training data, and along the correlation: passes.
-        assert!(!d.flags(&c, &[0.0, 0.0]));
-        assert!(!d.flags(&c, &[2.0, 2.0]));
+        assert!(!d.flags(&c.inputs[0], &[0.0, 0.0]));
+        assert!(!d.flags(&c.inputs[0], &[2.0, 2.0]));
         // Outside the training range (though within validation's tolerance).
-        assert!(d.flags(&c, &[5.5, 5.5]));
+        assert!(d.flags(&c.inputs[0], &[5.5, 5.5]));
         // |z| over 3 on one feature, inside the training range.
-        assert!(d.flags(&c, &[3.5, 3.4]));
+        assert!(d.flags(&c.inputs[0], &[3.5, 3.4]));
         // Each |z| small, but against the correlation: only Mahalanobis sees
         // it (d² = 5.26·4 + 5.26·4 + 2·4.74·4 = 80 > 9).
-        assert!(d.flags(&c, &[2.0, -2.0]));
+        assert!(d.flags(&c.inputs[0], &[2.0, -2.0]));
         // Without the matrix the same row passes: the z-score alone is blind to it.
         let z_only = OodDetector::load(
             &OodSettings {
                 action: Action::Flag,
-                z_threshold: 3.0,
+                z_threshold: Some(3.0),
                 mahalanobis_threshold: None,
                 stats: None,
             },
-            &c,
+            &c.inputs[0],
             dir.path(),
         )
         .unwrap();
-        assert!(!z_only.flags(&c, &[2.0, -2.0]));
-        assert!(z_only.flags(&c, &[3.5, 3.4]));
+        assert!(!z_only.flags(&c.inputs[0], &[2.0, -2.0]));
+        assert!(z_only.flags(&c.inputs[0], &[3.5, 3.4]));
     }
 
     #[test]

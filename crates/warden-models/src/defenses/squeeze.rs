@@ -71,11 +71,11 @@ mod tests {
     use super::*;
     use crate::defenses::Action;
 
-    fn card(n: usize) -> ModelCard {
+    fn card(n: usize) -> crate::ModelCard {
         let features: String = (0..n)
             .map(|i| format!("[[input.features]]\nname = \"p{i}\"\nrange = [0.0, 16.0]\n"))
             .collect();
-        ModelCard::parse(
+        crate::ModelCard::parse(
             &format!("[input]\nname = \"input\"\n{features}[output]\nlabel = \"l\"\nprobabilities = \"p\"\nclasses = [\"a\", \"b\"]\n"),
             crate::card::CardDefaults {
                 max_batch: 8,
@@ -95,7 +95,7 @@ mod tests {
             threshold: 0.5,
         };
         assert_eq!(squeezers(&s), 2);
-        let out = squeezed(&s, &c, &[1.0, 9.0, 16.0, 7.0]);
+        let out = squeezed(&s, &c.inputs[0], &[1.0, 9.0, 16.0, 7.0]);
         // 1 bit: each value to 0 or 16.
         assert_eq!(&out[..4], &[0.0, 16.0, 16.0, 0.0]);
         // 2x2 median with edge replication (median of four = mean of the

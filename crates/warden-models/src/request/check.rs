@@ -35,7 +35,10 @@ pub fn check(
     for wire in wires {
         match card.inputs.iter().position(|i| i.name == wire.name) {
             Some(i) if slots[i].is_some() => {
-                p.add(|| format!("{}.name", wire.field), "names an input given twice");
+                p.add(
+                    || format!("{}.name", wire.field),
+                    "names an input given twice",
+                );
             }
             Some(i) => slots[i] = Some(wire),
             None => {
@@ -114,12 +117,20 @@ fn one(
     if wire.shape.len() != rank || wire.shape.iter().any(|&d| d < 0) {
         p.add(
             || format!("{field}.shape"),
-            format!("must have {rank} dimensions like {:?} (-1: any size)", spec.shape),
+            format!(
+                "must have {rank} dimensions like {:?} (-1: any size)",
+                spec.shape
+            ),
         );
         return None;
     }
     let shape: Vec<usize> = wire.shape.iter().map(|&d| d as usize).collect();
-    for (i, ((&got, &want), &cap)) in shape.iter().zip(&spec.shape).zip(&spec.max_shape).enumerate() {
+    for (i, ((&got, &want), &cap)) in shape
+        .iter()
+        .zip(&spec.shape)
+        .zip(&spec.max_shape)
+        .enumerate()
+    {
         if want > 0 && got != want as usize {
             p.add(
                 || format!("{field}.shape"),
@@ -182,12 +193,27 @@ fn one(
                     scalars(&decoded)
                 }
                 Err(e) => {
-                    p.add(|| format!("{field}.parameters.binary_data_size"), e.to_string());
+                    p.add(
+                        || format!("{field}.parameters.binary_data_size"),
+                        e.to_string(),
+                    );
                     return None;
                 }
             }
         }
     };
+    // Whole numbers for an integer datatype, whatever the input's own type.
+    if sent.is_integer()
+        && values
+            .iter()
+            .any(|v| matches!(v, Scalar::Float(f) if f.fract() != 0.0))
+    {
+        p.add(
+            || format!("{field}.data"),
+            format!("holds non-integer values for the datatype {sent}"),
+        );
+        return None;
+    }
     if values.len() != count {
         p.add(
             || format!("{field}.data"),
@@ -315,7 +341,10 @@ fn convert(
                         Some(*x as i128)
                     }
                     Scalar::Float(_) => {
-                        p.add(|| name_of(i), "must be a whole number (this input is an integer)");
+                        p.add(
+                            || name_of(i),
+                            "must be a whole number (this input is an integer)",
+                        );
                         None
                     }
                     _ => {

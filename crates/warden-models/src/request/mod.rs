@@ -223,9 +223,7 @@ fn parse_parts(
     if !ctx.problems.is_empty() {
         return Err(ApiError::validation(ctx.problems));
     }
-    let outputs = parsed
-        .outputs
-        .map(|names| check_outputs(&mut ctx, &names));
+    let outputs = parsed.outputs.map(|names| check_outputs(&mut ctx, &names));
     let batch = check(card, parsed.inputs, &mut ctx.problems);
     match batch {
         Some(batch) if ctx.problems.is_empty() => Ok(ValidInferRequest {
@@ -302,6 +300,9 @@ impl Ctx<'_> {
     }
 }
 
+/// A depth whose arrays have not ended yet.
+const UNSEEN: usize = usize::MAX;
+
 /// Values, flat or nested, flattened in row-major order; the nesting's
 /// dimensions are recorded (all arrays at one depth must agree).
 struct Flat<'a> {
@@ -325,7 +326,8 @@ impl Flat<'_> {
 
     /// The nesting's dimensions, unless it was ragged.
     fn shape(&self) -> Option<Vec<i64>> {
-        (!self.ragged).then(|| self.dims.iter().map(|&d| d as i64).collect())
+        (!self.ragged && !self.dims.contains(&UNSEEN))
+            .then(|| self.dims.iter().map(|&d| d as i64).collect())
     }
 }
 
@@ -400,12 +402,15 @@ impl<'de> Visitor<'de> for FlatSeed<'_, '_, 'de> {
         {
             n += 1;
         }
+        // Inner arrays end first: lengths are kept by depth as they end.
         let flat = self.flat;
-        match flat.dims.get(self.depth) {
-            Some(&d) if d != n => flat.ragged = true,
-            Some(_) => {}
-            None if flat.dims.len() == self.depth => flat.dims.push(n),
-            None => flat.ragged = true,
+        if flat.dims.len() <= self.depth {
+            flat.dims.resize(self.depth + 1, UNSEEN);
+        }
+        match flat.dims[self.depth] {
+            UNSEEN => flat.dims[self.depth] = n,
+            d if d != n => flat.ragged = true,
+            _ => {}
         }
         if n == 0 && flat.leaf_depth.is_none() {
             // An empty array: its depth stands for the leaves'.

@@ -85,6 +85,9 @@ impl<'de: 'c, 'c> Visitor<'de> for V1Seed<'_, 'c> {
 
 fn rows_to_wires<'de>(ctx: &mut Ctx<'_>, columns: Vec<Column<'de>>) -> Vec<WireTensor<'de>> {
     let card = ctx.card;
+    if !ctx.problems.is_empty() {
+        return Vec::new();
+    }
     let rows = columns.iter().map(|c| c.rows).max().unwrap_or(0);
     if rows == 0 {
         ctx.problem(|| "instances".into(), "must hold at least one instance");
@@ -160,7 +163,9 @@ impl<'de> Visitor<'de> for RowsSeed<'_, '_> {
                 if seq.next_element::<IgnoredAny>()?.is_some() {
                     self.ctx.too_many = Some(FieldProblem::new(
                         "instances",
-                        format!("more than {max} rows; this model accepts at most {max} per request"),
+                        format!(
+                            "more than {max} rows; this model accepts at most {max} per request"
+                        ),
                     ));
                     return Err(de::Error::custom("batch limit"));
                 }
@@ -220,7 +225,9 @@ impl<'de> InstanceSeed<'_, '_, 'de> {
             Some(s) if *s != shape => {
                 self.ctx.problem(
                     || format!("instances[{row}].{name}"),
-                    format!("has shape {shape:?}; the first instance's is {s:?} (pad rows to one shape)"),
+                    format!(
+                        "has shape {shape:?}; the first instance's is {s:?} (pad rows to one shape)"
+                    ),
                 );
             }
             Some(_) => {}
@@ -436,8 +443,10 @@ impl<'de> ColumnarSeed<'_, '_> {
         let shape = match flat.shape() {
             Some(s) => s,
             None => {
-                self.ctx
-                    .problem(|| field.clone(), "is ragged: nested arrays of one level must have one length");
+                self.ctx.problem(
+                    || field.clone(),
+                    "is ragged: nested arrays of one level must have one length",
+                );
                 Vec::new()
             }
         };

@@ -97,8 +97,15 @@ fn attach_binary<'c>(ctx: &mut Ctx<'c>, inputs: Vec<RawTensor<'c>>) -> Vec<WireT
     let usable = ctx.binary.is_some() && claimed == binary.len() as u64;
     if ctx.binary.is_some() && claimed != binary.len() as u64 {
         let n = binary.len();
+        let claimants: Vec<usize> = (0..inputs.len())
+            .filter(|&k| inputs[k].binary_size.is_some())
+            .collect();
         ctx.problem(
-            || "inputs".into(),
+            || match claimants.as_slice() {
+                [k] => format!("inputs[{k}].parameters.binary_data_size"),
+                [] => "inputs[0].parameters.binary_data_size".into(),
+                _ => "inputs".into(),
+            },
             format!(
                 "the inputs' parameters.binary_data_size add up to {claimed} bytes, but the body holds {n} bytes of binary data"
             ),
