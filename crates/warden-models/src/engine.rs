@@ -308,6 +308,53 @@ pub fn datatype_of(t: TensorElementType) -> Option<DataType> {
     DataType::ALL.into_iter().find(|d| element_type(*d) == t)
 }
 
+/// One input or output of a graph, as ONNX Runtime reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GraphTensor {
+    /// Its name.
+    pub name: String,
+    /// Its element type; `Err` with a description for what Warden cannot
+    /// serve (a sequence, a map, an element type without an OIP datatype).
+    pub datatype: Result<DataType, String>,
+    /// Its dimensions, -1 where dynamic.
+    pub shape: Vec<i64>,
+}
+
+/// The inputs and outputs of an ONNX graph (`warden model init`).
+pub fn describe_graph(
+    runtime: &Runtime,
+    onnx: &[u8],
+) -> Result<(Vec<GraphTensor>, Vec<GraphTensor>), String> {
+    let session = Session::builder(runtime.environment())
+        .and_then(|mut b| b.commit_from_memory(onnx))
+        .map_err(|e| format!("ONNX Runtime cannot load the graph: {e}"))?;
+    let describe = |name: &str, t: &ValueType| GraphTensor {
+        name: name.to_owned(),
+        datatype: match t {
+            ValueType::Tensor { ty, .. } => {
+                datatype_of(*ty).ok_or_else(|| format!("a tensor of {ty:?}"))
+            }
+            other => Err(format!("{other:?}")),
+        },
+        shape: match t {
+            ValueType::Tensor { shape, .. } => shape.to_vec(),
+            _ => Vec::new(),
+        },
+    };
+    Ok((
+        session
+            .inputs()
+            .iter()
+            .map(|i| describe(i.name(), i.dtype()))
+            .collect(),
+        session
+            .outputs()
+            .iter()
+            .map(|o| describe(o.name(), o.dtype()))
+            .collect(),
+    ))
+}
+
 /// The card against the graph: every graph input declared (and no more),
 /// every declared output present, with the same datatypes and ranks, and
 /// the card's fixed dimensions where the graph fixes them.

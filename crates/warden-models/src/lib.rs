@@ -13,6 +13,7 @@
 //!   [`ValidInferRequest`](request::ValidInferRequest) (v1 and v2 protocols).
 //! - [`policy`]: what of a prediction the caller may see.
 //! - [`protocol`]: response wire formats.
+//! - [`graph`]: the lookup tables an ONNX graph indexes with its inputs.
 //! - [`integrity`]: SHA-256 pins and Ed25519 signatures of model files.
 //! - [`sealed`]: AES-256-GCM encryption at rest (model files, raw-input snapshots).
 
@@ -20,6 +21,7 @@ pub mod card;
 pub mod defenses;
 pub mod engine;
 pub mod gateway;
+pub mod graph;
 pub mod integrity;
 pub mod json;
 pub mod policy;

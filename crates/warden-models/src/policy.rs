@@ -3,14 +3,13 @@
 //!
 //! - Classification: label-only, or labels with probabilities rounded to
 //!   the card's decimals (label-only unless the card or the caller's role
-//!   allows more: docs/defenses.md),
-//! and the output hardening of SPEC §2: top-k (only the k most probable
-//! classes' probabilities, the others shown as 0), a confidence threshold
-//! (below it the label is `uncertain` and the row's probabilities are all
-//! shown as 0), and Laplace noise on probabilities
-//! (renormalized, before rounding). A card may set a policy per role
-//! (`[policy.roles.<role>]`); a caller with several such roles gets the
-//! most revealing of them.
+//!   allows more), with the output hardening of the pipeline (docs/pipeline.md):
+//!   top-k (only the k most probable classes' probabilities, the others
+//!   shown as 0), a confidence threshold (below it the label is `uncertain`
+//!   and the row's probabilities are all shown as 0), and Laplace noise on
+//!   probabilities (renormalized, before rounding). A card may set a policy
+//!   per role (`[policy.roles.<role>]`); a caller with several such roles
+//!   gets the most revealing of them.
 //! - Regression: the value, rounded (default 2 decimals), optionally
 //!   clamped to a declared range and noised.
 //! - Any task: further outputs (logits, embeddings, a tensor model's
@@ -466,7 +465,7 @@ mod tests {
             Tensor {
                 name: "v".into(),
                 shape: vec![2],
-                data: TensorData::F32(vec![3.14159, 42.0]),
+                data: TensorData::F32(vec![1.23456, 42.0]),
             },
             Tensor {
                 name: "e".into(),
@@ -477,7 +476,7 @@ mod tests {
         let p = c.policy;
         let shown = p.apply(&c, &out, 2, &p.default_outputs(&c)).unwrap();
         assert_eq!(shown.tensors.len(), 1);
-        assert_eq!(shown.tensors[0].data, ShownData::Floats(vec![3.14, 10.0]));
+        assert_eq!(shown.tensors[0].data, ShownData::Floats(vec![1.23, 10.0]));
         assert!(p.check_requested(&c, &[1]).is_err());
         let admin = c.policy_for(["admin"]);
         let shown = admin

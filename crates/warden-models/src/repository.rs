@@ -407,7 +407,8 @@ fn load_model(
     settings: LoadSettings<'_>,
 ) -> Result<Model, RepositoryError> {
     let card_path = dir.join("model.toml");
-    let card = ModelCard::load(&card_path, settings.card).map_err(|e| error(&card_path, e.0))?;
+    let mut card =
+        ModelCard::load(&card_path, settings.card).map_err(|e| error(&card_path, e.0))?;
     if card.upstream.is_some() {
         return load_gateway(dir, name, card, settings);
     }
@@ -453,6 +454,9 @@ fn load_model(
             }
         };
         let onnx_path = vdir.join("model.onnx");
+        // Ids the card leaves open are bounded by the graph's lookup tables
+        // (before the backend is built, so its warm-up uses valid ids).
+        card.bound_ids(&crate::graph::lookup_tables(&onnx));
         let backend = OnnxBackend::load(settings.runtime, &onnx, &card, settings.pool)
             .map_err(|m| error(&onnx_path, m))?;
         tracing::info!(model = %name, version, sha256 = %hex::encode(integrity::sha256(&onnx)), integrity = %checked, "model version checked");

@@ -207,10 +207,10 @@ fn stages(c: &mut Criterion) {
 
     let iris_values = request::parse(Protocol::V1, &iris.card, IRIS_V1, 32)
         .unwrap()
-        .values;
+        .batch;
     let digits_values = request::parse(Protocol::V2, &digits.card, &digits_body, 32)
         .unwrap()
-        .values;
+        .batch;
     let mut g = c.benchmark_group("infer");
     for (name, model, values) in [
         ("iris_1_row", &iris, &iris_values),
@@ -221,7 +221,7 @@ fn stages(c: &mut Criterion) {
             b.to_async(&rt).iter(|| async {
                 version
                     .backend
-                    .infer(1, black_box(values.to_vec()))
+                    .infer(black_box(values.clone()))
                     .await
                     .unwrap()
             })
@@ -234,7 +234,7 @@ fn stages(c: &mut Criterion) {
     g.bench_function("iris_64_concurrent_requests", |b| {
         b.to_async(&rt).iter(|| {
             futures_util::future::join_all(
-                (0..64).map(|_| version.backend.infer(1, black_box(iris_values.to_vec()))),
+                (0..64).map(|_| version.backend.infer(black_box(iris_values.clone()))),
             )
         })
     });
@@ -245,21 +245,22 @@ fn stages(c: &mut Criterion) {
             iris.version(None)
                 .unwrap()
                 .backend
-                .infer(1, iris_values.to_vec()),
+                .infer(iris_values.clone()),
         )
         .unwrap();
     let mut g = c.benchmark_group("policy");
     g.bench_function("iris_v1_response", |b| {
         b.iter(|| {
             let policy = OutputPolicy::for_caller(&iris.card, black_box(&principal));
-            let shown = policy.apply(&iris.card, &prediction, policy.default_outputs());
-            protocol::v1_response(&iris.card, &shown, 1)
+            let outputs = policy.default_outputs(&iris.card);
+            let shown = policy.apply(&iris.card, &prediction, 1, &outputs).unwrap();
+            protocol::v1_response(&iris.card, &shown)
         })
     });
     g.finish();
 
     let mut g = c.benchmark_group("audit");
-    let digest = steps::input_digest(&iris_values);
+    let digest = steps::input_digest(&iris_values.inputs);
     g.bench_function("record_and_enqueue", |b| {
         b.to_async(&rt).iter(|| async {
             let mut req = Request::post("/v1/models/iris:predict")

@@ -396,7 +396,7 @@ impl TensorData {
                 .collect()
         }
         if let Some(size) = datatype.size()
-            && bytes.len() % size != 0
+            && !bytes.len().is_multiple_of(size)
         {
             return Err(DecodeError::Ragged {
                 datatype,

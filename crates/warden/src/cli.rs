@@ -67,6 +67,25 @@ pub(crate) enum Command {
 /// `warden model ...`
 #[derive(Debug, Subcommand)]
 pub(crate) enum ModelCommand {
+    /// Write a model card (DIR/model.toml) from the highest version's graph
+    /// (DIR/N/model.onnx): every input and output, a guessed task, secure
+    /// defaults, and comments on what to fill in. Exit 2 if the card exists
+    /// (without --force) or DIR holds no graph.
+    Init {
+        /// Configuration (where the ONNX Runtime library is).
+        #[command(flatten)]
+        location: Location,
+        /// The model folder.
+        dir: PathBuf,
+        /// Inputs to fill statistics, ranges, categories and id ranges from:
+        /// CSV (a header row), .npy / .npz (arrays named by input), or JSON
+        /// lines of Open Inference Protocol requests.
+        #[arg(long, value_name = "FILE")]
+        sample: Option<PathBuf>,
+        /// Overwrite an existing model.toml.
+        #[arg(long)]
+        force: bool,
+    },
     /// Generate an Ed25519 model-signing key into FILE (mode 0600) and print
     /// its public key for `[[models.trusted_keys]]`.
     Keygen {

@@ -13,6 +13,7 @@ mod commands;
 mod health;
 mod logging;
 mod model;
+mod model_init;
 
 use std::process::ExitCode;
 

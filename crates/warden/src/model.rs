@@ -18,6 +18,20 @@ use crate::commands::{load_config, model_security, seal_key};
 
 pub(crate) fn run(cmd: ModelCommand) -> Result<(), Failure> {
     match cmd {
+        ModelCommand::Init {
+            location,
+            dir,
+            sample,
+            force,
+        } => {
+            let config = load_config(&location, Overrides::default())?;
+            crate::model_init::init(
+                config.onnxruntime.as_deref(),
+                &dir,
+                sample.as_deref(),
+                force,
+            )
+        }
         ModelCommand::Keygen { out } => keygen(&out),
         ModelCommand::Sign { key, name, file } => sign(&key, &name, &file),
         ModelCommand::Verify { location, dir } => {

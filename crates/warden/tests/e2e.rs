@@ -38,6 +38,8 @@ mod limits;
 mod observe;
 #[path = "e2e/replicas.rs"]
 mod replicas;
+#[path = "e2e/tensors.rs"]
+mod tensors;
 #[path = "e2e/transport.rs"]
 mod transport;
 

@@ -438,6 +438,25 @@ impl ModelCard {
         self.defended_input.and_then(|i| self.inputs.get(i))
     }
 
+    /// Bounds each integer input the card leaves open by the lookup table
+    /// the graph indexes with it (`tables`: input name → rows, from
+    /// [`crate::graph::lookup_tables`]): its ids are then `[0, rows)`, the
+    /// smallest table over the model's versions.
+    pub fn bound_ids(&mut self, tables: &std::collections::HashMap<String, u64>) {
+        for input in &mut self.inputs {
+            let Some(&rows) = tables.get(&input.name) else {
+                continue;
+            };
+            if input.declared || !input.datatype.is_integer() || !input.features.is_empty() {
+                continue;
+            }
+            input.valid = match input.valid {
+                Valid::Ids(n) => Valid::Ids(n.min(rows)),
+                _ => Valid::Ids(rows),
+            };
+        }
+    }
+
     /// Position of an output by name.
     pub fn output_index(&self, name: &str) -> Option<usize> {
         self.outputs.iter().position(|o| o.name == name)

@@ -200,6 +200,10 @@ pub struct InputSpec {
     pub feature_index: HashMap<String, usize>,
     /// An image: its last two dimensions are height and width.
     pub image: bool,
+    /// Whether the card itself bounds the values (`ids`, `range`, `min`
+    /// and `max`); an integer input it leaves open is bounded by the
+    /// lookup table the graph indexes with it, if any.
+    pub declared: bool,
 }
 
 impl InputSpec {
@@ -539,6 +543,7 @@ pub(super) fn input(
             "an image's last two dimensions (height, width) must be fixed".into(),
         ));
     }
+    let declared = raw.range.is_some() || raw.ids.is_some() || raw.min.is_some();
     let stats = match (raw.mean, raw.std) {
         (Some(m), Some(s)) if m.is_finite() && s.is_finite() && s >= 0.0 => Some((m, s)),
         (None, None) => None,
@@ -556,6 +561,7 @@ pub(super) fn input(
         features,
         feature_index,
         image: raw.image,
+        declared,
     })
 }
 
