@@ -23,6 +23,7 @@ pub mod pipeline;
 pub mod redirect;
 pub mod refusals;
 pub mod routes;
+pub mod service;
 pub mod state;
 pub mod steps;
 pub mod tls;

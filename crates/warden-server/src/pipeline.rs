@@ -6,9 +6,9 @@
 //! accept → TLS                                            (listener.rs)
 //! edge:      request id → client address → body limit → deadline + panic guard
 //!            → … → audit record → respond (metrics, error envelope, security headers, access log)
-//! admission: ban check → authenticate → rate limit        (routes that need a credential)
-//! infer:     quota → authorize → parse + validate → defenses → inference
-//!            → output policy → response
+//! admission: ban check → authenticate → fair share → rate limit   (routes that need a credential)
+//! infer:     authorize → parse + validate → rate limit and quota in rows → defenses
+//!            → inference → output policy → response               (service.rs, no transport)
 //! ```
 //!
 //! Each step is a plain function in `steps.rs` (or below); the three
@@ -27,16 +27,14 @@ use axum::middleware::{Next, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
-use warden_core::metrics::Alert;
 use warden_core::{ApiError, ErrorCode, Principal};
-use warden_models::engine::EngineError;
-use warden_models::policy::OutputPolicy;
-use warden_models::{Model, ModelVersion, Protocol, protocol, request};
+use warden_models::request::Payload;
+use warden_models::{Model, ModelVersion, Protocol, protocol};
 
 use crate::client_addr::ClientCertificate;
 use crate::state::AppState;
-use crate::steps::{self, AccessLine, ModelNote, PrincipalNote};
-use crate::{admin, defend, oauth, routes};
+use crate::steps::{self, AccessLine, PrincipalNote};
+use crate::{admin, oauth, routes, service};
 #[cfg(test)]
 #[path = "pipeline_tests.rs"]
 mod tests;
@@ -262,24 +260,10 @@ pub struct ModelCall<'a> {
     pub binary_header: Option<usize>,
 }
 
-/// The model half of the pipeline, shared by v1 and v2.
+/// The model half of the pipeline over HTTP, shared by v1 and v2: the
+/// transport-neutral [`service::infer`], its answer rendered in the
+/// request's protocol, with the rate-limit and quota headers.
 pub async fn infer(state: &AppState, caller: &Principal, call: ModelCall<'_>) -> Response {
-    let mut note = None;
-    let mut response = infer_steps(state, caller, call, &mut note)
-        .await
-        .unwrap_or_else(IntoResponse::into_response);
-    if let Some(note) = note {
-        response.extensions_mut().insert(note);
-    }
-    response
-}
-
-async fn infer_steps(
-    state: &AppState,
-    caller: &Principal,
-    call: ModelCall<'_>,
-    note: &mut Option<ModelNote>,
-) -> Result<Response, ApiError> {
     let ModelCall {
         name,
         version,
@@ -287,204 +271,34 @@ async fn infer_steps(
         body,
         binary_header,
     } = call;
-    // Authorize: unknown OR forbidden model → the same 404.
-    let (model, version) = authorize(state, caller, name, version, Access::Predict)?;
-    *note = Some(ModelNote {
-        model: model.name.as_str().into(),
-        version: version.version,
-        rows: 0,
-        input_sha256: None,
-        inputs: None,
-        defense_flags: Vec::new(),
-    });
-    // Parse + validate against the model's schema: the only way to get a ValidInferRequest.
-    let depth = state.limits.json_max_depth;
-    let request = match binary_header {
-        Some(header) => request::parse_v2_binary(&model.card, body, header, depth),
-        None => request::parse(protocol, &model.card, body, depth),
-    }
-    .inspect_err(|e| crate::metrics::validation_failure(&model.name, e.code.as_str()))?;
-    let rows = request.rows();
-    if let Some(n) = note.as_mut() {
-        n.rows = rows;
-        n.input_sha256 = Some(steps::input_digest(&request.batch.inputs));
-        if model.card.record_inputs {
-            n.inputs = Some(request.batch.inputs.as_slice().into());
-        }
-    }
-    // The caller's output policy; asking for an output it withholds fails
-    // before anything is counted.
-    let policy = OutputPolicy::for_caller(&model.card, caller);
-    let outputs = match &request.outputs {
-        Some(asked) => {
-            policy.check_requested(&model.card, asked)?;
-            asked.clone()
-        }
-        None => policy.default_outputs(&model.card),
+    let payload = match (protocol, binary_header) {
+        (Protocol::V1, _) => Payload::V1(body),
+        (Protocol::V2, None) => Payload::V2(body),
+        (Protocol::V2, Some(header)) => Payload::V2Binary { body, header },
     };
-    // Rate limit and quota, counted in rows: this is the first point where
-    // the row count is known, and before any model work (the admission
-    // stage has already taken one request from the `default` policy).
-    let rate = rate_rows(state, caller, rows).await?;
-    let quota = quota(state, caller, &model.name, rows).await?;
-    // Defenses: out-of-distribution and the extraction monitor's verdict
-    // before inference, feature squeezing in the inference batch (see
-    // defend.rs). An input a defense rejects has cost its rows.
-    let mut screen = defend::Screen::default();
-    let watched = defend::watched(&model, &request.batch);
-    let checked = defend::before(&model, caller, watched.as_deref(), &mut screen);
-    note_flags(note, &screen);
-    checked?;
-    // Inference, batched and bounded per model (inline for cheap models, on
-    // the blocking pool for slow ones: engine.rs). Rows that were not
-    // predicted (shed under load, or failed) go back to the quota.
-    let inference = Instant::now();
-    let inferred = defend::infer(&model, &version, request.batch, watched.as_deref()).await;
-    let (answer, squeezed) = match inferred {
-        Ok(p) => {
-            crate::metrics::inference(&model.name, inference.elapsed());
-            if let Some(watch) = &state.rate_watch {
-                watch.observe(&caller.id, rows as u64);
-            }
-            p
-        }
-        Err(e) => {
-            if quota.is_some() {
-                state
-                    .limiter
-                    .refund_quota(caller, &model.name, rows as u64)
-                    .await;
-            }
-            return Err(match e {
-                EngineError::Overloaded => ApiError::new(ErrorCode::Overloaded).with_retry_after(1),
-                EngineError::Failed(message) => {
-                    // The request was validated, so this is the model's (or
-                    // Warden's) fault, never the client's: counted and alerted.
-                    Alert::InferenceFailed.count();
-                    tracing::error!(alert = Alert::InferenceFailed.as_str(), model = %model.name, version = version.version, error = %message, "inference failed");
-                    ApiError::internal()
-                }
-                // Logged with the upstream's detail by the gateway backend;
-                // the client learns only that the model server failed.
-                EngineError::Unavailable => ApiError::new(ErrorCode::UpstreamUnavailable),
-                EngineError::TimedOut => ApiError::new(ErrorCode::UpstreamTimeout),
-            });
-        }
+    let request = service::InferRequest {
+        model: name,
+        version,
+        payload,
     };
-    let kept = if defend::keeps_values(&model) {
-        watched
-    } else {
-        None
-    };
-    let checked = defend::after(
-        &model,
-        caller,
-        kept,
-        &answer,
-        rows,
-        squeezed.as_deref(),
-        &mut screen,
-    )
-    .await;
-    note_flags(note, &screen);
-    checked?;
-    if screen.throttle {
-        // Throttled: the flagged rows count several times against the
-        // principal's `predict` limit (up to what is left of it: a GCRA
-        // charge larger than the remainder would take nothing), so flagged
-        // traffic meets 429 sooner.
-        let extra = defend::throttle_rows(rows).min(rate.decision.remaining);
-        if extra > 0 {
-            let limit = state.limiter.rate_for("predict", Some(caller));
-            state
-                .limiter
-                .rate("predict", &caller.id, limit, extra)
-                .await;
-        }
-    }
-    // Output policy: what of the answer this caller may see, by task.
-    let shown = policy
-        .apply(&model.card, &answer, rows, &outputs)
-        .map_err(|message| {
-            Alert::InferenceFailed.count();
-            tracing::error!(alert = Alert::InferenceFailed.as_str(), model = %model.name, version = version.version, error = %message, "the model's answer does not fit its card");
-            ApiError::internal()
-        })?;
-    let body = match protocol {
-        Protocol::V1 => protocol::v1_response(&model.card, &shown),
+    let mut note = None;
+    let served = service::infer(state, caller, request, &mut note, |answer| match protocol {
+        Protocol::V1 => protocol::v1_response(&answer.model.card, answer.shown),
         Protocol::V2 => {
-            protocol::v2_response(&model, version.version, request.id.as_deref(), &shown)
+            protocol::v2_response(answer.model, answer.version, answer.id, answer.shown)
         }
+    })
+    .await;
+    let mut response = match served {
+        Ok(served) => {
+            let mut response = routes::json(served.body);
+            served.charge.add_headers(response.headers_mut());
+            response
+        }
+        Err(e) => e.into_response(),
     };
-    // Audit record, metrics and access log follow in `admission` and `edge`,
-    // from this request's ModelNote.
-    let mut response = routes::json(body);
-    steps::add_rate_headers(response.headers_mut(), &rate);
-    if let Some(left) = quota {
-        response
-            .headers_mut()
-            .insert(QUOTA_REMAINING.clone(), left.into());
+    if let Some(note) = note {
+        response.extensions_mut().insert(note);
     }
-    Ok(response)
-}
-
-static QUOTA_REMAINING: axum::http::HeaderName =
-    axum::http::HeaderName::from_static("x-quota-remaining");
-
-/// Step: rate limit in rows (the `predict` policy), so a batch cannot
-/// bypass a limit.
-async fn rate_rows(
-    state: &AppState,
-    caller: &Principal,
-    rows: usize,
-) -> Result<warden_limits::RateOutcome, ApiError> {
-    let rate = state.limiter.rate_for("predict", Some(caller));
-    let outcome = state
-        .limiter
-        .rate("predict", &caller.id, rate, rows as u64)
-        .await;
-    if outcome.decision.allowed {
-        Ok(outcome)
-    } else if rows as u64 > rate.burst {
-        crate::metrics::rate_limited("predict");
-        Err(steps::rate_limited(&outcome).with_message(
-            "This batch has more rows than the rate limit allows at once; send fewer rows per request.",
-        ))
-    } else {
-        crate::metrics::rate_limited("predict");
-        Err(steps::rate_limited(&outcome))
-    }
-}
-
-/// Step: quota, per principal and model, in rows. Returns the rows left in
-/// the tightest window, if a quota applies.
-async fn quota(
-    state: &AppState,
-    caller: &Principal,
-    model: &str,
-    rows: usize,
-) -> Result<Option<u64>, ApiError> {
-    let outcome = state
-        .limiter
-        .quota(caller, model, rows as u64)
-        .await
-        .map_err(|_| {
-            // Redis down and quotas fail closed.
-            ApiError::new(ErrorCode::Overloaded).with_retry_after(1)
-        })?;
-    if outcome.allowed {
-        Ok(outcome.remaining)
-    } else {
-        crate::metrics::quota_exceeded(model);
-        Err(ApiError::new(ErrorCode::QuotaExceeded)
-            .with_retry_after(outcome.retry_after)
-            .with_header(QUOTA_REMAINING.clone(), 0u64.into()))
-    }
-}
-
-/// Puts the defense flags found so far on the request's note (audit record).
-fn note_flags(note: &mut Option<ModelNote>, screen: &defend::Screen) {
-    if let Some(n) = note.as_mut() {
-        n.defense_flags.clone_from(&screen.flags);
-    }
+    response
 }

@@ -122,6 +122,81 @@ pub enum Scalar<'a> {
     Other,
 }
 
+/// A request body as a transport received it: what [`validate`] turns into
+/// a [`ValidInferRequest`] once the model (and so its card) is known.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Payload<'a> {
+    /// KServe v1 / TF-Serving JSON.
+    V1(&'a [u8]),
+    /// Open Inference Protocol JSON.
+    V2(&'a [u8]),
+    /// Open Inference Protocol with binary tensor data: `header` bytes of
+    /// JSON, then the data (`Inference-Header-Content-Length`).
+    V2Binary {
+        /// The whole body.
+        body: &'a [u8],
+        /// Length of its JSON header.
+        header: usize,
+    },
+    /// Tensors a transport decoded itself (gRPC).
+    Tensors {
+        /// The request id, echoed.
+        id: Option<String>,
+        /// The input tensors.
+        inputs: Vec<WireTensor<'a>>,
+        /// Outputs asked for by name; `None`: all the policy shows.
+        outputs: Option<Vec<String>>,
+    },
+}
+
+impl Payload<'_> {
+    /// The wire protocol family, for error sentences.
+    pub const fn protocol(&self) -> Protocol {
+        match self {
+            Self::V1(_) => Protocol::V1,
+            _ => Protocol::V2,
+        }
+    }
+}
+
+/// Parses and validates a payload for `card`: the one way to get a
+/// [`ValidInferRequest`], whatever the transport.
+pub fn validate(
+    card: &ModelCard,
+    payload: Payload<'_>,
+    max_depth: usize,
+) -> Result<ValidInferRequest, ApiError> {
+    match payload {
+        Payload::V1(body) => parse(Protocol::V1, card, body, max_depth),
+        Payload::V2(body) => parse(Protocol::V2, card, body, max_depth),
+        Payload::V2Binary { body, header } => parse_v2_binary(card, body, header, max_depth),
+        Payload::Tensors {
+            id,
+            inputs,
+            outputs,
+        } => {
+            let mut ctx = Ctx {
+                card,
+                problems: Vec::new(),
+                too_many: None,
+                binary: None,
+                limit: usize::MAX,
+                taken: 0,
+            };
+            let names: Option<Vec<Cow<'_, str>>> =
+                outputs.map(|o| o.into_iter().map(Cow::Owned).collect());
+            let outputs = names.map(|n| check_outputs(&mut ctx, &n));
+            let batch = check(card, inputs, &mut ctx.problems);
+            match batch {
+                Some(batch) if ctx.problems.is_empty() => {
+                    Ok(ValidInferRequest { batch, id, outputs })
+                }
+                _ => Err(ApiError::validation(ctx.problems)),
+            }
+        }
+    }
+}
+
 /// Most field problems reported in one response.
 const MAX_PROBLEMS: usize = 16;
 

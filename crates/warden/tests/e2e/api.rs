@@ -147,7 +147,8 @@ async fn the_docs_page_renders_every_operation_offline_in_headless_chromium() {
 /// (binary tensor data): Triton's `tritonclient[http]` and KServe's
 /// `InferenceRESTClient`, over HTTPS with an API key — server live and
 /// ready, model ready and metadata, and inference on every demo model,
-/// whose labels must match the fixtures (scikit-learn's own answers).
+/// whose labels must match the fixtures (scikit-learn's own answers), and
+/// whose tensor outputs must match onnxruntime's (binary and JSON data).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn triton_and_kserve_clients_work_unchanged() {
     let dir = tempfile::tempdir().unwrap();
@@ -189,6 +190,18 @@ async fn triton_and_kserve_clients_work_unchanged() {
             assert_eq!(m["datatype"], "FP32", "{client} {model}");
             assert_eq!(m["labels"], m["expected"], "{client} {model}");
             assert_eq!(m["labels"].as_array().map(Vec::len), Some(8));
+        }
+        // The tensor demo models: several inputs, INT64 ids, an image, a
+        // dynamic sequence length; every output agrees with onnxruntime.
+        for model in ["diabetes", "recommender", "digits-cnn", "sentiment"] {
+            let m = &seen["tensor_models"][model];
+            assert_eq!(
+                m["problems"],
+                serde_json::json!([]),
+                "{client} {model}: {m}"
+            );
+            assert!(m["cases"].as_u64() >= Some(3), "{client} {model}: {m}");
+            assert!(m["outputs"].as_u64() >= Some(3), "{client} {model}: {m}");
         }
     }
 }

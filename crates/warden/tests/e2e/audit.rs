@@ -399,9 +399,12 @@ async fn batched_records_are_committed_before_a_graceful_stop() {
     let kept = inputs("iris");
     assert_eq!(kept.len(), 5);
     for v in kept {
-        let v: Vec<f64> = serde_json::from_value(v).unwrap();
-        assert_eq!(v.len(), 4);
-        assert!((v[0] - 5.1).abs() < 1e-6, "{v:?}");
+        // The validated input tensors: [{"name", "datatype", "shape", "data"}].
+        assert_eq!(v[0]["name"], "input", "{v}");
+        assert_eq!(v[0]["shape"], json!([1, 4]), "{v}");
+        let data: Vec<f64> = serde_json::from_value(v[0]["data"].clone()).unwrap();
+        assert_eq!(data.len(), 4);
+        assert!((data[0] - 5.1).abs() < 1e-6, "{data:?}");
     }
     assert_eq!(inputs("digits"), vec![Value::Null], "no opt-in, no inputs");
 }
