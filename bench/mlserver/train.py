@@ -24,6 +24,11 @@ model = RandomForestClassifier(n_estimators=50, max_depth=6, random_state=SEED).
 joblib.dump(model, out / "iris" / "model.joblib")
 (out / "iris" / "model-settings.json").write_text(json.dumps({
     "name": "iris", "implementation": "mlserver_sklearn.SKLearnModel",
-    "parameters": {"uri": "./model.joblib", "version": "1"}}))
+    "parameters": {"uri": "./model.joblib", "version": "1"},
+    # Declared so that its metadata describes the tensors (what `warden
+    # model init --upstream` writes a gateway card from).
+    "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, 4]}],
+    "outputs": [{"name": "predict", "datatype": "INT64", "shape": [-1]},
+                {"name": "predict_proba", "datatype": "FP64", "shape": [-1, 3]}]}))
 (out / "settings.json").write_text(json.dumps({"debug": False, "parallel_workers": 0,
                                                "metrics_endpoint": None}))

@@ -45,7 +45,7 @@ use warden_core::metrics::{Alert, UPSTREAM_REQUESTS, UPSTREAM_UP};
 use warden_tensor::{DataType, Tensor, TensorData};
 
 use crate::card::{ModelCard, Task, Upstream};
-use crate::engine::{Backend, Batch, BoxFuture, EngineError, Outputs};
+use crate::engine::{Backend, Batch, BoxFuture, EngineError, GraphTensor, Outputs};
 
 /// Most bytes of an answer read per predicted value (a JSON number with
 /// its separator, generously), plus a fixed allowance for the envelope.
@@ -172,6 +172,65 @@ impl GatewayBackend {
         }
         Ok(Self { inner })
     }
+}
+
+/// The inputs and outputs an upstream server reports for `model`
+/// (`GET /v2/models/{model}`), over the same client a gateway model uses
+/// (its CA, client certificate and bearer token; files relative to
+/// `dir`): what `warden model init --upstream` writes a card from.
+pub async fn upstream_tensors(
+    settings: &Upstream,
+    dir: &Path,
+    model: &str,
+) -> Result<(Vec<GraphTensor>, Vec<GraphTensor>), String> {
+    #[derive(Deserialize)]
+    struct Metadata {
+        #[serde(default)]
+        inputs: Vec<Tensor>,
+        #[serde(default)]
+        outputs: Vec<Tensor>,
+    }
+    #[derive(Deserialize)]
+    struct Tensor {
+        name: String,
+        datatype: String,
+        #[serde(default)]
+        shape: Vec<i64>,
+    }
+    let client = client(settings, dir)?;
+    let url = match &settings.version {
+        Some(v) => format!("{}/v2/models/{model}/versions/{v}", settings.url),
+        None => format!("{}/v2/models/{model}", settings.url),
+    };
+    let mut request = client.get(&url).timeout(settings.timeout);
+    if let Some(source) = &settings.bearer_token {
+        request = request.header(reqwest::header::AUTHORIZATION, bearer(source, dir)?);
+    }
+    let response = request
+        .send()
+        .await
+        .map_err(|e| format!("{url}: {}", source_chain(&e)))?;
+    if !response.status().is_success() {
+        return Err(format!(
+            "{url}: answered HTTP {}",
+            response.status().as_u16()
+        ));
+    }
+    let body = read_bounded(response, ENVELOPE_BYTES * 16)
+        .await
+        .map_err(|e| format!("{url}: {e}"))?;
+    let meta: Metadata =
+        serde_json::from_slice(&body).map_err(|e| format!("{url}: not model metadata: {e}"))?;
+    let convert = |t: Tensor| GraphTensor {
+        datatype: DataType::parse(&t.datatype)
+            .ok_or_else(|| format!("the datatype {:?}", t.datatype)),
+        name: t.name,
+        shape: t.shape,
+    };
+    Ok((
+        meta.inputs.into_iter().map(convert).collect(),
+        meta.outputs.into_iter().map(convert).collect(),
+    ))
 }
 
 /// The `Authorization` value for `[upstream] bearer_token`, read with the

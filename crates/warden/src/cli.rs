@@ -85,6 +85,17 @@ pub(crate) enum ModelCommand {
         /// Overwrite an existing model.toml.
         #[arg(long)]
         force: bool,
+        /// Gateway mode: read the tensors from this Open Inference Protocol
+        /// server's model metadata (`GET URL/v2/models/{model}`) instead of
+        /// a graph, and write the card's [upstream] table.
+        #[arg(long, value_name = "URL")]
+        upstream: Option<String>,
+        /// The model's name on the upstream server. Default: DIR's name.
+        #[arg(long, value_name = "NAME", requires = "upstream")]
+        upstream_model: Option<String>,
+        /// PEM file of the CA that signed the upstream's certificate.
+        #[arg(long, value_name = "FILE", requires = "upstream")]
+        ca: Option<PathBuf>,
     },
     /// Generate an Ed25519 model-signing key into FILE (mode 0600) and print
     /// its public key for `[[models.trusted_keys]]`.

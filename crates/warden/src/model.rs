@@ -23,14 +23,22 @@ pub(crate) fn run(cmd: ModelCommand) -> Result<(), Failure> {
             dir,
             sample,
             force,
+            upstream,
+            upstream_model,
+            ca,
         } => {
             let config = load_config(&location, Overrides::default())?;
-            crate::model_init::init(
-                config.onnxruntime.as_deref(),
-                &dir,
-                sample.as_deref(),
-                force,
-            )
+            let source = match upstream {
+                Some(url) => crate::model_init::Source::Upstream {
+                    url,
+                    model: upstream_model,
+                    ca,
+                },
+                None => crate::model_init::Source::Graph {
+                    runtime_library: config.onnxruntime.clone(),
+                },
+            };
+            crate::model_init::init(source, &dir, sample.as_deref(), force)
         }
         ModelCommand::Keygen { out } => keygen(&out),
         ModelCommand::Sign { key, name, file } => sign(&key, &name, &file),

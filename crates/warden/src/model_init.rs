@@ -43,9 +43,28 @@ impl Observed {
     }
 }
 
+/// Where the tensors come from.
+#[derive(Debug)]
+pub(crate) enum Source {
+    /// The highest version's graph in the model folder.
+    Graph {
+        /// The ONNX Runtime library (config), if set.
+        runtime_library: Option<PathBuf>,
+    },
+    /// An upstream server's model metadata (gateway mode).
+    Upstream {
+        /// Its base URL.
+        url: String,
+        /// The model's name there (default: the folder's).
+        model: Option<String>,
+        /// The CA of its certificate.
+        ca: Option<PathBuf>,
+    },
+}
+
 /// Runs `warden model init`.
 pub(crate) fn init(
-    runtime_library: Option<&Path>,
+    source: Source,
     dir: &Path,
     sample: Option<&Path>,
     force: bool,
@@ -57,17 +76,77 @@ pub(crate) fn init(
             card_path.display()
         )));
     }
-    let (version, graph_path) = highest_version(dir)?;
-    let onnx = std::fs::read(&graph_path)
-        .map_err(|e| Failure::usage(format!("{}: {e}", graph_path.display())))?;
-    let runtime = Runtime::init(runtime_library).map_err(Failure::runtime)?;
-    let (inputs, outputs) = describe_graph(runtime, &onnx)
-        .map_err(|e| Failure::usage(format!("{}: {e}", graph_path.display())))?;
+    let name = dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("model")
+        .to_owned();
+    let (inputs, outputs, tables, origin, upstream) = match source {
+        Source::Graph { runtime_library } => {
+            let (version, graph_path) = highest_version(dir)?;
+            let onnx = std::fs::read(&graph_path)
+                .map_err(|e| Failure::usage(format!("{}: {e}", graph_path.display())))?;
+            let runtime = Runtime::init(runtime_library.as_deref()).map_err(Failure::runtime)?;
+            let (inputs, outputs) = describe_graph(runtime, &onnx)
+                .map_err(|e| Failure::usage(format!("{}: {e}", graph_path.display())))?;
+            let tables = warden_models::graph::lookup_tables(&onnx);
+            (
+                inputs,
+                outputs,
+                tables,
+                format!("{version}/model.onnx"),
+                None,
+            )
+        }
+        Source::Upstream { url, model, ca } => {
+            if !dir.is_dir() {
+                return Err(Failure::usage(format!("{}: not a folder", dir.display())));
+            }
+            let ca = ca
+                .map(|c| {
+                    std::fs::canonicalize(&c)
+                        .map_err(|e| Failure::usage(format!("{}: {e}", c.display())))
+                })
+                .transpose()?;
+            let mut table = toml::Table::new();
+            table.insert("url".into(), url.clone().into());
+            if let Some(m) = &model {
+                table.insert("model".into(), m.clone().into());
+            }
+            if let Some(c) = &ca {
+                table.insert("ca".into(), c.to_string_lossy().into_owned().into());
+            }
+            let text = toml::to_string(&table).map_err(Failure::usage)?;
+            let settings = warden_models::card::Upstream::parse_table(&text)
+                .map_err(|e| Failure::usage(format!("--upstream: {e}")))?;
+            let remote = model.clone().unwrap_or_else(|| name.clone());
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(Failure::runtime)?;
+            let (inputs, outputs) = runtime
+                .block_on(warden_models::gateway::upstream_tensors(
+                    &settings, dir, &remote,
+                ))
+                .map_err(Failure::runtime)?;
+            if inputs.is_empty() || outputs.is_empty() {
+                return Err(Failure::runtime(format!(
+                    "{url}: the metadata of {remote:?} lists no inputs or no outputs"
+                )));
+            }
+            (
+                inputs,
+                outputs,
+                HashMap::new(),
+                format!("the metadata of {remote:?} at {url}"),
+                Some(text),
+            )
+        }
+    };
     for t in inputs.iter().chain(&outputs) {
         if let Err(kind) = &t.datatype {
             return Err(Failure::usage(format!(
-                "{}: {:?} is {kind}, which Warden cannot serve (scikit-learn classifiers: export with options={{'zipmap': False}})",
-                graph_path.display(),
+                "{origin}: {:?} is {kind}, which Warden cannot serve (scikit-learn classifiers: export with options={{'zipmap': False}})",
                 t.name
             )));
         }
@@ -76,21 +155,20 @@ pub(crate) fn init(
         Some(path) => read_sample(path, &inputs)?,
         None => HashMap::new(),
     };
-    let tables = warden_models::graph::lookup_tables(&onnx);
-    let name = dir
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or("model")
-        .to_owned();
-    let text = card_text(
-        &name, version, &inputs, &outputs, &tables, &observed, sample,
+    let mut text = card_text(
+        &name, &origin, &inputs, &outputs, &tables, &observed, sample,
     );
+    if let Some(table) = upstream {
+        text.push_str(
+            "\n# Gateway mode: this server answers for the model (docs/gateway.md).\n[upstream]\n",
+        );
+        text.push_str(&table);
+    }
     std::fs::write(&card_path, text)
         .map_err(|e| Failure::runtime(format!("{}: {e}", card_path.display())))?;
     eprintln!(
-        "wrote {} from {}: read it, fill in what it asks, then `warden serve`",
-        card_path.display(),
-        graph_path.display()
+        "wrote {} from {origin}: read it, fill in what it asks, then `warden serve`",
+        card_path.display()
     );
     Ok(())
 }
@@ -194,10 +272,9 @@ fn mean_std(values: impl Iterator<Item = f64> + Clone) -> (f64, f64) {
     (mean, var.sqrt())
 }
 
-#[allow(clippy::too_many_arguments)]
 fn card_text(
     name: &str,
-    version: u64,
+    origin: &str,
     inputs: &[GraphTensor],
     outputs: &[GraphTensor],
     tables: &HashMap<String, u64>,
@@ -209,7 +286,7 @@ fn card_text(
     let task = guess(outputs);
     let _ = writeln!(
         t,
-        "# Model card: {name}. Written by `warden model init` from {version}/model.onnx{}.",
+        "# Model card: {name}. Written by `warden model init` from {origin}{}.",
         sample.map_or(String::new(), |s| format!(
             " and the sample {}",
             s.display()
@@ -776,7 +853,15 @@ mod tests {
             tensor("logits", DataType::F32, &[-1, 2]),
         ];
         let tables = HashMap::from([("ids".to_owned(), 500u64)]);
-        let text = card_text("m", 1, &inputs, &outputs, &tables, &HashMap::new(), None);
+        let text = card_text(
+            "m",
+            "1/model.onnx",
+            &inputs,
+            &outputs,
+            &tables,
+            &HashMap::new(),
+            None,
+        );
         let card = warden_models::ModelCard::parse(
             &text,
             warden_models::card::CardDefaults {

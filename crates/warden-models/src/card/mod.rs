@@ -1335,6 +1335,61 @@ outputs = ["logits"]
         }
     }
 
+    /// Defenses on tensor inputs: the watched input is the only numeric
+    /// one or the named one; an input they cannot apply to is refused.
+    #[test]
+    fn defenses_watch_one_numeric_input() {
+        let image = r#"
+task = "classification"
+[[inputs]]
+name = "image"
+datatype = "FP32"
+shape = [-1, 1, 8, 8]
+range = [0.0, 16.0]
+mean = 4.9
+std = 6.0
+image = true
+[[outputs]]
+name = "label"
+datatype = "INT64"
+shape = [-1]
+[[outputs]]
+name = "probabilities"
+datatype = "FP32"
+shape = [-1, 2]
+[classification]
+label = "label"
+probabilities = "probabilities"
+classes = ["a", "b"]
+[defenses.adversarial]
+threshold = 0.5
+[defenses.out_of_distribution]
+z_threshold = 4.0
+[defenses.extraction]
+"#;
+        let c = ModelCard::parse(image, DEFAULTS).unwrap();
+        assert_eq!(c.defended_input, Some(0));
+        assert_eq!(c.defenses.adversarial.as_ref().unwrap().image, Some((8, 8)));
+        let no_stats = image.replace("mean = 4.9\nstd = 6.0\n", "");
+        let e = ModelCard::parse(&no_stats, DEFAULTS)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("z_threshold"), "{e}");
+        let e = ModelCard::parse(
+            &TENSOR_CARD.replace(
+                "[policy.roles.admin]",
+                "[defenses.extraction]\n[policy.roles.admin]",
+            ),
+            DEFAULTS,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("dynamic dimensions"), "{e}");
+        let bytes = image.replace("datatype = \"FP32\"\nshape = [-1, 1, 8, 8]\nrange = [0.0, 16.0]\nmean = 4.9\nstd = 6.0\nimage = true", "datatype = \"BYTES\"\nshape = [-1]");
+        let e = ModelCard::parse(&bytes, DEFAULTS).unwrap_err().to_string();
+        assert!(e.starts_with("defenses"), "{e}");
+    }
+
     /// A first-format card and the same card written as tensors are the
     /// same checked card.
     #[test]

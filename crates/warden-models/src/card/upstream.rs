@@ -80,6 +80,15 @@ pub struct Upstream {
     pub breaker_open_for: std::time::Duration,
 }
 
+impl Upstream {
+    /// An `[upstream]` table's contents, checked as a card's would be
+    /// (`warden model init --upstream`).
+    pub fn parse_table(text: &str) -> Result<Self, CardError> {
+        let raw: RawUpstream = toml::from_str(text).map_err(|e| CardError(e.to_string()))?;
+        upstream(raw)
+    }
+}
+
 pub(super) fn upstream(raw: RawUpstream) -> Result<Upstream, CardError> {
     let bad = |key: &str, msg: &str| CardError(format!("upstream.{key}: {msg}"));
     let url = raw.url.trim_end_matches('/').to_owned();

@@ -465,6 +465,157 @@ mod properties {
         }
     }
 
+    /// A card with an input of each kind: ids over a dynamic sequence,
+    /// BYTES with categories, FP16 with a range, BOOL.
+    const TENSOR_CARD: &str = r#"
+task = "tensor"
+max_batch = 4
+[[inputs]]
+name = "ids"
+datatype = "INT64"
+shape = [-1, -1]
+ids = 10
+max_shape = [4, 6]
+[[inputs]]
+name = "tag"
+datatype = "BYTES"
+shape = [-1]
+categories = ["a", "b"]
+[[inputs]]
+name = "h"
+datatype = "FP16"
+shape = [-1, 2]
+range = [-1.0, 1.0]
+[[inputs]]
+name = "f"
+datatype = "BOOL"
+shape = [-1]
+[[outputs]]
+name = "y"
+datatype = "FP32"
+shape = [-1]
+"#;
+
+    fn tensor_card() -> ModelCard {
+        ModelCard::parse(
+            TENSOR_CARD,
+            CardDefaults {
+                max_batch: 64,
+                range_tolerance: 0.0,
+            },
+        )
+        .unwrap()
+    }
+
+    /// Whatever is accepted fits the tensor card exactly.
+    fn check_tensors(
+        c: &ModelCard,
+        parsed: Result<ValidInferRequest, ApiError>,
+    ) -> Result<(), TestCaseError> {
+        match parsed {
+            Ok(r) => {
+                let rows = r.rows();
+                prop_assert!(rows >= 1 && rows <= c.max_batch);
+                for (spec, t) in c.inputs.iter().zip(&r.batch.inputs) {
+                    prop_assert_eq!(t.datatype(), spec.datatype);
+                    prop_assert_eq!(t.shape[0], rows);
+                    prop_assert_eq!(t.shape.iter().product::<usize>(), t.data.len());
+                    prop_assert!(t.shape.iter().zip(&spec.max_shape).all(|(g, m)| g <= m));
+                    for i in 0..t.data.len() {
+                        if let Some(v) = t.data.number(i) {
+                            let (lo, hi) = spec.bounds(0).unwrap();
+                            prop_assert!(v >= lo && v <= hi, "{} = {v}", spec.name);
+                        }
+                    }
+                    if let warden_tensor::TensorData::Bytes(b) = &t.data {
+                        prop_assert!(b.iter().all(|s| s == b"a" || s == b"b"));
+                    }
+                }
+            }
+            Err(e) => prop_assert!(
+                matches!(
+                    e.code,
+                    ErrorCode::InvalidRequest | ErrorCode::ValidationFailed
+                ),
+                "{:?}",
+                e
+            ),
+        }
+        Ok(())
+    }
+
+    fn element() -> impl Strategy<Value = serde_json::Value> {
+        prop_oneof![
+            (-3i64..12).prop_map(serde_json::Value::from),
+            (-2.0f64..2.0).prop_map(serde_json::Value::from),
+            Just(serde_json::json!("a")),
+            Just(serde_json::json!("zz")),
+            Just(serde_json::json!(true)),
+            Just(serde_json::Value::Null),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+        /// v2 JSON over the tensor card: any shapes, datatypes and values.
+        #[test]
+        fn tensor_card_json_bodies(
+            rows in 0i64..6,
+            len in 0i64..8,
+            datatypes in prop::collection::vec(prop::sample::select(vec!["INT64", "BYTES", "FP16", "FP32", "BOOL", "INT8"]), 4),
+            data in prop::collection::vec(prop::collection::vec(element(), 0..30), 4),
+            drop_one in any::<bool>(),
+        ) {
+            let names = ["ids", "tag", "h", "f"];
+            let shapes = [vec![rows, len], vec![rows], vec![rows, 2], vec![rows]];
+            let mut inputs: Vec<serde_json::Value> = (0..4)
+                .map(|i| serde_json::json!({"name": names[i], "shape": shapes[i], "datatype": datatypes[i], "data": data[i]}))
+                .collect();
+            if drop_one {
+                inputs.pop();
+            }
+            let body = serde_json::json!({ "inputs": inputs }).to_string();
+            let c = tensor_card();
+            check_tensors(&c, parse(Protocol::V2, &c, body.as_bytes(), 32))?;
+        }
+
+        /// v2 binary over the tensor card: arbitrary bytes for each input.
+        #[test]
+        fn tensor_card_binary_bodies(
+            rows in 0i64..6,
+            len in 0i64..8,
+            parts in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..40), 4),
+        ) {
+            let names = ["ids", "tag", "h", "f"];
+            let types = ["INT64", "BYTES", "FP16", "BOOL"];
+            let shapes = [vec![rows, len], vec![rows], vec![rows, 2], vec![rows]];
+            let inputs: Vec<serde_json::Value> = (0..4)
+                .map(|i| serde_json::json!({"name": names[i], "shape": shapes[i], "datatype": types[i],
+                    "parameters": {"binary_data_size": parts[i].len()}}))
+                .collect();
+            let header = serde_json::json!({ "inputs": inputs }).to_string();
+            let mut body = header.clone().into_bytes();
+            for p in &parts {
+                body.extend_from_slice(p);
+            }
+            let c = tensor_card();
+            check_tensors(&c, parse_v2_binary(&c, &body, header.len(), 32))?;
+        }
+
+        /// v1 rows of named inputs over the tensor card.
+        #[test]
+        fn tensor_card_v1_rows(rows in prop::collection::vec(prop::collection::vec(element(), 0..8), 0..6)) {
+            let instances: Vec<serde_json::Value> = rows
+                .iter()
+                .map(|r| serde_json::json!({"ids": r, "tag": r.first(), "h": r.iter().take(2).collect::<Vec<_>>(), "f": r.last()}))
+                .collect();
+            let body = serde_json::json!({ "instances": instances }).to_string();
+            let c = tensor_card();
+            check_tensors(&c, parse(Protocol::V1, &c, body.as_bytes(), 32))?;
+        }
+    }
+
     fn json_v2(rows: i64, cols: i64, data: &[f64]) -> String {
         serde_json::json!({"inputs": [{"name": "input", "shape": [rows, cols], "datatype": "FP64", "data": data}]}).to_string()
     }

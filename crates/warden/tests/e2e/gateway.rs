@@ -250,11 +250,37 @@ async fn a_real_mlserver_behind_the_gateway_gets_the_whole_pipeline() {
         IRIS_CLASSES,
         &format!("url = \"{url}\"\nmodel = \"iris\"\ntimeout = \"1ms\""),
     );
+    // `warden model init --upstream` writes a card from MLServer's metadata.
+    let from_metadata = models.join("iris_init");
+    std::fs::create_dir_all(&from_metadata).unwrap();
+    let out = Command::new(BIN)
+        .args(["model", "init"])
+        .arg(&from_metadata)
+        .args(["--upstream", &url, "--upstream-model", "iris"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let written = std::fs::read_to_string(from_metadata.join("model.toml")).unwrap();
+    assert!(
+        written.contains("[upstream]") && written.contains("name = \"predict_proba\""),
+        "{written}"
+    );
     let w = Warden::start(
         &dir.path().join("data"),
         &["--models", models.to_str().unwrap()],
     );
     let key = w.printed_key.clone().unwrap();
+    // It serves: admin sees the probabilities; the labels are the class indices' names.
+    let one = json!({"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [5.1, 3.5, 1.4, 0.2]}]});
+    let (status, _, body) = w
+        .post("/v2/models/iris_init/infer", &key, one.to_string())
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["outputs"][0]["data"], json!(["class_0"]), "{body}");
 
     // The same answers as MLServer itself (and as the demo model's
     // fixtures: the same forest), through v2 and v1, under the card's
