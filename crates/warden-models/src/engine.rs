@@ -652,7 +652,7 @@ impl Inner {
             tokio::task::yield_now().await;
         }
         loop {
-            let (jobs, more) = self.take_batch();
+            let (mut jobs, more) = self.take_batch();
             if jobs.is_empty() {
                 guard.done = true;
                 return;
@@ -663,7 +663,7 @@ impl Inner {
                 // loop that comes back for more, so nothing is stranded.)
                 tokio::spawn(Arc::clone(&self).drain_task());
             }
-            let result = self.run_batch(&jobs).await;
+            let result = self.run_batch(&mut jobs).await;
             answer(jobs, result);
             // Give the executor thread back between batches: a batch run
             // inline does not await, and a busy queue would otherwise keep
@@ -673,9 +673,14 @@ impl Inner {
         }
     }
 
-    async fn run_batch(&self, jobs: &[Job]) -> Result<Outputs, EngineError> {
+    /// Runs the jobs' inputs as one call. Their inputs are taken (the
+    /// answers need only each job's row count).
+    async fn run_batch(&self, jobs: &mut [Job]) -> Result<Outputs, EngineError> {
         let batch = match jobs {
-            [one] => one.batch.clone(),
+            [one] => Batch {
+                rows: one.batch.rows,
+                inputs: std::mem::take(&mut one.batch.inputs),
+            },
             _ => {
                 let rows = jobs.iter().map(|j| j.batch.rows).sum();
                 let mut inputs = Vec::with_capacity(self.io.inputs.len());

@@ -2,6 +2,8 @@
 //! and probabilities. The engine answers tensors; this is the one place
 //! that knows which of them hold classes (the card's `[classification]`).
 
+use std::borrow::Cow;
+
 use warden_tensor::{Tensor, TensorData};
 
 use crate::card::{ModelCard, Task};
@@ -29,8 +31,9 @@ pub fn class_indices(card: &ModelCard, answer: &[Tensor]) -> Result<Vec<usize>, 
     }
 }
 
-/// The classifier's probabilities, `rows × classes`, if it has them.
-pub fn probabilities(card: &ModelCard, answer: &[Tensor]) -> Option<Vec<f32>> {
+/// The classifier's probabilities, `rows × classes`, if it has them
+/// (borrowed when the output is FP32, as most are).
+pub fn probabilities<'a>(card: &ModelCard, answer: &'a [Tensor]) -> Option<Cow<'a, [f32]>> {
     let Task::Classification {
         probabilities: Some(p),
         ..
@@ -38,7 +41,10 @@ pub fn probabilities(card: &ModelCard, answer: &[Tensor]) -> Option<Vec<f32>> {
     else {
         return None;
     };
-    answer.get(*p)?.data.to_f32()
+    match &answer.get(*p)?.data {
+        TensorData::F32(v) => Some(Cow::Borrowed(v)),
+        other => other.to_f32().map(Cow::Owned),
+    }
 }
 
 /// Each row's class for the extraction monitor: the predicted class of a

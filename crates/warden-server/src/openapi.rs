@@ -137,32 +137,37 @@ pub struct ModelMetadata {
     inputs: Vec<TensorMetadata>,
     /// Only the outputs this credential may receive.
     outputs: Vec<TensorMetadata>,
-    /// description, max_batch, features (name with accepted min/max, or categories), classes.
+    /// description, task, max_batch, classes, features (a tabular input's
+    /// columns, each with its accepted min/max or categories), input_limits
+    /// (per input: min/max, ids or categories, max_shape, max_elements).
     parameters: serde_json::Value,
 }
 
-/// KServe v1 request: instances as arrays of values (feature order) or objects of named features.
+/// KServe v1 / TF-Serving request: `instances` (row format: the single
+/// input's value per row, an array or object of named features for a
+/// tabular model, an object keyed by input name for several inputs) or
+/// `inputs` (columnar: the single input's batch, or an object of batches
+/// keyed by input name). Exactly one of the two.
 #[derive(Debug, Serialize, ToSchema)]
 // The parser refuses unknown fields, so the document says so
 // (`additionalProperties: false`).
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({"instances": [[5.1, 3.5, 1.4, 0.2], {"sepal_length_cm": 6.7, "sepal_width_cm": 3.0, "petal_length_cm": 5.2, "petal_width_cm": 2.3}]}))]
 pub struct V1Request {
-    instances: Vec<serde_json::Value>,
+    instances: Option<Vec<serde_json::Value>>,
+    inputs: Option<serde_json::Value>,
+    /// Accepted and ignored (TF-Serving clients send it).
+    signature_name: Option<String>,
 }
 
-/// KServe v1 response: one prediction per instance; probabilities only when the policy allows.
+/// KServe v1 response: one prediction per row — for a classifier
+/// `{"label", "probabilities"?}` (probabilities only when the policy
+/// allows), otherwise the output's row value, or an object of the outputs
+/// shown.
 #[derive(Debug, Serialize, ToSchema)]
 #[schema(example = json!({"predictions": [{"label": "setosa", "probabilities": {"setosa": 1.0, "versicolor": 0.0, "virginica": 0.0}}]}))]
 pub struct V1Response {
-    predictions: Vec<V1Prediction>,
-}
-
-/// One v1 prediction.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct V1Prediction {
-    label: Option<String>,
-    probabilities: Option<std::collections::BTreeMap<String, f64>>,
+    predictions: Vec<serde_json::Value>,
 }
 
 /// An input tensor. `data` may be flat or nested; its length must equal the product of `shape`.
@@ -172,9 +177,10 @@ pub struct V1Prediction {
 #[serde(deny_unknown_fields)]
 pub struct V2Input {
     name: String,
-    /// `[rows, features]`
+    /// The tensor's dimensions, the batch first.
     shape: Vec<i64>,
-    /// FP32, FP64, FP16, INT8..INT64 or UINT8..UINT64.
+    /// BOOL, UINT8..UINT64, INT8..INT64, FP16, FP32, FP64 or BYTES: the
+    /// card's (an FP input also takes other number datatypes).
     datatype: String,
     /// `binary_data_size`: the tensor's values are that many bytes of the
     /// binary part (with `Inference-Header-Content-Length`); others are
@@ -191,7 +197,7 @@ pub struct V2Input {
 // (`additionalProperties: false`).
 #[serde(deny_unknown_fields)]
 pub struct V2RequestedOutput {
-    /// `label` or `probabilities`.
+    /// An output of the model (metadata lists those this credential may see).
     name: String,
     parameters: Option<serde_json::Value>,
 }
@@ -209,8 +215,8 @@ pub struct V2InferRequest {
     model_name: Option<String>,
     /// Accepted and ignored.
     parameters: Option<serde_json::Value>,
-    /// The model's input tensor (Warden's models take exactly one).
-    #[schema(min_items = 1, max_items = 1)]
+    /// One tensor per input of the model.
+    #[schema(min_items = 1)]
     inputs: Vec<V2Input>,
     outputs: Option<Vec<V2RequestedOutput>>,
 }

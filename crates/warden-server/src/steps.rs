@@ -90,10 +90,21 @@ pub fn input_digest(inputs: &[warden_tensor::Tensor]) -> [u8; 32] {
         for d in &t.shape {
             h.update((*d as u64).to_le_bytes());
         }
-        bytes.clear();
-        t.data.write_le_bytes(&mut bytes);
-        h.update((bytes.len() as u64).to_le_bytes());
-        h.update(&bytes);
+        match &t.data {
+            // The common case hashed in place, without a copy.
+            warden_tensor::TensorData::F32(v) => {
+                h.update(((v.len() * 4) as u64).to_le_bytes());
+                for x in v {
+                    h.update(x.to_le_bytes());
+                }
+            }
+            data => {
+                bytes.clear();
+                data.write_le_bytes(&mut bytes);
+                h.update((bytes.len() as u64).to_le_bytes());
+                h.update(&bytes);
+            }
+        }
     }
     h.finalize().into()
 }
