@@ -144,6 +144,7 @@ struct Io {
 /// A model version served by ONNX Runtime.
 pub struct OnnxBackend {
     inner: Arc<Inner>,
+    tied: Vec<Vec<(usize, usize)>>,
 }
 
 struct Inner {
@@ -187,6 +188,7 @@ impl OnnxBackend {
         };
         let count = card.runtime.sessions.unwrap_or(settings.sessions).max(1);
         let mut sessions = Vec::with_capacity(count);
+        let mut tied = Vec::new();
         for _ in 0..count {
             let session = Session::builder(runtime.environment())
                 .and_then(|b| Ok(b.with_optimization_level(GraphOptimizationLevel::Level3)?))
@@ -196,6 +198,7 @@ impl OnnxBackend {
                 .map_err(|e| format!("ONNX Runtime cannot load the graph: {e}"))?;
             if sessions.is_empty() {
                 check_graph(&session, &io)?;
+                tied = tied_dimensions(&session, card);
             }
             sessions.push(session);
         }
@@ -221,8 +224,51 @@ impl OnnxBackend {
                 queue_timeout: settings.queue_timeout,
                 queue: Mutex::new(VecDeque::new()),
             }),
+            tied,
         })
     }
+
+    /// The inputs' dimensions the graph ties together
+    /// ([`tied_dimensions`]).
+    pub fn tied_dims(&self) -> &[Vec<(usize, usize)>] {
+        &self.tied
+    }
+}
+
+/// The dynamic dimensions of the graph's inputs that share a symbolic name
+/// (ONNX `dim_param`), as `(card input, dimension)` groups of two or more:
+/// ONNX Runtime needs them equal at run time. The batch dimension is left
+/// out (the rows of every input are checked equal anyway).
+pub fn tied_dimensions(session: &Session, card: &ModelCard) -> Vec<Vec<(usize, usize)>> {
+    let mut by_symbol: Vec<(String, Vec<(usize, usize)>)> = Vec::new();
+    for graph_input in session.inputs() {
+        let Some(k) = card.inputs.iter().position(|s| s.name == graph_input.name()) else {
+            continue;
+        };
+        let ValueType::Tensor {
+            shape,
+            dimension_symbols,
+            ..
+        } = graph_input.dtype()
+        else {
+            continue;
+        };
+        for (d, symbol) in dimension_symbols.iter().enumerate() {
+            let dynamic = shape.get(d).is_some_and(|&n| n < 0);
+            if symbol.is_empty() || !dynamic || (card.batched && d == 0) {
+                continue;
+            }
+            match by_symbol.iter_mut().find(|(s, _)| s == symbol) {
+                Some((_, dims)) => dims.push((k, d)),
+                None => by_symbol.push((symbol.clone(), vec![(k, d)])),
+            }
+        }
+    }
+    by_symbol
+        .into_iter()
+        .map(|(_, dims)| dims)
+        .filter(|dims| dims.len() > 1)
+        .collect()
 }
 
 /// A full batch of typical values (training means, the lowest id or

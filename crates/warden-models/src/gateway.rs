@@ -518,7 +518,11 @@ impl Inner {
                     .iter()
                     .zip(&expected)
                     .all(|(g, e)| e.is_none_or(|e| e == *g));
-            let count: usize = shape.iter().product();
+            // The upstream's shape is not trusted: its product may overflow.
+            let count = shape
+                .iter()
+                .try_fold(1usize, |a, &d| a.checked_mul(d))
+                .ok_or_else(|| format!("output {:?} has shape {:?}", spec.name, o.shape))?;
             let values = flatten(&o.data, count)?;
             if !fits || values.len() != count {
                 return Err(format!(

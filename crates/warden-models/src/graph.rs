@@ -84,16 +84,23 @@ fn fields(bytes: &[u8]) -> Fields<'_> {
     Fields { rest: bytes }
 }
 
-/// A `Gather` node: its table, its indices, its axis.
-struct Gather {
-    data: String,
-    indices: String,
+/// A node of the default domain: its operator, inputs, outputs and `axis`.
+struct Node {
+    op: String,
+    inputs: Vec<String>,
+    outputs: Vec<String>,
     axis: i64,
 }
 
+/// Operators whose first output holds the same integers as their first
+/// input (re-typed or re-shaped): an id input often passes through one of
+/// them on its way to a `Gather`.
+const PASS_THROUGH: [&str; 6] = ["Cast", "Identity", "Reshape", "Unsqueeze", "Squeeze", "Flatten"];
+
 /// For each graph input that is the indices of a `Gather` over an
-/// initializer (a lookup table), the number of entries along the gathered
-/// axis — the smallest, if it indexes several tables.
+/// initializer (a lookup table), directly or through the re-typing and
+/// re-shaping operators of [`PASS_THROUGH`], the number of entries along
+/// the gathered axis — the smallest, if it indexes several tables.
 pub fn lookup_tables(onnx: &[u8]) -> HashMap<String, u64> {
     let Some(graph) = fields(onnx).find_map(|(n, f)| match (n, f) {
         (7, Field::Bytes(b)) => Some(b),
@@ -101,12 +108,12 @@ pub fn lookup_tables(onnx: &[u8]) -> HashMap<String, u64> {
     }) else {
         return HashMap::new();
     };
-    let mut gathers = Vec::new();
+    let mut nodes = Vec::new();
     let mut tables: HashMap<String, Vec<i64>> = HashMap::new();
     let mut inputs = Vec::new();
     for (n, f) in fields(graph) {
         match (n, f) {
-            (1, Field::Bytes(node)) => gathers.extend(gather(node)),
+            (1, Field::Bytes(node)) => nodes.extend(parse_node(node)),
             (5, Field::Bytes(tensor)) => {
                 let (name, dims) = initializer(tensor);
                 tables.insert(name, dims);
@@ -122,12 +129,30 @@ pub fn lookup_tables(onnx: &[u8]) -> HashMap<String, u64> {
             _ => {}
         }
     }
+    // Each pass-through node's output, traced back to where its integers
+    // come from.
+    let source: HashMap<&str, &str> = nodes
+        .iter()
+        .filter(|n| PASS_THROUGH.contains(&n.op.as_str()))
+        .filter_map(|n| Some((n.outputs.first()?.as_str(), n.inputs.first()?.as_str())))
+        .collect();
+    fn origin<'a>(source: &HashMap<&'a str, &'a str>, mut name: &'a str) -> &'a str {
+        // Bounded: a malformed graph could loop.
+        for _ in 0..64 {
+            match source.get(name) {
+                Some(up) => name = up,
+                None => break,
+            }
+        }
+        name
+    }
     let mut bounds: HashMap<String, u64> = HashMap::new();
-    for g in gathers {
-        if !inputs.contains(&g.indices) {
+    for g in nodes.iter().filter(|n| n.op == "Gather" && n.inputs.len() == 2) {
+        let indices = origin(&source, &g.inputs[1]);
+        if !inputs.iter().any(|i| i == indices) {
             continue;
         }
-        let Some(dims) = tables.get(&g.data) else {
+        let Some(dims) = tables.get(&g.inputs[0]) else {
             continue;
         };
         let axis = if g.axis < 0 {
@@ -142,22 +167,24 @@ pub fn lookup_tables(onnx: &[u8]) -> HashMap<String, u64> {
             continue;
         };
         bounds
-            .entry(g.indices)
+            .entry(indices.to_owned())
             .and_modify(|b| *b = (*b).min(rows))
             .or_insert(rows);
     }
     bounds
 }
 
-fn gather(node: &[u8]) -> Option<Gather> {
+fn parse_node(node: &[u8]) -> Option<Node> {
     let mut op = None;
-    let mut ins = Vec::new();
+    let mut inputs = Vec::new();
+    let mut outputs = Vec::new();
     let mut axis = 0;
     let mut domain_default = true;
     for (n, f) in fields(node) {
         match (n, f) {
-            (1, Field::Bytes(s)) => ins.push(std::str::from_utf8(s).ok()?.to_owned()),
-            (4, Field::Bytes(s)) => op = Some(s),
+            (1, Field::Bytes(s)) => inputs.push(std::str::from_utf8(s).ok()?.to_owned()),
+            (2, Field::Bytes(s)) => outputs.push(std::str::from_utf8(s).ok()?.to_owned()),
+            (4, Field::Bytes(s)) => op = Some(std::str::from_utf8(s).ok()?.to_owned()),
             (7, Field::Bytes(s)) => domain_default = s.is_empty() || s == b"ai.onnx",
             (5, Field::Bytes(attribute)) => {
                 let mut name = None;
@@ -177,14 +204,13 @@ fn gather(node: &[u8]) -> Option<Gather> {
             _ => {}
         }
     }
-    if op != Some(b"Gather".as_slice()) || !domain_default || ins.len() != 2 {
+    if !domain_default {
         return None;
     }
-    let indices = ins.pop()?;
-    let data = ins.pop()?;
-    Some(Gather {
-        data,
-        indices,
+    Some(Node {
+        op: op?,
+        inputs,
+        outputs,
         axis,
     })
 }
@@ -233,6 +259,58 @@ mod tests {
         assert_eq!(sentiment.get("input_ids"), Some(&500));
         assert!(!sentiment.contains_key("attention_mask"));
         assert!(lookup_tables(&graph("iris")).is_empty());
+    }
+
+    /// A protobuf length-delimited field.
+    fn field(number: u8, bytes: &[u8]) -> Vec<u8> {
+        let mut out = vec![number << 3 | 2];
+        let mut len = bytes.len();
+        loop {
+            let byte = (len & 0x7f) as u8;
+            len >>= 7;
+            if len == 0 {
+                out.push(byte);
+                break;
+            }
+            out.push(byte | 0x80);
+        }
+        out.extend_from_slice(bytes);
+        out
+    }
+
+    fn node(op: &str, inputs: &[&str], output: &str) -> Vec<u8> {
+        let mut n = Vec::new();
+        for i in inputs {
+            n.extend(field(1, i.as_bytes()));
+        }
+        n.extend(field(2, output.as_bytes()));
+        n.extend(field(4, op.as_bytes()));
+        field(1, &n)
+    }
+
+    #[test]
+    fn ids_are_traced_through_casts_and_reshapes() {
+        // ids → Cast → Unsqueeze → Gather(table[37, 4]); other → Gather direct.
+        let mut g = Vec::new();
+        g.extend(node("Cast", &["ids"], "ids32"));
+        g.extend(node("Unsqueeze", &["ids32", "axes"], "ids2"));
+        g.extend(node("Gather", &["table", "ids2"], "emb"));
+        g.extend(node("Gather", &["table", "other"], "emb2"));
+        // A loop of pass-through nodes must not hang the reader.
+        g.extend(node("Identity", &["a"], "b"));
+        g.extend(node("Identity", &["b"], "a"));
+        g.extend(node("Gather", &["table", "a"], "emb3"));
+        // The table: dims [37, 4] (packed), name "table".
+        let mut t = vec![1 << 3, 37, 1 << 3, 4];
+        t.extend(field(8, b"table"));
+        g.extend(field(5, &t));
+        for input in ["ids", "other"] {
+            g.extend(field(11, &field(1, input.as_bytes())));
+        }
+        let bounds = lookup_tables(&field(7, &g));
+        assert_eq!(bounds.get("ids"), Some(&37));
+        assert_eq!(bounds.get("other"), Some(&37));
+        assert_eq!(bounds.len(), 2);
     }
 
     #[test]

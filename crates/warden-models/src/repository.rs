@@ -456,9 +456,16 @@ fn load_model(
         let onnx_path = vdir.join("model.onnx");
         // Ids the card leaves open are bounded by the graph's lookup tables
         // (before the backend is built, so its warm-up uses valid ids).
-        card.bound_ids(&crate::graph::lookup_tables(&onnx));
+        card.bound_ids(&crate::graph::lookup_tables(&onnx))
+            .map_err(|e| error(&onnx_path, e.to_string()))?;
         let backend = OnnxBackend::load(settings.runtime, &onnx, &card, settings.pool)
             .map_err(|m| error(&onnx_path, m))?;
+        // Dimensions any version ties together are checked in every request.
+        for group in backend.tied_dims() {
+            if !card.tied_dims.contains(group) {
+                card.tied_dims.push(group.clone());
+            }
+        }
         tracing::info!(model = %name, version, sha256 = %hex::encode(integrity::sha256(&onnx)), integrity = %checked, "model version checked");
         versions.insert(
             version,

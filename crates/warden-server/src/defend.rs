@@ -115,11 +115,12 @@ pub async fn infer(
             let mut copy = t.clone();
             if i == watched {
                 let n = values.len();
-                let own = &squeezed[c * n..(c + 1) * n];
-                let Some(data) = warden_tensor::TensorData::from_f64(
-                    t.datatype(),
-                    &own.iter().map(|&v| f64::from(v)).collect::<Vec<_>>(),
-                ) else {
+                let Some(data) = squeezed.get(c * n..(c + 1) * n).and_then(|own| {
+                    warden_tensor::TensorData::from_f64(
+                        t.datatype(),
+                        &own.iter().map(|&v| f64::from(v)).collect::<Vec<_>>(),
+                    )
+                }) else {
                     return version.backend.infer(batch).await.map(|p| (p, None));
                 };
                 copy.data = data;

@@ -383,6 +383,26 @@ impl TensorData {
         }
     }
 
+    /// The number of elements in a BYTES encoding, walking the length
+    /// prefixes without copying anything: a caller can check it against a
+    /// cap before [`TensorData::from_le_bytes`] allocates per element.
+    pub fn bytes_elements(bytes: &[u8]) -> Result<usize, DecodeError> {
+        let mut n = 0usize;
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            let Some((len, tail)) = rest.split_first_chunk::<4>() else {
+                return Err(DecodeError::ShortLength);
+            };
+            let len = u32::from_le_bytes(*len) as usize;
+            let Some(tail) = tail.get(len..) else {
+                return Err(DecodeError::PastTheEnd { element: n });
+            };
+            n += 1;
+            rest = tail;
+        }
+        Ok(n)
+    }
+
     /// Decodes the binary encoding of `datatype`.
     pub fn from_le_bytes(datatype: DataType, bytes: &[u8]) -> Result<Self, DecodeError> {
         fn fixed<const N: usize, T>(bytes: &[u8], f: impl Fn([u8; N]) -> T) -> Vec<T> {

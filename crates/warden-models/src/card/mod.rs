@@ -396,6 +396,13 @@ pub struct ModelCard {
     pub defenses: crate::defenses::DefenseSettings,
     /// Gateway mode: the upstream server that answers for this model.
     pub upstream: Option<Upstream>,
+    /// Dimensions that must be equal in every request, as `(input, dimension)`
+    /// groups: the graph names them with one symbol (a text model's
+    /// `sequence` in both `input_ids` and `attention_mask`). Read from the
+    /// graph at load ([`crate::engine::tied_dimensions`]); a request whose
+    /// tied dimensions differ would fail inside ONNX Runtime, or broadcast
+    /// silently to a wrong answer.
+    pub tied_dims: Vec<Vec<(usize, usize)>>,
 }
 
 /// Card-wide settings that come from the server configuration.
@@ -438,23 +445,44 @@ impl ModelCard {
         self.defended_input.and_then(|i| self.inputs.get(i))
     }
 
-    /// Bounds each integer input the card leaves open by the lookup table
-    /// the graph indexes with it (`tables`: input name → rows, from
-    /// [`crate::graph::lookup_tables`]): its ids are then `[0, rows)`, the
-    /// smallest table over the model's versions.
-    pub fn bound_ids(&mut self, tables: &std::collections::HashMap<String, u64>) {
+    /// Bounds each integer input by the lookup table the graph indexes with
+    /// it (`tables`: input name → rows, from
+    /// [`crate::graph::lookup_tables`]): ids the card leaves open are then
+    /// `[0, rows)`, the smallest table over the model's versions. A bound
+    /// the card declares must lie within the table (ONNX Gather reads a
+    /// negative index from the end, and one past the end fails): a card
+    /// that declares more is refused, naming the input.
+    pub fn bound_ids(
+        &mut self,
+        tables: &std::collections::HashMap<String, u64>,
+    ) -> Result<(), CardError> {
         for input in &mut self.inputs {
             let Some(&rows) = tables.get(&input.name) else {
                 continue;
             };
-            if input.declared || !input.datatype.is_integer() || !input.features.is_empty() {
+            if !input.datatype.is_integer() || !input.features.is_empty() {
                 continue;
             }
-            input.valid = match input.valid {
-                Valid::Ids(n) => Valid::Ids(n.min(rows)),
-                _ => Valid::Ids(rows),
+            if !input.declared {
+                input.valid = match input.valid {
+                    Valid::Ids(n) => Valid::Ids(n.min(rows)),
+                    _ => Valid::Ids(rows),
+                };
+                continue;
+            }
+            let fits = match input.valid {
+                Valid::Ids(n) => n <= rows,
+                Valid::Range { lo, hi } => lo >= 0.0 && hi < rows as f64,
+                _ => false,
             };
+            if !fits {
+                return Err(CardError(format!(
+                    "inputs.{}: the graph looks its values up in a table of {rows} entries, so they must lie in [0, {rows}); declare ids = {rows} or less, or a range within it",
+                    input.name
+                )));
+            }
         }
+        Ok(())
     }
 
     /// Position of an output by name.
@@ -588,7 +616,7 @@ impl ModelCard {
             raw.task.as_deref(),
             classification,
             raw.regression,
-            &outputs,
+            &mut outputs,
         )?;
         let policy_key = |k: &str| k.to_owned();
         let default_policy = policy(
@@ -679,6 +707,7 @@ impl ModelCard {
             defended_input,
             defenses,
             upstream,
+            tied_dims: Vec::new(),
         })
     }
 
@@ -702,7 +731,7 @@ fn task(
     named: Option<&str>,
     classification: Option<RawClassification>,
     regression: Option<RawRegression>,
-    outputs: &[OutputSpec],
+    outputs: &mut [OutputSpec],
 ) -> Result<Task, CardError> {
     let named = match (named, &classification, &regression) {
         (Some(t), ..) => t,
@@ -751,6 +780,9 @@ fn task(
                         o.name
                     )));
                 }
+                // One column per class, checked in every answer (a model or
+                // upstream answering fewer would misalign every row).
+                outputs[p].shape[1] = n;
             }
             Ok(Task::Classification {
                 label,
@@ -1051,13 +1083,27 @@ fn defense_settings(
                     "{k}.image: {h} x {w} is not the {features} features"
                 )));
             }
-            // An input marked `image = true` smooths over its last two dimensions.
+            // Squeezed copies join the input's batch, so there must be one.
+            if !spec.batched {
+                return Err(CardError(format!(
+                    "{k}: feature squeezing runs squeezed copies in the input's batch, so the model needs a batch dimension"
+                )));
+            }
+            // An input marked `image = true` smooths over its last two
+            // dimensions, each channel (the dimensions between) apart.
             let image = a.image.map(|[h, w]| (h, w)).or_else(|| {
                 spec.image.then(|| {
                     let n = spec.shape.len();
                     (spec.shape[n - 2] as usize, spec.shape[n - 1] as usize)
                 })
             });
+            if let Some((h, w)) = image
+                && (h == 0 || w == 0 || features % (h * w) != 0)
+            {
+                return Err(CardError(format!(
+                    "{k}.image: {h} x {w} does not divide the {features} values of a row"
+                )));
+            }
             Some(SqueezeSettings {
                 action: action(k, a.action.as_deref())?,
                 bit_depth,
@@ -1266,6 +1312,28 @@ classes = ["no", "yes"]
 output = "probabilities"
 outputs = ["logits"]
 "#;
+
+    #[test]
+    fn declared_ids_must_fit_the_graphs_table() {
+        let tables = |rows: u64| std::collections::HashMap::from([("ids".to_owned(), rows)]);
+        // ids = 100 over a table of 100 or more: kept.
+        let mut c = ModelCard::parse(TENSOR_CARD, DEFAULTS).unwrap();
+        c.bound_ids(&tables(500)).unwrap();
+        assert_eq!(c.inputs[0].valid, Valid::Ids(100));
+        // Over a table of 50: an id in [50, 100) would read past its end.
+        let mut c = ModelCard::parse(TENSOR_CARD, DEFAULTS).unwrap();
+        let e = c.bound_ids(&tables(50)).unwrap_err();
+        assert!(e.to_string().contains("inputs.ids"), "{e}");
+        // A declared range reaching below 0 (Gather reads -1 from the end).
+        let ranged = TENSOR_CARD.replace("ids = 100", "range = [-5, 20]");
+        let mut c = ModelCard::parse(&ranged, DEFAULTS).unwrap();
+        assert!(c.bound_ids(&tables(50)).is_err());
+        // Left open: bounded by the table.
+        let open = TENSOR_CARD.replace("ids = 100\n", "");
+        let mut c = ModelCard::parse(&open, DEFAULTS).unwrap();
+        c.bound_ids(&tables(50)).unwrap();
+        assert_eq!(c.inputs[0].valid, Valid::Ids(50));
+    }
 
     #[test]
     fn tensor_cards_declare_every_input_and_output() {

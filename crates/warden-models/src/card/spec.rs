@@ -204,15 +204,18 @@ pub struct InputSpec {
     /// and `max`); an integer input it leaves open is bounded by the
     /// lookup table the graph indexes with it, if any.
     pub declared: bool,
+    /// Whether the first dimension is the batch (the card's
+    /// `batch_dimension`); otherwise the whole tensor is one row.
+    pub batched: bool,
 }
 
 impl InputSpec {
     /// Elements per entry of the batch dimension, when every other
-    /// dimension is fixed.
+    /// dimension is fixed (without a batch dimension: the whole tensor's).
     pub fn fixed_row_len(&self) -> Option<usize> {
         self.shape
             .iter()
-            .skip(1)
+            .skip(usize::from(self.batched))
             .map(|&d| usize::try_from(d).ok())
             .product()
     }
@@ -562,6 +565,7 @@ pub(super) fn input(
         feature_index,
         image: raw.image,
         declared,
+        batched: cx.batched,
     })
 }
 

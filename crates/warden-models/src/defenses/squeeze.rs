@@ -31,11 +31,20 @@ pub fn squeezed(settings: &SqueezeSettings, input: &InputSpec, values: &[f32]) -
             });
         }
     }
-    if let Some((h, w)) = settings.image {
-        for row in values.chunks(width) {
+    // Median smoothing of each channel: a row is whole h × w planes (the
+    // card's check), and each plane is smoothed on its own.
+    if let Some((h, w)) = settings.image
+        && h * w > 0
+    {
+        for plane in values.chunks(width).flat_map(|row| row.chunks(h * w)) {
             for y in 0..h {
                 for x in 0..w {
-                    let at = |yy: usize, xx: usize| row[yy.min(h - 1) * w + xx.min(w - 1)];
+                    let at = |yy: usize, xx: usize| {
+                        plane
+                            .get(yy.min(h - 1) * w + xx.min(w - 1))
+                            .copied()
+                            .unwrap_or_default()
+                    };
                     let mut four = [at(y, x), at(y, x + 1), at(y + 1, x), at(y + 1, x + 1)];
                     four.sort_by(f32::total_cmp);
                     out.push((four[1] + four[2]) / 2.0);
@@ -102,6 +111,28 @@ mod tests {
         // middle two): {1,9,16,7} -> 8, {9,9,7,7} -> 8, {16,7,16,7} -> 11.5,
         // {7,7,7,7} -> 7.
         assert_eq!(&out[4..], &[8.0, 8.0, 11.5, 7.0]);
+    }
+
+    #[test]
+    fn each_channel_of_an_image_is_smoothed_on_its_own() {
+        // Two rows of a [N, 3, 2, 2] image: 12 values a row.
+        let c = card(12);
+        let s = SqueezeSettings {
+            action: Action::Flag,
+            bit_depth: 4,
+            image: Some((2, 2)),
+            threshold: 0.5,
+        };
+        let row: Vec<f32> = [[1.0, 9.0, 16.0, 7.0], [0.0; 4], [4.0; 4]].concat();
+        let values = [row.clone(), row].concat();
+        let out = squeezed(&s, &c.inputs[0], &values);
+        // Bit depth: 24 values; then smoothing: 24 more, plane by plane.
+        assert_eq!(out.len(), 48);
+        let smoothed = &out[24..];
+        assert_eq!(&smoothed[..4], &[8.0, 8.0, 11.5, 7.0]);
+        assert_eq!(&smoothed[4..8], &[0.0; 4]);
+        assert_eq!(&smoothed[8..12], &[4.0; 4]);
+        assert_eq!(&smoothed[12..24], &smoothed[..12]);
     }
 
     #[test]

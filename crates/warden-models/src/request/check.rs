@@ -83,6 +83,28 @@ pub fn check(
     if p.0.len() > before {
         return None;
     }
+    // Dimensions the graph ties together (a sequence length shared by ids
+    // and mask) must agree across inputs.
+    for group in &card.tied_dims {
+        let size = |&(k, d): &(usize, usize)| inputs.get(k).and_then(|t| t.shape.get(d)).copied();
+        let Some(first) = group.first() else { continue };
+        let Some(want) = size(first) else { continue };
+        for at in &group[1..] {
+            if let Some(got) = size(at)
+                && got != want
+            {
+                let (name, d) = (&card.inputs[at.0].name, at.1);
+                let (other, d0) = (&card.inputs[first.0].name, first.1);
+                p.add(
+                    || "inputs".into(),
+                    format!("input {name:?} has {got} in dimension {d}, input {other:?} {want} in dimension {d0}: the model needs them equal"),
+                );
+            }
+        }
+    }
+    if p.0.len() > before {
+        return None;
+    }
     Some(Batch {
         rows: if card.batched { rows.unwrap_or(0) } else { 1 },
         inputs,
@@ -187,6 +209,27 @@ fn one(
                 );
                 return None;
             }
+            // BYTES: counted before anything is copied, so a body of empty
+            // strings cannot cost memory past the element cap.
+            if sent == DataType::Bytes {
+                match TensorData::bytes_elements(bytes) {
+                    Ok(n) if n == count => {}
+                    Ok(n) => {
+                        p.add(
+                            || format!("{field}.parameters.binary_data_size"),
+                            format!("holds {n} BYTES elements; shape needs {count}"),
+                        );
+                        return None;
+                    }
+                    Err(e) => {
+                        p.add(
+                            || format!("{field}.parameters.binary_data_size"),
+                            e.to_string(),
+                        );
+                        return None;
+                    }
+                }
+            }
             match TensorData::from_le_bytes(sent, bytes) {
                 Ok(data) => {
                     decoded = data;
@@ -254,9 +297,14 @@ fn scalars(data: &TensorData) -> Vec<Scalar<'_>> {
             .map(|&x| i64::try_from(x).map_or(Scalar::UInt(x), Scalar::Int))
             .collect(),
         TensorData::Bytes(v) => v.iter().map(|b| Scalar::Bytes(Cow::Borrowed(b))).collect(),
-        d if d.datatype().is_integer() => (0..d.len())
-            .map(|i| Scalar::Int(d.number(i).unwrap_or_default() as i64))
-            .collect(),
+        // Integers as integers: through f64 an INT64 above 2^53 would change.
+        TensorData::I64(v) => v.iter().map(|&x| Scalar::Int(x)).collect(),
+        TensorData::U32(v) => v.iter().map(|&x| Scalar::Int(i64::from(x))).collect(),
+        TensorData::I32(v) => v.iter().map(|&x| Scalar::Int(i64::from(x))).collect(),
+        TensorData::U16(v) => v.iter().map(|&x| Scalar::Int(i64::from(x))).collect(),
+        TensorData::I16(v) => v.iter().map(|&x| Scalar::Int(i64::from(x))).collect(),
+        TensorData::U8(v) => v.iter().map(|&x| Scalar::Int(i64::from(x))).collect(),
+        TensorData::I8(v) => v.iter().map(|&x| Scalar::Int(i64::from(x))).collect(),
         d => (0..d.len())
             .map(|i| Scalar::Float(d.number(i).unwrap_or(f64::NAN)))
             .collect(),

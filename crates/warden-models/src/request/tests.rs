@@ -315,6 +315,16 @@ fn v2_binary_tensor_data_is_checked_like_json_data() {
         values(&parse_v2_binary(&c, &body, len, 32).unwrap()),
         [1.0, 0.5]
     );
+    // Sizes that wrap around to the body's length (2^64 - 8 + 24 = 16):
+    // refused, not sliced out of bounds.
+    let wrapping = serde_json::json!({"inputs": [
+        {"name": "input", "shape": [1, 2], "datatype": "FP32",
+         "parameters": {"binary_data_size": u64::MAX - 7}},
+        {"name": "input", "shape": [1, 2], "datatype": "FP32",
+         "parameters": {"binary_data_size": 24}}]});
+    let e = code(wrapping, &f32s(&[1.0, 0.5, 1.0, 0.5]));
+    assert_eq!(e.code, ErrorCode::ValidationFailed);
+    assert!(fields(&e).contains(&"inputs".to_owned()), "{e:?}");
     // A shape far past the batch limit, whose byte count would overflow:
     // refused on the shape, nothing computed from it.
     let huge = binary_input([4_611_686_018_427_387_904, 2], "FP64", 0);

@@ -93,9 +93,15 @@ impl<'de: 'c, 'c> Visitor<'de> for V2Seed<'_, 'c> {
 /// part (the shares follow one another in input order).
 fn attach_binary<'c>(ctx: &mut Ctx<'c>, inputs: Vec<RawTensor<'c>>) -> Vec<WireTensor<'c>> {
     let binary = ctx.binary.unwrap_or_default();
-    let claimed: u64 = inputs.iter().filter_map(|t| t.binary_size).sum();
-    let usable = ctx.binary.is_some() && claimed == binary.len() as u64;
-    if ctx.binary.is_some() && claimed != binary.len() as u64 {
+    // Added with a check: sizes near 2^64 must not wrap around to the
+    // body's length.
+    let claimed: Option<u64> = inputs
+        .iter()
+        .filter_map(|t| t.binary_size)
+        .try_fold(0u64, u64::checked_add);
+    let usable = ctx.binary.is_some() && claimed == Some(binary.len() as u64);
+    if ctx.binary.is_some() && !usable {
+        let claimed = claimed.map_or_else(|| "more than 2^64".to_owned(), |c| c.to_string());
         let n = binary.len();
         let claimants: Vec<usize> = (0..inputs.len())
             .filter(|&k| inputs[k].binary_size.is_some())
@@ -133,11 +139,17 @@ fn attach_binary<'c>(ctx: &mut Ctx<'c>, inputs: Vec<RawTensor<'c>>) -> Vec<WireT
             }
             (None, Some(size)) if usable => {
                 // The sizes add up to the binary part's length, so each
-                // share is in bounds.
-                let size = size as usize;
-                let share = &binary[offset..offset + size];
-                offset += size;
-                WireData::Binary(share)
+                // share is in bounds (and checked all the same).
+                let end = usize::try_from(size)
+                    .ok()
+                    .and_then(|size| offset.checked_add(size));
+                match end.and_then(|end| binary.get(offset..end).map(|s| (end, s))) {
+                    Some((end, share)) => {
+                        offset = end;
+                        WireData::Binary(share)
+                    }
+                    None => WireData::Unusable,
+                }
             }
             (None, _) => WireData::Unusable,
         };

@@ -216,6 +216,11 @@ async fn bad_tensor_input_is_refused_naming_the_input() {
         ("recommender", pair(json!(-1), json!(7)).to_string(), 422, "inputs[0].data[0]"),
         ("recommender", pair(json!(3), json!(200)).to_string(), 422, "inputs[1].data[0]"),
         ("sentiment", text(json!(vec![5; 129]), json!(vec![1; 129]), json!([1, 129])).to_string(), 422, "inputs[0].shape"),
+        // Ids and mask of different lengths: the graph ties the two
+        // `sequence` dimensions, so this would fail inside ONNX Runtime.
+        ("sentiment", json!({"inputs": [
+            {"name": "input_ids", "shape": [1, 3], "datatype": "INT64", "data": [5, 6, 7]},
+            {"name": "attention_mask", "shape": [1, 2], "datatype": "INT64", "data": [1, 1]}]}).to_string(), 422, "inputs"),
         // Past the element cap: refused while the body is read.
         ("digits-cnn", image(json!([65, 1, 8, 8]), 65 * 64).to_string(), 422, "inputs[0]"),
     ];
