@@ -1,0 +1,21 @@
+//! Generates crates/warden-oip/src/generated/inference.rs from the
+//! vendored proto, with protox (a protobuf compiler in Rust: no `protoc`).
+
+use std::path::Path;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../crates/warden-oip");
+    let proto_dir = root.join("proto");
+    let out = root.join("src/generated");
+    std::fs::create_dir_all(&out)?;
+    let fds = protox::compile(["open_inference_grpc.proto"], [&proto_dir])?;
+    tonic_prost_build::configure()
+        .build_server(true)
+        .build_client(true)
+        .build_transport(false)
+        // Raw tensor contents as `bytes::Bytes`: sliced, never copied.
+        .bytes(".inference")
+        .out_dir(&out)
+        .compile_fds(fds)?;
+    Ok(())
+}
