@@ -593,8 +593,10 @@ def start_server(args, target: Target, server_cpus: list[int] | None) -> None:
     if server_cpus:
         os.sched_setaffinity(0, server_cpus)
     try:
+        # An ephemeral gRPC port, so that targets never contend for 8444.
+        env = dict(os.environ, WARDEN_GRPC_LISTEN="127.0.0.1:0")
         target.proc = subprocess.Popen([binary, "serve", "--config", str(config)], stdout=out, stderr=err,
-                                       stdin=subprocess.DEVNULL, cwd=ROOT)
+                                       stdin=subprocess.DEVNULL, cwd=ROOT, env=env)
     finally:
         os.sched_setaffinity(0, saved)
         out.close()

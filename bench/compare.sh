@@ -10,6 +10,8 @@
 # POST /v1/models/iris:predict with one row. Reports medians of requests/s and
 # server CPU µs per request for each binary, and NEW/OLD ratios.
 set -euo pipefail
+# Servers run side by side: each on an ephemeral gRPC port.
+export WARDEN_GRPC_LISTEN=127.0.0.1:0
 old="$1"; new="$2"
 SECONDS_PER_RUN="${3:-10}"
 ROUNDS="${4:-3}"

@@ -42,6 +42,8 @@
 # µs per request (from /proc/PID/stat), idle and loaded RSS; and Warden's
 # ratios to the floor. Results also go to bench/results/latest.json.
 set -euo pipefail
+# Servers run side by side: each on an ephemeral gRPC port.
+export WARDEN_GRPC_LISTEN=127.0.0.1:0
 
 SECONDS_PER_RUN="${1:-10}"
 ROUNDS="${2:-3}"

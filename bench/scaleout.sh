@@ -12,6 +12,8 @@
 # a 2 s warm-up, then SECONDS. Medians over ROUNDS; ratios are computed
 # within a round. Results: bench/results/scaleout.json.
 set -euo pipefail
+# Servers run side by side: each on an ephemeral gRPC port.
+export WARDEN_GRPC_LISTEN=127.0.0.1:0
 
 SECONDS_PER_RUN="${1:-10}"
 ROUNDS="${2:-3}"

@@ -16,6 +16,8 @@
 # the ratio to raw, and server CPU µs per row (from /proc/PID/stat); results also go
 # to bench/results/tensors.json.
 set -euo pipefail
+# Servers run side by side: each on an ephemeral gRPC port.
+export WARDEN_GRPC_LISTEN=127.0.0.1:0
 SECONDS_PER_RUN="${1:-10}"
 ROUNDS="${2:-3}"
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

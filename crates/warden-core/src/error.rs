@@ -15,7 +15,7 @@ use http::{HeaderName, HeaderValue, StatusCode, header};
 use serde::Serialize;
 
 macro_rules! error_codes {
-    ($( $(#[$doc:meta])* $variant:ident => ($code:literal, $status:expr, $sentence:literal), )*) => {
+    ($( $(#[$doc:meta])* $variant:ident => ($code:literal, $status:expr, $grpc:ident, $sentence:literal), )*) => {
         /// Stable, client-visible error codes (SPEC §3).
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
         pub enum ErrorCode {
@@ -36,6 +36,12 @@ macro_rules! error_codes {
                 match self { $(ErrorCode::$variant => $status,)* }
             }
 
+            /// The gRPC status this code is sent with over gRPC (docs/api.md,
+            /// "Errors").
+            pub const fn grpc(self) -> GrpcCode {
+                match self { $(ErrorCode::$variant => GrpcCode::$grpc,)* }
+            }
+
             /// The generic sentence used when no more specific one is given.
             pub const fn sentence(self) -> &'static str {
                 match self { $(ErrorCode::$variant => $sentence,)* }
@@ -46,37 +52,91 @@ macro_rules! error_codes {
 
 error_codes! {
     /// Missing, invalid, revoked or expired credential.
-    Unauthenticated => ("unauthenticated", StatusCode::UNAUTHORIZED, "A valid credential is required."),
+    Unauthenticated => ("unauthenticated", StatusCode::UNAUTHORIZED, Unauthenticated, "A valid credential is required."),
     /// Authenticated but not allowed (admin routes).
-    Forbidden => ("forbidden", StatusCode::FORBIDDEN, "This credential is not allowed to do that."),
+    Forbidden => ("forbidden", StatusCode::FORBIDDEN, PermissionDenied, "This credential is not allowed to do that."),
     /// Unknown route, unknown model, or a model the principal may not use.
-    NotFound => ("not_found", StatusCode::NOT_FOUND, "Not found."),
+    NotFound => ("not_found", StatusCode::NOT_FOUND, NotFound, "Not found."),
     /// Client banned after repeated authentication failures.
-    Banned => ("banned", StatusCode::FORBIDDEN, "Too many failed authentications; try again later."),
+    Banned => ("banned", StatusCode::FORBIDDEN, PermissionDenied, "Too many failed authentications; try again later."),
     /// Rate limit exceeded.
-    RateLimited => ("rate_limited", StatusCode::TOO_MANY_REQUESTS, "Rate limit exceeded; try again later."),
+    RateLimited => ("rate_limited", StatusCode::TOO_MANY_REQUESTS, ResourceExhausted, "Rate limit exceeded; try again later."),
     /// Query budget exhausted.
-    QuotaExceeded => ("quota_exceeded", StatusCode::TOO_MANY_REQUESTS, "Quota exhausted for this period."),
+    QuotaExceeded => ("quota_exceeded", StatusCode::TOO_MANY_REQUESTS, ResourceExhausted, "Quota exhausted for this period."),
     /// Malformed JSON or wrong request shape.
-    InvalidRequest => ("invalid_request", StatusCode::BAD_REQUEST, "The request is malformed."),
+    InvalidRequest => ("invalid_request", StatusCode::BAD_REQUEST, InvalidArgument, "The request is malformed."),
     /// Well-formed request whose values break the model's schema.
-    ValidationFailed => ("validation_failed", StatusCode::UNPROCESSABLE_ENTITY, "The input does not match the model's schema."),
+    ValidationFailed => ("validation_failed", StatusCode::UNPROCESSABLE_ENTITY, InvalidArgument, "The input does not match the model's schema."),
     /// A defense refused the input.
-    InputRejected => ("input_rejected", StatusCode::UNPROCESSABLE_ENTITY, "The input was rejected."),
+    InputRejected => ("input_rejected", StatusCode::UNPROCESSABLE_ENTITY, InvalidArgument, "The input was rejected."),
     /// Body over the configured limit.
-    PayloadTooLarge => ("payload_too_large", StatusCode::PAYLOAD_TOO_LARGE, "The request body is too large."),
+    PayloadTooLarge => ("payload_too_large", StatusCode::PAYLOAD_TOO_LARGE, ResourceExhausted, "The request body is too large."),
     /// Explicit non-JSON content type.
-    UnsupportedMediaType => ("unsupported_media_type", StatusCode::UNSUPPORTED_MEDIA_TYPE, "Request bodies must be JSON (application/json)."),
+    UnsupportedMediaType => ("unsupported_media_type", StatusCode::UNSUPPORTED_MEDIA_TYPE, InvalidArgument, "Request bodies must be JSON (application/json)."),
     /// Route exists, method does not.
-    MethodNotAllowed => ("method_not_allowed", StatusCode::METHOD_NOT_ALLOWED, "Method not allowed on this route."),
+    MethodNotAllowed => ("method_not_allowed", StatusCode::METHOD_NOT_ALLOWED, Unimplemented, "Method not allowed on this route."),
     /// Too busy; retry later.
-    Overloaded => ("overloaded", StatusCode::SERVICE_UNAVAILABLE, "The server is busy; try again shortly."),
+    Overloaded => ("overloaded", StatusCode::SERVICE_UNAVAILABLE, Unavailable, "The server is busy; try again shortly."),
     /// Upstream model server failed (gateway mode).
-    UpstreamUnavailable => ("upstream_unavailable", StatusCode::BAD_GATEWAY, "The model server is unavailable."),
+    UpstreamUnavailable => ("upstream_unavailable", StatusCode::BAD_GATEWAY, Unavailable, "The model server is unavailable."),
     /// Upstream model server timed out (gateway mode); same wire code, status 504.
-    UpstreamTimeout => ("upstream_unavailable", StatusCode::GATEWAY_TIMEOUT, "The model server did not answer in time."),
+    UpstreamTimeout => ("upstream_unavailable", StatusCode::GATEWAY_TIMEOUT, DeadlineExceeded, "The model server did not answer in time."),
     /// Anything else. Details go to the log only.
-    Internal => ("internal", StatusCode::INTERNAL_SERVER_ERROR, "Internal error."),
+    Internal => ("internal", StatusCode::INTERNAL_SERVER_ERROR, Internal, "Internal error."),
+}
+
+/// The gRPC status codes Warden answers with (their numbers are gRPC's,
+/// <https://grpc.github.io/grpc/core/md_doc_statuscodes.html>), kept here
+/// so that the error table needs no gRPC library.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum GrpcCode {
+    /// 0
+    Ok = 0,
+    /// 1: the client cancelled.
+    Cancelled = 1,
+    /// 3
+    InvalidArgument = 3,
+    /// 4
+    DeadlineExceeded = 4,
+    /// 5
+    NotFound = 5,
+    /// 7
+    PermissionDenied = 7,
+    /// 8
+    ResourceExhausted = 8,
+    /// 12
+    Unimplemented = 12,
+    /// 13
+    Internal = 13,
+    /// 14
+    Unavailable = 14,
+    /// 16
+    Unauthenticated = 16,
+}
+
+impl GrpcCode {
+    /// The number sent as `grpc-status`.
+    pub const fn number(self) -> u8 {
+        self as u8
+    }
+
+    /// The name gRPC gives the code, e.g. `RESOURCE_EXHAUSTED`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Ok => "OK",
+            Self::Cancelled => "CANCELLED",
+            Self::InvalidArgument => "INVALID_ARGUMENT",
+            Self::DeadlineExceeded => "DEADLINE_EXCEEDED",
+            Self::NotFound => "NOT_FOUND",
+            Self::PermissionDenied => "PERMISSION_DENIED",
+            Self::ResourceExhausted => "RESOURCE_EXHAUSTED",
+            Self::Unimplemented => "UNIMPLEMENTED",
+            Self::Internal => "INTERNAL",
+            Self::Unavailable => "UNAVAILABLE",
+            Self::Unauthenticated => "UNAUTHENTICATED",
+        }
+    }
 }
 
 /// One problem with one of the client's own input fields.

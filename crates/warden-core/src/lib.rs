@@ -10,7 +10,7 @@ pub mod metrics;
 pub mod principal;
 pub mod secret;
 
-pub use error::{ApiError, ErrorCode, FieldProblem};
+pub use error::{ApiError, ErrorCode, FieldProblem, GrpcCode};
 pub use principal::{Grant, Grants, ModelScope, Permission, Permissions, Principal, Role, Roles};
 pub use secret::{Secret, SecretSource};
 

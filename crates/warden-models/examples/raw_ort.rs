@@ -25,7 +25,12 @@ fn cpu_seconds() -> f64 {
         .rsplit_once(')')
         .map(|(_, rest)| rest.split_whitespace().collect())
         .unwrap_or_default();
-    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
     // utime and stime are fields 14 and 15 of the line, 12 and 13 after ')'.
     (ticks(11) + ticks(12)) / 100.0
 }
@@ -62,22 +67,36 @@ fn main() {
             let rows = shape[0];
             let data = t["data"].as_array().unwrap();
             let per_row = data.len() / rows;
-            let mut row: Vec<f64> = data[..per_row].iter().map(|v| v.as_f64().unwrap()).collect();
+            let mut row: Vec<f64> = data[..per_row]
+                .iter()
+                .map(|v| v.as_f64().unwrap())
+                .collect();
             let mut row_shape = shape[1..].to_vec();
             if t["datatype"] == "INT64" && row_shape.len() == 1 && row_shape[0] > 1 {
                 // A token sequence: cut or pad to SEQUENCE.
-                row.resize(sequence, if t["name"] == "attention_mask" { 1.0 } else { 2.0 });
+                row.resize(
+                    sequence,
+                    if t["name"] == "attention_mask" {
+                        1.0
+                    } else {
+                        2.0
+                    },
+                );
                 row_shape = vec![sequence];
             }
             let mut full_shape = vec![batch];
             full_shape.extend(&row_shape);
             let value = match t["datatype"].as_str().unwrap() {
                 "INT64" => {
-                    let v: Vec<i64> = (0..batch).flat_map(|_| row.iter().map(|&x| x as i64)).collect();
+                    let v: Vec<i64> = (0..batch)
+                        .flat_map(|_| row.iter().map(|&x| x as i64))
+                        .collect();
                     Tensor::from_array((full_shape, v)).unwrap().into_dyn()
                 }
                 _ => {
-                    let v: Vec<f32> = (0..batch).flat_map(|_| row.iter().map(|&x| x as f32)).collect();
+                    let v: Vec<f32> = (0..batch)
+                        .flat_map(|_| row.iter().map(|&x| x as f32))
+                        .collect();
                     Tensor::from_array((full_shape, v)).unwrap().into_dyn()
                 }
             };

@@ -242,7 +242,11 @@ impl OnnxBackend {
 pub fn tied_dimensions(session: &Session, card: &ModelCard) -> Vec<Vec<(usize, usize)>> {
     let mut by_symbol: Vec<(String, Vec<(usize, usize)>)> = Vec::new();
     for graph_input in session.inputs() {
-        let Some(k) = card.inputs.iter().position(|s| s.name == graph_input.name()) else {
+        let Some(k) = card
+            .inputs
+            .iter()
+            .position(|s| s.name == graph_input.name())
+        else {
             continue;
         };
         let ValueType::Tensor {

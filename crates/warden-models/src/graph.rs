@@ -95,7 +95,14 @@ struct Node {
 /// Operators whose first output holds the same integers as their first
 /// input (re-typed or re-shaped): an id input often passes through one of
 /// them on its way to a `Gather`.
-const PASS_THROUGH: [&str; 6] = ["Cast", "Identity", "Reshape", "Unsqueeze", "Squeeze", "Flatten"];
+const PASS_THROUGH: [&str; 6] = [
+    "Cast",
+    "Identity",
+    "Reshape",
+    "Unsqueeze",
+    "Squeeze",
+    "Flatten",
+];
 
 /// For each graph input that is the indices of a `Gather` over an
 /// initializer (a lookup table), directly or through the re-typing and
@@ -147,7 +154,10 @@ pub fn lookup_tables(onnx: &[u8]) -> HashMap<String, u64> {
         name
     }
     let mut bounds: HashMap<String, u64> = HashMap::new();
-    for g in nodes.iter().filter(|n| n.op == "Gather" && n.inputs.len() == 2) {
+    for g in nodes
+        .iter()
+        .filter(|n| n.op == "Gather" && n.inputs.len() == 2)
+    {
         let indices = origin(&source, &g.inputs[1]);
         if !inputs.iter().any(|i| i == indices) {
             continue;

@@ -261,21 +261,12 @@ pub fn v2_metadata(model: &Model, policy: &OutputPolicy) -> Vec<u8> {
         parameters: Parameters<'a>,
     }
     let card = &model.card;
-    let outputs = policy
-        .default_outputs(card)
+    let outputs = visible_outputs(card, policy)
         .into_iter()
-        .map(|i| {
-            let o = &card.outputs[i];
-            let label = matches!(&card.task, Task::Classification { label, .. } if *label == i);
-            TensorMeta {
-                name: &o.name,
-                datatype: if label {
-                    DataType::Bytes.as_str()
-                } else {
-                    o.datatype.as_str()
-                },
-                shape: &o.shape,
-            }
+        .map(|(name, datatype, shape)| TensorMeta {
+            name,
+            datatype: datatype.as_str(),
+            shape,
         })
         .collect();
     let features = card
@@ -320,11 +311,7 @@ pub fn v2_metadata(model: &Model, policy: &OutputPolicy) -> Vec<u8> {
     to_vec(&Body {
         name: &model.name,
         versions: model.versions.keys().map(u64::to_string).collect(),
-        platform: if card.upstream.is_some() {
-            "gateway"
-        } else {
-            "onnxruntime_onnx"
-        },
+        platform: platform(model),
         inputs: card
             .inputs
             .iter()
@@ -344,6 +331,33 @@ pub fn v2_metadata(model: &Model, policy: &OutputPolicy) -> Vec<u8> {
             classes: card.classes(),
         },
     })
+}
+
+/// The outputs metadata lists for a caller: those its policy shows, each
+/// with the datatype it is answered in (class labels as BYTES).
+pub fn visible_outputs<'c>(
+    card: &'c ModelCard,
+    policy: &OutputPolicy,
+) -> Vec<(&'c str, DataType, &'c [i64])> {
+    policy
+        .default_outputs(card)
+        .into_iter()
+        .filter_map(|i| {
+            let o = card.outputs.get(i)?;
+            let label = matches!(&card.task, Task::Classification { label, .. } if *label == i);
+            let datatype = if label { DataType::Bytes } else { o.datatype };
+            Some((o.name.as_str(), datatype, &o.shape[..]))
+        })
+        .collect()
+}
+
+/// The metadata's `platform`: the runtime that answers.
+pub fn platform(model: &Model) -> &'static str {
+    if model.card.upstream.is_some() {
+        "gateway"
+    } else {
+        "onnxruntime_onnx"
+    }
 }
 
 /// Serializes a value built from plain data (strings, numbers, vectors),

@@ -96,7 +96,9 @@ pub fn output_tensor(
         (Some(raw), _) => {
             TensorData::from_le_bytes(datatype, raw).map_err(|e| err(e.to_string()))?
         }
-        (None, Some(c)) => typed(datatype, c).ok_or_else(|| err("no contents of its datatype".into()))?,
+        (None, Some(c)) => {
+            typed(datatype, c).ok_or_else(|| err("no contents of its datatype".into()))?
+        }
         (None, None) => return Err(err("no contents".into())),
     };
     if data.len() != count {

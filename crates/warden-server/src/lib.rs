@@ -14,6 +14,7 @@ pub mod defend;
 pub mod docs;
 pub mod extract;
 pub mod fair;
+pub mod grpc;
 pub mod listener;
 pub mod metrics;
 pub mod oauth;
@@ -94,6 +95,8 @@ struct Bound {
 pub struct Server {
     data: Bound,
     admin: Option<Bound>,
+    /// The gRPC listener and its `max_message_bytes`, if set.
+    grpc: Option<(Bound, Option<usize>)>,
     /// The plaintext redirect-to-HTTPS listener.
     redirect: Option<TcpListener>,
     limits: RequestLimits,
@@ -164,6 +167,13 @@ impl Server {
             Some(a) => Some(bind(a.listen, a.tls.as_ref(), "management").await?),
             None => None,
         };
+        let grpc = match &config.grpc {
+            Some(g) => Some((
+                bind(g.listen, g.tls.as_ref(), "grpc").await?,
+                g.max_message_bytes,
+            )),
+            None => None,
+        };
         let redirect = match config.redirect_listen {
             Some(addr) => Some(listen(addr).map_err(|source| ServeError::Bind { addr, source })?),
             None => None,
@@ -171,6 +181,7 @@ impl Server {
         Ok(Self {
             data,
             admin,
+            grpc,
             redirect,
             limits: RequestLimits {
                 body_limit: config.body_limit,
@@ -217,6 +228,11 @@ impl Server {
         self.admin.as_ref().map(|a| a.listener.local_addr())
     }
 
+    /// The gRPC listener's bound address, if it is enabled.
+    pub fn grpc_addr(&self) -> Option<std::io::Result<SocketAddr>> {
+        self.grpc.as_ref().map(|(g, _)| g.listener.local_addr())
+    }
+
     /// The redirect listener's bound address, if it is enabled.
     pub fn redirect_addr(&self) -> Option<std::io::Result<SocketAddr>> {
         self.redirect.as_ref().map(TcpListener::local_addr)
@@ -243,6 +259,7 @@ impl Server {
         let certificates: Vec<Arc<certs::ServedCert>> = [
             self.data.served.clone(),
             self.admin.as_ref().and_then(|a| a.served.clone()),
+            self.grpc.as_ref().and_then(|(g, _)| g.served.clone()),
         ]
         .into_iter()
         .flatten()
@@ -312,6 +329,21 @@ impl Server {
                 .await;
             }
         };
+        let grpc = async {
+            if let Some((grpc, max_message)) = self.grpc {
+                let max_message =
+                    max_message.unwrap_or_else(|| grpc::max_message_bytes(&state.repository));
+                listener::serve(
+                    grpc.listener,
+                    grpc.tls,
+                    pipeline::grpc_plane(state.clone(), max_message),
+                    self.settings.clone(),
+                    "grpc",
+                    until_stopped(stopped.clone()),
+                )
+                .await;
+            }
+        };
         let redirect = async {
             if let Some(listener) = self.redirect {
                 listener::serve(
@@ -329,7 +361,7 @@ impl Server {
             shutdown.await;
             let _ = stop.send(true);
         };
-        tokio::join!(data, admin, redirect, signal);
+        tokio::join!(data, admin, grpc, redirect, signal);
         // The last window's refusal tallies, before the caller flushes the
         // audit trail.
         if let Some(log) = &state.audit {

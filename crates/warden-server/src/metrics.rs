@@ -99,7 +99,13 @@ fn intern(value: &str) -> &'static str {
     v
 }
 
-type RequestKey = (&'static str, &'static str, &'static str, &'static str);
+type RequestKey = (
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+);
 
 /// The request counter and latency histogram of each (plane, route, model,
 /// code), registered once.
@@ -112,6 +118,7 @@ static REQUEST_HANDLES: std::sync::LazyLock<
 /// One answered request.
 pub fn request(
     plane: Plane,
+    protocol: &'static str,
     route: &str,
     model: Option<&str>,
     code: &'static str,
@@ -122,6 +129,7 @@ pub fn request(
         intern(route),
         model.map_or("", intern),
         code,
+        protocol,
     );
     let cached = REQUEST_HANDLES
         .read()
@@ -129,10 +137,10 @@ pub fn request(
         .get(&key)
         .cloned();
     let (count, latency) = cached.unwrap_or_else(|| {
-        let (plane, route, model, code) = key;
+        let (plane, route, model, code, protocol) = key;
         let handles = (
-            counter!(names::REQUESTS, "plane" => plane, "route" => route, "model" => model, "code" => code),
-            histogram!(names::REQUEST_DURATION, "plane" => plane, "route" => route),
+            counter!(names::REQUESTS, "plane" => plane, "protocol" => protocol, "route" => route, "model" => model, "code" => code),
+            histogram!(names::REQUEST_DURATION, "plane" => plane, "protocol" => protocol, "route" => route),
         );
         REQUEST_HANDLES
             .write()

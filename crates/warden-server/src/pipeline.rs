@@ -5,6 +5,7 @@
 //! ```text
 //! accept → TLS                                            (listener.rs)
 //! edge:      request id → client address → body limit → deadline + panic guard
+//!            (the gRPC listener: the same edge, its calls noted in grpc.rs)
 //!            → … → audit record → respond (metrics, error envelope, security headers, access log)
 //! admission: ban check → authenticate → fair share → rate limit   (routes that need a credential)
 //! infer:     authorize → parse + validate → rate limit and quota in rows → defenses
@@ -32,6 +33,7 @@ use warden_models::request::Payload;
 use warden_models::{Model, ModelVersion, Protocol, protocol};
 
 use crate::client_addr::ClientCertificate;
+use crate::grpc::{self, Transport};
 use crate::state::AppState;
 use crate::steps::{self, AccessLine, PrincipalNote};
 use crate::{admin, oauth, routes, service};
@@ -82,8 +84,43 @@ pub fn data_plane(state: AppState) -> Router {
     #[cfg(test)]
     let public = public.route("/__panic", get(tests::panic_route));
 
-    with_edge(public.merge(protected), state, steps::Plane::Data)
+    with_edge(
+        public.merge(protected),
+        state,
+        steps::Plane::Data,
+        Transport::Http,
+    )
 }
+
+/// The gRPC listener's router (docs/grpc.md): the Open Inference
+/// Protocol's gRPC service behind the same edge and admission stages as
+/// the data plane (it is the data plane, over another protocol). Liveness,
+/// readiness and `grpc.health.v1` take no credential, as their REST
+/// counterparts; every other call needs one.
+pub fn grpc_plane(state: AppState, max_message: usize) -> Router {
+    let service = warden_oip::GrpcInferenceServiceServer::new(grpc::Inference::new(state.clone()))
+        .max_decoding_message_size(max_message)
+        .max_encoding_message_size(max_message);
+    let (_, health) = tonic_health::server::health_reporter();
+    let protected = Router::new()
+        .route_service(GRPC_CALLS, service.clone())
+        .route_layer(from_fn_with_state(state.clone(), admission));
+    let public = Router::new()
+        .route_service(GRPC_LIVE, service.clone())
+        .route_service(GRPC_READY, service)
+        .route_service(GRPC_HEALTH, health);
+    with_edge(
+        public.merge(protected),
+        state,
+        steps::Plane::Data,
+        Transport::Grpc,
+    )
+}
+
+const GRPC_CALLS: &str = "/inference.GRPCInferenceService/{call}";
+const GRPC_LIVE: &str = "/inference.GRPCInferenceService/ServerLive";
+const GRPC_READY: &str = "/inference.GRPCInferenceService/ServerReady";
+const GRPC_HEALTH: &str = "/grpc.health.v1.Health/{call}";
 
 /// The management-plane router (its own listener, SPEC §3): the same edge
 /// and admission stages, then the admin handlers, which check admin
@@ -91,7 +128,12 @@ pub fn data_plane(state: AppState) -> Router {
 pub fn management_plane(state: AppState) -> Router {
     let protected = admin::routes().route_layer(from_fn_with_state(state.clone(), admission));
     let public = Router::new().route(LIVE, get(routes::live));
-    with_edge(public.merge(protected), state, steps::Plane::Management)
+    with_edge(
+        public.merge(protected),
+        state,
+        steps::Plane::Management,
+        Transport::Http,
+    )
 }
 
 const LIVE: &str = "/v2/health/live";
@@ -105,18 +147,35 @@ const OAUTH_METADATA: &str = "/.well-known/oauth-authorization-server";
 /// The routes that take no credential and so leave no audit record; every
 /// other matched route reaches authentication (admission, or the token
 /// endpoint's own) and is audited.
-pub(crate) const UNAUDITED: [&str; 7] =
-    [LIVE, READY, OPENAPI, DOCS, DOCS_ASSET, JWKS, OAUTH_METADATA];
+pub(crate) const UNAUDITED: [&str; 10] = [
+    LIVE,
+    READY,
+    OPENAPI,
+    DOCS,
+    DOCS_ASSET,
+    JWKS,
+    OAUTH_METADATA,
+    GRPC_LIVE,
+    GRPC_READY,
+    GRPC_HEALTH,
+];
 
-fn with_edge(router: Router<AppState>, state: AppState, plane: steps::Plane) -> Router {
+fn with_edge(
+    router: Router<AppState>,
+    state: AppState,
+    plane: steps::Plane,
+    transport: Transport,
+) -> Router {
     router
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(from_fn_with_state(state.clone(), edge))
         // Credentials are marked sensitive before anything could log headers.
         .layer(SetSensitiveRequestHeadersLayer::new(sensitive_headers()))
-        // Which listener: bans and the in-flight cap are kept per plane.
+        // Which listener: bans and the in-flight cap are kept per plane;
+        // errors are rendered in the listener's protocol.
         .layer(axum::Extension(plane))
+        .layer(axum::Extension(transport))
         .with_state(state)
 }
 
@@ -151,12 +210,26 @@ async fn edge(State(state): State<AppState>, mut req: Request, next: Next) -> Re
         let shed = ApiError::new(ErrorCode::Overloaded).with_retry_after(1);
         return steps::respond(&state, shed.into_response(), line);
     };
+    // A gRPC call notes its model and outcome here (grpc.rs), and may ask
+    // for an earlier deadline than the server's.
+    let grpc = (line.transport() == Transport::Grpc).then(grpc::CallNote::default);
+    let deadline = match (&grpc, grpc::grpc_timeout(req.headers())) {
+        (Some(_), Some(asked)) => asked.min(state.limits.request_timeout),
+        _ => state.limits.request_timeout,
+    };
+    if let Some(note) = &grpc {
+        req.extensions_mut().insert(note.clone());
+    }
     let response = match steps::body_limit(&state, &req) {
         // Oversized declared bodies are refused before anything reads them.
         Err(e) => e.into_response(),
         // Deadline for the whole request, body reading included; a panic
         // anywhere inside becomes `internal`, never a dropped connection.
-        Ok(()) => steps::guarded(&state, next.run(req)).await,
+        Ok(()) => steps::guarded(deadline, next.run(req)).await,
+    };
+    let response = match &grpc {
+        Some(note) => note.finish(response),
+        None => response,
     };
     // Audit record: every request that reached authentication, whatever its
     // outcome — cut by the deadline or a panic included, which is why it is

@@ -5,7 +5,7 @@ use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::{MatchedPath, Request};
@@ -274,6 +274,7 @@ pub struct AccessLine {
     method: Method,
     path: String,
     plane: Plane,
+    transport: crate::grpc::Transport,
     template: Option<MatchedPath>,
 }
 
@@ -326,8 +327,14 @@ impl AccessLine {
             method: req.method().clone(),
             path,
             plane: req.extensions().get().copied().unwrap_or_default(),
+            transport: req.extensions().get().copied().unwrap_or_default(),
             template: req.extensions().get::<MatchedPath>().cloned(),
         }
+    }
+
+    /// The protocol of the listener the request came in on.
+    pub fn transport(&self) -> crate::grpc::Transport {
+        self.transport
     }
 }
 
@@ -342,12 +349,13 @@ pub fn body_limit(state: &AppState, req: &Request) -> Result<(), ApiError> {
 }
 
 /// Step: deadline and panic guard around the rest of the pipeline. The
-/// whole request, body reading included, must finish within
-/// `server.request_timeout`, or the client is told to retry; a panic
+/// whole request, body reading included, must finish within `deadline`
+/// (`server.request_timeout`, or a gRPC call's earlier `grpc-timeout`), or
+/// the client is told to retry; a panic
 /// anywhere inside becomes `internal`, its message going to the log only.
-pub async fn guarded(state: &AppState, inner: impl Future<Output = Response>) -> Response {
+pub async fn guarded(deadline: Duration, inner: impl Future<Output = Response>) -> Response {
     let guarded = AssertUnwindSafe(inner).catch_unwind();
-    match tokio::time::timeout(state.limits.request_timeout, guarded).await {
+    match tokio::time::timeout(deadline, guarded).await {
         Ok(Ok(response)) => response,
         Ok(Err(panic)) => {
             let message = panic
@@ -358,12 +366,20 @@ pub async fn guarded(state: &AppState, inner: impl Future<Output = Response>) ->
             tracing::error!(panic = %message, "handler panicked");
             ApiError::internal().into_response()
         }
-        Err(_) => ApiError::new(ErrorCode::Overloaded)
-            .with_message("The request took too long.")
-            .with_retry_after(1)
-            .into_response(),
+        Err(_) => {
+            let mut response = ApiError::new(ErrorCode::Overloaded)
+                .with_message("The request took too long.")
+                .with_retry_after(1)
+                .into_response();
+            response.extensions_mut().insert(DeadlinePassed);
+            response
+        }
     }
 }
+
+/// Marks an answer cut by the deadline (gRPC answers DEADLINE_EXCEEDED).
+#[derive(Debug, Clone, Copy)]
+pub struct DeadlinePassed;
 
 /// Step: respond. Counts the request in the metrics, renders any error as
 /// the flat envelope with the request id, adds the security headers every
@@ -372,6 +388,7 @@ pub fn respond(state: &AppState, mut response: Response, line: AccessLine) -> Re
     let outcome = outcome_code(&response);
     crate::metrics::request(
         line.plane,
+        line.transport.as_str(),
         line.template
             .as_ref()
             .map_or("unmatched", MatchedPath::as_str),
@@ -379,14 +396,28 @@ pub fn respond(state: &AppState, mut response: Response, line: AccessLine) -> Re
         outcome,
         line.started.elapsed(),
     );
+    let grpc = line.transport == crate::grpc::Transport::Grpc;
     if let Some(PendingError(error)) = response.extensions_mut().remove::<PendingError>() {
-        *response.body_mut() = Body::from(error.to_body(&line.id));
-        response.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
+        if grpc {
+            let deadline = response.extensions().get::<DeadlinePassed>().is_some();
+            response = crate::grpc::error_response(response, &error, &line.id, deadline);
+        } else {
+            *response.body_mut() = Body::from(error.to_body(&line.id));
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+        }
     }
-    security_headers(response.headers_mut(), &line.id, state.tls);
+    if grpc {
+        // gRPC answers carry the request id as metadata; the browser
+        // headers mean nothing to a gRPC client.
+        if let Ok(v) = HeaderValue::from_str(&line.id) {
+            response.headers_mut().insert(X_REQUEST_ID.clone(), v);
+        }
+    } else {
+        security_headers(response.headers_mut(), &line.id, state.tls);
+    }
     if let Some(sink) = &state.access_log
         && state
             .refusal_lines

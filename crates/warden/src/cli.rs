@@ -217,6 +217,9 @@ pub(crate) struct ServeArgs {
     /// Management-plane address (overrides admin.listen). Default 127.0.0.1:9443.
     #[arg(long, value_name = "ADDR")]
     pub(crate) admin_listen: Option<String>,
+    /// gRPC address (overrides grpc.listen). Default 127.0.0.1:8444.
+    #[arg(long, value_name = "ADDR", env = "WARDEN_GRPC_LISTEN")]
+    pub(crate) grpc_listen: Option<String>,
     /// This replica's audit chain id (overrides audit.replica): unique per
     /// running replica when replicas share a PostgreSQL store, e.g. the pod
     /// name. Default local.

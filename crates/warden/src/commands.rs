@@ -123,6 +123,7 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
             models_dir: args.models,
             listen: args.listen,
             admin_listen: args.admin_listen,
+            grpc_listen: args.grpc_listen,
             data_dir: None,
             replica: args.replica,
         },
@@ -282,7 +283,11 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
             Some(a) => a.to_string(),
             None => "off".to_string(),
         };
-        tracing::info!(%addr, %admin, %redirect, tls = server.is_tls(), "listening");
+        let grpc = match server.grpc_addr().transpose().map_err(Failure::runtime)? {
+            Some(a) => a.to_string(),
+            None => "off".to_string(),
+        };
+        tracing::info!(%addr, %admin, %grpc, %redirect, tls = server.is_tls(), "listening");
         server.run(services, shutdown_signal()).await;
         // Every record of an answered request is committed before exit; a
         // store that stays down cannot hold the exit forever.

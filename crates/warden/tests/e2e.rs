@@ -28,6 +28,8 @@ mod deploy;
 mod exhaustion;
 #[path = "e2e/gateway.rs"]
 mod gateway;
+#[path = "e2e/grpc.rs"]
+mod grpc;
 #[path = "e2e/identity.rs"]
 mod identity;
 #[path = "e2e/integrity.rs"]
@@ -57,6 +59,8 @@ struct Warden {
     admin: Option<SocketAddr>,
     /// The plaintext redirect listener.
     redirect: Option<SocketAddr>,
+    /// The gRPC listener.
+    grpc: Option<SocketAddr>,
     /// The admin key printed on first start, if this start printed one.
     printed_key: Option<String>,
     data_dir: PathBuf,
@@ -70,6 +74,8 @@ struct Warden {
 impl Warden {
     fn start(data_dir: &Path, extra: &[&str]) -> Self {
         let mut child = Command::new(BIN)
+            // An ephemeral gRPC port: tests run side by side.
+            .env("WARDEN_GRPC_LISTEN", "127.0.0.1:0")
             .args([
                 "serve",
                 "--listen",
@@ -99,7 +105,7 @@ impl Warden {
         });
         let deadline = Instant::now() + Duration::from_secs(60);
         let mut startup_logs = Vec::new();
-        let (addr, admin, redirect, tls) = loop {
+        let (addr, admin, redirect, grpc, tls) = loop {
             let line = rx
                 .recv_timeout(deadline.saturating_duration_since(Instant::now()))
                 .unwrap_or_else(|_| {
@@ -118,6 +124,7 @@ impl Warden {
                     v["addr"].as_str().unwrap().parse().unwrap(),
                     v["admin"].as_str().and_then(|a| a.parse().ok()),
                     v["redirect"].as_str().and_then(|a| a.parse().ok()),
+                    v["grpc"].as_str().and_then(|a| a.parse().ok()),
                     v["tls"] == true,
                 );
             }
@@ -152,6 +159,7 @@ impl Warden {
             addr,
             admin,
             redirect,
+            grpc,
             printed_key,
             data_dir: data_dir.to_owned(),
             client: builder.build().unwrap(),
@@ -857,6 +865,7 @@ fn a_missing_runtime_library_is_a_clear_exit_1() {
     let dir = tempfile::tempdir().unwrap();
     let out = Command::new(BIN)
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .env("WARDEN_GRPC_LISTEN", "127.0.0.1:0")
         .arg(dir.path())
         .env("ORT_DYLIB_PATH", dir.path().join("nope.so"))
         .output()

@@ -195,6 +195,10 @@ fn one(
     let values: Vec<Scalar<'_>> = match wire.data {
         WireData::Values(v) => v,
         WireData::Unusable => return None,
+        WireData::Invalid(problem) => {
+            p.add(|| field.clone(), problem);
+            return None;
+        }
         WireData::Binary(bytes) => {
             if let Some(size) = sent.size()
                 && bytes.len() != count * size

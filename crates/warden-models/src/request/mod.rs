@@ -101,6 +101,9 @@ pub enum WireData<'a> {
     /// `binary_data_size` was given but the body has no binary part that
     /// matches: the problem is already reported.
     Unusable,
+    /// The transport found the values unusable (gRPC: raw and typed
+    /// contents both given, or none): the problem, reported for this input.
+    Invalid(Cow<'static, str>),
 }
 
 /// One value as the client sent it.

@@ -213,6 +213,7 @@ impl Warden {
         stdin: Option<&str>,
     ) -> std::process::Output {
         let mut child = Command::new(BIN)
+            .env("WARDEN_GRPC_LISTEN", "127.0.0.1:0")
             .args(args)
             .arg("--config")
             .arg(config)

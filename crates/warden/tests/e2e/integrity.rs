@@ -59,6 +59,7 @@ fn config(dir: &Path, name: &str, public: &str, key_hex: &str) -> PathBuf {
 
 fn serve_refused(cfg: &Path, models: &Path, data: &Path) -> String {
     let out = Command::new(BIN)
+        .env("WARDEN_GRPC_LISTEN", "127.0.0.1:0")
         .args([
             "serve",
             "--listen",

@@ -1,0 +1,139 @@
+"""Triton's gRPC client (tritonclient.grpc, unchanged) against Warden's gRPC
+listener, beside its HTTP client on the REST listener: every demo model
+answered over both, and the attacks of the gRPC issue from outside.
+
+    grpc_clients.py GRPC_HOST:PORT REST_HOST:PORT CA_FILE API_KEY MODELS_DIR
+
+Prints one JSON object: per model the gRPC and REST outputs (as lists),
+the fixture labels where the fixtures have them, and per bad input the
+status code and Warden's code; the Rust test asserts on it.
+"""
+
+import json
+import sys
+import threading
+
+import grpc
+import numpy as np
+import tritonclient.grpc as tg
+import tritonclient.http as th
+from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+grpc_host, rest_host, ca, key, models_dir = sys.argv[1:6]
+# tritonclient mutates the headers dict it is given: a fresh one each call.
+hdr = lambda: {"x-api-key": key}
+gc = tg.InferenceServerClient(grpc_host, ssl=True, root_certificates=ca)
+hc = th.InferenceServerClient(rest_host, ssl=True, ssl_options={"ca_certs": ca})
+out = {"live": gc.is_server_live(), "ready": gc.is_server_ready(), "models": {}, "bad": {}}
+
+
+def fixture_cases(model):
+    f = json.load(open(f"{models_dir}/{model}/fixtures.json"))
+    if "cases" in f:
+        case = f["cases"][0]
+        return [(t["name"], np.array(t["data"], dtype={"FP32": np.float32, "INT64": np.int64}[t["datatype"]]).reshape(t["shape"]))
+                for t in case["inputs"]], None
+    x = np.array(f["inputs"], dtype=np.float32)
+    return [("input", x)], f["labels"]
+
+
+def answer(client, mod, model, tensors):
+    inputs = []
+    for name, x in tensors:
+        i = mod.InferInput(name, list(x.shape), "FP32" if x.dtype == np.float32 else "INT64")
+        i.set_data_from_numpy(x)
+        inputs.append(i)
+    r = client.infer(model, inputs, headers=hdr())
+    names = [o.name if hasattr(o, "name") else o["name"] for o in (r.get_response().outputs if mod is tg else r.get_response()["outputs"])]
+    return {n: r.as_numpy(n).tolist() for n in names}
+
+
+for model in ["iris", "breast-cancer", "digits", "diabetes", "recommender", "digits-cnn", "sentiment"]:
+    tensors, labels = fixture_cases(model)
+    g = answer(gc, tg, model, tensors)
+    h = answer(hc, th, model, tensors)
+    meta = gc.get_model_metadata(model, headers=hdr(), as_json=True)
+    out["models"][model] = {
+        "ready": gc.is_model_ready(model, headers=hdr()),
+        "inputs": [i["name"] for i in meta["inputs"]],
+        "grpc": {k: [x.decode() if isinstance(x, bytes) else x for x in np.array(v, dtype=object).ravel().tolist()] for k, v in g.items()},
+        "rest": {k: [x.decode() if isinstance(x, bytes) else x for x in np.array(v, dtype=object).ravel().tolist()] for k, v in h.items()},
+        "labels": labels,
+    }
+
+# Bad input, each followed by a call that must be served.
+channel = grpc.secure_channel(grpc_host, grpc.ssl_channel_credentials(open(ca, "rb").read()))
+stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+md = [("x-api-key", key)]
+
+
+def iris_request(**kw):
+    r = service_pb2.ModelInferRequest(model_name="iris")
+    t = r.inputs.add(name="input", datatype="FP32", shape=[1, 4])
+    if kw.get("typed"):
+        t.contents.fp32_contents.extend(kw["typed"])
+    if kw.get("raw") is not None:
+        r.raw_input_contents.append(kw["raw"])
+    return r
+
+
+def call(name, fn):
+    try:
+        fn()
+        out["bad"][name] = {"status": "OK"}
+    except grpc.RpcError as e:
+        trailing = dict(e.trailing_metadata() or ())
+        out["bad"][name] = {"status": e.code().name, "warden_code": trailing.get("warden-code"),
+                            "request_id": trailing.get("x-request-id"), "details": e.details()}
+    ok = stub.ModelInfer(iris_request(raw=np.array([[5.1, 3.5, 1.4, 0.2]], np.float32).tobytes()), metadata=md)
+    assert ok.outputs[0].name == "label", ok
+
+
+good_raw = np.array([[5.1, 3.5, 1.4, 0.2]], np.float32).tobytes()
+call("no_credential", lambda: stub.ModelInfer(iris_request(raw=good_raw)))
+call("wrong_key", lambda: stub.ModelInfer(iris_request(raw=good_raw), metadata=[("x-api-key", "wdn_abc_def")]))
+call("bearer_garbage", lambda: stub.ModelInfer(iris_request(raw=good_raw), metadata=[("authorization", "Bearer x.y.z")]))
+call("unknown_model", lambda: stub.ModelInfer(service_pb2.ModelInferRequest(model_name="nosuch"), metadata=md))
+call("raw_size_mismatch", lambda: stub.ModelInfer(iris_request(raw=good_raw[:12]), metadata=md))
+call("raw_and_typed", lambda: stub.ModelInfer(iris_request(raw=good_raw, typed=[5.1, 3.5, 1.4, 0.2]), metadata=md))
+call("typed", lambda: stub.ModelInfer(iris_request(typed=[5.1, 3.5, 1.4, 0.2]), metadata=md))
+call("nan", lambda: stub.ModelInfer(iris_request(typed=[float("nan"), 3.5, 1.4, 0.2]), metadata=md))
+
+
+def unknown_input():
+    r = iris_request(raw=good_raw)
+    r.inputs.add(name="extra", datatype="FP32", shape=[1])
+    r.raw_input_contents.append(np.zeros(1, np.float32).tobytes())
+    return stub.ModelInfer(r, metadata=md)
+
+
+call("unknown_input", unknown_input)
+# Over the message cap (4 MiB for the demo models).
+call("over_cap", lambda: stub.ModelInfer(iris_request(raw=b"\0" * (6 << 20)), metadata=md))
+# Bytes that are not a ModelInferRequest.
+garbage = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer",
+                              request_serializer=lambda b: b, response_deserializer=lambda b: b)
+call("malformed_protobuf", lambda: garbage(b"\xff\xff\xff\xff\x0f\x08", metadata=md))
+call("unknown_method", lambda: channel.unary_unary("/inference.GRPCInferenceService/Nope",
+                                                   request_serializer=lambda b: b, response_deserializer=lambda b: b)(b"", metadata=md))
+call("deadline_1us", lambda: stub.ModelInfer(iris_request(raw=good_raw), metadata=md, timeout=1e-6))
+# Many concurrent streams on one connection: each answered or refused, none hangs.
+results = []
+
+
+def one():
+    try:
+        stub.ModelInfer(iris_request(raw=good_raw), metadata=md, timeout=30)
+        results.append("OK")
+    except grpc.RpcError as e:
+        results.append(e.code().name)
+
+
+threads = [threading.Thread(target=one) for _ in range(300)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+out["concurrent"] = {c: results.count(c) for c in set(results)}
+call("after_all", lambda: None)
+print(json.dumps(out))
