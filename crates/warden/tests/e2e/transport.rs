@@ -328,7 +328,11 @@ fn a_certificate_near_expiry_is_warned_about() {
             .collect()
     };
     let soon = alerts(5);
-    assert_eq!(soon.len(), 3, "data, management and gRPC listeners: {soon:?}");
+    assert_eq!(
+        soon.len(),
+        3,
+        "data, management and gRPC listeners: {soon:?}"
+    );
     for a in &soon {
         assert_eq!(a["level"], "WARN", "{a}");
         assert!(matches!(a["days_left"].as_i64(), Some(4..=5)), "{a}");
