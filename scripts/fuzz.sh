@@ -20,7 +20,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 seconds="${1:-60}"
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(request_v1 request_v2 request_v2_binary config)
+[ ${#targets[@]} -gt 0 ] || targets=(request_v1 request_v2 request_v2_binary request_grpc config)
 
 if ! command -v cargo-fuzz >/dev/null; then
   echo "installing cargo-fuzz (crates.io) ..." >&2

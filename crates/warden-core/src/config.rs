@@ -28,17 +28,17 @@ pub use limits::{
     Bans, LimitBackend, LimitSettings, POLICIES, Quota, Rate, RawBans, RawLimits, RawQuota, RawRate,
 };
 
-/// The default data-plane address (SPEC §1).
+/// The default data-plane address (README.md).
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8443";
-/// The default management-plane address (SPEC §3).
+/// The default management-plane address (docs/api.md).
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9443";
-/// Default gRPC listener (SPEC §3).
+/// Default gRPC listener (docs/grpc.md).
 pub const DEFAULT_GRPC_LISTEN: &str = "127.0.0.1:8444";
-/// The default data directory (SPEC §1).
+/// The default data directory (README.md).
 pub const DEFAULT_DATA_DIR: &str = "./warden-data";
-/// The default model repository (SPEC §1).
+/// The default model repository (README.md).
 pub const DEFAULT_MODELS_DIR: &str = "models";
-/// The default body limit (SPEC §7): 1 MiB.
+/// The default body limit (docs/limits.md): 1 MiB.
 pub const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
 /// The folder the repo's setup script puts the ONNX Runtime library in.
 pub const DEFAULT_RUNTIME_DIR: &str = ".runtime/lib";
@@ -167,7 +167,7 @@ pub struct RawTls {
     pub reload_interval: Option<Duration>,
 }
 
-/// `[admin]`: the management listener (SPEC §3).
+/// `[admin]`: the management listener (docs/api.md).
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawAdmin {
@@ -182,7 +182,7 @@ pub struct RawAdmin {
     pub client_auth: Option<String>,
 }
 
-/// `[grpc]`: the Open Inference Protocol over gRPC (SPEC §3, docs/grpc.md).
+/// `[grpc]`: the Open Inference Protocol over gRPC (docs/grpc.md).
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawGrpc {
@@ -545,7 +545,7 @@ fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
     }
 }
 
-/// Command-line settings that override the file (SPEC §5).
+/// Command-line settings that override the file (docs/configuration.md).
 #[derive(Debug, Default, Clone)]
 pub struct Overrides {
     /// `--models`
@@ -747,7 +747,7 @@ impl Config {
         Self::from_raw(raw, overrides)
     }
 
-    /// The embedded default (SPEC §1) with command-line overrides.
+    /// The embedded default (README.md) with command-line overrides.
     pub fn default_with(overrides: &Overrides) -> Result<Self, ConfigError> {
         Self::from_raw(RawConfig::default(), overrides)
     }
@@ -1523,7 +1523,7 @@ mod tests {
         let c = parse("[limits.rates]\npredict = { rate = \"600/minute\", burst = 60 }\n[[limits.quotas]]\nrole = \"predict\"\nper_day = 10\n").unwrap();
         let p = c.limits.rates["predict"];
         assert_eq!((p.quota, p.window.as_secs(), p.burst), (600, 60, 60));
-        assert_eq!(c.limits.rates["token"].quota, 5, "SPEC §7 default");
+        assert_eq!(c.limits.rates["token"].quota, 5, "docs/limits.md default");
         assert!(c.limits.bans.is_some());
         for (text, key) in [
             (

@@ -1,5 +1,5 @@
 //! The one table of stable error codes, their HTTP statuses and generic
-//! sentences, and the flat error envelope of SPEC §3.
+//! sentences, and the flat error envelope of docs/api.md.
 //!
 //! A code is never renamed or reused. Handlers return [`ApiError`]; its
 //! `IntoResponse` only records the error in the response extensions, and the
@@ -16,7 +16,7 @@ use serde::Serialize;
 
 macro_rules! error_codes {
     ($( $(#[$doc:meta])* $variant:ident => ($code:literal, $status:expr, $grpc:ident, $sentence:literal), )*) => {
-        /// Stable, client-visible error codes (SPEC §3).
+        /// Stable, client-visible error codes (docs/api.md).
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
         pub enum ErrorCode {
             $( $(#[$doc])* $variant, )*

@@ -7,7 +7,7 @@
 //! permissions of its roles (or of its token's scopes), optionally narrowed
 //! by the credential's own model allowlist.
 //!
-//! Permissions are written as in config and in token scopes (SPEC §3):
+//! Permissions are written as in config and in token scopes (docs/api.md):
 //! `predict:<model>`, `predict:*`, `models:read`, `metrics:read`,
 //! `admin:keys`, `admin:users`, `admin:audit`, `admin:models`, `admin:*`.
 
@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
-/// A permission that is not about one model (SPEC §3 / RBAC).
+/// A permission that is not about one model (docs/api.md, docs/identity.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 #[repr(u8)]
 pub enum Permission {
@@ -332,11 +332,11 @@ pub struct Role {
     pub permissions: Vec<Grant>,
     /// The permissions, resolved.
     pub grants: Grants,
-    /// Whether this is one of the built-in roles of SPEC §3.
+    /// Whether this is one of the built-in roles (docs/identity.md).
     pub builtin: bool,
 }
 
-/// The names of the built-in roles (SPEC §3).
+/// The names of the built-in roles (docs/api.md).
 pub const BUILTIN_ROLES: [&str; 3] = ["admin", "predict", "metrics"];
 
 /// Every role Warden knows: the built-ins and those defined in config.

@@ -1,4 +1,4 @@
-//! Warden's abuse control (SPEC §2 and §7): rate limits, quotas and
+//! Warden's abuse control (docs/pipeline.md and docs/limits.md): rate limits, quotas and
 //! brute-force bans, with state in this process or shared by replicas
 //! through Redis.
 //!

@@ -1,4 +1,4 @@
-//! The model repository (SPEC §4): a folder with one subfolder per model,
+//! The model repository (docs/models.md): a folder with one subfolder per model,
 //! each holding `model.toml` and numbered version folders with
 //! `model.onnx`. The highest version is served unless the card pins one.
 //!

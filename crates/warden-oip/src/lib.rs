@@ -28,6 +28,8 @@ pub mod pb {
 
 pub use pb::grpc_inference_service_client::GrpcInferenceServiceClient;
 pub use pb::grpc_inference_service_server::{GrpcInferenceService, GrpcInferenceServiceServer};
+/// The protobuf runtime the messages are built on (`Message::decode`).
+pub use prost;
 
 /// The full gRPC name of the service.
 pub const SERVICE: &str = "inference.GRPCInferenceService";
@@ -97,7 +99,7 @@ pub fn output_tensor(
             TensorData::from_le_bytes(datatype, raw).map_err(|e| err(e.to_string()))?
         }
         (None, Some(c)) => {
-            typed(datatype, c).ok_or_else(|| err("no contents of its datatype".into()))?
+            typed_contents(datatype, c).ok_or_else(|| err("no contents of its datatype".into()))?
         }
         (None, None) => return Err(err("no contents".into())),
     };
@@ -115,9 +117,11 @@ pub fn output_tensor(
     })
 }
 
-/// Typed contents as tensor data of `datatype` (`None` for FP16, which has
-/// no typed field, or a value that does not fit).
-fn typed(datatype: DataType, c: &pb::InferTensorContents) -> Option<TensorData> {
+/// Typed contents as tensor data of `datatype`: the field of its datatype
+/// (`int_contents` for INT8–INT32, `uint_contents` for UINT8–UINT32, …);
+/// `None` for FP16, which has no typed field, or a value that does not fit
+/// the datatype.
+pub fn typed_contents(datatype: DataType, c: &pb::InferTensorContents) -> Option<TensorData> {
     fn narrow<S: Copy, T: TryFrom<S>>(v: &[S]) -> Option<Vec<T>> {
         v.iter().map(|&x| T::try_from(x).ok()).collect()
     }

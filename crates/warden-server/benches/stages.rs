@@ -1,4 +1,4 @@
-//! One Criterion benchmark per pipeline stage (SPEC §2), each calling the
+//! One Criterion benchmark per pipeline stage (docs/pipeline.md), each calling the
 //! same step function the server runs, on the demo models with real ONNX
 //! Runtime, so a regression in one stage shows up by name:
 //!

@@ -1,4 +1,4 @@
-//! The management API (SPEC §3), served on the management listener only:
+//! The management API (docs/api.md), served on the management listener only:
 //! keys, users, OAuth2 clients, token signing keys, roles, bans, quotas and
 //! models (list and reload); the audit trail and `/metrics` are in
 //! `observe`. Every route

@@ -1,4 +1,4 @@
-//! Step: defenses (SPEC §2), around inference. What each defense does is in
+//! Step: defenses (docs/pipeline.md), around inference. What each defense does is in
 //! `warden_models::defenses`; this module applies the card's actions and
 //! records the flags (metrics, the request's audit record).
 //!

@@ -90,7 +90,7 @@ fn with_type(body: &'static [u8], content_type: &'static str) -> Response {
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     // The edge keeps a handler's own policy (every other response gets
     // `default-src 'none'`). Cache-Control stays `no-store`, as on every
-    // response (SPEC §3).
+    // response (docs/api.md).
     headers.insert(
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static(CSP),

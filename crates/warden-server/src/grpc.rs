@@ -16,7 +16,6 @@
 //!   a trailers-only gRPC answer ([`error_response`]), with the code and
 //!   request id in its metadata.
 
-use std::borrow::Cow;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -27,7 +26,6 @@ use base64::Engine;
 use tonic::{Request, Status};
 use warden_core::{ApiError, ErrorCode, GrpcCode, Principal};
 use warden_models::policy::{OutputPolicy, ShownData, ShownTensor};
-use warden_models::request::{Payload, Scalar, WireData, WireTensor};
 use warden_oip::pb;
 use warden_tensor::{DataType, TensorData};
 
@@ -387,17 +385,10 @@ impl warden_oip::GrpcInferenceService for Inference {
     ) -> Result<tonic::Response<pb::ModelInferResponse>, Status> {
         let (caller, note) = call(&request)?;
         let r = request.get_ref();
-        let outputs =
-            (!r.outputs.is_empty()).then(|| r.outputs.iter().map(|o| o.name.clone()).collect());
-        let payload = Payload::Tensors {
-            id: (!r.id.is_empty()).then(|| r.id.clone()),
-            inputs: wire_inputs(r),
-            outputs,
-        };
         let infer = InferRequest {
             model: &r.model_name,
             version: version(&r.model_version),
-            payload,
+            payload: warden_models::request::grpc::payload(r),
         };
         let mut model = None;
         let served = service::infer(&self.state, &caller, infer, &mut model, render).await;
@@ -453,98 +444,6 @@ fn shown_data(t: &ShownTensor<'_>) -> TensorData {
         }
         ShownData::Raw(d) => d.clone(),
     }
-}
-
-/// The request's tensors as wire tensors: each input's raw contents (the
-/// n-th entry of `raw_input_contents`), or its typed contents — never both.
-fn wire_inputs(r: &pb::ModelInferRequest) -> Vec<WireTensor<'_>> {
-    let raw = &r.raw_input_contents;
-    let n = r.inputs.len();
-    r.inputs
-        .iter()
-        .enumerate()
-        .map(|(k, t)| {
-            let typed = t.contents.as_ref().filter(|c| !contents_empty(c));
-            let data = match (raw.is_empty(), typed) {
-                (false, Some(_)) => WireData::Invalid(Cow::Borrowed(
-                    "has typed contents, and the request raw_input_contents: send one or the other",
-                )),
-                (false, None) if raw.len() != n => WireData::Invalid(Cow::Owned(format!(
-                    "raw_input_contents has {} entries for {n} inputs",
-                    raw.len()
-                ))),
-                (false, None) => match raw.get(k) {
-                    Some(bytes) => WireData::Binary(bytes),
-                    None => WireData::Invalid(Cow::Borrowed("has no raw_input_contents entry")),
-                },
-                (true, Some(c)) => typed_values(&t.datatype, c),
-                (true, None) => WireData::Invalid(Cow::Borrowed(
-                    "has no contents (typed contents or raw_input_contents)",
-                )),
-            };
-            WireTensor {
-                name: Cow::Borrowed(&t.name),
-                datatype: Some(Cow::Borrowed(&t.datatype)),
-                shape: t.shape.clone(),
-                data,
-                field: format!("inputs[{k}]"),
-                rows_first: false,
-            }
-        })
-        .collect()
-}
-
-fn contents_empty(c: &pb::InferTensorContents) -> bool {
-    c.bool_contents.is_empty()
-        && c.int_contents.is_empty()
-        && c.int64_contents.is_empty()
-        && c.uint_contents.is_empty()
-        && c.uint64_contents.is_empty()
-        && c.fp32_contents.is_empty()
-        && c.fp64_contents.is_empty()
-        && c.bytes_contents.is_empty()
-}
-
-/// Typed contents as values: the field of the tensor's datatype
-/// (`int_contents` for INT8–INT32, `uint_contents` for UINT8–UINT32, …); a
-/// datatype without one (FP16) or unknown needs raw contents. The
-/// validator then checks the values against the card, as JSON values.
-fn typed_values<'a>(datatype: &str, c: &'a pb::InferTensorContents) -> WireData<'a> {
-    let ints = |v: &[i32]| v.iter().map(|&x| Scalar::Int(i64::from(x))).collect();
-    let values: Vec<Scalar<'a>> = match DataType::parse(datatype) {
-        Some(DataType::Bool) => c.bool_contents.iter().map(|&b| Scalar::Bool(b)).collect(),
-        Some(DataType::I8 | DataType::I16 | DataType::I32) => ints(&c.int_contents),
-        Some(DataType::I64) => c.int64_contents.iter().map(|&x| Scalar::Int(x)).collect(),
-        Some(DataType::U8 | DataType::U16 | DataType::U32) => c
-            .uint_contents
-            .iter()
-            .map(|&x| Scalar::Int(i64::from(x)))
-            .collect(),
-        Some(DataType::U64) => c
-            .uint64_contents
-            .iter()
-            .map(|&x| i64::try_from(x).map_or(Scalar::UInt(x), Scalar::Int))
-            .collect(),
-        Some(DataType::F32) => c
-            .fp32_contents
-            .iter()
-            .map(|&x| Scalar::Float(f64::from(x)))
-            .collect(),
-        Some(DataType::F64) => c.fp64_contents.iter().map(|&x| Scalar::Float(x)).collect(),
-        Some(DataType::Bytes) => c
-            .bytes_contents
-            .iter()
-            .map(|b| Scalar::Bytes(Cow::Borrowed(b)))
-            .collect(),
-        Some(DataType::F16) => {
-            return WireData::Invalid(Cow::Borrowed(
-                "FP16 has no typed contents field: send raw_input_contents",
-            ));
-        }
-        // The validator names the datatype problem.
-        None => Vec::new(),
-    };
-    WireData::Values(values)
 }
 
 #[cfg(test)]

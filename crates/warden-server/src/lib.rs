@@ -1,4 +1,4 @@
-//! Warden's HTTP side: the listener and TLS, the request pipeline of SPEC §2
+//! Warden's HTTP side: the listener and TLS, the request pipeline of docs/pipeline.md
 //! ([`pipeline`]), and the handlers.
 //!
 //! [`Server::bind`] checks the TLS material and binds the data plane and the

@@ -14,7 +14,7 @@ use utoipa::openapi::security::{
 };
 use utoipa::{Modify, OpenApi, ToSchema};
 
-/// The error envelope every failure has (SPEC §3).
+/// The error envelope every failure has (docs/api.md).
 #[derive(Debug, Serialize, ToSchema)]
 #[schema(example = json!({"error": "The input does not match the model's schema.", "code": "validation_failed", "request_id": "5f3a9c1e000000000007", "details": [{"field": "instances[0].petal_length_cm", "problem": "is outside the range this model accepts"}]}))]
 pub struct ErrorBody {

@@ -1,4 +1,4 @@
-//! The request pipeline of SPEC §2, in one place. The order is part of the
+//! The request pipeline of docs/pipeline.md, in one place. The order is part of the
 //! product contract; docs/pipeline.md draws it and the integration tests pin
 //! it. Read [`edge`], [`admission`] and [`infer`] top to bottom:
 //!
@@ -122,7 +122,7 @@ const GRPC_LIVE: &str = "/inference.GRPCInferenceService/ServerLive";
 const GRPC_READY: &str = "/inference.GRPCInferenceService/ServerReady";
 const GRPC_HEALTH: &str = "/grpc.health.v1.Health/{call}";
 
-/// The management-plane router (its own listener, SPEC §3): the same edge
+/// The management-plane router (its own listener, docs/api.md): the same edge
 /// and admission stages, then the admin handlers, which check admin
 /// permissions.
 pub fn management_plane(state: AppState) -> Router {
@@ -213,10 +213,12 @@ async fn edge(State(state): State<AppState>, mut req: Request, next: Next) -> Re
     // A gRPC call notes its model and outcome here (grpc.rs), and may ask
     // for an earlier deadline than the server's.
     let grpc = (line.transport() == Transport::Grpc).then(grpc::CallNote::default);
-    let deadline = match (&grpc, grpc::grpc_timeout(req.headers())) {
-        (Some(_), Some(asked)) => asked.min(state.limits.request_timeout),
-        _ => state.limits.request_timeout,
-    };
+    let deadline = grpc
+        .as_ref()
+        .and_then(|_| grpc::grpc_timeout(req.headers()))
+        .map_or(state.limits.request_timeout, |asked| {
+            asked.min(state.limits.request_timeout)
+        });
     if let Some(note) = &grpc {
         req.extensions_mut().insert(note.clone());
     }

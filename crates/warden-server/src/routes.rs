@@ -1,4 +1,4 @@
-//! The data-plane handlers (SPEC §3). Inference handlers only adapt the
+//! The data-plane handlers (docs/api.md). Inference handlers only adapt the
 //! route to `pipeline::infer`, where the model half of the pipeline lives.
 
 use axum::body::Bytes;

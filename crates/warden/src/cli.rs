@@ -1,4 +1,4 @@
-//! The command line (SPEC §5). Parsing only; `main.rs` runs the verbs.
+//! The command line (docs/configuration.md). Parsing only; `main.rs` runs the verbs.
 
 use std::path::PathBuf;
 

@@ -308,7 +308,7 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
     })
 }
 
-/// SPEC §1: on first start, when no admin credential exists, create one
+/// On first start (README.md, docs/identity.md), when no admin credential exists, create one
 /// admin key and print it once with a ready-to-paste curl example.
 /// Creates and prints the first admin key if no active one exists; returns
 /// its id.

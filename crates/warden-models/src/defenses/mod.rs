@@ -1,4 +1,4 @@
-//! Defenses against ML attacks (SPEC §2, between validation and inference):
+//! Defenses against ML attacks (docs/pipeline.md, between validation and inference):
 //! out-of-distribution inputs ([`ood`]), adversarial inputs by feature
 //! squeezing ([`squeeze`]) and model extraction by PRADA ([`extraction`]).
 //! Each is configured per model card (`[defenses.*]`) with an action —

@@ -195,6 +195,10 @@ fn one(
     let values: Vec<Scalar<'_>> = match wire.data {
         WireData::Values(v) => v,
         WireData::Unusable => return None,
+        WireData::Decoded(data) => {
+            decoded = data;
+            scalars(&decoded)
+        }
         WireData::Invalid(problem) => {
             p.add(|| field.clone(), problem);
             return None;

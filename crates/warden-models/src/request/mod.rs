@@ -37,6 +37,7 @@ use crate::engine::Batch;
 use crate::json::{ScanError, is_number_out_of_range, prescan};
 
 mod check;
+pub mod grpc;
 #[cfg(test)]
 mod tests;
 mod v1;
@@ -101,6 +102,9 @@ pub enum WireData<'a> {
     /// `binary_data_size` was given but the body has no binary part that
     /// matches: the problem is already reported.
     Unusable,
+    /// Values a transport decoded itself (gRPC typed contents), of the
+    /// datatype the tensor names.
+    Decoded(warden_tensor::TensorData),
     /// The transport found the values unusable (gRPC: raw and typed
     /// contents both given, or none): the problem, reported for this input.
     Invalid(Cow<'static, str>),

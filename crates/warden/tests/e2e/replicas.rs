@@ -1,4 +1,4 @@
-//! Scale-out (SPEC §6, docs/scaling.md): two Warden replicas sharing a real
+//! Scale-out (docs/scaling.md): two Warden replicas sharing a real
 //! Redis and a real PostgreSQL, behind nginx doing round-robin, both started
 //! and configured by the test.
 
