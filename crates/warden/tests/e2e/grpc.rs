@@ -1,5 +1,5 @@
 //! The Open Inference Protocol over gRPC (docs/grpc.md), from outside:
-//! Triton's gRPC client unchanged against every demo model over TLS with an
+//! Triton's and KServe's gRPC clients unchanged against every demo model over TLS with an
 //! API key in metadata, the REST answer to the same input equal to the gRPC
 //! one, and the bad inputs of the gRPC issue each refused with its status
 //! and Warden's code, the next call served.
@@ -49,6 +49,24 @@ async fn triton_grpc_client_gets_the_rest_answers_and_attacks_get_their_status()
         if let Some(labels) = m["labels"].as_array() {
             assert_eq!(&m["grpc"]["label"], &serde_json::json!(labels), "{model}");
         }
+    }
+    // KServe's gRPC client, unchanged, gets the same answers.
+    let out = python_with(&["kserve"], &script)
+        .arg("kserve")
+        .arg(format!("localhost:{}", grpc.port()))
+        .arg(data.join("tls/cert.pem"))
+        .arg(&key)
+        .arg(repo().join("models"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "grpc_clients.py kserve: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let kserve: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for (model, m) in seen["models"].as_object().unwrap() {
+        assert_eq!(kserve[model], m["grpc"], "{model}");
     }
     let bad = &seen["bad"];
     let expect = [

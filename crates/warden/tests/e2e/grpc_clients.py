@@ -3,28 +3,24 @@ listener, beside its HTTP client on the REST listener: every demo model
 answered over both, and the attacks of the gRPC issue from outside.
 
     grpc_clients.py GRPC_HOST:PORT REST_HOST:PORT CA_FILE API_KEY MODELS_DIR
+    grpc_clients.py kserve GRPC_HOST:PORT CA_FILE API_KEY MODELS_DIR
+
+The second form runs KServe's InferenceGRPCClient instead (in a process of
+its own: the two clients pin different grpcio and protobuf versions).
 
 Prints one JSON object: per model the gRPC and REST outputs (as lists),
 the fixture labels where the fixtures have them, and per bad input the
 status code and Warden's code; the Rust test asserts on it.
 """
 
+import asyncio
 import json
 import sys
 import threading
 
-import grpc
 import numpy as np
-import tritonclient.grpc as tg
-import tritonclient.http as th
-from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-grpc_host, rest_host, ca, key, models_dir = sys.argv[1:6]
-# tritonclient mutates the headers dict it is given: a fresh one each call.
-hdr = lambda: {"x-api-key": key}
-gc = tg.InferenceServerClient(grpc_host, ssl=True, root_certificates=ca)
-hc = th.InferenceServerClient(rest_host, ssl=True, ssl_options={"ca_certs": ca})
-out = {"live": gc.is_server_live(), "ready": gc.is_server_ready(), "models": {}, "bad": {}}
+MODELS = ["iris", "breast-cancer", "digits", "diabetes", "recommender", "digits-cnn", "sentiment"]
 
 
 def fixture_cases(model):
@@ -35,6 +31,47 @@ def fixture_cases(model):
                 for t in case["inputs"]], None
     x = np.array(f["inputs"], dtype=np.float32)
     return [("input", x)], f["labels"]
+
+
+def flat(v):
+    return [x.decode() if isinstance(x, bytes) else x for x in np.array(v, dtype=object).ravel().tolist()]
+
+
+async def kserve_client(host, ca, key):
+    from kserve import InferenceGRPCClient, InferInput, InferRequest
+
+    client = InferenceGRPCClient(host, use_ssl=True, root_certificates=ca)
+    md = [("x-api-key", key)]
+    out = {}
+    for model in MODELS:
+        tensors, _ = fixture_cases(model)
+        inputs = []
+        for name, x in tensors:
+            i = InferInput(name, list(x.shape), "FP32" if x.dtype == np.float32 else "INT64")
+            i.set_data_from_numpy(x)
+            inputs.append(i)
+        r = await client.infer(InferRequest(model_name=model, infer_inputs=inputs), headers=md)
+        out[model] = {o.name: flat(o.as_numpy()) for o in r.outputs}
+    await client.close()
+    return out
+
+
+if sys.argv[1] == "kserve":
+    _, _, host, ca, key, models_dir = sys.argv[:6]
+    print(json.dumps(asyncio.run(kserve_client(host, ca, key))))
+    sys.exit(0)
+
+import grpc  # noqa: E402
+import tritonclient.grpc as tg  # noqa: E402
+import tritonclient.http as th  # noqa: E402
+from tritonclient.grpc import service_pb2, service_pb2_grpc  # noqa: E402
+
+grpc_host, rest_host, ca, key, models_dir = sys.argv[1:6]
+# tritonclient mutates the headers dict it is given: a fresh one each call.
+hdr = lambda: {"x-api-key": key}
+gc = tg.InferenceServerClient(grpc_host, ssl=True, root_certificates=ca)
+hc = th.InferenceServerClient(rest_host, ssl=True, ssl_options={"ca_certs": ca})
+out = {"live": gc.is_server_live(), "ready": gc.is_server_ready(), "models": {}, "bad": {}}
 
 
 def answer(client, mod, model, tensors):
@@ -48,7 +85,7 @@ def answer(client, mod, model, tensors):
     return {n: r.as_numpy(n).tolist() for n in names}
 
 
-for model in ["iris", "breast-cancer", "digits", "diabetes", "recommender", "digits-cnn", "sentiment"]:
+for model in MODELS:
     tensors, labels = fixture_cases(model)
     g = answer(gc, tg, model, tensors)
     h = answer(hc, th, model, tensors)
@@ -56,8 +93,8 @@ for model in ["iris", "breast-cancer", "digits", "diabetes", "recommender", "dig
     out["models"][model] = {
         "ready": gc.is_model_ready(model, headers=hdr()),
         "inputs": [i["name"] for i in meta["inputs"]],
-        "grpc": {k: [x.decode() if isinstance(x, bytes) else x for x in np.array(v, dtype=object).ravel().tolist()] for k, v in g.items()},
-        "rest": {k: [x.decode() if isinstance(x, bytes) else x for x in np.array(v, dtype=object).ravel().tolist()] for k, v in h.items()},
+        "grpc": {k: flat(v) for k, v in g.items()},
+        "rest": {k: flat(v) for k, v in h.items()},
         "labels": labels,
     }
 
