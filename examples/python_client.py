@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """Calling Warden from Python: plain `requests` (v1 and v2), and Triton's
-client (`pip install "tritonclient[http]"`), which works unchanged.
+clients over HTTP and gRPC (`pip install "tritonclient[http,grpc]"`), which
+work unchanged.
 
     ./scripts/setup.sh && cargo run --release -- serve     # prints an admin key once
-    pip install requests "tritonclient[http]"
+    pip install requests "tritonclient[http,grpc]"
     python3 examples/python_client.py --key wdn_...        # or WARDEN_KEY=wdn_...
 
 The development certificate is self-signed: pass it as the CA to trust
@@ -75,9 +76,33 @@ def with_tritonclient(url, ca, key):
     client.close()
 
 
+def with_tritonclient_grpc(address, ca, key):
+    """The Open Inference Protocol over gRPC (docs/grpc.md): the key goes in
+    the call's metadata."""
+    try:
+        import numpy as np
+        import tritonclient.grpc as grpcclient
+    except ImportError:
+        print("tritonclient[grpc] not installed: pip install \"tritonclient[grpc]\" (skipped)")
+        return
+    client = grpcclient.InferenceServerClient(address, ssl=True, root_certificates=ca)
+    rows = np.array([[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]], dtype=np.float32)
+    inp = grpcclient.InferInput("input", list(rows.shape), "FP32")
+    inp.set_data_from_numpy(rows)
+    result = client.infer("iris", [inp], headers={"x-api-key": key})
+    labels = [x.decode() if isinstance(x, bytes) else str(x) for x in result.as_numpy("label")]
+    print("triton grpc iris:", labels)
+    try:
+        client.infer("iris", [inp], headers={"x-api-key": "wdn_wrong_key"})
+    except grpcclient.InferenceServerException as e:
+        print("grpc refused:", e.status(), e.message())
+    client.close()
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--url", default="https://127.0.0.1:8443")
+    p.add_argument("--grpc", default="localhost:8444", help="the gRPC listener, host:port")
     p.add_argument("--ca", default="warden-data/tls/cert.pem")
     p.add_argument("--key", default=os.environ.get("WARDEN_KEY"))
     args = p.parse_args()
@@ -85,6 +110,7 @@ def main():
         sys.exit("give the key: --key wdn_... or WARDEN_KEY=wdn_...")
     with_requests(args.url, args.ca, args.key)
     with_tritonclient(args.url, args.ca, args.key)
+    with_tritonclient_grpc(args.grpc, args.ca, args.key)
 
 
 if __name__ == "__main__":

@@ -308,6 +308,8 @@ async fn the_python_example_runs() {
     )
     .args(["--url", &w.url(""), "--key", &key, "--ca"])
     .arg(data.join("tls/cert.pem"))
+    .arg("--grpc")
+    .arg(format!("localhost:{}", w.grpc.unwrap().port()))
     .output()
     .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
@@ -323,6 +325,8 @@ async fn the_python_example_runs() {
         "refused: 422 validation_failed instances[0].sepal_length_cm",
         "triton: live True ready True",
         "triton iris: ['setosa', 'virginica']",
+        "triton grpc iris: ['setosa', 'virginica']",
+        "grpc refused: StatusCode.UNAUTHENTICATED A valid credential is required.",
     ] {
         assert!(text.contains(line), "{line:?} not in:\n{text}");
     }
