@@ -3,8 +3,9 @@
 //! of a local ONNX file. Everything before and after inference — the whole
 //! pipeline, the defenses and the output policy — is the same; this backend
 //! only turns a checked batch (typed tensors) into one
-//! `POST /v2/models/{m}/infer` and the answer back into the card's output
-//! tensors, after checking it against the card.
+//! `POST /v2/models/{m}/infer` (or, to a `grpc://` / `grpcs://` upstream,
+//! one gRPC `ModelInfer` with raw contents) and the answer back into the
+//! card's output tensors, after checking it against the card.
 //!
 //! What guards the call:
 //! - one pooled client per model (HTTP/1.1, and HTTP/2 where TLS ALPN
@@ -42,6 +43,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 use warden_core::metrics::{Alert, UPSTREAM_REQUESTS, UPSTREAM_UP};
 
+use warden_oip::{GrpcInferenceServiceClient, pb};
 use warden_tensor::{DataType, Tensor, TensorData};
 
 use crate::card::{ModelCard, Task, Upstream};
@@ -76,6 +78,29 @@ struct Inner {
     breaker: Breaker,
     /// `Authorization: Bearer …` for the upstream, marked sensitive.
     authorization: Option<reqwest::header::HeaderValue>,
+    /// A gRPC upstream (`grpc://`, `grpcs://`): its channel, in place of
+    /// the REST client.
+    grpc: Option<GrpcUpstream>,
+}
+
+/// The gRPC side of a gateway model: the endpoint (TLS, timeouts) built at
+/// load, its channel opened on first use (a channel needs the runtime).
+struct GrpcUpstream {
+    endpoint: tonic::transport::Endpoint,
+    channel: std::sync::OnceLock<tonic::transport::Channel>,
+    /// The model's name on the upstream, and the version asked for.
+    model: String,
+    version: String,
+}
+
+impl GrpcUpstream {
+    fn client(&self) -> GrpcInferenceServiceClient<tonic::transport::Channel> {
+        let channel = self
+            .channel
+            .get_or_init(|| self.endpoint.connect_lazy())
+            .clone();
+        GrpcInferenceServiceClient::new(channel)
+    }
 }
 
 impl std::fmt::Debug for GatewayBackend {
@@ -93,6 +118,8 @@ enum CallError {
     Connect(String),
     Timeout,
     Status(u16),
+    /// A gRPC upstream's status (its number).
+    Grpc(tonic::Code),
     Invalid(String),
     Transport(String),
 }
@@ -101,14 +128,30 @@ impl CallError {
     /// A 4xx other than 408 and 429: the server is up and refused this
     /// request (e.g. a batch above its own limit).
     fn upstream_is_alive(&self) -> bool {
-        matches!(self, Self::Status(s) if (400..500).contains(s) && *s != 408 && *s != 429)
+        use tonic::Code;
+        match self {
+            Self::Status(s) => (400..500).contains(s) && *s != 408 && *s != 429,
+            // gRPC's counterparts of those 4xx: the request was refused.
+            Self::Grpc(code) => matches!(
+                code,
+                Code::InvalidArgument
+                    | Code::NotFound
+                    | Code::AlreadyExists
+                    | Code::PermissionDenied
+                    | Code::FailedPrecondition
+                    | Code::OutOfRange
+                    | Code::Unimplemented
+                    | Code::Unauthenticated
+            ),
+            _ => false,
+        }
     }
 
     fn outcome(&self) -> &'static str {
         match self {
             Self::Connect(_) => "connect",
             Self::Timeout => "timeout",
-            Self::Status(_) => "status",
+            Self::Status(_) | Self::Grpc(_) => "status",
             Self::Invalid(_) => "invalid",
             Self::Transport(_) => "transport",
         }
@@ -121,6 +164,7 @@ impl std::fmt::Display for CallError {
             Self::Connect(e) => write!(f, "cannot connect: {e}"),
             Self::Timeout => f.write_str("no answer within the timeout"),
             Self::Status(s) => write!(f, "answered HTTP {s}"),
+            Self::Grpc(code) => write!(f, "answered gRPC {code:?}"),
             Self::Invalid(e) => write!(f, "answer does not match the model card: {e}"),
             Self::Transport(e) => write!(f, "transport error: {e}"),
         }
@@ -154,11 +198,22 @@ impl GatewayBackend {
             Some(v) => format!("{}/v2/models/{remote}/versions/{v}", settings.url),
             None => format!("{}/v2/models/{remote}", settings.url),
         };
+        let grpc = settings
+            .grpc
+            .then(|| grpc_endpoint(&settings, dir))
+            .transpose()?
+            .map(|endpoint| GrpcUpstream {
+                endpoint,
+                channel: std::sync::OnceLock::new(),
+                model: remote.to_owned(),
+                version: settings.version.clone().unwrap_or_default(),
+            });
         let inner = Arc::new(Inner {
             model: model.to_owned(),
             client,
             infer_url: format!("{base}/infer"),
             ready_url: format!("{base}/ready"),
+            grpc,
             card: card.clone(),
             permits: Semaphore::new(settings.max_in_flight),
             queue_timeout,
@@ -196,6 +251,42 @@ pub async fn upstream_tensors(
         datatype: String,
         #[serde(default)]
         shape: Vec<i64>,
+    }
+    if settings.grpc {
+        let endpoint = grpc_endpoint(settings, dir)?;
+        let mut client = GrpcInferenceServiceClient::new(endpoint.connect_lazy());
+        let mut request = tonic::Request::new(pb::ModelMetadataRequest {
+            name: model.to_owned(),
+            version: settings.version.clone().unwrap_or_default(),
+        });
+        request.set_timeout(settings.timeout);
+        if let Some(source) = &settings.bearer_token
+            && let Ok(v) = tonic::metadata::MetadataValue::try_from(bearer(source, dir)?.as_bytes())
+        {
+            request.metadata_mut().insert("authorization", v);
+        }
+        let meta = client
+            .model_metadata(request)
+            .await
+            .map_err(|e| {
+                format!(
+                    "{}: ModelMetadata: {:?} {}",
+                    settings.url,
+                    e.code(),
+                    e.message()
+                )
+            })?
+            .into_inner();
+        let convert = |t: pb::model_metadata_response::TensorMetadata| GraphTensor {
+            datatype: DataType::parse(&t.datatype)
+                .ok_or_else(|| format!("the datatype {:?}", t.datatype)),
+            name: t.name,
+            shape: t.shape,
+        };
+        return Ok((
+            meta.inputs.into_iter().map(convert).collect(),
+            meta.outputs.into_iter().map(convert).collect(),
+        ));
     }
     let client = client(settings, dir)?;
     let url = match &settings.version {
@@ -299,6 +390,42 @@ fn client(settings: &Upstream, dir: &Path) -> Result<reqwest::Client, String> {
     builder
         .build()
         .map_err(|e| format!("upstream: cannot build the HTTP client: {e}"))
+}
+
+/// The gRPC endpoint of a `grpc://` / `grpcs://` upstream: the same
+/// connect timeout, CA (or the system's roots), client certificate and
+/// TLS library (rustls with aws-lc-rs) as the REST client.
+fn grpc_endpoint(settings: &Upstream, dir: &Path) -> Result<tonic::transport::Endpoint, String> {
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+    let read = |file: &PathBuf| {
+        let path = dir.join(file);
+        std::fs::read(&path).map_err(|e| format!("upstream: cannot read {}: {e}", path.display()))
+    };
+    let mut endpoint = Endpoint::from_shared(settings.url.clone())
+        .map_err(|e| format!("upstream.url: {e}"))?
+        .connect_timeout(settings.connect_timeout)
+        .tcp_nodelay(true)
+        .user_agent(concat!("warden/", env!("CARGO_PKG_VERSION")))
+        .map_err(|e| format!("upstream: {e}"))?;
+    if settings.url.starts_with("https://") {
+        let mut tls = ClientTlsConfig::new();
+        tls = match &settings.ca {
+            Some(ca) => tls.ca_certificate(Certificate::from_pem(read(ca)?)),
+            None => tls.with_native_roots(),
+        };
+        if let Some((cert, key)) = &settings.client_identity {
+            let key = warden_core::SecretSource::File {
+                file: dir.join(key),
+            }
+            .read(false)
+            .map_err(|e| format!("upstream.client_key: {e}"))?;
+            tls = tls.identity(Identity::from_pem(read(cert)?, key.expose()));
+        }
+        endpoint = endpoint
+            .tls_config(tls)
+            .map_err(|e| format!("upstream: TLS settings: {e}"))?;
+    }
+    Ok(endpoint)
 }
 
 /// The request body of `POST .../infer`.
@@ -411,6 +538,9 @@ impl Inner {
     }
 
     async fn call(&self, batch: &Batch) -> Result<Outputs, CallError> {
+        if let Some(grpc) = &self.grpc {
+            return self.call_grpc(grpc, batch).await;
+        }
         let outputs = self
             .card
             .outputs
@@ -482,9 +612,107 @@ impl Inner {
     /// not keep them apart); a classifier's labels (indices, or class
     /// names) among its classes, its probabilities finite in [0, 1] with
     /// rows summing to 1.
+    /// One `ModelInfer` call to a gRPC upstream: the batch as raw input
+    /// contents, every card output asked for, the bearer token in the
+    /// metadata, the answer bounded like a REST answer and checked by the
+    /// same [`Inner::check_answer`].
+    async fn call_grpc(&self, grpc: &GrpcUpstream, batch: &Batch) -> Result<Outputs, CallError> {
+        let (inputs, raw): (Vec<_>, Vec<_>) =
+            batch.inputs.iter().map(warden_oip::raw_input).unzip();
+        let message = pb::ModelInferRequest {
+            model_name: grpc.model.clone(),
+            model_version: grpc.version.clone(),
+            inputs,
+            outputs: self
+                .card
+                .outputs
+                .iter()
+                .map(|o| pb::model_infer_request::InferRequestedOutputTensor {
+                    name: o.name.clone(),
+                    parameters: Default::default(),
+                })
+                .collect(),
+            raw_input_contents: raw,
+            ..Default::default()
+        };
+        let rows = batch.rows;
+        let limit = ENVELOPE_BYTES.saturating_add(
+            self.answer_values(rows)
+                .saturating_mul(BYTES_PER_VALUE)
+                .min(MAX_ANSWER_BYTES),
+        );
+        let mut client = grpc.client().max_decoding_message_size(limit);
+        let mut attempt = 0;
+        let answer = loop {
+            let mut request = tonic::Request::new(message.clone());
+            request.set_timeout(self.settings.timeout);
+            self.authorize_grpc(&mut request);
+            match client.model_infer(request).await {
+                Ok(r) => break r.into_inner(),
+                // The channel could not reach the server: nothing was run.
+                Err(e)
+                    if e.code() == tonic::Code::Unavailable && attempt < self.settings.retries =>
+                {
+                    tracing::debug!(model = %self.model, attempt, error = %e.message(), "upstream unavailable, retrying");
+                    tokio::time::sleep(Duration::from_millis(20 << attempt)).await;
+                    attempt += 1;
+                }
+                Err(e) if e.code() == tonic::Code::Unavailable => {
+                    return Err(CallError::Connect(e.message().to_owned()));
+                }
+                Err(e)
+                    if matches!(
+                        e.code(),
+                        tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
+                    ) =>
+                {
+                    return Err(CallError::Timeout);
+                }
+                Err(e) => return Err(CallError::Grpc(e.code())),
+            }
+        };
+        // The answer's tensors (raw contents, or typed), then the checks of
+        // a REST answer: one set of rules whatever the upstream speaks.
+        let raw = &answer.raw_output_contents;
+        let outputs = answer
+            .outputs
+            .iter()
+            .enumerate()
+            .map(|(k, o)| {
+                let tensor = warden_oip::output_tensor(o, raw.get(k).map(|b| &b[..]))
+                    .map_err(|e| CallError::Invalid(e.to_string()))?;
+                Ok(OutputTensor {
+                    name: tensor.name.clone(),
+                    shape: tensor.shape.iter().map(|&d| d as u64).collect(),
+                    data: serde_json::to_value(&tensor.data)
+                        .map_err(|e| CallError::Invalid(e.to_string()))?,
+                })
+            })
+            .collect::<Result<Vec<_>, CallError>>()?;
+        self.check_answer(rows, InferResponse { outputs })
+            .map_err(CallError::Invalid)
+    }
+
+    /// Adds the upstream's bearer token to a gRPC call's metadata.
+    fn authorize_grpc<T>(&self, request: &mut tonic::Request<T>) {
+        if let Some(value) = &self.authorization
+            && let Ok(mut v) = tonic::metadata::MetadataValue::try_from(value.as_bytes())
+        {
+            v.set_sensitive(true);
+            request.metadata_mut().insert("authorization", v);
+        }
+    }
+
     fn check(&self, rows: usize, body: &[u8]) -> Result<Outputs, String> {
         let answer: InferResponse =
             serde_json::from_slice(body).map_err(|e| format!("not an inference response: {e}"))?;
+        self.check_answer(rows, answer)
+    }
+
+    /// The answer against the card: every declared output, its rank, fixed
+    /// dimensions and rows, values of its datatype, labels among the
+    /// classes, probabilities in [0, 1] summing to 1.
+    fn check_answer(&self, rows: usize, answer: InferResponse) -> Result<Outputs, String> {
         let card = &self.card;
         let mut outputs = Vec::with_capacity(card.outputs.len());
         for (i, spec) in card.outputs.iter().enumerate() {
@@ -795,6 +1023,29 @@ async fn health_checks(inner: Weak<Inner>) {
     loop {
         tick.tick().await;
         let Some(inner) = inner.upgrade() else { break };
+        if let Some(grpc) = &inner.grpc {
+            let mut request = tonic::Request::new(pb::ModelReadyRequest {
+                name: grpc.model.clone(),
+                version: grpc.version.clone(),
+            });
+            request.set_timeout(period);
+            inner.authorize_grpc(&mut request);
+            let verdict =
+                match tokio::time::timeout(period, grpc.client().model_ready(request)).await {
+                    Ok(Ok(r)) if r.get_ref().ready => Ok(()),
+                    Ok(Ok(_)) => Err("ModelReady answered not ready".to_owned()),
+                    Ok(Err(e)) => Err(format!("ModelReady failed: {:?} {}", e.code(), e.message())),
+                    Err(_) => Err("ModelReady did not answer in time".to_owned()),
+                };
+            match verdict {
+                Ok(()) if inner.breaker.healthy() => {
+                    inner.opened_or_closed(false, "readiness check passed")
+                }
+                Err(why) if inner.breaker.trip() => inner.opened_or_closed(true, &why),
+                _ => {}
+            }
+            continue;
+        }
         let probe = inner
             .authorized(inner.client.get(&inner.ready_url))
             // Bounded by the period (checks never pile up), not by the
@@ -1153,6 +1404,7 @@ mod tests {
             queue_timeout: Duration::from_secs(1),
             breaker: Breaker::new(1, Duration::from_secs(1)),
             authorization: None,
+            grpc: None,
             settings,
         }
     }

@@ -7,7 +7,8 @@ use super::CardError;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawUpstream {
-    /// Base URL of the server (`https://triton.internal:8000`).
+    /// Base URL of the server (`https://triton.internal:8000`), or its gRPC
+    /// address (`grpcs://triton.internal:8001`).
     url: String,
     /// The model's name on the server. Default: this model's name.
     model: Option<String>,
@@ -54,6 +55,9 @@ pub(super) struct RawUpstream {
 pub struct Upstream {
     /// Base URL, without a trailing `/`.
     pub url: String,
+    /// The upstream speaks the Open Inference Protocol over gRPC
+    /// (`grpc://` or `grpcs://`), not REST.
+    pub grpc: bool,
     /// The model's name on the server (`None`: the same as Warden's).
     pub model: Option<String>,
     /// The version asked for, if any.
@@ -92,10 +96,22 @@ impl Upstream {
 pub(super) fn upstream(raw: RawUpstream) -> Result<Upstream, CardError> {
     let bad = |key: &str, msg: &str| CardError(format!("upstream.{key}: {msg}"));
     let url = raw.url.trim_end_matches('/').to_owned();
+    // gRPC upstreams: grpcs:// is gRPC over TLS, grpc:// over plaintext
+    // HTTP/2, with the same rules as https:// and http://.
+    let (url, grpc) = match url.split_once("://") {
+        Some(("grpcs", rest)) => (format!("https://{rest}"), true),
+        Some(("grpc", rest)) => (format!("http://{rest}"), true),
+        _ => (url, false),
+    };
     let rest = url
         .strip_prefix("https://")
         .or_else(|| url.strip_prefix("http://"))
-        .ok_or_else(|| bad("url", "must start with http:// or https://"))?;
+        .ok_or_else(|| {
+            bad(
+                "url",
+                "must start with http://, https://, grpc:// or grpcs://",
+            )
+        })?;
     if rest.is_empty() || rest.contains(['?', '#', '@', ' ']) {
         return Err(bad(
             "url",
@@ -158,8 +174,15 @@ pub(super) fn upstream(raw: RawUpstream) -> Result<Upstream, CardError> {
     if breaker_failures == 0 {
         return Err(bad("breaker_failures", "must be at least 1"));
     }
+    if grpc && parsed.path() != "/" {
+        return Err(bad(
+            "url",
+            "a gRPC upstream is a host and port, without a path",
+        ));
+    }
     Ok(Upstream {
         url,
+        grpc,
         model: raw.model,
         version: raw.version,
         ca: raw.ca,

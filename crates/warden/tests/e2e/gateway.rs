@@ -17,6 +17,8 @@ pub(super) fn free_port() -> u16 {
 struct MlServer {
     child: Child,
     port: u16,
+    /// Its gRPC port (the Open Inference Protocol over gRPC).
+    grpc_port: u16,
     dir: PathBuf,
 }
 
@@ -40,11 +42,12 @@ impl MlServer {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
+        let grpc_port = free_port();
         let child = Command::new(bin.join("mlserver"))
             .args(["start", "."])
             .current_dir(dir)
             .env("MLSERVER_HTTP_PORT", port.to_string())
-            .env("MLSERVER_GRPC_PORT", free_port().to_string())
+            .env("MLSERVER_GRPC_PORT", grpc_port.to_string())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -52,6 +55,7 @@ impl MlServer {
         let server = Self {
             child,
             port,
+            grpc_port,
             dir: dir.to_owned(),
         };
         let deadline = Instant::now() + Duration::from_secs(120);
@@ -250,7 +254,17 @@ async fn a_real_mlserver_behind_the_gateway_gets_the_whole_pipeline() {
         IRIS_CLASSES,
         &format!("url = \"{url}\"\nmodel = \"iris\"\ntimeout = \"1ms\""),
     );
-    // `warden model init --upstream` writes a card from MLServer's metadata.
+    // The same MLServer over gRPC (grpc:// to loopback).
+    let grpc_url = format!("grpc://127.0.0.1:{}", mls.grpc_port);
+    gateway_card(
+        &models,
+        "iris_grpc",
+        ("predict", "predict_proba"),
+        IRIS_CLASSES,
+        &format!("url = \"{grpc_url}\"\nmodel = \"iris\""),
+    );
+    // `warden model init --upstream` writes a card from MLServer's metadata,
+    // over REST and over gRPC.
     let from_metadata = models.join("iris_init");
     std::fs::create_dir_all(&from_metadata).unwrap();
     let out = Command::new(BIN)
@@ -267,6 +281,24 @@ async fn a_real_mlserver_behind_the_gateway_gets_the_whole_pipeline() {
     let written = std::fs::read_to_string(from_metadata.join("model.toml")).unwrap();
     assert!(
         written.contains("[upstream]") && written.contains("name = \"predict_proba\""),
+        "{written}"
+    );
+    let from_grpc = models.join("iris_init_grpc");
+    std::fs::create_dir_all(&from_grpc).unwrap();
+    let out = Command::new(BIN)
+        .args(["model", "init"])
+        .arg(&from_grpc)
+        .args(["--upstream", &grpc_url, "--upstream-model", "iris"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let written = std::fs::read_to_string(from_grpc.join("model.toml")).unwrap();
+    assert!(
+        written.contains(&grpc_url) && written.contains("name = \"predict_proba\""),
         "{written}"
     );
     let w = Warden::start(
@@ -324,6 +356,29 @@ async fn a_real_mlserver_behind_the_gateway_gets_the_whole_pipeline() {
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["predictions"][0]["label"], expected[0].as_str());
+    // Over gRPC to the same MLServer, and from the card model init wrote
+    // from its gRPC metadata: the same labels.
+    for model in ["iris_grpc", "iris_init_grpc"] {
+        let (status, _, body) = w
+            .post(
+                &format!("/v1/models/{model}:predict"),
+                &key,
+                json!({"instances": rows}).to_string(),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{model}: {body}");
+        let labels: Vec<String> = body["predictions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["label"].as_str().unwrap_or_default().to_owned())
+            .collect();
+        if model == "iris_grpc" {
+            assert_eq!(labels, expected, "{model}");
+        } else {
+            assert_eq!(labels.len(), rows.len(), "{model}: {body}");
+        }
+    }
 
     // Validation happens before the upstream is called: NaN, out of range,
     // a wrong width and an oversize batch never reach it.
@@ -501,6 +556,38 @@ async fn a_gateway_reaches_an_https_upstream_with_its_ca_and_a_client_certificat
         IRIS_CLASSES,
         &format!("{tls}\nbearer_token = {{ file = \"../upstream-token\" }}"),
     );
+    // The same upstream over gRPC (grpcs://, its gRPC listener): with the
+    // client certificate, and with the bearer token in the call's metadata.
+    let grpc_url = format!("grpcs://localhost:{}", upstream.grpc.unwrap().port());
+    let grpc_tls = format!(
+        "url = \"{grpc_url}\"\nmodel = \"iris\"\nca = \"{}\"",
+        server_ca.display()
+    );
+    gateway_card(
+        &models,
+        "iris_grpc",
+        ("label", "probabilities"),
+        IRIS_CLASSES,
+        &format!(
+            "{grpc_tls}\nclient_cert = \"{}\"\nclient_key = \"{}\"",
+            dir.path().join("gateway.pem").display(),
+            dir.path().join("gateway.key").display()
+        ),
+    );
+    gateway_card(
+        &models,
+        "iris_grpc_token",
+        ("label", "probabilities"),
+        IRIS_CLASSES,
+        &format!("{grpc_tls}\nbearer_token = {{ file = \"../upstream-token\" }}"),
+    );
+    gateway_card(
+        &models,
+        "iris_grpc_nocert",
+        ("label", "probabilities"),
+        IRIS_CLASSES,
+        &grpc_tls,
+    );
     // The system roots do not know the upstream's self-signed certificate.
     gateway_card(
         &models,
@@ -515,7 +602,7 @@ async fn a_gateway_reaches_an_https_upstream_with_its_ca_and_a_client_certificat
     );
     let key = w.printed_key.clone().unwrap();
     let (rows, expected) = fixture_rows();
-    for model in ["iris", "iris_token"] {
+    for model in ["iris", "iris_token", "iris_grpc", "iris_grpc_token"] {
         let (status, _, body) = w
             .post(
                 &format!("/v1/models/{model}:predict"),
@@ -534,7 +621,7 @@ async fn a_gateway_reaches_an_https_upstream_with_its_ca_and_a_client_certificat
     }
     // Neither certificate nor token: the upstream answers 401, the client
     // gets 502. No CA: the handshake fails, 502 too.
-    for model in ["iris_nocert", "iris_noca"] {
+    for model in ["iris_nocert", "iris_noca", "iris_grpc_nocert"] {
         let (status, _, body) = w
             .post(
                 &format!("/v1/models/{model}:predict"),
@@ -545,6 +632,9 @@ async fn a_gateway_reaches_an_https_upstream_with_its_ca_and_a_client_certificat
         assert_eq!(status, StatusCode::BAD_GATEWAY, "{model}: {body}");
         assert_eq!(body["error"], UNAVAILABLE);
     }
+    // The gRPC upstream's readiness (ModelReady, with the credential) keeps
+    // the model ready.
+    assert!(model_ready(&w, &key, "iris_grpc").await);
     // The upstream's log names the gateway's certificate and its key, and
     // the token never reaches the gateway's own log.
     let token = upstream.printed_key.clone().unwrap();
