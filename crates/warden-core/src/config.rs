@@ -195,6 +195,9 @@ pub struct RawGrpc {
     /// largest request any model accepts (its inputs' element caps), at
     /// least 4 MiB; never unlimited.
     pub max_message_bytes: Option<usize>,
+    /// Serve gRPC server reflection (for grpcurl and similar), to callers
+    /// with a valid credential. Default false.
+    pub reflection: Option<bool>,
 }
 
 /// `[models]`
@@ -635,6 +638,8 @@ pub struct GrpcSettings {
     pub tls: Option<TlsSettings>,
     /// `grpc.max_message_bytes`, if set (else sized from the models).
     pub max_message_bytes: Option<usize>,
+    /// `grpc.reflection`.
+    pub reflection: bool,
 }
 
 /// Log output format.
@@ -1018,6 +1023,7 @@ impl Config {
                 listen,
                 tls: tls.clone(),
                 max_message_bytes: grpc.max_message_bytes,
+                reflection: grpc.reflection.unwrap_or(false),
             })
         } else {
             None
@@ -1327,6 +1333,27 @@ mod tests {
             message: e.to_string(),
         })?;
         Config::from_raw(raw, &Overrides::default())
+    }
+
+    #[test]
+    fn grpc_is_on_loopback_by_default_without_reflection() {
+        let c = parse("").unwrap();
+        let g = c.grpc.unwrap();
+        assert_eq!(g.listen.to_string(), DEFAULT_GRPC_LISTEN);
+        assert!(g.tls.is_some() && !g.reflection && g.max_message_bytes.is_none());
+        assert!(parse("[grpc]\nenabled = false\n").unwrap().grpc.is_none());
+        // Plaintext off loopback only when acknowledged, as for REST.
+        let open = "[grpc]\nlisten = \"0.0.0.0:8444\"\n[tls]\nenabled = false\n[server]\nlisten = \"127.0.0.1:8080\"\n";
+        let e = parse(open).unwrap_err().to_string();
+        assert!(e.contains("grpc.listen"), "{e}");
+        parse(&format!(
+            "{open}[insecure]\nplaintext_http_on_public_address = true\n"
+        ))
+        .unwrap();
+        let e = parse("[grpc]\nmax_message_bytes = 10\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("grpc.max_message_bytes"), "{e}");
     }
 
     #[test]

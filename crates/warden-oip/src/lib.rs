@@ -31,6 +31,9 @@ pub use pb::grpc_inference_service_server::{GrpcInferenceService, GrpcInferenceS
 /// The protobuf runtime the messages are built on (`Message::decode`).
 pub use prost;
 
+/// The proto's encoded file descriptors (for gRPC server reflection).
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!("generated/inference_descriptor.bin");
+
 /// The full gRPC name of the service.
 pub const SERVICE: &str = "inference.GRPCInferenceService";
 

@@ -82,6 +82,44 @@ pub fn max_message_bytes(repository: &warden_models::Repository) -> usize {
     largest.saturating_add(64 << 10).clamp(4 << 20, 1 << 30)
 }
 
+/// `router` with the reflection services added (v1, and v1alpha, which
+/// grpcurl still asks for first).
+pub fn with_reflection<S: Clone + Send + Sync + 'static>(
+    router: axum::Router<S>,
+) -> axum::Router<S> {
+    let builder = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(warden_oip::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let router = match builder().build_v1() {
+        Ok(v1) => router.route_service(
+            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+            v1,
+        ),
+        Err(e) => {
+            tracing::error!(error = %e, "gRPC reflection (v1) not served");
+            router
+        }
+    };
+    match builder().build_v1alpha() {
+        Ok(v1alpha) => router.route_service(
+            "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+            v1alpha,
+        ),
+        Err(e) => {
+            tracing::error!(error = %e, "gRPC reflection (v1alpha) not served");
+            router
+        }
+    }
+}
+
+/// The answer to a path that is no service or method of this listener:
+/// UNIMPLEMENTED (through the error table's `method_not_allowed`).
+pub async fn unknown_call() -> ApiError {
+    ApiError::new(ErrorCode::MethodNotAllowed).with_message("No such service or method.")
+}
+
 /// What a gRPC call noted for the edge. A tonic handler cannot put
 /// extensions on its answer (an error answer is built from a `Status`), so
 /// the edge hands each call this slot in the request and reads it back.

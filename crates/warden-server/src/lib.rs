@@ -95,8 +95,8 @@ struct Bound {
 pub struct Server {
     data: Bound,
     admin: Option<Bound>,
-    /// The gRPC listener and its `max_message_bytes`, if set.
-    grpc: Option<(Bound, Option<usize>)>,
+    /// The gRPC listener and its settings.
+    grpc: Option<(Bound, warden_core::config::GrpcSettings)>,
     /// The plaintext redirect-to-HTTPS listener.
     redirect: Option<TcpListener>,
     limits: RequestLimits,
@@ -168,10 +168,7 @@ impl Server {
             None => None,
         };
         let grpc = match &config.grpc {
-            Some(g) => Some((
-                bind(g.listen, g.tls.as_ref(), "grpc").await?,
-                g.max_message_bytes,
-            )),
+            Some(g) => Some((bind(g.listen, g.tls.as_ref(), "grpc").await?, g.clone())),
             None => None,
         };
         let redirect = match config.redirect_listen {
@@ -330,13 +327,14 @@ impl Server {
             }
         };
         let grpc = async {
-            if let Some((grpc, max_message)) = self.grpc {
-                let max_message =
-                    max_message.unwrap_or_else(|| grpc::max_message_bytes(&state.repository));
+            if let Some((grpc, settings)) = self.grpc {
+                let max_message = settings
+                    .max_message_bytes
+                    .unwrap_or_else(|| grpc::max_message_bytes(&state.repository));
                 listener::serve(
                     grpc.listener,
                     grpc.tls,
-                    pipeline::grpc_plane(state.clone(), max_message),
+                    pipeline::grpc_plane(state.clone(), max_message, settings.reflection),
                     self.settings.clone(),
                     "grpc",
                     until_stopped(stopped.clone()),

@@ -97,14 +97,20 @@ pub fn data_plane(state: AppState) -> Router {
 /// the data plane (it is the data plane, over another protocol). Liveness,
 /// readiness and `grpc.health.v1` take no credential, as their REST
 /// counterparts; every other call needs one.
-pub fn grpc_plane(state: AppState, max_message: usize) -> Router {
+pub fn grpc_plane(state: AppState, max_message: usize, reflection: bool) -> Router {
     let service = warden_oip::GrpcInferenceServiceServer::new(grpc::Inference::new(state.clone()))
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(max_message);
     let (_, health) = tonic_health::server::health_reporter();
-    let protected = Router::new()
-        .route_service(GRPC_CALLS, service.clone())
-        .route_layer(from_fn_with_state(state.clone(), admission));
+    let protected = Router::new().route_service(GRPC_CALLS, service.clone());
+    // Server reflection (grpcurl and similar) only when configured, and
+    // only to callers with a credential.
+    let protected = if reflection {
+        grpc::with_reflection(protected)
+    } else {
+        protected
+    };
+    let protected = protected.route_layer(from_fn_with_state(state.clone(), admission));
     let public = Router::new()
         .route_service(GRPC_LIVE, service.clone())
         .route_service(GRPC_READY, service)
@@ -166,8 +172,12 @@ fn with_edge(
     plane: steps::Plane,
     transport: Transport,
 ) -> Router {
+    let router = match transport {
+        Transport::Http => router.fallback(routes::not_found),
+        // gRPC says UNIMPLEMENTED for a service or method it does not have.
+        Transport::Grpc => router.fallback(grpc::unknown_call),
+    };
     router
-        .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(from_fn_with_state(state.clone(), edge))
         // Credentials are marked sensitive before anything could log headers.

@@ -1,5 +1,5 @@
-//! Generates crates/warden-oip/src/generated/inference.rs from the
-//! vendored proto, with protox (a protobuf compiler in Rust: no `protoc`).
+//! Generates crates/warden-oip/src/generated/inference.rs (and the encoded
+//! descriptors, inference_descriptor.bin) from the vendored proto, with protox (a protobuf compiler in Rust: no `protoc`).
 
 use std::path::Path;
 
@@ -9,6 +9,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = root.join("src/generated");
     std::fs::create_dir_all(&out)?;
     let fds = protox::compile(["open_inference_grpc.proto"], [&proto_dir])?;
+    // The encoded descriptors, for gRPC server reflection (grpc.reflection).
+    std::fs::write(
+        out.join("inference_descriptor.bin"),
+        prost::Message::encode_to_vec(&fds),
+    )?;
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)

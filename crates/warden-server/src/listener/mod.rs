@@ -36,6 +36,14 @@ const MAX_HEADER_LIST: u32 = 128 * 1024;
 /// Most concurrent HTTP/2 streams per connection.
 pub const MAX_CONCURRENT_STREAMS: u32 = 256;
 
+/// HTTP/2 streams a client may reset before they are served, per connection.
+const MAX_PENDING_RESETS: usize = 20;
+/// HTTP/2 streams Warden may reset for client errors, per connection.
+const MAX_LOCAL_ERROR_RESETS: usize = 1024;
+/// HTTP/2 keep-alive: ping period on a silent connection, and the wait for
+/// the answer.
+const KEEP_ALIVE: Duration = Duration::from_secs(20);
+
 /// Connection-level settings, the same for every listener.
 #[derive(Debug, Clone)]
 pub struct ConnectionSettings {
@@ -153,7 +161,18 @@ fn http_builder(settings: &ConnectionSettings) -> auto::Builder<TokioExecutor> {
         // Like HTTP/1.1 (whose default read buffer is larger), read header
         // lists up to 128 KiB so that an oversized credential (say a 100 KiB
         // "token") gets the pipeline's 401, not a connection-level GOAWAY.
-        .max_header_list_size(MAX_HEADER_LIST);
+        .max_header_list_size(MAX_HEADER_LIST)
+        // Rapid reset (CVE-2023-44487): streams a client opens and resets
+        // before they are served, and streams the server resets because of
+        // client errors ("MadeYouReset"), each capped per connection; past
+        // either the connection is closed with GOAWAY. hyper's values, set
+        // here so that no dependency update can loosen them (docs/grpc.md).
+        .max_pending_accept_reset_streams(MAX_PENDING_RESETS)
+        .max_local_error_reset_streams(MAX_LOCAL_ERROR_RESETS)
+        // A peer that stops answering PINGs is dropped: 20 s between
+        // pings on an otherwise silent connection, 20 s to answer.
+        .keep_alive_interval(KEEP_ALIVE)
+        .keep_alive_timeout(KEEP_ALIVE);
     builder
 }
 

@@ -12,7 +12,11 @@ use super::{Warden, python_with, repo};
 async fn triton_grpc_client_gets_the_rest_answers_and_attacks_get_their_status() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let w = Warden::start(&data, &[]);
+    // Reflection on (it is off by default), for grpcurl-style discovery.
+    std::fs::create_dir_all(dir.path()).unwrap();
+    let config = dir.path().join("warden.toml");
+    std::fs::write(&config, "[grpc]\nreflection = true\n").unwrap();
+    let w = Warden::start(&data, &["--config", config.to_str().unwrap()]);
     let key = w.printed_key.clone().unwrap();
     let grpc = w.grpc.expect("the gRPC listener is on by default");
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e/grpc_clients.py");
@@ -98,6 +102,17 @@ async fn triton_grpc_client_gets_the_rest_answers_and_attacks_get_their_status()
             Some("invalid_request"),
         ),
         ("unknown_method", "UNIMPLEMENTED", None),
+        (
+            "unknown_service",
+            "UNIMPLEMENTED",
+            Some("method_not_allowed"),
+        ),
+        (
+            "reflection_no_credential",
+            "UNAUTHENTICATED",
+            Some("unauthenticated"),
+        ),
+        ("reflection", "OK", None),
         ("after_all", "OK", None),
     ];
     for (case, status, code) in expect {

@@ -153,6 +153,20 @@ garbage = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer",
 call("malformed_protobuf", lambda: garbage(b"\xff\xff\xff\xff\x0f\x08", metadata=md))
 call("unknown_method", lambda: channel.unary_unary("/inference.GRPCInferenceService/Nope",
                                                    request_serializer=lambda b: b, response_deserializer=lambda b: b)(b"", metadata=md))
+call("unknown_service", lambda: channel.unary_unary("/nope.Service/Call",
+                                                    request_serializer=lambda b: b, response_deserializer=lambda b: b)(b"", metadata=md))
+
+
+def reflect(metadata):
+    # ServerReflectionRequest{list_services: ""} (field 7), encoded by hand.
+    stream = channel.stream_stream("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+                                   request_serializer=lambda b: b, response_deserializer=lambda b: b)
+    answer = next(iter(stream(iter([b"\x3a\x00"]), metadata=metadata)))
+    assert b"inference.GRPCInferenceService" in answer, answer
+
+
+call("reflection_no_credential", lambda: reflect(None))
+call("reflection", lambda: reflect(md))
 call("deadline_1us", lambda: stub.ModelInfer(iris_request(raw=good_raw), metadata=md, timeout=1e-6))
 # Many concurrent streams on one connection: each answered or refused, none hangs.
 results = []
