@@ -20,7 +20,7 @@ const LEGIT: &str = "127.0.0.2";
 const HTTP2_PREFACE: &[u8] =
     b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
 
-type Tls = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
+pub(super) type Tls = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
 
 fn config(dir: &Path, server: &str, extra: &str) -> PathBuf {
     let path = dir.join("warden.toml");
@@ -49,7 +49,7 @@ fn tls(w: &Warden, source: &str, alpn: &str) -> std::io::Result<Tls> {
     tls_to(w, w.addr, source, alpn)
 }
 
-fn tls_to(w: &Warden, to: SocketAddr, source: &str, alpn: &str) -> std::io::Result<Tls> {
+pub(super) fn tls_to(w: &Warden, to: SocketAddr, source: &str, alpn: &str) -> std::io::Result<Tls> {
     tls_with(w, to, source, alpn, None)
 }
 
