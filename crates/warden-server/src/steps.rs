@@ -149,6 +149,7 @@ pub async fn audit(state: &AppState, line: &AccessLine, response: Response) -> R
         time_us: unix_micros(),
         request_id: &line.id,
         plane: crate::metrics::plane_label(line.plane),
+        protocol: line.transport.as_str(),
         principal: ext.get::<PrincipalNote>().map(|p| &*p.0),
         client: line.client.0,
         method: line.method.as_str(),
@@ -190,6 +191,8 @@ struct RequestRecord<'a> {
     time_us: u64,
     request_id: &'a str,
     plane: &'static str,
+    /// `http` or `grpc` (docs/grpc.md).
+    protocol: &'static str,
     principal: Option<&'a str>,
     client: std::net::IpAddr,
     method: &'a str,
