@@ -41,7 +41,7 @@ USER 65532:65532
 ENV SQLITE_TMPDIR=/var/lib/warden
 # Keys, users, the audit trail, the generated certificate: the only writable path.
 VOLUME ["/var/lib/warden"]
-EXPOSE 8443 9443
+EXPOSE 8443 8444 9443
 HEALTHCHECK --interval=15s --timeout=6s --start-period=20s --retries=3 \
     CMD ["/usr/local/bin/warden", "health", "--config", "/etc/warden/warden.toml"]
 ENTRYPOINT ["/usr/local/bin/warden"]

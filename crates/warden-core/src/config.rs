@@ -1248,6 +1248,15 @@ impl Config {
                 if a.tls.is_some() { "TLS" } else { "plaintext" }
             ),
         };
+        let grpc = match &self.grpc {
+            None => "off".to_string(),
+            Some(g) => format!(
+                "{} ({}{})",
+                g.listen,
+                if g.tls.is_some() { "TLS" } else { "plaintext" },
+                if g.reflection { ", reflection" } else { "" }
+            ),
+        };
         let tokens = match &self.auth.tokens {
             None => "off".to_string(),
             Some(t) => format!(
@@ -1268,7 +1277,7 @@ impl Config {
             .map(|i| format!("{} ({})", i.name, i.issuer))
             .collect();
         format!(
-            "listen: {}\ntls: {tls}\nadmin: {admin}\ndata_dir: {}\nmodels: {}\nstore: {}\nbody limit: {} bytes, JSON depth {}\nroles: {}\ntoken endpoint: {tokens}\njwt issuers: {}\n",
+            "listen: {}\ntls: {tls}\nadmin: {admin}\ngrpc: {grpc}\ndata_dir: {}\nmodels: {}\nstore: {}\nbody limit: {} bytes, JSON depth {}\nroles: {}\ntoken endpoint: {tokens}\njwt issuers: {}\n",
             self.listen,
             self.data_dir.display(),
             self.models_dir.display(),
