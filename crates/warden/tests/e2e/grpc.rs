@@ -18,9 +18,39 @@ async fn triton_grpc_client_gets_the_rest_answers_and_attacks_get_their_status()
     // Reflection on (it is off by default), for grpcurl-style discovery.
     std::fs::create_dir_all(dir.path()).unwrap();
     let config = dir.path().join("warden.toml");
-    std::fs::write(&config, "[grpc]\nreflection = true\n").unwrap();
+    std::fs::write(
+        &config,
+        "[grpc]\nreflection = true\n\n[roles.app]\npermissions = [\"predict:iris\"]\n",
+    )
+    .unwrap();
     let w = Warden::start(&data, &["--config", config.to_str().unwrap()]);
     let key = w.printed_key.clone().unwrap();
+    // A key allowed iris only (digits is hidden from it), and a revoked one.
+    let mut keys = Vec::new();
+    for name in ["app", "gone"] {
+        let (status, body) = w
+            .admin_json(
+                "POST",
+                "/admin/keys",
+                &key,
+                Some(serde_json::json!({"name": name, "role": "app"})),
+            )
+            .await;
+        assert_eq!(status, reqwest::StatusCode::CREATED, "{body}");
+        keys.push((
+            body["key"].as_str().unwrap().to_owned(),
+            body["id"].as_str().unwrap().to_owned(),
+        ));
+    }
+    let (status, body) = w
+        .admin_json(
+            "POST",
+            &format!("/admin/keys/{}/revoke", keys[1].1),
+            &key,
+            None,
+        )
+        .await;
+    assert!(status.is_success(), "{body}");
     let grpc = w.grpc.expect("the gRPC listener is on by default");
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e/grpc_clients.py");
     let out = python_with(&["tritonclient"], &script)
@@ -29,6 +59,8 @@ async fn triton_grpc_client_gets_the_rest_answers_and_attacks_get_their_status()
         .arg(data.join("tls/cert.pem"))
         .arg(&key)
         .arg(repo().join("models"))
+        .arg(&keys[0].0)
+        .arg(&keys[1].0)
         .output()
         .unwrap();
     assert!(
@@ -81,6 +113,11 @@ async fn triton_grpc_client_gets_the_rest_answers_and_attacks_get_their_status()
         ("wrong_key", "UNAUTHENTICATED", Some("unauthenticated")),
         ("bearer_garbage", "UNAUTHENTICATED", Some("unauthenticated")),
         ("unknown_model", "NOT_FOUND", Some("not_found")),
+        // A model the key may not use: exactly as unknown.
+        ("hidden_model", "NOT_FOUND", Some("not_found")),
+        ("hidden_model_metadata", "NOT_FOUND", Some("not_found")),
+        ("allowed_model", "OK", None),
+        ("revoked_key", "UNAUTHENTICATED", Some("unauthenticated")),
         (
             "raw_size_mismatch",
             "INVALID_ARGUMENT",

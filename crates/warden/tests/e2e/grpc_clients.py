@@ -72,6 +72,8 @@ import tritonclient.http as th  # noqa: E402
 from tritonclient.grpc import service_pb2, service_pb2_grpc  # noqa: E402
 
 grpc_host, rest_host, ca, key, models_dir = sys.argv[1:6]
+# A key allowed iris only, and a revoked key.
+app_key, revoked_key = sys.argv[6:8]
 # tritonclient mutates the headers dict it is given: a fresh one each call.
 hdr = lambda: {"x-api-key": key}
 gc = tg.InferenceServerClient(grpc_host, ssl=True, root_certificates=ca)
@@ -136,6 +138,12 @@ call("no_credential", lambda: stub.ModelInfer(iris_request(raw=good_raw)))
 call("wrong_key", lambda: stub.ModelInfer(iris_request(raw=good_raw), metadata=[("x-api-key", "wdn_abc_def")]))
 call("bearer_garbage", lambda: stub.ModelInfer(iris_request(raw=good_raw), metadata=[("authorization", "Bearer x.y.z")]))
 call("unknown_model", lambda: stub.ModelInfer(service_pb2.ModelInferRequest(model_name="nosuch"), metadata=md))
+call("hidden_model", lambda: stub.ModelInfer(service_pb2.ModelInferRequest(model_name="digits"),
+                                             metadata=[("x-api-key", app_key)]))
+call("hidden_model_metadata", lambda: stub.ModelMetadata(service_pb2.ModelMetadataRequest(name="digits"),
+                                                         metadata=[("x-api-key", app_key)]))
+call("allowed_model", lambda: stub.ModelInfer(iris_request(raw=good_raw), metadata=[("x-api-key", app_key)]))
+call("revoked_key", lambda: stub.ModelInfer(iris_request(raw=good_raw), metadata=[("x-api-key", revoked_key)]))
 call("raw_size_mismatch", lambda: stub.ModelInfer(iris_request(raw=good_raw[:12]), metadata=md))
 call("raw_and_typed", lambda: stub.ModelInfer(iris_request(raw=good_raw, typed=[5.1, 3.5, 1.4, 0.2]), metadata=md))
 call("typed", lambda: stub.ModelInfer(iris_request(typed=[5.1, 3.5, 1.4, 0.2]), metadata=md))

@@ -61,7 +61,7 @@ impl Warden {
         r.send().await.unwrap()
     }
 
-    async fn admin_json(
+    pub(super) async fn admin_json(
         &self,
         method: &str,
         path: &str,
