@@ -78,6 +78,9 @@ pub enum Alert {
     QueryRateAnomaly,
     /// The extraction monitor suspects model extraction.
     ExtractionSuspected,
+    /// A principal's query closely resembles an earlier query (its own or
+    /// another principal's): a query-based attack is suspected.
+    QueryAttackSuspected,
     /// An audit record could not be written.
     AuditWriteFailed,
     /// A served certificate expires within 14 days.
@@ -99,10 +102,11 @@ pub enum Alert {
 
 impl Alert {
     /// Every kind.
-    pub const ALL: [Self; 10] = [
+    pub const ALL: [Self; 11] = [
         Self::AuthFailureSpike,
         Self::QueryRateAnomaly,
         Self::ExtractionSuspected,
+        Self::QueryAttackSuspected,
         Self::AuditWriteFailed,
         Self::CertificateExpiry,
         Self::CertificateReloadFailed,
@@ -118,6 +122,7 @@ impl Alert {
             Self::AuthFailureSpike => "auth_failure_spike",
             Self::QueryRateAnomaly => "query_rate_anomaly",
             Self::ExtractionSuspected => "extraction_suspected",
+            Self::QueryAttackSuspected => "query_attack_suspected",
             Self::AuditWriteFailed => "audit_write_failed",
             Self::CertificateExpiry => "certificate_expiry",
             Self::CertificateReloadFailed => "certificate_reload_failed",
@@ -135,7 +140,12 @@ impl Alert {
 }
 
 /// The defense kinds of [`DEFENSE_FLAGS`].
-pub const DEFENSE_KINDS: [&str; 3] = ["out_of_distribution", "adversarial", "extraction"];
+pub const DEFENSE_KINDS: [&str; 4] = [
+    "out_of_distribution",
+    "adversarial",
+    "extraction",
+    "similarity",
+];
 
 /// Registers help text and units, and creates the label-free and
 /// fixed-label series at zero so that dashboards and alert rules see them

@@ -153,6 +153,30 @@ pub struct Limiter {
     last_warning: AtomicU64,
 }
 
+/// One query-similarity lookup in the shared store (see
+/// [`Limiter::similar`]; the fingerprint is warden-models' business).
+#[derive(Debug)]
+pub struct SimilarQuery<'a> {
+    /// The model (key prefix).
+    pub model: &'a str,
+    /// Hash of the row's exact values.
+    pub exact: u64,
+    /// Hash of the principal's id.
+    pub principal: u64,
+    /// The fingerprint's hashes, descending.
+    pub hashes: &'a [u32],
+    /// How many of them to look candidates up by.
+    pub candidates: usize,
+    /// Shared hashes that make a match.
+    pub threshold: usize,
+    /// Postings read per hash.
+    pub chain: usize,
+    /// Stored queries per model.
+    pub capacity: usize,
+    /// How long a stored query lives, in milliseconds.
+    pub ttl_ms: u64,
+}
+
 impl Limiter {
     /// A limiter over in-process state, with `clock`.
     pub fn in_memory(settings: LimitSettings, clock: Arc<dyn Clock>) -> Self {
@@ -204,6 +228,21 @@ impl Limiter {
     pub fn on_key_change(&self, forget: impl Fn(Option<&str>) + Send + Sync + 'static) {
         if let Some(s) = &self.shared {
             s.on_key_change(Box::new(forget));
+        }
+    }
+
+    /// Looks a query's fingerprint up in the model's shared similarity store
+    /// (Redis) and stores it: `None` when state is not shared or Redis does
+    /// not answer (the caller uses its in-memory store), else 0 (no match),
+    /// 1 (the same principal's query) or 2 (another principal's).
+    pub async fn similar(&self, query: &SimilarQuery<'_>) -> Option<u8> {
+        let shared = self.shared.as_ref()?;
+        match shared.similar(query).await {
+            Ok(found) => Some(found),
+            Err(e) => {
+                self.unavailable("similarity", &e);
+                None
+            }
         }
     }
 

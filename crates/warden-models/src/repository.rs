@@ -57,6 +57,19 @@ pub struct Guards {
     /// Extraction monitor (per-principal state; shared with the model a
     /// reload replaces when the feature space and settings are the same).
     pub extraction: Option<Arc<crate::defenses::extraction::Monitor>>,
+    /// Query-similarity store (shared with the model a reload replaces when
+    /// the input and settings are the same), and the watched input's
+    /// element bounds it quantizes with.
+    pub similarity: Option<Similarity>,
+}
+
+/// The run-time side of `[defenses.similarity]`.
+#[derive(Debug, Clone)]
+pub struct Similarity {
+    /// The in-memory store (used when no shared store answers).
+    pub store: Arc<crate::defenses::similarity::Store>,
+    /// Per element of a row, its bounds.
+    pub bounds: Arc<[(f64, f64)]>,
 }
 
 impl Guards {
@@ -75,6 +88,17 @@ impl Guards {
                 .extraction
                 .clone()
                 .map(|s| Arc::new(crate::defenses::extraction::Monitor::new(s))),
+            similarity: card
+                .defenses
+                .similarity
+                .clone()
+                .zip(card.defended())
+                .map(|(s, input)| Similarity {
+                    store: Arc::new(crate::defenses::similarity::Store::new(s)),
+                    bounds: (0..input.fixed_row_len().unwrap_or(0))
+                        .map(|c| input.bounds(c).unwrap_or((0.0, 1.0)))
+                        .collect(),
+                }),
         })
     }
 }
@@ -316,8 +340,8 @@ impl Repository {
     /// and the error names the file. A version that fails its integrity
     /// check is skipped as at start (an older one that passes serves, with
     /// a `model_integrity_failed` alert). The extraction monitor's
-    /// per-principal state carries over unless its settings or the features
-    /// changed.
+    /// per-principal state and the query-similarity store carry over unless
+    /// their settings or the watched input changed.
     pub fn reload(&self, name: &str) -> Result<Arc<Model>, ReloadError> {
         let Some(source) = &self.source else {
             return Err(ReloadError::NoSuchModel);
@@ -341,6 +365,7 @@ impl Repository {
             Ok(mut m) => {
                 if let Some(old) = self.get(name) {
                     keep_extraction_state(&old, &mut m);
+                    keep_similarity_state(&old, &mut m);
                 }
                 Arc::new(m)
             }
@@ -361,6 +386,18 @@ impl Repository {
             next
         });
         Ok(model)
+    }
+}
+
+/// The query-similarity store survives a reload when its fingerprints
+/// still mean the same thing: the same settings over the same element
+/// bounds (the quantization grid).
+fn keep_similarity_state(old: &Model, new: &mut Model) {
+    if let (Some(before), Some(after)) = (&old.guards.similarity, &mut new.guards.similarity)
+        && before.bounds == after.bounds
+        && before.store.settings() == after.store.settings()
+    {
+        after.store = Arc::clone(&before.store);
     }
 }
 

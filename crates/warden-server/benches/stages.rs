@@ -131,6 +131,7 @@ fn state(runtime: &tokio::runtime::Runtime) -> (AppState, String) {
         max_in_flight: 1024,
         metrics: warden_server::metrics::install(),
         certificates: Vec::new(),
+        throttled: Default::default(),
         rate_watch: None,
     }));
     (state, key)

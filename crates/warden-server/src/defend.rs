@@ -2,8 +2,8 @@
 //! `warden_models::defenses`; this module applies the card's actions and
 //! records the flags (metrics, the request's audit record).
 //!
-//! - Out-of-distribution and the extraction monitor's current verdict are
-//!   checked before inference.
+//! - Out-of-distribution, query similarity and the extraction monitor's
+//!   current verdict are checked before inference.
 //! - Feature squeezing runs the squeezed copies in the same inference batch
 //!   as the input, and is judged right after.
 //! - The extraction monitor learns each query with its predicted class
@@ -11,13 +11,17 @@
 //!   treated per the action from its next query on.
 //!
 //! A rejected input has cost its rows (rate limit and quota): probing is
-//! not free.
+//! not free. A throttled principal pays [`defenses::THROTTLE_FACTOR`] times
+//! its rows against its rate limit for [`THROTTLE_HOLD`] after its last
+//! throttled flag ([`Throttled`]).
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use warden_core::metrics::{self as names, Alert};
 use warden_core::{ApiError, ErrorCode, Principal};
-use warden_models::defenses::{self, Action, squeeze};
+use warden_models::defenses::{self, Action, similarity, squeeze};
 use warden_models::engine::{Batch, EngineError, Outputs};
 use warden_models::{Model, ModelVersion, task};
 use warden_tensor::Tensor;
@@ -58,15 +62,67 @@ pub fn keeps_values(model: &Model) -> bool {
     model.guards.extraction.is_some()
 }
 
-/// Before inference: out-of-distribution rows, and a principal the
+/// How long a principal stays throttled after its last throttled flag.
+pub const THROTTLE_HOLD: Duration = Duration::from_secs(300);
+
+/// Most principals remembered as throttled (per replica); beyond it the
+/// expired marks are dropped, then the oldest.
+const THROTTLE_MARKS: usize = 10_000;
+
+/// Principals a `throttle` action has marked, until when (per replica).
+#[derive(Debug, Default)]
+pub struct Throttled(Mutex<HashMap<String, Instant>>);
+
+impl Throttled {
+    /// Whether `id` is throttled now.
+    pub fn is_marked(&self, id: &str) -> bool {
+        let marks = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        !marks.is_empty() && marks.get(id).is_some_and(|until| *until > Instant::now())
+    }
+
+    /// Throttles `id` for [`THROTTLE_HOLD`] from now.
+    pub fn mark(&self, id: &str) {
+        let now = Instant::now();
+        let mut marks = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if marks.len() >= THROTTLE_MARKS && !marks.contains_key(id) {
+            marks.retain(|_, until| *until > now);
+            if marks.len() >= THROTTLE_MARKS
+                && let Some(oldest) = marks.iter().min_by_key(|(_, u)| **u).map(|(k, _)| k.clone())
+            {
+                marks.remove(&oldest);
+            }
+        }
+        marks.insert(id.to_owned(), now + THROTTLE_HOLD);
+    }
+}
+
+/// Before inference: out-of-distribution rows, rows like earlier queries
+/// (query similarity, which also stores them), and a principal the
 /// extraction monitor has flagged.
-pub fn before(
+pub async fn before(
+    limiter: &warden_limits::Limiter,
     model: &Model,
     caller: &Principal,
     values: Option<&[f32]>,
     screen: &mut Screen,
 ) -> Result<(), ApiError> {
     let card = &model.card;
+    if let (Some(guard), Some(settings), Some(values)) =
+        (&model.guards.similarity, &card.defenses.similarity, values)
+        && let Some(found) = similar(limiter, model, guard, settings, caller, values).await
+    {
+        if found.first_for_principal {
+            Alert::QueryAttackSuspected.count();
+            tracing::warn!(
+                alert = Alert::QueryAttackSuspected.as_str(),
+                principal = %caller.id,
+                model = %model.name,
+                like = if found.matched.is_some_and(|m| m.same_principal) { "its own earlier query" } else { "another principal's earlier query" },
+                "a query closely resembles an earlier one (query-based attack suspected)"
+            );
+        }
+        screen.flag(model, defenses::SIMILARITY, settings.action)?;
+    }
     if let (Some(detector), Some(settings), Some(input), Some(values)) = (
         &model.guards.ood,
         &card.defenses.out_of_distribution,
@@ -84,6 +140,50 @@ pub fn before(
         screen.flag(model, defenses::EXTRACTION, settings.action)?;
     }
     Ok(())
+}
+
+/// Looks each row of the watched input up in the model's similarity store
+/// (shared through Redis when limits are, else this replica's) and stores
+/// it. `Some` when a row matched.
+async fn similar(
+    limiter: &warden_limits::Limiter,
+    model: &Model,
+    guard: &warden_models::repository::Similarity,
+    settings: &similarity::SimilaritySettings,
+    caller: &Principal,
+    values: &[f32],
+) -> Option<similarity::Seen> {
+    let row_len = guard.bounds.len().max(1);
+    let principal = similarity::hash_str(&caller.id);
+    let mut found: Option<similarity::Seen> = None;
+    for row in values.chunks(row_len) {
+        let fp = similarity::fingerprint(settings, &guard.bounds, row);
+        let query = warden_limits::SimilarQuery {
+            model: &model.name,
+            exact: fp.exact,
+            principal,
+            hashes: &fp.hashes,
+            candidates: similarity::candidate_hashes(settings, &fp).len(),
+            threshold: settings.threshold,
+            chain: similarity::CHAIN,
+            capacity: settings.capacity,
+            ttl_ms: similarity::SHARED_TTL_MS,
+        };
+        let seen = match limiter.similar(&query).await {
+            Some(code) => similarity::Seen {
+                matched: (code > 0).then_some(similarity::Match {
+                    same_principal: code == 1,
+                }),
+                // Alerts are per replica: once per principal.
+                first_for_principal: code > 0 && guard.store.note_match(principal),
+            },
+            None => guard.store.observe(&fp, principal),
+        };
+        if seen.matched.is_some() && found.is_none() {
+            found = Some(seen);
+        }
+    }
+    found
 }
 
 /// Inference, with the squeezed copies in the same batch when the card
@@ -213,4 +313,22 @@ pub async fn after(
 /// Rows a throttled request is charged on top of its own.
 pub fn throttle_rows(rows: usize) -> u64 {
     rows as u64 * (defenses::THROTTLE_FACTOR - 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn throttle_marks_expire_and_stay_bounded() {
+        let t = Throttled::default();
+        assert!(!t.is_marked("a"));
+        t.mark("a");
+        assert!(t.is_marked("a"));
+        assert!(!t.is_marked("b"));
+        for i in 0..THROTTLE_MARKS + 10 {
+            t.mark(&format!("k{i}"));
+        }
+        assert!(t.0.lock().unwrap().len() <= THROTTLE_MARKS);
+    }
 }

@@ -284,6 +284,7 @@ impl Server {
             max_in_flight: self.max_in_flight,
             metrics: metrics::install(),
             certificates,
+            throttled: Default::default(),
             rate_watch: Some(anomaly::RateWatch::start(self.alerts)),
         }));
         metrics::register_series(&state);

@@ -110,6 +110,7 @@ fn fixture_with(in_flight: usize) -> Fixture {
         max_in_flight: in_flight,
         metrics: crate::metrics::install(),
         certificates: Vec::new(),
+        throttled: Default::default(),
         rate_watch: None,
     }));
     Fixture {

@@ -19,7 +19,7 @@ use axum::http::{HeaderMap, HeaderName};
 use warden_core::metrics::Alert;
 use warden_core::{ApiError, ErrorCode, Principal};
 use warden_limits::RateOutcome;
-use warden_models::Model;
+use warden_models::{Model, defenses};
 use warden_models::engine::EngineError;
 use warden_models::policy::{OutputPolicy, Shown};
 use warden_models::request::{self, Payload};
@@ -116,8 +116,18 @@ pub async fn infer<R>(
     // defend.rs). An input a defense rejects has cost its rows.
     let mut screen = defend::Screen::default();
     let watched = defend::watched(&model, &request.batch);
-    let checked = defend::before(&model, caller, watched.as_deref(), &mut screen);
+    let checked = defend::before(
+        &state.limiter,
+        &model,
+        caller,
+        watched.as_deref(),
+        &mut screen,
+    )
+    .await;
     note_flags(note, &screen);
+    if screen.throttle {
+        charge.throttle(state, caller, rows).await;
+    }
     checked?;
     // Inference, batched and bounded per model (inline for cheap models, on
     // the blocking pool for slow ones: engine.rs). Rows that were not
@@ -166,10 +176,10 @@ pub async fn infer<R>(
     )
     .await;
     note_flags(note, &screen);
-    checked?;
     if screen.throttle {
         charge.throttle(state, caller, rows).await;
     }
+    checked?;
     // Output policy: what of the answer this caller may see, by task.
     let shown = policy
         .apply(&model.card, &answer, rows, &outputs)
@@ -206,6 +216,9 @@ static QUOTA_REMAINING: HeaderName = HeaderName::from_static("x-quota-remaining"
 pub struct Charge {
     rows: u64,
     rate: RateOutcome,
+    /// Whether the rows were charged at the throttled price (or the extra
+    /// has been charged since).
+    throttled: std::sync::atomic::AtomicBool,
     /// Rows left in the tightest quota window, if a quota applies.
     quota: Option<u64>,
 }
@@ -220,7 +233,17 @@ impl Charge {
     ) -> Result<Self, ApiError> {
         let rows = rows as u64;
         let limit = state.limiter.rate_for("predict", Some(caller));
-        let rate = state.limiter.rate("predict", &caller.id, limit, rows).await;
+        // A throttled principal's rows cost THROTTLE_FACTOR each (never more
+        // than the burst, which would be refused forever): honouring
+        // Retry-After, it gets that fraction of its rate.
+        let throttled = state.throttled.is_marked(&caller.id);
+        let cost = if throttled {
+            rows.saturating_mul(defenses::THROTTLE_FACTOR)
+                .min(limit.burst.max(rows))
+        } else {
+            rows
+        };
+        let rate = state.limiter.rate("predict", &caller.id, limit, cost).await;
         if !rate.decision.allowed {
             crate::metrics::rate_limited("predict");
             let refused = steps::rate_limited(&rate);
@@ -247,6 +270,7 @@ impl Charge {
         Ok(Self {
             rows,
             rate,
+            throttled: throttled.into(),
             quota: quota.remaining,
         })
     }
@@ -258,11 +282,18 @@ impl Charge {
         }
     }
 
-    /// Throttled: the flagged rows count several times against the
-    /// principal's `predict` limit (up to what is left of it: a GCRA charge
-    /// larger than the remainder would take nothing), so flagged traffic
-    /// meets 429 sooner.
+    /// Throttled: marks the principal (its next requests are charged the
+    /// throttled price up front), and charges this request's extra rows
+    /// (up to what is left of the limit: a GCRA charge larger than the
+    /// remainder would take nothing) unless it already paid them.
     async fn throttle(&self, state: &AppState, caller: &Principal, rows: usize) {
+        state.throttled.mark(&caller.id);
+        if self
+            .throttled
+            .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            return;
+        }
         let extra = defend::throttle_rows(rows).min(self.rate.decision.remaining);
         if extra > 0 {
             let limit = state.limiter.rate_for("predict", Some(caller));

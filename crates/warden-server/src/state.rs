@@ -68,6 +68,8 @@ pub struct Shared {
     pub certificates: Vec<Arc<crate::certs::ServedCert>>,
     /// Per-principal query-rate baselines.
     pub rate_watch: Option<crate::anomaly::RateWatch>,
+    /// Principals a defense's `throttle` action has marked.
+    pub throttled: crate::defend::Throttled,
 }
 
 /// What the token endpoint and the management API work with.

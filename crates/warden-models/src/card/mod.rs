@@ -87,6 +87,25 @@ struct RawDefenses {
     out_of_distribution: Option<RawOod>,
     adversarial: Option<RawSqueeze>,
     extraction: Option<RawExtraction>,
+    similarity: Option<RawSimilarity>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSimilarity {
+    #[serde(default)]
+    action: Option<String>,
+    /// Quantization steps across each element's bounds. Default 4.
+    levels: Option<u32>,
+    /// Consecutive values per hashed window. Default: the image's width,
+    /// else 8 (at most the row's length).
+    window: Option<usize>,
+    /// Hashes kept per fingerprint. Default 30 (at most the row's windows).
+    top_k: Option<usize>,
+    /// Shared hashes that make a match. Default 5/6 of `top_k`.
+    threshold: Option<usize>,
+    /// Stored queries per model. Default 50000.
+    capacity: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -949,8 +968,10 @@ fn defense_settings(
     inputs: &[InputSpec],
     task: &Task,
 ) -> Result<(Option<usize>, crate::defenses::DefenseSettings), CardError> {
-    let any =
-        raw.out_of_distribution.is_some() || raw.adversarial.is_some() || raw.extraction.is_some();
+    let any = raw.out_of_distribution.is_some()
+        || raw.adversarial.is_some()
+        || raw.extraction.is_some()
+        || raw.similarity.is_some();
     if !any {
         if raw.input.is_some() {
             return Err(CardError("defenses.input: no defense is configured".into()));
@@ -1135,12 +1156,67 @@ fn defense_settings(
             })
         }
     };
+    let similarity = match raw.similarity {
+        None => None,
+        Some(r) => {
+            let k = "defenses.similarity";
+            if !feature_bounds
+                .iter()
+                .all(|b| b.is_some_and(|(lo, hi)| lo.is_finite() && hi.is_finite() && hi > lo))
+            {
+                return Err(CardError(format!(
+                    "{k}: every element of input {:?} needs finite bounds (min/max or range) to quantize",
+                    spec.name
+                )));
+            }
+            let levels = r.levels.unwrap_or(4);
+            if !(1..=65_536).contains(&levels) {
+                return Err(CardError(format!("{k}.levels: between 1 and 65536")));
+            }
+            let image_width = spec
+                .image
+                .then(|| spec.shape.last().and_then(|&w| usize::try_from(w).ok()))
+                .flatten();
+            let window = r.window.unwrap_or_else(|| image_width.unwrap_or(8).min(width));
+            if window == 0 || window > width {
+                return Err(CardError(format!(
+                    "{k}.window: between 1 and the {width} values of a row"
+                )));
+            }
+            let windows = width - window + 1;
+            let top_k = r.top_k.unwrap_or_else(|| 30.min(windows));
+            if top_k == 0 || top_k > windows {
+                return Err(CardError(format!(
+                    "{k}.top_k: a row of {width} values has {windows} windows of {window}; top_k must be between 1 and {windows}"
+                )));
+            }
+            let threshold = r.threshold.unwrap_or_else(|| (top_k * 5).div_ceil(6));
+            if threshold == 0 || threshold > top_k {
+                return Err(CardError(format!(
+                    "{k}.threshold: between 1 and top_k ({top_k})"
+                )));
+            }
+            let capacity = r.capacity.unwrap_or(50_000);
+            if !(100..=10_000_000).contains(&capacity) {
+                return Err(CardError(format!("{k}.capacity: between 100 and 10000000")));
+            }
+            Some(crate::defenses::similarity::SimilaritySettings {
+                action: action(k, r.action.as_deref())?,
+                levels,
+                window,
+                top_k,
+                threshold,
+                capacity,
+            })
+        }
+    };
     Ok((
         Some(watched),
         DefenseSettings {
             out_of_distribution: ood,
             adversarial,
             extraction,
+            similarity,
         },
     ))
 }

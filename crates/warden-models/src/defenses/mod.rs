@@ -1,6 +1,7 @@
 //! Defenses against ML attacks (docs/pipeline.md, between validation and inference):
 //! out-of-distribution inputs ([`ood`]), adversarial inputs by feature
-//! squeezing ([`squeeze`]) and model extraction by PRADA ([`extraction`]).
+//! squeezing ([`squeeze`]), model extraction by PRADA ([`extraction`]) and
+//! query-based attacks by query similarity ([`similarity`], Blacklight).
 //! Each is configured per model card (`[defenses.*]`) with an action —
 //! `flag` (answer, record), `throttle` (answer, record, and charge the
 //! principal's rate limit extra rows) or `reject` (422 `input_rejected`) —
@@ -10,6 +11,7 @@
 pub mod extraction;
 pub mod ood;
 pub mod shapiro;
+pub mod similarity;
 pub mod squeeze;
 
 /// What a defense does with an input it flags.
@@ -17,13 +19,15 @@ pub mod squeeze;
 pub enum Action {
     /// Answer, and record the flag.
     Flag,
-    /// Answer, record, and charge the rate limit [`THROTTLE_FACTOR`] × the rows.
+    /// Answer, record, and from then on charge the principal's rows
+    /// [`THROTTLE_FACTOR`] times against its rate limit.
     Throttle,
     /// Refuse with 422 `input_rejected`.
     Reject,
 }
 
-/// Extra rows a throttled request costs, per row.
+/// What a throttled principal's rows cost against its `predict` rate limit,
+/// each: it gets a tenth of its rate (docs/defenses.md, "Actions").
 pub const THROTTLE_FACTOR: u64 = 10;
 
 /// The kinds, as metric labels and audit flags.
@@ -32,6 +36,8 @@ pub const OUT_OF_DISTRIBUTION: &str = "out_of_distribution";
 pub const ADVERSARIAL: &str = "adversarial";
 /// PRADA.
 pub const EXTRACTION: &str = "extraction";
+/// Query similarity (Blacklight).
+pub const SIMILARITY: &str = "similarity";
 
 /// A card's defenses.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -42,6 +48,8 @@ pub struct DefenseSettings {
     pub adversarial: Option<SqueezeSettings>,
     /// Model extraction (PRADA).
     pub extraction: Option<ExtractionSettings>,
+    /// Query-based attacks (similarity of queries).
+    pub similarity: Option<similarity::SimilaritySettings>,
 }
 
 /// `[defenses.out_of_distribution]`
