@@ -101,8 +101,19 @@ def tensor_lines(table: str, spec: dict) -> list[str]:
     return lines
 
 
+# Query similarity (Blacklight), acting by default on the image model as on
+# digits (docs/defenses.md, "Query-based attacks: similarity").
+SIMILARITY = [
+    "[defenses.similarity]",
+    "# Refuse a query that closely resembles an earlier one, from any key (query-based",
+    "# attacks iterate in small steps; exact repeats are not matches). Defaults:",
+    "# levels = 4, window = 8 (the image's width), top_k = 30, threshold = 25, capacity = 50000.",
+    'action = "reject"',
+]
+
+
 def write_card(out_dir: Path, *, description: str, task: str, inputs: list[dict], outputs: list[dict],
-               section: dict, policy: dict) -> None:
+               section: dict, policy: dict, defenses: list[str] | None = None) -> None:
     other = "classification" if task == "regression" else "regression"
     lines = [
         f"# Model card: {out_dir.name}. Written by {SCRIPT} (docs/models.md).",
@@ -129,6 +140,8 @@ def write_card(out_dir: Path, *, description: str, task: str, inputs: list[dict]
         elif key == "decimals":
             lines.append("# returned floats are rounded to this many decimals")
         lines.append(f"{key} = {toml_value(value)}")
+    if defenses:
+        lines += [""] + defenses
     (out_dir / "model.toml").write_text("\n".join(lines) + "\n")
 
 
@@ -440,7 +453,8 @@ def digits_cnn() -> str:
                outputs=classifier_card_outputs(n_classes),
                section={"label": "label", "probabilities": "probabilities",
                         "classes": [str(c) for c in data.target_names]},
-               policy={"output": "probabilities", "decimals": 2})
+               policy={"output": "probabilities", "decimals": 2},
+               defenses=SIMILARITY)
     starts = np.cumsum((0,) + BATCHES)
     write_fixtures("digits-cnn", sess, [{"image": x_test4[s:s + n]} for s, n in zip(starts, BATCHES)])
     return f"digits-cnn: {path.stat().st_size} bytes, test accuracy {acc:.3f} (train {train_acc:.3f})"

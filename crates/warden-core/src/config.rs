@@ -25,6 +25,7 @@ pub use auth::{
     model_list,
 };
 pub use limits::{
+    Budget,
     Bans, LimitBackend, LimitSettings, POLICIES, Quota, Rate, RawBans, RawLimits, RawQuota, RawRate,
 };
 

@@ -149,8 +149,22 @@ pub struct Limiter {
     memory: Memory,
     shared: Option<Arc<Shared>>,
     quota_fail_closed: bool,
+    /// The models' own budgets (model cards' `[budget]`), by model name.
+    budgets: Budgets,
     fallbacks: AtomicU64,
     last_warning: AtomicU64,
+}
+
+/// A model's budget by its name (the model cards' `[budget]`).
+pub type BudgetLookup = dyn Fn(&str) -> Option<warden_core::config::Budget> + Send + Sync;
+
+#[derive(Default)]
+struct Budgets(std::sync::OnceLock<Box<BudgetLookup>>);
+
+impl std::fmt::Debug for Budgets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.get().is_some() { "Budgets(set)" } else { "Budgets(unset)" })
+    }
 }
 
 /// One query-similarity lookup in the shared store (see
@@ -186,6 +200,7 @@ impl Limiter {
             memory: Memory::default(),
             shared: None,
             quota_fail_closed: true,
+            budgets: Budgets::default(),
             fallbacks: AtomicU64::new(0),
             last_warning: AtomicU64::new(0),
         }
@@ -244,6 +259,16 @@ impl Limiter {
                 None
             }
         }
+    }
+
+    /// Where the models' own budgets come from (set once, at start): each
+    /// applies per principal on its model, to every principal without the
+    /// `admin` role, beside the configured quotas (the tighter wins).
+    pub fn set_budgets(
+        &self,
+        lookup: impl Fn(&str) -> Option<warden_core::config::Budget> + Send + Sync + 'static,
+    ) {
+        let _ = self.budgets.0.set(Box::new(lookup));
     }
 
     /// Checks made against the local limiter because Redis was unreachable.
@@ -333,12 +358,23 @@ impl Limiter {
         let applies = |q: &&warden_core::config::Quota| {
             principal.has_role(&q.role) && q.model.as_deref().is_none_or(|m| m == model)
         };
-        if !self.settings.quotas.iter().any(|q| applies(&q)) {
+        let budget = if principal.has_role("admin") {
+            None
+        } else {
+            self.budgets.0.get().and_then(|lookup| lookup(model))
+        };
+        if budget.is_none() && !self.settings.quotas.iter().any(|q| applies(&q)) {
             // The common case needs no window names: skip formatting them.
             return windows;
         }
         let (day, day_ends, month, month_ends) = calendar(now_us);
-        for q in self.settings.quotas.iter().filter(applies) {
+        let card = budget.map(|b| warden_core::config::Quota {
+            role: String::new(),
+            model: Some(model.to_owned()),
+            per_day: b.per_day,
+            per_month: b.per_month,
+        });
+        for q in self.settings.quotas.iter().filter(applies).chain(card.as_ref()) {
             let mut push = |name: &'static str, id: &str, limit: u64, ends_us: u64| {
                 let key = format!("q:{}:{model}:{id}", principal.id);
                 match windows.iter_mut().find(|w| w.key == key) {

@@ -288,6 +288,12 @@ impl Server {
             rate_watch: Some(anomaly::RateWatch::start(self.alerts)),
         }));
         metrics::register_series(&state);
+        // The model cards' budgets, read from the model served now (a
+        // reload's new card applies at once).
+        let models = Arc::downgrade(&state.repository);
+        state.limiter.set_budgets(move |name| {
+            models.upgrade()?.get(name)?.card.budget
+        });
         if let Some(log) = &state.audit {
             refusals::spawn_flusher(
                 Arc::clone(&state.refusals),

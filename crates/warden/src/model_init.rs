@@ -377,8 +377,59 @@ fn card_text(
             let _ = writeln!(t, "\n[policy.roles.admin]\noutputs = {}", list(&names));
         }
     }
+    t.push_str(BUDGET);
+    defenses_text(&mut t, inputs, batched, tables, observed);
     t
 }
+
+/// The budget every written card carries (docs/defenses.md, "Budgets").
+const BUDGET: &str = "
+# Budget (docs/defenses.md, \"Budgets\"): against a thief who distils the model
+# from natural inputs no detector helps; only the number of answers does. Rows
+# per principal per UTC day on this model, for every role but admin; the
+# x-quota-remaining header shows what is left. Size it to your callers' use.
+[budget]
+per_day = 10000
+";
+
+/// Query similarity (docs/defenses.md, "Query-based attacks: similarity"),
+/// acting by default where it applies: one numeric input of fixed size, at
+/// least [`SIMILARITY_MIN_VALUES`] values a row, with known bounds.
+fn defenses_text(
+    t: &mut String,
+    inputs: &[GraphTensor],
+    batched: bool,
+    tables: &HashMap<String, u64>,
+    observed: &HashMap<String, Observed>,
+) {
+    let numeric: Vec<&GraphTensor> = inputs.iter().filter(|i| datatype(i).is_numeric()).collect();
+    let why_not = match numeric.as_slice() {
+        [] => return,
+        [input] => {
+            let dims = &input.shape[usize::from(batched)..];
+            let values: Option<usize> = dims.iter().map(|&d| usize::try_from(d).ok()).product();
+            let bounded = tables.contains_key(&input.name)
+                || observed.get(&input.name).is_some_and(|o| !o.numbers.is_empty());
+            match values {
+                None => Some("its row has dynamic dimensions"),
+                Some(n) if n < SIMILARITY_MIN_VALUES => Some("its rows are too short to fingerprint"),
+                Some(_) if !bounded => Some("FILL IN the input's range (or min/max) first, then enable it"),
+                Some(_) => None,
+            }
+        }
+        _ => Some("the model has several numeric inputs: name one with [defenses] input = \"...\""),
+    };
+    t.push_str("\n# Query similarity (docs/defenses.md): refuse a query that closely resembles an\n# earlier one from any key. Query-based attacks (HopSkipJump, Boundary) iterate\n# in small steps; exact repeats (a client retrying) are not matches. Defaults:\n# levels = 4, window = 8, top_k = 30, threshold = 25, capacity = 50000.\n");
+    match why_not {
+        None => t.push_str("[defenses.similarity]\naction = \"reject\"\n"),
+        Some(reason) => {
+            let _ = writeln!(t, "# Not enabled: {reason}.\n# [defenses.similarity]\n# action = \"reject\"");
+        }
+    }
+}
+
+/// Fewest values a row needs for query similarity to be on by default.
+const SIMILARITY_MIN_VALUES: usize = 32;
 
 fn input_table(
     t: &mut String,

@@ -106,6 +106,16 @@ pub struct Quota {
     pub per_month: Option<u64>,
 }
 
+/// A model card's budget (`[budget]`, docs/defenses.md): rows per
+/// principal on that model, for every principal without the `admin` role.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Budget {
+    /// Rows per UTC day.
+    pub per_day: Option<u64>,
+    /// Rows per UTC month.
+    pub per_month: Option<u64>,
+}
+
 /// Validated ban settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Bans {

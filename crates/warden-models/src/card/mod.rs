@@ -76,6 +76,15 @@ struct RawCard {
     /// Gateway mode: an Open Inference Protocol server answers instead of a
     /// local ONNX file (docs/gateway.md).
     upstream: Option<upstream::RawUpstream>,
+    /// Rows per principal on this model, for every role but admin.
+    budget: Option<RawBudget>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBudget {
+    per_day: Option<u64>,
+    per_month: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -415,6 +424,9 @@ pub struct ModelCard {
     pub defenses: crate::defenses::DefenseSettings,
     /// Gateway mode: the upstream server that answers for this model.
     pub upstream: Option<Upstream>,
+    /// `[budget]`: rows per principal on this model per day and month, for
+    /// every principal without the admin role (docs/defenses.md, "Budgets").
+    pub budget: Option<warden_core::config::Budget>,
     /// Dimensions that must be equal in every request, as `(input, dimension)`
     /// groups: the graph names them with one symbol (a text model's
     /// `sequence` in both `input_ids` and `attention_mask`). Read from the
@@ -708,6 +720,24 @@ impl ModelCard {
             }
         };
 
+        let budget = match raw.budget {
+            None => None,
+            Some(b) => {
+                if b.per_day.is_none() && b.per_month.is_none() {
+                    return Err(CardError("budget: set per_day, per_month or both".into()));
+                }
+                if b.per_day == Some(0) || b.per_month == Some(0) {
+                    return Err(CardError(
+                        "budget: a budget of 0 rows serves nobody; remove the role's permission instead"
+                            .into(),
+                    ));
+                }
+                Some(warden_core::config::Budget {
+                    per_day: b.per_day,
+                    per_month: b.per_month,
+                })
+            }
+        };
         Ok(Self {
             description: raw.description,
             task,
@@ -726,6 +756,7 @@ impl ModelCard {
             defended_input,
             defenses,
             upstream,
+            budget,
             tied_dims: Vec::new(),
         })
     }

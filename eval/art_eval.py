@@ -1,0 +1,284 @@
+"""The query-attack evaluation of docs/defenses.md ("Query-based attacks:
+similarity", "Membership", "Budgets"), with IBM's Adversarial Robustness
+Toolbox, through Warden's HTTP API only. Run by eval/art.sh, which starts
+Warden with the model copies named below:
+
+    art_eval.py URL CA_FILE KEYS_FILE OUT_JSON FIXTURE_JSON [--quick]
+
+- Decision-based evasion: HopSkipJump and the Boundary attack, each from a
+  noise start and from a natural start (a test digit of another class),
+  against digits as shipped, with no defense, and with each defense alone
+  set to `reject`; HopSkipJump against digits-cnn as shipped and open. The
+  attacker reads a refusal as "still the original class" (the best reading
+  it has). A fresh key per attacked digit. Success: the model (run locally)
+  labels the result differently from the digit, within L2 <= EPS.
+- Natural traffic: every test row of each demo data set sent once by each of
+  20 keys in shuffled batches, plus one key re-sending 5 rows 50 times;
+  refused rows / rows sent.
+- Distillation from natural queries (the digits training split, label
+  answers), with and without the card's budget.
+- Membership inference (ART's MembershipInferenceBlackBox, and
+  LabelOnlyDecisionBoundary on a smaller sample) on digits and
+  breast-cancer, as shipped and with no defense: members are the training
+  split of scripts/train_demo_models.py, non-members its test split.
+
+Also writes the e2e fixture: the first rows of a real HopSkipJump query
+sequence (against the open copy) and the digits test rows.
+"""
+
+import json
+import sys
+import time
+
+import numpy as np
+import requests
+from sklearn.datasets import load_breast_cancer, load_digits, load_iris
+from sklearn.model_selection import train_test_split
+
+SEED = 0  # scripts/train_demo_models.py's split
+EPS = 4.0  # L2 in grey levels (pixels 0-16): a quarter of one pixel's range
+MODELS_DIR = "models"
+
+
+def split(data):
+    x, y = data.data.astype(np.float32), data.target
+    return train_test_split(x, y, test_size=0.25, random_state=SEED, stratify=y)
+
+
+class Warden:
+    """Label answers over v2 REST; a refused batch reads as `fallback`."""
+
+    def __init__(self, url, ca):
+        self.url, self.s = url, requests.Session()
+        self.s.verify = ca
+
+    def labels(self, model, key, x, shape=None):
+        x = np.asarray(x, np.float32)
+        shape = shape or [len(x), x.shape[1]]
+        r = self.s.post(f"{self.url}/v2/models/{model}/infer", headers={"x-api-key": key},
+                        json={"inputs": [{"name": "image" if model.startswith("digits-cnn") else "input",
+                                          "datatype": "FP32", "shape": [len(x)] + list(shape[1:]),
+                                          "data": x.ravel().tolist()}],
+                              "outputs": [{"name": "label"}]})
+        if r.status_code == 200:
+            out = {o["name"]: o for o in r.json()["outputs"]}["label"]
+            return np.array([int(v) for v in out["data"]]), None
+        return None, r.json().get("error", {}).get("code", str(r.status_code))
+
+
+class Client:
+    """ART's view of Warden: predict() with one-hot labels, counting queries."""
+
+    def __init__(self, warden, model, key, fallback, shape=None):
+        self.w, self.model, self.key, self.fallback, self.shape = warden, model, key, fallback, shape
+        self.queries = self.refused = 0
+        self.first_refusal = None
+        self.log = []
+
+    def predict(self, x):
+        x = np.asarray(x, np.float32).reshape(len(x), -1)
+        out = np.zeros((len(x), 10), np.float32)
+        for i in range(0, len(x), 64):
+            part = x[i:i + 64]
+            self.log.extend(part.tolist())
+            labels, code = self.w.labels(self.model, self.key, part,
+                                         [len(part), 1, 8, 8] if self.shape else None)
+            if labels is None:
+                if self.first_refusal is None:
+                    self.first_refusal = self.queries
+                self.refused += len(part)
+                labels = np.full(len(part), self.fallback)
+            self.queries += len(part)
+            out[np.arange(i, i + len(part)), labels] = 1
+        return out
+
+
+def local_model(name):
+    import onnxruntime as ort
+    s = ort.InferenceSession(f"{MODELS_DIR}/{name}/1/model.onnx")
+    inp = s.get_inputs()[0].name
+    if name == "digits-cnn":
+        return lambda x: s.run(["label"], {inp: np.asarray(x, np.float32).reshape(-1, 1, 8, 8)})[0].astype(int)
+    return lambda x: s.run(None, {inp: np.asarray(x, np.float32)})[0].astype(int)
+
+
+def evasion(warden, keys, model, attack, start, n, truth, x_test, y_test, budget):
+    from art.attacks.evasion import BoundaryAttack, HopSkipJump
+    from art.estimators.classification import BlackBoxClassifier
+    rng = np.random.default_rng(1)
+    rows = []
+    picks = [i for i in range(len(x_test)) if truth(x_test[i:i + 1])[0] == y_test[i]][:n]
+    for i in picks:
+        x, y = x_test[i:i + 1], y_test[i]
+        client = Client(warden, model, keys.pop(), y, shape=model.startswith("digits-cnn"))
+        clf = BlackBoxClassifier(client.predict, (64,), 10, clip_values=(0, 16))
+        init = None
+        if start == "natural":
+            others = [j for j in range(len(x_test)) if y_test[j] != y]
+            init = x_test[rng.choice(others)][None, :]
+        if attack == "hsj":
+            a = HopSkipJump(clf, targeted=False, max_iter=40, max_eval=1000, init_eval=100, verbose=False)
+            # ART's HopSkipJump takes a starting point only when targeted;
+            # the natural start is given as x_adv_init.
+            adv = a.generate(x, x_adv_init=init) if init is not None else a.generate(x)
+        else:
+            a = BoundaryAttack(clf, targeted=False, max_iter=budget // 25, num_trial=25, sample_size=20,
+                               init_size=100, verbose=False)
+            adv = a.generate(x, x_adv_init=init) if init is not None else a.generate(x)
+        l2 = float(np.linalg.norm(adv - x))
+        ok = bool(truth(adv)[0] != y and l2 <= EPS)
+        rows.append({"success": ok, "l2": l2, "queries": client.queries, "refused": client.refused,
+                     "first_refusal": client.first_refusal})
+        if attack == "hsj" and model == "digits-open" and "log" not in evasion.__dict__:
+            evasion.log = client.log
+    l2s = [r["l2"] for r in rows]
+    firsts = [r["first_refusal"] for r in rows if r["first_refusal"] is not None]
+    return {"model": model, "attack": attack, "start": start, "digits": len(rows),
+            "succeeded": sum(r["success"] for r in rows),
+            "median_l2": float(np.median(l2s)),
+            "median_queries": float(np.median([r["queries"] for r in rows])),
+            "refused_share": float(sum(r["refused"] for r in rows) / max(1, sum(r["queries"] for r in rows))),
+            "median_first_refusal": float(np.median(firsts)) if firsts else None}
+
+
+def natural(warden, keys, model, x, shape=None):
+    rng = np.random.default_rng(2)
+    sent = refused = 0
+    plan = [(k, i) for k in range(20) for i in range(len(x))]
+    order = rng.permutation(len(plan))
+    who = [keys.pop() for _ in range(20)]
+    pos = 0
+    while pos < len(order):
+        n = int(rng.integers(1, 17))
+        batch = [plan[j] for j in order[pos:pos + n]]
+        pos += n
+        # One request per key in the batch (a key's own rows).
+        for k in sorted({b[0] for b in batch}):
+            rows = x[[i for kk, i in batch if kk == k]]
+            labels, code = warden.labels(model, who[k], rows, [len(rows), 1, 8, 8] if shape else None)
+            sent += len(rows)
+            refused += 0 if labels is not None else len(rows)
+    retry = keys.pop()
+    for _ in range(50):
+        labels, code = warden.labels(model, retry, x[:5], [5, 1, 8, 8] if shape else None)
+        sent += 5
+        refused += 0 if labels is not None else 5
+    return {"model": model, "rows": sent, "refused": refused, "rate": refused / sent}
+
+
+def distill(warden, keys, model, x_train, x_test, truth):
+    from sklearn.neural_network import MLPClassifier
+    key = keys.pop()
+    xs, ys = [], []
+    stopped = None
+    for i in range(0, len(x_train), 32):
+        labels, code = warden.labels(model, key, x_train[i:i + 32])
+        if labels is None:
+            stopped = {"at_query": i, "code": code}
+            break
+        xs.append(x_train[i:i + 32])
+        ys.append(labels)
+    xs, ys = np.concatenate(xs), np.concatenate(ys)
+    sur = MLPClassifier(hidden_layer_sizes=(64,), max_iter=500, random_state=0).fit(xs / 16, ys)
+    agree = float((sur.predict(x_test / 16) == truth(x_test)).mean())
+    return {"model": model, "answers": len(xs), "stopped": stopped, "agreement": agree}
+
+
+def membership(warden, keys, model, data, decision_boundary):
+    from art.attacks.inference.membership_inference import (LabelOnlyDecisionBoundary,
+                                                            MembershipInferenceBlackBox)
+    from art.estimators.classification import BlackBoxClassifier
+    x_train, x_test, y_train, y_test = split(data)
+    classes = int(max(y_train)) + 1
+    n = min(len(x_test), 140)
+    key = keys.pop()
+
+    def predict(x):
+        x = np.asarray(x, np.float32)
+        out = np.zeros((len(x), classes), np.float32)
+        for i in range(0, len(x), 64):
+            labels, code = warden.labels(model, key, x[i:i + 64])
+            if labels is None:
+                # A refusal: the attacker sees no label (all zeros).
+                continue
+            out[np.arange(i, i + len(labels)), labels] = 1
+        return out
+
+    lo, hi = float(data.data.min()), float(data.data.max())
+    clf = BlackBoxClassifier(predict, (x_train.shape[1],), classes, clip_values=(lo, hi))
+    half = n // 2
+    mb = MembershipInferenceBlackBox(clf, attack_model_type="rf")
+    mb.fit(x_train[:half], y_train[:half], x_test[:half], y_test[:half])
+    pm = mb.infer(x_train[half:n], y_train[half:n])
+    pn = mb.infer(x_test[half:n], y_test[half:n])
+    result = {"model": model, "blackbox_advantage": float(pm.mean() - pn.mean()), "pairs": n - half}
+    # The shipped defenses' own signal: refusals and uncertain answers.
+    refused = {}
+    for name, xs in (("members", x_train[half:n]), ("non_members", x_test[half:n])):
+        labels, code = warden.labels(model, key, xs)
+        refused[name] = 0 if labels is not None else len(xs)
+    result["refused"] = refused
+    if decision_boundary:
+        m = 12
+        lob = LabelOnlyDecisionBoundary(clf)
+        lob.calibrate_distance_threshold(x_train[:m], y_train[:m], x_test[:m], y_test[:m],
+                                         max_iter=3, max_eval=200, init_eval=50, verbose=False)
+        dm = lob.infer(x_train[m:2 * m], y_train[m:2 * m], max_iter=3, max_eval=200, init_eval=50, verbose=False)
+        dn = lob.infer(x_test[m:2 * m], y_test[m:2 * m], max_iter=3, max_eval=200, init_eval=50, verbose=False)
+        result["decision_boundary_advantage"] = float(dm.mean() - dn.mean())
+        result["decision_boundary_pairs"] = m
+    return result
+
+
+def main():
+    url, ca, keys_file, out_file, fixture_file = sys.argv[1:6]
+    quick = "--quick" in sys.argv
+    keys = json.load(open(keys_file))
+    warden = Warden(url, ca)
+    x_train, x_test, y_train, y_test = split(load_digits())
+    truth = local_model("digits")
+    truth_cnn = local_model("digits-cnn")
+    n = 3 if quick else 10
+    started = time.time()
+    out = {"eps_l2": EPS, "evasion": [], "natural": [], "distillation": [], "membership": []}
+
+    def log(what):
+        print(f"[{time.time() - started:6.0f}s] {what}", file=sys.stderr, flush=True)
+
+    for model in ["digits-open", "digits", "digits-similarity", "digits-ood", "digits-squeeze", "digits-prada"]:
+        for attack, start in [("hsj", "noise"), ("hsj", "natural"), ("boundary", "noise"), ("boundary", "natural")]:
+            if model not in ("digits-open", "digits", "digits-similarity") and attack == "boundary":
+                continue
+            r = evasion(warden, keys, model, attack, start, n, truth, x_test, y_test, budget=5000)
+            out["evasion"].append(r)
+            log(r)
+    for model in ["digits-cnn-open", "digits-cnn"]:
+        r = evasion(warden, keys, model, "hsj", "noise", max(2, n // 2), truth_cnn, x_test, y_test, budget=5000)
+        out["evasion"].append(r)
+        log(r)
+    for model, data, shape in [("digits", load_digits(), None), ("digits-cnn", load_digits(), True),
+                               ("iris", load_iris(), None), ("breast-cancer", load_breast_cancer(), None)]:
+        _, xt, _, _ = split(data)
+        r = natural(warden, keys, model, xt, shape)
+        out["natural"].append(r)
+        log(r)
+    for model in ["digits", "digits-budget"]:
+        r = distill(warden, keys, model, x_train, x_test, truth)
+        out["distillation"].append(r)
+        log(r)
+    for model, data in [("digits-open", load_digits()), ("digits", load_digits()),
+                        ("breast-cancer-open", load_breast_cancer()), ("breast-cancer", load_breast_cancer())]:
+        r = membership(warden, keys, model, data, decision_boundary=not quick and model.startswith("digits"))
+        out["membership"].append(r)
+        log(r)
+    json.dump(out, open(out_file, "w"), indent=1)
+    seq = getattr(evasion, "log", [])[:1200]
+    json.dump({"made_by": "eval/art.sh (eval/art_eval.py)",
+               "what": "HopSkipJump's first queries against digits with no defense, and the digits test rows",
+               "hsj_queries": np.round(np.asarray(seq), 4).tolist(),
+               "test_rows": x_test.astype(int).tolist()}, open(fixture_file, "w"))
+    log("done")
+
+
+if __name__ == "__main__":
+    main()
