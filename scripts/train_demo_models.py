@@ -55,9 +55,22 @@ def toml_str(s: str) -> str:
 
 
 def write_card(path: Path, *, description: str, features: list[str], x_train: np.ndarray,
-               classes: list[str], output: str, onnx_outputs: list[str],
+               x_all: np.ndarray, classes: list[str], output: str, onnx_outputs: list[str],
                domain: tuple[float, float] | None) -> None:
     mins, maxs = x_train.min(axis=0), x_train.max(axis=0)
+    # What validation accepts: the domain when known (pixels); otherwise
+    # the whole data set's range (training and test rows alike) widened by
+    # a quarter of it on each side, never below 0 for a feature that never
+    # is. Not the training range: refusing a row the training set would
+    # have accepted tells a caller the row is no member (docs/defenses.md,
+    # "Membership").
+    if domain is not None:
+        accepted = [domain] * len(features)
+    else:
+        lo, hi = x_all.min(axis=0), x_all.max(axis=0)
+        span = hi - lo
+        accepted = [(round(max(0.0, float(lo[i] - span[i] / 4)) if lo[i] >= 0 else float(lo[i] - span[i] / 4), 6),
+                     round(float(hi[i] + span[i] / 4), 6)) for i in range(len(features))]
     means, stds = x_train.mean(axis=0), x_train.std(axis=0)
     lines = [
         f"# Model card: {path.parent.name}. Written by scripts/train_demo_models.py;",
@@ -80,8 +93,7 @@ def write_card(path: Path, *, description: str, features: list[str], x_train: np
             f"mean = {round(float(means[i]), 6)!r}",
             f"std = {round(float(stds[i]), 6)!r}",
         ]
-        if domain is not None:
-            lines.append(f"range = [{domain[0]!r}, {domain[1]!r}]")
+        lines.append(f"range = [{float(accepted[i][0])!r}, {float(accepted[i][1])!r}]")
     lines += [
         "",
         "[output]",
@@ -101,7 +113,7 @@ def write_card(path: Path, *, description: str, features: list[str], x_train: np
 def export(name: str, model, x: np.ndarray, y: np.ndarray, features: list[str], classes: list[str],
            description: str, output: str, domain: tuple[float, float] | None = None) -> None:
     """`domain`: the accepted value range of every feature when it is known a priori
-    (pixels); otherwise Warden accepts the training range widened by its tolerance."""
+    (pixels); otherwise the card accepts the whole data set's range widened by a quarter."""
     x_train64, x_test64, y_train, _ = train_test_split(x, y, test_size=0.25, random_state=SEED, stratify=y)
     x_train, x_test = x_train64.astype(np.float32), x_test64.astype(np.float32)
     model.fit(x_train, y_train)
@@ -119,7 +131,7 @@ def export(name: str, model, x: np.ndarray, y: np.ndarray, features: list[str], 
 
     onnx_outputs = [o.name for o in onx.graph.output]  # skl2onnx: [label, probabilities]
     write_card(out_dir / "model.toml", description=description, features=features, x_train=x_train64,
-               classes=classes, output=output, onnx_outputs=onnx_outputs, domain=domain)
+               x_all=x, classes=classes, output=output, onnx_outputs=onnx_outputs, domain=domain)
 
     # Fixture rows: test rows, plus the training minimum and maximum of every feature.
     rows = np.vstack([x_test[: FIXTURE_ROWS - 2], x_train.min(axis=0), x_train.max(axis=0)]).astype(np.float32)

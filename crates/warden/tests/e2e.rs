@@ -40,6 +40,8 @@ mod limits;
 mod observe;
 #[path = "e2e/replicas.rs"]
 mod replicas;
+#[path = "e2e/similarity.rs"]
+mod similarity;
 #[path = "e2e/tensors.rs"]
 mod tensors;
 #[path = "e2e/transport.rs"]
