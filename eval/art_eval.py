@@ -294,10 +294,10 @@ def main():
         out["membership"].append(r)
         log(r)
     json.dump(out, open(out_file, "w"), indent=1)
-    seq = getattr(evasion, "log", [])[:1200]
+    seq = getattr(evasion, "log", [])[:800]
     json.dump({"made_by": "eval/art.sh (eval/art_eval.py)",
                "what": "HopSkipJump's first queries against digits with no defense, and the digits test rows",
-               "hsj_queries": np.round(np.asarray(seq), 4).tolist(),
+               "hsj_queries": np.round(np.asarray(seq), 3).tolist(),
                "test_rows": x_test.astype(int).tolist()}, open(fixture_file, "w"))
     log("done")
 

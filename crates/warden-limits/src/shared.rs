@@ -77,7 +77,8 @@ return math.floor(d)
 /// hash, threshold, postings read per hash, capacity, TTL (ms), how many of
 /// the hashes to look candidates up by, then the hashes (descending).
 /// Entries live in `capacity` slots (`e:<id mod capacity>`, overwritten
-/// cyclically, with a TTL); a hash's list holds its newest ids. Returns 0
+/// cyclically, with a TTL), indexed under the candidate hashes (a hash's
+/// list holds its newest ids). Returns 0
 /// (no match), 1 (matches the same principal's query) or 2 (another's).
 const SIMILAR: &str = r"
 local base = KEYS[1]
@@ -108,8 +109,8 @@ local id = tostring(redis.call('INCR', base .. 'n'))
 local ek = base .. 'e:' .. (tonumber(id) % cap)
 redis.call('HSET', ek, 'id', id, 'x', exact, 'w', who, 'h', table.concat(hashes, ','))
 redis.call('PEXPIRE', ek, ttl)
-for _, h in ipairs(hashes) do
-  local hk = base .. 'h:' .. h
+for i = 8, 7 + ncand do
+  local hk = base .. 'h:' .. ARGV[i]
   redis.call('LPUSH', hk, id)
   redis.call('LTRIM', hk, 0, chain - 1)
   redis.call('PEXPIRE', hk, ttl)

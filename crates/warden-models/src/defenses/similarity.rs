@@ -25,20 +25,23 @@
 //! unspecified hasher does not promise.
 //!
 //! Cost is bounded per query: a fingerprint is O(row length); a lookup
-//! reads at most `CHAIN` postings of each of `top_k - threshold + 1` hashes
-//! (any stored fingerprint sharing `threshold` of the query's `top_k`
-//! hashes shares at least one of any `top_k - threshold + 1` of them) and
-//! verifies each candidate by merging two sorted hash lists.
+//! reads at most `CHAIN` postings of each of the query's `top_k -
+//! threshold + 1` largest hashes, the only ones a query is indexed under
+//! ([`candidate_hashes`] says why that finds every match), and verifies
+//! each candidate by merging two sorted hash lists, stopping as soon as the
+//! rest cannot reach `threshold`.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
 use super::Action;
 
-/// Postings read per hash: the most recent stored queries with that hash.
+/// Postings read per candidate hash: the most recent stored queries indexed
+/// under it (4 keeps a lookup to a few microseconds on natural traffic,
+/// benches/similarity.rs).
 /// Attack queries are recent by nature; a hash common to much natural
 /// traffic does not make lookups slower.
-pub const CHAIN: usize = 32;
+pub const CHAIN: usize = 4;
 
 /// How long a query stays in the shared (Redis) store, in milliseconds.
 pub const SHARED_TTL_MS: u64 = 24 * 60 * 60 * 1000;
@@ -133,8 +136,14 @@ pub fn fingerprint(settings: &SimilaritySettings, bounds: &[(f64, f64)], row: &[
     Fingerprint { hashes, exact }
 }
 
-/// Hashes of the query to look candidates up by: any fingerprint sharing
-/// `threshold` of its hashes shares one of these.
+/// The `top_k - threshold + 1` largest hashes: a query looks candidates up
+/// by these, and a stored query is indexed under these only. Any two
+/// fingerprints that share `threshold` hashes share one of them: at most
+/// `top_k - threshold` of the query's hashes are unshared, so one of its
+/// first `top_k - threshold + 1` is shared; take the largest shared one —
+/// every larger hash of the stored query is unshared, so it too is within
+/// the stored query's first `top_k - threshold + 1`. (A fingerprint with
+/// fewer than `threshold` hashes can match nothing and is not indexed.)
 pub fn candidate_hashes<'a>(settings: &SimilaritySettings, fp: &'a Fingerprint) -> &'a [u32] {
     if fp.hashes.len() < settings.threshold {
         return &[];
@@ -142,10 +151,18 @@ pub fn candidate_hashes<'a>(settings: &SimilaritySettings, fp: &'a Fingerprint) 
     &fp.hashes[..fp.hashes.len() - settings.threshold + 1]
 }
 
-/// Hashes two descending lists share.
-fn shared(a: &[u32], b: &[u32]) -> usize {
+/// Whether two descending lists share at least `t` hashes (the merge stops
+/// as soon as the rest cannot make up the difference: most candidates
+/// share few hashes and are dismissed after a handful of steps).
+fn shares(a: &[u32], b: &[u32], t: usize) -> bool {
     let (mut i, mut j, mut n) = (0, 0, 0);
     while i < a.len() && j < b.len() {
+        if n >= t {
+            return true;
+        }
+        if n + (a.len() - i).min(b.len() - j) < t {
+            return false;
+        }
         match a[i].cmp(&b[j]) {
             std::cmp::Ordering::Equal => {
                 n += 1;
@@ -156,7 +173,7 @@ fn shared(a: &[u32], b: &[u32]) -> usize {
             std::cmp::Ordering::Less => j += 1,
         }
     }
-    n
+    n >= t
 }
 
 /// A match: the stored query this one resembles.
@@ -185,13 +202,7 @@ impl Generation {
         &self.hashes[start..self.entries[e].2 as usize]
     }
 
-    fn find(
-        &self,
-        g: u8,
-        settings: &SimilaritySettings,
-        fp: &Fingerprint,
-        seen: &mut HashSet<(u8, u32)>,
-    ) -> Option<(u64, u64)> {
+    fn find(&self, settings: &SimilaritySettings, fp: &Fingerprint) -> Option<(u64, u64)> {
         for h in candidate_hashes(settings, fp) {
             let mut at = self.heads.get(h).copied().unwrap_or(u32::MAX);
             let mut read = 0;
@@ -199,12 +210,11 @@ impl Generation {
                 let (entry, previous) = self.postings[at as usize];
                 at = previous;
                 read += 1;
-                if !seen.insert((g, entry)) {
-                    continue;
-                }
+                // A candidate met in several lists is checked again: the
+                // check is cheaper than remembering it.
                 let (exact, principal, _) = self.entries[entry as usize];
                 if exact != fp.exact
-                    && shared(&fp.hashes, self.entry_hashes(entry as usize)) >= settings.threshold
+                    && shares(&fp.hashes, self.entry_hashes(entry as usize), settings.threshold)
                 {
                     return Some((exact, principal));
                 }
@@ -213,12 +223,13 @@ impl Generation {
         None
     }
 
-    fn insert(&mut self, fp: &Fingerprint, principal: u64) {
+    fn insert(&mut self, settings: &SimilaritySettings, fp: &Fingerprint, principal: u64) {
         let entry = self.entries.len() as u32;
         self.hashes.extend_from_slice(&fp.hashes);
         self.entries
             .push((fp.exact, principal, self.hashes.len() as u32));
-        for &h in &fp.hashes {
+        // Indexed under its candidate hashes only (see `candidate_hashes`).
+        for &h in candidate_hashes(settings, fp) {
             let posting = self.postings.len() as u32;
             let previous = self.heads.insert(h, posting).unwrap_or(u32::MAX);
             self.postings.push((entry, previous));
@@ -286,17 +297,16 @@ impl Store {
             .inner
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut seen = HashSet::new();
         let found = inner
             .current
-            .find(0, &self.settings, fp, &mut seen)
-            .or_else(|| inner.previous.find(1, &self.settings, fp, &mut seen));
+            .find(&self.settings, fp)
+            .or_else(|| inner.previous.find(&self.settings, fp));
         let half = (self.settings.capacity / 2).max(1);
         if inner.current.entries.len() >= half {
             inner.previous = std::mem::take(&mut inner.current);
             inner.alerted.clear();
         }
-        inner.current.insert(fp, principal);
+        inner.current.insert(&self.settings, fp, principal);
         let matched = found.map(|(_, p)| Match {
             same_principal: p == principal,
         });
