@@ -31,8 +31,10 @@
 #                  pinned) serving the same RandomForest over the v2 protocol, plain HTTP,
 #                  one process
 #   def_<model>_<defense>  one more server whose models are iris and digits with no
-#                  defense (none) or exactly one (ood, squeeze, prada): each defense's
-#                  latency and CPU against the undefended path of the same model
+#                  defense (none) or exactly one (ood, squeeze, prada, similarity): each
+#                  defense's latency and CPU against the undefended path of the same model
+#                  (the load repeats one row: for similarity's cost on varied traffic and
+#                  its memory, `cargo bench -p warden-models --bench similarity`)
 # Limits are set high enough never to refuse during the load runs (the limiter
 # still runs on every request). Afterwards, a burst of 2000 one-row requests at
 # 64 connections against a key limited to 500 rows measures the limiter's
@@ -128,10 +130,11 @@ defvariant() { # model defense|none|nobatch
     ood) section "models/$1/model.toml" out_of_distribution >> "$d/model.toml" ;;
     squeeze) section "models/$1/model.toml" adversarial >> "$d/model.toml" ;;
     prada) section "models/$1/model.toml" extraction >> "$d/model.toml" ;;
+    similarity) section "models/$1/model.toml" similarity >> "$d/model.toml" ;;
     nobatch) sed -i '1i dynamic_batching = false' "$d/model.toml" ;;
   esac
 }
-for v in iris:none iris:ood iris:prada digits:none digits:ood digits:squeeze digits:prada digits:nobatch \
+for v in iris:none iris:ood iris:prada digits:none digits:ood digits:squeeze digits:prada digits:similarity digits:nobatch \
          breast-cancer:none breast-cancer:nobatch; do
   defvariant "${v%%:*}" "${v#*:}"
 done
@@ -263,7 +266,7 @@ for round in $(seq 1 "$ROUNDS"); do
   for v in iris-none iris-ood iris-prada; do
     run "def_${v/-/_}" "$def_pid" "https://127.0.0.1:$port_def/v1/models/$v:predict" "X-API-Key: $def_key"
   done
-  for v in digits-none digits-ood digits-squeeze digits-prada digits-nobatch; do
+  for v in digits-none digits-ood digits-squeeze digits-prada digits-similarity digits-nobatch; do
     RUN_BODY="$digits_body" run "def_${v/-/_}" "$def_pid" "https://127.0.0.1:$port_def/v1/models/$v:predict" "X-API-Key: $def_key"
   done
   for v in breast-cancer-none breast-cancer-nobatch; do
@@ -334,7 +337,7 @@ def summary(name):
 NAMES = ("floor", "warden", "warden_breast_cancer", "warden_digits", "warden_eddsa", "warden_rs256", "warden_nocache", "warden_redis",
          "warden_audit_off", "warden_audit_sync", "reference", "reference_default_forest", "warden_default_forest", "mlserver", "warden_plain", "warden_open_loop")
 DEFENSES = ("def_iris_none", "def_iris_ood", "def_iris_prada",
-            "def_digits_none", "def_digits_ood", "def_digits_squeeze", "def_digits_prada")
+            "def_digits_none", "def_digits_ood", "def_digits_squeeze", "def_digits_prada", "def_digits_similarity")
 BATCHING = (("digits", "def_digits_none", "def_digits_nobatch"),
             ("breast-cancer", "def_breast_cancer_none", "def_breast_cancer_nobatch"),
             ("digits, 1 connection", "def_digits_none_c1", "def_digits_nobatch_c1"))

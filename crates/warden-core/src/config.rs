@@ -25,8 +25,8 @@ pub use auth::{
     model_list,
 };
 pub use limits::{
-    Budget,
-    Bans, LimitBackend, LimitSettings, POLICIES, Quota, Rate, RawBans, RawLimits, RawQuota, RawRate,
+    Bans, Budget, LimitBackend, LimitSettings, POLICIES, Quota, Rate, RawBans, RawLimits, RawQuota,
+    RawRate,
 };
 
 /// The default data-plane address (README.md).

@@ -163,7 +163,11 @@ struct Budgets(std::sync::OnceLock<Box<BudgetLookup>>);
 
 impl std::fmt::Debug for Budgets {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.0.get().is_some() { "Budgets(set)" } else { "Budgets(unset)" })
+        f.write_str(if self.0.get().is_some() {
+            "Budgets(set)"
+        } else {
+            "Budgets(unset)"
+        })
     }
 }
 
@@ -374,7 +378,13 @@ impl Limiter {
             per_day: b.per_day,
             per_month: b.per_month,
         });
-        for q in self.settings.quotas.iter().filter(applies).chain(card.as_ref()) {
+        for q in self
+            .settings
+            .quotas
+            .iter()
+            .filter(applies)
+            .chain(card.as_ref())
+        {
             let mut push = |name: &'static str, id: &str, limit: u64, ends_us: u64| {
                 let key = format!("q:{}:{model}:{id}", principal.id);
                 match windows.iter_mut().find(|w| w.key == key) {

@@ -43,7 +43,10 @@ fn main() {
         })
         .collect();
     let start = Instant::now();
-    let fps: Vec<_> = rows.iter().map(|r| fingerprint(&settings, &bounds, r)).collect();
+    let fps: Vec<_> = rows
+        .iter()
+        .map(|r| fingerprint(&settings, &bounds, r))
+        .collect();
     let fingerprint_us = start.elapsed().as_secs_f64() * 1e6 / n as f64;
     drop(fps);
     let store = Store::new(settings.clone());

@@ -76,18 +76,27 @@ pub struct Throttled(Mutex<HashMap<String, Instant>>);
 impl Throttled {
     /// Whether `id` is throttled now.
     pub fn is_marked(&self, id: &str) -> bool {
-        let marks = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let marks = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         !marks.is_empty() && marks.get(id).is_some_and(|until| *until > Instant::now())
     }
 
     /// Throttles `id` for [`THROTTLE_HOLD`] from now.
     pub fn mark(&self, id: &str) {
         let now = Instant::now();
-        let mut marks = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut marks = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if marks.len() >= THROTTLE_MARKS && !marks.contains_key(id) {
             marks.retain(|_, until| *until > now);
             if marks.len() >= THROTTLE_MARKS
-                && let Some(oldest) = marks.iter().min_by_key(|(_, u)| **u).map(|(k, _)| k.clone())
+                && let Some(oldest) = marks
+                    .iter()
+                    .min_by_key(|(_, u)| **u)
+                    .map(|(k, _)| k.clone())
             {
                 marks.remove(&oldest);
             }

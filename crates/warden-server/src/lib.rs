@@ -291,9 +291,9 @@ impl Server {
         // The model cards' budgets, read from the model served now (a
         // reload's new card applies at once).
         let models = Arc::downgrade(&state.repository);
-        state.limiter.set_budgets(move |name| {
-            models.upgrade()?.get(name)?.card.budget
-        });
+        state
+            .limiter
+            .set_budgets(move |name| models.upgrade()?.get(name)?.card.budget);
         if let Some(log) = &state.audit {
             refusals::spawn_flusher(
                 Arc::clone(&state.refusals),

@@ -19,10 +19,10 @@ use axum::http::{HeaderMap, HeaderName};
 use warden_core::metrics::Alert;
 use warden_core::{ApiError, ErrorCode, Principal};
 use warden_limits::RateOutcome;
-use warden_models::{Model, defenses};
 use warden_models::engine::EngineError;
 use warden_models::policy::{OutputPolicy, Shown};
 use warden_models::request::{self, Payload};
+use warden_models::{Model, defenses};
 
 use crate::defend;
 use crate::pipeline::{Access, authorize};
@@ -111,9 +111,10 @@ pub async fn infer<R>(
     // the row count is known, and before any model work (the admission
     // stage has already taken one request from the `default` policy).
     let charge = Charge::take(state, caller, &model.name, rows).await?;
-    // Defenses: out-of-distribution and the extraction monitor's verdict
-    // before inference, feature squeezing in the inference batch (see
-    // defend.rs). An input a defense rejects has cost its rows.
+    // Defenses: out-of-distribution, query similarity and the extraction
+    // monitor's verdict before inference, feature squeezing in the
+    // inference batch (see defend.rs). An input a defense rejects has cost
+    // its rows; a throttled principal pays ten times its rows from now on.
     let mut screen = defend::Screen::default();
     let watched = defend::watched(&model, &request.batch);
     let checked = defend::before(

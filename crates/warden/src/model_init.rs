@@ -409,11 +409,17 @@ fn defenses_text(
             let dims = &input.shape[usize::from(batched)..];
             let values: Option<usize> = dims.iter().map(|&d| usize::try_from(d).ok()).product();
             let bounded = tables.contains_key(&input.name)
-                || observed.get(&input.name).is_some_and(|o| !o.numbers.is_empty());
+                || observed
+                    .get(&input.name)
+                    .is_some_and(|o| !o.numbers.is_empty());
             match values {
                 None => Some("its row has dynamic dimensions"),
-                Some(n) if n < SIMILARITY_MIN_VALUES => Some("its rows are too short to fingerprint"),
-                Some(_) if !bounded => Some("FILL IN the input's range (or min/max) first, then enable it"),
+                Some(n) if n < SIMILARITY_MIN_VALUES => {
+                    Some("its rows are too short to fingerprint")
+                }
+                Some(_) if !bounded => {
+                    Some("FILL IN the input's range (or min/max) first, then enable it")
+                }
                 Some(_) => None,
             }
         }
@@ -423,7 +429,10 @@ fn defenses_text(
     match why_not {
         None => t.push_str("[defenses.similarity]\naction = \"reject\"\n"),
         Some(reason) => {
-            let _ = writeln!(t, "# Not enabled: {reason}.\n# [defenses.similarity]\n# action = \"reject\"");
+            let _ = writeln!(
+                t,
+                "# Not enabled: {reason}.\n# [defenses.similarity]\n# action = \"reject\""
+            );
         }
     }
 }

@@ -1193,7 +1193,9 @@ fn defense_settings(
             let k = "defenses.similarity";
             if !feature_bounds
                 .iter()
-                .all(|b| b.is_some_and(|(lo, hi)| lo.is_finite() && hi.is_finite() && hi > lo))
+                // (A declared bound, not the datatype's own: quantizing
+                // across the whole float range would make every row alike.)
+                .all(|b| b.is_some_and(|(lo, hi)| hi > lo && hi - lo < 1e12))
             {
                 return Err(CardError(format!(
                     "{k}: every element of input {:?} needs finite bounds (min/max or range) to quantize",
@@ -1208,7 +1210,9 @@ fn defense_settings(
                 .image
                 .then(|| spec.shape.last().and_then(|&w| usize::try_from(w).ok()))
                 .flatten();
-            let window = r.window.unwrap_or_else(|| image_width.unwrap_or(8).min(width));
+            let window = r
+                .window
+                .unwrap_or_else(|| image_width.unwrap_or(8).min(width));
             if window == 0 || window > width {
                 return Err(CardError(format!(
                     "{k}.window: between 1 and the {width} values of a row"
@@ -1563,6 +1567,94 @@ z_threshold = 4.0
         let bytes = image.replace("datatype = \"FP32\"\nshape = [-1, 1, 8, 8]\nrange = [0.0, 16.0]\nmean = 4.9\nstd = 6.0\nimage = true", "datatype = \"BYTES\"\nshape = [-1]");
         let e = ModelCard::parse(&bytes, DEFAULTS).unwrap_err().to_string();
         assert!(e.starts_with("defenses"), "{e}");
+    }
+
+    /// `[defenses.similarity]`: defaults from the input (an image's width
+    /// as the window, 30 hashes, 5/6 of them to match); settings a row
+    /// cannot carry, and inputs without bounds, are refused naming the key.
+    #[test]
+    fn similarity_settings_default_from_the_input_and_are_checked() {
+        let image = r#"
+task = "classification"
+[[inputs]]
+name = "image"
+datatype = "FP32"
+shape = [-1, 1, 8, 8]
+range = [0.0, 16.0]
+image = true
+[[outputs]]
+name = "label"
+datatype = "INT64"
+shape = [-1]
+[[outputs]]
+name = "probabilities"
+datatype = "FP32"
+shape = [-1, 2]
+[classification]
+label = "label"
+probabilities = "probabilities"
+classes = ["a", "b"]
+[defenses.similarity]
+action = "reject"
+"#;
+        let c = ModelCard::parse(image, DEFAULTS).unwrap();
+        let s = c.defenses.similarity.as_ref().unwrap();
+        assert_eq!(
+            (
+                s.action,
+                s.levels,
+                s.window,
+                s.top_k,
+                s.threshold,
+                s.capacity
+            ),
+            (crate::defenses::Action::Reject, 4, 8, 30, 25, 50_000)
+        );
+        for (extra, key) in [
+            ("window = 65", "defenses.similarity.window"),
+            (
+                "window = 40
+top_k = 30",
+                "defenses.similarity.top_k",
+            ),
+            ("threshold = 31", "defenses.similarity.threshold"),
+            ("capacity = 10", "defenses.similarity.capacity"),
+            ("levels = 0", "defenses.similarity.levels"),
+            ("action = \"block\"", "defenses.similarity.action"),
+        ] {
+            let text = image.replace("action = \"reject\"\n", &format!("{extra}\n"));
+            let e = ModelCard::parse(&text, DEFAULTS).unwrap_err().to_string();
+            assert!(e.starts_with(key), "{extra}: {e}");
+        }
+        let unbounded = image.replace("range = [0.0, 16.0]\n", "");
+        let e = ModelCard::parse(&unbounded, DEFAULTS)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("finite bounds"), "{e}");
+    }
+
+    /// `[budget]`: rows per day and month; an empty or zero budget is refused.
+    #[test]
+    fn a_budget_is_read_and_checked() {
+        let with = |b: &str| format!("{TENSOR_CARD}\n[budget]\n{b}\n");
+        let c = ModelCard::parse(&with("per_day = 300"), DEFAULTS).unwrap();
+        assert_eq!(
+            c.budget,
+            Some(warden_core::config::Budget {
+                per_day: Some(300),
+                per_month: None
+            })
+        );
+        for (bad, says) in [
+            ("", "budget"),
+            ("per_day = 0", "budget"),
+            ("per_week = 3", "per_week"),
+        ] {
+            let e = ModelCard::parse(&with(bad), DEFAULTS)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
     }
 
     /// A first-format card and the same card written as tensors are the

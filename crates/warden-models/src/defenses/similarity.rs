@@ -96,13 +96,20 @@ pub fn hash_str(s: &str) -> u64 {
 
 /// The fingerprint of one row; `bounds[i]` are element i's finite bounds
 /// (a row longer than `bounds` reuses them cyclically).
-pub fn fingerprint(settings: &SimilaritySettings, bounds: &[(f64, f64)], row: &[f32]) -> Fingerprint {
+pub fn fingerprint(
+    settings: &SimilaritySettings,
+    bounds: &[(f64, f64)],
+    row: &[f32],
+) -> Fingerprint {
     let levels = f64::from(settings.levels);
     let quantized: Vec<u64> = row
         .iter()
         .enumerate()
         .map(|(i, &v)| {
-            let (lo, hi) = bounds.get(i % bounds.len().max(1)).copied().unwrap_or((0.0, 1.0));
+            let (lo, hi) = bounds
+                .get(i % bounds.len().max(1))
+                .copied()
+                .unwrap_or((0.0, 1.0));
             let span = (hi - lo).max(f64::MIN_POSITIVE);
             // Rounded to the nearest step (values on a grid, such as
             // integer pixels, sit at step centres rather than edges); the
@@ -198,7 +205,11 @@ struct Generation {
 
 impl Generation {
     fn entry_hashes(&self, e: usize) -> &[u32] {
-        let start = if e == 0 { 0 } else { self.entries[e - 1].2 as usize };
+        let start = if e == 0 {
+            0
+        } else {
+            self.entries[e - 1].2 as usize
+        };
         &self.hashes[start..self.entries[e].2 as usize]
     }
 
@@ -214,7 +225,11 @@ impl Generation {
                 // check is cheaper than remembering it.
                 let (exact, principal, _) = self.entries[entry as usize];
                 if exact != fp.exact
-                    && shares(&fp.hashes, self.entry_hashes(entry as usize), settings.threshold)
+                    && shares(
+                        &fp.hashes,
+                        self.entry_hashes(entry as usize),
+                        settings.threshold,
+                    )
                 {
                     return Some((exact, principal));
                 }
@@ -371,7 +386,9 @@ mod tests {
     const BOUNDS: [(f64, f64); 1] = [(0.0, 16.0)];
 
     fn digit(rng: &mut rand::rngs::StdRng) -> Vec<f32> {
-        (0..64).map(|_| f32::from(rng.random_range(0u8..=16))).collect()
+        (0..64)
+            .map(|_| f32::from(rng.random_range(0u8..=16)))
+            .collect()
     }
 
     #[test]
@@ -396,19 +413,30 @@ mod tests {
         let store = Store::new(s.clone());
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
         let x = digit(&mut rng);
-        assert_eq!(store.observe(&fingerprint(&s, &BOUNDS, &x), 1).matched, None);
+        assert_eq!(
+            store.observe(&fingerprint(&s, &BOUNDS, &x), 1).matched,
+            None
+        );
         // A step of a tenth of a grey level on a few pixels: same content.
         let mut y = x.clone();
         for v in y.iter_mut().step_by(9) {
             *v += 0.1;
         }
         let seen = store.observe(&fingerprint(&s, &BOUNDS, &y), 2);
-        assert_eq!(seen.matched, Some(Match { same_principal: false }));
+        assert_eq!(
+            seen.matched,
+            Some(Match {
+                same_principal: false
+            })
+        );
         assert!(seen.first_for_principal);
         // Random distinct rows never match each other.
         for p in 0..200 {
             let r = digit(&mut rng);
-            assert_eq!(store.observe(&fingerprint(&s, &BOUNDS, &r), 10 + p).matched, None);
+            assert_eq!(
+                store.observe(&fingerprint(&s, &BOUNDS, &r), 10 + p).matched,
+                None
+            );
         }
     }
 
@@ -444,6 +472,9 @@ mod tests {
         }
         let mut near = old.clone();
         near[0] += 0.1;
-        assert_eq!(store.observe(&fingerprint(&s, &BOUNDS, &near), 2).matched, None);
+        assert_eq!(
+            store.observe(&fingerprint(&s, &BOUNDS, &near), 2).matched,
+            None
+        );
     }
 }

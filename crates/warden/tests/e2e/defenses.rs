@@ -281,7 +281,10 @@ async fn feature_squeezing_refuses_adversarial_digits_and_passes_clean_ones() {
     // before them, which query similarity would refuse first.
     let card = models.join("digits/model.toml");
     let text = std::fs::read_to_string(&card).unwrap();
-    let text = match (text.find("[defenses.similarity]"), text.find("# [defenses] end")) {
+    let text = match (
+        text.find("[defenses.similarity]"),
+        text.find("# [defenses] end"),
+    ) {
         (Some(at), Some(end)) => format!("{}{}", &text[..at], &text[end..]),
         _ => text,
     };

@@ -48,18 +48,30 @@ async fn new_key(w: &Warden, admin: &str, name: &str, role: &str) -> String {
 
 /// Sends `queries` one row per request to `model`, key `keys[i % len]`:
 /// the index of the first refusal and how many were refused.
-async fn replay(w: &Warden, model: &str, keys: &[String], queries: &[Value]) -> (Option<usize>, usize) {
+async fn replay(
+    w: &Warden,
+    model: &str,
+    keys: &[String],
+    queries: &[Value],
+) -> (Option<usize>, usize) {
     let (mut first, mut refused) = (None, 0);
     for (i, q) in queries.iter().enumerate() {
         let body = json!({"instances": [q]}).to_string();
         let (status, _, answer) = w
-            .post(&format!("/v1/models/{model}:predict"), &keys[i % keys.len()], body)
+            .post(
+                &format!("/v1/models/{model}:predict"),
+                &keys[i % keys.len()],
+                body,
+            )
             .await;
         match status {
             StatusCode::OK => {}
             StatusCode::UNPROCESSABLE_ENTITY => {
                 assert_eq!(answer["code"], "input_rejected", "{answer}");
-                assert!(!answer.to_string().contains("similar"), "no detail: {answer}");
+                assert!(
+                    !answer.to_string().contains("similar"),
+                    "no detail: {answer}"
+                );
                 first.get_or_insert(i);
                 refused += 1;
             }
@@ -85,13 +97,21 @@ async fn a_recorded_hopskipjump_is_refused_early_and_natural_traffic_is_served()
     std::fs::write(&config, OPEN_LIMITS).unwrap();
     let w = Warden::start(
         &dir.path().join("data"),
-        &["--models", models.to_str().unwrap(), "--config", config.to_str().unwrap()],
+        &[
+            "--models",
+            models.to_str().unwrap(),
+            "--config",
+            config.to_str().unwrap(),
+        ],
     );
     let admin = w.printed_key.clone().unwrap();
     let attacker = vec![new_key(&w, &admin, "attacker", "predict").await];
     let (first, refused) = replay(&w, "digits", &attacker, &attack).await;
     let first = first.expect("the attack was never refused");
-    eprintln!("similarity: HopSkipJump replay refused from query {first}, {refused} of {}", attack.len());
+    eprintln!(
+        "similarity: HopSkipJump replay refused from query {first}, {refused} of {}",
+        attack.len()
+    );
     assert!(first < 30, "first refusal at query {first}");
     assert!(
         refused * 10 >= (attack.len() - first) * 9,
@@ -106,7 +126,10 @@ async fn a_recorded_hopskipjump_is_refused_early_and_natural_traffic_is_served()
     }
     let (first, refused) = replay(&w, "digits-spread", &spread, &attack).await;
     let first = first.expect("the spread attack was never refused");
-    eprintln!("similarity: over 10 keys, refused from query {first}, {refused} of {}", attack.len());
+    eprintln!(
+        "similarity: over 10 keys, refused from query {first}, {refused} of {}",
+        attack.len()
+    );
     assert!(first < 30, "first refusal at query {first}");
     assert!(refused * 10 >= (attack.len() - first) * 9, "{refused}");
 
@@ -131,9 +154,9 @@ async fn a_recorded_hopskipjump_is_refused_early_and_natural_traffic_is_served()
         "{metrics}"
     );
     assert!(
-        metrics
-            .lines()
-            .any(|l| l.starts_with("warden_alerts_total{kind=\"query_attack_suspected\"}") && !l.ends_with(" 0")),
+        metrics.lines().any(|l| l
+            .starts_with("warden_alerts_total{kind=\"query_attack_suspected\"}")
+            && !l.ends_with(" 0")),
         "{metrics}"
     );
 
@@ -161,12 +184,18 @@ async fn a_recorded_hopskipjump_is_refused_early_and_natural_traffic_is_served()
         let batch = &plan[at..(at + n).min(plan.len())];
         at += n;
         for k in 0..20 {
-            let mine: Vec<&Value> = batch.iter().filter(|(kk, _)| *kk == k).map(|(_, i)| &natural[*i]).collect();
+            let mine: Vec<&Value> = batch
+                .iter()
+                .filter(|(kk, _)| *kk == k)
+                .map(|(_, i)| &natural[*i])
+                .collect();
             if mine.is_empty() {
                 continue;
             }
             let body = json!({ "instances": mine }).to_string();
-            let (status, _, answer) = w.post("/v1/models/digits-natural:predict", &keys[k], body).await;
+            let (status, _, answer) = w
+                .post("/v1/models/digits-natural:predict", &keys[k], body)
+                .await;
             sent += mine.len();
             match status {
                 StatusCode::OK => {}
@@ -178,7 +207,9 @@ async fn a_recorded_hopskipjump_is_refused_early_and_natural_traffic_is_served()
     let retry = new_key(&w, &admin, "retrying", "predict").await;
     let five = json!({ "instances": &natural[..5] }).to_string();
     for _ in 0..50 {
-        let (status, _, answer) = w.post("/v1/models/digits-natural:predict", &retry, five.clone()).await;
+        let (status, _, answer) = w
+            .post("/v1/models/digits-natural:predict", &retry, five.clone())
+            .await;
         sent += 5;
         match status {
             StatusCode::OK => {}
@@ -189,7 +220,10 @@ async fn a_recorded_hopskipjump_is_refused_early_and_natural_traffic_is_served()
     eprintln!("similarity: natural traffic, {refused} of {sent} rows refused");
     assert_eq!(sent, 20 * 450 + 250);
     // At most 0.1% of natural rows.
-    assert!(refused * 1000 <= sent, "{refused} of {sent} natural rows refused");
+    assert!(
+        refused * 1000 <= sent,
+        "{refused} of {sent} natural rows refused"
+    );
 }
 
 /// `throttle`: a flagged principal's rows cost ten times against its rate
@@ -207,8 +241,14 @@ async fn throttle_gives_a_flagged_client_a_tenth_of_its_rate() {
     let text = std::fs::read_to_string(&card).unwrap();
     let at = text.find("[defenses.similarity]").unwrap();
     let (head, tail) = text.split_at(at);
-    std::fs::write(&card, format!("{head}{}", tail.replacen("action = \"reject\"", "action = \"throttle\"", 1)))
-        .unwrap();
+    std::fs::write(
+        &card,
+        format!(
+            "{head}{}",
+            tail.replacen("action = \"reject\"", "action = \"throttle\"", 1)
+        ),
+    )
+    .unwrap();
     let config = dir.path().join("warden.toml");
     std::fs::write(
         &config,
@@ -217,7 +257,12 @@ async fn throttle_gives_a_flagged_client_a_tenth_of_its_rate() {
     .unwrap();
     let w = Warden::start(
         &dir.path().join("data"),
-        &["--models", models.to_str().unwrap(), "--config", config.to_str().unwrap()],
+        &[
+            "--models",
+            models.to_str().unwrap(),
+            "--config",
+            config.to_str().unwrap(),
+        ],
     );
     let admin = w.printed_key.clone().unwrap();
     let honest = new_key(&w, &admin, "honest", "predict").await;
@@ -233,7 +278,8 @@ async fn throttle_gives_a_flagged_client_a_tenth_of_its_rate() {
             while start.elapsed() < Duration::from_secs(10) {
                 let body = json!({"instances": [queries[i % queries.len()]]}).to_string();
                 i += 1;
-                let (status, headers, answer) = w.post("/v1/models/digits:predict", &key, body).await;
+                let (status, headers, answer) =
+                    w.post("/v1/models/digits:predict", &key, body).await;
                 match status {
                     StatusCode::OK if start.elapsed() >= Duration::from_secs(2) => served += 1,
                     StatusCode::OK => {}
@@ -251,10 +297,15 @@ async fn throttle_gives_a_flagged_client_a_tenth_of_its_rate() {
     // client's distinct digits never are.
     let (honest_served, prober_served) = tokio::join!(run(honest, natural), run(prober, attack));
     let ratio = prober_served as f64 / honest_served as f64;
-    eprintln!("throttle: honest {honest_served}, flagged {prober_served} answers in 8 s ({ratio:.3})");
+    eprintln!(
+        "throttle: honest {honest_served}, flagged {prober_served} answers in 8 s ({ratio:.3})"
+    );
     // The honest client gets its rate (10/s); the flagged one a tenth.
     assert!(honest_served >= 60, "the honest client got {honest_served}");
-    assert!((0.06..=0.15).contains(&ratio), "flagged/honest = {ratio:.3}");
+    assert!(
+        (0.06..=0.15).contains(&ratio),
+        "flagged/honest = {ratio:.3}"
+    );
 }
 
 /// Two replicas with limits in Redis share the similarity store: a step of
@@ -274,8 +325,14 @@ async fn two_replicas_share_the_similarity_store_through_redis() {
         ),
     )
     .unwrap();
-    let a = Warden::start(&dir.path().join("a"), &["--config", config.to_str().unwrap()]);
-    let b = Warden::start(&dir.path().join("b"), &["--config", config.to_str().unwrap()]);
+    let a = Warden::start(
+        &dir.path().join("a"),
+        &["--config", config.to_str().unwrap()],
+    );
+    let b = Warden::start(
+        &dir.path().join("b"),
+        &["--config", config.to_str().unwrap()],
+    );
     let key_a = vec![a.printed_key.clone().unwrap()];
     let key_b = vec![b.printed_key.clone().unwrap()];
     // The attack's first query on A is answered; its second, on B (whose
@@ -287,12 +344,27 @@ async fn two_replicas_share_the_similarity_store_through_redis() {
         replay(&a, "digits", &key_a, &pair[..1]).await;
         refused_on_b.push(replay(&b, "digits", &key_b, &pair[1..]).await.0.is_some());
     }
-    assert!(refused_on_b[0], "B's first step, like A's query, was served");
+    assert!(
+        refused_on_b[0],
+        "B's first step, like A's query, was served"
+    );
     let refused_on_b = refused_on_b.iter().filter(|r| **r).count();
-    eprintln!("similarity through Redis: {refused_on_b} of 20 attack steps refused on the second replica");
+    eprintln!(
+        "similarity through Redis: {refused_on_b} of 20 attack steps refused on the second replica"
+    );
     assert!(refused_on_b >= 15, "{refused_on_b}");
     // A natural digit is still served on both.
     let digit = json!({"instances": [fixture["test_rows"][7]]}).to_string();
-    assert_eq!(b.post("/v1/models/digits:predict", &key_b[0], digit.clone()).await.0, StatusCode::OK);
-    assert_eq!(a.post("/v1/models/digits:predict", &key_a[0], digit).await.0, StatusCode::OK);
+    assert_eq!(
+        b.post("/v1/models/digits:predict", &key_b[0], digit.clone())
+            .await
+            .0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        a.post("/v1/models/digits:predict", &key_a[0], digit)
+            .await
+            .0,
+        StatusCode::OK
+    );
 }
