@@ -171,20 +171,16 @@ impl std::fmt::Debug for Budgets {
     }
 }
 
-/// One query-similarity lookup in the shared store (see
-/// [`Limiter::similar`]; the fingerprint is warden-models' business).
+/// One request's query-similarity lookups in the shared store (see
+/// [`Limiter::similar`]; the fingerprints are warden-models' business).
 #[derive(Debug)]
 pub struct SimilarQuery<'a> {
     /// The model (key prefix).
     pub model: &'a str,
-    /// Hash of the row's exact values.
-    pub exact: u64,
     /// Hash of the principal's id.
     pub principal: u64,
-    /// The fingerprint's hashes, descending.
-    pub hashes: &'a [u32],
-    /// How many of them to look candidates up by.
-    pub candidates: usize,
+    /// The request's rows, in order.
+    pub rows: Vec<SimilarRow<'a>>,
     /// Shared hashes that make a match.
     pub threshold: usize,
     /// Postings read per hash.
@@ -193,6 +189,17 @@ pub struct SimilarQuery<'a> {
     pub capacity: usize,
     /// How long a stored query lives, in milliseconds.
     pub ttl_ms: u64,
+}
+
+/// One row's fingerprint, for [`SimilarQuery`].
+#[derive(Debug)]
+pub struct SimilarRow<'a> {
+    /// Hash of the row's exact values.
+    pub exact: u64,
+    /// The fingerprint's hashes, descending.
+    pub hashes: &'a [u32],
+    /// How many of them (the first) are candidates: looked up and indexed.
+    pub candidates: usize,
 }
 
 impl Limiter {
@@ -250,11 +257,12 @@ impl Limiter {
         }
     }
 
-    /// Looks a query's fingerprint up in the model's shared similarity store
-    /// (Redis) and stores it: `None` when state is not shared or Redis does
-    /// not answer (the caller uses its in-memory store), else 0 (no match),
-    /// 1 (the same principal's query) or 2 (another principal's).
-    pub async fn similar(&self, query: &SimilarQuery<'_>) -> Option<u8> {
+    /// Looks each row's fingerprint up in the model's shared similarity
+    /// store (Redis) and stores it, in one round trip: `None` when state is
+    /// not shared or Redis does not answer (the caller uses its in-memory
+    /// store), else per row 0 (no match), 1 (the same principal's query) or
+    /// 2 (another principal's).
+    pub async fn similar(&self, query: &SimilarQuery<'_>) -> Option<Vec<u8>> {
         let shared = self.shared.as_ref()?;
         match shared.similar(query).await {
             Ok(found) => Some(found),

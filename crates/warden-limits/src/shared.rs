@@ -72,50 +72,58 @@ return math.floor(d)
 ";
 
 /// Query similarity (docs/defenses.md, "Query-based attacks: similarity"):
-/// looks a fingerprint up among the model's stored queries, then stores it.
-/// KEYS[1] is the model's key prefix; ARGV: exact-values hash, principal
-/// hash, threshold, postings read per hash, capacity, TTL (ms), how many of
-/// the hashes to look candidates up by, then the hashes (descending).
-/// Entries live in `capacity` slots (`e:<id mod capacity>`, overwritten
-/// cyclically, with a TTL), indexed under the candidate hashes (a hash's
-/// list holds its newest ids). Returns 0
-/// (no match), 1 (matches the same principal's query) or 2 (another's).
+/// for each row of a request, looks its fingerprint up among the model's
+/// stored queries, then stores it (so later rows of the same request see
+/// earlier ones). KEYS[1] is the model's key prefix; ARGV: principal hash,
+/// threshold, postings read per hash, capacity, TTL (ms), then per row: the
+/// exact-values hash, how many of its hashes are candidates, how many
+/// hashes, and the hashes (descending). Entries live in `capacity` slots
+/// (`e:<id mod capacity>`, overwritten cyclically, with a TTL), indexed
+/// under the candidate hashes (a hash's list holds its newest ids). Returns
+/// per row 0 (no match), 1 (matches the same principal's query) or 2
+/// (another's).
 const SIMILAR: &str = r"
-local base = KEYS[1]
-local exact, who = ARGV[1], ARGV[2]
-local t, chain, cap, ttl, ncand = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
-local q, hashes = {}, {}
-for i = 8, #ARGV do q[ARGV[i]] = true; hashes[#hashes + 1] = ARGV[i] end
-local found, seen = 0, {}
-for i = 8, 7 + ncand do
-  local ids = redis.call('LRANGE', base .. 'h:' .. ARGV[i], 0, chain - 1)
-  for _, id in ipairs(ids) do
-    if not seen[id] then
-      seen[id] = true
-      local e = redis.call('HMGET', base .. 'e:' .. (tonumber(id) % cap), 'id', 'x', 'w', 'h')
-      if e[1] == id and e[2] ~= exact then
-        local n = 0
-        for h in string.gmatch(e[4], '[^,]+') do if q[h] then n = n + 1 end end
-        if n >= t then
-          if e[3] == who then found = 1 else found = 2 end
-          break
+local base, who = KEYS[1], ARGV[1]
+local t, chain, cap, ttl = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local results, pos = {}, 6
+while pos <= #ARGV do
+  local exact, ncand, nh = ARGV[pos], tonumber(ARGV[pos + 1]), tonumber(ARGV[pos + 2])
+  local first = pos + 3
+  local q, hashes = {}, {}
+  for i = first, first + nh - 1 do q[ARGV[i]] = true; hashes[#hashes + 1] = ARGV[i] end
+  local found, seen = 0, {}
+  for i = first, first + ncand - 1 do
+    local ids = redis.call('LRANGE', base .. 'h:' .. ARGV[i], 0, chain - 1)
+    for _, id in ipairs(ids) do
+      if not seen[id] then
+        seen[id] = true
+        local e = redis.call('HMGET', base .. 'e:' .. (tonumber(id) % cap), 'id', 'x', 'w', 'h')
+        if e[1] == id and e[2] ~= exact then
+          local n = 0
+          for h in string.gmatch(e[4], '[^,]+') do if q[h] then n = n + 1 end end
+          if n >= t then
+            if e[3] == who then found = 1 else found = 2 end
+            break
+          end
         end
       end
     end
+    if found > 0 then break end
   end
-  if found > 0 then break end
+  local id = tostring(redis.call('INCR', base .. 'n'))
+  local ek = base .. 'e:' .. (tonumber(id) % cap)
+  redis.call('HSET', ek, 'id', id, 'x', exact, 'w', who, 'h', table.concat(hashes, ','))
+  redis.call('PEXPIRE', ek, ttl)
+  for i = first, first + ncand - 1 do
+    local hk = base .. 'h:' .. ARGV[i]
+    redis.call('LPUSH', hk, id)
+    redis.call('LTRIM', hk, 0, chain - 1)
+    redis.call('PEXPIRE', hk, ttl)
+  end
+  results[#results + 1] = found
+  pos = first + nh
 end
-local id = tostring(redis.call('INCR', base .. 'n'))
-local ek = base .. 'e:' .. (tonumber(id) % cap)
-redis.call('HSET', ek, 'id', id, 'x', exact, 'w', who, 'h', table.concat(hashes, ','))
-redis.call('PEXPIRE', ek, ttl)
-for i = 8, 7 + ncand do
-  local hk = base .. 'h:' .. ARGV[i]
-  redis.call('LPUSH', hk, id)
-  redis.call('LTRIM', hk, 0, chain - 1)
-  redis.call('PEXPIRE', hk, ttl)
-end
-return found
+return results
 ";
 
 /// Called with a changed key's id, or `None` for "forget every key".
@@ -233,26 +241,33 @@ impl Shared {
         })
     }
 
-    /// Query similarity: 0 no match, 1 the same principal's, 2 another's.
-    pub(crate) async fn similar(&self, q: &crate::SimilarQuery<'_>) -> Result<u8, Down> {
+    /// Query similarity, every row of a request in one call: per row 0 no
+    /// match, 1 the same principal's, 2 another's.
+    pub(crate) async fn similar(&self, q: &crate::SimilarQuery<'_>) -> Result<Vec<u8>, Down> {
         let mut conn = self.conn()?;
         let mut inv = self.similar.prepare_invoke();
         inv.key(self.key(&format!("sim:{}:", q.model)))
-            .arg(q.exact.to_string())
             .arg(q.principal.to_string())
             .arg(q.threshold)
             .arg(q.chain)
             .arg(q.capacity)
-            .arg(q.ttl_ms)
-            .arg(q.candidates);
-        for h in q.hashes {
-            inv.arg(*h);
+            .arg(q.ttl_ms);
+        for row in &q.rows {
+            inv.arg(row.exact.to_string())
+                .arg(row.candidates)
+                .arg(row.hashes.len());
+            for h in row.hashes {
+                inv.arg(*h);
+            }
         }
-        let found: i64 = inv
+        let found: Vec<i64> = inv
             .invoke_async(&mut conn)
             .await
             .map_err(|e| Down(e.to_string()))?;
-        Ok(u8::try_from(found.clamp(0, 2)).unwrap_or(0))
+        Ok(found
+            .into_iter()
+            .map(|f| u8::try_from(f.clamp(0, 2)).unwrap_or(0))
+            .collect())
     }
 
     /// Takes rows from every window, or none.

@@ -152,8 +152,8 @@ pub async fn before(
 }
 
 /// Looks each row of the watched input up in the model's similarity store
-/// (shared through Redis when limits are, else this replica's) and stores
-/// it. `Some` when a row matched.
+/// (shared through Redis when limits are, in one round trip; else this
+/// replica's) and stores it. `Some` when a row matched.
 async fn similar(
     limiter: &warden_limits::Limiter,
     model: &Model,
@@ -164,35 +164,48 @@ async fn similar(
 ) -> Option<similarity::Seen> {
     let row_len = guard.bounds.len().max(1);
     let principal = similarity::hash_str(&caller.id);
-    let mut found: Option<similarity::Seen> = None;
-    for row in values.chunks(row_len) {
-        let fp = similarity::fingerprint(settings, &guard.bounds, row);
-        let query = warden_limits::SimilarQuery {
-            model: &model.name,
-            exact: fp.exact,
-            principal,
-            hashes: &fp.hashes,
-            candidates: similarity::candidate_hashes(settings, &fp).len(),
-            threshold: settings.threshold,
-            chain: similarity::CHAIN,
-            capacity: settings.capacity,
-            ttl_ms: similarity::SHARED_TTL_MS,
-        };
-        let seen = match limiter.similar(&query).await {
-            Some(code) => similarity::Seen {
-                matched: (code > 0).then_some(similarity::Match {
+    let prints: Vec<similarity::Fingerprint> = values
+        .chunks(row_len)
+        .map(|row| similarity::fingerprint(settings, &guard.bounds, row))
+        .collect();
+    let query = warden_limits::SimilarQuery {
+        model: &model.name,
+        principal,
+        rows: prints
+            .iter()
+            .map(|fp| warden_limits::SimilarRow {
+                exact: fp.exact,
+                hashes: &fp.hashes,
+                candidates: similarity::candidate_hashes(settings, fp).len(),
+            })
+            .collect(),
+        threshold: settings.threshold,
+        chain: similarity::CHAIN,
+        capacity: settings.capacity,
+        ttl_ms: similarity::SHARED_TTL_MS,
+    };
+    match limiter.similar(&query).await {
+        Some(codes) => {
+            let code = codes.into_iter().find(|c| *c > 0)?;
+            Some(similarity::Seen {
+                matched: Some(similarity::Match {
                     same_principal: code == 1,
                 }),
                 // Alerts are per replica: once per principal.
-                first_for_principal: code > 0 && guard.store.note_match(principal),
-            },
-            None => guard.store.observe(&fp, principal),
-        };
-        if seen.matched.is_some() && found.is_none() {
-            found = Some(seen);
+                first_for_principal: guard.store.note_match(principal),
+            })
+        }
+        None => {
+            let mut found: Option<similarity::Seen> = None;
+            for fp in &prints {
+                let seen = guard.store.observe(fp, principal);
+                if seen.matched.is_some() && found.is_none() {
+                    found = Some(seen);
+                }
+            }
+            found
         }
     }
-    found
 }
 
 /// Inference, with the squeezed copies in the same batch when the card

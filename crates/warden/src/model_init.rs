@@ -942,5 +942,51 @@ mod tests {
             "admin sees every output"
         );
         assert_eq!(card.outputs.len(), 3);
+        // A budget for every role but admin; no similarity on two id inputs.
+        assert_eq!(card.budget.and_then(|b| b.per_day), Some(10_000));
+        assert!(card.defenses.similarity.is_none());
+        assert!(text.contains("several numeric inputs"), "{text}");
+    }
+
+    /// An image input of fixed size with a sample's bounds gets query
+    /// similarity at `reject`; without bounds, the section is written
+    /// commented out, saying what to fill in.
+    #[test]
+    fn query_similarity_is_on_where_it_applies() {
+        let inputs = [tensor("image", DataType::F32, &[-1, 1, 8, 8])];
+        let outputs = [tensor("score", DataType::F32, &[-1, 1])];
+        let defaults = warden_models::card::CardDefaults {
+            max_batch: 64,
+            range_tolerance: 0.25,
+        };
+        let text = card_text(
+            "m",
+            "1/model.onnx",
+            &inputs,
+            &outputs,
+            &HashMap::new(),
+            &HashMap::new(),
+            None,
+        );
+        assert!(text.contains("FILL IN the input's range"), "{text}");
+        let mut seen = Observed::default();
+        seen.add_row(&[1, 8, 8], (0..64).map(f64::from).collect());
+        let observed = HashMap::from([("image".to_owned(), seen)]);
+        let text = card_text(
+            "m",
+            "1/model.onnx",
+            &inputs,
+            &outputs,
+            &HashMap::new(),
+            &observed,
+            None,
+        );
+        let card = warden_models::ModelCard::parse(&text, defaults)
+            .unwrap_or_else(|e| panic!("{e}\n{text}"));
+        let s = card.defenses.similarity.expect("similarity on");
+        assert_eq!(
+            (s.action, s.window, s.top_k),
+            (warden_models::defenses::Action::Reject, 8, 30)
+        );
     }
 }
