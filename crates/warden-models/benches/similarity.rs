@@ -8,6 +8,8 @@
 //!
 //! Prints one JSON object.
 
+#![allow(clippy::print_stdout, reason = "a benchmark tool")]
+
 use std::time::Instant;
 
 use rand::{Rng, SeedableRng};

@@ -183,7 +183,7 @@ async fn a_recorded_hopskipjump_is_refused_early_and_natural_traffic_is_served()
         let n = 1 + (at * 7919) % 16;
         let batch = &plan[at..(at + n).min(plan.len())];
         at += n;
-        for k in 0..20 {
+        for (k, key) in keys.iter().enumerate() {
             let mine: Vec<&Value> = batch
                 .iter()
                 .filter(|(kk, _)| *kk == k)
@@ -193,9 +193,7 @@ async fn a_recorded_hopskipjump_is_refused_early_and_natural_traffic_is_served()
                 continue;
             }
             let body = json!({ "instances": mine }).to_string();
-            let (status, _, answer) = w
-                .post("/v1/models/digits-natural:predict", &keys[k], body)
-                .await;
+            let (status, _, answer) = w.post("/v1/models/digits-natural:predict", key, body).await;
             sent += mine.len();
             match status {
                 StatusCode::OK => {}
