@@ -6,7 +6,7 @@
 #
 # Pinned: ART 1.20.1 and the Python packages below, seeds fixed in
 # eval/art_eval.py. Writes eval/results/art.json and the e2e fixture
-# crates/warden/tests/e2e/fixtures/hsj_digits.json. About 30 minutes here
+# crates/warden/tests/e2e/fixtures/hsj_digits.json. About 25 minutes here
 # (--quick: 3 digits per attack, no decision-boundary membership attack).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
