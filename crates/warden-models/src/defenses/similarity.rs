@@ -102,39 +102,37 @@ pub fn fingerprint(
     row: &[f32],
 ) -> Fingerprint {
     let levels = f64::from(settings.levels);
-    let quantized: Vec<u64> = row
-        .iter()
-        .enumerate()
-        .map(|(i, &v)| {
-            let (lo, hi) = bounds
-                .get(i % bounds.len().max(1))
-                .copied()
-                .unwrap_or((0.0, 1.0));
-            let span = (hi - lo).max(f64::MIN_POSITIVE);
-            // Rounded to the nearest step (values on a grid, such as
-            // integer pixels, sit at step centres rather than edges); the
-            // cast saturates, and validation has already refused NaN.
-            ((f64::from(v) - lo) / span * levels + 0.5).floor() as i64 as u64
-        })
-        .collect();
+    let n_bounds = bounds.len().max(1);
+    // Element i's step: its bounds cut into `levels`, rounded to the nearest
+    // (values on a grid, such as integer pixels, sit at step centres rather
+    // than edges). Validation has already refused NaN; the casts saturate.
+    let quantize = |i: usize, v: f32| -> u64 {
+        let (lo, hi) = bounds.get(i % n_bounds).copied().unwrap_or((0.0, 1.0));
+        let x = (f64::from(v) - lo) / (hi - lo).max(f64::MIN_POSITIVE) * levels + 0.5;
+        // floor(x) without a libm call.
+        let t = x as i64;
+        (if (t as f64) > x { t - 1 } else { t }) as u64
+    };
     let mut exact: u64 = 0x243f_6a88_85a3_08d3;
     for &v in row {
         exact = mix(exact ^ u64::from(v.to_bits()));
     }
-    let w = settings.window.clamp(1, quantized.len().max(1));
-    let mut hashes: Vec<u32> = Vec::with_capacity(quantized.len());
-    if !quantized.is_empty() {
-        // Rolling: h = sum q[i+j] * BASE^(w-1-j).
-        let top = (1..w).fold(1u64, |p, _| p.wrapping_mul(BASE));
-        let mut h = 0u64;
-        for (i, &q) in quantized.iter().enumerate() {
-            if i >= w {
-                h = h.wrapping_sub(quantized[i - w].wrapping_add(1).wrapping_mul(top));
-            }
-            h = h.wrapping_mul(BASE).wrapping_add(q.wrapping_add(1));
-            if i + 1 >= w {
-                hashes.push((mix(h) >> 32) as u32);
-            }
+    let w = settings.window.clamp(1, row.len().max(1));
+    let mut hashes: Vec<u32> = Vec::with_capacity(row.len());
+    // Rolling: h = sum (q[i+j] + 1) * BASE^(w-1-j); the value leaving the
+    // window is quantized again rather than kept.
+    let top = (1..w).fold(1u64, |p, _| p.wrapping_mul(BASE));
+    let mut h = 0u64;
+    for (i, &v) in row.iter().enumerate() {
+        if i >= w {
+            let out = quantize(i - w, row[i - w]);
+            h = h.wrapping_sub(out.wrapping_add(1).wrapping_mul(top));
+        }
+        h = h
+            .wrapping_mul(BASE)
+            .wrapping_add(quantize(i, v).wrapping_add(1));
+        if i + 1 >= w {
+            hashes.push((mix(h) >> 32) as u32);
         }
     }
     hashes.sort_unstable_by(|a, b| b.cmp(a));
