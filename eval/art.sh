@@ -2,7 +2,7 @@
 # The query-attack evaluation of docs/defenses.md with IBM's Adversarial
 # Robustness Toolbox, through Warden's API, in one command:
 #
-#   eval/art.sh [--quick]
+#   eval/art.sh [--quick | --natural-only]
 #
 # Pinned: ART 1.20.1 and the Python packages below, seeds fixed in
 # eval/art_eval.py. Writes eval/results/art.json and the e2e fixture
@@ -43,6 +43,8 @@ for d in similarity:similarity ood:out_of_distribution squeeze:adversarial prada
   open_copy digits "digits-${d%%:*}"
   { echo; section digits "${d#*:}"; } >> "$tmp/models/digits-${d%%:*}/model.toml"
 done
+copy digits digits-natural
+copy digits-cnn digits-cnn-natural
 copy digits digits-budget
 printf '\n[budget]\nper_day = 300\n' >> "$tmp/models/digits-budget/model.toml"
 

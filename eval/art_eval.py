@@ -176,6 +176,7 @@ def evasion(warden, keys, model, attack, start, n, truth, x_test, y_test, budget
 def natural(warden, keys, model, x, shape=None):
     rng = np.random.default_rng(2)
     sent = refused = 0
+    refused_rows = []
     plan = [(k, i) for k in range(20) for i in range(len(x))]
     order = rng.permutation(len(plan))
     who = [keys.pop() for _ in range(20)]
@@ -188,6 +189,8 @@ def natural(warden, keys, model, x, shape=None):
         for k in sorted({b[0] for b in batch}):
             rows = x[[i for kk, i in batch if kk == k]]
             labels, code = warden.labels(model, who[k], rows, [len(rows), 1, 8, 8] if shape else None)
+            if labels is None:
+                refused_rows.extend(rows.tolist())
             sent += len(rows)
             refused += 0 if labels is not None else len(rows)
     retry = keys.pop()
@@ -195,7 +198,9 @@ def natural(warden, keys, model, x, shape=None):
         labels, code = warden.labels(model, retry, x[:5], [5, 1, 8, 8] if shape else None)
         sent += 5
         refused += 0 if labels is not None else 5
-    return {"model": model, "rows": sent, "refused": refused, "rate": refused / sent}
+    distinct = len({tuple(r) for r in refused_rows})
+    return {"model": model, "rows": sent, "refused": refused, "rate": refused / sent,
+            "distinct_refused_rows": distinct}
 
 
 def distill(warden, keys, model, x_train, x_test, truth):
@@ -265,11 +270,36 @@ def membership(warden, keys, model, data, decision_boundary):
     return result
 
 
+def natural_traffic(warden, keys, out, log, after_attacks=True):
+    # Fresh copies (their stores hold no one's queries yet), then digits as
+    # shipped after the attacks above: a digit an attacker has probed
+    # resembles the attack's queries, and is refused while they are stored.
+    for model, data, shape in [("digits-natural", load_digits(), None), ("digits-cnn-natural", load_digits(), True),
+                               ("iris", load_iris(), None), ("breast-cancer", load_breast_cancer(), None),
+                               ("digits", load_digits(), None)]:
+        if model == "digits" and not after_attacks:
+            continue
+        _, xt, _, _ = split(data)
+        r = natural(warden, keys, model, xt, shape)
+        r["after_attacks"] = model == "digits"
+        out["natural"].append(r)
+        log(r)
+
+
 def main():
     url, ca, keys_file, out_file, fixture_file = sys.argv[1:6]
     quick = "--quick" in sys.argv
     keys = json.load(open(keys_file))
     warden = Warden(url, ca)
+    if "--natural-only" in sys.argv:
+        # Re-measure natural traffic alone into an existing results file.
+        out = json.load(open(out_file))
+        kept = [dict(n, after_attacks=True) for n in out["natural"] if n["model"] == "digits"]
+        out["natural"] = []
+        natural_traffic(warden, keys, out, lambda r: print(r, file=sys.stderr, flush=True), after_attacks=False)
+        out["natural"] += kept
+        json.dump(out, open(out_file, "w"), indent=1)
+        return
     x_train, x_test, y_train, y_test = split(load_digits())
     truth = local_model("digits")
     truth_cnn = local_model("digits-cnn")
@@ -296,12 +326,7 @@ def main():
         r = evasion(warden, keys, model, "hsj", "noise", 2 if quick else 4, truth_cnn, x_test, y_test, budget=5000)
         out["evasion"].append(r)
         log(r)
-    for model, data, shape in [("digits", load_digits(), None), ("digits-cnn", load_digits(), True),
-                               ("iris", load_iris(), None), ("breast-cancer", load_breast_cancer(), None)]:
-        _, xt, _, _ = split(data)
-        r = natural(warden, keys, model, xt, shape)
-        out["natural"].append(r)
-        log(r)
+    natural_traffic(warden, keys, out, log)
     for model in ["digits", "digits-budget"]:
         r = distill(warden, keys, model, x_train, x_test, truth)
         out["distillation"].append(r)
@@ -312,10 +337,12 @@ def main():
         out["membership"].append(r)
         log(r)
     json.dump(out, open(out_file, "w"), indent=1)
+    # 4 decimals: coarser rounding turns many of HopSkipJump's tiny
+    # gradient-estimation steps into exact repeats, which are not matches.
     seq = getattr(evasion, "log", [])[:800]
     json.dump({"made_by": "eval/art.sh (eval/art_eval.py)",
                "what": "HopSkipJump's first queries against digits with no defense, and the digits test rows",
-               "hsj_queries": np.round(np.asarray(seq), 3).tolist(),
+               "hsj_queries": np.round(np.asarray(seq), 4).tolist(),
                "test_rows": x_test.astype(int).tolist()}, open(fixture_file, "w"))
     log("done")
 
