@@ -5,7 +5,8 @@
 //! across a model reload; natural traffic — every digits test row sent by
 //! each of 20 keys, and a client re-sending the same rows — is not; a
 //! `throttle` action gives a flagged client that honours Retry-After a
-//! tenth of its rate; and two replicas share the store through Redis.
+//! tenth of its rate; two replicas share the store through Redis; and a
+//! card's `[budget]` bounds every principal but admin.
 
 use std::time::{Duration, Instant};
 
@@ -365,4 +366,52 @@ async fn two_replicas_share_the_similarity_store_through_redis() {
             .0,
         StatusCode::OK
     );
+}
+
+/// A card's `[budget]` (docs/defenses.md, "Budgets"): a non-admin principal
+/// gets its rows per day on that model, sees what is left in
+/// `x-quota-remaining`, then `429 quota_exceeded`; admin is not budgeted,
+/// and other models are not affected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_card_budget_bounds_every_principal_but_admin() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = dir.path().join("models");
+    copy_dir(&repo().join("models/digits"), &models.join("digits"));
+    copy_dir(&repo().join("models/iris"), &models.join("iris"));
+    let card = models.join("digits/model.toml");
+    let text = std::fs::read_to_string(&card).unwrap();
+    std::fs::write(&card, format!("{text}\n[budget]\nper_day = 5\n")).unwrap();
+    let w = Warden::start(
+        &dir.path().join("data"),
+        &["--models", models.to_str().unwrap()],
+    );
+    let admin = w.printed_key.clone().unwrap();
+    let user = new_key(&w, &admin, "user", "predict").await;
+    // Distinct natural digits (query similarity stays out of the way).
+    let rows = rows(&fixture()["test_rows"]);
+    let digit = |i: usize| json!({"instances": [rows[i]]}).to_string();
+    let mut left = Vec::new();
+    for i in 0..5 {
+        let (status, headers, body) = w.post("/v1/models/digits:predict", &user, digit(i)).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        left.push(headers["x-quota-remaining"].to_str().unwrap().to_owned());
+    }
+    assert_eq!(left, ["4", "3", "2", "1", "0"]);
+    let (status, headers, body) = w.post("/v1/models/digits:predict", &user, digit(5)).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert_eq!(body["code"], "quota_exceeded");
+    assert!(headers.contains_key("retry-after"));
+    // Another model, and the admin on this one: not budgeted.
+    let iris = json!({"instances": [[5.1, 3.5, 1.4, 0.2]]}).to_string();
+    assert_eq!(
+        w.post("/v1/models/iris:predict", &user, iris).await.0,
+        StatusCode::OK
+    );
+    for i in 0..10 {
+        let (status, headers, body) = w
+            .post("/v1/models/digits:predict", &admin, digit(20 + i))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert!(!headers.contains_key("x-quota-remaining"));
+    }
 }
