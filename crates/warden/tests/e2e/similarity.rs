@@ -47,6 +47,21 @@ async fn new_key(w: &Warden, admin: &str, name: &str, role: &str) -> String {
     created["key"].as_str().unwrap().to_owned()
 }
 
+/// Starts Warden in `dir` on the models in `dir/models`, with `config`.
+fn start(dir: &std::path::Path, config: &str) -> Warden {
+    let path = dir.join("warden.toml");
+    std::fs::write(&path, config).unwrap();
+    Warden::start(
+        &dir.join("data"),
+        &[
+            "--models",
+            dir.join("models").to_str().unwrap(),
+            "--config",
+            path.to_str().unwrap(),
+        ],
+    )
+}
+
 /// Sends `queries` one row per request to `model`, key `keys[i % len]`:
 /// the index of the first refusal and how many were refused.
 async fn replay(
@@ -94,17 +109,7 @@ async fn a_recorded_hopskipjump_is_refused_early_and_natural_traffic_is_served()
     for name in ["digits", "digits-spread", "digits-natural"] {
         copy_dir(&repo().join("models/digits"), &models.join(name));
     }
-    let config = dir.path().join("warden.toml");
-    std::fs::write(&config, OPEN_LIMITS).unwrap();
-    let w = Warden::start(
-        &dir.path().join("data"),
-        &[
-            "--models",
-            models.to_str().unwrap(),
-            "--config",
-            config.to_str().unwrap(),
-        ],
-    );
+    let w = start(dir.path(), OPEN_LIMITS);
     let admin = w.printed_key.clone().unwrap();
     let attacker = vec![new_key(&w, &admin, "attacker", "predict").await];
     let (first, refused) = replay(&w, "digits", &attacker, &attack).await;
@@ -248,20 +253,9 @@ async fn throttle_gives_a_flagged_client_a_tenth_of_its_rate() {
         ),
     )
     .unwrap();
-    let config = dir.path().join("warden.toml");
-    std::fs::write(
-        &config,
+    let w = start(
+        dir.path(),
         "[limits.rates]\ndefault = { rate = \"100000/minute\", burst = 10000 }\npredict = { rate = \"10/second\", burst = 20 }\n",
-    )
-    .unwrap();
-    let w = Warden::start(
-        &dir.path().join("data"),
-        &[
-            "--models",
-            models.to_str().unwrap(),
-            "--config",
-            config.to_str().unwrap(),
-        ],
     );
     let admin = w.printed_key.clone().unwrap();
     let honest = new_key(&w, &admin, "honest", "predict").await;
