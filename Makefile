@@ -1,10 +1,15 @@
 # Shortcuts for the README's two commands (they need only bash, cargo and pip).
-.PHONY: setup serve test bench bench-scaleout bench-stages lint fuzz
+.PHONY: runtime setup serve test bench bench-scaleout bench-stages lint fuzz
 
+# Serving needs only the ONNX Runtime library (no root, no system package).
+runtime:
+	./scripts/setup.sh --runtime-only
+
+# The tests need their peers too (redis-server, PostgreSQL, sslyze, ...).
 setup:
 	./scripts/setup.sh
 
-serve: setup
+serve: runtime
 	cargo run --release -- serve
 
 test: setup

@@ -75,5 +75,5 @@ grep -q '"listening"' "$tmp/log" || { cat "$tmp/log" >&2; exit 1; }
   printf '"%s"]\n' "$(./target/release/warden keys create --name last --role predict --config "$tmp/warden.toml" 2>/dev/null)"
 } > "$tmp/keys.json"
 mkdir -p eval/results
-.venv/bin/python eval/art_eval.py "https://localhost:$port" "$tmp/data/tls/cert.pem" "$tmp/keys.json" \
+.venv/bin/python eval/art_eval.py "https://localhost:$port" "$tmp/data/tls/ca.pem" "$tmp/keys.json" \
   eval/results/art.json crates/warden/tests/e2e/fixtures/hsj_digits.json "$@"

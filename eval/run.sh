@@ -83,4 +83,4 @@ key() { ./target/release/warden keys create --name "$1" --role "$2" --config "$t
   echo "}"
 } > "$tmp/keys.json"
 mkdir -p eval/results
-.venv/bin/python eval/attacks.py "https://localhost:$port" "$tmp/data/tls/cert.pem" "$tmp/keys.json" eval/results/latest.json
+.venv/bin/python eval/attacks.py "https://localhost:$port" "$tmp/data/tls/ca.pem" "$tmp/keys.json" eval/results/latest.json

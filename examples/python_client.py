@@ -7,8 +7,8 @@ work unchanged.
     pip install requests "tritonclient[http,grpc]"
     python3 examples/python_client.py --key wdn_...        # or WARDEN_KEY=wdn_...
 
-The development certificate is self-signed: pass it as the CA to trust
-(`--ca`, default warden-data/tls/cert.pem). The e2e suite runs this file
+The development certificate is issued by Warden's local development CA: pass
+the CA as the one to trust (`--ca`, default warden-data/tls/ca.pem). The e2e suite runs this file
 against a live server (crates/warden/tests/e2e/api.rs).
 """
 
@@ -103,7 +103,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--url", default="https://127.0.0.1:8443")
     p.add_argument("--grpc", default="localhost:8444", help="the gRPC listener, host:port")
-    p.add_argument("--ca", default="warden-data/tls/cert.pem")
+    p.add_argument("--ca", default="warden-data/tls/ca.pem")
     p.add_argument("--key", default=os.environ.get("WARDEN_KEY"))
     args = p.parse_args()
     if not args.key:

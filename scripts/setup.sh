@@ -11,7 +11,9 @@
 # libonnxruntime.so inside it is a plain C library that does not link Python.
 # It lands in .runtime/lib/ (git-ignored), where Warden looks by default.
 # Needs only pip (for the download) and python3 (to unzip). Idempotent.
-# `setup.sh --runtime-only` fetches the library alone (the Dockerfile uses it).
+# `setup.sh --runtime-only` fetches the library alone: the README's serve
+# command and the Dockerfile use it. It needs no root, installs no system
+# package, and writes only into .runtime/ (pip's cache is not used).
 set -euo pipefail
 
 ORT_VERSION="${ORT_VERSION:-1.32.0}"
@@ -138,7 +140,7 @@ esac
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
 echo "fetching ONNX Runtime $ORT_VERSION (PyPI wheel) ..." >&2
-python3 -m pip download --quiet --disable-pip-version-check "onnxruntime==$ORT_VERSION" \
+python3 -m pip download --quiet --disable-pip-version-check --no-cache-dir "onnxruntime==$ORT_VERSION" \
   --no-deps --only-binary :all: --dest "$tmp"
 mkdir -p "$dest"
 python3 - "$tmp" "$dest" <<'PY'

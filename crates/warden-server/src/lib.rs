@@ -11,6 +11,7 @@ pub mod anomaly;
 pub mod certs;
 pub mod client_addr;
 pub mod defend;
+pub mod devca;
 pub mod docs;
 pub mod extract;
 pub mod fair;

@@ -28,6 +28,7 @@ use base64::Engine as _;
 use warden_auth::TokenService;
 use warden_auth::passwords::SecretChecker;
 use warden_core::{Grant, Grants};
+use warden_limits::RateOutcome;
 use zeroize::Zeroizing;
 
 use crate::client_addr::ClientAddr;
@@ -259,7 +260,7 @@ fn basic_credentials(
 
 /// The OAuth2 token endpoint (RFC 6749): client credentials or password grant.
 #[utoipa::path(post, path = "/oauth/token", tag = "oauth",
-    request_body(content = String, content_type = "application/x-www-form-urlencoded",
+    request_body(content = crate::openapi::TokenForm, content_type = "application/x-www-form-urlencoded",
         description = "grant_type=client_credentials (client_id/client_secret or HTTP Basic), or grant_type=password with username and password; optional scope"),
     responses(
         (status = 200, description = "An access token (RFC 6749 §5.1)", body = crate::openapi::TokenBody),
@@ -280,7 +281,10 @@ pub async fn token(State(state): State<AppState>, req: Request) -> Response {
     let Some(oauth) = state.identity.oauth.clone() else {
         return crate::routes::not_found().await.into_response();
     };
-    match token_steps(&state, &oauth, req, client).await {
+    // The tightest of the address's and the account's `token` limits, for
+    // the RateLimit headers every answer carries (SPEC §3, docs/api.md).
+    let mut tightest = None;
+    let mut response = match token_steps(&state, &oauth, req, client, &mut tightest).await {
         Ok((principal, body)) => {
             let mut response = json(body);
             response
@@ -290,7 +294,11 @@ pub async fn token(State(state): State<AppState>, req: Request) -> Response {
             response
         }
         Err(e) => e.render(&id),
+    };
+    if let Some(outcome) = &tightest {
+        crate::steps::add_rate_headers(response.headers_mut(), outcome);
     }
+    response
 }
 
 async fn token_steps(
@@ -298,6 +306,7 @@ async fn token_steps(
     oauth: &OAuth,
     req: Request,
     client: Option<ClientAddr>,
+    tightest: &mut Option<RateOutcome>,
 ) -> Result<(Arc<str>, String), OAuthError> {
     let address = client.map_or(IpAddr::from([0, 0, 0, 0]), |c| c.0);
     // A banned address, then the per-address limit: nothing else is done
@@ -307,9 +316,11 @@ async fn token_steps(
         crate::metrics::banned(Plane::Data);
         return Err(OAuthError::banned(seconds));
     }
-    limit(state, &address_subject).await.inspect_err(|_| {
-        tracing::warn!(client = %address, "token endpoint: address over its limit");
-    })?;
+    limit(state, &address_subject, tightest)
+        .await
+        .inspect_err(|_| {
+            tracing::warn!(client = %address, "token endpoint: address over its limit");
+        })?;
     let is_form = req
         .headers()
         .get(CONTENT_TYPE)
@@ -334,8 +345,12 @@ async fn token_steps(
         .as_deref()
         .ok_or(OAuthError::invalid_request("grant_type is required."))?;
     match grant_type {
-        "client_credentials" => client_credentials(state, oauth, form, basic, address).await,
-        "password" if oauth.tokens.password_grant() => password(state, oauth, form, address).await,
+        "client_credentials" => {
+            client_credentials(state, oauth, form, basic, address, tightest).await
+        }
+        "password" if oauth.tokens.password_grant() => {
+            password(state, oauth, form, address, tightest).await
+        }
         _ => Err(OAuthError::new(
             StatusCode::BAD_REQUEST,
             "unsupported_grant_type",
@@ -350,6 +365,7 @@ async fn client_credentials(
     form: Form,
     basic: Option<(String, Zeroizing<String>)>,
     address: IpAddr,
+    tightest: &mut Option<RateOutcome>,
 ) -> Result<(Arc<str>, String), OAuthError> {
     let by_basic = basic.is_some();
     let (client_id, secret) = match (basic, form.client_id, form.client_secret) {
@@ -366,7 +382,7 @@ async fn client_credentials(
         return Err(OAuthError::invalid_client(by_basic));
     }
     let account = format!("client:{client_id}");
-    guard_account(state, &account, address).await?;
+    guard_account(state, &account, address, tightest).await?;
     let store = state.identity.store.clone();
     let lookup = client_id.clone();
     let record = tokio::task::spawn_blocking(move || store.get_client(&lookup))
@@ -414,6 +430,7 @@ async fn password(
     oauth: &OAuth,
     form: Form,
     address: IpAddr,
+    tightest: &mut Option<RateOutcome>,
 ) -> Result<(Arc<str>, String), OAuthError> {
     let (Some(username), Some(password)) = (form.username, form.password) else {
         return Err(OAuthError::invalid_request(
@@ -424,7 +441,7 @@ async fn password(
         return Err(OAuthError::invalid_grant());
     }
     let account = format!("user:{username}");
-    guard_account(state, &account, address).await?;
+    guard_account(state, &account, address, tightest).await?;
     let store = state.identity.store.clone();
     let lookup = username.clone();
     let record = tokio::task::spawn_blocking(move || store.get_user(&lookup))
@@ -464,26 +481,44 @@ async fn password(
     Ok((subject, serde_json::to_string(&token).unwrap_or_default()))
 }
 
-/// Takes one request from the `token` policy for `subject`.
-async fn limit(state: &AppState, subject: &str) -> Result<(), OAuthError> {
+/// Takes one request from the `token` policy for `subject`, and keeps the
+/// outcome in `tightest` when it leaves fewer requests than the one there.
+async fn limit(
+    state: &AppState,
+    subject: &str,
+    tightest: &mut Option<RateOutcome>,
+) -> Result<(), OAuthError> {
     let rate = state.limiter.rate_for("token", None);
     let outcome = state.limiter.rate("token", subject, rate, 1).await;
-    if outcome.decision.allowed {
+    let allowed = outcome.decision.allowed;
+    let retry_after = outcome.retry_after();
+    let tighter = tightest.as_ref().is_none_or(|t| {
+        !allowed || (t.decision.allowed && outcome.decision.remaining < t.decision.remaining)
+    });
+    if tighter {
+        *tightest = Some(outcome);
+    }
+    if allowed {
         Ok(())
     } else {
         crate::metrics::rate_limited("token");
-        Err(OAuthError::rate_limited(outcome.retry_after()))
+        Err(OAuthError::rate_limited(retry_after))
     }
 }
 
 /// The account's ban and limit, before any password work.
-async fn guard_account(state: &AppState, account: &str, address: IpAddr) -> Result<(), OAuthError> {
+async fn guard_account(
+    state: &AppState,
+    account: &str,
+    address: IpAddr,
+    tightest: &mut Option<RateOutcome>,
+) -> Result<(), OAuthError> {
     if let Some(seconds) = state.limiter.banned(account).await {
         crate::metrics::banned(Plane::Data);
         tracing::warn!(client = %address, account = ?account, "token endpoint: account banned");
         return Err(OAuthError::banned(seconds));
     }
-    limit(state, account).await.inspect_err(|_| {
+    limit(state, account, tightest).await.inspect_err(|_| {
         tracing::warn!(client = %address, account = ?account, "token endpoint: account over its limit");
     })
 }

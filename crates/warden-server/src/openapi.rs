@@ -7,7 +7,7 @@
     reason = "fields exist to be described in the OpenAPI document"
 )]
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use utoipa::openapi::security::{
     ApiKey, ApiKeyValue, ClientCredentials, Flow, HttpAuthScheme, HttpBuilder, OAuth2, Scopes,
     SecurityScheme,
@@ -40,6 +40,42 @@ pub struct TokenBody {
     expires_in: u64,
     /// The granted permissions, space-separated.
     scope: String,
+}
+
+/// The token request (RFC 6749 §4.4 and §4.3), form-encoded. A client
+/// authenticates with `client_id` and `client_secret` here or with HTTP
+/// Basic; the password grant takes `username` and `password`. Unknown
+/// parameters are ignored (RFC 6749 §3.2).
+#[derive(Debug, Deserialize, ToSchema)]
+#[allow(dead_code)] // Only its schema is used: oauth.rs parses the form itself.
+pub struct TokenForm {
+    /// The grant.
+    grant_type: GrantType,
+    /// The OAuth2 client's id (client_credentials).
+    #[schema(max_length = 64, example = "reporting")]
+    client_id: Option<String>,
+    /// The OAuth2 client's secret (client_credentials).
+    #[schema(max_length = 1024)]
+    client_secret: Option<String>,
+    /// The user's name (password grant).
+    #[schema(max_length = 64, example = "alice")]
+    username: Option<String>,
+    /// The user's password (password grant).
+    #[schema(max_length = 1024)]
+    password: Option<String>,
+    /// Space-separated permissions to narrow the token to, e.g. `predict:iris`.
+    #[schema(max_length = 1024, example = "predict:iris")]
+    scope: Option<String>,
+}
+
+/// An OAuth2 grant type Warden's token endpoint takes.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum GrantType {
+    /// A client's own credentials (RFC 6749 §4.4).
+    ClientCredentials,
+    /// A user's name and password (RFC 6749 §4.3), when `auth.tokens.password_grant` is on.
+    Password,
 }
 
 /// The token endpoint's error body (RFC 6749 §5.2), which OAuth2 clients parse.

@@ -1,5 +1,5 @@
-//! TLS for the listeners: the rustls policy, certificate loading, and the
-//! self-signed development certificate of the embedded default.
+//! TLS for the listeners: the rustls policy and certificate loading (the
+//! embedded default's development certificate and its CA are in `devca`).
 //!
 //! Policy (Mozilla "intermediate"): TLS 1.3 and 1.2 only; on 1.2 only ECDHE
 //! key exchange with AEAD ciphers (AES-GCM, ChaCha20-Poly1305); ALPN `h2`
@@ -73,7 +73,7 @@ pub fn server_config(
             dir,
             allow_readable,
         } => {
-            self_signed(dir)?;
+            crate::devca::ensure(dir)?;
             CertFiles {
                 cert: dir.join("cert.pem"),
                 key: warden_core::SecretSource::File {
@@ -192,19 +192,6 @@ pub(crate) fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, Tl
     Ok(certs)
 }
 
-/// The embedded default's certificate: `dir/cert.pem` and `dir/key.pem`,
-/// generated once (SANs localhost, 127.0.0.1, ::1) and reused afterwards.
-fn self_signed(dir: &Path) -> Result<(), TlsError> {
-    let cert_path = dir.join("cert.pem");
-    let key_path = dir.join("key.pem");
-    if !cert_path.exists() || !key_path.exists() {
-        let generated = generate(&[], 365)?;
-        write_pair(dir, &generated)?;
-        tracing::info!(cert = %cert_path.display(), "generated a self-signed TLS certificate for development");
-    }
-    Ok(())
-}
-
 /// A generated certificate and key, as PEM.
 #[derive(Debug)]
 pub struct GeneratedCert {
@@ -215,7 +202,8 @@ pub struct GeneratedCert {
 }
 
 /// Generates a self-signed certificate for localhost, 127.0.0.1, ::1 and
-/// `extra_names`, valid for `days`.
+/// `extra_names`, valid for `days` (`warden tls generate`; the embedded
+/// default uses the development CA of `devca` instead).
 pub fn generate(extra_names: &[String], days: u32) -> Result<GeneratedCert, TlsError> {
     let mut names = vec![
         "localhost".to_string(),
@@ -262,7 +250,7 @@ pub fn write_pair(dir: &Path, generated: &GeneratedCert) -> Result<(), TlsError>
         .map_err(|e| io(&dir.join("cert.pem"), e))
 }
 
-fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension("tmp");
     let mut f = std::fs::OpenOptions::new()
@@ -304,8 +292,8 @@ mod tests {
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
         let expiry = again.served.not_after();
         assert!(
-            (now + 364 * 86_400..=now + 366 * 86_400).contains(&expiry),
-            "the generated certificate lasts a year"
+            (now + 89 * 86_400..=now + 90 * 86_400).contains(&expiry),
+            "the development certificate lasts 90 days"
         );
         assert_eq!(
             first,

@@ -8,7 +8,8 @@ use clap::{Args, Parser, Subcommand};
 /// default, and stands as a security gateway in front of other model servers.
 ///
 /// With no configuration file, `warden serve` listens on
-/// https://127.0.0.1:8443 with a self-signed certificate, keeps its state in
+/// https://127.0.0.1:8443 with a certificate from a local development CA
+/// (trust ./warden-data/tls/ca.pem), keeps its state in
 /// ./warden-data, serves the models in ./models, and prints a new admin API
 /// key on its first start.
 ///

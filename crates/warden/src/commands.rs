@@ -351,7 +351,7 @@ fn bootstrap_admin_key(
         Some(tls) => match &tls.cert {
             CertSource::SelfSigned { dir, .. } => (
                 "https",
-                format!("--cacert {} ", dir.join("cert.pem").display()),
+                format!("--cacert {} ", dir.join("ca.pem").display()),
             ),
             CertSource::Pem { .. } => ("https", String::new()),
         },

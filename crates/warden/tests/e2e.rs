@@ -153,8 +153,13 @@ impl Warden {
 
         let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(30));
         if tls {
-            let pem = std::fs::read(data_dir.join("tls/cert.pem")).unwrap();
-            builder = builder.tls_certs_only([reqwest::Certificate::from_pem(&pem).unwrap()]);
+            // The development CA of the embedded default (docs/tls.md), and
+            // the certificate itself where a test put its own CA there.
+            let trusted = ["tls/ca.pem", "tls/cert.pem"]
+                .iter()
+                .filter_map(|f| std::fs::read(data_dir.join(f)).ok())
+                .map(|pem| reqwest::Certificate::from_pem(&pem).unwrap());
+            builder = builder.tls_certs_only(trusted);
         }
         Self {
             child,
@@ -406,7 +411,7 @@ async fn v1_and_v2_over_https_on_every_demo_model() {
     assert_eq!(w.get("/v2/models/iris", None).await.0, 401);
     assert_eq!(w.get("/v2/models/iris", Some(&key)).await.0, 200);
     // HTTP/1.1 works as well as the HTTP/2 ALPN picks by default.
-    let pem = std::fs::read(dir.path().join("tls/cert.pem")).unwrap();
+    let pem = std::fs::read(dir.path().join("tls/ca.pem")).unwrap();
     let h1 = reqwest::Client::builder()
         .tls_certs_only([reqwest::Certificate::from_pem(&pem).unwrap()])
         .http1_only()

@@ -62,7 +62,7 @@ fn tls_with(
     alpn: &str,
     rcvbuf: Option<u32>,
 ) -> std::io::Result<Tls> {
-    let pem = std::fs::read(w.data_dir.join("tls/cert.pem")).unwrap();
+    let pem = std::fs::read(w.data_dir.join("tls/ca.pem")).unwrap();
     let mut roots = rustls::RootCertStore::empty();
     roots
         .add(CertificateDer::from_pem_slice(&pem).unwrap())
@@ -130,7 +130,7 @@ fn closed_within(stream: &mut Tls, limit: Duration) -> Option<Duration> {
 
 /// A client whose connections come from 127.0.0.2.
 fn legit_client(w: &Warden) -> reqwest::Client {
-    let pem = std::fs::read(w.data_dir.join("tls/cert.pem")).unwrap();
+    let pem = std::fs::read(w.data_dir.join("tls/ca.pem")).unwrap();
     reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .local_address(LEGIT.parse::<IpAddr>().unwrap())
@@ -208,7 +208,7 @@ async fn idle_connections_are_closed_and_one_address_gets_only_its_share() {
     let h2_client = reqwest::Client::builder()
         .http2_prior_knowledge()
         .tls_certs_only([reqwest::Certificate::from_pem(
-            &std::fs::read(w.data_dir.join("tls/cert.pem")).unwrap(),
+            &std::fs::read(w.data_dir.join("tls/ca.pem")).unwrap(),
         )
         .unwrap()])
         .build()

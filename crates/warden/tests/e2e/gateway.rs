@@ -519,7 +519,7 @@ async fn a_gateway_reaches_an_https_upstream_with_its_ca_and_a_client_certificat
         &dir.path().join("upstream"),
         &["--config", upstream_config.to_str().unwrap()],
     );
-    let server_ca = dir.path().join("upstream/tls/cert.pem");
+    let server_ca = dir.path().join("upstream/tls/ca.pem");
     let url = format!("https://localhost:{}", upstream.addr.port());
     let models = dir.path().join("models");
     let tls = format!(
@@ -815,7 +815,7 @@ async fn clients_that_go_away_mid_call_do_not_open_the_breaker() {
     let impatient = reqwest::Client::builder()
         .timeout(Duration::from_millis(100))
         .tls_certs_only([reqwest::Certificate::from_pem(
-            &std::fs::read(w.data_dir.join("tls/cert.pem")).unwrap(),
+            &std::fs::read(w.data_dir.join("tls/ca.pem")).unwrap(),
         )
         .unwrap()])
         .build()

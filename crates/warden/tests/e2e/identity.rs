@@ -775,7 +775,7 @@ async fn token_endpoint_brute_force_is_limited_and_logged() {
     );
     assert!(out.status.success());
     for i in 0..5 {
-        let (status, _, body) = w
+        let (status, headers, body) = w
             .token(
                 &[
                     ("grant_type", "password"),
@@ -788,6 +788,15 @@ async fn token_endpoint_brute_force_is_limited_and_logged() {
         assert_eq!(
             (status, body["error"].as_str()),
             (StatusCode::BAD_REQUEST, Some("invalid_grant"))
+        );
+        // The IETF RateLimit headers, like every limited route (SPEC §3):
+        // the address and the account each spend one, so what is left
+        // counts down from 4.
+        assert_eq!(headers["ratelimit-policy"], "\"token\";q=5;w=60");
+        let left = headers["ratelimit"].to_str().unwrap();
+        assert!(
+            left.starts_with(&format!("\"token\";r={};t=", 4 - i)),
+            "{i}: {left}"
         );
     }
     // The sixth attempt from this address is refused before any password
@@ -807,6 +816,8 @@ async fn token_endpoint_brute_force_is_limited_and_logged() {
         assert_eq!(body["error"], "rate_limited");
         let retry: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
         assert!((1..=60).contains(&retry), "{retry}");
+        let left = headers["ratelimit"].to_str().unwrap();
+        assert!(left.starts_with("\"token\";r=0;t="), "{left}");
     }
     let logs = w.stop_and_collect_logs();
     let failed = logs
@@ -1079,10 +1090,9 @@ async fn mtls_certificates_map_to_principals() {
         &dir.path().join("data"),
         &["--config", config.to_str().unwrap()],
     );
-    let server_ca = reqwest::Certificate::from_pem(
-        &std::fs::read(dir.path().join("data/tls/cert.pem")).unwrap(),
-    )
-    .unwrap();
+    let server_ca =
+        reqwest::Certificate::from_pem(&std::fs::read(dir.path().join("data/tls/ca.pem")).unwrap())
+            .unwrap();
     let client = |identity: Option<reqwest::Identity>| {
         let mut b = reqwest::Client::builder().tls_certs_only([server_ca.clone()]);
         if let Some(i) = identity {
@@ -1226,10 +1236,9 @@ async fn the_management_listener_can_require_client_certificates() {
         &["--config", config.to_str().unwrap()],
     );
     let key = w.printed_key.clone().unwrap();
-    let server_ca = reqwest::Certificate::from_pem(
-        &std::fs::read(dir.path().join("data/tls/cert.pem")).unwrap(),
-    )
-    .unwrap();
+    let server_ca =
+        reqwest::Certificate::from_pem(&std::fs::read(dir.path().join("data/tls/ca.pem")).unwrap())
+            .unwrap();
     let client = |identity: Option<reqwest::Identity>| {
         let mut b = reqwest::Client::builder().tls_certs_only([server_ca.clone()]);
         if let Some(i) = identity {

@@ -127,6 +127,88 @@ async fn certificates_rotate_without_restart_and_a_bad_one_is_refused() {
     );
 }
 
+/// Runs sslyze's Mozilla "intermediate" check, certificate checks
+/// included, against `localhost:port` with `ca` as its only trust store;
+/// asserts it is compliant and returns the JSON report.
+fn sslyze(port: u16, ca: &Path, dir: &Path) -> Value {
+    let scanner = repo().join(".runtime/sslyze");
+    assert!(
+        scanner.join("sslyze").is_dir(),
+        "sslyze is missing: run ./scripts/setup.sh"
+    );
+    let report = dir.join(format!("sslyze-{port}.json"));
+    let out = Command::new("python3")
+        .args([
+            "-m",
+            "sslyze",
+            "--mozilla_config=intermediate",
+            "--certinfo_ca_file",
+        ])
+        .arg(ca)
+        .arg(format!("--json_out={}", report.display()))
+        .arg(format!("localhost:{port}"))
+        .env("PYTHONPATH", &scanner)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("OK - Compliant"),
+        "sslyze: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap()
+}
+
+/// The certificate Warden makes for itself with no configuration (docs/tls.md,
+/// "Development certificate") passes the same check, certificate checks
+/// included, with its development CA as the trust store: the leaf chains to
+/// the CA, names localhost, lasts at most 90 days, and carries both key
+/// identifiers. Python's own TLS stack (OpenSSL, strict X.509 checks)
+/// accepts it too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_development_certificate_passes_sslyze_with_its_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let w = Warden::start(&data, &[]);
+    let ca = data.join("tls/ca.pem");
+    let report = sslyze(w.addr.port(), &ca, dir.path());
+    let deployments = &report["server_scan_results"][0]["scan_result"]["certificate_info"]["result"]
+        ["certificate_deployments"][0];
+    let supplied = deployments["path_validation_results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["trust_store"]["name"] == "Supplied CA file")
+        .expect("a validation against the CA file");
+    assert_eq!(supplied["was_validation_successful"], true, "{supplied}");
+    assert_eq!(
+        deployments["received_chain_contains_anchor_certificate"], false,
+        "the CA is trusted, not sent"
+    );
+    // OpenSSL with strict X.509 checks, through Python's ssl module.
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(
+            "import ssl,sys,urllib.request\n\
+             c=ssl.create_default_context(cafile=sys.argv[1])\n\
+             c.verify_flags|=ssl.VERIFY_X509_STRICT\n\
+             print(urllib.request.urlopen(sys.argv[2],context=c).status)",
+        )
+        .arg(&ca)
+        .arg(format!(
+            "https://localhost:{}/v2/health/live",
+            w.addr.port()
+        ))
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "200",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sslyze_finds_the_mozilla_intermediate_configuration() {
     use rcgen::{
@@ -186,32 +268,8 @@ async fn sslyze_finds_the_mozilla_intermediate_configuration() {
     let (status, _) = w.get("/v2/health/live", None).await;
     assert_eq!(status, reqwest::StatusCode::OK);
 
-    let scanner = repo().join(".runtime/sslyze");
-    assert!(
-        scanner.join("sslyze").is_dir(),
-        "sslyze is missing: run ./scripts/setup.sh"
-    );
-    let report = dir.path().join("sslyze.json");
-    let out = Command::new("python3")
-        .args([
-            "-m",
-            "sslyze",
-            "--mozilla_config=intermediate",
-            "--certinfo_ca_file",
-        ])
-        .arg(&ca_file)
-        .arg(format!("--json_out={}", report.display()))
-        .arg(format!("localhost:{}", w.addr.port()))
-        .env("PYTHONPATH", &scanner)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && text.contains("OK - Compliant"),
-        "sslyze: {text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let report = sslyze(w.addr.port(), &ca_file, dir.path());
+
     let scan = &report["server_scan_results"][0]["scan_result"];
     let accepted = |suite: &str| -> Vec<String> {
         scan[suite]["result"]["accepted_cipher_suites"]
