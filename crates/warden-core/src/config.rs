@@ -643,12 +643,14 @@ pub struct GrpcSettings {
     pub reflection: bool,
 }
 
-/// Log output format.
+/// Log output format (`log.format`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
+    /// Text when stderr is a terminal, JSON lines otherwise (the default).
+    Auto,
     /// One JSON object per line.
     Json,
-    /// Human-readable.
+    /// Human-readable: compact lines, coloured on a terminal.
     Text,
 }
 
@@ -937,13 +939,14 @@ impl Config {
 
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
 
-        let log_format = match log.format.as_deref().unwrap_or("json") {
+        let log_format = match log.format.as_deref().unwrap_or("auto") {
+            "auto" => LogFormat::Auto,
             "json" => LogFormat::Json,
             "text" => LogFormat::Text,
             other => {
                 return Err(invalid(
                     "log.format",
-                    format!("{other:?}: expected \"json\" or \"text\""),
+                    format!("{other:?}: expected \"auto\", \"json\" or \"text\""),
                 ));
             }
         };

@@ -13,10 +13,11 @@ use std::io::Write;
 use std::net::IpAddr;
 use std::time::{Duration, SystemTime};
 
-/// Where access-log lines go.
+/// Where access-log lines go. The sink picks the format:
+/// [`AccessRecord::to_line`] (JSON) or [`AccessRecord::to_text`].
 pub trait LineSink: Send + Sync + Debug {
-    /// Writes one line; `line` has no trailing newline.
-    fn write_line(&self, line: &[u8]);
+    /// Writes one record as one line.
+    fn write_record(&self, record: &AccessRecord<'_>);
 }
 
 /// One access-log record.
@@ -67,6 +68,61 @@ impl AccessRecord<'_> {
         let _ = serde_json::to_writer(&mut out, model);
         let _ = write!(out, r#","version":{version},"rows":{rows}}}"#);
         out
+    }
+}
+
+impl AccessRecord<'_> {
+    /// The human-readable line (`log.format = "text"`, or a terminal): the
+    /// same fields as [`Self::to_line`] as `name=value`, in the layout of
+    /// the other text log lines; the status coloured when `color`. Values a
+    /// client controls (path, method, principal, model) are written as
+    /// quoted, escaped strings when they hold anything but printable,
+    /// non-space ASCII, so that no request can write terminal escape
+    /// sequences or fake a line.
+    pub fn to_text(&self, color: bool) -> Vec<u8> {
+        let mut out = Vec::with_capacity(200);
+        let now = humantime::format_rfc3339_micros(SystemTime::now());
+        let (model, version, rows) = self.model.unwrap_or(("-", 0, 0));
+        let (level, status) = if color {
+            let tint = match self.status {
+                200..=299 => "32",
+                300..=399 => "36",
+                400..=499 => "33",
+                _ => "31",
+            };
+            (
+                "\x1b[32m INFO\x1b[0m \x1b[2mwarden::access\x1b[0m",
+                format!("\x1b[{tint}m{}\x1b[0m", self.status),
+            )
+        } else {
+            (" INFO warden::access", self.status.to_string())
+        };
+        let _ = write!(out, "{now} {level}: ");
+        field(&mut out, "method", self.method);
+        field(&mut out, "path", self.path);
+        let _ = write!(
+            out,
+            "status={status} latency_us={} ",
+            self.latency.as_micros()
+        );
+        field(&mut out, "principal", self.principal.unwrap_or("-"));
+        field(&mut out, "model", model);
+        let _ = write!(
+            out,
+            "version={version} rows={rows} client={} request_id={}",
+            self.client, self.request_id
+        );
+        out
+    }
+}
+
+/// `name=value ` with the value quoted and escaped unless plain.
+fn field(out: &mut Vec<u8>, name: &str, value: &str) {
+    let plain = !value.is_empty() && value.bytes().all(|b| b.is_ascii_graphic() && b != b'"');
+    if plain {
+        let _ = write!(out, "{name}={value} ");
+    } else {
+        let _ = write!(out, "{name}={value:?} ");
     }
 }
 
@@ -174,10 +230,46 @@ mod tests {
             ..r
         };
         let v: serde_json::Value = serde_json::from_slice(&anonymous.to_line()).unwrap();
+        let text = String::from_utf8(anonymous.to_text(true)).unwrap();
+        assert!(!text.contains('\n'));
         assert_eq!(
             (v["principal"].as_str(), v["model"].as_str()),
             (Some("-"), Some("-"))
         );
+    }
+
+    #[test]
+    fn text_lines_carry_the_same_fields_and_no_escape_sequence() {
+        let r = AccessRecord {
+            request_id: "abc",
+            client: "127.0.0.1".parse().unwrap(),
+            method: "GET",
+            path: "/v2/models/\u{1b}[31mred x",
+            status: 404,
+            latency: Duration::from_micros(77),
+            principal: Some("key:x"),
+            model: Some(("iris", 2, 1)),
+        };
+        let plain = String::from_utf8(r.to_text(false)).unwrap();
+        for f in [
+            "method=GET ",
+            "path=\"/v2/models/\\u{1b}[31mred x\" ",
+            "status=404 ",
+            "latency_us=77 ",
+            "principal=key:x ",
+            "model=iris ",
+            "version=2 ",
+            "rows=1 ",
+            "client=127.0.0.1 ",
+            "request_id=abc",
+        ] {
+            assert!(plain.contains(f), "{f} in {plain}");
+        }
+        assert!(!plain.contains('\u{1b}'), "{plain}");
+        let coloured = String::from_utf8(r.to_text(true)).unwrap();
+        assert!(coloured.contains("\u{1b}[33m404\u{1b}[0m"), "{coloured}");
+        // The only escape sequences are Warden's own colours.
+        assert_eq!(coloured.matches('\u{1b}').count(), 6, "{coloured}");
     }
 
     #[test]

@@ -439,7 +439,7 @@ pub fn respond(state: &AppState, mut response: Response, line: AccessLine) -> Re
                 .get::<ModelNote>()
                 .map(|m| (&*m.model, m.version, m.rows)),
         };
-        sink.write_line(&record.to_line());
+        sink.write_record(&record);
     }
     response
 }

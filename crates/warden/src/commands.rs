@@ -22,7 +22,7 @@ use crate::cli::{
     AuditCommand, CertCommand, ClientsCommand, Command, ConfigCommand, KeysCommand, Location,
     RolesCommand, ServeArgs, UsersCommand,
 };
-use crate::logging::{BufferedStderr, FlushGuard};
+use crate::logging::{AccessFormat, BufferedStderr, FlushGuard};
 
 pub(crate) fn run(command: Command) -> Result<(), Failure> {
     match command {
@@ -94,23 +94,41 @@ fn open_store(config: &Config) -> Result<Arc<dyn Store>, Failure> {
 }
 
 /// Logs go to stderr, buffered (see `logging`); the guard flushes on drop.
+/// `log.format = "auto"` (the default) writes compact, coloured text when
+/// stderr is a terminal and JSON lines otherwise; `NO_COLOR` turns the
+/// colours off. The access log follows the same choice, with the same
+/// fields either way.
 fn init_logging(config: &Config) -> Result<(BufferedStderr, FlushGuard), Failure> {
+    use std::io::IsTerminal as _;
     let filter = tracing_subscriber::EnvFilter::try_new(&config.log_level)
         .map_err(|e| Failure::usage(format!("log.level: {e}")))?;
     use tracing_subscriber::layer::SubscriberExt as _;
     use tracing_subscriber::util::SubscriberInitExt as _;
-    let (writer, guard) = BufferedStderr::start();
+    let terminal = std::io::stderr().is_terminal();
+    let text = match config.log_format {
+        LogFormat::Auto => terminal,
+        LogFormat::Json => false,
+        LogFormat::Text => true,
+    };
+    let color = text && terminal && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let access = if text {
+        AccessFormat::Text(color)
+    } else {
+        AccessFormat::Json
+    };
+    let (writer, guard) = BufferedStderr::start(access);
     // Filter by level first, then the per-callsite budget (logging.rs), so
     // that only lines that would be written count against it.
     let subscriber = tracing_subscriber::registry()
         .with(filter)
         .with(crate::logging::LogBudget::start());
     let lines = tracing_subscriber::fmt::layer().with_writer(writer.clone());
-    let result = match config.log_format {
-        LogFormat::Json => subscriber
+    let result = if text {
+        subscriber.with(lines.compact().with_ansi(color)).try_init()
+    } else {
+        subscriber
             .with(lines.json().flatten_event(true).with_current_span(false))
-            .try_init(),
-        LogFormat::Text => subscriber.with(lines).try_init(),
+            .try_init()
     };
     result.map_err(|e| Failure::runtime(format!("cannot start logging: {e}")))?;
     Ok((writer, guard))
@@ -129,6 +147,7 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
         },
     )?;
     let (log, _log_guard) = init_logging(&config)?;
+    let log_flush = log.clone();
     for w in warden_core::secret::take_warnings() {
         tracing::warn!(warning = %w, "insecure setting acknowledged");
     }
@@ -288,6 +307,15 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
             None => "off".to_string(),
         };
         tracing::info!(%addr, %admin, %grpc, %redirect, tls = server.is_tls(), "listening");
+        log_flush.flush_now();
+        print_banner(
+            &config,
+            &server,
+            &services,
+            addr,
+            admin_addr,
+            bootstrap.is_some(),
+        );
         server.run(services, shutdown_signal()).await;
         // Every record of an answered request is committed before exit; a
         // store that stays down cannot hold the exit forever.
@@ -306,6 +334,36 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
         tracing::info!("stopped");
         Ok(())
     })
+}
+
+/// The start-up banner (banner.rs), on stdout when it is a terminal.
+fn print_banner(
+    config: &Config,
+    server: &Server,
+    services: &Services,
+    addr: std::net::SocketAddr,
+    admin: Option<std::net::SocketAddr>,
+    key_printed: bool,
+) {
+    use std::io::IsTerminal as _;
+    if !std::io::stdout().is_terminal() {
+        return;
+    }
+    let ca = match config.tls.as_ref().map(|t| &t.cert) {
+        Some(CertSource::SelfSigned { dir, .. }) => Some(dir.join("ca.pem")),
+        _ => None,
+    };
+    let banner = crate::banner::Banner {
+        data: (addr, server.is_tls()),
+        admin: admin.map(|a| (a, config.admin.as_ref().is_some_and(|s| s.tls.is_some()))),
+        grpc: server.grpc_addr().and_then(Result::ok),
+        repository: &services.repository,
+        data_dir: &config.data_dir,
+        ca: ca.as_deref(),
+        key_printed,
+    };
+    let color = std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    print!("{}", banner.render(color));
 }
 
 /// On first start (README.md, docs/identity.md), when no admin credential exists, create one

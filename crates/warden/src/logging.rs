@@ -23,9 +23,18 @@ use tracing_subscriber::layer::{Context, Layer};
 /// How often buffered lines are written out at the latest.
 const FLUSH_EVERY: Duration = Duration::from_millis(100);
 
-/// A `MakeWriter` for buffered stderr.
+/// A `MakeWriter` for buffered stderr, and the access log's sink.
 #[derive(Clone, Debug)]
-pub(crate) struct BufferedStderr(Arc<Mutex<BufWriter<Stderr>>>);
+pub(crate) struct BufferedStderr(Arc<Mutex<BufWriter<Stderr>>>, AccessFormat);
+
+/// How the access log writes its lines: the same fields either way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum AccessFormat {
+    /// One JSON object per line.
+    Json,
+    /// `name=value` text; coloured when `true`.
+    Text(bool),
+}
 
 /// Flushes the buffer when dropped (at the end of `serve`).
 #[derive(Debug)]
@@ -39,11 +48,14 @@ impl Drop for FlushGuard {
 
 impl BufferedStderr {
     /// The writer, its guard, and the timer thread that flushes it.
-    pub(crate) fn start() -> (Self, FlushGuard) {
-        let writer = Self(Arc::new(Mutex::new(BufWriter::with_capacity(
-            64 * 1024,
-            std::io::stderr(),
-        ))));
+    pub(crate) fn start(access: AccessFormat) -> (Self, FlushGuard) {
+        let writer = Self(
+            Arc::new(Mutex::new(BufWriter::with_capacity(
+                64 * 1024,
+                std::io::stderr(),
+            ))),
+            access,
+        );
         let weak = Arc::downgrade(&writer.0);
         let _ = std::thread::Builder::new()
             .name("warden-log-flush".into())
@@ -106,10 +118,22 @@ impl<'a> MakeWriter<'a> for BufferedStderr {
     }
 }
 
+impl BufferedStderr {
+    /// Writes out what is buffered now (before the start-up banner, so
+    /// that the lines above it are the ones logged before it).
+    pub(crate) fn flush_now(&self) {
+        let _ = self.lock().flush();
+    }
+}
+
 impl warden_server::access_log::LineSink for BufferedStderr {
-    fn write_line(&self, line: &[u8]) {
+    fn write_record(&self, record: &warden_server::access_log::AccessRecord<'_>) {
+        let line = match self.1 {
+            AccessFormat::Json => record.to_line(),
+            AccessFormat::Text(color) => record.to_text(color),
+        };
         let mut out = self.lock();
-        let _ = out.write_all(line);
+        let _ = out.write_all(&line);
         let _ = out.write_all(b"\n");
     }
 }

@@ -8,6 +8,7 @@
     reason = "a CLI talks on stdout and stderr"
 )]
 
+mod banner;
 mod cli;
 mod commands;
 mod health;

@@ -799,6 +799,154 @@ async fn wait_until_refused(w: &Warden, key: &str) {
     }
 }
 
+/// The first ten minutes (README.md): on a terminal (a pseudo-terminal from
+/// util-linux `script`), `warden serve` prints the start-up banner —
+/// listeners, the console, the models, the data dir, the CA to trust,
+/// where the admin key is, a curl to try — and logs compact text lines;
+/// with `NO_COLOR` no escape sequence at all.
+#[test]
+fn a_terminal_gets_a_banner_and_text_logs() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let command = format!(
+        "{BIN} serve --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --grpc-listen 127.0.0.1:0 \
+         --models {} --data-dir {}",
+        repo().join("models").display(),
+        data.display()
+    );
+    let mut child = Command::new("script")
+        .args(["-qefc", &command, "/dev/null"])
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = mpsc::channel();
+    let out = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    // The banner ends with the curl to try; "listening" is logged before it.
+    while !seen.iter().any(|l: &String| l.contains("try:")) {
+        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(line) => seen.push(line),
+            Err(_) => break,
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = Command::new("pkill")
+        .args(["-f", &data.display().to_string()])
+        .status();
+    let text = seen.join("\n");
+    for expected in [
+        "Warden ",
+        "data plane   https://127.0.0.1:",
+        "console      https://127.0.0.1:",
+        "/console",
+        "iris v1",
+        "digits-cnn v1",
+        &format!("trust        {}", data.join("tls/ca.pem").display()),
+        "admin key    printed above, this once only",
+        &format!("curl --cacert {}", data.join("tls/ca.pem").display()),
+        // A text log line, not JSON.
+        "INFO warden::commands: listening addr=127.0.0.1:",
+    ] {
+        assert!(text.contains(expected), "{expected:?} in:\n{text}");
+    }
+    assert!(!text.contains("{\"timestamp\""), "{text}");
+    assert!(!text.contains('\u{1b}'), "NO_COLOR: {text}");
+}
+
+/// `log.format = "text"` applies when stderr is not a terminal too, and the
+/// access log keeps its fields (`name=value`); the default there is JSON.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_logs_keep_the_access_log_fields() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let w = Warden::start(&data, &[]);
+    let key = w.printed_key.clone().unwrap();
+    assert!(
+        w.startup_logs
+            .iter()
+            .all(|l| serde_json::from_str::<Value>(l).is_ok()),
+        "JSON when stderr is not a terminal: {:?}",
+        w.startup_logs
+    );
+    drop(w);
+    let cfg = dir.path().join("warden.toml");
+    std::fs::write(&cfg, "[log]\nformat = \"text\"\n").unwrap();
+    let mut child = Command::new(BIN)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--grpc-listen", "127.0.0.1:0", "--config"])
+        .arg(&cfg)
+        .arg("--models")
+        .arg(repo().join("models"))
+        .arg("--data-dir")
+        .arg(&data)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let listening = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find(|l| l.contains(" listening "))
+        .expect("a listening line");
+    assert!(!listening.contains('\u{1b}'), "no colour off a terminal");
+    let addr = listening
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("addr="))
+        .unwrap()
+        .to_owned();
+    let ca =
+        reqwest::Certificate::from_pem(&std::fs::read(data.join("tls/ca.pem")).unwrap()).unwrap();
+    let client = reqwest::Client::builder()
+        .tls_certs_only([ca])
+        .build()
+        .unwrap();
+    let r = client
+        .post(format!("https://{addr}/v1/models/iris:predict"))
+        .header("x-api-key", &key)
+        .json(&json!({"instances": [[5.1, 3.5, 1.4, 0.2]]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let access = lines
+        .map_while(Result::ok)
+        .find(|l| l.contains("warden::access"))
+        .expect("an access line");
+    let _ = child.kill();
+    let _ = child.wait();
+    for field in [
+        "method=POST ",
+        "path=/v1/models/iris:predict ",
+        "status=200 ",
+        "latency_us=",
+        "principal=key:",
+        "model=iris ",
+        "version=1 ",
+        "rows=1 ",
+        "client=127.0.0.1 ",
+        "request_id=",
+    ] {
+        assert!(access.contains(field), "{field} in {access}");
+    }
+}
+
 #[test]
 fn config_check_names_the_offending_key() {
     let dir = tempfile::tempdir().unwrap();
