@@ -322,6 +322,115 @@ pub(crate) fn verify_rows(
     })
 }
 
+impl Problem {
+    /// A stable snake_case name (the management API's `problem`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Modified => "modified",
+            Self::Missing => "missing",
+            Self::BrokenLink => "broken_link",
+            Self::Truncated => "truncated",
+            Self::Rewritten => "rewritten",
+            Self::BadCheckpoint => "bad_checkpoint",
+            Self::BadAnchor => "bad_anchor",
+        }
+    }
+}
+
+/// The verification of one stored chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainReport {
+    /// The chain (replica id).
+    pub replica: String,
+    /// The first sequence number checked.
+    pub from: i64,
+    /// Records up to and including this one were removed by the retention
+    /// policy behind a verified anchor.
+    pub pruned_through: Option<i64>,
+    /// The verified stretch, or the first bad record.
+    pub result: Result<Verified, Finding>,
+}
+
+/// Rows read from the store per page while verifying.
+const VERIFY_PAGE: usize = 10_000;
+
+/// Verifies a chain as stored (`warden audit verify`, and the management
+/// API's `GET /admin/audit/verify`): from its signed anchor when the
+/// retention policy pruned it (unless `from` is later), else from `from`,
+/// reading [`VERIFY_PAGE`] rows at a time so that memory stays bounded
+/// whatever the chain's length.
+pub fn verify_stored(
+    store: &dyn warden_store::Store,
+    key: &AuditKey,
+    chain: &str,
+    from: i64,
+    checkpoint: Option<&Checkpoint>,
+) -> Result<ChainReport, warden_store::StoreError> {
+    let anchor = store.audit_anchor(chain)?.filter(|a| from <= a.seq + 1);
+    let from = anchor.as_ref().map_or(from.max(1), |a| a.seq + 1);
+    let mut failed = None;
+    let rows = Pages {
+        store,
+        chain,
+        next: from,
+        page: Vec::new().into_iter(),
+        done: false,
+        failed: &mut failed,
+    };
+    let result = match &anchor {
+        Some(a) => verify_anchored(key, a, rows, checkpoint),
+        None => verify(key, chain, rows, from, checkpoint),
+    };
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    Ok(ChainReport {
+        replica: chain.to_owned(),
+        from,
+        pruned_through: anchor.map(|a| a.seq),
+        result,
+    })
+}
+
+/// A chain's rows, a page at a time; a store error ends the rows and is
+/// kept in `failed`.
+struct Pages<'a> {
+    store: &'a dyn warden_store::Store,
+    chain: &'a str,
+    next: i64,
+    page: std::vec::IntoIter<AuditRow>,
+    done: bool,
+    failed: &'a mut Option<warden_store::StoreError>,
+}
+
+impl Iterator for Pages<'_> {
+    type Item = AuditRow;
+
+    fn next(&mut self) -> Option<AuditRow> {
+        if let Some(row) = self.page.next() {
+            return Some(row);
+        }
+        if self.done {
+            return None;
+        }
+        match self.store.audit_rows(self.chain, self.next, VERIFY_PAGE) {
+            Ok(rows) => {
+                self.done = rows.len() < VERIFY_PAGE;
+                if let Some(last) = rows.last() {
+                    self.next = last.seq + 1;
+                }
+                self.page = rows.into_iter();
+                self.page.next()
+            }
+            Err(e) => {
+                *self.failed = Some(e);
+                self.done = true;
+                None
+            }
+        }
+    }
+}
+
 fn constant_eq(a: &[u8], b: &[u8]) -> bool {
     use subtle::ConstantTimeEq;
     a.ct_eq(b).into()

@@ -181,6 +181,7 @@ pub struct WriterStats {
 #[derive(Debug)]
 pub struct AuditLog {
     tx: mpsc::Sender<Job>,
+    key: Arc<AuditKey>,
     sync: bool,
     replica: String,
     checkpoint: Arc<std::sync::Mutex<Option<Checkpoint>>>,
@@ -210,8 +211,10 @@ impl AuditLog {
             .map_err(|e| format!("cannot read the audit chain: {e}"))?;
         let chain = Chain::resume(&settings.replica, head.as_ref());
         let (tx, rx) = mpsc::channel(settings.queue.max(1));
+        let key = Arc::new(key);
         let log = Arc::new(Self {
             tx,
+            key: Arc::clone(&key),
             sync: settings.sync,
             replica: settings.replica.clone(),
             checkpoint: Arc::new(std::sync::Mutex::new(
@@ -221,7 +224,7 @@ impl AuditLog {
         });
         let writer = Writer {
             store,
-            key: Arc::new(key),
+            key,
             chain,
             settings,
             checkpoint: Arc::clone(&log.checkpoint),
@@ -296,7 +299,24 @@ impl AuditLog {
         self.tx.max_capacity() - self.tx.capacity()
     }
 
-    /// This writer's chain.
+    /// Verifies every chain in the store with this log's key, each from its
+    /// start (or its retention anchor), and this replica's against its
+    /// latest checkpoint, which detects truncation of the tail.
+    pub fn verify_stored(
+        &self,
+        store: &dyn Store,
+    ) -> Result<Vec<crate::ChainReport>, warden_store::StoreError> {
+        store
+            .audit_replicas()?
+            .iter()
+            .map(|chain| {
+                let checkpoint = self.checkpoint().filter(|c| &c.replica == chain);
+                crate::verify_stored(store, &self.key, chain, 1, checkpoint.as_ref())
+            })
+            .collect()
+    }
+
+    /// This replica's chain id.
     pub fn replica(&self) -> &str {
         &self.replica
     }

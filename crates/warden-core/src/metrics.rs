@@ -133,10 +133,38 @@ impl Alert {
         }
     }
 
-    /// Counts one event of this kind (the caller writes the log event).
+    /// Counts one event of this kind (the caller writes the log event),
+    /// and keeps it among the [`recent_alerts`].
     pub fn count(self) {
         counter!(ALERTS, "kind" => self.as_str()).increment(1);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let mut recent = RECENT_ALERTS
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if recent.len() == RECENT_ALERTS_KEPT {
+            recent.pop_front();
+        }
+        recent.push_back((now, self));
     }
+}
+
+/// How many alerts [`recent_alerts`] keeps.
+pub const RECENT_ALERTS_KEPT: usize = 200;
+
+static RECENT_ALERTS: std::sync::Mutex<std::collections::VecDeque<(u64, Alert)>> =
+    std::sync::Mutex::new(std::collections::VecDeque::new());
+
+/// The last [`RECENT_ALERTS_KEPT`] alerts this process raised, oldest
+/// first, each with its Unix time in seconds (the console's overview).
+pub fn recent_alerts() -> Vec<(u64, Alert)> {
+    RECENT_ALERTS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .iter()
+        .copied()
+        .collect()
 }
 
 /// The defense kinds of [`DEFENSE_FLAGS`].

@@ -132,6 +132,7 @@ fn state(runtime: &tokio::runtime::Runtime) -> (AppState, String) {
         metrics: warden_server::metrics::install(),
         certificates: Vec::new(),
         throttled: Default::default(),
+        timeline: Default::default(),
         rate_watch: None,
     }));
     (state, key)

@@ -44,7 +44,11 @@ pub fn routes() -> Router<AppState> {
         .route("/admin/roles", get(list_roles))
         .route("/admin/bans", get(list_bans))
         .route("/admin/bans/{subject}/lift", post(lift_ban))
+        .route("/admin/whoami", get(crate::console::whoami))
+        .route("/admin/overview", get(crate::console::overview))
+        .route("/admin/audit/verify", get(crate::console::audit_verify))
         .route("/admin/models", get(list_models))
+        .route("/admin/models/{model}", get(crate::console::model_detail))
         .route("/admin/models/{model}/reload", post(reload_model))
         .route("/admin/audit", get(crate::observe::audit_query))
         .route(
@@ -699,6 +703,7 @@ fn model_json(m: &warden_models::Model) -> Value {
             .map(|_| "out_of_distribution"),
         d.adversarial.as_ref().map(|_| "adversarial"),
         d.extraction.as_ref().map(|_| "extraction"),
+        d.similarity.as_ref().map(|_| "similarity"),
     ]
     .into_iter()
     .flatten()

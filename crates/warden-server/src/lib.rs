@@ -10,6 +10,7 @@ pub mod admin;
 pub mod anomaly;
 pub mod certs;
 pub mod client_addr;
+pub mod console;
 pub mod defend;
 pub mod devca;
 pub mod docs;
@@ -286,6 +287,7 @@ impl Server {
             metrics: metrics::install(),
             certificates,
             throttled: Default::default(),
+            timeline: Default::default(),
             rate_watch: Some(anomaly::RateWatch::start(self.alerts)),
         }));
         metrics::register_series(&state);

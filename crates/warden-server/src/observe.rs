@@ -102,12 +102,15 @@ pub async fn audit_query(
                     Some(warden_audit::parse_time(&value, now).map_err(|_| bad("until"))?);
             }
             "after" => query.after_seq = value.parse().map_err(|_| bad("after"))?,
+            // A larger page than MAX_PAGE is cut to it (the answer's
+            // `next` leads on), not refused.
             "limit" => {
                 query.limit = value
                     .parse::<usize>()
                     .ok()
-                    .filter(|n| (1..=MAX_PAGE).contains(n))
-                    .ok_or_else(|| bad("limit"))?;
+                    .filter(|n| *n >= 1)
+                    .ok_or_else(|| bad("limit"))?
+                    .min(MAX_PAGE);
             }
             other => {
                 return Err(ApiError::new(ErrorCode::InvalidRequest).with_message(format!(

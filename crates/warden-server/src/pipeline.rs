@@ -133,7 +133,12 @@ const GRPC_HEALTH: &str = "/grpc.health.v1.Health/{call}";
 /// permissions.
 pub fn management_plane(state: AppState) -> Router {
     let protected = admin::routes().route_layer(from_fn_with_state(state.clone(), admission));
-    let public = Router::new().route(LIVE, get(routes::live));
+    // The console's page and assets need no credential (console.rs); the
+    // page then calls the protected routes with the operator's.
+    let public = Router::new()
+        .route(LIVE, get(routes::live))
+        .route(CONSOLE, get(crate::console::index))
+        .route(CONSOLE_ASSET, get(crate::console::asset));
     with_edge(
         public.merge(protected),
         state,
@@ -149,12 +154,16 @@ const DOCS: &str = "/docs";
 const DOCS_ASSET: &str = "/docs/{asset}";
 const JWKS: &str = "/.well-known/jwks.json";
 const OAUTH_METADATA: &str = "/.well-known/oauth-authorization-server";
+const CONSOLE: &str = "/console";
+const CONSOLE_ASSET: &str = "/console/{asset}";
 
 /// The routes that take no credential and so leave no audit record; every
 /// other matched route reaches authentication (admission, or the token
 /// endpoint's own) and is audited.
-pub(crate) const UNAUDITED: [&str; 10] = [
+pub(crate) const UNAUDITED: [&str; 12] = [
     LIVE,
+    CONSOLE,
+    CONSOLE_ASSET,
     READY,
     OPENAPI,
     DOCS,

@@ -111,6 +111,7 @@ fn fixture_with(in_flight: usize) -> Fixture {
         metrics: crate::metrics::install(),
         certificates: Vec::new(),
         throttled: Default::default(),
+        timeline: Default::default(),
         rate_watch: None,
     }));
     Fixture {

@@ -70,6 +70,8 @@ pub struct Shared {
     pub rate_watch: Option<crate::anomaly::RateWatch>,
     /// Principals a defense's `throttle` action has marked.
     pub throttled: crate::defend::Throttled,
+    /// The data plane's last 15 minutes, for the console's overview.
+    pub timeline: crate::console::Timeline,
 }
 
 /// What the token endpoint and the management API work with.

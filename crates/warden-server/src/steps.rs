@@ -389,6 +389,16 @@ pub struct DeadlinePassed;
 /// response carries, and writes the access-log line.
 pub fn respond(state: &AppState, mut response: Response, line: AccessLine) -> Response {
     let outcome = outcome_code(&response);
+    if line.plane == Plane::Data {
+        let note = response.extensions().get::<ModelNote>();
+        state.timeline.record(
+            unix_micros() / 1_000_000,
+            outcome,
+            line.started.elapsed(),
+            note.filter(|n| !n.defense_flags.is_empty())
+                .map(|n| (&n.model, &n.defense_flags[..])),
+        );
+    }
     crate::metrics::request(
         line.plane,
         line.transport.as_str(),

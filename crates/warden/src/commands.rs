@@ -991,40 +991,18 @@ fn audit_verify(
     for chain in &chains {
         // A pruned chain starts after its signed anchor (docs/audit.md,
         // "Retention"): verification starts there unless asked to start later.
-        let anchor = store
-            .audit_anchor(chain)
-            .map_err(Failure::runtime)?
-            .filter(|a| from <= a.seq + 1);
-        let from = anchor.as_ref().map_or(from.max(1), |a| a.seq + 1);
-        let mut rows = Vec::new();
-        let mut next = from;
-        loop {
-            let page = store
-                .audit_rows(chain, next, 10_000)
-                .map_err(Failure::runtime)?;
-            let Some(last) = page.last() else { break };
-            next = last.seq + 1;
-            let full = page.len() == 10_000;
-            rows.extend(page);
-            if !full {
-                break;
-            }
-        }
         let kept = checkpoint.as_ref().filter(|c| &c.replica == chain);
-        let verified = match &anchor {
-            Some(a) => warden_audit::verify_anchored(&key, a, rows, kept),
-            None => warden_audit::verify(&key, chain, rows, from, kept),
-        };
-        let pruned = anchor.as_ref().map_or(String::new(), |a| {
+        let report = warden_audit::verify_stored(store.as_ref(), &key, chain, from, kept)
+            .map_err(Failure::runtime)?;
+        let pruned = report.pruned_through.map_or(String::new(), |seq| {
             format!(
-                "; records 1 to {} were removed by the retention policy behind a verified anchor",
-                a.seq
+                "; records 1 to {seq} were removed by the retention policy behind a verified anchor"
             )
         });
-        match verified {
+        match report.result {
             Ok(v) => println!(
-                "audit chain {chain}: {} records verified (sequence {from} to {}){pruned}",
-                v.rows, v.last_seq
+                "audit chain {chain}: {} records verified (sequence {} to {}){pruned}",
+                v.rows, report.from, v.last_seq
             ),
             Err(f) => bad.push(format!(
                 "audit chain {chain}: first bad record at sequence {}: {:?}",

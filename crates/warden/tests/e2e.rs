@@ -20,6 +20,8 @@ use serde_json::{Value, json};
 mod api;
 #[path = "e2e/audit.rs"]
 mod audit;
+#[path = "e2e/console.rs"]
+mod console;
 #[path = "e2e/defenses.rs"]
 mod defenses;
 #[path = "e2e/deploy.rs"]
