@@ -617,7 +617,8 @@ def start_server(args, target: Target, server_cpus: list[int] | None) -> None:
             if v.get("message") == "listening":
                 host, port = v["addr"].rsplit(":", 1)
                 target.port = int(port)
-                target.cacert = str(data_dir / "tls" / "cert.pem")
+                # The development CA that issued the served certificate (docs/tls.md).
+                target.cacert = str(data_dir / "tls" / "ca.pem")
                 if v.get("tls") is not True:
                     raise RuntimeError("the server started without TLS")
                 return
@@ -657,7 +658,7 @@ def attach(args, target: Target) -> None:
             log(f"no process {args.pid} (--pid)")
     target.data_dir = Path(args.data_dir) if args.data_dir else None
     target.log_file = Path(args.log_file) if args.log_file else None
-    cacert = args.cacert or (str(Path(args.data_dir) / "tls" / "cert.pem") if args.data_dir else None)
+    cacert = args.cacert or (str(Path(args.data_dir) / "tls" / "ca.pem") if args.data_dir else None)
     if cacert and Path(cacert).exists():
         target.cacert = cacert
     else:
@@ -1445,7 +1446,7 @@ def main() -> int:
     p.add_argument("--key", help="with --url: the legitimate client's API key (role predict; keep its limits out of the way)")
     p.add_argument("--attacker-key", help="with --url: the key slow_body uses (default --key)")
     p.add_argument("--pid", type=int, help="with --url: the server's pid, for RSS")
-    p.add_argument("--data-dir", help="with --url: the server's data dir, for disk growth (and its tls/cert.pem)")
+    p.add_argument("--data-dir", help="with --url: the server's data dir, for disk growth (and its tls/ca.pem)")
     p.add_argument("--log-file", help="with --url: the file the server's stderr goes to, for log growth")
     p.add_argument("--cacert", help="with --url: CA certificate the legitimate client verifies the server with")
     p.add_argument("--only", type=lambda s: s.split(","), help=f"comma-separated subset of: {','.join(ATTACKS)}")

@@ -326,9 +326,7 @@ pub async fn overview(
         .models()
         .iter()
         .map(|m| {
-            let ready = m
-                .version(None)
-                .is_some_and(|v| v.backend.ready());
+            let ready = m.version(None).is_some_and(|v| v.backend.ready());
             json!({
                 "name": m.name,
                 "versions": m.versions.keys().collect::<Vec<_>>(),
@@ -373,7 +371,10 @@ pub async fn model_detail(
     PathParam(name): PathParam,
 ) -> Result<Response, ApiError> {
     require(&caller, Permission::AdminModels)?;
-    let model = state.repository.get(&name).ok_or_else(ApiError::not_found)?;
+    let model = state
+        .repository
+        .get(&name)
+        .ok_or_else(ApiError::not_found)?;
     let card = &model.card;
     let inputs: Vec<Value> = card
         .inputs
@@ -517,7 +518,10 @@ pub async fn audit_verify(
         .collect();
     let ok = reports.iter().all(|r| r.result.is_ok());
     if !ok {
-        tracing::error!(alert = "audit_tampered", "audit verification found a bad record");
+        tracing::error!(
+            alert = "audit_tampered",
+            "audit verification found a bad record"
+        );
     }
     Ok(json(json!({"ok": ok, "chains": chains}).to_string()))
 }
@@ -529,7 +533,9 @@ mod tests {
     #[test]
     fn latency_bins_grow_and_bound_their_values() {
         let mut last = 0;
-        for us in [1u64, 2, 3, 10, 100, 999, 1_000, 5_000, 1_000_000, 60_000_000] {
+        for us in [
+            1u64, 2, 3, 10, 100, 999, 1_000, 5_000, 1_000_000, 60_000_000,
+        ] {
             let bin = latency_bin(Duration::from_micros(us));
             assert!(bin >= last, "{us}");
             last = bin;
@@ -548,7 +554,12 @@ mod tests {
             let code = if i < 10 { "rate_limited" } else { "ok" };
             t.record(now, code, Duration::from_micros(1000 + i * 10), None);
         }
-        t.record(now, "input_rejected", Duration::from_millis(50), Some((&model, &["similarity"])));
+        t.record(
+            now,
+            "input_rejected",
+            Duration::from_millis(50),
+            Some((&model, &["similarity"])),
+        );
         // A bucket older than the window is not shown.
         t.record(now - 2_000, "ok", Duration::from_millis(1), None);
         let s = t.series(now);
@@ -562,7 +573,10 @@ mod tests {
         let p99 = last("p99_ms").as_f64().unwrap();
         assert!(p99 > p50, "{p99}");
         assert_eq!(
-            s["refusals_per_s"]["rate_limited"].as_array().unwrap().last(),
+            s["refusals_per_s"]["rate_limited"]
+                .as_array()
+                .unwrap()
+                .last(),
             Some(&json!(1.0))
         );
         assert_eq!(t.flags(now, "iris"), [("similarity", 1)]);

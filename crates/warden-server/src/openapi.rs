@@ -52,19 +52,19 @@ pub struct TokenForm {
     /// The grant.
     grant_type: GrantType,
     /// The OAuth2 client's id (client_credentials).
-    #[schema(max_length = 64, example = "reporting")]
+    #[schema(nullable = false, max_length = 64, example = "reporting")]
     client_id: Option<String>,
     /// The OAuth2 client's secret (client_credentials).
-    #[schema(max_length = 1024)]
+    #[schema(nullable = false, max_length = 1024)]
     client_secret: Option<String>,
     /// The user's name (password grant).
-    #[schema(max_length = 64, example = "alice")]
+    #[schema(nullable = false, max_length = 64, example = "alice")]
     username: Option<String>,
     /// The user's password (password grant).
-    #[schema(max_length = 1024)]
+    #[schema(nullable = false, max_length = 1024)]
     password: Option<String>,
     /// Space-separated permissions to narrow the token to, e.g. `predict:iris`.
-    #[schema(max_length = 1024, example = "predict:iris")]
+    #[schema(nullable = false, max_length = 1024, example = "predict:iris")]
     scope: Option<String>,
 }
 

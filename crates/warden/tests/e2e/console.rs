@@ -79,7 +79,12 @@ async fn the_console_works_in_headless_chromium_and_escapes_what_clients_control
             warden_server::console::CSP
         );
     }
-    let r = w.client.get(w.admin_url("/console/nope.js")).send().await.unwrap();
+    let r = w
+        .client
+        .get(w.admin_url("/console/nope.js"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
 
     // A metrics-role key, and a spare admin key to revoke mid-session.
@@ -128,8 +133,15 @@ async fn the_console_works_in_headless_chromium_and_escapes_what_clients_control
         .await;
     assert_eq!(status, StatusCode::OK, "{overview}");
     assert_eq!(overview["series"]["t"].as_array().unwrap().len(), 90);
-    for path in ["/admin/keys", "/admin/models/iris", "/admin/audit/verify", "/admin/bans"] {
-        let (status, _) = w.admin_call("GET", path, metrics["key"].as_str(), None).await;
+    for path in [
+        "/admin/keys",
+        "/admin/models/iris",
+        "/admin/audit/verify",
+        "/admin/bans",
+    ] {
+        let (status, _) = w
+            .admin_call("GET", path, metrics["key"].as_str(), None)
+            .await;
         assert_eq!(status, StatusCode::FORBIDDEN, "{path}");
     }
 
@@ -159,8 +171,13 @@ async fn the_console_works_in_headless_chromium_and_escapes_what_clients_control
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let seen: Value = serde_json::from_str(stdout.lines().last().unwrap_or("{}"))
-        .unwrap_or_else(|_| panic!("console.mjs: {stdout}{}", String::from_utf8_lossy(&out.stderr)));
+    let seen: Value =
+        serde_json::from_str(stdout.lines().last().unwrap_or("{}")).unwrap_or_else(|_| {
+            panic!(
+                "console.mjs: {stdout}{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
     assert!(
         out.status.success(),
         "console.mjs: {seen:#}\n{}",
@@ -176,7 +193,10 @@ async fn the_console_works_in_headless_chromium_and_escapes_what_clients_control
     assert_eq!(seen["cspBeforeReload"], json!([]), "{seen:#}");
     assert_eq!(seen["cspViolations"], json!([]), "{seen:#}");
     // Sign-in: a wrong key is refused; the right one is kept nowhere.
-    assert_eq!(seen["wrongCredential"], "This credential is not accepted here.");
+    assert_eq!(
+        seen["wrongCredential"],
+        "This credential is not accepted here."
+    );
     assert_eq!(seen["wrongCredentialNavHidden"], true);
     assert_eq!(
         seen["storage"],
@@ -188,7 +208,9 @@ async fn the_console_works_in_headless_chromium_and_escapes_what_clients_control
     );
     // The charts moved with the burst, refusals by code among them.
     assert_eq!(seen["answered"], 60);
-    assert!(seen["requestsAfter"].as_u64().unwrap() >= seen["requestsBefore"].as_u64().unwrap() + 83);
+    assert!(
+        seen["requestsAfter"].as_u64().unwrap() >= seen["requestsBefore"].as_u64().unwrap() + 83
+    );
     let legend = seen["refusalLegend"].to_string();
     for code in ["validation_failed", "unauthenticated"] {
         assert!(legend.contains(code), "{code} in {legend}");
@@ -196,7 +218,10 @@ async fn the_console_works_in_headless_chromium_and_escapes_what_clients_control
     assert!(seen["charts"].as_u64().unwrap() >= 3);
     // Markup shows as text and never runs.
     assert_eq!(seen["description"], format!("Iris {XSS} species"));
-    assert!(seen["keyRowText"].as_str().unwrap().contains(XSS_NAME), "{seen:#}");
+    assert!(
+        seen["keyRowText"].as_str().unwrap().contains(XSS_NAME),
+        "{seen:#}"
+    );
     assert_eq!(seen["xssBeforeReload"], "none");
     assert_eq!(seen["xss"], "none");
     for table in ["Inputs", "Outputs", "Output policy per role", "Defenses"] {
@@ -208,13 +233,22 @@ async fn the_console_works_in_headless_chromium_and_escapes_what_clients_control
     // Audit: the filter found the refusals; the chain verifies.
     let rows = seen["auditRows"].as_array().unwrap();
     assert!(rows.len() >= 15, "{seen:#}");
-    assert!(rows.iter().all(|r| r.as_str().unwrap().contains("validation_failed")));
+    assert!(
+        rows.iter()
+            .all(|r| r.as_str().unwrap().contains("validation_failed"))
+    );
     assert_eq!(seen["verify"], "chain intact");
     // Abuse: the ban from the burst, then lifted; the data plane serves again.
-    assert!(seen["bansBefore"].to_string().contains("addr:127.0.0.1"), "{seen:#}");
+    assert!(
+        seen["bansBefore"].to_string().contains("addr:127.0.0.1"),
+        "{seen:#}"
+    );
     assert_eq!(seen["bansAfter"], 0);
     let quotas = seen["quotaRows"].to_string();
-    assert!(quotas.contains("reporting-app") && quotas.contains("7 / 1,000"), "{quotas}");
+    assert!(
+        quotas.contains("reporting-app") && quotas.contains("7 / 1,000"),
+        "{quotas}"
+    );
     let r = w
         .client
         .post(w.url("/v1/models/iris:predict"))
@@ -237,7 +271,10 @@ async fn the_console_works_in_headless_chromium_and_escapes_what_clients_control
     // The revoked operator's session ended at its next action.
     assert_eq!(seen["spareRevoked"], 200);
     assert!(
-        seen["afterRevoke"].as_str().unwrap().contains("no longer accepted"),
+        seen["afterRevoke"]
+            .as_str()
+            .unwrap()
+            .contains("no longer accepted"),
         "{seen:#}"
     );
     // A metrics key: the overview only, no write button, and the API says 403.
