@@ -31,6 +31,9 @@ pub struct CertFiles {
     pub key: SecretSource,
     /// Accept a key file readable by group or others.
     pub allow_readable: bool,
+    /// The development CA's folder when this is the development
+    /// certificate (devca.rs): renewed there when it nears expiry.
+    pub dev_ca: Option<PathBuf>,
 }
 
 /// What a file looked like when last loaded: modification time, inode
@@ -73,8 +76,18 @@ impl ServedCert {
         self.not_after.load(Ordering::Relaxed)
     }
 
-    /// Reloads if the files changed since the last load (or attempt).
+    /// Reloads if the files changed since the last load (or attempt). The
+    /// development certificate is first issued again if it nears expiry, so
+    /// that a server running for months keeps a valid one.
     pub fn reload_if_changed(&self) {
+        if let Some(dir) = &self.files.dev_ca {
+            let left = self.not_after() - crate::steps::unix_micros() as i64 / 1_000_000;
+            if left < crate::devca::RENEW_WITHIN_DAYS * 86_400
+                && let Err(e) = crate::devca::ensure(dir)
+            {
+                tracing::warn!(listener = self.listener, error = %e, "cannot renew the development certificate");
+            }
+        }
         let now = stamp(&self.files);
         {
             let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
@@ -247,6 +260,7 @@ mod tests {
                 file: dir.join("key.pem"),
             },
             allow_readable: false,
+            dev_ca: None,
         };
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         ServedCert::load("data", files, provider).unwrap()

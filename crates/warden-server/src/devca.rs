@@ -49,8 +49,14 @@ pub struct Outcome {
 }
 
 /// Makes sure `dir` holds the development CA and a current leaf signed by
-/// it, generating or renewing what is missing or due.
+/// it, generating or renewing what is missing or due. Called at start and,
+/// when the served leaf nears expiry, from the certificate reload tick of
+/// each listener: one at a time.
 pub fn ensure(dir: &Path) -> Result<Outcome, TlsError> {
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     ensure_at(dir, time::OffsetDateTime::now_utc())
 }
 
@@ -62,13 +68,22 @@ fn ensure_at(dir: &Path, now: time::OffsetDateTime) -> Result<Outcome, TlsError>
         new_ca: false,
         new_leaf: false,
     };
-    let existing = match (read(&ca_path)?, read(&ca_key_path)?) {
-        (Some(cert), Some(key)) => Some((cert, key)),
+    let (ca_file, ca_key_file) = (read(&ca_path)?, read(&ca_key_path)?);
+    let had_ca = ca_file.is_some();
+    // A CA whose key is missing, unreadable or not its own cannot sign.
+    let existing = match (ca_file, ca_key_file) {
+        (Some(cert), Some(key)) if key_matches(&key, &cert) => Some((cert, key)),
         _ => None,
     };
     let (ca_pem, ca_key_pem) = match existing {
         Some(pair) => pair,
         None => {
+            if had_ca {
+                tracing::warn!(
+                    ca = %ca_path.display(),
+                    "the development CA's key is missing or does not match it: a new CA is generated, and clients must trust the new ca.pem"
+                );
+            }
             let (cert, key) = new_ca(now)?;
             write_atomic(&ca_key_path, key.as_bytes(), 0o600).map_err(|e| io(&ca_key_path, e))?;
             write_atomic(&ca_path, cert.as_bytes(), 0o644).map_err(|e| io(&ca_path, e))?;
@@ -82,10 +97,15 @@ fn ensure_at(dir: &Path, now: time::OffsetDateTime) -> Result<Outcome, TlsError>
         message: "not a PEM certificate".into(),
     })?;
     let leaf_path = dir.join("cert.pem");
+    let key_path = dir.join("key.pem");
+    let leaf_pem = read(&leaf_path)?;
     let due = outcome.new_ca
-        || match read(&leaf_path)?.as_deref().and_then(pem_der) {
-            None => true,
-            Some(leaf) => leaf_is_due(&leaf, &ca_der, now),
+        || match (leaf_pem.as_deref().and_then(pem_der), read(&key_path)?) {
+            (Some(leaf), Some(key)) => {
+                leaf_is_due(&leaf, &ca_der, now)
+                    || !leaf_pem.as_deref().is_some_and(|l| key_matches(&key, l))
+            }
+            _ => true,
         };
     if due {
         let key = KeyPair::from_pem(&ca_key_pem).map_err(|_| TlsError::File {
@@ -97,7 +117,6 @@ fn ensure_at(dir: &Path, now: time::OffsetDateTime) -> Result<Outcome, TlsError>
             message: format!("not a usable CA certificate: {e}"),
         })?;
         let (cert, key) = new_leaf(&issuer, now)?;
-        let key_path = dir.join("key.pem");
         write_atomic(&key_path, key.as_bytes(), 0o600).map_err(|e| io(&key_path, e))?;
         write_atomic(&leaf_path, cert.as_bytes(), 0o644).map_err(|e| io(&leaf_path, e))?;
         outcome.new_leaf = true;
@@ -189,6 +208,21 @@ fn random_serial() -> Result<SerialNumber, TlsError> {
     bytes[0] &= 0x7f;
     bytes[0] |= 0x01;
     Ok(SerialNumber::from_slice(&bytes))
+}
+
+/// Whether the PEM private key `key` is the one certified by the PEM
+/// certificate `cert` (same SubjectPublicKeyInfo): a crash between writing
+/// the two files, or a hand-edited folder, must not go unnoticed.
+fn key_matches(key: &str, cert: &str) -> bool {
+    use rcgen::PublicKeyData as _;
+    let Ok(key) = KeyPair::from_pem(key) else {
+        return false;
+    };
+    let Some(der) = pem_der(cert) else {
+        return false;
+    };
+    X509Certificate::from_der(&der)
+        .is_ok_and(|(_, c)| c.public_key().raw == key.subject_public_key_info().as_slice())
 }
 
 fn pem_der(pem: &str) -> Option<Vec<u8>> {
@@ -295,5 +329,16 @@ mod tests {
         std::fs::copy(other.path().join("cert.pem"), tls.join("cert.pem")).unwrap();
         let outcome = ensure(&tls).unwrap();
         assert_eq!((outcome.new_ca, outcome.new_leaf), (false, true));
+        // A leaf without its key (a crash between the two writes), or with
+        // another key: issued again.
+        std::fs::remove_file(tls.join("key.pem")).unwrap();
+        assert!(ensure(&tls).unwrap().new_leaf);
+        std::fs::copy(other.path().join("key.pem"), tls.join("key.pem")).unwrap();
+        assert!(ensure(&tls).unwrap().new_leaf);
+        assert!(!ensure(&tls).unwrap().new_leaf, "and then kept");
+        // A CA without its own key: a new CA.
+        std::fs::copy(other.path().join("ca-key.pem"), tls.join("ca-key.pem")).unwrap();
+        let outcome = ensure(&tls).unwrap();
+        assert_eq!((outcome.new_ca, outcome.new_leaf), (true, true));
     }
 }

@@ -281,8 +281,9 @@ pub async fn token(State(state): State<AppState>, req: Request) -> Response {
     let Some(oauth) = state.identity.oauth.clone() else {
         return crate::routes::not_found().await.into_response();
     };
-    // The tightest of the address's and the account's `token` limits, for
-    // the RateLimit headers every answer carries (SPEC §3, docs/api.md).
+    // The address's `token` limit, for the RateLimit headers every answer
+    // carries (SPEC §3, docs/api.md); the account's only once it refuses,
+    // so that nobody learns from `r=` how often another account is tried.
     let mut tightest = None;
     let mut response = match token_steps(&state, &oauth, req, client, &mut tightest).await {
         Ok((principal, body)) => {
@@ -481,8 +482,9 @@ async fn password(
     Ok((subject, serde_json::to_string(&token).unwrap_or_default()))
 }
 
-/// Takes one request from the `token` policy for `subject`, and keeps the
-/// outcome in `tightest` when it leaves fewer requests than the one there.
+/// Takes one request from the `token` policy for `subject`. The first
+/// outcome (the address's) is kept in `tightest` for the RateLimit headers;
+/// a later one (the account's) replaces it only when it refuses.
 async fn limit(
     state: &AppState,
     subject: &str,
@@ -492,10 +494,7 @@ async fn limit(
     let outcome = state.limiter.rate("token", subject, rate, 1).await;
     let allowed = outcome.decision.allowed;
     let retry_after = outcome.retry_after();
-    let tighter = tightest.as_ref().is_none_or(|t| {
-        !allowed || (t.decision.allowed && outcome.decision.remaining < t.decision.remaining)
-    });
-    if tighter {
+    if tightest.is_none() || !allowed {
         *tightest = Some(outcome);
     }
     if allowed {

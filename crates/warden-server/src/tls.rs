@@ -80,6 +80,7 @@ pub fn server_config(
                     file: dir.join("key.pem"),
                 },
                 allow_readable: *allow_readable,
+                dev_ca: Some(dir.clone()),
             }
         }
         CertSource::Pem {
@@ -91,6 +92,7 @@ pub fn server_config(
             cert: cert.clone(),
             key: key_source.clone(),
             allow_readable: *allow_readable,
+            dev_ca: None,
         },
     };
     let mut provider = aws_lc_rs::default_provider();

@@ -196,13 +196,20 @@
       link.hidden = !pageAllowed(link.dataset.page);
     }
     const wanted = location.hash.slice(1);
-    if (!wanted || !pageAllowed(wanted)) location.hash = "#overview";
-    else route();
+    const first = Object.keys(PAGES).find(pageAllowed);
+    if (!first) {
+      signOut("This credential holds no management permission.");
+      return;
+    }
+    if (pageAllowed(wanted)) route();
+    else if (location.hash === `#${first}`) route();
+    else location.hash = `#${first}`;
   }
 
   function signOut(message) {
     session.credential = null;
     session.me = null;
+    session.seq++;
     stopTimers();
     clear($("#page"));
     $("#page").hidden = true;
@@ -224,8 +231,7 @@
   };
 
   function pageAllowed(name) {
-    const page = PAGES[name];
-    return !!page && page.needs.some(can);
+    return Object.hasOwn(PAGES, name) && PAGES[name].needs.some(can);
   }
 
   function stopTimers() {
@@ -238,7 +244,7 @@
   async function route() {
     if (!session.me) return;
     const name = location.hash.slice(1) || "overview";
-    const page = PAGES[name];
+    const page = Object.hasOwn(PAGES, name) ? PAGES[name] : null;
     stopTimers();
     const root = $("#page");
     clear(root);
@@ -352,7 +358,7 @@
       } else {
         plots.requests.setData(data.requests);
         plots.latency.setData(data.latency);
-        plots.refusals.setData(data.refusals);
+        plots.refusals.setData(refusalCodes.length ? data.refusals : [s.t, s.t.map(() => 0)]);
       }
       clear(models);
       append(models, [
@@ -391,11 +397,18 @@
       ]);
     }
     await refresh();
-    session.timer = setInterval(() => {
+    if (!current()) return;
+    clearInterval(session.timer);
+    const timer = setInterval(() => {
+      if (!current() || !session.me) {
+        clearInterval(timer);
+        return;
+      }
       refresh().catch((err) => {
         if (current() && session.me) toast(explain(err));
       });
     }, 5000);
+    session.timer = timer;
   }
 
   // ---- Models -------------------------------------------------------------
@@ -411,11 +424,13 @@
       append(detail, h("p", { class: "empty" }, "No model is loaded."));
       return;
     }
+    let showing = 0;
     async function show(name) {
+      const mine = ++showing;
       for (const b of tabs.children) b.setAttribute("aria-pressed", String(b.dataset.model === name));
       clear(detail);
       const m = await api("GET", `admin/models/${encodeURIComponent(name)}`);
-      if (!current()) return;
+      if (!current() || mine !== showing) return;
       clear(detail);
       const accepts = (a) => {
         if (a === "any") return "any value";
@@ -800,10 +815,17 @@
     ]);
     let after = 0;
     let rows = [];
+    let loading = 0;
+    // The filter in force: read from the fields when "Filter" is pressed,
+    // so that "Next page" and "Export" keep to the rows shown.
+    let filter = {};
+    const readFilter = () => {
+      filter = {};
+      for (const [key] of fields) if (inputs[key].value.trim()) filter[key] = inputs[key].value.trim();
+    };
 
     const query = (extra) => {
-      const q = new URLSearchParams();
-      for (const [key] of fields) if (inputs[key].value.trim()) q.set(key, inputs[key].value.trim());
+      const q = new URLSearchParams(filter);
       for (const [k, v] of Object.entries(extra)) q.set(k, v);
       return `admin/audit?${q}`;
     };
@@ -835,20 +857,23 @@
     }
 
     async function load(reset) {
-      if (reset) {
-        after = 0;
-        rows = [];
+      const mine = ++loading;
+      more.disabled = true;
+      try {
+        const page = await api("GET", query({ after: String(reset ? 0 : after), limit: "100" }));
+        if (!current() || mine !== loading) return;
+        rows = reset ? page.records : rows.concat(page.records);
+        render();
+        more.hidden = page.next === null;
+        if (page.next !== null) after = page.next;
+      } finally {
+        if (mine === loading) more.disabled = false;
       }
-      const page = await api("GET", query({ after: String(after), limit: "100" }));
-      if (!current()) return;
-      rows = reset ? page.records : rows.concat(page.records);
-      render();
-      more.hidden = page.next === null;
-      if (page.next !== null) after = page.next;
     }
 
     form.addEventListener("submit", (e) => {
       e.preventDefault();
+      readFilter();
       load(true).catch((err) => toast(explain(err)));
     });
     more.addEventListener("click", () => load(false).catch((err) => toast(explain(err))));
@@ -895,12 +920,17 @@
           if (page.next === null) break;
           cursor = page.next;
         }
+        const capped = lines.length >= 10000;
         const blob = new Blob([lines.join("\n") + "\n"], { type: "application/x-ndjson" });
         const link = h("a", { href: URL.createObjectURL(blob), download: `warden-audit-${Date.now()}.jsonl` });
         document.body.appendChild(link);
         link.click();
         link.remove();
-        toast(`Exported ${lines.length} records.`);
+        toast(
+          capped
+            ? `Exported the first ${lines.length} records (the console's cap; warden audit export has none).`
+            : `Exported ${lines.length} records.`,
+        );
       } catch (err) {
         toast(explain(err));
       } finally {
@@ -995,10 +1025,27 @@
   });
   $("#signout").addEventListener("click", () => signOut("Signed out."));
   window.addEventListener("hashchange", () => route());
-
-  // A client certificate the management listener accepts signs in at once.
-  signIn(null).catch(() => {
-    $("#signin").hidden = false;
-    $("#credential").focus();
+  // "Skip to content" moves the focus; it is not a page.
+  $(".skip").addEventListener("click", (e) => {
+    e.preventDefault();
+    $("#main").focus();
   });
+
+  // A client certificate the management listener accepts signs in without
+  // a key; asked for by a button, not at every page load, since a call
+  // without a credential counts towards the address's ban.
+  $("#signin-certificate").addEventListener("click", async () => {
+    $("#signin-error").textContent = "";
+    try {
+      await signIn(null);
+    } catch (err) {
+      $("#signin-error").textContent =
+        err instanceof ApiError && (err.status === 401 || err.status === 403)
+          ? "No client certificate was accepted: sign in with a key."
+          : explain(err);
+    }
+  });
+  // The form works once this script runs (before, it cannot submit).
+  for (const b of document.querySelectorAll("#signin button")) b.disabled = false;
+  $("#credential").focus();
 })();

@@ -51,6 +51,14 @@ try {
   seen.csp = response.headers()["content-security-policy"];
   await page.waitForSelector("#signin-form");
   await shot("signin");
+  // No client certificate here: the certificate button says so.
+  await page.click("#signin-certificate");
+  await page.waitForFunction(() => document.querySelector("#signin-error").textContent.length > 0);
+  seen.noCertificate = await page.textContent("#signin-error");
+  // "Skip to content" moves the focus and is not a page.
+  await page.focus(".skip");
+  await page.keyboard.press("Enter");
+  seen.skipFocus = await page.evaluate(() => document.activeElement.id);
   await page.fill("#credential", "wdn_aaaaaaaaaaaa_notarealsecretnotarealsecretnotarealsec");
   await page.click("#signin-form button[type=submit]");
   await page.waitForFunction(() => document.querySelector("#signin-error").textContent.length > 0);

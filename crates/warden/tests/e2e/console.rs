@@ -199,6 +199,11 @@ async fn the_console_works_in_headless_chromium_and_escapes_what_clients_control
     );
     assert_eq!(seen["wrongCredentialNavHidden"], true);
     assert_eq!(
+        seen["noCertificate"],
+        "No client certificate was accepted: sign in with a key."
+    );
+    assert_eq!(seen["skipFocus"], "main");
+    assert_eq!(
         seen["storage"],
         json!({"cookies": "", "local": 0, "session": 0})
     );

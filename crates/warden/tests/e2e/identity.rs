@@ -790,8 +790,8 @@ async fn token_endpoint_brute_force_is_limited_and_logged() {
             (StatusCode::BAD_REQUEST, Some("invalid_grant"))
         );
         // The IETF RateLimit headers, like every limited route (SPEC §3):
-        // the address and the account each spend one, so what is left
-        // counts down from 4.
+        // the address's limit, which counts down from 4 (the account's is
+        // shown only once it refuses).
         assert_eq!(headers["ratelimit-policy"], "\"token\";q=5;w=60");
         let left = headers["ratelimit"].to_str().unwrap();
         assert!(
