@@ -20,7 +20,6 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use warden_core::{ApiError, ErrorCode, Permission};
@@ -66,16 +65,7 @@ pub async fn asset(PathParam(asset): PathParam) -> Response {
 }
 
 fn asset_response(body: &'static [u8], content_type: &'static str) -> Response {
-    let mut r = Response::new(axum::body::Body::from(body));
-    let headers = r.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    // The edge keeps a handler's own policy (every other response gets
-    // `default-src 'none'`); Cache-Control stays `no-store`.
-    headers.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(CSP),
-    );
-    r
+    crate::docs::static_asset(body, content_type, CSP)
 }
 
 // ---------------------------------------------------------------------------

@@ -85,15 +85,24 @@ pub async fn asset(crate::extract::PathParam(asset): crate::extract::PathParam) 
 }
 
 fn with_type(body: &'static [u8], content_type: &'static str) -> Response {
+    static_asset(body, content_type, CSP)
+}
+
+/// An embedded asset with its type and its page's policy (the docs page's
+/// or the console's). The edge keeps a handler's own policy (every other
+/// response gets `default-src 'none'`). Cache-Control stays `no-store`, as
+/// on every response (docs/api.md).
+pub(crate) fn static_asset(
+    body: &'static [u8],
+    content_type: &'static str,
+    csp: &'static str,
+) -> Response {
     let mut r = Response::new(axum::body::Body::from(body));
     let headers = r.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    // The edge keeps a handler's own policy (every other response gets
-    // `default-src 'none'`). Cache-Control stays `no-store`, as on every
-    // response (docs/api.md).
     headers.insert(
         header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(CSP),
+        HeaderValue::from_static(csp),
     );
     r
 }

@@ -282,7 +282,7 @@ pub async fn token(State(state): State<AppState>, req: Request) -> Response {
         return crate::routes::not_found().await.into_response();
     };
     // The address's `token` limit, for the RateLimit headers every answer
-    // carries (SPEC §3, docs/api.md); the account's only once it refuses,
+    // carries (docs/api.md, "Headers"); the account's only once it refuses,
     // so that nobody learns from `r=` how often another account is tried.
     let mut tightest = None;
     let mut response = match token_steps(&state, &oauth, req, client, &mut tightest).await {

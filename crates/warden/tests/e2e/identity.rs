@@ -789,7 +789,7 @@ async fn token_endpoint_brute_force_is_limited_and_logged() {
             (status, body["error"].as_str()),
             (StatusCode::BAD_REQUEST, Some("invalid_grant"))
         );
-        // The IETF RateLimit headers, like every limited route (SPEC §3):
+        // The IETF RateLimit headers, like every limited route (docs/api.md):
         // the address's limit, which counts down from 4 (the account's is
         // shown only once it refuses).
         assert_eq!(headers["ratelimit-policy"], "\"token\";q=5;w=60");
