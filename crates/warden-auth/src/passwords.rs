@@ -1,5 +1,10 @@
-//! Passwords and OAuth2 client secrets: Argon2id (the `argon2` crate's
-//! defaults, OWASP's minimum: 19 MiB, 2 passes), about 100 ms per hash.
+//! Passwords and OAuth2 client secrets: Argon2id with 7 MiB and 5 passes,
+//! about 100 ms per hash. OWASP's Password Storage Cheat Sheet lists it
+//! among the configurations of equal strength to the `argon2` crate's
+//! default (19 MiB, 2 passes); Warden takes the one with the least memory,
+//! since every check in flight holds its memory cost (docs/identity.md).
+//! Hashes made with other parameters (earlier versions) still verify: a
+//! PHC string carries its own.
 //!
 //! Checking costs the same whether or not the account exists: an unknown
 //! name is checked against a dummy hash made at start, so response time does
@@ -19,9 +24,23 @@ use zeroize::Zeroizing;
 /// Checks that may wait for a free CPU before callers are told to retry.
 pub const MAX_WAITING: usize = 64;
 
+/// Memory cost in KiB, passes, lanes: OWASP's 7 MiB configuration.
+const PARAMS: (u32, u32, u32) = (7 * 1024, 5, 1);
+
+fn argon2() -> Result<Argon2<'static>, String> {
+    let (m, t, p) = PARAMS;
+    let params =
+        argon2::Params::new(m, t, p, None).map_err(|e| format!("argon2 parameters: {e}"))?;
+    Ok(Argon2::new(
+        argon2::Algorithm::Argon2id,
+        argon2::Version::V0x13,
+        params,
+    ))
+}
+
 /// Hashes a password or secret to an Argon2id PHC string. Blocking (~100 ms).
 pub fn hash(secret: &str) -> Result<String, String> {
-    Argon2::default()
+    argon2()?
         .hash_password(secret.as_bytes())
         .map(|h| h.to_string())
         .map_err(|e| format!("cannot hash: {e}"))
@@ -31,6 +50,7 @@ pub fn hash(secret: &str) -> Result<String, String> {
 /// mismatch (and logged).
 pub fn verify(secret: &str, phc: &str) -> bool {
     match PasswordHash::new(phc) {
+        // The parameters come from the PHC string.
         Ok(parsed) => Argon2::default()
             .verify_password(secret.as_bytes(), &parsed)
             .is_ok(),
@@ -123,5 +143,19 @@ mod tests {
         let secret = || Zeroizing::new("correct horse".to_string());
         assert_eq!(checker.check(secret(), Some(phc.clone())).await, Ok(true));
         assert_eq!(checker.check(secret(), None).await, Ok(false));
+    }
+
+    #[test]
+    fn new_hashes_use_the_low_memory_parameters_and_old_ones_still_verify() {
+        let phc = hash("s3cret").unwrap();
+        assert!(phc.contains("$m=7168,t=5,p=1$"), "{phc}");
+        // A hash made by earlier versions (the crate's default, 19 MiB).
+        let old = Argon2::default()
+            .hash_password(b"s3cret")
+            .unwrap()
+            .to_string();
+        assert!(old.contains("$m=19456,t=2,p=1$"), "{old}");
+        assert!(verify("s3cret", &old));
+        assert!(!verify("s3cre7", &old));
     }
 }

@@ -12,9 +12,16 @@
 //!   username on the token endpoint) within a window lead to a ban whose
 //!   length doubles with each ban, up to a maximum.
 //!
+//! One request is one round trip to Redis (docs/limits.md, "Shared state"):
+//! [`Limiter::charge`] takes every rate check and the quota in one script,
+//! and bans are mirrored in each replica (announced through Redis pub/sub,
+//! reloaded whenever the subscription is re-established), so the ban check
+//! reads memory.
+//!
 //! With Redis: when it cannot be reached, rate limits fall back to this
 //! process's own limiter (fail open, logged), quotas refuse unless configured
-//! to allow (fail closed), and bans are not enforced (fail open, logged).
+//! to allow (fail closed), and bans are those this replica knows of (the
+//! mirror as it was, and failures counted locally since; logged).
 
 pub mod gcra;
 pub mod memory;
@@ -111,6 +118,40 @@ impl RateOutcome {
     }
 }
 
+/// One rate check of [`Limiter::charge`].
+#[derive(Debug, Clone, Copy)]
+pub struct RateCheck<'a> {
+    /// The policy (`default`, `predict`, `token`).
+    pub policy: &'static str,
+    /// Who is counted: a principal id, `addr:<ip>`, `user:<name>`.
+    pub subject: &'a str,
+    /// The rate applied (see [`Limiter::rate_for`]).
+    pub rate: Rate,
+    /// Units taken.
+    pub cost: u64,
+}
+
+/// The quota part of [`Limiter::charge`].
+#[derive(Debug, Clone, Copy)]
+pub struct QuotaCharge<'a> {
+    /// Whose quotas.
+    pub principal: &'a Principal,
+    /// On which model.
+    pub model: &'a str,
+    /// Rows taken.
+    pub rows: u64,
+}
+
+/// What [`Limiter::charge`] decided.
+#[derive(Debug, Clone)]
+pub struct Charged {
+    /// The rate checks made, in order: all of them, or up to and including
+    /// the first that refused.
+    pub rates: Vec<RateOutcome>,
+    /// The quota's outcome, when asked and every rate check passed.
+    pub quota: Option<QuotaOutcome>,
+}
+
 /// The outcome of a quota check.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QuotaOutcome {
@@ -146,7 +187,7 @@ pub struct Unavailable;
 pub struct Limiter {
     settings: LimitSettings,
     clock: Arc<dyn Clock>,
-    memory: Memory,
+    memory: Arc<Memory>,
     shared: Option<Arc<Shared>>,
     quota_fail_closed: bool,
     /// The models' own budgets (model cards' `[budget]`), by model name.
@@ -208,7 +249,7 @@ impl Limiter {
         Self {
             settings,
             clock,
-            memory: Memory::default(),
+            memory: Arc::default(),
             shared: None,
             quota_fail_closed: true,
             budgets: Budgets::default(),
@@ -229,7 +270,23 @@ impl Limiter {
         {
             let url = std::str::from_utf8(url.expose())
                 .map_err(|_| "limits.redis_url: not UTF-8".to_owned())?;
-            limiter.shared = Some(Shared::connect(url, prefix).await?);
+            let shared = Shared::connect(url, prefix).await?;
+            let (memory, clock) = (Arc::clone(&limiter.memory), Arc::clone(&limiter.clock));
+            shared.mirror_bans(Box::new(move |event| {
+                let now = clock.now_us();
+                match event {
+                    shared::BanEvent::Reload(bans) => memory.replace_bans(&bans, now),
+                    shared::BanEvent::Ban {
+                        subject,
+                        remaining_us,
+                        level,
+                    } => memory.mirror_ban(subject, remaining_us, level, now),
+                    shared::BanEvent::Lift(subject) => {
+                        memory.lift(subject, now);
+                    }
+                }
+            }));
+            limiter.shared = Some(shared);
             limiter.quota_fail_closed = quota_fail_closed;
         }
         Ok(limiter)
@@ -341,21 +398,127 @@ impl Limiter {
         rate: Rate,
         cost: u64,
     ) -> RateOutcome {
-        let key = format!("{policy}:{subject}");
-        let decision = match &self.shared {
-            None => self.memory.rate(&key, cost, &rate, self.clock.now_us()),
-            Some(s) => match s.rate(&key, cost, &rate).await {
-                Ok(d) => d,
+        let check = RateCheck {
+            policy,
+            subject,
+            rate,
+            cost,
+        };
+        match self.charge(&[check], None).await {
+            Ok(Charged { rates, .. }) if !rates.is_empty() => rates[0],
+            // One rate check and no quota: always answered.
+            _ => RateOutcome {
+                policy,
+                rate,
+                decision: Decision {
+                    allowed: false,
+                    remaining: 0,
+                    reset_us: 1_000_000,
+                    retry_after_us: 1_000_000,
+                },
+            },
+        }
+    }
+
+    /// Every charge of one request, in one round trip when state is shared:
+    /// the rate checks in order, stopping at the first refusal (the checks
+    /// before it stay charged, as if made one after the other), then, if
+    /// every one passed, `quota`'s rows from the principal's quotas on the
+    /// model (all-or-nothing). `Err` only when Redis is down and quotas
+    /// fail closed.
+    pub async fn charge(
+        &self,
+        rates: &[RateCheck<'_>],
+        quota: Option<QuotaCharge<'_>>,
+    ) -> Result<Charged, Unavailable> {
+        let now = self.clock.now_us();
+        let windows = quota
+            .as_ref()
+            .map(|q| self.quota_windows(q.principal, q.model, now))
+            .unwrap_or_default();
+        let quota_rows = quota.as_ref().map_or(0, |q| q.rows);
+        let keys: Vec<(String, u64, Rate)> = rates
+            .iter()
+            .map(|c| (format!("{}:{}", c.policy, c.subject), c.cost, c.rate))
+            .collect();
+        let shared = match &self.shared {
+            Some(s) => match s.charge(&keys, &windows, quota_rows, now).await {
+                Ok(answer) => Some(answer),
                 Err(e) => {
                     self.unavailable("rate limit", &e);
-                    self.memory.rate(&key, cost, &rate, self.clock.now_us())
+                    None
                 }
             },
+            None => None,
         };
-        RateOutcome {
-            policy,
-            rate,
-            decision,
+        let redis_down = self.shared.is_some() && shared.is_none();
+        let (decisions, quota_decision) = match shared {
+            Some(answer) => answer,
+            None => {
+                let mut decisions = Vec::with_capacity(keys.len());
+                for (key, cost, rate) in &keys {
+                    let d = self.memory.rate(key, *cost, rate, now);
+                    decisions.push(d);
+                    if !d.allowed {
+                        break;
+                    }
+                }
+                let all_passed = decisions.iter().all(|d| d.allowed);
+                let q = (all_passed && !windows.is_empty() && !redis_down)
+                    .then(|| self.memory.quota(&windows, quota_rows, now));
+                (decisions, q)
+            }
+        };
+        let outcomes: Vec<RateOutcome> = rates
+            .iter()
+            .zip(decisions)
+            .map(|(c, decision)| RateOutcome {
+                policy: c.policy,
+                rate: c.rate,
+                decision,
+            })
+            .collect();
+        let all_passed =
+            outcomes.len() == rates.len() && outcomes.iter().all(|o| o.decision.allowed);
+        let quota = if quota.is_none() || !all_passed {
+            None
+        } else if windows.is_empty() {
+            Some(QuotaOutcome {
+                allowed: true,
+                remaining: None,
+                retry_after: 0,
+            })
+        } else {
+            match quota_decision {
+                Some(d) => Some(self.quota_outcome(&windows, &d, now)),
+                // Redis is down: quotas fail closed, or let the rows through.
+                None if self.quota_fail_closed => return Err(Unavailable),
+                None => Some(QuotaOutcome {
+                    allowed: true,
+                    remaining: None,
+                    retry_after: 0,
+                }),
+            }
+        };
+        Ok(Charged {
+            rates: outcomes,
+            quota,
+        })
+    }
+
+    fn quota_outcome(&self, windows: &[QuotaWindow], d: &QuotaDecision, now: u64) -> QuotaOutcome {
+        let remaining = windows
+            .iter()
+            .zip(&d.used)
+            .map(|(w, u)| w.limit.saturating_sub(*u))
+            .min();
+        let retry_after = d.exceeded.and_then(|i| windows.get(i)).map_or(0, |w| {
+            w.ends_us.saturating_sub(now).div_ceil(1_000_000).max(1)
+        });
+        QuotaOutcome {
+            allowed: d.allowed,
+            remaining,
+            retry_after,
         }
     }
 
@@ -422,48 +585,17 @@ impl Limiter {
         model: &str,
         rows: u64,
     ) -> Result<QuotaOutcome, Unavailable> {
-        let now = self.clock.now_us();
-        let windows = self.quota_windows(principal, model, now);
-        if windows.is_empty() {
-            return Ok(QuotaOutcome {
-                allowed: true,
-                remaining: None,
-                retry_after: 0,
-            });
-        }
-        let decision = match &self.shared {
-            None => self.memory.quota(&windows, rows, now),
-            Some(s) => match s.quota(&windows, rows, now).await {
-                Ok(d) => d,
-                Err(e) => {
-                    self.unavailable("quota", &e);
-                    if self.quota_fail_closed {
-                        return Err(Unavailable);
-                    }
-                    return Ok(QuotaOutcome {
-                        allowed: true,
-                        remaining: None,
-                        retry_after: 0,
-                    });
-                }
-            },
+        let charge = QuotaCharge {
+            principal,
+            model,
+            rows,
         };
-        let remaining = windows
-            .iter()
-            .zip(&decision.used)
-            .map(|(w, u)| w.limit.saturating_sub(*u))
-            .min();
-        let retry_after = decision
-            .exceeded
-            .and_then(|i| windows.get(i))
-            .map_or(0, |w| {
-                w.ends_us.saturating_sub(now).div_ceil(1_000_000).max(1)
-            });
-        Ok(QuotaOutcome {
-            allowed: decision.allowed,
-            remaining,
-            retry_after,
-        })
+        let charged = self.charge(&[], Some(charge)).await?;
+        Ok(charged.quota.unwrap_or(QuotaOutcome {
+            allowed: true,
+            remaining: None,
+            retry_after: 0,
+        }))
     }
 
     /// Gives back `rows` taken by [`Limiter::quota`] that were not predicted
@@ -514,11 +646,14 @@ impl Limiter {
         Ok(out)
     }
 
-    /// Seconds left on `subject`'s ban, if it is banned.
+    /// Seconds left on `subject`'s ban, if it is banned. With Redis this
+    /// reads the replica's mirror of the shared bans (no round trip), and
+    /// asks Redis only while the mirror is not current.
     pub async fn banned(&self, subject: &str) -> Option<u64> {
         self.settings.bans?;
         let us = match &self.shared {
             None => self.memory.banned(subject, self.clock.now_us()),
+            Some(s) if s.bans_mirrored() => self.memory.banned(subject, self.clock.now_us()),
             Some(s) => match s.banned(subject).await {
                 Ok(b) => b,
                 Err(e) => {
@@ -539,7 +674,14 @@ impl Limiter {
         let ban = match &self.shared {
             None => self.memory.failure(subject, &policy, self.clock.now_us()),
             Some(s) => match s.failure(subject, &policy).await {
-                Ok(b) => b,
+                Ok(Some((us, level))) => {
+                    // Into this replica's mirror at once (the announcement
+                    // reaches the others).
+                    self.memory
+                        .mirror_ban(subject, us, level, self.clock.now_us());
+                    Some(us)
+                }
+                Ok(None) => None,
                 Err(e) => {
                     self.unavailable("ban", &e);
                     self.memory.failure(subject, &policy, self.clock.now_us())

@@ -228,6 +228,27 @@ impl Memory {
             .collect()
     }
 
+    /// Records a ban another replica made (announced through the shared
+    /// store): `subject` is banned for `remaining_us` more, at `level`.
+    pub fn mirror_ban(&self, subject: &str, remaining_us: u64, level: u32, now: u64) {
+        let mut bans = lock(&self.bans);
+        mirror_into(&mut bans, subject, remaining_us, level, now);
+    }
+
+    /// Makes the current bans exactly `current` (the shared store's list,
+    /// read after subscribing to its announcements): every other ban ends
+    /// now; remembered levels stay, for the local fallback.
+    pub fn replace_bans(&self, current: &[BanInfo], now: u64) {
+        let mut bans = lock(&self.bans);
+        for b in bans.values_mut() {
+            b.until = 0;
+        }
+        bans.retain(|_, b| b.level_expires > now);
+        for b in current {
+            mirror_into(&mut bans, &b.subject, b.remaining_us, b.level, now);
+        }
+    }
+
     /// Lifts a ban (and forgets its level and failures). False if none.
     pub fn lift(&self, subject: &str, now: u64) -> bool {
         lock(&self.failures).remove(subject);
@@ -235,6 +256,26 @@ impl Memory {
             .remove(subject)
             .is_some_and(|b| b.until > now)
     }
+}
+
+fn mirror_into(
+    bans: &mut HashMap<String, BanState>,
+    subject: &str,
+    remaining_us: u64,
+    level: u32,
+    now: u64,
+) {
+    if bans.len() >= MAX_ENTRIES && !bans.contains_key(subject) {
+        bans.retain(|_, b| b.until > now);
+        if bans.len() >= MAX_ENTRIES {
+            tracing::error!(subject, "ban table full: this ban is not mirrored");
+            return;
+        }
+    }
+    let state = bans.entry(subject.to_owned()).or_default();
+    state.until = now.saturating_add(remaining_us);
+    state.level = level;
+    state.level_expires = state.until.saturating_add(LEVEL_MEMORY_US);
 }
 
 /// How long after a ban ends its level is remembered (so a client that

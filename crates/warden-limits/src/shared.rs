@@ -18,57 +18,73 @@ use crate::gcra::{self, Decision};
 use crate::memory::LEVEL_MEMORY_US;
 use crate::{BanInfo, QuotaDecision, QuotaWindow};
 
-/// The same arithmetic as `gcra::step`, on Redis's clock.
-const RATE: &str = r"
+/// Every charge of one request in one round trip: rate checks in order
+/// (the same arithmetic as `gcra::step`, on Redis's clock), then quota
+/// windows. KEYS: the rate cells, then the quota windows. ARGV[1]: the
+/// number of rate cells; per cell its cost, T and tau; then the quota's
+/// cost; per window its limit and TTL (ms). The first refused rate check
+/// ends the script (the checks before it stay charged, as if made one after
+/// the other); the quota is taken all-or-nothing after every rate check
+/// passed. Returns per rate check made {allowed, remaining, reset, retry
+/// after}, then, if windows were given and reached, {allowed, exceeded
+/// window (1-based, 0 none), used per window...}.
+const CHARGE: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local cost, T, tau = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local tat = tonumber(redis.call('GET', KEYS[1]) or now)
-if tat < now then tat = now end
-local new_tat = tat + cost * T
-local ahead = new_tat - now
-if ahead > tau then
-  local rem = math.floor(math.max(tau - (tat - now), 0) / T)
-  return {0, rem, tat - now, ahead - tau}
+local nr = tonumber(ARGV[1])
+local out = {}
+for i = 1, nr do
+  local cost, T, tau = tonumber(ARGV[3 * i - 1]), tonumber(ARGV[3 * i]), tonumber(ARGV[3 * i + 1])
+  local tat = tonumber(redis.call('GET', KEYS[i]) or now)
+  if tat < now then tat = now end
+  local new_tat = tat + cost * T
+  local ahead = new_tat - now
+  if ahead > tau then
+    local rem = math.floor(math.max(tau - (tat - now), 0) / T)
+    out[#out + 1] = 0; out[#out + 1] = rem; out[#out + 1] = tat - now; out[#out + 1] = ahead - tau
+    return out
+  end
+  redis.call('SET', KEYS[i], string.format('%d', new_tat), 'PX', math.ceil(ahead / 1000) + 1)
+  out[#out + 1] = 1; out[#out + 1] = math.floor((tau - ahead) / T); out[#out + 1] = ahead; out[#out + 1] = 0
 end
-redis.call('SET', KEYS[1], string.format('%d', new_tat), 'PX', math.ceil(ahead / 1000) + 1)
-return {1, math.floor((tau - ahead) / T), ahead, 0}
-";
-
-/// Takes `cost` from every window key, or none if one would go over.
-const QUOTA: &str = r"
-local cost = tonumber(ARGV[1])
+local nq = #KEYS - nr
+if nq == 0 then return out end
+local base = 3 * nr + 2
+local cost = tonumber(ARGV[base])
 local used = {}
-for i, k in ipairs(KEYS) do used[i] = tonumber(redis.call('GET', k) or '0') end
-for i = 1, #KEYS do
-  if used[i] + cost > tonumber(ARGV[2 * i]) then
-    local r = {0, i}
-    for j = 1, #KEYS do r[j + 2] = used[j] end
-    return r
+for i = 1, nq do used[i] = tonumber(redis.call('GET', KEYS[nr + i]) or '0') end
+for i = 1, nq do
+  if used[i] + cost > tonumber(ARGV[base + 2 * i - 1]) then
+    out[#out + 1] = 0; out[#out + 1] = i
+    for j = 1, nq do out[#out + 1] = used[j] end
+    return out
   end
 end
-local r = {1, 0}
-for i, k in ipairs(KEYS) do
-  local n = redis.call('INCRBY', k, cost)
-  if n == cost then redis.call('PEXPIRE', k, ARGV[2 * i + 1]) end
-  r[i + 2] = n
+out[#out + 1] = 1; out[#out + 1] = 0
+for i = 1, nq do
+  local n = redis.call('INCRBY', KEYS[nr + i], cost)
+  if n == cost then redis.call('PEXPIRE', KEYS[nr + i], ARGV[base + 2 * i]) end
+  out[#out + 1] = n
 end
-return r
+return out
 ";
 
 /// One authentication failure: counts it, and bans on the threshold with a
-/// length doubling per ban level (up to the max).
+/// length doubling per ban level (up to the max), announcing the ban on
+/// the bans channel (KEYS[4]) as `ban <ms> <level> <subject>`. Returns
+/// {ban length in ms (0: no ban), level}.
 const FAILURE: &str = r"
 local n = redis.call('INCR', KEYS[1])
 if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-if n < tonumber(ARGV[1]) then return 0 end
+if n < tonumber(ARGV[1]) then return {0, 0} end
 redis.call('DEL', KEYS[1])
 local level = redis.call('INCR', KEYS[3])
 local d = tonumber(ARGV[3]) * math.pow(2, level - 1)
 if d > tonumber(ARGV[4]) then d = tonumber(ARGV[4]) end
 redis.call('PEXPIRE', KEYS[3], math.floor(d) + tonumber(ARGV[5]))
 redis.call('SET', KEYS[2], level, 'PX', math.floor(d))
-return math.floor(d)
+redis.call('PUBLISH', KEYS[4], string.format('ban %d %d %s', math.floor(d), level, ARGV[6]))
+return {math.floor(d), level}
 ";
 
 /// Query similarity (docs/defenses.md, "Query-based attacks: similarity"):
@@ -129,13 +145,34 @@ return results
 /// Called with a changed key's id, or `None` for "forget every key".
 pub(crate) type ForgetKey = dyn Fn(Option<&str>) + Send + Sync;
 
+/// Run once a subscription is established; false drops it (to retry).
+type Established = dyn Fn(std::sync::Arc<Shared>) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>>
+    + Send
+    + Sync;
+
+/// What the ban announcements say (see [`Shared::mirror_bans`]).
+#[derive(Debug)]
+pub(crate) enum BanEvent<'a> {
+    /// Every current ban, read after (re)subscribing.
+    Reload(Vec<BanInfo>),
+    /// A new ban.
+    Ban {
+        subject: &'a str,
+        remaining_us: u64,
+        level: u32,
+    },
+    /// A lifted ban.
+    Lift(&'a str),
+}
+
 /// The Redis side of the limiter.
 pub(crate) struct Shared {
     client: redis::Client,
     prefix: String,
     conn: RwLock<Option<ConnectionManager>>,
-    rate: Script,
-    quota: Script,
+    /// See [`Shared::bans_mirrored`].
+    bans_live: std::sync::atomic::AtomicBool,
+    charge: Script,
     failure: Script,
     similar: Script,
 }
@@ -168,8 +205,8 @@ impl Shared {
             client,
             prefix,
             conn: RwLock::new(None),
-            rate: Script::new(RATE),
-            quota: Script::new(QUOTA),
+            bans_live: std::sync::atomic::AtomicBool::new(false),
+            charge: Script::new(CHARGE),
             failure: Script::new(FAILURE),
             similar: Script::new(SIMILAR),
         });
@@ -219,26 +256,77 @@ impl Shared {
         format!("{}{k}", self.prefix)
     }
 
-    /// One GCRA check.
-    pub(crate) async fn rate(&self, key: &str, cost: u64, rate: &Rate) -> Result<Decision, Down> {
-        let (t, tau) = gcra::params(rate);
+    /// Every charge of one request in one round trip (the `CHARGE`
+    /// script): the rate checks in order, up to the first refusal, then the
+    /// quota windows if every rate check passed. Returns the decisions made
+    /// and the quota's, if reached.
+    pub(crate) async fn charge(
+        &self,
+        rates: &[(String, u64, Rate)],
+        windows: &[QuotaWindow],
+        quota_cost: u64,
+        now: u64,
+    ) -> Result<(Vec<Decision>, Option<QuotaDecision>), Down> {
         let mut conn = self.conn()?;
-        let r: Vec<i64> = self
-            .rate
-            .key(self.key(&format!("rl:{key}")))
-            .arg(cost)
-            .arg(t)
-            .arg(tau)
+        let mut inv = self.charge.prepare_invoke();
+        inv.arg(rates.len());
+        for (key, cost, rate) in rates {
+            let (t, tau) = gcra::params(rate);
+            inv.key(self.key(&format!("rl:{key}")))
+                .arg(*cost)
+                .arg(t)
+                .arg(tau);
+        }
+        inv.arg(quota_cost);
+        for w in windows {
+            inv.key(self.key(&w.key));
+            inv.arg(w.limit);
+            inv.arg(w.ends_us.saturating_sub(now) / 1000 + 1);
+        }
+        let r: Vec<i64> = inv
             .invoke_async(&mut conn)
             .await
             .map_err(|e| Down(e.to_string()))?;
         let at = |i: usize| r.get(i).copied().unwrap_or(0).max(0) as u64;
-        Ok(Decision {
-            allowed: at(0) == 1,
-            remaining: at(1),
-            reset_us: at(2),
-            retry_after_us: at(3),
-        })
+        let mut decisions = Vec::with_capacity(rates.len());
+        let mut pos = 0;
+        while decisions.len() < rates.len() && pos + 4 <= r.len() {
+            let d = Decision {
+                allowed: at(pos) == 1,
+                remaining: at(pos + 1),
+                reset_us: at(pos + 2),
+                retry_after_us: at(pos + 3),
+            };
+            pos += 4;
+            decisions.push(d);
+            if !d.allowed {
+                return Ok((decisions, None));
+            }
+        }
+        if decisions.len() < rates.len() {
+            return Err(Down("short answer from the charge script".into()));
+        }
+        if windows.is_empty() {
+            return Ok((decisions, None));
+        }
+        if r.len() < pos + 2 + windows.len() {
+            return Err(Down("short answer from the charge script".into()));
+        }
+        let allowed = at(pos) == 1;
+        let exceeded = r
+            .get(pos + 1)
+            .copied()
+            .filter(|i| *i > 0)
+            .map(|i| (i - 1) as usize);
+        let used = (0..windows.len()).map(|i| at(pos + 2 + i)).collect();
+        Ok((
+            decisions,
+            Some(QuotaDecision {
+                allowed,
+                used,
+                exceeded,
+            }),
+        ))
     }
 
     /// Query similarity, every row of a request in one call: per row 0 no
@@ -268,39 +356,6 @@ impl Shared {
             .into_iter()
             .map(|f| u8::try_from(f.clamp(0, 2)).unwrap_or(0))
             .collect())
-    }
-
-    /// Takes rows from every window, or none.
-    pub(crate) async fn quota(
-        &self,
-        windows: &[QuotaWindow],
-        cost: u64,
-        now: u64,
-    ) -> Result<QuotaDecision, Down> {
-        let mut conn = self.conn()?;
-        let mut inv = self.quota.prepare_invoke();
-        inv.arg(cost);
-        for w in windows {
-            inv.key(self.key(&w.key));
-            inv.arg(w.limit);
-            inv.arg(w.ends_us.saturating_sub(now) / 1000 + 1);
-        }
-        let r: Vec<i64> = inv
-            .invoke_async(&mut conn)
-            .await
-            .map_err(|e| Down(e.to_string()))?;
-        let allowed = r.first() == Some(&1);
-        let exceeded = r
-            .get(1)
-            .copied()
-            .filter(|i| *i > 0)
-            .map(|i| (i - 1) as usize);
-        let used = r.iter().skip(2).map(|u| (*u).max(0) as u64).collect();
-        Ok(QuotaDecision {
-            allowed,
-            used,
-            exceeded,
-        })
     }
 
     /// Gives rows back to every window (never below zero).
@@ -350,23 +405,32 @@ impl Shared {
         Ok((ms > 0).then(|| ms as u64 * 1000))
     }
 
-    /// Records a failure; the new ban's length (µs) if it tipped over.
-    pub(crate) async fn failure(&self, subject: &str, policy: &Bans) -> Result<Option<u64>, Down> {
+    /// Records a failure; the new ban's length (µs) and level if it tipped
+    /// over (the ban is announced to every replica).
+    pub(crate) async fn failure(
+        &self,
+        subject: &str,
+        policy: &Bans,
+    ) -> Result<Option<(u64, u32)>, Down> {
         let mut conn = self.conn()?;
-        let ms: i64 = self
+        let r: Vec<i64> = self
             .failure
             .key(self.key(&format!("fail:{subject}")))
             .key(self.key(&format!("ban:{subject}")))
             .key(self.key(&format!("banlevel:{subject}")))
+            .key(self.ban_channel())
             .arg(policy.failures)
             .arg(policy.window.as_millis() as u64)
             .arg(policy.base.as_millis() as u64)
             .arg(policy.max.as_millis() as u64)
             .arg(LEVEL_MEMORY_US / 1000)
+            .arg(subject)
             .invoke_async(&mut conn)
             .await
             .map_err(|e| Down(e.to_string()))?;
-        Ok((ms > 0).then(|| ms as u64 * 1000))
+        let ms = r.first().copied().unwrap_or(0);
+        let level = r.get(1).copied().unwrap_or(1).clamp(1, i64::from(u32::MAX)) as u32;
+        Ok((ms > 0).then(|| (ms as u64 * 1000, level)))
     }
 
     /// Every current ban (SCAN; for the management API).
@@ -402,18 +466,88 @@ impl Shared {
         Ok(out)
     }
 
-    /// Lifts a ban and forgets its level and failures.
+    /// Lifts a ban, forgets its level and failures, and announces the
+    /// lift to every replica (one transaction).
     pub(crate) async fn lift(&self, subject: &str) -> Result<bool, Down> {
         let mut conn = self.conn()?;
-        let removed: u64 = conn
+        let (removed, _): (u64, i64) = redis::pipe()
+            .atomic()
             .del(&[
                 self.key(&format!("ban:{subject}")),
                 self.key(&format!("banlevel:{subject}")),
                 self.key(&format!("fail:{subject}")),
             ])
+            .publish(self.ban_channel(), format!("lift {subject}"))
+            .query_async(&mut conn)
             .await
             .map_err(|e| Down(e.to_string()))?;
         Ok(removed > 0)
+    }
+
+    /// The channel bans and lifts are announced on.
+    fn ban_channel(&self) -> String {
+        self.key("bans:changed")
+    }
+
+    /// Whether this replica's copy of the bans is current: subscribed to
+    /// the announcements and loaded since (re)subscribing.
+    pub(crate) fn bans_mirrored(&self) -> bool {
+        self.bans_live.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Keeps `mirror` a copy of the shared bans, for as long as `self`
+    /// lives: subscribes to the announcements, then loads every current ban
+    /// (`BanMirror::Reload`), then applies each announcement. While the
+    /// subscription is down the copy is not used ([`Self::bans_mirrored`]
+    /// is false and ban checks ask Redis).
+    pub(crate) fn mirror_bans(
+        self: &std::sync::Arc<Self>,
+        mirror: Box<dyn Fn(BanEvent<'_>) + Send + Sync>,
+    ) {
+        let mirror: std::sync::Arc<dyn Fn(BanEvent<'_>) + Send + Sync> = mirror.into();
+        let on_message = std::sync::Arc::clone(&mirror);
+        self.watch(
+            self.ban_channel(),
+            "ban announcements",
+            Box::new(move |this: std::sync::Arc<Self>| {
+                let mirror = std::sync::Arc::clone(&mirror);
+                Box::pin(async move {
+                    match this.bans().await {
+                        Ok(bans) => {
+                            mirror(BanEvent::Reload(bans));
+                            this.bans_live
+                                .store(true, std::sync::atomic::Ordering::Release);
+                            true
+                        }
+                        Err(_) => false,
+                    }
+                })
+            }),
+            Box::new(move |payload: &str| {
+                // `ban <ms> <level> <subject>` or `lift <subject>`; the
+                // subject comes last, whole (it may contain spaces).
+                if let Some(subject) = payload.strip_prefix("lift ") {
+                    on_message(BanEvent::Lift(subject));
+                } else if let Some(rest) = payload.strip_prefix("ban ") {
+                    let mut parts = rest.splitn(3, ' ');
+                    if let (Some(Ok(ms)), Some(Ok(level)), Some(subject)) = (
+                        parts.next().map(str::parse::<u64>),
+                        parts.next().map(str::parse::<u32>),
+                        parts.next(),
+                    ) {
+                        on_message(BanEvent::Ban {
+                            subject,
+                            remaining_us: ms.saturating_mul(1000),
+                            level,
+                        });
+                    }
+                }
+            }),
+            |s| {
+                s.bans_live
+                    .store(false, std::sync::atomic::Ordering::Release)
+            },
+        );
     }
 
     /// The channel replicas announce changed API keys on.
@@ -437,37 +571,67 @@ impl Shared {
     /// so the caller forgets everything then. Resubscribes after a second
     /// when the subscription drops.
     pub(crate) fn on_key_change(self: &std::sync::Arc<Self>, forget: Box<ForgetKey>) {
+        let forget: std::sync::Arc<ForgetKey> = forget.into();
+        let on_message = std::sync::Arc::clone(&forget);
+        self.watch(
+            self.key_channel(),
+            "key-change announcements",
+            Box::new(move |_| {
+                forget(None);
+                Box::pin(std::future::ready(true))
+            }),
+            Box::new(move |id: &str| on_message(Some(id))),
+            |_| {},
+        );
+    }
+
+    /// Subscribes to `channel` for as long as `self` lives: once subscribed,
+    /// runs `established` (false: drop the subscription and retry), then
+    /// hands each message to `message`; when the subscription drops (or
+    /// cannot be made), calls `lost` and resubscribes a second later. Messages published between subscribing and the
+    /// end of `established` wait in the subscription and come after it.
+    fn watch(
+        self: &std::sync::Arc<Self>,
+        channel: String,
+        what: &'static str,
+        established: Box<Established>,
+        message: Box<dyn Fn(&str) + Send + Sync>,
+        lost: fn(&Self),
+    ) {
         use futures_util::StreamExt;
         let weak = std::sync::Arc::downgrade(self);
         tokio::spawn(async move {
             let mut warned = false;
             loop {
                 let Some(this) = weak.upgrade() else { break };
-                let channel = this.key_channel();
                 let subscribed = match this.client.get_async_pubsub().await {
                     Ok(mut pubsub) => pubsub.subscribe(&channel).await.map(|()| pubsub),
                     Err(e) => Err(e),
                 };
-                drop(this);
                 match subscribed {
-                    Ok(pubsub) => {
-                        forget(None);
+                    Ok(pubsub) if established(std::sync::Arc::clone(&this)).await => {
+                        drop(this);
                         if warned {
-                            tracing::info!("key-change announcements received again");
+                            tracing::info!(what, "announcements received again");
                             warned = false;
                         }
                         let mut messages = pubsub.into_on_message();
-                        while let Some(message) = messages.next().await {
-                            if let Ok(id) = message.get_payload::<String>() {
-                                forget(Some(&id));
+                        while let Some(m) = messages.next().await {
+                            if let Ok(payload) = m.get_payload::<String>() {
+                                message(&payload);
                             }
                         }
                     }
+                    Ok(_) => drop(this),
                     Err(e) if !warned => {
-                        tracing::warn!(error = %e, "cannot subscribe to key-change announcements; other replicas' revocations take effect within the key cache TTL");
+                        drop(this);
+                        tracing::warn!(error = %e, what, "cannot subscribe to announcements from other replicas; retrying every second");
                         warned = true;
                     }
-                    Err(_) => {}
+                    Err(_) => drop(this),
+                }
+                if let Some(this) = weak.upgrade() {
+                    lost(&this);
                 }
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }

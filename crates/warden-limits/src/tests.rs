@@ -174,3 +174,53 @@ fn calendar_windows() {
     assert_eq!(day_ends, month_ends);
     assert!(day.starts_with('d'));
 }
+
+#[tokio::test]
+async fn one_charge_stops_at_the_first_refusal_and_takes_the_quota_last() {
+    let (l, _) = limiter();
+    let p = principal("key:c", "predict");
+    let checks = |default_cost, predict_cost| {
+        [
+            RateCheck {
+                policy: "default",
+                subject: "key:c",
+                rate: rate(60, 60, 2),
+                cost: default_cost,
+            },
+            RateCheck {
+                policy: "predict",
+                subject: "key:c",
+                rate: rate(600, 60, 60),
+                cost: predict_cost,
+            },
+        ]
+    };
+    let quota = |rows| {
+        Some(QuotaCharge {
+            principal: &p,
+            model: "iris",
+            rows,
+        })
+    };
+    // Both pass, the quota is taken.
+    let c = l.charge(&checks(1, 40), quota(40)).await.unwrap();
+    assert_eq!(c.rates.len(), 2);
+    assert!(c.rates.iter().all(|o| o.decision.allowed));
+    assert_eq!(c.quota.as_ref().map(|q| q.remaining), Some(Some(60)));
+    // `predict` refuses (40 + 40 > 60): `default` stays charged, no quota.
+    let c = l.charge(&checks(1, 40), quota(40)).await.unwrap();
+    assert_eq!(c.rates.len(), 2);
+    assert!(c.rates[0].decision.allowed && !c.rates[1].decision.allowed);
+    assert_eq!(c.quota, None);
+    // `default` (burst 2) is spent: nothing after it is charged.
+    let c = l.charge(&checks(1, 1), quota(1)).await.unwrap();
+    assert_eq!(c.rates.len(), 1);
+    assert_eq!(c.rates[0].policy, "default");
+    assert!(!c.rates[0].decision.allowed);
+    assert_eq!(c.quota, None);
+    assert_eq!(
+        l.quota_usage(&p, &["iris".into()]).await.unwrap()[0].used,
+        40,
+        "only the first charge reached the quota"
+    );
+}

@@ -219,6 +219,19 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
     }
 }
 
+/// The `default` charge admission left to an inference handler
+/// (`steps::DeferredDefault`), if it did.
+#[derive(Debug)]
+pub struct Deferred(pub Option<crate::steps::DeferredDefault>);
+
+impl<S: Send + Sync> FromRequestParts<S> for Deferred {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Self(parts.extensions.get().cloned()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::is_json;

@@ -422,11 +422,16 @@ impl warden_oip::GrpcInferenceService for Inference {
         request: Request<pb::ModelInferRequest>,
     ) -> Result<tonic::Response<pb::ModelInferResponse>, Status> {
         let (caller, note) = call(&request)?;
+        let default = request
+            .extensions()
+            .get::<crate::steps::DeferredDefault>()
+            .cloned();
         let r = request.get_ref();
         let infer = InferRequest {
             model: &r.model_name,
             version: version(&r.model_version),
             payload: warden_models::request::grpc::payload(r),
+            default: default.as_ref(),
         };
         let mut model = None;
         let served = service::infer(&self.state, &caller, infer, &mut model, render).await;

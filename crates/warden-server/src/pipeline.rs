@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Router;
-use axum::extract::{Request, State};
+use axum::extract::{MatchedPath, Request, State};
 use axum::http::HeaderName;
 use axum::http::header::{AUTHORIZATION, COOKIE, PROXY_AUTHORIZATION};
 use axum::middleware::{Next, from_fn_with_state};
@@ -57,12 +57,9 @@ pub fn data_plane(state: AppState) -> Router {
             "/v2/models/{model}/versions/{version}/ready",
             get(routes::model_version_ready),
         )
-        .route("/v2/models/{model}/infer", post(routes::v2_infer))
-        .route(
-            "/v2/models/{model}/versions/{version}/infer",
-            post(routes::v2_infer_version),
-        )
-        .route("/v1/models/{model}", post(routes::v1_predict))
+        .route(V2_INFER, post(routes::v2_infer))
+        .route(V2_INFER_VERSION, post(routes::v2_infer_version))
+        .route(V1_PREDICT, post(routes::v1_predict))
         .route_layer(from_fn_with_state(state.clone(), admission));
 
     // Routes without a credential. The token endpoint authenticates its
@@ -124,6 +121,25 @@ pub fn grpc_plane(state: AppState, max_message: usize, reflection: bool) -> Rout
 }
 
 const GRPC_CALLS: &str = "/inference.GRPCInferenceService/{call}";
+const GRPC_INFER: &str = "/inference.GRPCInferenceService/ModelInfer";
+const V2_INFER: &str = "/v2/models/{model}/infer";
+const V2_INFER_VERSION: &str = "/v2/models/{model}/versions/{version}/infer";
+const V1_PREDICT: &str = "/v1/models/{model}";
+
+/// Whether the request is an inference call, charged in rows: admission
+/// then leaves its `default` charge to the inference step
+/// ([`steps::DeferredDefault`]).
+fn charges_rows(req: &Request) -> bool {
+    match req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(MatchedPath::as_str)
+    {
+        Some(V2_INFER | V2_INFER_VERSION | V1_PREDICT) => true,
+        Some(GRPC_CALLS) => req.uri().path() == GRPC_INFER,
+        _ => false,
+    }
+}
 const GRPC_LIVE: &str = "/inference.GRPCInferenceService/ServerLive";
 const GRPC_READY: &str = "/inference.GRPCInferenceService/ServerReady";
 const GRPC_HEALTH: &str = "/grpc.health.v1.Health/{call}";
@@ -293,15 +309,44 @@ async fn admission(State(state): State<AppState>, mut req: Request, next: Next) 
         }
     };
     // Rate limit after authentication, so limits are per principal and an
-    // unauthenticated burst gets 401s, not 429s.
-    let mut response = match steps::rate_limit(&state, &principal).await {
-        Ok(rate) => {
-            req.extensions_mut().insert(principal);
-            let mut response = next.run(req).await;
-            steps::add_rate_headers(response.headers_mut(), &rate);
+    // unauthenticated burst gets 401s, not 429s. An inference call's
+    // `default` charge goes with its rows, in the inference step (one round
+    // trip to shared state); taken here afterwards if the call ended first.
+    let mut response = if charges_rows(&req) {
+        let rate = state.limiter.rate_for("default", Some(&principal));
+        let deferred = steps::DeferredDefault::default();
+        req.extensions_mut().insert(principal);
+        req.extensions_mut().insert(deferred.clone());
+        let mut response = next.run(req).await;
+        if deferred.claim() {
+            match steps::rate_limit_as(&state, &id.0, rate).await {
+                Ok(rate) => {
+                    steps::add_rate_headers(response.headers_mut(), &rate);
+                    response
+                }
+                Err(e) => {
+                    // Refused: the refusal replaces the answer; what the
+                    // handler noted (the model) stays for the audit record.
+                    let mut refused = e.into_response();
+                    if let Some(note) = response.extensions_mut().remove::<steps::ModelNote>() {
+                        refused.extensions_mut().insert(note);
+                    }
+                    refused
+                }
+            }
+        } else {
             response
         }
-        Err(e) => e.into_response(),
+    } else {
+        match steps::rate_limit(&state, &principal).await {
+            Ok(rate) => {
+                req.extensions_mut().insert(principal);
+                let mut response = next.run(req).await;
+                steps::add_rate_headers(response.headers_mut(), &rate);
+                response
+            }
+            Err(e) => e.into_response(),
+        }
     };
     response.extensions_mut().insert(id);
     response
@@ -352,6 +397,8 @@ pub struct ModelCall<'a> {
     /// v2 binary tensor data extension: the JSON header's length
     /// (`Inference-Header-Content-Length`); the rest of the body is tensor data.
     pub binary_header: Option<usize>,
+    /// The `default` charge admission left to this call.
+    pub default: Option<&'a steps::DeferredDefault>,
 }
 
 /// The model half of the pipeline over HTTP, shared by v1 and v2: the
@@ -364,6 +411,7 @@ pub async fn infer(state: &AppState, caller: &Principal, call: ModelCall<'_>) ->
         protocol,
         body,
         binary_header,
+        default,
     } = call;
     let payload = match (protocol, binary_header) {
         (Protocol::V1, _) => Payload::V1(body),
@@ -374,6 +422,7 @@ pub async fn infer(state: &AppState, caller: &Principal, call: ModelCall<'_>) ->
         model: name,
         version,
         payload,
+        default,
     };
     let mut note = None;
     let served = service::infer(state, caller, request, &mut note, |answer| match protocol {

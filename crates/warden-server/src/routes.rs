@@ -11,7 +11,7 @@ use warden_core::{ApiError, ErrorCode, Principal};
 use warden_models::policy::OutputPolicy;
 use warden_models::{Model, Protocol, protocol};
 
-use crate::extract::{Caller, JsonBody, ModelRef, V2Body};
+use crate::extract::{Caller, Deferred, JsonBody, ModelRef, V2Body};
 use crate::openapi::{
     ErrorBody, InferErrors, LiveBody, ModelMetadata, ModelReady, ReadyBody, ServerMetadata,
     V1Request, V1Response, V2InferRequest, V2InferResponse,
@@ -163,6 +163,7 @@ pub async fn model_version_ready(
 pub async fn v2_infer(
     State(state): State<AppState>,
     Caller(caller): Caller,
+    Deferred(default): Deferred,
     target: ModelRef,
     body: V2Body,
 ) -> Response {
@@ -172,6 +173,7 @@ pub async fn v2_infer(
         protocol: Protocol::V2,
         body: &body.bytes,
         binary_header: body.binary_header,
+        default: default.as_ref(),
     };
     pipeline::infer(&state, &caller, call).await
 }
@@ -189,10 +191,11 @@ pub async fn v2_infer(
 pub async fn v2_infer_version(
     state: State<AppState>,
     caller: Caller,
+    default: Deferred,
     target: ModelRef,
     body: V2Body,
 ) -> Response {
-    v2_infer(state, caller, target, body).await
+    v2_infer(state, caller, default, target, body).await
 }
 
 /// KServe v1 / TF-Serving style prediction. The path is `/v1/models/{model}:predict`.
@@ -207,6 +210,7 @@ pub async fn v2_infer_version(
 pub async fn v1_predict(
     State(state): State<AppState>,
     Caller(caller): Caller,
+    Deferred(default): Deferred,
     target: ModelRef,
     JsonBody(body): JsonBody,
 ) -> Response {
@@ -219,6 +223,7 @@ pub async fn v1_predict(
                 protocol: Protocol::V1,
                 body: &body,
                 binary_header: None,
+                default: default.as_ref(),
             };
             pipeline::infer(&state, &caller, call).await
         }

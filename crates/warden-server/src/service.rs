@@ -18,7 +18,7 @@ use std::time::Instant;
 use axum::http::{HeaderMap, HeaderName};
 use warden_core::metrics::Alert;
 use warden_core::{ApiError, ErrorCode, Principal};
-use warden_limits::RateOutcome;
+use warden_limits::{QuotaCharge, RateCheck, RateOutcome};
 use warden_models::engine::EngineError;
 use warden_models::policy::{OutputPolicy, Shown};
 use warden_models::request::{self, Payload};
@@ -38,6 +38,9 @@ pub struct InferRequest<'a> {
     pub version: Option<&'a str>,
     /// The body, not yet parsed.
     pub payload: Payload<'a>,
+    /// The `default` charge admission left to this call, taken with the
+    /// rows (`steps::DeferredDefault`).
+    pub default: Option<&'a steps::DeferredDefault>,
 }
 
 /// What a renderer gets: the model's answer as the caller may see it.
@@ -74,6 +77,7 @@ pub async fn infer<R>(
         model: name,
         version,
         payload,
+        default,
     } = request;
     // Authorize: unknown OR forbidden model → the same 404.
     let (model, version) = authorize(state, caller, name, version, Access::Predict)?;
@@ -108,9 +112,10 @@ pub async fn infer<R>(
         None => policy.default_outputs(&model.card),
     };
     // Rate limit and quota, counted in rows: this is the first point where
-    // the row count is known, and before any model work (the admission
-    // stage has already taken one request from the `default` policy).
-    let charge = Charge::take(state, caller, &model.name, rows).await?;
+    // the row count is known, and before any model work. The `default`
+    // policy's one request, left here by admission, goes in the same
+    // round trip.
+    let charge = Charge::take(state, caller, &model.name, rows, default).await?;
     // Defenses: out-of-distribution, query similarity and the extraction
     // monitor's verdict before inference, feature squeezing in the
     // inference batch (see defend.rs). An input a defense rejects has cost
@@ -225,12 +230,15 @@ pub struct Charge {
 }
 
 impl Charge {
-    /// Takes `rows` from the rate limit and the quota, or refuses.
+    /// Takes `rows` from the rate limit and the quota (and the request from
+    /// the `default` policy, if admission left it), or refuses: one round
+    /// trip to shared state.
     async fn take(
         state: &AppState,
         caller: &Principal,
         model: &str,
         rows: usize,
+        default: Option<&steps::DeferredDefault>,
     ) -> Result<Self, ApiError> {
         let rows = rows as u64;
         let limit = state.limiter.rate_for("predict", Some(caller));
@@ -244,24 +252,47 @@ impl Charge {
         } else {
             rows
         };
-        let rate = state.limiter.rate("predict", &caller.id, limit, cost).await;
-        if !rate.decision.allowed {
-            crate::metrics::rate_limited("predict");
-            let refused = steps::rate_limited(&rate);
-            return Err(if rows > limit.burst {
-                refused.with_message(
-                    "This batch has more rows than the rate limit allows at once; send fewer rows per request.",
-                )
-            } else {
-                refused
+        let mut checks = Vec::with_capacity(2);
+        if default.is_some_and(steps::DeferredDefault::claim) {
+            checks.push(RateCheck {
+                policy: "default",
+                subject: &caller.id,
+                rate: state.limiter.rate_for("default", Some(caller)),
+                cost: 1,
             });
         }
-        let quota = state
+        checks.push(RateCheck {
+            policy: "predict",
+            subject: &caller.id,
+            rate: limit,
+            cost,
+        });
+        let quota = QuotaCharge {
+            principal: caller,
+            model,
+            rows,
+        };
+        let charged = state
             .limiter
-            .quota(caller, model, rows)
+            .charge(&checks, Some(quota))
             .await
             // Redis down and quotas fail closed.
             .map_err(|_| ApiError::new(ErrorCode::Overloaded).with_retry_after(1))?;
+        if let Some(refused) = charged.rates.iter().find(|o| !o.decision.allowed) {
+            crate::metrics::rate_limited(refused.policy);
+            let e = steps::rate_limited(refused);
+            return Err(if refused.policy == "predict" && rows > limit.burst {
+                e.with_message(
+                    "This batch has more rows than the rate limit allows at once; send fewer rows per request.",
+                )
+            } else {
+                e
+            });
+        }
+        let (Some(rate), Some(quota)) = (charged.rates.last().copied(), charged.quota) else {
+            tracing::error!("the limiter answered without the predict check or the quota");
+            return Err(ApiError::internal());
+        };
         if !quota.allowed {
             crate::metrics::quota_exceeded(model);
             return Err(ApiError::new(ErrorCode::QuotaExceeded)

@@ -603,12 +603,39 @@ pub fn principal_slot(
 /// they are counted; see `pipeline::infer`.)
 pub async fn rate_limit(state: &AppState, principal: &Principal) -> Result<RateOutcome, ApiError> {
     let rate = state.limiter.rate_for("default", Some(principal));
-    let outcome = state.limiter.rate("default", &principal.id, rate, 1).await;
+    rate_limit_as(state, &principal.id, rate).await
+}
+
+/// [`rate_limit`] for a principal known by its id and `default` rate.
+pub async fn rate_limit_as(
+    state: &AppState,
+    principal: &str,
+    rate: warden_core::config::Rate,
+) -> Result<RateOutcome, ApiError> {
+    let outcome = state.limiter.rate("default", principal, rate, 1).await;
     if outcome.decision.allowed {
         Ok(outcome)
     } else {
         crate::metrics::rate_limited("default");
         Err(rate_limited(&outcome))
+    }
+}
+
+/// The `default` policy's charge of a request that charges rows (an
+/// inference call), which admission leaves to the inference step: that step
+/// takes it in the same round trip as the `predict` rate and the quota
+/// (`Limiter::charge`). If the request ends before that step (the model is
+/// unknown, the body does not validate), admission takes it afterwards and
+/// a refusal replaces the answer. Either way every request is charged once,
+/// and a client over its `default` limit gets `rate_limited` whatever it
+/// sent (docs/pipeline.md).
+#[derive(Debug, Clone, Default)]
+pub struct DeferredDefault(Arc<std::sync::atomic::AtomicBool>);
+
+impl DeferredDefault {
+    /// Claims the charge: true the first time only (the claimer takes it).
+    pub fn claim(&self) -> bool {
+        !self.0.swap(true, Ordering::AcqRel)
     }
 }
 

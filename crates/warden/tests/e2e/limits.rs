@@ -25,6 +25,12 @@ fn config(dir: &Path, extra: &str) -> std::path::PathBuf {
 [roles.app]
 permissions = ["predict:iris"]
 
+[roles.tiny]
+permissions = ["predict:iris"]
+
+[limits.roles.tiny]
+default = {{ rate = "3/hour", burst = 3 }}
+
 [limits.rates]
 default = {{ rate = "1000/hour", burst = 1000 }}
 predict = {{ rate = "30/hour", burst = 30 }}
@@ -165,6 +171,8 @@ async fn rows_quotas_bans_and_spoofed_forwarding_headers() {
     assert_eq!(q["quotas"][0]["used"], 3);
     assert_eq!(q["quotas"][0]["remaining"], 2);
 
+    default_limit_counts_every_answer(&w, &admin).await;
+
     // A burst of 100 wrong keys, each claiming another address in
     // X-Forwarded-For: the peer is not a trusted proxy, so they are one
     // client, banned after ten failures; the ban holds for a good key too.
@@ -239,6 +247,55 @@ async fn rows_quotas_bans_and_spoofed_forwarding_headers() {
             && l.contains("\"alert\":\"auth_failure_spike\"")
     ));
     assert!(logs.iter().any(|l| l.contains("ban lifted")));
+}
+
+/// The `default` policy counts every request once, whatever its answer, and
+/// a client over it gets `rate_limited` whatever it sends: an inference
+/// call's charge is taken with its rows (one round trip to shared state),
+/// or after the call when it ended earlier (docs/pipeline.md).
+async fn default_limit_counts_every_answer(w: &Warden, admin: &str) {
+    let (status, body) = w
+        .admin_json(
+            "POST",
+            "/admin/keys",
+            admin,
+            Some(json!({"name": "tiny", "role": "tiny"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let tiny = body["key"].as_str().unwrap().to_owned();
+    let unknown_model = || async {
+        w.client
+            .post(w.url("/v1/models/nope:predict"))
+            .header("x-api-key", &tiny)
+            .body(rows(1))
+            .send()
+            .await
+            .unwrap()
+    };
+    // Three requests: refused by validation, served, an unknown model.
+    let r = w
+        .predict_with(&tiny, r#"{"instances": "x"}"#.into(), None)
+        .await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let r = w.predict_with(&tiny, rows(1), None).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(header(&r, "ratelimit").starts_with("\"predict\";"));
+    assert_eq!(unknown_model().await.status(), StatusCode::NOT_FOUND);
+    // The limit of 3 is spent: a good call, a bad body and an unknown
+    // model all get the `default` policy's 429.
+    for r in [
+        w.predict_with(&tiny, rows(1), None).await,
+        w.predict_with(&tiny, r#"{"instances": "x"}"#.into(), None)
+            .await,
+        unknown_model().await,
+    ] {
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(header(&r, "ratelimit-policy"), "\"default\";q=3;w=3600");
+        assert!(header(&r, "retry-after").parse::<u64>().unwrap() >= 1);
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["code"], "rate_limited");
+    }
 }
 
 /// A redis-server on a free port, started and stopped by the test.
@@ -332,6 +389,9 @@ async fn two_replicas_share_limits_and_bans_through_redis() {
         b.predict_with(&app, rows(1), None).await.status(),
         StatusCode::TOO_MANY_REQUESTS
     );
+
+    // The same order with shared state (one round trip per inference).
+    default_limit_counts_every_answer(&b, &admin).await;
 
     // A ban made through one replica is honoured by the other, and lifted through it.
     let forged = format!("wdn_aaaaaaaaaaaa_{}", "A".repeat(43));
