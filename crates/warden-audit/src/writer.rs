@@ -19,7 +19,7 @@ use warden_store::Store;
 use crate::{AuditKey, Chain, Checkpoint};
 
 /// Most records per transaction.
-const MAX_BATCH: usize = 512;
+const MAX_BATCH: usize = 4096;
 
 /// How the writer runs.
 #[derive(Debug, Clone)]
@@ -186,6 +186,8 @@ pub struct AuditLog {
     replica: String,
     checkpoint: Arc<std::sync::Mutex<Option<Checkpoint>>>,
     stats: Arc<WriterStats>,
+    /// Wakes the batched writer before its window ends (a full batch, a flush).
+    wake: Arc<tokio::sync::Notify>,
 }
 
 impl std::fmt::Debug for Job {
@@ -221,6 +223,7 @@ impl AuditLog {
                 head.is_some().then(|| chain.checkpoint(&key)),
             )),
             stats: Arc::default(),
+            wake: Arc::default(),
         });
         let writer = Writer {
             store,
@@ -231,6 +234,7 @@ impl AuditLog {
             stats: Arc::clone(&log.stats),
             logged_seq: 0,
             pruning: Arc::default(),
+            wake: Arc::clone(&log.wake),
         };
         tokio::spawn(writer.run(rx));
         Ok(log)
@@ -253,6 +257,7 @@ impl AuditLog {
             })
             .await
             .map_err(|_| NotRecorded)?;
+        self.wake_if_full();
         match done {
             None => Ok(()),
             Some(done) => match done.await {
@@ -273,7 +278,16 @@ impl AuditLog {
                 queued: Instant::now(),
             })
             .await
-            .map_err(|_| NotRecorded)
+            .map_err(|_| NotRecorded)?;
+        self.wake_if_full();
+        Ok(())
+    }
+
+    /// Wakes the batched writer early when a whole batch is queued.
+    fn wake_if_full(&self) {
+        if !self.sync && self.queued() >= MAX_BATCH {
+            self.wake.notify_one();
+        }
     }
 
     /// Waits until every record handed over so far is committed (graceful
@@ -288,6 +302,7 @@ impl AuditLog {
             })
             .await
             .map_err(|_| NotRecorded)?;
+        self.wake.notify_one();
         match done.await {
             Ok(true) => Ok(()),
             _ => Err(NotRecorded),
@@ -356,6 +371,8 @@ struct Writer {
     logged_seq: i64,
     /// Whether a retention run is under way.
     pruning: Arc<std::sync::atomic::AtomicBool>,
+    /// See [`AuditLog::wake`].
+    wake: Arc<tokio::sync::Notify>,
 }
 
 impl Writer {
@@ -410,12 +427,21 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-        } else {
+        } else if jobs[0].record.is_some() {
+            // Group commit without a wake-up per record: the writer sleeps
+            // out the window (or until the senders see a full batch
+            // queued, or a flush asks), then takes what is queued. Waking
+            // the writer for each record cost more than its SQLite insert
+            // (docs/benchmarks.md, "Audit trail").
             let deadline = tokio::time::Instant::now() + self.settings.window;
+            tokio::select! {
+                () = tokio::time::sleep_until(deadline) => {}
+                () = self.wake.notified() => {}
+            }
             while jobs.len() < MAX_BATCH && jobs.last().is_some_and(|j| j.record.is_some()) {
-                match tokio::time::timeout_at(deadline, rx.recv()).await {
-                    Ok(Some(j)) => jobs.push(j),
-                    _ => break,
+                match rx.try_recv() {
+                    Ok(j) => jobs.push(j),
+                    Err(_) => break,
                 }
             }
         }
