@@ -1,5 +1,5 @@
 # Shortcuts for the README's two commands (they need only bash, cargo and pip).
-.PHONY: runtime setup serve test bench bench-scaleout bench-stages lint fuzz
+.PHONY: runtime setup serve test bench bench-scaleout bench-gateway bench-stages lint fuzz
 
 # Serving needs only the ONNX Runtime library (no root, no system package).
 runtime:
@@ -21,6 +21,10 @@ bench: setup
 # One replica with shared state (PostgreSQL + Redis) against a single node (docs/scaling.md).
 bench-scaleout: setup
 	bench/scaleout.sh
+
+# Warden's gateway against nginx as a TLS reverse proxy, same upstream (docs/benchmarks.md).
+bench-gateway: runtime
+	bench/gateway.sh
 
 # One Criterion micro-benchmark per pipeline stage (docs/benchmarks.md).
 bench-stages: setup

@@ -4,6 +4,11 @@
 //! HTTPS with the given certificate (same TLS stack as Warden), or plain
 //! HTTP without one.
 //!
+//! It also speaks just enough of the Open Inference Protocol v2 to stand as
+//! a fast upstream for the gateway benchmark (bench/gateway.sh): `POST
+//! /v2/models/{model}/infer` parses the body and answers a constant
+//! one-row iris prediction; `GET /v2/models/{model}/ready` says ready.
+//!
 //! Usage: warden-bench-floor ADDR [CERT.pem KEY.pem]
 
 #![allow(
@@ -38,6 +43,25 @@ async fn predict(body: Bytes) -> Result<&'static str, axum::http::StatusCode> {
     Ok(r#"{"predictions":[{"label":"setosa"}]}"#)
 }
 
+/// A constant OIP v2 answer for one iris row (label index and probabilities).
+async fn v2_infer(body: Bytes) -> Result<Json, axum::http::StatusCode> {
+    let parsed: serde_json::Value =
+        serde_json::from_slice(&body).map_err(|_| axum::http::StatusCode::BAD_REQUEST)?;
+    std::hint::black_box(parsed);
+    Ok((
+        JSON,
+        r#"{"model_name":"iris","outputs":[{"name":"label","shape":[1],"datatype":"INT64","data":[0]},{"name":"probabilities","shape":[1,3],"datatype":"FP32","data":[1.0,0.0,0.0]}]}"#,
+    ))
+}
+
+async fn v2_ready() -> Json {
+    (JSON, r#"{"ready":true}"#)
+}
+
+type Json = ([(axum::http::HeaderName, &'static str); 1], &'static str);
+const JSON: [(axum::http::HeaderName, &str); 1] =
+    [(axum::http::header::CONTENT_TYPE, "application/json")];
+
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -46,7 +70,10 @@ async fn main() {
         .map_or("127.0.0.1:8080", String::as_str)
         .parse()
         .unwrap();
-    let app = Router::new().route("/v1/models/{model}", post(predict));
+    let app = Router::new()
+        .route("/v1/models/{model}", post(predict))
+        .route("/v2/models/{model}/infer", post(v2_infer))
+        .route("/v2/models/{model}/ready", axum::routing::get(v2_ready));
     let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
     let tls = args.get(2).zip(args.get(3)).map(|(cert, key)| {
         let certs = CertificateDer::pem_file_iter(cert)
