@@ -646,6 +646,20 @@ impl Limiter {
         Ok(out)
     }
 
+    /// Whether anyone may be banned now: false when bans are off, or when
+    /// every ban this replica knows of has ended (and its copy of the
+    /// shared bans is current), so the ban check can skip naming its
+    /// subject.
+    pub fn may_have_bans(&self) -> bool {
+        if self.settings.bans.is_none() {
+            return false;
+        }
+        match &self.shared {
+            Some(s) if !s.bans_mirrored() => true,
+            _ => self.memory.any_ban(self.clock.now_us()),
+        }
+    }
+
     /// Seconds left on `subject`'s ban, if it is banned. With Redis this
     /// reads the replica's mirror of the shared bans (no round trip), and
     /// asks Redis only while the mirror is not current.

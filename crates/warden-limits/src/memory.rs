@@ -35,6 +35,9 @@ pub struct Memory {
     quotas: Mutex<HashMap<String, (u64, u64)>>,
     failures: Mutex<HashMap<String, (u64, u64)>>,
     bans: Mutex<HashMap<String, BanState>>,
+    /// The latest end of any ban recorded (µs): past it nobody is banned,
+    /// and the ban check needs neither the subject's name nor the lock.
+    ban_horizon: AtomicU64,
     last_sweep: AtomicU64,
 }
 
@@ -154,8 +157,16 @@ impl Memory {
             .collect()
     }
 
+    /// Whether any ban may still run at `now` (false: none does).
+    pub fn any_ban(&self, now: u64) -> bool {
+        now < self.ban_horizon.load(Ordering::Acquire)
+    }
+
     /// Microseconds left on `subject`'s ban, if banned.
     pub fn banned(&self, subject: &str, now: u64) -> Option<u64> {
+        if !self.any_ban(now) {
+            return None;
+        }
         lock(&self.bans)
             .get(subject)
             .filter(|b| b.until > now)
@@ -211,6 +222,7 @@ impl Memory {
         state.level = state.level.saturating_add(1);
         let length = ban_length(policy, state.level);
         state.until = now + length;
+        self.ban_horizon.fetch_max(state.until, Ordering::AcqRel);
         state.level_expires = now + length + LEVEL_MEMORY_US;
         Some(length)
     }
@@ -232,7 +244,9 @@ impl Memory {
     /// store): `subject` is banned for `remaining_us` more, at `level`.
     pub fn mirror_ban(&self, subject: &str, remaining_us: u64, level: u32, now: u64) {
         let mut bans = lock(&self.bans);
-        mirror_into(&mut bans, subject, remaining_us, level, now);
+        if let Some(until) = mirror_into(&mut bans, subject, remaining_us, level, now) {
+            self.ban_horizon.fetch_max(until, Ordering::AcqRel);
+        }
     }
 
     /// Makes the current bans exactly `current` (the shared store's list,
@@ -245,7 +259,9 @@ impl Memory {
         }
         bans.retain(|_, b| b.level_expires > now);
         for b in current {
-            mirror_into(&mut bans, &b.subject, b.remaining_us, b.level, now);
+            if let Some(until) = mirror_into(&mut bans, &b.subject, b.remaining_us, b.level, now) {
+                self.ban_horizon.fetch_max(until, Ordering::AcqRel);
+            }
         }
     }
 
@@ -258,24 +274,26 @@ impl Memory {
     }
 }
 
+/// Records a ban in `bans`; its end, unless the table is full.
 fn mirror_into(
     bans: &mut HashMap<String, BanState>,
     subject: &str,
     remaining_us: u64,
     level: u32,
     now: u64,
-) {
+) -> Option<u64> {
     if bans.len() >= MAX_ENTRIES && !bans.contains_key(subject) {
         bans.retain(|_, b| b.until > now);
         if bans.len() >= MAX_ENTRIES {
             tracing::error!(subject, "ban table full: this ban is not mirrored");
-            return;
+            return None;
         }
     }
     let state = bans.entry(subject.to_owned()).or_default();
     state.until = now.saturating_add(remaining_us);
     state.level = level;
     state.level_expires = state.until.saturating_add(LEVEL_MEMORY_US);
+    Some(state.until)
 }
 
 /// How long after a ban ends its level is remembered (so a client that

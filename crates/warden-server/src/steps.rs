@@ -514,6 +514,9 @@ pub async fn ban_check(
     let Some(client) = client else {
         return Ok(());
     };
+    if !state.limiter.may_have_bans() {
+        return Ok(());
+    }
     match state.limiter.banned(&ban_subject(plane, client)).await {
         Some(seconds) => {
             crate::metrics::banned(plane);

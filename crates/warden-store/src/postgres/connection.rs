@@ -45,9 +45,11 @@ pub(super) struct Session {
     client: Option<Client>,
     /// When the connection last answered.
     last_used: Instant,
-    /// The last failed connection attempt: when, and why.
-    failed_connect: Option<(Instant, String)>,
 }
+
+/// The last failed connection attempt (when, and why), shared by the
+/// pool's connections: the server is unreachable for all of them.
+pub(super) type FailedConnect = std::sync::Arc<std::sync::Mutex<Option<(Instant, String)>>>;
 
 impl Session {
     pub(super) fn new(settings: Settings) -> Self {
@@ -55,7 +57,6 @@ impl Session {
             settings,
             client: None,
             last_used: Instant::now(),
-            failed_connect: None,
         }
     }
 
@@ -79,7 +80,20 @@ impl Session {
         &mut self,
         op: impl FnOnce(&mut Client) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let (idle, timeout) = (self.last_used.elapsed(), self.settings.connect_timeout());
+        let failed = |f: &FailedConnect| {
+            f.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone()
+                .filter(|(at, _)| at.elapsed() < FAIL_FAST_AFTER_CONNECT_FAILURE)
+        };
+        let recent_failure = failed(&self.settings.failed_connect);
+        // Another connection of the pool just failed to connect: this one is
+        // checked before use whatever its idle time.
+        let idle = match recent_failure {
+            Some(_) => Duration::MAX,
+            None => self.last_used.elapsed(),
+        };
+        let timeout = self.settings.connect_timeout();
         if self
             .client
             .as_mut()
@@ -90,24 +104,22 @@ impl Session {
         let client = match self.client.take() {
             Some(client) => client,
             None => {
-                if let Some((at, why)) = &self.failed_connect
-                    && at.elapsed() < FAIL_FAST_AFTER_CONNECT_FAILURE
-                {
+                if let Some((_, why)) = recent_failure {
                     return Err(StoreError::Postgres(format!(
                         "not connected (the last attempt, under {} s ago, failed: {why})",
                         FAIL_FAST_AFTER_CONNECT_FAILURE.as_secs()
                     )));
                 }
-                match self.settings.connect() {
-                    Ok(client) => {
-                        self.failed_connect = None;
-                        client
-                    }
-                    Err(e) => {
-                        self.failed_connect = Some((Instant::now(), e.to_string()));
-                        return Err(e);
-                    }
-                }
+                let outcome = self.settings.connect();
+                *self
+                    .settings
+                    .failed_connect
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = outcome
+                    .as_ref()
+                    .err()
+                    .map(|e| (Instant::now(), e.to_string()));
+                outcome?
             }
         };
         let client = self.client.insert(client);
@@ -132,6 +144,7 @@ fn alive(client: &mut Client, idle: Duration, timeout: Duration) -> bool {
 }
 
 /// What [`PostgresStore::connect`] made of the URL.
+#[derive(Clone)]
 pub(super) struct Settings {
     config: Config,
     tls: Option<MakeRustlsConnect>,
@@ -139,6 +152,8 @@ pub(super) struct Settings {
     pub(super) target: String,
     /// Every form of the password found in the URL.
     secrets: Vec<String>,
+    /// See [`FailedConnect`].
+    pub(super) failed_connect: FailedConnect,
 }
 
 impl Settings {
@@ -200,6 +215,7 @@ impl Settings {
             tls,
             target,
             secrets,
+            failed_connect: FailedConnect::default(),
         })
     }
 

@@ -1,12 +1,15 @@
 //! The PostgreSQL implementation of [`Store`], for replicas that share state.
 //!
-//! One connection, owned by a worker thread of the store: each call sends
-//! the work there and waits for the answer. The `postgres` client runs a
-//! tokio runtime of its own and blocks on it, which panics on a thread that
-//! is already running async code; on its own thread it does not, so the
-//! store may be called from anywhere (a `spawn_blocking` closure, a plain
-//! thread, or, blocking it as SQLite would, async code) and dropped
-//! anywhere. Calls are serialized, as with [`crate::SqliteStore`].
+//! A small pool: [`CONNECTIONS`] connections, each owned by a worker thread
+//! of the store; each call sends the work to whichever worker is free and
+//! waits for the answer, so a key lookup never waits behind an audit batch
+//! being inserted. The `postgres` client runs a tokio runtime of its own
+//! and blocks on it, which panics on a thread that is already running async
+//! code; on its own thread it does not, so the store may be called from
+//! anywhere (a `spawn_blocking` closure, a plain thread, or, blocking it as
+//! SQLite would, async code) and dropped anywhere. Each call is one
+//! connection's work (its statements, its transaction); two calls may run
+//! at once, as with replicas sharing the database.
 //!
 //! The connection is made lazily again after it is lost: a call while the
 //! server is down fails (after at most the connect timeout), and the first
@@ -33,6 +36,10 @@ use crate::{
     ClientRecord, KEY_COLUMNS, SIGNING_COLUMNS, SigningKeyRecord, Store, StoreError, USER_COLUMNS,
     UserRecord, sql_limit,
 };
+
+/// Connections (and worker threads) per store: the audit writer's batches
+/// on one, key lookups and management calls on the other.
+pub(crate) const CONNECTIONS: usize = 2;
 
 /// Budget of a call on top of its connect timeouts: two statement timeouts
 /// and a margin.
@@ -97,19 +104,34 @@ impl PostgresStore {
             .saturating_mul(settings.hosts())
             .saturating_add(CALL_MARGIN);
         let (jobs, queue) = mpsc::channel::<Job>();
-        let mut session = Session::new(settings);
-        std::thread::Builder::new()
-            .name("warden-postgres".into())
-            .spawn(move || {
-                for job in queue {
-                    // A panic must not kill the worker (and with it every
-                    // later call); the connection's state is then unknown.
-                    if std::panic::catch_unwind(AssertUnwindSafe(|| job(&mut session))).is_err() {
-                        session.reset();
+        let queue = Arc::new(std::sync::Mutex::new(queue));
+        for _ in 0..CONNECTIONS {
+            let queue = Arc::clone(&queue);
+            let mut session = Session::new(settings.clone());
+            std::thread::Builder::new()
+                .name("warden-postgres".into())
+                .spawn(move || {
+                    loop {
+                        // The lock is held only while waiting for a job: the
+                        // other worker takes the next one.
+                        let job = queue
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .recv();
+                        let Ok(job) = job else { break };
+                        // A panic must not kill the worker (and with it
+                        // every later call); the connection's state is then
+                        // unknown.
+                        if std::panic::catch_unwind(AssertUnwindSafe(|| job(&mut session))).is_err()
+                        {
+                            session.reset();
+                        }
                     }
-                }
-            })
-            .map_err(|e| StoreError::Postgres(format!("cannot start the worker thread: {e}")))?;
+                })
+                .map_err(|e| {
+                    StoreError::Postgres(format!("cannot start the worker thread: {e}"))
+                })?;
+        }
         let store = Self {
             jobs,
             deadline,
