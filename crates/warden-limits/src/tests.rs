@@ -224,3 +224,45 @@ async fn one_charge_stops_at_the_first_refusal_and_takes_the_quota_last() {
         "only the first charge reached the quota"
     );
 }
+
+#[tokio::test]
+async fn the_ban_check_is_skipped_only_while_no_ban_can_run() {
+    let (l, clock) = limiter();
+    assert!(!l.may_have_bans(), "nobody banned yet");
+    for _ in 0..3 {
+        l.failure("addr:10.0.0.7").await;
+    }
+    assert!(l.may_have_bans());
+    assert_eq!(l.banned("addr:10.0.0.7").await, Some(60));
+    clock.advance(Duration::from_secs(61));
+    assert!(!l.may_have_bans(), "the only ban has ended");
+    assert_eq!(l.banned("addr:10.0.0.7").await, None);
+}
+
+#[test]
+fn the_mirror_of_shared_bans_follows_announcements_and_reloads() {
+    let m = memory::Memory::default();
+    let now = 1_000_000_000;
+    assert!(!m.any_ban(now));
+    // Announced by another replica: banned here at once, at its level.
+    m.mirror_ban("addr:192.0.2.1", 60_000_000, 2, now);
+    assert!(m.any_ban(now));
+    assert_eq!(m.banned("addr:192.0.2.1", now + 1), Some(59_999_999));
+    // A lift announced.
+    assert!(m.lift("addr:192.0.2.1", now + 2));
+    assert_eq!(m.banned("addr:192.0.2.1", now + 3), None);
+    // After resubscribing: exactly the shared list (a ban lifted while the
+    // subscription was down ends here too).
+    m.mirror_ban("addr:192.0.2.2", 60_000_000, 1, now);
+    m.replace_bans(
+        &[BanInfo {
+            subject: "addr:192.0.2.3".into(),
+            remaining_us: 30_000_000,
+            level: 1,
+        }],
+        now,
+    );
+    assert_eq!(m.banned("addr:192.0.2.2", now + 1), None);
+    assert_eq!(m.banned("addr:192.0.2.3", now + 1), Some(29_999_999));
+    assert_eq!(m.bans(now + 1).len(), 1);
+}
