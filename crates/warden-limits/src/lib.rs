@@ -12,7 +12,7 @@
 //!   username on the token endpoint) within a window lead to a ban whose
 //!   length doubles with each ban, up to a maximum.
 //!
-//! One request is one round trip to Redis (docs/limits.md, "Shared state"):
+//! One request is one round trip to Redis (docs/limits.md, "Redis (replicas)"):
 //! [`Limiter::charge`] takes every rate check and the quota in one script,
 //! and bans are mirrored in each replica (announced through Redis pub/sub,
 //! reloaded whenever the subscription is re-established), so the ban check
