@@ -43,6 +43,26 @@ use warden_store::SqliteStore;
 
 const IRIS_V1: &[u8] = br#"{"instances": [[5.1, 3.5, 1.4, 0.2]]}"#;
 
+/// The server's default audit writer (batched, 50 ms window) over `store`,
+/// started on `runtime`.
+fn batched_audit(runtime: &tokio::runtime::Runtime, store: Arc<SqliteStore>) -> Arc<AuditLog> {
+    runtime.block_on(async {
+        AuditLog::start(
+            store,
+            AuditKey::new(&[7; 32]),
+            WriterSettings {
+                replica: "bench".into(),
+                sync: false,
+                window: Duration::from_millis(50),
+                queue: 10_000,
+                checkpoint_every: Duration::from_secs(60),
+                retention: Default::default(),
+            },
+        )
+        .unwrap()
+    })
+}
+
 fn state(runtime: &tokio::runtime::Runtime) -> (AppState, String) {
     let onnx = Runtime::init(None).expect("ONNX Runtime: run ./scripts/setup.sh");
     let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models");
@@ -76,21 +96,7 @@ fn state(runtime: &tokio::runtime::Runtime) -> (AppState, String) {
         .key
         .to_string();
     let audit_store = Arc::new(SqliteStore::in_memory().unwrap());
-    let audit = runtime.block_on(async {
-        AuditLog::start(
-            audit_store,
-            AuditKey::new(&[7; 32]),
-            WriterSettings {
-                replica: "bench".into(),
-                sync: false,
-                window: Duration::from_millis(50),
-                queue: 10_000,
-                checkpoint_every: Duration::from_secs(60),
-                retention: Default::default(),
-            },
-        )
-        .unwrap()
-    });
+    let audit = batched_audit(runtime, audit_store);
     let mut config = warden_core::config::Config::default_with(&Default::default()).unwrap();
     // Never refuse during the measurement: the check itself is the cost.
     for rate in config.limits.rates.values_mut() {
@@ -293,21 +299,7 @@ fn stages(c: &mut Criterion) {
     // iteration is the CPU a record costs, writer included.
     let dir = tempfile::tempdir().unwrap();
     let file_store = Arc::new(SqliteStore::open(&dir.path().join("audit.db")).unwrap());
-    let log = rt.block_on(async {
-        AuditLog::start(
-            file_store,
-            AuditKey::new(&[7; 32]),
-            WriterSettings {
-                replica: "bench".into(),
-                sync: false,
-                window: Duration::from_millis(50),
-                queue: 10_000,
-                checkpoint_every: Duration::from_secs(60),
-                retention: Default::default(),
-            },
-        )
-        .unwrap()
-    });
+    let log = batched_audit(&rt, file_store);
     // A record as the server writes it for a one-row iris prediction.
     let record = format!(
         r#"{{"time_us":1796000000000000,"request_id":"0193a1b2c3d4e5f60718293a4b5c6d7e","plane":"data","protocol":"http","principal":"key:abcdefabcdef","client":"127.0.0.1","method":"POST","route":"/v1/models/iris:predict","status":200,"outcome":"ok","model":"iris","version":1,"rows":1,"input_sha256":"{}","defense_flags":[],"latency_us":812}}"#,
