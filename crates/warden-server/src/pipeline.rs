@@ -313,13 +313,13 @@ async fn admission(State(state): State<AppState>, mut req: Request, next: Next) 
     // `default` charge goes with its rows, in the inference step (one round
     // trip to shared state); taken here afterwards if the call ended first.
     let mut response = if charges_rows(&req) {
-        let rate = state.limiter.rate_for("default", Some(&principal));
-        let deferred = steps::DeferredDefault::default();
+        let deferred =
+            steps::DeferredDefault::new(state.limiter.rate_for("default", Some(&principal)));
         req.extensions_mut().insert(principal);
         req.extensions_mut().insert(deferred.clone());
         let mut response = next.run(req).await;
         if deferred.claim() {
-            match steps::rate_limit_as(&state, &id.0, rate).await {
+            match steps::rate_limit_as(&state, &id.0, deferred.rate).await {
                 Ok(rate) => {
                     steps::add_rate_headers(response.headers_mut(), &rate);
                     response

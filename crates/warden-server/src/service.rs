@@ -253,11 +253,11 @@ impl Charge {
             rows
         };
         let mut checks = Vec::with_capacity(2);
-        if default.is_some_and(steps::DeferredDefault::claim) {
+        if let Some(d) = default.filter(|d| d.claim()) {
             checks.push(RateCheck {
                 policy: "default",
                 subject: &caller.id,
-                rate: state.limiter.rate_for("default", Some(caller)),
+                rate: d.rate,
                 cost: 1,
             });
         }

@@ -632,13 +632,25 @@ pub async fn rate_limit_as(
 /// a refusal replaces the answer. Either way every request is charged once,
 /// and a client over its `default` limit gets `rate_limited` whatever it
 /// sent (docs/pipeline.md).
-#[derive(Debug, Clone, Default)]
-pub struct DeferredDefault(Arc<std::sync::atomic::AtomicBool>);
+#[derive(Debug, Clone)]
+pub struct DeferredDefault {
+    taken: Arc<std::sync::atomic::AtomicBool>,
+    /// The principal's `default` rate, looked up once by admission.
+    pub rate: warden_core::config::Rate,
+}
 
 impl DeferredDefault {
+    /// A charge of one request at `rate`, not yet taken.
+    pub fn new(rate: warden_core::config::Rate) -> Self {
+        Self {
+            taken: Arc::default(),
+            rate,
+        }
+    }
+
     /// Claims the charge: true the first time only (the claimer takes it).
     pub fn claim(&self) -> bool {
-        !self.0.swap(true, Ordering::AcqRel)
+        !self.taken.swap(true, Ordering::AcqRel)
     }
 }
 
