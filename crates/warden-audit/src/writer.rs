@@ -18,8 +18,13 @@ use warden_store::Store;
 
 use crate::{AuditKey, Chain, Checkpoint};
 
-/// Most records per transaction.
-const MAX_BATCH: usize = 4096;
+/// Most records per transaction. A batch's insert runs on one thread and,
+/// on a server with one core, holds it from the requests for its whole
+/// length: 256 records are about 1 ms of SQLite, where 4,096 were up to
+/// 20 ms (the p99 latency and the memory a batch holds both grew with it;
+/// docs/benchmarks.md, "Audit trail"). Past a few hundred records a
+/// transaction's own cost is already spread thin.
+const MAX_BATCH: usize = 256;
 
 /// How the writer runs.
 #[derive(Debug, Clone)]
