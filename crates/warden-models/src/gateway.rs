@@ -68,8 +68,10 @@ struct Inner {
     /// The Warden model name (logs, metrics).
     model: String,
     client: reqwest::Client,
-    infer_url: String,
-    ready_url: String,
+    /// Parsed once: a URL given as text is parsed again (host through IDNA)
+    /// on every call.
+    infer_url: reqwest::Url,
+    ready_url: reqwest::Url,
     /// The card: its outputs and task decide what an answer must hold.
     card: ModelCard,
     settings: Upstream,
@@ -107,7 +109,7 @@ impl std::fmt::Debug for GatewayBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GatewayBackend")
             .field("model", &self.inner.model)
-            .field("infer_url", &self.inner.infer_url)
+            .field("infer_url", &self.inner.infer_url.as_str())
             .finish_non_exhaustive()
     }
 }
@@ -211,8 +213,8 @@ impl GatewayBackend {
         let inner = Arc::new(Inner {
             model: model.to_owned(),
             client,
-            infer_url: format!("{base}/infer"),
-            ready_url: format!("{base}/ready"),
+            infer_url: upstream_url(&format!("{base}/infer"))?,
+            ready_url: upstream_url(&format!("{base}/ready"))?,
             grpc,
             card: card.clone(),
             permits: Semaphore::new(settings.max_in_flight),
@@ -392,6 +394,11 @@ fn client(settings: &Upstream, dir: &Path) -> Result<reqwest::Client, String> {
         .map_err(|e| format!("upstream: cannot build the HTTP client: {e}"))
 }
 
+/// An upstream route's URL, parsed (and refused, at load) once.
+fn upstream_url(url: &str) -> Result<reqwest::Url, String> {
+    reqwest::Url::parse(url).map_err(|e| format!("upstream.url: {url}: {e}"))
+}
+
 /// The gRPC endpoint of a `grpc://` / `grpcs://` upstream: the same
 /// connect timeout, CA (or the system's roots), client certificate and
 /// TLS library (rustls with aws-lc-rs) as the REST client.
@@ -556,7 +563,7 @@ impl Inner {
         let mut attempt = 0;
         let response = loop {
             let sent = self
-                .authorized(self.client.post(&self.infer_url))
+                .authorized(self.client.post(self.infer_url.clone()))
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
                 .header(reqwest::header::ACCEPT, "application/json")
                 .body(body.clone())
@@ -1047,7 +1054,7 @@ async fn health_checks(inner: Weak<Inner>) {
             continue;
         }
         let probe = inner
-            .authorized(inner.client.get(&inner.ready_url))
+            .authorized(inner.client.get(inner.ready_url.clone()))
             // Bounded by the period (checks never pile up), not by the
             // call timeout: a card may give inference a tighter deadline
             // than a readiness answer needs.
@@ -1324,7 +1331,7 @@ mod tests {
     async fn calls_cancelled_by_their_clients_leave_the_breaker_closed() {
         let addr = slow_upstream(Duration::from_millis(300)).await;
         let mut b = backend(CARD);
-        b.infer_url = format!("http://{addr}/v2/models/m/infer");
+        b.infer_url = upstream_url(&format!("http://{addr}/v2/models/m/infer")).unwrap();
         b.permits = Semaphore::new(2000);
         b.breaker = Breaker::new(5, Duration::from_secs(60));
         // 1,000 callers that give up mid-call, as clients that disconnect do.
@@ -1356,7 +1363,7 @@ mod tests {
     async fn a_trial_call_whose_caller_leaves_still_settles_the_breaker() {
         let addr = slow_upstream(Duration::from_millis(200)).await;
         let mut b = backend(CARD);
-        b.infer_url = format!("http://{addr}/v2/models/m/infer");
+        b.infer_url = upstream_url(&format!("http://{addr}/v2/models/m/infer")).unwrap();
         b.breaker = Breaker::new(1, Duration::from_millis(10));
         assert!(b.breaker.failure(), "open");
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -1397,8 +1404,8 @@ mod tests {
         Inner {
             model: "m".into(),
             client: reqwest::Client::new(),
-            infer_url: String::new(),
-            ready_url: String::new(),
+            infer_url: upstream_url("http://127.0.0.1:9/v2/models/m/infer").unwrap(),
+            ready_url: upstream_url("http://127.0.0.1:9/v2/models/m/ready").unwrap(),
             card: card.clone(),
             permits: Semaphore::new(1),
             queue_timeout: Duration::from_secs(1),
