@@ -25,7 +25,7 @@ use axum::body::{Body, Bytes};
 use axum::routing::future::RouteFuture;
 use http_body::{Frame, SizeHint};
 use hyper_util::server::graceful::GracefulConnection;
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::pacing::{MinRate, PacedBody};
@@ -38,7 +38,12 @@ const LINGER: Duration = Duration::from_millis(250);
 /// What is going on on one connection: its open requests, the responses
 /// being sent, and whether written data waits in Warden because the
 /// client is not reading.
-#[derive(Debug, Default)]
+///
+/// Only counters and a time stamp: a request's start and end wake nothing.
+/// The watchdog ([`drive`]) reads them when its timers fire (waking the
+/// connection's task twice per request to reset a timer cost about as much
+/// as the rest of the connection's bookkeeping).
+#[derive(Debug)]
 pub(super) struct Activity {
     /// Requests from hyper's hand-over until their response body is done.
     open: AtomicUsize,
@@ -48,19 +53,39 @@ pub(super) struct Activity {
     writing: AtomicBool,
     /// Bytes written to the socket.
     sent: AtomicU64,
-    changed: Notify,
+    /// Times the connection went from idle to busy: a send-rate window
+    /// that saw it start again measures afresh, and none yet means the
+    /// first-request deadline applies.
+    turns: AtomicU64,
+    /// When the connection last went idle, in µs after `epoch`.
+    idle_since_us: AtomicU64,
+    epoch: Instant,
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Self {
+            open: AtomicUsize::new(0),
+            responding: AtomicUsize::new(0),
+            writing: AtomicBool::new(false),
+            sent: AtomicU64::new(0),
+            turns: AtomicU64::new(0),
+            idle_since_us: AtomicU64::new(0),
+            epoch: Instant::now(),
+        }
+    }
 }
 
 impl Activity {
     fn begin(self: &Arc<Self>) -> RequestGuard {
         if self.open.fetch_add(1, Ordering::AcqRel) == 0 {
-            self.changed.notify_one();
+            self.turns.fetch_add(1, Ordering::AcqRel);
         }
         RequestGuard(Arc::clone(self))
     }
 
     fn responding(self: &Arc<Self>) -> ResponseGuard {
-        // Read at the send-rate checks only: no wake-up needed.
+        // Read at the send-rate checks only.
         self.responding.fetch_add(1, Ordering::AcqRel);
         ResponseGuard(Arc::clone(self))
     }
@@ -72,8 +97,14 @@ impl Activity {
 
     /// Whether data waits in Warden for the client to read (pacing.rs).
     pub(super) fn set_writing(&self, writing: bool) {
-        if self.writing.swap(writing, Ordering::AcqRel) != writing {
-            self.changed.notify_one();
+        if self.writing.swap(writing, Ordering::AcqRel) != writing
+            && self.open.load(Ordering::Acquire) == 0
+        {
+            if writing {
+                self.turns.fetch_add(1, Ordering::AcqRel);
+            } else {
+                self.went_idle();
+            }
         }
     }
 
@@ -86,6 +117,18 @@ impl Activity {
     fn sending(&self) -> bool {
         self.responding.load(Ordering::Acquire) > 0 || self.writing.load(Ordering::Acquire)
     }
+
+    /// Stamps the time: the connection may just have gone idle (a later
+    /// stamp than the true one only makes its deadline later).
+    fn went_idle(&self) {
+        let us = u64::try_from(self.epoch.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.idle_since_us.store(us, Ordering::Release);
+    }
+
+    /// When the connection last went idle.
+    fn idle_since(&self) -> Instant {
+        self.epoch + Duration::from_micros(self.idle_since_us.load(Ordering::Acquire))
+    }
 }
 
 /// One open request; dropped when its response is done.
@@ -95,7 +138,7 @@ struct RequestGuard(Arc<Activity>);
 impl Drop for RequestGuard {
     fn drop(&mut self) {
         if self.0.open.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.changed.notify_one();
+            self.0.went_idle();
         }
     }
 }
@@ -142,12 +185,15 @@ pub(super) enum Closed {
 /// progress for its deadline, or when `stop` turns true; then drops it
 /// [`LINGER`] after its last request is done, whether or not the client
 /// answers the GOAWAY. Drops it at once when a response was waiting for the
-/// client at two checks a send-rate window apart and less than
-/// `rate × window` was sent in between: the kernel still delivers what it
-/// holds, but nothing more is waited for.
+/// client at two checks a send-rate window apart, the connection did not go
+/// idle in between, and less than `rate × window` was sent in between: the
+/// kernel still delivers what it holds, but nothing more is waited for.
 ///
-/// The two timers are made once and reset, not made per wake-up: this task
-/// also drives the connection, so it is woken for every read and write.
+/// The timers are lazy: requests do not reset them (this task also drives
+/// the connection, so a reset would be an extra wake-up per request). When
+/// the idle timer fires it reads how long the connection has actually been
+/// idle and, if that is short of the deadline, sleeps for the rest; the
+/// send-rate timer fires every window and compares with the last check.
 pub(super) async fn drive<C>(
     conn: Pin<&mut C>,
     activity: &Activity,
@@ -158,7 +204,9 @@ where
     C: GracefulConnection,
 {
     let mut conn = conn;
-    let mut closing = None;
+    // The first-request deadline runs from here (after the handshake).
+    activity.went_idle();
+    let mut closing: Option<(Closed, Instant)> = None;
     let idle_timer = tokio::time::sleep(deadlines.first_request);
     tokio::pin!(idle_timer);
     let rate = deadlines.send_rate;
@@ -169,47 +217,73 @@ where
     };
     let rate_check = tokio::time::sleep(window);
     tokio::pin!(rate_check);
-    // At the last check: bytes sent so far, and whether a response waited.
-    let mut last = (activity.sent.load(Ordering::Relaxed), false);
+    // At the last check: bytes sent so far, whether a response waited, and
+    // the busy turns so far.
+    let mut last = (activity.sent.load(Ordering::Relaxed), false, 0);
     loop {
-        let changed = activity.changed.notified();
-        let idle = activity.idle();
         tokio::select! {
-            _ = conn.as_mut() => return closing.unwrap_or(Closed::ByPeer),
-            () = changed => {
-                if activity.idle() {
-                    let wait = if closing.is_some() { LINGER } else { deadlines.idle };
-                    idle_timer.as_mut().reset(Instant::now() + wait);
-                } else if idle {
-                    // Busy again: the send-rate windows start afresh.
-                    last = (activity.sent.load(Ordering::Relaxed), false);
-                    rate_check.as_mut().reset(Instant::now() + window);
+            _ = conn.as_mut() => return closing.map_or(Closed::ByPeer, |(reason, _)| reason),
+            () = idle_timer.as_mut() => {
+                let now = Instant::now();
+                if let Some(due) = idle_due(activity, &deadlines, closing.map(|(_, at)| at), now) {
+                    idle_timer.as_mut().reset(due);
+                    continue;
                 }
-            }
-            () = idle_timer.as_mut(), if idle => {
-                if let Some(reason) = closing {
+                if let Some((reason, _)) = closing {
                     return reason;
                 }
-                closing = Some(Closed::Idle);
+                closing = Some((Closed::Idle, now));
                 conn.as_mut().graceful_shutdown();
-                idle_timer.as_mut().reset(Instant::now() + LINGER);
+                idle_timer.as_mut().reset(now + LINGER);
             }
-            () = rate_check.as_mut(), if rate.enabled() && !idle => {
+            () = rate_check.as_mut(), if rate.enabled() => {
                 let sent = activity.sent.load(Ordering::Relaxed);
                 let sending = activity.sending();
-                if sending && last.1 && sent.saturating_sub(last.0) < rate.bytes_per_window() {
+                let turns = activity.turns.load(Ordering::Acquire);
+                if sending
+                    && last.1
+                    && turns == last.2
+                    && sent.saturating_sub(last.0) < rate.bytes_per_window()
+                {
                     return Closed::TooSlow;
                 }
-                last = (sent, sending);
+                last = (sent, sending, turns);
                 rate_check.as_mut().reset(Instant::now() + window);
             }
             _ = stop.wait_for(|stopping| *stopping), if closing.is_none() => {
-                closing = Some(Closed::Shutdown);
+                let now = Instant::now();
+                closing = Some((Closed::Shutdown, now));
                 conn.as_mut().graceful_shutdown();
-                idle_timer.as_mut().reset(Instant::now() + LINGER);
+                idle_timer.as_mut().reset(now + LINGER);
             }
         }
     }
+}
+
+/// When the idle timer must look again, or `None` when the connection has
+/// been idle for its deadline: `LINGER` once it is `closing` (since that
+/// moment), the first-request deadline before any request, the idle one
+/// after. A busy connection is looked at again a deadline later (by then
+/// it has been idle for a part of it at most).
+fn idle_due(
+    activity: &Activity,
+    deadlines: &Deadlines,
+    closing: Option<Instant>,
+    now: Instant,
+) -> Option<Instant> {
+    let (wait, from) = match closing {
+        Some(at) => (LINGER, activity.idle_since().max(at)),
+        None if activity.turns.load(Ordering::Acquire) == 0 => {
+            (deadlines.first_request, activity.idle_since())
+        }
+        None => (deadlines.idle, activity.idle_since()),
+    };
+    let due = if activity.idle() {
+        from + wait
+    } else {
+        now + wait
+    };
+    (due > now).then_some(due)
 }
 
 /// The service hyper calls for each request of one connection: the router,
@@ -319,6 +393,82 @@ impl http_body::Body for TrackedBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn deadlines() -> Deadlines {
+        Deadlines {
+            first_request: Duration::from_secs(10),
+            idle: Duration::from_secs(60),
+            send_rate: MinRate {
+                bytes_per_second: 0,
+                window: Duration::ZERO,
+            },
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_idle_deadline_runs_from_the_last_request_s_end_without_resets() {
+        let activity = Arc::new(Activity::default());
+        let d = deadlines();
+        activity.went_idle();
+        let start = Instant::now();
+        // No request yet: the first-request deadline.
+        assert_eq!(
+            idle_due(&activity, &d, None, start),
+            Some(start + d.first_request)
+        );
+        tokio::time::advance(d.first_request).await;
+        assert_eq!(idle_due(&activity, &d, None, Instant::now()), None);
+
+        // A request open past every deadline keeps the connection.
+        let request = activity.begin();
+        tokio::time::advance(Duration::from_secs(120)).await;
+        let now = Instant::now();
+        assert_eq!(idle_due(&activity, &d, None, now), Some(now + d.idle));
+        // Ended 5 s before the timer looks again: the rest of the idle
+        // deadline from its end, not from the look.
+        drop(request);
+        let ended = Instant::now();
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert_eq!(
+            idle_due(&activity, &d, None, Instant::now()),
+            Some(ended + d.idle)
+        );
+        tokio::time::advance(d.idle).await;
+        assert_eq!(idle_due(&activity, &d, None, Instant::now()), None);
+
+        // Closing: LINGER from the later of the close and the last request's end.
+        let closing = Instant::now();
+        let late = activity.begin();
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(idle_due(&activity, &d, Some(closing), Instant::now()).is_some());
+        drop(late);
+        let ended = Instant::now();
+        assert_eq!(
+            idle_due(&activity, &d, Some(closing), ended),
+            Some(ended + LINGER)
+        );
+        tokio::time::advance(LINGER).await;
+        assert_eq!(idle_due(&activity, &d, Some(closing), Instant::now()), None);
+    }
+
+    #[test]
+    fn busy_turns_count_idle_to_busy_only() {
+        let activity = Arc::new(Activity::default());
+        let a = activity.begin();
+        let b = activity.begin();
+        activity.set_writing(true);
+        activity.set_writing(false);
+        drop((a, b));
+        assert_eq!(activity.turns.load(Ordering::Acquire), 1);
+        // Written data left waiting after the last request makes it busy.
+        activity.set_writing(true);
+        assert!(!activity.idle());
+        assert_eq!(activity.turns.load(Ordering::Acquire), 2);
+        activity.set_writing(false);
+        assert!(activity.idle());
+        drop(activity.begin());
+        assert_eq!(activity.turns.load(Ordering::Acquire), 3);
+    }
 
     #[test]
     fn requests_are_counted_until_their_guards_drop() {
