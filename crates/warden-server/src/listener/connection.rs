@@ -78,7 +78,8 @@ impl Default for Activity {
 
 impl Activity {
     fn begin(self: &Arc<Self>) -> RequestGuard {
-        if self.open.fetch_add(1, Ordering::AcqRel) == 0 {
+        // Idle before (no request, nothing waiting to be written): a turn.
+        if self.open.fetch_add(1, Ordering::AcqRel) == 0 && !self.writing.load(Ordering::Acquire) {
             self.turns.fetch_add(1, Ordering::AcqRel);
         }
         RequestGuard(Arc::clone(self))
@@ -118,11 +119,12 @@ impl Activity {
         self.responding.load(Ordering::Acquire) > 0 || self.writing.load(Ordering::Acquire)
     }
 
-    /// Stamps the time: the connection may just have gone idle (a later
-    /// stamp than the true one only makes its deadline later).
+    /// Stamps the time: the connection may be about to go idle (a later
+    /// stamp than the true one only makes its deadline later). Stamps only
+    /// move forward, whichever of two threads stamps last.
     fn went_idle(&self) {
         let us = u64::try_from(self.epoch.elapsed().as_micros()).unwrap_or(u64::MAX);
-        self.idle_since_us.store(us, Ordering::Release);
+        self.idle_since_us.fetch_max(us, Ordering::AcqRel);
     }
 
     /// When the connection last went idle.
@@ -137,9 +139,11 @@ struct RequestGuard(Arc<Activity>);
 
 impl Drop for RequestGuard {
     fn drop(&mut self) {
-        if self.0.open.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.went_idle();
-        }
+        // Stamped before the count drops: whoever then sees no request
+        // open also sees when the last one ended (an HTTP/2 stream ends on
+        // its own task, while the watchdog may be looking).
+        self.0.went_idle();
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -468,6 +472,14 @@ mod tests {
         assert!(activity.idle());
         drop(activity.begin());
         assert_eq!(activity.turns.load(Ordering::Acquire), 3);
+        // A request that starts while written data still waits for the
+        // client: the connection never went idle, so no turn (a client that
+        // stops reading cannot restart the send-rate window with requests).
+        activity.set_writing(true);
+        assert_eq!(activity.turns.load(Ordering::Acquire), 4);
+        let c = activity.begin();
+        assert_eq!(activity.turns.load(Ordering::Acquire), 4);
+        drop(c);
     }
 
     #[test]
