@@ -119,9 +119,10 @@ run() { # name pid url [headers...]
   "${other_cpu[@]}" oha -z 2s -c "$CONNECTIONS" --no-tui --output-format quiet --cacert "$tmp/tls/cert.pem" \
     -m POST -H 'content-type: application/json' "${hdrs[@]}" -d "$body" "$url" >/dev/null 2>&1 || true
   local t0; t0=$(cpu_ticks "$pid")
-  # PERF=file: a call-graph profile of Warden's run (perf record) into file.
+  # PERF=file: a call-graph profile of Warden's run (perf record) into file;
+  # PERF_CALL_GRAPH=dwarf for whole stacks (the release build has no frame pointers).
   if [ -n "${PERF:-}" ] && [ "$name" = warden_gateway ]; then
-    perf record -F 1999 -g -p "$pid" -o "$PERF" -- sleep "$SECONDS_PER_RUN" >/dev/null 2>&1 &
+    perf record -F 1999 --call-graph "${PERF_CALL_GRAPH:-fp}" -p "$pid" -o "$PERF" -- sleep "$SECONDS_PER_RUN" >/dev/null 2>&1 &
   fi
   "${other_cpu[@]}" oha -z "${SECONDS_PER_RUN}s" -c "$CONNECTIONS" --no-tui --output-format json --cacert "$tmp/tls/cert.pem" \
     -m POST -H 'content-type: application/json' "${hdrs[@]}" -d "$body" "$url" > "$tmp/$name.json"
