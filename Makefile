@@ -1,5 +1,5 @@
 # Shortcuts for the README's two commands (they need only bash, cargo and pip).
-.PHONY: runtime setup serve test bench bench-scaleout bench-gateway bench-stages lint fuzz
+.PHONY: runtime setup serve test bench bench-scaleout bench-gateway bench-anatomy bench-stages lint fuzz
 
 # Serving needs only the ONNX Runtime library (no root, no system package).
 runtime:
@@ -25,6 +25,11 @@ bench-scaleout: setup
 # Warden's gateway against nginx as a TLS reverse proxy, same upstream (docs/benchmarks.md).
 bench-gateway: runtime
 	bench/gateway.sh
+
+# Where a request's CPU goes: Warden with and without its audit trail against
+# the floor, with system calls and memory by mapping (docs/benchmarks.md).
+bench-anatomy: runtime
+	bench/anatomy.sh
 
 # One Criterion micro-benchmark per pipeline stage (docs/benchmarks.md).
 bench-stages: setup
