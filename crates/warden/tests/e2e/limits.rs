@@ -341,6 +341,35 @@ impl Drop for Redis {
     }
 }
 
+/// Polls `GET /v2` on `w` every 20 ms until it answers `wanted`, for up to
+/// 5 s; until then every answer must be `meanwhile`. A ban or lift made
+/// through another replica arrives on this one's own subscription: within
+/// milliseconds, but asynchronously (docs/limits.md).
+async fn await_v2_status(
+    w: &Warden,
+    key: &str,
+    wanted: StatusCode,
+    meanwhile: StatusCode,
+    what: &str,
+) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = w
+            .client
+            .get(w.url("/v2"))
+            .header("x-api-key", key)
+            .send()
+            .await
+            .unwrap();
+        if r.status() == wanted {
+            return;
+        }
+        assert_eq!(r.status(), meanwhile);
+        assert!(Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_share_limits_and_bans_through_redis() {
     let mut redis = Redis::start(None);
@@ -404,43 +433,27 @@ async fn two_replicas_share_limits_and_bans_through_redis() {
     // The other replica learns of the ban from its announcement, which
     // arrives on its own subscription: within milliseconds, but not
     // necessarily before this client's next request (docs/limits.md).
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let r = b
-            .client
-            .get(b.url("/v2"))
-            .header("x-api-key", &admin)
-            .send()
-            .await
-            .unwrap();
-        if r.status() == StatusCode::FORBIDDEN {
-            break;
-        }
-        assert_eq!(r.status(), StatusCode::OK);
-        assert!(Instant::now() < deadline, "not banned on the other replica");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    await_v2_status(
+        &b,
+        &admin,
+        StatusCode::FORBIDDEN,
+        StatusCode::OK,
+        "not banned on the other replica",
+    )
+    .await;
     let (status, _) = b
         .admin_json("POST", "/admin/bans/addr:127.0.0.1/lift", &admin, None)
         .await;
     assert_eq!(status, StatusCode::OK);
     // The lift reaches the first replica the same way.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let r = a
-            .client
-            .get(a.url("/v2"))
-            .header("x-api-key", &admin)
-            .send()
-            .await
-            .unwrap();
-        if r.status() == StatusCode::OK {
-            break;
-        }
-        assert_eq!(r.status(), StatusCode::FORBIDDEN);
-        assert!(Instant::now() < deadline, "not lifted everywhere");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    await_v2_status(
+        &a,
+        &admin,
+        StatusCode::OK,
+        StatusCode::FORBIDDEN,
+        "not lifted everywhere",
+    )
+    .await;
 
     // Redis goes away: rate limits fall back to each replica's own limiter
     // (requests are served), quotas refuse (fail closed) with 503.
